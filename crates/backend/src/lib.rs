@@ -1,0 +1,1 @@
+//! The synchronous Backend trait and the instance-thread wrapper

@@ -1,0 +1,9 @@
+//! Tern's vocabulary, shared by every other crate: datatypes, tensors, the codec between the
+//! wire's raw and typed contents and raw little-endian buffers, BYTES framing, and what a
+//! model file declares (its signature). No servers, no backends, no queues here.
+
+mod datatype;
+pub mod signature;
+
+pub use datatype::DataType;
+pub use signature::{ModelSignature, TensorSpec};

@@ -1,0 +1,20 @@
+//! What a model file declares about its inputs and outputs, independent of the backend that
+//! read it. Auto-complete and validation compare config.pbtxt against this.
+
+use crate::DataType;
+
+/// One input or output as the model file declares it. `dims` has -1 for every dimension the
+/// model leaves symbolic or unknown (including the batch dimension when there is one).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TensorSpec {
+    pub name: String,
+    pub datatype: DataType,
+    pub dims: Vec<i64>,
+}
+
+/// The inputs and outputs of a model file, in the file's order.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ModelSignature {
+    pub inputs: Vec<TensorSpec>,
+    pub outputs: Vec<TensorSpec>,
+}

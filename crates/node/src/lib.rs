@@ -1,0 +1,1 @@
+//! tern-node: serves a model repository over Triton's gRPC protocol

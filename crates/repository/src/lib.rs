@@ -1,0 +1,1 @@
+//! Model repository scan, config.pbtxt parsing, auto-complete and validation

@@ -1,0 +1,69 @@
+#!/usr/bin/env bash
+# Installs everything Tern's build, examples and tests need into project-local folders:
+#   .venv/                      Python: onnxruntime, onnx, numpy, tritonclient[grpc], pytest
+#   .tern/onnxruntime/          libonnxruntime.so taken from the PyPI onnxruntime wheel
+#   .tern/perf_analyzer/        Triton's perf_analyzer binary and the libraries it loads
+# Idempotent: a step whose result is already present is skipped. Needs only Python 3.11 with
+# pip and, for perf_analyzer's libb64, apt-get (the .deb is unpacked locally, not installed).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+ROOT=$PWD
+
+ORT_VERSION=1.31.1          # matches ort 2.0.0-rc.15's api-31
+TRITONCLIENT_VERSION=2.73.0 # the Python client our end-to-end tests use
+PA_WHEEL_VERSION=2.41.0     # last tritonclient wheel whose perf_analyzer runs on glibc 2.36
+
+log() { printf '[setup] %s\n' "$*"; }
+
+# --- Python environment -------------------------------------------------------------------
+if [ ! -x .venv/bin/python ]; then
+  log "creating .venv"
+  python3 -m venv .venv
+fi
+PY=.venv/bin/python
+if ! $PY -c "import onnxruntime, onnx, numpy, tritonclient.grpc, pytest" 2>/dev/null; then
+  log "installing Python packages"
+  $PY -m pip install -q --disable-pip-version-check --upgrade pip
+  $PY -m pip install -q --disable-pip-version-check \
+    "onnxruntime==${ORT_VERSION}" "onnx==1.19.1" "numpy<2.4" \
+    "tritonclient[grpc]==${TRITONCLIENT_VERSION}" "pytest==8.4.2"
+fi
+
+# --- ONNX Runtime shared library ------------------------------------------------------------
+ORT_DIR=.tern/onnxruntime
+if [ ! -f "$ORT_DIR/libonnxruntime.so.${ORT_VERSION}" ]; then
+  log "copying libonnxruntime.so ${ORT_VERSION} from the wheel"
+  mkdir -p "$ORT_DIR"
+  src=$($PY -c "import onnxruntime, os; print(os.path.join(os.path.dirname(onnxruntime.__file__), 'capi'))")
+  cp "$src/libonnxruntime.so.${ORT_VERSION}" "$ORT_DIR/"
+  ln -sf "libonnxruntime.so.${ORT_VERSION}" "$ORT_DIR/libonnxruntime.so"
+fi
+
+# --- perf_analyzer --------------------------------------------------------------------------
+# The current perf-analyzer wheels need glibc 2.38; the binary inside tritonclient 2.41.0 runs
+# here. It links libb64 (Debian) and libcudart.so.12 (PyPI) even on CPU-only machines.
+PA_DIR=.tern/perf_analyzer
+if [ ! -x "$PA_DIR/bin/perf_analyzer" ] || [ ! -e "$PA_DIR/lib/libcudart.so.12" ] \
+   || ! ls "$PA_DIR"/lib/libb64.so* >/dev/null 2>&1; then
+  log "installing perf_analyzer into $PA_DIR"
+  tmp=$(mktemp -d)
+  trap 'rm -rf "$tmp"' EXIT
+  mkdir -p "$PA_DIR/bin" "$PA_DIR/lib"
+  $PY -m pip download -q --disable-pip-version-check --no-deps --only-binary=:all: \
+    -d "$tmp" "tritonclient==${PA_WHEEL_VERSION}" "nvidia-cuda-runtime-cu12==12.4.127"
+  (cd "$tmp" && $ROOT/$PY -m zipfile -e tritonclient-${PA_WHEEL_VERSION}-*.whl tc >/dev/null)
+  cp "$tmp/tc/tritonclient-${PA_WHEEL_VERSION}.data/data/bin/perf_analyzer" "$PA_DIR/bin/"
+  chmod +x "$PA_DIR/bin/perf_analyzer"
+  (cd "$tmp" && $ROOT/$PY -m zipfile -e nvidia_cuda_runtime_cu12-*.whl cr >/dev/null)
+  cp "$tmp"/cr/nvidia/cuda_runtime/lib/libcudart.so.12 "$PA_DIR/lib/"
+  if ! ls /usr/lib/x86_64-linux-gnu/libb64.so.0d >/dev/null 2>&1; then
+    (cd "$tmp" && { apt-get download libb64-0d >/dev/null 2>&1 \
+       || { apt-get update -qq >/dev/null && apt-get download libb64-0d >/dev/null; }; } \
+       && dpkg -x libb64-0d_*.deb deb)
+    cp -P "$tmp"/deb/usr/lib/x86_64-linux-gnu/libb64.so* "$PA_DIR/lib/"
+  else
+    cp -P /usr/lib/x86_64-linux-gnu/libb64.so* "$PA_DIR/lib/"
+  fi
+fi
+
+log "done: ORT_DYLIB_PATH=$ROOT/$ORT_DIR/libonnxruntime.so.${ORT_VERSION}"
