@@ -1,1 +1,137 @@
-//! The synchronous Backend trait and the instance-thread wrapper
+//! The seam between the server and whatever runs a model. A [`Backend`] is synchronous and
+//! owned by exactly one OS thread (ONNX Runtime's `Session::run` takes `&mut self`, and a
+//! blocking call must not stall the async runtime); [`Instance`] is that thread, fed by a
+//! channel of jobs and answering each on a oneshot. This crate knows nothing of gRPC, queues
+//! or ONNX.
+
+use std::thread;
+
+use tern_core::Tensor;
+use tokio::sync::{mpsc, oneshot};
+
+/// Why a backend could not load or run. `Clone` because one failed batch answers every
+/// request in it.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum BackendError {
+    /// The model could not be loaded (missing or corrupt file, unsupported operator, ...).
+    #[error("{0}")]
+    Load(String),
+    /// The inputs were refused by the runtime (shape or type the model cannot take).
+    #[error("{0}")]
+    InvalidInput(String),
+    /// The runtime failed while executing.
+    #[error("{0}")]
+    Execution(String),
+    /// The instance thread is gone (model unloaded or the thread panicked).
+    #[error("model instance '{0}' is not running")]
+    Stopped(String),
+}
+
+/// Runs one model. Implementations are driven from a single thread.
+pub trait Backend: Send + 'static {
+    /// Runs the model once on `inputs` (named as the model's inputs, in any order) and returns
+    /// the outputs named in `outputs`, in that order; all of the model's outputs in the model's
+    /// order when `outputs` is empty.
+    fn infer(&mut self, inputs: Vec<Tensor>, outputs: &[String]) -> Result<Vec<Tensor>, BackendError>;
+}
+
+/// Timings of one execution, in the phases Triton reports.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ExecTimings {
+    /// When the instance thread picked the job up (the end of queueing).
+    pub started: Option<std::time::Instant>,
+    /// Time spent inside `Backend::infer`.
+    pub infer: std::time::Duration,
+}
+
+struct Job {
+    inputs: Vec<Tensor>,
+    outputs: Vec<String>,
+    span: tracing::Span,
+    reply: oneshot::Sender<(Result<Vec<Tensor>, BackendError>, ExecTimings)>,
+}
+
+/// One model instance: a dedicated OS thread that owns a [`Backend`]. Cloning the handle is
+/// cheap; the thread ends when the last handle is dropped and the jobs already sent are done.
+#[derive(Clone)]
+pub struct Instance {
+    name: String,
+    jobs_tx: mpsc::Sender<Job>,
+}
+
+impl Instance {
+    /// Starts the instance thread. `queue` bounds how many jobs may wait for it.
+    pub fn spawn(name: String, backend: Box<dyn Backend>, queue: usize) -> std::io::Result<Instance> {
+        let (jobs_tx, jobs_rx) = mpsc::channel(queue.max(1));
+        thread::Builder::new()
+            .name(format!("tern-{name}"))
+            .spawn(move || instance_task(backend, jobs_rx))?;
+        Ok(Instance { name, jobs_tx })
+    }
+
+    /// Sends one job and waits for its result without blocking the async runtime.
+    pub async fn infer(
+        &self,
+        inputs: Vec<Tensor>,
+        outputs: Vec<String>,
+    ) -> (Result<Vec<Tensor>, BackendError>, ExecTimings) {
+        let (reply, reply_rx) = oneshot::channel();
+        let job = Job { inputs, outputs, span: tracing::Span::current(), reply };
+        if self.jobs_tx.send(job).await.is_err() {
+            return (Err(BackendError::Stopped(self.name.clone())), ExecTimings::default());
+        }
+        match reply_rx.await {
+            Ok(r) => r,
+            Err(_) => (Err(BackendError::Stopped(self.name.clone())), ExecTimings::default()),
+        }
+    }
+}
+
+fn instance_task(mut backend: Box<dyn Backend>, mut jobs_rx: mpsc::Receiver<Job>) {
+    while let Some(job) = jobs_rx.blocking_recv() {
+        let started = std::time::Instant::now();
+        let _enter = job.span.enter();
+        // A panic inside a backend must not take the server down: report it to this caller and
+        // keep the thread serving.
+        let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            backend.infer(job.inputs, &job.outputs)
+        }))
+        .unwrap_or_else(|_| Err(BackendError::Execution("backend panicked while executing".into())));
+        let timings = ExecTimings { started: Some(started), infer: started.elapsed() };
+        // The caller may have gone away (cancelled); nothing to do then.
+        let _ = job.reply.send((result, timings));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bytes::Bytes;
+    use tern_core::DataType;
+
+    /// Echoes its inputs back, renamed; a stand-in for a real model in thread-plumbing tests.
+    struct EchoBackend;
+    impl Backend for EchoBackend {
+        fn infer(&mut self, inputs: Vec<Tensor>, _outputs: &[String]) -> Result<Vec<Tensor>, BackendError> {
+            if inputs.is_empty() {
+                panic!("no inputs");
+            }
+            Ok(inputs.into_iter().map(|t| Tensor { name: format!("out_{}", t.name), ..t }).collect())
+        }
+    }
+
+    #[tokio::test]
+    async fn instance_runs_jobs_and_survives_a_panic() {
+        let inst = Instance::spawn("echo".into(), Box::new(EchoBackend), 4).expect("spawn");
+        let t = Tensor { name: "x".into(), datatype: DataType::Uint8, shape: vec![2], data: Bytes::from_static(&[1, 2]) };
+        let (r, timings) = inst.infer(vec![t.clone()], vec![]).await;
+        let out = r.expect("echo");
+        assert_eq!(out[0].name, "out_x");
+        assert_eq!(out[0].data, t.data);
+        assert!(timings.started.is_some());
+        let (r, _) = inst.infer(vec![], vec![]).await;
+        assert!(matches!(r, Err(BackendError::Execution(_))));
+        let (r, _) = inst.infer(vec![t], vec![]).await;
+        assert!(r.is_ok(), "thread keeps serving after a panic");
+    }
+}

@@ -4,6 +4,8 @@
 
 mod datatype;
 pub mod signature;
+mod tensor;
 
 pub use datatype::DataType;
 pub use signature::{ModelSignature, TensorSpec};
+pub use tensor::Tensor;
