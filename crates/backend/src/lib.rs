@@ -63,9 +63,7 @@ impl Instance {
     /// Starts the instance thread. `queue` bounds how many jobs may wait for it.
     pub fn spawn(name: String, backend: Box<dyn Backend>, queue: usize) -> std::io::Result<Instance> {
         let (jobs_tx, jobs_rx) = mpsc::channel(queue.max(1));
-        thread::Builder::new()
-            .name(format!("tern-{name}"))
-            .spawn(move || instance_task(backend, jobs_rx))?;
+        thread::Builder::new().name(format!("tern-{name}")).spawn(move || instance_task(backend, jobs_rx))?;
         Ok(Instance { name, jobs_tx })
     }
 
@@ -123,7 +121,12 @@ mod tests {
     #[tokio::test]
     async fn instance_runs_jobs_and_survives_a_panic() {
         let inst = Instance::spawn("echo".into(), Box::new(EchoBackend), 4).expect("spawn");
-        let t = Tensor { name: "x".into(), datatype: DataType::Uint8, shape: vec![2], data: Bytes::from_static(&[1, 2]) };
+        let t = Tensor {
+            name: "x".into(),
+            datatype: DataType::Uint8,
+            shape: vec![2],
+            data: Bytes::from_static(&[1, 2]),
+        };
         let (r, timings) = inst.infer(vec![t.clone()], vec![]).await;
         let out = r.expect("echo");
         assert_eq!(out[0].name, "out_x");

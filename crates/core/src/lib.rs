@@ -2,10 +2,15 @@
 //! wire's raw and typed contents and raw little-endian buffers, BYTES framing, and what a
 //! model file declares (its signature). No servers, no backends, no queues here.
 
+pub mod codec;
 mod datatype;
+mod error;
+pub mod request;
 pub mod signature;
 mod tensor;
 
 pub use datatype::DataType;
+pub use error::RequestError;
+pub use request::{IoSpec, ModelIo, RequestedOutput, ValidatedRequest, classify, validate_request};
 pub use signature::{ModelSignature, TensorSpec};
 pub use tensor::Tensor;

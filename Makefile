@@ -1,0 +1,48 @@
+# Tern — the commands a developer and CI use. `make serve` and `make test` set up everything
+# they need themselves (scripts/setup.sh is idempotent).
+
+SHELL := /bin/bash
+ROOT := $(abspath .)
+VENV_PY := $(ROOT)/.venv/bin/python
+export ORT_DYLIB_PATH ?= $(ROOT)/.tern/onnxruntime/libonnxruntime.so.1.31.1
+MODEL_REPO ?= $(ROOT)/examples/model_repository
+GRPC_PORT ?= 8001
+METRICS_PORT ?= 8002
+CARGO_FLAGS ?= --release --locked
+
+.PHONY: setup build examples serve test test-rust test-python lint fmt clean
+
+setup:
+	@bash scripts/setup.sh
+
+build: setup
+	cargo build $(CARGO_FLAGS) -p tern-node
+
+examples: setup
+	$(VENV_PY) examples/build_model_repository.py $(MODEL_REPO)
+
+## Serve the example model repository on the default ports (gRPC 8001).
+serve: build examples
+	@echo "tern-node: gRPC on 127.0.0.1:$(GRPC_PORT) — try: .venv/bin/python -c \"import tritonclient.grpc as g; print(g.InferenceServerClient('127.0.0.1:$(GRPC_PORT)').get_model_repository_index())\""
+	$(ROOT)/target/release/tern-node --model-repository $(MODEL_REPO) --grpc-port $(GRPC_PORT) --metrics-port $(METRICS_PORT)
+
+## The whole test suite: Rust unit and integration tests, then end-to-end tests with the real
+## tritonclient and perf_analyzer against the real tern-node binary.
+test: build examples lint test-rust test-python
+
+test-rust:
+	TERN_EXAMPLES_REPO=$(MODEL_REPO) cargo test $(CARGO_FLAGS) --workspace
+
+test-python:
+	TERN_NODE_BIN=$(ROOT)/target/release/tern-node $(VENV_PY) -m pytest -q tests/python
+
+lint:
+	cargo fmt --all -- --check
+	cargo clippy $(CARGO_FLAGS) --workspace --all-targets -- -D warnings
+
+fmt:
+	cargo fmt --all
+
+clean:
+	cargo clean
+	rm -rf examples/model_repository

@@ -1,0 +1,86 @@
+//! Command-line configuration, named as Triton's flags where the concept is the same, and
+//! validated before any port is bound.
+
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+
+use clap::{Parser, ValueEnum};
+
+/// Log line format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+/// tern-node: serves a Triton-layout model repository of ONNX models over Triton's gRPC protocol.
+#[derive(Debug, Clone, Parser)]
+#[command(name = "tern-node", version, about)]
+pub struct Config {
+    /// Model repository directory (Triton layout). Repeat for several repositories.
+    #[arg(long = "model-repository", required = true, value_name = "DIR")]
+    pub model_repositories: Vec<PathBuf>,
+
+    /// Address the gRPC server binds.
+    #[arg(long, default_value = "0.0.0.0")]
+    pub grpc_address: IpAddr,
+
+    /// gRPC port (KServe v2 / Triton protocol). 0 picks a free port, logged at start.
+    #[arg(long, default_value_t = 8001)]
+    pub grpc_port: u16,
+
+    /// Prometheus metrics port (reserved; the metrics endpoint is not served yet).
+    #[arg(long, default_value_t = 8002)]
+    pub metrics_port: u16,
+
+    /// Require a complete config.pbtxt for every model (no auto-complete from the model file).
+    #[arg(long, default_value_t = false, action = clap::ArgAction::Set, value_name = "BOOL")]
+    pub strict_model_config: bool,
+
+    /// Report the server ready only when every model loaded (Triton's default).
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set, value_name = "BOOL")]
+    pub strict_readiness: bool,
+
+    /// Name reported by ServerMetadata. Some clients written for Triton check for "triton".
+    #[arg(long, default_value = "tern")]
+    pub server_name: String,
+
+    /// Path of libonnxruntime.so; defaults to the ORT_DYLIB_PATH environment variable.
+    #[arg(long = "onnxruntime-lib", env = "ORT_DYLIB_PATH", value_name = "PATH")]
+    pub onnxruntime_lib: Option<PathBuf>,
+
+    /// Seconds to wait for in-flight requests after SIGTERM/SIGINT before exiting.
+    #[arg(long, default_value_t = 30)]
+    pub exit_timeout_secs: u64,
+
+    /// How many models load at the same time at start.
+    #[arg(long, default_value_t = 2)]
+    pub model_load_thread_count: usize,
+
+    /// Log format.
+    #[arg(long, value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+
+    /// Verbose logging level (0 = info, 1 = debug, 2+ = trace).
+    #[arg(long, default_value_t = 0)]
+    pub log_verbose: u32,
+}
+
+impl Config {
+    /// Checks what can be checked before binding: repositories exist and are directories.
+    pub fn validate(&self) -> Result<(), String> {
+        for repo in &self.model_repositories {
+            if !repo.is_dir() {
+                return Err(format!("--model-repository {}: not a directory", repo.display()));
+            }
+        }
+        if self.model_load_thread_count == 0 {
+            return Err("--model-load-thread-count must be at least 1".into());
+        }
+        Ok(())
+    }
+
+    pub fn grpc_addr(&self) -> SocketAddr {
+        SocketAddr::new(self.grpc_address, self.grpc_port)
+    }
+}

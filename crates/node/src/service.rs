@@ -1,0 +1,300 @@
+//! The KServe v2 / Triton gRPC service of a node: health, metadata, config, inference (unary
+//! and streaming). RPCs not implemented yet answer UNIMPLEMENTED saying so.
+
+use std::pin::Pin;
+use std::sync::Arc;
+
+use futures::{Stream, StreamExt};
+use tern_backend::BackendError;
+use tern_core::{DataType, RequestError, Tensor, classify, validate_request};
+use tern_proto::inference::{self as pb, grpc_inference_service_server::GrpcInferenceService};
+use tonic::{Request, Response, Status, Streaming};
+
+use crate::manager::{LoadedModel, ModelManager, ModelState};
+
+/// Extensions this node really implements (ServerMetadata lists only these).
+pub const EXTENSIONS: &[&str] = &["classification", "model_configuration"];
+
+/// How many requests of one stream run at once; responses keep the requests' order.
+const STREAM_CONCURRENCY: usize = 64;
+
+/// Shared state behind the service; cloning the service is cheap.
+pub struct NodeState {
+    pub server_name: String,
+    pub models: ModelManager,
+    pub strict_readiness: bool,
+}
+
+#[derive(Clone)]
+pub struct NodeService {
+    state: Arc<NodeState>,
+}
+
+impl NodeService {
+    pub fn new(state: Arc<NodeState>) -> NodeService {
+        NodeService { state }
+    }
+
+    /// One inference, from request to response; shared by the unary and streaming RPCs.
+    async fn infer(&self, req: pb::ModelInferRequest) -> Result<pb::ModelInferResponse, RequestError> {
+        let model = self.state.models.get(&req.model_name, &req.model_version)?;
+        let request = validate_request(&model.io, req)?;
+        let names: Vec<String> = request.outputs.iter().map(|o| o.name.clone()).collect();
+        let (result, _timings) = model.instance.infer(request.inputs, names).await;
+        let outputs = result.map_err(|e| backend_error(&model, e))?;
+        let mut response = pb::ModelInferResponse {
+            model_name: model.name.clone(),
+            model_version: model.version_str.clone(),
+            id: request.id,
+            parameters: Default::default(),
+            outputs: Vec::with_capacity(outputs.len()),
+            raw_output_contents: Vec::with_capacity(outputs.len()),
+        };
+        for (i, mut tensor) in outputs.into_iter().enumerate() {
+            let spec = model.io.outputs.iter().find(|s| s.name == tensor.name);
+            if let Some(spec) = spec {
+                restore_config_shape(&mut tensor, &spec.dims, spec.reshape.is_some(), model.io.max_batch_size > 0);
+            }
+            let class_count = request.outputs.get(i).and_then(|o| o.class_count);
+            if let Some(k) = class_count {
+                let labels = spec.and_then(|s| s.labels.as_deref()).map(Vec::as_slice);
+                tensor = classify(&tensor, k, model.io.max_batch_size > 0, labels).map_err(|m| {
+                    RequestError::InvalidArgument(format!("model '{}': {m}", model.name))
+                })?;
+            }
+            response.outputs.push(pb::model_infer_response::InferOutputTensor {
+                name: tensor.name,
+                datatype: tensor.datatype.wire_name().to_string(),
+                shape: tensor.shape,
+                parameters: Default::default(),
+                contents: None,
+            });
+            response.raw_output_contents.push(tensor.data);
+        }
+        Ok(response)
+    }
+}
+
+/// With `reshape`, the model's output shape is mapped back to the config's `dims`.
+fn restore_config_shape(tensor: &mut Tensor, dims: &[i64], reshaped: bool, batching: bool) {
+    if !reshaped || dims.iter().any(|&d| d < 0) {
+        return;
+    }
+    tensor.shape = if batching {
+        let rows = tensor.shape.first().copied().unwrap_or(1);
+        std::iter::once(rows).chain(dims.iter().copied()).collect()
+    } else {
+        dims.to_vec()
+    };
+}
+
+fn backend_error(model: &LoadedModel, e: BackendError) -> RequestError {
+    match e {
+        BackendError::InvalidInput(m) => RequestError::InvalidArgument(format!("model '{}': {m}", model.name)),
+        BackendError::Stopped(m) => RequestError::Unavailable(m),
+        BackendError::Load(m) | BackendError::Execution(m) => {
+            tracing::error!(model = %model.name, error = %m, "inference failed");
+            RequestError::Internal(format!("model '{}' version {}: {m}", model.name, model.version))
+        }
+    }
+}
+
+fn tensor_metadata(name: &str, datatype: i32, dims: &[i64], batching: bool) -> pb::model_metadata_response::TensorMetadata {
+    let datatype = DataType::from_config(datatype).map_or("INVALID", |d| d.wire_name()).to_string();
+    let shape = if batching { std::iter::once(-1).chain(dims.iter().copied()).collect() } else { dims.to_vec() };
+    pb::model_metadata_response::TensorMetadata { name: name.to_string(), datatype, shape }
+}
+
+fn unimplemented<T>(what: &str) -> Result<Response<T>, Status> {
+    Err(Status::unimplemented(format!("{what} is not implemented by this Tern node yet")))
+}
+
+type StreamResult = Pin<Box<dyn Stream<Item = Result<pb::ModelStreamInferResponse, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl GrpcInferenceService for NodeService {
+    async fn server_live(&self, _: Request<pb::ServerLiveRequest>) -> Result<Response<pb::ServerLiveResponse>, Status> {
+        Ok(Response::new(pb::ServerLiveResponse { live: true }))
+    }
+
+    async fn server_ready(&self, _: Request<pb::ServerReadyRequest>) -> Result<Response<pb::ServerReadyResponse>, Status> {
+        let ready = !self.state.strict_readiness || self.state.models.all_ready();
+        Ok(Response::new(pb::ServerReadyResponse { ready }))
+    }
+
+    async fn model_ready(&self, req: Request<pb::ModelReadyRequest>) -> Result<Response<pb::ModelReadyResponse>, Status> {
+        let req = req.into_inner();
+        let ready = self.state.models.get(&req.name, &req.version).is_ok();
+        Ok(Response::new(pb::ModelReadyResponse { ready }))
+    }
+
+    async fn server_metadata(
+        &self,
+        _: Request<pb::ServerMetadataRequest>,
+    ) -> Result<Response<pb::ServerMetadataResponse>, Status> {
+        Ok(Response::new(pb::ServerMetadataResponse {
+            name: self.state.server_name.clone(),
+            version: env!("CARGO_PKG_VERSION").to_string(),
+            extensions: EXTENSIONS.iter().map(|s| s.to_string()).collect(),
+        }))
+    }
+
+    async fn model_metadata(
+        &self,
+        req: Request<pb::ModelMetadataRequest>,
+    ) -> Result<Response<pb::ModelMetadataResponse>, Status> {
+        let req = req.into_inner();
+        let model = self.state.models.get(&req.name, &req.version)?;
+        let c = &model.config;
+        let batching = c.max_batch_size > 0;
+        Ok(Response::new(pb::ModelMetadataResponse {
+            name: model.name.clone(),
+            versions: vec![model.version_str.clone()],
+            platform: c.platform.clone(),
+            inputs: c.input.iter().map(|i| tensor_metadata(&i.name, i.data_type, &i.dims, batching)).collect(),
+            outputs: c.output.iter().map(|o| tensor_metadata(&o.name, o.data_type, &o.dims, batching)).collect(),
+        }))
+    }
+
+    async fn model_infer(&self, req: Request<pb::ModelInferRequest>) -> Result<Response<pb::ModelInferResponse>, Status> {
+        let response = self.infer(req.into_inner()).await?;
+        Ok(Response::new(response))
+    }
+
+    type ModelStreamInferStream = StreamResult;
+
+    async fn model_stream_infer(
+        &self,
+        req: Request<Streaming<pb::ModelInferRequest>>,
+    ) -> Result<Response<Self::ModelStreamInferStream>, Status> {
+        let service = self.clone();
+        let responses = req
+            .into_inner()
+            .map(move |msg| {
+                let service = service.clone();
+                async move {
+                    let req = msg?;
+                    let (model_name, id) = (req.model_name.clone(), req.id.clone());
+                    // A failed request is reported in the stream, which stays open for the next.
+                    Ok(match service.infer(req).await {
+                        Ok(resp) => pb::ModelStreamInferResponse { error_message: String::new(), infer_response: Some(resp) },
+                        Err(e) => pb::ModelStreamInferResponse {
+                            error_message: e.to_string(),
+                            infer_response: Some(pb::ModelInferResponse { model_name, id, ..Default::default() }),
+                        },
+                    })
+                }
+            })
+            .buffered(STREAM_CONCURRENCY);
+        Ok(Response::new(Box::pin(responses)))
+    }
+
+    async fn model_config(&self, req: Request<pb::ModelConfigRequest>) -> Result<Response<pb::ModelConfigResponse>, Status> {
+        let req = req.into_inner();
+        let model = self.state.models.get(&req.name, &req.version)?;
+        Ok(Response::new(pb::ModelConfigResponse { config: Some(model.config.clone()) }))
+    }
+
+    async fn model_statistics(
+        &self,
+        _: Request<pb::ModelStatisticsRequest>,
+    ) -> Result<Response<pb::ModelStatisticsResponse>, Status> {
+        unimplemented("ModelStatistics")
+    }
+
+    async fn repository_index(
+        &self,
+        req: Request<pb::RepositoryIndexRequest>,
+    ) -> Result<Response<pb::RepositoryIndexResponse>, Status> {
+        let ready_only = req.into_inner().ready;
+        let models = self
+            .state
+            .models
+            .index()
+            .into_iter()
+            .filter_map(|(name, state)| {
+                let entry = match state {
+                    ModelState::Ready(m) => pb::repository_index_response::ModelIndex {
+                        name,
+                        version: m.version_str.clone(),
+                        state: "READY".into(),
+                        reason: String::new(),
+                    },
+                    ModelState::Unavailable { .. } if ready_only => return None,
+                    ModelState::Unavailable { version, reason } => pb::repository_index_response::ModelIndex {
+                        name,
+                        version: version.map(|v| v.to_string()).unwrap_or_default(),
+                        state: "UNAVAILABLE".into(),
+                        reason,
+                    },
+                };
+                Some(entry)
+            })
+            .collect();
+        Ok(Response::new(pb::RepositoryIndexResponse { models }))
+    }
+
+    async fn repository_model_load(
+        &self,
+        _: Request<pb::RepositoryModelLoadRequest>,
+    ) -> Result<Response<pb::RepositoryModelLoadResponse>, Status> {
+        unimplemented("RepositoryModelLoad (model control mode 'explicit')")
+    }
+
+    async fn repository_model_unload(
+        &self,
+        _: Request<pb::RepositoryModelUnloadRequest>,
+    ) -> Result<Response<pb::RepositoryModelUnloadResponse>, Status> {
+        unimplemented("RepositoryModelUnload (model control mode 'explicit')")
+    }
+
+    async fn system_shared_memory_status(
+        &self,
+        _: Request<pb::SystemSharedMemoryStatusRequest>,
+    ) -> Result<Response<pb::SystemSharedMemoryStatusResponse>, Status> {
+        unimplemented("SystemSharedMemoryStatus")
+    }
+
+    async fn system_shared_memory_register(
+        &self,
+        _: Request<pb::SystemSharedMemoryRegisterRequest>,
+    ) -> Result<Response<pb::SystemSharedMemoryRegisterResponse>, Status> {
+        unimplemented("SystemSharedMemoryRegister")
+    }
+
+    async fn system_shared_memory_unregister(
+        &self,
+        _: Request<pb::SystemSharedMemoryUnregisterRequest>,
+    ) -> Result<Response<pb::SystemSharedMemoryUnregisterResponse>, Status> {
+        unimplemented("SystemSharedMemoryUnregister")
+    }
+
+    async fn cuda_shared_memory_status(
+        &self,
+        _: Request<pb::CudaSharedMemoryStatusRequest>,
+    ) -> Result<Response<pb::CudaSharedMemoryStatusResponse>, Status> {
+        unimplemented("CudaSharedMemoryStatus")
+    }
+
+    async fn cuda_shared_memory_register(
+        &self,
+        _: Request<pb::CudaSharedMemoryRegisterRequest>,
+    ) -> Result<Response<pb::CudaSharedMemoryRegisterResponse>, Status> {
+        unimplemented("CudaSharedMemoryRegister")
+    }
+
+    async fn cuda_shared_memory_unregister(
+        &self,
+        _: Request<pb::CudaSharedMemoryUnregisterRequest>,
+    ) -> Result<Response<pb::CudaSharedMemoryUnregisterResponse>, Status> {
+        unimplemented("CudaSharedMemoryUnregister")
+    }
+
+    async fn trace_setting(&self, _: Request<pb::TraceSettingRequest>) -> Result<Response<pb::TraceSettingResponse>, Status> {
+        unimplemented("TraceSetting")
+    }
+
+    async fn log_settings(&self, _: Request<pb::LogSettingsRequest>) -> Result<Response<pb::LogSettingsResponse>, Status> {
+        unimplemented("LogSettings")
+    }
+}
