@@ -1,1 +1,154 @@
-//! Test harness: starts a real tern-node process on port 0 and connects to it.
+//! Test harness: runs a real tern-node (the same `run` the binary calls) on 127.0.0.1:0 inside
+//! the test process, with a real ONNX Runtime, and hands out gRPC clients to it.
+//!
+//! Models come from the example repository that `make examples` builds
+//! (`examples/model_repository`, or `TERN_EXAMPLES_REPO`); tests copy the models they need into
+//! a temporary repository so each test controls exactly what the node sees.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use clap::Parser;
+use tern_proto::inference::grpc_inference_service_client::GrpcInferenceServiceClient;
+use tokio::sync::oneshot;
+use tonic::transport::Channel;
+
+/// The workspace root.
+pub fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+/// The example repository; fails (never skips) with the command to run when it is missing.
+pub fn examples_repo() -> anyhow::Result<PathBuf> {
+    let repo = std::env::var_os("TERN_EXAMPLES_REPO")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| workspace_root().join("examples/model_repository"));
+    if !repo.join("tiny_add").is_dir() {
+        bail!("example model repository not found at {} — run `make examples`", repo.display());
+    }
+    Ok(repo)
+}
+
+/// Loads ONNX Runtime once for the test process (ORT_DYLIB_PATH or the project-local copy).
+pub fn init_onnxruntime() -> anyhow::Result<()> {
+    static INIT: std::sync::OnceLock<Result<(), String>> = std::sync::OnceLock::new();
+    INIT.get_or_init(|| {
+        let path = std::env::var_os("ORT_DYLIB_PATH")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| workspace_root().join(".tern/onnxruntime/libonnxruntime.so.1.31.1"));
+        tern_backend_ort::init_runtime(Some(&path)).map(|_| ()).map_err(|e| e.to_string())
+    })
+    .clone()
+    .map_err(anyhow::Error::msg)
+}
+
+/// A temporary model repository holding copies of chosen example models.
+pub struct TempRepo {
+    pub dir: tempfile::TempDir,
+}
+
+impl TempRepo {
+    pub fn new() -> anyhow::Result<TempRepo> {
+        Ok(TempRepo { dir: tempfile::tempdir()? })
+    }
+
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// Copies `model` from the example repository.
+    pub fn with_example(self, model: &str) -> anyhow::Result<TempRepo> {
+        let src = examples_repo()?.join(model);
+        copy_dir(&src, &self.path().join(model)).with_context(|| format!("copying {}", src.display()))?;
+        Ok(self)
+    }
+
+    /// Writes a file (creating directories) relative to the repository root.
+    pub fn with_file(self, rel: &str, contents: &[u8]) -> anyhow::Result<TempRepo> {
+        let path = self.path().join(rel);
+        if let Some(parent) = path.parent() {
+            std::fs::create_dir_all(parent)?;
+        }
+        std::fs::write(path, contents)?;
+        Ok(self)
+    }
+}
+
+fn copy_dir(src: &Path, dst: &Path) -> std::io::Result<()> {
+    std::fs::create_dir_all(dst)?;
+    for entry in std::fs::read_dir(src)? {
+        let entry = entry?;
+        let to = dst.join(entry.file_name());
+        if entry.file_type()?.is_dir() {
+            copy_dir(&entry.path(), &to)?;
+        } else {
+            std::fs::copy(entry.path(), to)?;
+        }
+    }
+    Ok(())
+}
+
+/// A running node.
+pub struct TestNode {
+    pub addr: SocketAddr,
+    stop_tx: Option<oneshot::Sender<()>>,
+    task: tokio::task::JoinHandle<anyhow::Result<()>>,
+}
+
+impl TestNode {
+    /// Starts a node on `repo` with extra flags, and waits (bounded) until it answers.
+    pub async fn start(repo: &Path, extra_flags: &[&str]) -> anyhow::Result<TestNode> {
+        init_onnxruntime()?;
+        let mut args: Vec<String> = vec!["tern-node".into(), "--model-repository".into()];
+        args.push(repo.display().to_string());
+        args.extend(["--grpc-address", "127.0.0.1", "--grpc-port", "0", "--exit-timeout-secs", "10"].map(String::from));
+        args.extend(extra_flags.iter().map(|s| s.to_string()));
+        let config = tern_node::Config::try_parse_from(args)?;
+        config.validate().map_err(anyhow::Error::msg)?;
+        let listener = tokio::net::TcpListener::bind(config.grpc_addr()).await?;
+        let addr = listener.local_addr()?;
+        let (stop_tx, stop_rx) = oneshot::channel::<()>();
+        let task = tokio::spawn(tern_node::run(config, listener, async {
+            let _ = stop_rx.await;
+        }));
+        let node = TestNode { addr, stop_tx: Some(stop_tx), task };
+        node.wait_live(Duration::from_secs(120)).await?;
+        Ok(node)
+    }
+
+    async fn wait_live(&self, limit: Duration) -> anyhow::Result<()> {
+        let deadline = Instant::now() + limit;
+        loop {
+            if let Ok(mut c) = self.client().await
+                && c.server_live(tern_proto::inference::ServerLiveRequest {}).await.is_ok()
+            {
+                return Ok(());
+            }
+            if self.task.is_finished() {
+                bail!("tern-node exited before answering");
+            }
+            if Instant::now() > deadline {
+                bail!("tern-node did not answer within {limit:?}");
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    pub async fn channel(&self) -> anyhow::Result<Channel> {
+        Ok(Channel::from_shared(format!("http://{}", self.addr))?.connect().await?)
+    }
+
+    pub async fn client(&self) -> anyhow::Result<GrpcInferenceServiceClient<Channel>> {
+        Ok(GrpcInferenceServiceClient::new(self.channel().await?).max_decoding_message_size(64 << 20))
+    }
+
+    /// Sends the shutdown signal and waits for `run` to return.
+    pub async fn stop(mut self) -> anyhow::Result<()> {
+        if let Some(tx) = self.stop_tx.take() {
+            let _ = tx.send(());
+        }
+        tokio::time::timeout(Duration::from_secs(30), &mut self.task).await.context("node did not stop")??
+    }
+}
