@@ -4,6 +4,7 @@
 //! channel of jobs and answering each on a oneshot. This crate knows nothing of gRPC, queues
 //! or ONNX.
 
+use std::sync::{Arc, Mutex};
 use std::thread;
 
 use tern_core::Tensor;
@@ -51,8 +52,9 @@ struct Job {
     reply: oneshot::Sender<(Result<Vec<Tensor>, BackendError>, ExecTimings)>,
 }
 
-/// One model instance: a dedicated OS thread that owns a [`Backend`]. Cloning the handle is
-/// cheap; the thread ends when the last handle is dropped and the jobs already sent are done.
+/// The instances of one model: one dedicated OS thread per [`Backend`], all serving one FIFO
+/// queue, so a job goes to whichever instance is free first. Cloning the handle is cheap; the
+/// threads end when the last handle is dropped and the jobs already queued are done.
 #[derive(Clone)]
 pub struct Instance {
     name: String,
@@ -60,10 +62,25 @@ pub struct Instance {
 }
 
 impl Instance {
-    /// Starts the instance thread. `queue` bounds how many jobs may wait for it.
+    /// Starts one thread per backend. `queue` bounds how many jobs may wait for a free instance.
     pub fn spawn(name: String, backend: Box<dyn Backend>, queue: usize) -> std::io::Result<Instance> {
+        Instance::spawn_group(name, vec![backend], queue)
+    }
+
+    /// Like [`Instance::spawn`] with several instances (config `instance_group.count`).
+    pub fn spawn_group(
+        name: String,
+        backends: Vec<Box<dyn Backend>>,
+        queue: usize,
+    ) -> std::io::Result<Instance> {
         let (jobs_tx, jobs_rx) = mpsc::channel(queue.max(1));
-        thread::Builder::new().name(format!("tern-{name}")).spawn(move || instance_task(backend, jobs_rx))?;
+        let jobs_rx = Arc::new(Mutex::new(jobs_rx));
+        for (i, backend) in backends.into_iter().enumerate() {
+            let jobs_rx = jobs_rx.clone();
+            thread::Builder::new()
+                .name(format!("tern-{name}-{i}"))
+                .spawn(move || instance_task(backend, &jobs_rx))?;
+        }
         Ok(Instance { name, jobs_tx })
     }
 
@@ -85,8 +102,15 @@ impl Instance {
     }
 }
 
-fn instance_task(mut backend: Box<dyn Backend>, mut jobs_rx: mpsc::Receiver<Job>) {
-    while let Some(job) = jobs_rx.blocking_recv() {
+fn instance_task(mut backend: Box<dyn Backend>, jobs_rx: &Mutex<mpsc::Receiver<Job>>) {
+    loop {
+        // The lock is held only while this thread waits for the next job: the other instances
+        // wait on the lock meanwhile, so each job goes to exactly one free instance.
+        let job = {
+            let Ok(mut rx) = jobs_rx.lock() else { return };
+            rx.blocking_recv()
+        };
+        let Some(job) = job else { return };
         let started = std::time::Instant::now();
         let _enter = job.span.enter();
         // A panic inside a backend must not take the server down: report it to this caller and
@@ -136,5 +160,28 @@ mod tests {
         assert!(matches!(r, Err(BackendError::Execution(_))));
         let (r, _) = inst.infer(vec![t], vec![]).await;
         assert!(r.is_ok(), "thread keeps serving after a panic");
+    }
+
+    /// Blocks until released; shows that a group runs jobs on several instances at once.
+    struct GateBackend(Arc<std::sync::Barrier>);
+    impl Backend for GateBackend {
+        fn infer(&mut self, inputs: Vec<Tensor>, _: &[String]) -> Result<Vec<Tensor>, BackendError> {
+            self.0.wait();
+            Ok(inputs)
+        }
+    }
+
+    #[tokio::test]
+    async fn a_group_runs_jobs_in_parallel() {
+        // Both jobs must be inside `infer` at the same time for the barrier to open.
+        let barrier = Arc::new(std::sync::Barrier::new(2));
+        let backends: Vec<Box<dyn Backend>> =
+            vec![Box::new(GateBackend(barrier.clone())), Box::new(GateBackend(barrier))];
+        let group = Instance::spawn_group("gate".into(), backends, 4).expect("spawn");
+        let both = async { tokio::join!(group.infer(vec![], vec![]), group.infer(vec![], vec![])) };
+        let (a, b) = tokio::time::timeout(std::time::Duration::from_secs(10), both)
+            .await
+            .expect("two instances ran at once");
+        assert!(a.0.is_ok() && b.0.is_ok());
     }
 }

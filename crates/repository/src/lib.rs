@@ -1,1 +1,37 @@
-//! Model repository scan, config.pbtxt parsing, auto-complete and validation
+//! The model repository: from directories on disk to a validated Triton `ModelConfig`.
+//!
+//! Owns, in the order a load uses them:
+//! - [`scan`]: every model directory of every repository, its parsed config.pbtxt and its
+//!   numeric version directories; one bad model never fails the scan ([`ScannedModel`]);
+//! - [`parse_config`] / [`config_override_from_json`]: config.pbtxt (protobuf text format) and
+//!   the load API's JSON config, both against Triton's `inference.ModelConfig` schema;
+//! - [`model_file_path`], [`highest_version`], [`select_versions`]: where a version's model
+//!   file is, and which versions the version policy selects;
+//! - [`auto_complete`]: the config Triton with its ONNX Runtime backend would serve, from the
+//!   config and the model file's [`ModelSignature`](tern_core::ModelSignature) (`--strict-model-config` included);
+//! - [`validate`]: the config on its own and against the model file;
+//! - [`load_labels`]: classification labels of outputs.
+//!
+//! Does not own: reading ONNX files (the backend produces the signature), model lifecycle,
+//! polling and hot reload (the node), nor anything on the request path. Everything here is
+//! synchronous and does blocking file I/O: call it off the async runtime's worker threads.
+
+mod complete;
+mod error;
+mod labels;
+mod parse;
+mod scan;
+mod validate;
+
+pub use complete::{
+    DEFAULT_CPU_INSTANCE_COUNT, DEFAULT_MAX_BATCH_SIZE, ONNX_BACKEND, ONNX_PLATFORM, auto_complete,
+};
+pub use error::{RepositoryError, TensorKind, TextPosition};
+pub use labels::load_labels;
+pub use parse::{config_override_from_json, parse_config};
+pub use scan::{
+    CONFIG_FILENAME, DEFAULT_MODEL_FILENAME, ModelSource, ScannedModel, highest_version, model_file_path,
+    scan, select_versions, validate_model_name,
+};
+pub use tern_proto::inference::ModelConfig;
+pub use validate::validate;
