@@ -103,7 +103,10 @@ impl TestNode {
         init_onnxruntime()?;
         let mut args: Vec<String> = vec!["tern-node".into(), "--model-repository".into()];
         args.push(repo.display().to_string());
-        args.extend(["--grpc-address", "127.0.0.1", "--grpc-port", "0", "--exit-timeout-secs", "10"].map(String::from));
+        args.extend(
+            ["--grpc-address", "127.0.0.1", "--grpc-port", "0", "--exit-timeout-secs", "10"]
+                .map(String::from),
+        );
         args.extend(extra_flags.iter().map(|s| s.to_string()));
         let config = tern_node::Config::try_parse_from(args)?;
         config.validate().map_err(anyhow::Error::msg)?;

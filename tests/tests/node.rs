@@ -39,7 +39,8 @@ async fn serves_health_metadata_and_inference() -> anyhow::Result<()> {
     let meta = c.server_metadata(pb::ServerMetadataRequest {}).await?.into_inner();
     assert_eq!(meta.name, "triton");
     assert!(!meta.version.is_empty());
-    let ready = c.model_ready(pb::ModelReadyRequest { name: "tiny_add".into(), version: String::new() }).await?;
+    let ready =
+        c.model_ready(pb::ModelReadyRequest { name: "tiny_add".into(), version: String::new() }).await?;
     assert!(ready.into_inner().ready);
 
     let md = c
@@ -92,10 +93,7 @@ async fn bad_requests_get_the_right_status_and_the_node_keeps_serving() -> anyho
     req.raw_input_contents[0] = req.raw_input_contents[0].slice(..10);
     assert_eq!(c.model_infer(req).await.expect_err("short payload").code(), Code::InvalidArgument);
 
-    let e = c
-        .model_statistics(pb::ModelStatisticsRequest::default())
-        .await
-        .expect_err("not implemented yet");
+    let e = c.model_statistics(pb::ModelStatisticsRequest::default()).await.expect_err("not implemented yet");
     assert_eq!(e.code(), Code::Unimplemented);
 
     let resp = c.model_infer(tiny_add_request(2)).await?.into_inner();
@@ -114,7 +112,8 @@ async fn a_model_that_fails_to_load_is_reported_and_does_not_stop_the_node() -> 
     let mut c = node.client().await?;
 
     assert!(!c.server_ready(pb::ServerReadyRequest {}).await?.into_inner().ready, "strict readiness");
-    let ready = c.model_ready(pb::ModelReadyRequest { name: "corrupt".into(), version: String::new() }).await?;
+    let ready =
+        c.model_ready(pb::ModelReadyRequest { name: "corrupt".into(), version: String::new() }).await?;
     assert!(!ready.into_inner().ready);
     let index = c.repository_index(pb::RepositoryIndexRequest::default()).await?.into_inner();
     let state = |name: &str| index.models.iter().find(|m| m.name == name).cloned().expect("indexed");
@@ -124,7 +123,8 @@ async fn a_model_that_fails_to_load_is_reported_and_does_not_stop_the_node() -> 
         assert_eq!(s.state, "UNAVAILABLE", "{bad}");
         assert!(s.reason.contains(bad), "reason names the model: {}", s.reason);
     }
-    let ready_only = c.repository_index(pb::RepositoryIndexRequest { ready: true, ..Default::default() }).await?;
+    let ready_only =
+        c.repository_index(pb::RepositoryIndexRequest { ready: true, ..Default::default() }).await?;
     assert_eq!(ready_only.into_inner().models.len(), 1);
 
     let e = c.model_infer(pb::ModelInferRequest { model_name: "corrupt".into(), ..Default::default() }).await;
@@ -135,7 +135,9 @@ async fn a_model_that_fails_to_load_is_reported_and_does_not_stop_the_node() -> 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn health_and_reflection_services_answer() -> anyhow::Result<()> {
-    use tonic_health::pb::{HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient};
+    use tonic_health::pb::{
+        HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient,
+    };
     use tonic_reflection::pb::v1::{
         ServerReflectionRequest, server_reflection_client::ServerReflectionClient,
         server_reflection_request::MessageRequest, server_reflection_response::MessageResponse,

@@ -1,1 +1,81 @@
-//! The ONNX Runtime backend
+//! The ONNX Runtime backend: loads the ORT shared library once per process, turns Triton's
+//! config fields for the ORT backend into session options, and runs `.onnx` models behind
+//! [`tern_backend::Backend`].
+//!
+//! Layout:
+//! - [`runtime`]: [`init_runtime`], the process-wide library and ORT environment (one per
+//!   process, kept in a `OnceLock`).
+//! - [`settings`]: [`SessionSettings`] and [`session_settings`] (config.pbtxt `parameters` and
+//!   `optimization { graph { level } }`, with the Triton ONNX Runtime backend's meanings).
+//! - `backend`: [`OrtBackend`], one ORT session; `infer` validates the request against the
+//!   model's signature, runs, and hands the outputs back as [`tern_core::Tensor`]s.
+//! - `convert`: datatype mapping and the byte-level moves in and out of ORT tensors.
+//! - `ffi`: the only `unsafe` in Tern: raw string-tensor element access (so BYTES elements
+//!   keep embedded NULs and non-UTF-8 bytes), the CPU arena switch, the library version.
+//!
+//! Copies: a fixed-size input is lent to ORT in place when its bytes are aligned for the
+//! element type (otherwise copied once into an aligned buffer); an output is handed back as a
+//! `Bytes` that owns the ORT value itself (no copy), or as a slice of the input it aliases.
+//! BYTES tensors are copied once each way (ORT keeps them as `std::string`s).
+//!
+//! Not here: batching, queues, instance threads (`tern-backend`), config.pbtxt parsing and
+//! auto-complete (`tern-repository`), GPU execution providers.
+
+mod backend;
+mod convert;
+mod ffi;
+pub mod runtime;
+pub mod settings;
+
+use std::path::PathBuf;
+
+pub use backend::OrtBackend;
+pub use runtime::{RuntimeInfo, init_runtime};
+pub use settings::{GraphOptimization, SessionSettings, session_settings};
+
+/// What to tell an operator whose ONNX Runtime library is missing or unusable.
+pub const SETUP_HINT: &str =
+    "run `make setup` (scripts/setup.sh) or pass --onnxruntime-lib / set ORT_DYLIB_PATH";
+
+/// Why the ONNX Runtime library, a model's settings or a model could not be loaded.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum OrtBackendError {
+    /// No path was given and `ORT_DYLIB_PATH` is unset.
+    #[error("no ONNX Runtime library configured: {SETUP_HINT}")]
+    LibraryNotConfigured,
+    /// The library file does not exist.
+    #[error("ONNX Runtime library not found at {}: {SETUP_HINT}", path.display())]
+    LibraryNotFound { path: PathBuf },
+    /// The file exists but is not a usable ONNX Runtime (not a library, too old, ...).
+    #[error("cannot load ONNX Runtime from {}: {message}; {SETUP_HINT}", path.display())]
+    LibraryLoad { path: PathBuf, message: String },
+    /// The process already runs another ONNX Runtime library; only one can be loaded.
+    #[error(
+        "ONNX Runtime is already loaded from {}; cannot also load {}",
+        loaded.display(),
+        requested.display()
+    )]
+    AlreadyInitialized { loaded: PathBuf, requested: PathBuf },
+    /// The library loaded but its environment could not be created.
+    #[error("cannot create the ONNX Runtime environment: {0}")]
+    Environment(String),
+    /// A model config parameter has a value the ORT backend cannot use.
+    #[error("invalid value {value:?} for ONNX Runtime parameter '{name}': {reason}")]
+    InvalidParameter { name: String, value: String, reason: String },
+    /// The model file does not exist.
+    #[error("model file not found: {}", path.display())]
+    ModelNotFound { path: PathBuf },
+    /// ORT refused the model (corrupt file, unsupported operator or opset, ...). `model` is
+    /// the file's path, or `<memory>`.
+    #[error("cannot load ONNX model {model}: {message}")]
+    ModelLoad { model: String, message: String },
+    /// A model input or output has a type Tern cannot carry (sequence, map, complex, ...).
+    #[error("model {kind} '{name}' has unsupported type {found}")]
+    UnsupportedTensor { kind: &'static str, name: String, found: String },
+}
+
+impl From<OrtBackendError> for tern_backend::BackendError {
+    fn from(e: OrtBackendError) -> Self {
+        tern_backend::BackendError::Load(e.to_string())
+    }
+}

@@ -27,7 +27,11 @@ const MAX_MESSAGE_SIZE: usize = i32::MAX as usize;
 
 /// Loads the models, then serves on `listener` until `shutdown` resolves; in-flight requests
 /// then get up to `config.exit_timeout_secs` to finish.
-pub async fn run(config: Config, listener: TcpListener, shutdown: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
+pub async fn run(
+    config: Config,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
     let models = ModelManager::load_all(
         &config.model_repositories,
         LoadOptions { strict_model_config: config.strict_model_config },
@@ -35,7 +39,11 @@ pub async fn run(config: Config, listener: TcpListener, shutdown: impl Future<Ou
     )
     .await
     .map_err(anyhow::Error::msg)?;
-    let state = Arc::new(NodeState { server_name: config.server_name.clone(), models, strict_readiness: config.strict_readiness });
+    let state = Arc::new(NodeState {
+        server_name: config.server_name.clone(),
+        models,
+        strict_readiness: config.strict_readiness,
+    });
 
     let inference = GrpcInferenceServiceServer::new(NodeService::new(state.clone()))
         .accept_compressed(CompressionEncoding::Gzip)
@@ -51,8 +59,9 @@ pub async fn run(config: Config, listener: TcpListener, shutdown: impl Future<Ou
         .build_v1()?;
 
     let addr = listener.local_addr()?;
-    let ready_models = state.models.index().iter().filter(|(_, s)| matches!(s, manager::ModelState::Ready(_))).count();
-    tracing::info!(grpc = %addr, models = ready_models, "tern-node ready grpc={addr}");
+    let ready_models =
+        state.models.index().iter().filter(|(_, s)| matches!(s, manager::ModelState::Ready(_))).count();
+    tracing::info!(models = ready_models, "tern-node ready grpc={addr}");
 
     // Stop accepting on the shutdown signal; then give in-flight work the grace period.
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();

@@ -30,7 +30,10 @@ pub struct LoadedModel {
 pub enum ModelState {
     Ready(Arc<LoadedModel>),
     /// Failed to load; the reason is logged and shown by RepositoryIndex.
-    Unavailable { version: Option<u64>, reason: String },
+    Unavailable {
+        version: Option<u64>,
+        reason: String,
+    },
 }
 
 /// Every model the repositories hold, by name.
@@ -142,27 +145,69 @@ fn load_model(source: ModelSource, options: &LoadOptions) -> ModelState {
         let v = tern_repository::highest_version(&source, &base).ok_or_else(|| {
             format!(
                 "model '{name}': no version directory holds '{}'",
-                if base.default_model_filename.is_empty() { "model.onnx" } else { &base.default_model_filename }
+                if base.default_model_filename.is_empty() {
+                    "model.onnx"
+                } else {
+                    &base.default_model_filename
+                }
             )
         })?;
         version = Some(v);
         let path = tern_repository::model_file_path(&source, &base, v);
-        let settings = tern_backend_ort::session_settings(&base).map_err(|e| format!("model '{name}': {e}"))?;
-        let backend = tern_backend_ort::OrtBackend::load(&path, &settings).map_err(|e| format!("model '{name}': {e}"))?;
-        let signature = backend.signature();
+        let mut settings =
+            tern_backend_ort::session_settings(&base).map_err(|e| format!("model '{name}': {e}"))?;
+        // One ORT session per instance. Unless the config sets intra-op threads, the cores are
+        // divided among the instances so they do not oversubscribe the machine. The instance
+        // count is known for sure only after auto-complete, which needs a session: guess it
+        // from the config as written, and remake the session only if the guess was wrong.
+        let threads_given = settings.intra_op_threads.is_some();
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let threads_for = |count: usize| (cores / count).max(1);
+        let guess = if base.instance_group.is_empty() {
+            tern_repository::DEFAULT_CPU_INSTANCE_COUNT as usize
+        } else {
+            instance_count(&base)
+        };
+        if !threads_given {
+            settings.intra_op_threads = Some(threads_for(guess));
+        }
+        let load = |settings: &tern_backend_ort::SessionSettings| {
+            tern_backend_ort::OrtBackend::load(&path, settings).map_err(|e| format!("model '{name}': {e}"))
+        };
+        let first = load(&settings)?;
+        let signature = first.signature();
         let config = tern_repository::auto_complete(&name, given, &signature, options.strict_model_config)
             .map_err(|e| e.to_string())?;
         tern_repository::validate(&config, &signature).map_err(|e| e.to_string())?;
         let labels = tern_repository::load_labels(&source.dir, &config).map_err(|e| e.to_string())?;
         let io = model_io(&config, &labels)?;
-        let instance = Instance::spawn(format!("{name}-{v}"), Box::new(backend), 1024)
+
+        let count = instance_count(&config);
+        let mut backends: Vec<Box<dyn tern_backend::Backend>> = Vec::with_capacity(count);
+        if !threads_given && threads_for(count) != threads_for(guess) {
+            settings.intra_op_threads = Some(threads_for(count));
+            drop(first);
+        } else {
+            backends.push(Box::new(first));
+        }
+        while backends.len() < count {
+            backends.push(Box::new(load(&settings)?));
+        }
+        let instance = Instance::spawn_group(format!("{name}-{v}"), backends, 1024)
             .map_err(|e| format!("model '{name}': cannot start instance thread: {e}"))?;
+        tracing::info!(version = v, instances = count, intra_op_threads = ?settings.intra_op_threads, "loaded");
         Ok(LoadedModel { name: name.clone(), version: v, version_str: v.to_string(), config, io, instance })
     })();
     match result {
         Ok(model) => ModelState::Ready(Arc::new(model)),
         Err(reason) => ModelState::Unavailable { version, reason },
     }
+}
+
+/// Instances the config asks for (every group's count; at least one).
+fn instance_count(config: &ModelConfig) -> usize {
+    let n: i64 = config.instance_group.iter().map(|g| i64::from(g.count.max(1))).sum();
+    usize::try_from(n).unwrap_or(1).clamp(1, 64)
 }
 
 fn model_io(config: &ModelConfig, labels: &HashMap<String, Arc<Vec<String>>>) -> Result<ModelIo, String> {

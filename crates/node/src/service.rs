@@ -53,14 +53,18 @@ impl NodeService {
         for (i, mut tensor) in outputs.into_iter().enumerate() {
             let spec = model.io.outputs.iter().find(|s| s.name == tensor.name);
             if let Some(spec) = spec {
-                restore_config_shape(&mut tensor, &spec.dims, spec.reshape.is_some(), model.io.max_batch_size > 0);
+                restore_config_shape(
+                    &mut tensor,
+                    &spec.dims,
+                    spec.reshape.is_some(),
+                    model.io.max_batch_size > 0,
+                );
             }
             let class_count = request.outputs.get(i).and_then(|o| o.class_count);
             if let Some(k) = class_count {
                 let labels = spec.and_then(|s| s.labels.as_deref()).map(Vec::as_slice);
-                tensor = classify(&tensor, k, model.io.max_batch_size > 0, labels).map_err(|m| {
-                    RequestError::InvalidArgument(format!("model '{}': {m}", model.name))
-                })?;
+                tensor = classify(&tensor, k, model.io.max_batch_size > 0, labels)
+                    .map_err(|m| RequestError::InvalidArgument(format!("model '{}': {m}", model.name)))?;
             }
             response.outputs.push(pb::model_infer_response::InferOutputTensor {
                 name: tensor.name,
@@ -90,7 +94,9 @@ fn restore_config_shape(tensor: &mut Tensor, dims: &[i64], reshaped: bool, batch
 
 fn backend_error(model: &LoadedModel, e: BackendError) -> RequestError {
     match e {
-        BackendError::InvalidInput(m) => RequestError::InvalidArgument(format!("model '{}': {m}", model.name)),
+        BackendError::InvalidInput(m) => {
+            RequestError::InvalidArgument(format!("model '{}': {m}", model.name))
+        }
         BackendError::Stopped(m) => RequestError::Unavailable(m),
         BackendError::Load(m) | BackendError::Execution(m) => {
             tracing::error!(model = %model.name, error = %m, "inference failed");
@@ -99,9 +105,15 @@ fn backend_error(model: &LoadedModel, e: BackendError) -> RequestError {
     }
 }
 
-fn tensor_metadata(name: &str, datatype: i32, dims: &[i64], batching: bool) -> pb::model_metadata_response::TensorMetadata {
+fn tensor_metadata(
+    name: &str,
+    datatype: i32,
+    dims: &[i64],
+    batching: bool,
+) -> pb::model_metadata_response::TensorMetadata {
     let datatype = DataType::from_config(datatype).map_or("INVALID", |d| d.wire_name()).to_string();
-    let shape = if batching { std::iter::once(-1).chain(dims.iter().copied()).collect() } else { dims.to_vec() };
+    let shape =
+        if batching { std::iter::once(-1).chain(dims.iter().copied()).collect() } else { dims.to_vec() };
     pb::model_metadata_response::TensorMetadata { name: name.to_string(), datatype, shape }
 }
 
@@ -113,16 +125,25 @@ type StreamResult = Pin<Box<dyn Stream<Item = Result<pb::ModelStreamInferRespons
 
 #[tonic::async_trait]
 impl GrpcInferenceService for NodeService {
-    async fn server_live(&self, _: Request<pb::ServerLiveRequest>) -> Result<Response<pb::ServerLiveResponse>, Status> {
+    async fn server_live(
+        &self,
+        _: Request<pb::ServerLiveRequest>,
+    ) -> Result<Response<pb::ServerLiveResponse>, Status> {
         Ok(Response::new(pb::ServerLiveResponse { live: true }))
     }
 
-    async fn server_ready(&self, _: Request<pb::ServerReadyRequest>) -> Result<Response<pb::ServerReadyResponse>, Status> {
+    async fn server_ready(
+        &self,
+        _: Request<pb::ServerReadyRequest>,
+    ) -> Result<Response<pb::ServerReadyResponse>, Status> {
         let ready = !self.state.strict_readiness || self.state.models.all_ready();
         Ok(Response::new(pb::ServerReadyResponse { ready }))
     }
 
-    async fn model_ready(&self, req: Request<pb::ModelReadyRequest>) -> Result<Response<pb::ModelReadyResponse>, Status> {
+    async fn model_ready(
+        &self,
+        req: Request<pb::ModelReadyRequest>,
+    ) -> Result<Response<pb::ModelReadyResponse>, Status> {
         let req = req.into_inner();
         let ready = self.state.models.get(&req.name, &req.version).is_ok();
         Ok(Response::new(pb::ModelReadyResponse { ready }))
@@ -151,12 +172,23 @@ impl GrpcInferenceService for NodeService {
             name: model.name.clone(),
             versions: vec![model.version_str.clone()],
             platform: c.platform.clone(),
-            inputs: c.input.iter().map(|i| tensor_metadata(&i.name, i.data_type, &i.dims, batching)).collect(),
-            outputs: c.output.iter().map(|o| tensor_metadata(&o.name, o.data_type, &o.dims, batching)).collect(),
+            inputs: c
+                .input
+                .iter()
+                .map(|i| tensor_metadata(&i.name, i.data_type, &i.dims, batching))
+                .collect(),
+            outputs: c
+                .output
+                .iter()
+                .map(|o| tensor_metadata(&o.name, o.data_type, &o.dims, batching))
+                .collect(),
         }))
     }
 
-    async fn model_infer(&self, req: Request<pb::ModelInferRequest>) -> Result<Response<pb::ModelInferResponse>, Status> {
+    async fn model_infer(
+        &self,
+        req: Request<pb::ModelInferRequest>,
+    ) -> Result<Response<pb::ModelInferResponse>, Status> {
         let response = self.infer(req.into_inner()).await?;
         Ok(Response::new(response))
     }
@@ -177,10 +209,17 @@ impl GrpcInferenceService for NodeService {
                     let (model_name, id) = (req.model_name.clone(), req.id.clone());
                     // A failed request is reported in the stream, which stays open for the next.
                     Ok(match service.infer(req).await {
-                        Ok(resp) => pb::ModelStreamInferResponse { error_message: String::new(), infer_response: Some(resp) },
+                        Ok(resp) => pb::ModelStreamInferResponse {
+                            error_message: String::new(),
+                            infer_response: Some(resp),
+                        },
                         Err(e) => pb::ModelStreamInferResponse {
                             error_message: e.to_string(),
-                            infer_response: Some(pb::ModelInferResponse { model_name, id, ..Default::default() }),
+                            infer_response: Some(pb::ModelInferResponse {
+                                model_name,
+                                id,
+                                ..Default::default()
+                            }),
                         },
                     })
                 }
@@ -189,7 +228,10 @@ impl GrpcInferenceService for NodeService {
         Ok(Response::new(Box::pin(responses)))
     }
 
-    async fn model_config(&self, req: Request<pb::ModelConfigRequest>) -> Result<Response<pb::ModelConfigResponse>, Status> {
+    async fn model_config(
+        &self,
+        req: Request<pb::ModelConfigRequest>,
+    ) -> Result<Response<pb::ModelConfigResponse>, Status> {
         let req = req.into_inner();
         let model = self.state.models.get(&req.name, &req.version)?;
         Ok(Response::new(pb::ModelConfigResponse { config: Some(model.config.clone()) }))
@@ -221,12 +263,14 @@ impl GrpcInferenceService for NodeService {
                         reason: String::new(),
                     },
                     ModelState::Unavailable { .. } if ready_only => return None,
-                    ModelState::Unavailable { version, reason } => pb::repository_index_response::ModelIndex {
-                        name,
-                        version: version.map(|v| v.to_string()).unwrap_or_default(),
-                        state: "UNAVAILABLE".into(),
-                        reason,
-                    },
+                    ModelState::Unavailable { version, reason } => {
+                        pb::repository_index_response::ModelIndex {
+                            name,
+                            version: version.map(|v| v.to_string()).unwrap_or_default(),
+                            state: "UNAVAILABLE".into(),
+                            reason,
+                        }
+                    }
                 };
                 Some(entry)
             })
@@ -290,11 +334,17 @@ impl GrpcInferenceService for NodeService {
         unimplemented("CudaSharedMemoryUnregister")
     }
 
-    async fn trace_setting(&self, _: Request<pb::TraceSettingRequest>) -> Result<Response<pb::TraceSettingResponse>, Status> {
+    async fn trace_setting(
+        &self,
+        _: Request<pb::TraceSettingRequest>,
+    ) -> Result<Response<pb::TraceSettingResponse>, Status> {
         unimplemented("TraceSetting")
     }
 
-    async fn log_settings(&self, _: Request<pb::LogSettingsRequest>) -> Result<Response<pb::LogSettingsResponse>, Status> {
+    async fn log_settings(
+        &self,
+        _: Request<pb::LogSettingsRequest>,
+    ) -> Result<Response<pb::LogSettingsResponse>, Status> {
         unimplemented("LogSettings")
     }
 }

@@ -1,0 +1,224 @@
+//! [`OrtBackend`]: one ORT session behind the [`Backend`] trait.
+
+use std::borrow::Cow;
+use std::path::Path;
+
+use ort::environment::Environment;
+use ort::session::builder::SessionBuilder;
+use ort::session::{OutputSelector, RunOptions, Session, SessionInputValue};
+use ort::value::{Outlet, ValueType};
+use tern_backend::{Backend, BackendError};
+use tern_core::{ModelSignature, Tensor, TensorSpec};
+
+use crate::convert::{PreparedInput, datatype_of, output_tensor, run_error};
+use crate::settings::SessionSettings;
+use crate::{OrtBackendError, ffi, runtime};
+
+const ARENA_SHRINKAGE_KEY: &str = "memory.enable_memory_arena_shrinkage";
+
+/// One loaded ONNX model: an ORT session and the signature read from it. `infer` takes
+/// `&mut self` because ORT's `Run` is not safe to call concurrently on one session: give each
+/// instance thread its own `OrtBackend`.
+pub struct OrtBackend {
+    session: Session,
+    signature: ModelSignature,
+    arena_shrinkage: Option<String>,
+}
+
+impl std::fmt::Debug for OrtBackend {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("OrtBackend").field("signature", &self.signature).finish_non_exhaustive()
+    }
+}
+
+impl OrtBackend {
+    /// Loads the `.onnx` file at `path` (external data files are found beside it). Loads the
+    /// runtime from `ORT_DYLIB_PATH` if [`crate::init_runtime`] has not been called.
+    pub fn load(path: &Path, settings: &SessionSettings) -> Result<OrtBackend, OrtBackendError> {
+        if !path.is_file() {
+            return Err(OrtBackendError::ModelNotFound { path: path.to_path_buf() });
+        }
+        let model = path.display().to_string();
+        let environment = runtime::environment()?;
+        let session = configure(environment, settings)
+            .and_then(|mut builder| builder.commit_from_file(path))
+            .map_err(|e| OrtBackendError::ModelLoad { model: model.clone(), message: e.to_string() })?;
+        OrtBackend::new(session, settings, &model)
+    }
+
+    /// Loads a model from its bytes (e.g. after decrypting it). ORT copies what it needs, so
+    /// `bytes` may be dropped afterwards. Models with external data files cannot load this way.
+    pub fn load_from_memory(bytes: &[u8], settings: &SessionSettings) -> Result<OrtBackend, OrtBackendError> {
+        let model = "<memory>";
+        let environment = runtime::environment()?;
+        let session = configure(environment, settings)
+            .and_then(|mut builder| builder.commit_from_memory(bytes))
+            .map_err(|e| OrtBackendError::ModelLoad { model: model.to_string(), message: e.to_string() })?;
+        OrtBackend::new(session, settings, model)
+    }
+
+    fn new(session: Session, settings: &SessionSettings, model: &str) -> Result<OrtBackend, OrtBackendError> {
+        let signature = ModelSignature {
+            inputs: session.inputs().iter().map(|o| spec("input", o)).collect::<Result<_, _>>()?,
+            outputs: session.outputs().iter().map(|o| spec("output", o)).collect::<Result<_, _>>()?,
+        };
+        tracing::debug!(model, ?signature, "loaded ONNX model");
+        Ok(OrtBackend { session, signature, arena_shrinkage: settings.arena_shrinkage.clone() })
+    }
+
+    /// The model's inputs and outputs, in the file's order; -1 for symbolic or unknown dims.
+    pub fn signature(&self) -> ModelSignature {
+        self.signature.clone()
+    }
+
+    /// Validates names and datatypes against the model and prepares each payload.
+    fn prepare_inputs(&self, inputs: Vec<Tensor>) -> Result<Vec<PreparedInput>, BackendError> {
+        let model_inputs = &self.signature.inputs;
+        let mut seen = vec![false; model_inputs.len()];
+        let mut prepared = Vec::with_capacity(inputs.len());
+        for tensor in inputs {
+            let Some(index) = model_inputs.iter().position(|s| s.name == tensor.name) else {
+                return Err(BackendError::InvalidInput(format!(
+                    "unexpected inference input '{}', the model's inputs are {}",
+                    tensor.name,
+                    names(model_inputs.iter().map(|s| s.name.as_str())),
+                )));
+            };
+            let spec = &model_inputs[index];
+            if std::mem::replace(&mut seen[index], true) {
+                return Err(BackendError::InvalidInput(format!(
+                    "input '{}' was given more than once",
+                    tensor.name
+                )));
+            }
+            if tensor.datatype != spec.datatype {
+                return Err(BackendError::InvalidInput(format!(
+                    "inference input '{}' data-type is '{}', but the model expects '{}'",
+                    tensor.name, tensor.datatype, spec.datatype
+                )));
+            }
+            prepared.push(PreparedInput::new(tensor)?);
+        }
+        if seen.iter().any(|s| !s) {
+            let missing = model_inputs.iter().zip(&seen).filter(|(_, s)| !**s).map(|(m, _)| m.name.as_str());
+            return Err(BackendError::InvalidInput(format!(
+                "missing required input(s) {}; got input(s) {}",
+                names(missing),
+                names(prepared.iter().map(|p| p.name.as_str())),
+            )));
+        }
+        Ok(prepared)
+    }
+
+    /// The outputs to compute: all (in model order) when none are named; else the named ones,
+    /// each once, in the order first named.
+    fn selected_outputs<'a>(&'a self, requested: &'a [String]) -> Result<Vec<&'a str>, BackendError> {
+        let model_outputs = &self.signature.outputs;
+        if requested.is_empty() {
+            return Ok(model_outputs.iter().map(|s| s.name.as_str()).collect());
+        }
+        let mut selected: Vec<&str> = Vec::with_capacity(requested.len());
+        for name in requested {
+            if !model_outputs.iter().any(|s| &s.name == name) {
+                return Err(BackendError::InvalidInput(format!(
+                    "unexpected inference output '{name}', the model's outputs are {}",
+                    names(model_outputs.iter().map(|s| s.name.as_str())),
+                )));
+            }
+            if !selected.contains(&name.as_str()) {
+                selected.push(name);
+            }
+        }
+        Ok(selected)
+    }
+}
+
+impl Backend for OrtBackend {
+    fn infer(&mut self, inputs: Vec<Tensor>, outputs: &[String]) -> Result<Vec<Tensor>, BackendError> {
+        let prepared = self.prepare_inputs(inputs)?;
+        let selected: Vec<String> = self.selected_outputs(outputs)?.into_iter().map(str::to_string).collect();
+
+        let run_inputs = prepared
+            .iter()
+            .map(|p| Ok((Cow::Borrowed(p.name.as_str()), p.value()?)))
+            .collect::<Result<Vec<(Cow<'_, str>, SessionInputValue<'_>)>, BackendError>>()?;
+        let mut options = RunOptions::new().map_err(run_error)?;
+        if let Some(devices) = &self.arena_shrinkage {
+            options.set(ARENA_SHRINKAGE_KEY, devices).map_err(run_error)?;
+        }
+        let selector = selected.iter().fold(OutputSelector::no_default(), |s, name| s.with(name.as_str()));
+        let options = options.with_outputs(selector);
+
+        let session_inner = self.session.inner();
+        let mut results = self.session.run_with_options(run_inputs, &options).map_err(run_error)?;
+        let lent: Vec<_> = prepared.iter().filter_map(PreparedInput::lent).collect();
+        let mut produced = Vec::with_capacity(selected.len());
+        for name in &selected {
+            let value = results
+                .remove(name.as_str())
+                .ok_or_else(|| BackendError::Execution(format!("ORT did not return output '{name}'")))?;
+            produced.push(output_tensor(name, value, &lent, &session_inner)?);
+        }
+        if outputs.is_empty() || outputs.len() == produced.len() {
+            return Ok(produced);
+        }
+        // Some output was named more than once: answer each mention (cheap `Bytes` clones).
+        outputs
+            .iter()
+            .map(|name| {
+                produced
+                    .iter()
+                    .find(|t| &t.name == name)
+                    .cloned()
+                    .ok_or_else(|| BackendError::Execution(format!("ORT did not return output '{name}'")))
+            })
+            .collect()
+    }
+}
+
+/// A session builder for `environment` with `settings` applied.
+fn configure(environment: &Environment, settings: &SessionSettings) -> ort::Result<SessionBuilder> {
+    let mut builder =
+        Session::builder(environment)?.with_optimization_level(settings.graph_optimization.to_ort())?;
+    if let Some(n) = settings.intra_op_threads {
+        builder = builder.with_intra_threads(n)?;
+    }
+    if let Some(n) = settings.inter_op_threads {
+        builder = builder.with_inter_threads(n)?;
+    }
+    if settings.parallel_execution {
+        builder = builder.with_parallel_execution(true)?;
+    }
+    if let Some(enable) = settings.mem_pattern {
+        builder = builder.with_memory_pattern(enable)?;
+    }
+    if let Some(enable) = settings.cpu_mem_arena {
+        ffi::set_cpu_mem_arena(&mut builder, enable)?;
+    }
+    if let Some(enable) = settings.device_allocator_for_initializers {
+        let value = if enable { "1" } else { "0" };
+        builder = builder.with_config_entry("session.use_device_allocator_for_initializers", value)?;
+    }
+    Ok(builder)
+}
+
+fn spec(kind: &'static str, outlet: &Outlet) -> Result<TensorSpec, OrtBackendError> {
+    let unsupported = || OrtBackendError::UnsupportedTensor {
+        kind,
+        name: outlet.name().to_string(),
+        found: outlet.dtype().to_string(),
+    };
+    let ValueType::Tensor { ty, shape, .. } = outlet.dtype() else {
+        return Err(unsupported());
+    };
+    Ok(TensorSpec {
+        name: outlet.name().to_string(),
+        datatype: datatype_of(*ty).ok_or_else(unsupported)?,
+        dims: shape.iter().map(|&d| if d < 0 { -1 } else { d }).collect(),
+    })
+}
+
+fn names<'a>(names: impl Iterator<Item = &'a str>) -> String {
+    let quoted: Vec<String> = names.map(|n| format!("'{n}'")).collect();
+    format!("[{}]", quoted.join(", "))
+}

@@ -1,0 +1,255 @@
+//! Session options from a model's config.pbtxt, with the meanings the Triton ONNX Runtime
+//! backend gives them (its README, "Model Config Options", and `src/onnxruntime.cc`):
+//!
+//! | config                                              | meaning                                   |
+//! |-----------------------------------------------------|-------------------------------------------|
+//! | `optimization { graph { level } }`                  | -1 basic, 1 extended, 2 disable all; 0 or absent: all |
+//! | `parameters` `intra_op_thread_count`                | threads inside one operator; 0 = ORT's default |
+//! | `parameters` `inter_op_thread_count`                | threads across operators (parallel mode); 0 = default |
+//! | `parameters` `execution_mode`                       | 0 sequential, 1 parallel                  |
+//! | `parameters` `enable_mem_arena`                     | CPU memory arena on/off                   |
+//! | `parameters` `enable_mem_pattern`                   | memory pattern optimization on/off        |
+//! | `parameters` `session.use_device_allocator_for_initializers` | session config entry           |
+//! | `parameters` `memory.enable_memory_arena_shrinkage` | run config entry, passed through as is    |
+//!
+//! Differences from Triton, on purpose: Triton treats any other graph level as "all" and parses
+//! numbers with `std::stoi` (so "4x" is 4); here an unknown level, a negative or non-numeric
+//! count, and a boolean other than true/false/1/0 are errors naming the parameter. Parameters
+//! this backend does not know are ignored, as in Triton (they may be meant for something else).
+
+use tern_proto::inference::ModelConfig;
+
+use crate::OrtBackendError;
+
+/// How much graph optimization ORT does when it loads the model.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum GraphOptimization {
+    /// `ORT_DISABLE_ALL` (Triton level 2).
+    Disable,
+    /// `ORT_ENABLE_BASIC` (Triton level -1).
+    Basic,
+    /// `ORT_ENABLE_EXTENDED` (Triton level 1).
+    Extended,
+    /// `ORT_ENABLE_ALL`, ORT's and Triton's default (level 0 or absent).
+    #[default]
+    All,
+}
+
+impl GraphOptimization {
+    /// From Triton's `optimization.graph.level`; `None` for a value Triton does not document.
+    pub fn from_triton_level(level: i32) -> Option<GraphOptimization> {
+        match level {
+            -1 => Some(GraphOptimization::Basic),
+            0 => Some(GraphOptimization::All),
+            1 => Some(GraphOptimization::Extended),
+            2 => Some(GraphOptimization::Disable),
+            _ => None,
+        }
+    }
+
+    pub(crate) fn to_ort(self) -> ort::session::builder::GraphOptimizationLevel {
+        use ort::session::builder::GraphOptimizationLevel as L;
+        match self {
+            GraphOptimization::Disable => L::Disable,
+            GraphOptimization::Basic => L::Level1,
+            GraphOptimization::Extended => L::Level2,
+            GraphOptimization::All => L::All,
+        }
+    }
+}
+
+/// Options for one ORT session. `None` leaves ORT's default. `Default` is what a config with
+/// none of the ORT backend's fields gets.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SessionSettings {
+    /// Threads inside one operator (`intra_op_thread_count`); ORT's default is one per
+    /// physical core.
+    pub intra_op_threads: Option<usize>,
+    /// Threads across operators, used in parallel execution mode (`inter_op_thread_count`).
+    pub inter_op_threads: Option<usize>,
+    /// `optimization { graph { level } }`.
+    pub graph_optimization: GraphOptimization,
+    /// Run independent operators in parallel (`execution_mode: 1`).
+    pub parallel_execution: bool,
+    /// `enable_mem_arena`.
+    pub cpu_mem_arena: Option<bool>,
+    /// `enable_mem_pattern`.
+    pub mem_pattern: Option<bool>,
+    /// `session.use_device_allocator_for_initializers`.
+    pub device_allocator_for_initializers: Option<bool>,
+    /// `memory.enable_memory_arena_shrinkage`, set on every run (e.g. "cpu:0").
+    pub arena_shrinkage: Option<String>,
+}
+
+const INTRA_OP_THREADS: &str = "intra_op_thread_count";
+const INTER_OP_THREADS: &str = "inter_op_thread_count";
+const EXECUTION_MODE: &str = "execution_mode";
+const MEM_ARENA: &str = "enable_mem_arena";
+const MEM_PATTERN: &str = "enable_mem_pattern";
+const DEVICE_ALLOCATOR_FOR_INITIALIZERS: &str = "session.use_device_allocator_for_initializers";
+const ARENA_SHRINKAGE: &str = "memory.enable_memory_arena_shrinkage";
+
+/// Reads the ORT backend's fields from a model config (see the module docs for the mapping).
+pub fn session_settings(config: &ModelConfig) -> Result<SessionSettings, OrtBackendError> {
+    let param = |name: &str| config.parameters.get(name).map(|p| p.string_value.as_str());
+    let mut settings = SessionSettings::default();
+
+    if let Some(graph) = config.optimization.as_ref().and_then(|o| o.graph.as_ref()) {
+        settings.graph_optimization = GraphOptimization::from_triton_level(graph.level).ok_or_else(|| {
+            invalid("optimization.graph.level", &graph.level.to_string(), "expected -1, 0, 1 or 2")
+        })?;
+    }
+    if let Some(v) = param(INTRA_OP_THREADS) {
+        settings.intra_op_threads = parse_thread_count(INTRA_OP_THREADS, v)?;
+    }
+    if let Some(v) = param(INTER_OP_THREADS) {
+        settings.inter_op_threads = parse_thread_count(INTER_OP_THREADS, v)?;
+    }
+    if let Some(v) = param(EXECUTION_MODE) {
+        settings.parallel_execution = match v.trim() {
+            "0" => false,
+            "1" => true,
+            _ => return Err(invalid(EXECUTION_MODE, v, "expected 0 (sequential) or 1 (parallel)")),
+        };
+    }
+    if let Some(v) = param(MEM_ARENA) {
+        settings.cpu_mem_arena = Some(parse_bool(MEM_ARENA, v)?);
+    }
+    if let Some(v) = param(MEM_PATTERN) {
+        settings.mem_pattern = Some(parse_bool(MEM_PATTERN, v)?);
+    }
+    if let Some(v) = param(DEVICE_ALLOCATOR_FOR_INITIALIZERS) {
+        settings.device_allocator_for_initializers = Some(parse_bool(DEVICE_ALLOCATOR_FOR_INITIALIZERS, v)?);
+    }
+    if let Some(v) = param(ARENA_SHRINKAGE) {
+        // ORT validates the device list ("cpu:0;gpu:0") when the run starts.
+        if v.contains('\0') {
+            return Err(invalid(ARENA_SHRINKAGE, v, "must not contain NUL"));
+        }
+        // ORT only says so on the first run, as a bad-argument error each request would get.
+        if settings.cpu_mem_arena == Some(false) && v.to_ascii_lowercase().contains("cpu") {
+            return Err(invalid(
+                ARENA_SHRINKAGE,
+                v,
+                "shrinks the CPU arena, which enable_mem_arena turns off",
+            ));
+        }
+        settings.arena_shrinkage = Some(v.to_string());
+    }
+    Ok(settings)
+}
+
+/// `None` for 0 (ORT picks), like Triton.
+fn parse_thread_count(name: &str, value: &str) -> Result<Option<usize>, OrtBackendError> {
+    match value.trim().parse::<usize>() {
+        Ok(0) => Ok(None),
+        Ok(n) => Ok(Some(n)),
+        Err(_) => Err(invalid(name, value, "expected a non-negative integer")),
+    }
+}
+
+/// The spellings Triton's `ParseBoolValue` accepts.
+fn parse_bool(name: &str, value: &str) -> Result<bool, OrtBackendError> {
+    match value.trim().to_ascii_lowercase().as_str() {
+        "true" | "1" => Ok(true),
+        "false" | "0" => Ok(false),
+        _ => Err(invalid(name, value, "expected true, false, 1 or 0")),
+    }
+}
+
+fn invalid(name: &str, value: &str, reason: &str) -> OrtBackendError {
+    OrtBackendError::InvalidParameter {
+        name: name.to_string(),
+        value: value.to_string(),
+        reason: reason.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use tern_proto::inference::{ModelOptimizationPolicy, ModelParameter, model_optimization_policy};
+
+    use super::*;
+
+    fn config(params: &[(&str, &str)], level: Option<i32>) -> ModelConfig {
+        ModelConfig {
+            parameters: params
+                .iter()
+                .map(|(k, v)| (k.to_string(), ModelParameter { string_value: v.to_string() }))
+                .collect(),
+            optimization: level.map(|level| ModelOptimizationPolicy {
+                graph: Some(model_optimization_policy::Graph { level }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn empty_config_gives_defaults() {
+        assert_eq!(session_settings(&ModelConfig::default()).ok(), Some(SessionSettings::default()));
+    }
+
+    #[test]
+    fn triton_levels_map_like_the_onnxruntime_backend() {
+        let level = |l| session_settings(&config(&[], Some(l))).map(|s| s.graph_optimization).ok();
+        assert_eq!(level(-1), Some(GraphOptimization::Basic));
+        assert_eq!(level(0), Some(GraphOptimization::All));
+        assert_eq!(level(1), Some(GraphOptimization::Extended));
+        assert_eq!(level(2), Some(GraphOptimization::Disable));
+        let err = session_settings(&config(&[], Some(7))).err().map(|e| e.to_string());
+        assert!(err.is_some_and(|e| e.contains("optimization.graph.level") && e.contains('7')));
+    }
+
+    #[test]
+    fn parameters_parse() {
+        let s = session_settings(&config(
+            &[
+                ("intra_op_thread_count", "2"),
+                ("inter_op_thread_count", "0"),
+                ("execution_mode", "1"),
+                ("enable_mem_arena", "True"),
+                ("enable_mem_pattern", "1"),
+                ("session.use_device_allocator_for_initializers", "true"),
+                ("memory.enable_memory_arena_shrinkage", "cpu:0"),
+                ("something_else", "ignored"),
+            ],
+            None,
+        ));
+        let s = s.ok();
+        assert_eq!(
+            s,
+            Some(SessionSettings {
+                intra_op_threads: Some(2),
+                inter_op_threads: None,
+                graph_optimization: GraphOptimization::All,
+                parallel_execution: true,
+                cpu_mem_arena: Some(true),
+                mem_pattern: Some(true),
+                device_allocator_for_initializers: Some(true),
+                arena_shrinkage: Some("cpu:0".to_string()),
+            })
+        );
+    }
+
+    #[test]
+    fn arena_shrinkage_needs_the_arena() {
+        let params = [("enable_mem_arena", "0"), ("memory.enable_memory_arena_shrinkage", "cpu:0")];
+        let err = session_settings(&config(&params, None)).err().map(|e| e.to_string());
+        assert!(err.is_some_and(|e| e.contains("memory.enable_memory_arena_shrinkage")));
+    }
+
+    #[test]
+    fn bad_values_name_the_parameter() {
+        for (key, value) in [
+            ("intra_op_thread_count", "-1"),
+            ("inter_op_thread_count", "four"),
+            ("execution_mode", "2"),
+            ("enable_mem_arena", "yes"),
+            ("enable_mem_pattern", ""),
+        ] {
+            let err = session_settings(&config(&[(key, value)], None)).err().map(|e| e.to_string());
+            assert!(err.as_ref().is_some_and(|e| e.contains(key)), "{key}={value}: {err:?}");
+        }
+    }
+}
