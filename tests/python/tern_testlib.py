@@ -211,7 +211,9 @@ class TernServer:
             if not self._ready.is_set():
                 m = GRPC_ADDR_RE.search(line)
                 if m and self.grpc_addr is None:
-                    self.grpc_addr = m.group(1)
+                    host, port = m.group(1).rsplit(":", 1)
+                    # A wildcard bind is reached through loopback.
+                    self.grpc_addr = f"{'127.0.0.1' if host == '0.0.0.0' else host}:{port}"
                 if READY_MARK in line and self.grpc_addr is not None:
                     self._ready.set()
         proc.stdout.close()

@@ -50,10 +50,15 @@ fn main() -> anyhow::Result<()> {
         if let Some(first) = shape.first_mut() {
             *first = batch as i64;
         }
-        anyhow::ensure!(shape.iter().all(|&d| d > 0), "input {} has symbolic dims besides the batch", input.name);
+        anyhow::ensure!(
+            shape.iter().all(|&d| d > 0),
+            "input {} has symbolic dims besides the batch",
+            input.name
+        );
         let n: usize = shape.iter().product::<i64>() as usize;
         let data: Vec<u8> = (0..n).flat_map(|i| ((i % 1000) as f32 / 1000.0).to_le_bytes()).collect();
-        let tensor = Tensor { name: input.name.clone(), datatype: DataType::Fp32, shape, data: Bytes::from(data) };
+        let tensor =
+            Tensor { name: input.name.clone(), datatype: DataType::Fp32, shape, data: Bytes::from(data) };
         backend.infer(vec![tensor.clone()], &[])?; // warm-up
         let start = Instant::now();
         let mut runs = 0u64;
@@ -62,7 +67,11 @@ fn main() -> anyhow::Result<()> {
             runs += 1;
         }
         let secs = start.elapsed().as_secs_f64();
-        println!("| {batch} | {runs} | {:.1} | {:.1} |", (runs as f64 * batch as f64) / secs, secs * 1000.0 / runs as f64);
+        println!(
+            "| {batch} | {runs} | {:.1} | {:.1} |",
+            (runs as f64 * batch as f64) / secs,
+            secs * 1000.0 / runs as f64
+        );
     }
     Ok(())
 }

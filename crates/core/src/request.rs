@@ -80,12 +80,12 @@ pub fn validate_request(io: &ModelIo, req: ModelInferRequest) -> Result<Validate
     let id = req.id;
     let invalid = |m: String| RequestError::InvalidArgument(m);
     let mut raw = req.raw_input_contents;
-    if !raw.is_empty() && raw.len() != req.inputs.len() {
+    if raw.len() > req.inputs.len() {
         return Err(invalid(format!(
-            "{}expected {} raw input contents (one per input) but got {} for model '{model}'",
+            "{}request has {} raw input contents but only {} inputs for model '{model}'; send one raw entry per input",
             id_prefix(&id),
-            req.inputs.len(),
-            raw.len()
+            raw.len(),
+            req.inputs.len()
         )));
     }
     let use_raw = !raw.is_empty();
@@ -180,7 +180,16 @@ pub fn validate_request(io: &ModelIo, req: ModelInferRequest) -> Result<Validate
                     input.name
                 )));
             }
-            std::mem::take(&mut raw[i])
+            match raw.get_mut(i) {
+                Some(data) => std::mem::take(data),
+                None => {
+                    return Err(invalid(format!(
+                        "{}unable to find data for input tensor '{}' for model '{model}' in request.",
+                        id_prefix(&id),
+                        input.name
+                    )));
+                }
+            }
         } else {
             let contents = input.contents.unwrap_or_default();
             let (data, n) = codec::typed_to_raw(datatype, &contents).map_err(|e| {
@@ -482,7 +491,16 @@ mod tests {
 
         let mut req = raw_request(1);
         req.raw_input_contents.pop();
-        assert!(invalid(validate_request(&tiny_add(), req)).contains("expected 2 raw input contents"));
+        assert!(
+            invalid(validate_request(&tiny_add(), req))
+                .contains("unable to find data for input tensor 'INPUT1' for model 'tiny_add' in request.")
+        );
+
+        let mut req = raw_request(1);
+        req.raw_input_contents.push(Bytes::new());
+        assert!(
+            invalid(validate_request(&tiny_add(), req)).contains("3 raw input contents but only 2 inputs")
+        );
 
         let mut req = raw_request(1);
         req.outputs.push(InferRequestedOutputTensor { name: "NOPE".into(), ..Default::default() });

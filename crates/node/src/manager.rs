@@ -96,6 +96,11 @@ impl ModelManager {
 
     /// The model to serve for `name` and `version` ("" = the server's choice).
     pub fn get(&self, name: &str, version: &str) -> Result<Arc<LoadedModel>, RequestError> {
+        if !version.is_empty() && !version.parse::<i64>().is_ok_and(|v| v > 0) {
+            return Err(RequestError::InvalidArgument(format!(
+                "failed to get model version from specified version string '{version}', version should be an integral value > 0"
+            )));
+        }
         let table = self.table.load();
         let Some(state) = table.get(name) else {
             return Err(RequestError::NotFound(format!("Request for unknown model: '{name}' is not found")));

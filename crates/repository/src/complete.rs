@@ -1,9 +1,9 @@
 //! Auto-complete: the config Triton would serve for a model directory, from what config.pbtxt
 //! says and what the ONNX model file declares. The steps and their order follow Triton's
 //! (server-side backend fields, then config normalization, then instance groups, then the
-//! ONNX Runtime backend's own auto-complete), because the order shows in the result: a
-//! `dynamic_batching {}` written by the user gets `preferred_batch_size: [max_batch_size]`,
-//! one added by auto-complete does not.
+//! ONNX Runtime backend's own auto-complete, then normalization once more, as Triton does
+//! after a backend changed the config): a `dynamic_batching {}` written by the user or added by
+//! auto-complete gets `preferred_batch_size: [max_batch_size]`.
 
 use tern_core::{ModelSignature, TensorSpec};
 use tern_proto::inference::model_config::SchedulingChoice;
@@ -90,6 +90,8 @@ pub fn auto_complete(
         require_io(&config, signature)?;
     } else {
         complete_from_signature(&mut config, signature)?;
+        // Triton normalizes again after the backend completed the config.
+        normalize(&mut config);
     }
     Ok(config)
 }
@@ -360,7 +362,7 @@ mod tests {
             input [ { name: "input" data_type: TYPE_FP32 dims: [ 3, 224, 224 ] } ]
             output [ { name: "output" data_type: TYPE_FP32 dims: [ 1000 ] } ]
             instance_group [ { name: "resnet" kind: KIND_CPU count: 2 } ]
-            dynamic_batching { }
+            dynamic_batching { preferred_batch_size: [ 4 ] }
             optimization {
               input_pinned_memory { enable: true }
               output_pinned_memory { enable: true }
@@ -440,10 +442,11 @@ mod tests {
     }
 
     #[test]
-    fn auto_added_dynamic_batching_has_no_preferred_size() -> Result<(), RepositoryError> {
+    fn auto_added_dynamic_batching_prefers_max_batch_size() -> Result<(), RepositoryError> {
+        // Triton normalizes again after the backend's auto-complete: `{}` becomes [4].
         let config = auto_complete("m", None, &resnet(), false)?;
         let db = dynamic_batching(&config).cloned();
-        assert_eq!(db, Some(ModelDynamicBatching::default()));
+        assert_eq!(db, Some(ModelDynamicBatching { preferred_batch_size: vec![4], ..Default::default() }));
         Ok(())
     }
 
