@@ -203,8 +203,9 @@ def test_autocomplete_dynamic_batch_model(client):
     assert cfg["input"] == [{"name": "data_0", "data_type": "TYPE_FP32", "dims": ["3", "224", "224"]}]
     assert cfg["output"] == [{"name": "fc6_1", "data_type": "TYPE_FP32", "dims": ["1000", "1", "1"]}]
     assert cfg["version_policy"] == {"latest": {"num_versions": 1}}
-    # Triton's default for the onnxruntime backend on CPU: one group, two instances.
-    assert cfg["instance_group"] == [{"name": "light_densenet121_0", "count": 2, "kind": "KIND_CPU"}]
+    # Triton adds one group named after the model (model_config_utils.cc) with two CPU instances,
+    # the onnxruntime backend default.
+    assert cfg["instance_group"] == [{"name": "light_densenet121", "count": 2, "kind": "KIND_CPU"}]
     md = client.get_model_metadata("light_densenet121", as_json=True)
     assert md["inputs"] == [{"name": "data_0", "datatype": "FP32", "shape": ["-1", "3", "224", "224"]}]
     assert md["outputs"] == [{"name": "fc6_1", "datatype": "FP32", "shape": ["-1", "1000", "1", "1"]}]

@@ -93,11 +93,34 @@ async fn bad_requests_get_the_right_status_and_the_node_keeps_serving() -> anyho
     req.raw_input_contents[0] = req.raw_input_contents[0].slice(..10);
     assert_eq!(c.model_infer(req).await.expect_err("short payload").code(), Code::InvalidArgument);
 
-    let e = c.model_statistics(pb::ModelStatisticsRequest::default()).await.expect_err("not implemented yet");
+    let e = c
+        .system_shared_memory_register(pb::SystemSharedMemoryRegisterRequest::default())
+        .await
+        .expect_err("not implemented yet");
     assert_eq!(e.code(), Code::Unimplemented);
 
     let resp = c.model_infer(tiny_add_request(2)).await?.into_inner();
     assert_eq!(resp.outputs[0].shape, vec![2, 16]);
+
+    // The two invalid requests count as failures; the good one as 2 inferences in 1 execution.
+    let stats = c
+        .model_statistics(pb::ModelStatisticsRequest { name: "tiny_add".into(), version: String::new() })
+        .await?
+        .into_inner();
+    let s = &stats.model_stats[0];
+    let inference = s.inference_stats.clone().unwrap_or_default();
+    assert_eq!(inference.fail.map(|d| d.count), Some(2));
+    assert_eq!(inference.success.map(|d| d.count), Some(1));
+    assert_eq!((s.inference_count, s.execution_count), (2, 1));
+    assert_eq!(s.batch_stats.iter().map(|b| b.batch_size).collect::<Vec<_>>(), vec![2]);
+    let e = c
+        .model_statistics(pb::ModelStatisticsRequest { name: "no_such_model".into(), version: String::new() })
+        .await
+        .expect_err("unknown model");
+    assert_eq!(
+        (e.code(), e.message()),
+        (Code::InvalidArgument, "requested model 'no_such_model' is not available")
+    );
     node.stop().await
 }
 

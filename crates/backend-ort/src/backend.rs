@@ -4,12 +4,14 @@ use std::borrow::Cow;
 use std::path::Path;
 
 use ort::environment::Environment;
+use ort::ep::{self, ArbitrarilyConfigurableExecutionProvider};
 use ort::session::builder::SessionBuilder;
 use ort::session::{OutputSelector, RunOptions, Session, SessionInputValue};
 use ort::value::{Outlet, ValueType};
 use tern_backend::{Backend, BackendError};
 use tern_core::{ModelSignature, Tensor, TensorSpec};
 
+use crate::accelerators::Device;
 use crate::convert::{PreparedInput, datatype_of, output_tensor, run_error};
 use crate::settings::SessionSettings;
 use crate::{OrtBackendError, ffi, runtime};
@@ -40,8 +42,8 @@ impl OrtBackend {
         }
         let model = path.display().to_string();
         let environment = runtime::environment()?;
-        let session = configure(environment, settings)
-            .and_then(|mut builder| builder.commit_from_file(path))
+        let session = configure(environment, settings, &model)?
+            .commit_from_file(path)
             .map_err(|e| OrtBackendError::ModelLoad { model: model.clone(), message: e.to_string() })?;
         OrtBackend::new(session, settings, &model)
     }
@@ -51,8 +53,8 @@ impl OrtBackend {
     pub fn load_from_memory(bytes: &[u8], settings: &SessionSettings) -> Result<OrtBackend, OrtBackendError> {
         let model = "<memory>";
         let environment = runtime::environment()?;
-        let session = configure(environment, settings)
-            .and_then(|mut builder| builder.commit_from_memory(bytes))
+        let session = configure(environment, settings, model)?
+            .commit_from_memory(bytes)
             .map_err(|e| OrtBackendError::ModelLoad { model: model.to_string(), message: e.to_string() })?;
         OrtBackend::new(session, settings, model)
     }
@@ -176,8 +178,44 @@ impl Backend for OrtBackend {
     }
 }
 
-/// A session builder for `environment` with `settings` applied.
-fn configure(environment: &Environment, settings: &SessionSettings) -> ort::Result<SessionBuilder> {
+/// A session builder for `environment` with `settings` applied: session options, then the
+/// execution providers for `settings.device`.
+fn configure(
+    environment: &Environment,
+    settings: &SessionSettings,
+    model: &str,
+) -> Result<SessionBuilder, OrtBackendError> {
+    let mut builder = session_options(environment, settings)
+        .map_err(|e| OrtBackendError::ModelLoad { model: model.to_string(), message: e.to_string() })?;
+    if let Device::Cuda { device_id } = settings.device {
+        let device = settings.device;
+        // Registration order is priority order: TensorRT takes what it can, CUDA the rest, and
+        // ORT's CPU provider (always there) what neither supports. `error_on_failure`: a
+        // provider that cannot load fails the load instead of leaving a silent CPU session.
+        if let Some(trt) = &settings.gpu.tensorrt {
+            let provider = trt
+                .ort_options(device_id)
+                .into_iter()
+                .fold(ep::TensorRT::default(), |p, (k, v)| p.with_arbitrary_config(k, v));
+            builder =
+                builder.with_execution_providers([provider.build().error_on_failure()]).map_err(|e| {
+                    OrtBackendError::Provider { provider: "TensorRT", device, message: e.to_string() }
+                })?;
+        }
+        let provider = settings
+            .gpu
+            .cuda_options(device_id)
+            .into_iter()
+            .fold(ep::CUDA::default(), |p, (k, v)| p.with_arbitrary_config(k, v));
+        builder = builder
+            .with_execution_providers([provider.build().error_on_failure()])
+            .map_err(|e| OrtBackendError::Provider { provider: "CUDA", device, message: e.to_string() })?;
+    }
+    Ok(builder)
+}
+
+/// The session options part of `settings`.
+fn session_options(environment: &Environment, settings: &SessionSettings) -> ort::Result<SessionBuilder> {
     let mut builder =
         Session::builder(environment)?.with_optimization_level(settings.graph_optimization.to_ort())?;
     if let Some(n) = settings.intra_op_threads {

@@ -7,9 +7,10 @@
 //!   that take a length (`GetResizedStringTensorElementBuffer`, `GetStringTensorElement`).
 //! - The CPU memory arena switch (`enable_mem_arena`), absent from `SessionBuilder`.
 //! - The library's version string, which `ort` reads but does not expose.
+//! - The number of CUDA devices, from the CUDA runtime library (`cudaGetDeviceCount`).
 #![allow(unsafe_code)]
 
-use std::ffi::{CStr, c_char, c_void};
+use std::ffi::{CStr, c_char, c_int, c_void};
 use std::path::Path;
 use std::ptr;
 
@@ -110,4 +111,55 @@ pub(crate) fn library_version(path: &Path) -> Result<String, String> {
     }
     // SAFETY: non-null, and ORT documents it as a static NUL-terminated string.
     Ok(unsafe { CStr::from_ptr(version) }.to_string_lossy().into_owned())
+}
+
+/// The CUDA runtime libraries tried, newest first (ORT 1.31's CUDA provider links CUDA 13).
+const CUDART_NAMES: [&str; 3] = ["libcudart.so.13", "libcudart.so.12", "libcudart.so"];
+
+/// The number of CUDA devices this process can see (`CUDA_VISIBLE_DEVICES` applies), or why
+/// it cannot tell. Loads the CUDA runtime and keeps it loaded: CUDA state must not outlive
+/// the library that made it.
+pub(crate) fn cuda_device_count() -> Result<u32, String> {
+    let mut errors = Vec::new();
+    for name in CUDART_NAMES {
+        // SAFETY: loading the CUDA runtime runs its initializers, which are made to run in any
+        // process; it is the same library the CUDA execution provider loads.
+        match unsafe { libloading::Library::new(name) } {
+            Ok(library) => {
+                let result = device_count(&library);
+                // Never unloaded (see above).
+                std::mem::forget(library);
+                return result.map_err(|e| format!("{name}: {e}"));
+            }
+            Err(e) => errors.push(e.to_string()),
+        }
+    }
+    Err(format!("cannot load the CUDA runtime ({})", errors.join("; ")))
+}
+
+fn device_count(library: &libloading::Library) -> Result<u32, String> {
+    type GetDeviceCount = unsafe extern "C" fn(*mut c_int) -> c_int;
+    type GetErrorString = unsafe extern "C" fn(c_int) -> *const c_char;
+    // SAFETY: `cudaGetDeviceCount(int*) -> cudaError_t` and `cudaGetErrorString(cudaError_t)
+    // -> const char*` have these C signatures in every CUDA runtime (cuda_runtime_api.h;
+    // cudaError_t is a C enum, int-sized).
+    let get_count =
+        unsafe { library.get::<GetDeviceCount>(b"cudaGetDeviceCount") }.map_err(|e| e.to_string())?;
+    let mut count: c_int = 0;
+    // SAFETY: `count` is a valid, writable int for the duration of the call.
+    let status = unsafe { get_count(&mut count) };
+    if status == 0 {
+        return Ok(u32::try_from(count).unwrap_or(0));
+    }
+    // SAFETY: as above.
+    let message = match unsafe { library.get::<GetErrorString>(b"cudaGetErrorString") } {
+        // SAFETY: returns a pointer to a static NUL-terminated string (or null) for any code.
+        Ok(f) => match unsafe { f(status) } {
+            p if p.is_null() => String::new(),
+            // SAFETY: non-null, static and NUL-terminated (cuda_runtime_api.h).
+            p => unsafe { CStr::from_ptr(p) }.to_string_lossy().into_owned(),
+        },
+        Err(_) => String::new(),
+    };
+    Err(format!("cudaGetDeviceCount failed with error {status} ({message})"))
 }

@@ -7,6 +7,11 @@
 //!   process, kept in a `OnceLock`).
 //! - [`settings`]: [`SessionSettings`] and [`session_settings`] (config.pbtxt `parameters` and
 //!   `optimization { graph { level } }`, with the Triton ONNX Runtime backend's meanings).
+//! - [`accelerators`]: the GPU execution providers' settings ([`GpuSettings`]: TensorRT and
+//!   CUDA options from `optimization { execution_accelerators }` and `parameters`).
+//! - [`placement`]: [`instance_plan`], one [`InstancePlan`] (settings + [`Device`]) per session
+//!   from `instance_group` (KIND_GPU / KIND_CPU / KIND_AUTO, `count`, `gpus`), with the GPU
+//!   probe and the CPU fallback.
 //! - `backend`: [`OrtBackend`], one ORT session; `infer` validates the request against the
 //!   model's signature, runs, and hands the outputs back as [`tern_core::Tensor`]s.
 //! - `convert`: datatype mapping and the byte-level moves in and out of ORT tensors.
@@ -18,18 +23,27 @@
 //! `Bytes` that owns the ORT value itself (no copy), or as a slice of the input it aliases.
 //! BYTES tensors are copied once each way (ORT keeps them as `std::string`s).
 //!
+//! GPU sessions register TensorRT (when configured), then CUDA, then ORT's implicit CPU, each
+//! with `error_on_failure` so a missing provider library is a load error, never a silent CPU
+//! session. Inputs and outputs stay in host memory (ORT copies them to and from the device in
+//! `Run`): no IO binding, which would only pay with device-resident inputs or CUDA graphs.
+//!
 //! Not here: batching, queues, instance threads (`tern-backend`), config.pbtxt parsing and
-//! auto-complete (`tern-repository`), GPU execution providers.
+//! auto-complete (`tern-repository`), GPU metrics (NVML, in telemetry).
 
+pub mod accelerators;
 mod backend;
 mod convert;
 mod ffi;
+pub mod placement;
 pub mod runtime;
 pub mod settings;
 
 use std::path::PathBuf;
 
+pub use accelerators::{Device, GpuSettings, TensorRtOptions, TensorRtPrecision};
 pub use backend::OrtBackend;
+pub use placement::{GpuSupport, InstancePlan, instance_plan, placed_instance_groups, plan_instances};
 pub use runtime::{RuntimeInfo, init_runtime};
 pub use settings::{GraphOptimization, SessionSettings, session_settings};
 
@@ -69,6 +83,16 @@ pub enum OrtBackendError {
     /// the file's path, or `<memory>`.
     #[error("cannot load ONNX model {model}: {message}")]
     ModelLoad { model: String, message: String },
+    /// An instance group asks for a GPU (or TensorRT) this process cannot use, and falling
+    /// back is not allowed. `wants` is "KIND_GPU" or "configured for TensorRT (FP16)".
+    #[error("instance group '{group}' of model '{model}' is {wants} but {reason}; {hint}")]
+    GpuUnavailable { model: String, group: String, wants: String, reason: String, hint: &'static str },
+    /// An instance group that cannot be placed as written (bad GPU id, GPUs on a CPU group).
+    #[error("{0}")]
+    InvalidInstanceGroup(String),
+    /// An execution provider could not be registered for a session.
+    #[error("cannot use the {provider} execution provider on {device}: {message}")]
+    Provider { provider: &'static str, device: Device, message: String },
     /// A model input or output has a type Tern cannot carry (sequence, map, complex, ...).
     #[error("model {kind} '{name}' has unsupported type {found}")]
     UnsupportedTensor { kind: &'static str, name: String, found: String },

@@ -77,6 +77,14 @@ pub fn init_runtime(path: Option<&Path>) -> Result<RuntimeInfo, OrtBackendError>
     Ok(runtime.info.clone())
 }
 
+/// "1.31.1 at /path/libonnxruntime.so.1.31.1", or "not loaded".
+pub(crate) fn library_description() -> String {
+    match RUNTIME.get() {
+        Some(r) => format!("{} at {}", r.info.version, r.info.library.display()),
+        None => "not loaded".to_string(),
+    }
+}
+
 /// The environment, initializing from `ORT_DYLIB_PATH` if nothing was loaded yet.
 pub(crate) fn environment() -> Result<&'static Environment, OrtBackendError> {
     if RUNTIME.get().is_none() {

@@ -11,6 +11,7 @@
 //! | `parameters` `enable_mem_pattern`                   | memory pattern optimization on/off        |
 //! | `parameters` `session.use_device_allocator_for_initializers` | session config entry           |
 //! | `parameters` `memory.enable_memory_arena_shrinkage` | run config entry, passed through as is    |
+//! | `optimization { execution_accelerators }`, CUDA `parameters` | GPU providers: see [`crate::accelerators`] |
 //!
 //! Differences from Triton, on purpose: Triton treats any other graph level as "all" and parses
 //! numbers with `std::stoi` (so "4x" is 4); here an unknown level, a negative or non-numeric
@@ -20,6 +21,7 @@
 use tern_proto::inference::ModelConfig;
 
 use crate::OrtBackendError;
+use crate::accelerators::{Device, GpuSettings, gpu_settings};
 
 /// How much graph optimization ORT does when it loads the model.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -79,6 +81,11 @@ pub struct SessionSettings {
     pub device_allocator_for_initializers: Option<bool>,
     /// `memory.enable_memory_arena_shrinkage`, set on every run (e.g. "cpu:0").
     pub arena_shrinkage: Option<String>,
+    /// Where the session runs. [`session_settings`] leaves `Cpu`; [`crate::instance_plan`]
+    /// places each instance.
+    pub device: Device,
+    /// The GPU execution providers' options, used when `device` is a GPU.
+    pub gpu: GpuSettings,
 }
 
 const INTRA_OP_THREADS: &str = "intra_op_thread_count";
@@ -92,7 +99,7 @@ const ARENA_SHRINKAGE: &str = "memory.enable_memory_arena_shrinkage";
 /// Reads the ORT backend's fields from a model config (see the module docs for the mapping).
 pub fn session_settings(config: &ModelConfig) -> Result<SessionSettings, OrtBackendError> {
     let param = |name: &str| config.parameters.get(name).map(|p| p.string_value.as_str());
-    let mut settings = SessionSettings::default();
+    let mut settings = SessionSettings { gpu: gpu_settings(config)?, ..SessionSettings::default() };
 
     if let Some(graph) = config.optimization.as_ref().and_then(|o| o.graph.as_ref()) {
         settings.graph_optimization = GraphOptimization::from_triton_level(graph.level).ok_or_else(|| {
@@ -149,7 +156,7 @@ fn parse_thread_count(name: &str, value: &str) -> Result<Option<usize>, OrtBacke
 }
 
 /// The spellings Triton's `ParseBoolValue` accepts.
-fn parse_bool(name: &str, value: &str) -> Result<bool, OrtBackendError> {
+pub(crate) fn parse_bool(name: &str, value: &str) -> Result<bool, OrtBackendError> {
     match value.trim().to_ascii_lowercase().as_str() {
         "true" | "1" => Ok(true),
         "false" | "0" => Ok(false),
@@ -157,7 +164,7 @@ fn parse_bool(name: &str, value: &str) -> Result<bool, OrtBackendError> {
     }
 }
 
-fn invalid(name: &str, value: &str, reason: &str) -> OrtBackendError {
+pub(crate) fn invalid(name: &str, value: &str, reason: &str) -> OrtBackendError {
     OrtBackendError::InvalidParameter {
         name: name.to_string(),
         value: value.to_string(),
@@ -228,6 +235,7 @@ mod tests {
                 mem_pattern: Some(true),
                 device_allocator_for_initializers: Some(true),
                 arena_shrinkage: Some("cpu:0".to_string()),
+                ..Default::default()
             })
         );
     }

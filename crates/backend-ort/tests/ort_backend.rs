@@ -477,6 +477,7 @@ fn every_session_setting_is_accepted() {
         mem_pattern: Some(false),
         device_allocator_for_initializers: Some(true),
         arena_shrinkage: None,
+        ..Default::default()
     };
     let variants = [
         SessionSettings { graph_optimization: GraphOptimization::Basic, ..settings.clone() },

@@ -4,6 +4,8 @@
 //! channel of jobs and answering each on a oneshot. This crate knows nothing of gRPC, queues
 //! or ONNX.
 
+pub mod batch;
+
 use std::sync::{Arc, Mutex};
 use std::thread;
 
@@ -39,17 +41,33 @@ pub trait Backend: Send + 'static {
 /// Timings of one execution, in the phases Triton reports.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct ExecTimings {
-    /// When the instance thread picked the job up (the end of queueing).
+    /// When an instance thread picked the job up (the end of queueing).
     pub started: Option<std::time::Instant>,
-    /// Time spent inside `Backend::infer`.
-    pub infer: std::time::Duration,
+    /// Assembling the batch's inputs into one buffer per input.
+    pub compute_input: std::time::Duration,
+    /// Inside `Backend::infer`.
+    pub compute_infer: std::time::Duration,
+    /// Splitting the outputs back per request.
+    pub compute_output: std::time::Duration,
 }
 
+/// Several requests run as one execution. Each request's inputs carry their own rows in the
+/// first dimension when the model batches (`rows[i]`; 0 when it does not, and then there is
+/// exactly one request).
+pub struct BatchJob {
+    pub requests: Vec<Vec<Tensor>>,
+    pub rows: Vec<u32>,
+    /// Outputs to compute for every request; empty means all.
+    pub outputs: Vec<String>,
+}
+
+/// The result of a [`BatchJob`]: each request's outputs, in request order.
+pub type BatchResult = Result<Vec<Vec<Tensor>>, BackendError>;
+
 struct Job {
-    inputs: Vec<Tensor>,
-    outputs: Vec<String>,
+    batch: BatchJob,
     span: tracing::Span,
-    reply: oneshot::Sender<(Result<Vec<Tensor>, BackendError>, ExecTimings)>,
+    reply: oneshot::Sender<(BatchResult, ExecTimings)>,
 }
 
 /// The instances of one model: one dedicated OS thread per [`Backend`], all serving one FIFO
@@ -58,16 +76,17 @@ struct Job {
 #[derive(Clone)]
 pub struct Instance {
     name: String,
+    count: usize,
     jobs_tx: mpsc::Sender<Job>,
 }
 
 impl Instance {
-    /// Starts one thread per backend. `queue` bounds how many jobs may wait for a free instance.
+    /// Starts one thread for `backend`. `queue` bounds how many jobs may wait for it.
     pub fn spawn(name: String, backend: Box<dyn Backend>, queue: usize) -> std::io::Result<Instance> {
         Instance::spawn_group(name, vec![backend], queue)
     }
 
-    /// Like [`Instance::spawn`] with several instances (config `instance_group.count`).
+    /// Starts one thread per backend (config `instance_group.count`), all serving one queue.
     pub fn spawn_group(
         name: String,
         backends: Vec<Box<dyn Backend>>,
@@ -75,23 +94,36 @@ impl Instance {
     ) -> std::io::Result<Instance> {
         let (jobs_tx, jobs_rx) = mpsc::channel(queue.max(1));
         let jobs_rx = Arc::new(Mutex::new(jobs_rx));
+        let count = backends.len();
         for (i, backend) in backends.into_iter().enumerate() {
             let jobs_rx = jobs_rx.clone();
             thread::Builder::new()
                 .name(format!("tern-{name}-{i}"))
                 .spawn(move || instance_task(backend, &jobs_rx))?;
         }
-        Ok(Instance { name, jobs_tx })
+        Ok(Instance { name, count, jobs_tx })
     }
 
-    /// Sends one job and waits for its result without blocking the async runtime.
+    /// How many instances serve the queue.
+    pub fn count(&self) -> usize {
+        self.count
+    }
+
+    /// Runs one request alone and waits for its result without blocking the async runtime.
     pub async fn infer(
         &self,
         inputs: Vec<Tensor>,
         outputs: Vec<String>,
     ) -> (Result<Vec<Tensor>, BackendError>, ExecTimings) {
+        let (result, timings) =
+            self.run_batch(BatchJob { requests: vec![inputs], rows: vec![0], outputs }).await;
+        (result.map(|mut r| r.pop().unwrap_or_default()), timings)
+    }
+
+    /// Runs several requests as one execution.
+    pub async fn run_batch(&self, batch: BatchJob) -> (BatchResult, ExecTimings) {
         let (reply, reply_rx) = oneshot::channel();
-        let job = Job { inputs, outputs, span: tracing::Span::current(), reply };
+        let job = Job { batch, span: tracing::Span::current(), reply };
         if self.jobs_tx.send(job).await.is_err() {
             return (Err(BackendError::Stopped(self.name.clone())), ExecTimings::default());
         }
@@ -111,18 +143,39 @@ fn instance_task(mut backend: Box<dyn Backend>, jobs_rx: &Mutex<mpsc::Receiver<J
             rx.blocking_recv()
         };
         let Some(job) = job else { return };
-        let started = std::time::Instant::now();
         let _enter = job.span.enter();
-        // A panic inside a backend must not take the server down: report it to this caller and
+        let mut timings = ExecTimings { started: Some(std::time::Instant::now()), ..Default::default() };
+        // A panic inside a backend must not take the server down: report it to the callers and
         // keep the thread serving.
         let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            backend.infer(job.inputs, &job.outputs)
+            execute(backend.as_mut(), job.batch, &mut timings)
         }))
         .unwrap_or_else(|_| Err(BackendError::Execution("backend panicked while executing".into())));
-        let timings = ExecTimings { started: Some(started), infer: started.elapsed() };
-        // The caller may have gone away (cancelled); nothing to do then.
+        // The callers may have gone away (cancelled); nothing to do then.
         let _ = job.reply.send((result, timings));
     }
+}
+
+fn execute(backend: &mut dyn Backend, job: BatchJob, timings: &mut ExecTimings) -> BatchResult {
+    let BatchJob { mut requests, rows, outputs } = job;
+    if requests.len() == 1 {
+        // One request: its buffers go to the backend as they are.
+        let t = std::time::Instant::now();
+        let out = backend.infer(requests.pop().unwrap_or_default(), &outputs)?;
+        timings.compute_infer = t.elapsed();
+        return Ok(vec![out]);
+    }
+    let t = std::time::Instant::now();
+    let inputs = batch::concat_inputs(&requests)?;
+    drop(requests);
+    timings.compute_input = t.elapsed();
+    let t = std::time::Instant::now();
+    let out = backend.infer(inputs, &outputs)?;
+    timings.compute_infer = t.elapsed();
+    let t = std::time::Instant::now();
+    let split = batch::split_outputs(out, &rows)?;
+    timings.compute_output = t.elapsed();
+    Ok(split)
 }
 
 #[cfg(test)]

@@ -53,6 +53,10 @@ pub struct ValidatedRequest {
     pub inputs: Vec<Tensor>,
     /// Requested outputs in the order asked; empty means all, in the model's order.
     pub outputs: Vec<RequestedOutput>,
+    /// Triton's `priority` request parameter; 0 when absent (the model's default level).
+    pub priority: u64,
+    /// Triton's `timeout` request parameter (microseconds in the protocol).
+    pub timeout: Option<std::time::Duration>,
 }
 
 fn shape_str(shape: &[i64]) -> String {
@@ -79,6 +83,19 @@ pub fn validate_request(io: &ModelIo, req: ModelInferRequest) -> Result<Validate
     let model = &io.model;
     let id = req.id;
     let invalid = |m: String| RequestError::InvalidArgument(m);
+    let uint_param = |key: &str| -> Result<Option<u64>, RequestError> {
+        match req.parameters.get(key).and_then(|p| p.parameter_choice.as_ref()) {
+            None => Ok(None),
+            Some(ParameterChoice::Int64Param(v)) if *v >= 0 => Ok(Some(*v as u64)),
+            Some(ParameterChoice::Uint64Param(v)) => Ok(Some(*v)),
+            Some(other) => Err(invalid(format!(
+                "{}request parameter '{key}' for model '{model}' must be a non-negative integer, got {other:?}",
+                id_prefix(&id)
+            ))),
+        }
+    };
+    let priority = uint_param("priority")?.unwrap_or(0);
+    let timeout = uint_param("timeout")?.map(std::time::Duration::from_micros);
     let mut raw = req.raw_input_contents;
     if raw.len() > req.inputs.len() {
         return Err(invalid(format!(
@@ -295,7 +312,7 @@ pub fn validate_request(io: &ModelIo, req: ModelInferRequest) -> Result<Validate
         outputs.push(RequestedOutput { name: out.name, class_count });
     }
 
-    Ok(ValidatedRequest { id, batch_size: batch_size.unwrap_or(0), inputs, outputs })
+    Ok(ValidatedRequest { id, batch_size: batch_size.unwrap_or(0), inputs, outputs, priority, timeout })
 }
 
 /// Triton's classification extension: replaces `tensor` by its top `k` entries per batch row

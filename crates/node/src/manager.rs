@@ -13,6 +13,7 @@ use tern_backend::Instance;
 use tern_core::{IoSpec, ModelIo, RequestError};
 use tern_proto::inference::ModelConfig;
 use tern_repository::{ModelSource, ScannedModel};
+use tern_scheduler::{Scheduler, SchedulerConfig};
 
 /// A model version that is loaded and serving.
 pub struct LoadedModel {
@@ -22,7 +23,8 @@ pub struct LoadedModel {
     /// The completed config (after auto-complete), as ModelConfig returns it.
     pub config: ModelConfig,
     pub io: ModelIo,
-    pub instance: Instance,
+    /// Queues and batches requests for this version's instances; owns its statistics.
+    pub scheduler: Scheduler,
 }
 
 /// Where a model stands.
@@ -61,17 +63,19 @@ impl ModelManager {
         for item in scanned {
             let options = options.clone();
             let limit = limit.clone();
+            let runtime = tokio::runtime::Handle::current();
             tasks.push(tokio::spawn(async move {
                 let _permit = limit.acquire_owned().await;
                 match item {
                     ScannedModel::Found(source) => {
                         let name = source.name.clone();
-                        let state = tokio::task::spawn_blocking(move || load_model(source, &options))
-                            .await
-                            .unwrap_or_else(|e| ModelState::Unavailable {
-                                version: None,
-                                reason: format!("loading panicked: {e}"),
-                            });
+                        let state =
+                            tokio::task::spawn_blocking(move || load_model(source, &options, &runtime))
+                                .await
+                                .unwrap_or_else(|e| ModelState::Unavailable {
+                                    version: None,
+                                    reason: format!("loading panicked: {e}"),
+                                });
                         (name, state)
                     }
                     ScannedModel::Failed { name, error } => {
@@ -139,7 +143,7 @@ impl ModelManager {
     }
 }
 
-fn load_model(source: ModelSource, options: &LoadOptions) -> ModelState {
+fn load_model(source: ModelSource, options: &LoadOptions, runtime: &tokio::runtime::Handle) -> ModelState {
     let name = source.name.clone();
     let span = tracing::info_span!("load", model = %name);
     let _enter = span.enter();
@@ -200,8 +204,16 @@ fn load_model(source: ModelSource, options: &LoadOptions) -> ModelState {
         }
         let instance = Instance::spawn_group(format!("{name}-{v}"), backends, 1024)
             .map_err(|e| format!("model '{name}': cannot start instance thread: {e}"))?;
-        tracing::info!(version = v, instances = count, intra_op_threads = ?settings.intra_op_threads, "loaded");
-        Ok(LoadedModel { name: name.clone(), version: v, version_str: v.to_string(), config, io, instance })
+        let scheduling = SchedulerConfig::from_model_config(&config);
+        tracing::info!(
+            version = v,
+            instances = count,
+            intra_op_threads = ?settings.intra_op_threads,
+            dynamic_batching = scheduling.dynamic,
+            "loaded"
+        );
+        let scheduler = Scheduler::start(name.clone(), scheduling, instance, runtime);
+        Ok(LoadedModel { name: name.clone(), version: v, version_str: v.to_string(), config, io, scheduler })
     })();
     match result {
         Ok(model) => ModelState::Ready(Arc::new(model)),

@@ -5,15 +5,16 @@ use std::pin::Pin;
 use std::sync::Arc;
 
 use futures::{Stream, StreamExt};
-use tern_backend::BackendError;
 use tern_core::{DataType, RequestError, Tensor, classify, validate_request};
 use tern_proto::inference::{self as pb, grpc_inference_service_server::GrpcInferenceService};
 use tonic::{Request, Response, Status, Streaming};
 
-use crate::manager::{LoadedModel, ModelManager, ModelState};
+use tern_scheduler::{FailureReason, InferJob, StatsSnapshot};
+
+use crate::manager::{ModelManager, ModelState};
 
 /// Extensions this node really implements (ServerMetadata lists only these).
-pub const EXTENSIONS: &[&str] = &["classification", "model_configuration"];
+pub const EXTENSIONS: &[&str] = &["classification", "model_configuration", "schedule_policy", "statistics"];
 
 /// How many requests of one stream run at once; responses keep the requests' order.
 const STREAM_CONCURRENCY: usize = 64;
@@ -37,11 +38,19 @@ impl NodeService {
 
     /// One inference, from request to response; shared by the unary and streaming RPCs.
     async fn infer(&self, req: pb::ModelInferRequest) -> Result<pb::ModelInferResponse, RequestError> {
+        let started = std::time::Instant::now();
         let model = self.state.models.get(&req.model_name, &req.model_version)?;
-        let request = validate_request(&model.io, req)?;
-        let names: Vec<String> = request.outputs.iter().map(|o| o.name.clone()).collect();
-        let (result, _timings) = model.instance.infer(request.inputs, names).await;
-        let outputs = result.map_err(|e| backend_error(&model, e))?;
+        let request = validate_request(&model.io, req).inspect_err(|_| {
+            model.scheduler.stats().record_failure(FailureReason::Other, started.elapsed());
+        })?;
+        let job = InferJob {
+            inputs: request.inputs,
+            rows: request.batch_size,
+            outputs: request.outputs.iter().map(|o| o.name.clone()).collect(),
+            priority: request.priority,
+            timeout: request.timeout,
+        };
+        let outputs = model.scheduler.infer(job).await?;
         let mut response = pb::ModelInferResponse {
             model_name: model.name.clone(),
             model_version: model.version_str.clone(),
@@ -92,19 +101,6 @@ fn restore_config_shape(tensor: &mut Tensor, dims: &[i64], reshaped: bool, batch
     };
 }
 
-fn backend_error(model: &LoadedModel, e: BackendError) -> RequestError {
-    match e {
-        BackendError::InvalidInput(m) => {
-            RequestError::InvalidArgument(format!("model '{}': {m}", model.name))
-        }
-        BackendError::Stopped(m) => RequestError::Unavailable(m),
-        BackendError::Load(m) | BackendError::Execution(m) => {
-            tracing::error!(model = %model.name, error = %m, "inference failed");
-            RequestError::Internal(format!("model '{}' version {}: {m}", model.name, model.version))
-        }
-    }
-}
-
 fn tensor_metadata(
     name: &str,
     datatype: i32,
@@ -115,6 +111,39 @@ fn tensor_metadata(
     let shape =
         if batching { std::iter::once(-1).chain(dims.iter().copied()).collect() } else { dims.to_vec() };
     pb::model_metadata_response::TensorMetadata { name: name.to_string(), datatype, shape }
+}
+
+fn statistics_proto(name: &str, version: &str, s: &StatsSnapshot) -> pb::ModelStatistics {
+    let d = |d: tern_scheduler::stats::DurationStat| Some(pb::StatisticDuration { count: d.count, ns: d.ns });
+    pb::ModelStatistics {
+        name: name.to_string(),
+        version: version.to_string(),
+        last_inference: s.last_inference_ms,
+        inference_count: s.inference_count,
+        execution_count: s.execution_count,
+        inference_stats: Some(pb::InferStatistics {
+            success: d(s.success),
+            fail: d(s.fail),
+            queue: d(s.queue),
+            compute_input: d(s.compute_input),
+            compute_infer: d(s.compute_infer),
+            compute_output: d(s.compute_output),
+            cache_hit: d(Default::default()),
+            cache_miss: d(Default::default()),
+        }),
+        batch_stats: s
+            .batches
+            .iter()
+            .map(|b| pb::InferBatchStatistics {
+                batch_size: b.batch_size,
+                compute_input: d(b.compute_input),
+                compute_infer: d(b.compute_infer),
+                compute_output: d(b.compute_output),
+            })
+            .collect(),
+        memory_usage: Vec::new(),
+        response_stats: Default::default(),
+    }
 }
 
 fn unimplemented<T>(what: &str) -> Result<Response<T>, Status> {
@@ -239,9 +268,38 @@ impl GrpcInferenceService for NodeService {
 
     async fn model_statistics(
         &self,
-        _: Request<pb::ModelStatisticsRequest>,
+        req: Request<pb::ModelStatisticsRequest>,
     ) -> Result<Response<pb::ModelStatisticsResponse>, Status> {
-        unimplemented("ModelStatistics")
+        let req = req.into_inner();
+        let models: Vec<_> = if req.name.is_empty() {
+            self.state
+                .models
+                .index()
+                .into_iter()
+                .filter_map(|(_, s)| match s {
+                    ModelState::Ready(m) => Some(m),
+                    ModelState::Unavailable { .. } => None,
+                })
+                .collect()
+        } else {
+            // Triton's wording for each case.
+            let model = self.state.models.get(&req.name, &req.version).map_err(|_| {
+                if req.version.is_empty() || self.state.models.get(&req.name, "").is_err() {
+                    Status::invalid_argument(format!("requested model '{}' is not available", req.name))
+                } else {
+                    Status::invalid_argument(format!(
+                        "requested model version is not available for model '{}'",
+                        req.name
+                    ))
+                }
+            })?;
+            vec![model]
+        };
+        let model_stats = models
+            .iter()
+            .map(|m| statistics_proto(&m.name, &m.version_str, &m.scheduler.stats().snapshot()))
+            .collect();
+        Ok(Response::new(pb::ModelStatisticsResponse { model_stats }))
     }
 
     async fn repository_index(

@@ -45,9 +45,12 @@ const DEFAULT_SEQUENCE_IDLE_MICROSECONDS: u64 = 1_000_000;
 ///   preferred sizes gets `[max_batch_size]`; sequence batching gets its default idle time;
 /// - `optimization` gets `input_pinned_memory` / `output_pinned_memory { enable: true }`;
 /// - no `instance_group` becomes one group named after the model; unnamed groups are named
-///   `<model>_<index>`; `KIND_AUTO` becomes `KIND_CPU` (this crate knows no devices: a GPU
-///   group must say `KIND_GPU`); a missing count becomes [`DEFAULT_CPU_INSTANCE_COUNT`] for
-///   CPU groups and 1 otherwise.
+///   `<model>_<index>`; a missing count becomes [`DEFAULT_CPU_INSTANCE_COUNT`] for `KIND_CPU`
+///   groups and 1 for `KIND_GPU` / `KIND_MODEL` ones. `KIND_AUTO` groups (the default kind, so
+///   also the group added when there is none) are left as they are, count included: this
+///   crate knows no devices, and Triton resolves `KIND_AUTO` to GPU when one is present (the
+///   backend does, with `tern_backend_ort::instance_plan`, and its default count depends on
+///   the kind it picks).
 ///
 /// Only when `strict` is false, from the model file (`signature`):
 /// - when the config lists no inputs or no outputs: if every input and output of the model
@@ -157,7 +160,7 @@ fn normalize(config: &mut ModelConfig) {
     optimization.output_pinned_memory.get_or_insert(PinnedMemoryBuffer { enable: true });
 }
 
-/// Triton's `NormalizeInstanceGroup`, on a machine without GPUs as far as this crate knows.
+/// Triton's `NormalizeInstanceGroup`, less what needs to know the devices (`KIND_AUTO`).
 fn normalize_instance_groups(config: &mut ModelConfig) {
     if matches!(config.scheduling_choice, Some(SchedulingChoice::EnsembleScheduling(_))) {
         return;
@@ -170,7 +173,7 @@ fn normalize_instance_groups(config: &mut ModelConfig) {
             group.name = format!("{}_{index}", config.name);
         }
         if group.kind == Kind::Auto as i32 {
-            group.kind = Kind::Cpu as i32;
+            continue;
         }
         if group.count < 1 {
             group.count = if group.kind == Kind::Cpu as i32 { DEFAULT_CPU_INSTANCE_COUNT } else { 1 };
@@ -361,7 +364,7 @@ mod tests {
             max_batch_size: 4
             input [ { name: "input" data_type: TYPE_FP32 dims: [ 3, 224, 224 ] } ]
             output [ { name: "output" data_type: TYPE_FP32 dims: [ 1000 ] } ]
-            instance_group [ { name: "resnet" kind: KIND_CPU count: 2 } ]
+            instance_group [ { name: "resnet" kind: KIND_AUTO } ]
             dynamic_batching { preferred_batch_size: [ 4 ] }
             optimization {
               input_pinned_memory { enable: true }
@@ -415,7 +418,8 @@ mod tests {
             r#"
             max_batch_size: 8
             dynamic_batching { max_queue_delay_microseconds: 100 }
-            instance_group [ { kind: KIND_CPU }, { name: "gpu" count: 3 kind: KIND_GPU } ]
+            instance_group [ { kind: KIND_CPU }, { name: "gpu" count: 3 kind: KIND_GPU }, { kind: KIND_GPU },
+                             { name: "auto" kind: KIND_AUTO } ]
             parameters { key: "intra_op_thread_count" value: { string_value: "2" } }
             version_policy: { all { } }
             optimization { graph { level: 1 } input_pinned_memory { enable: false } }
@@ -431,7 +435,16 @@ mod tests {
         assert_eq!(db.preferred_batch_size, vec![8]);
         let groups: Vec<_> =
             config.instance_group.iter().map(|g| (g.name.as_str(), g.kind, g.count)).collect();
-        assert_eq!(groups, vec![("resnet_0", Kind::Cpu as i32, 2), ("gpu", Kind::Gpu as i32, 3)]);
+        assert_eq!(
+            groups,
+            vec![
+                ("resnet_0", Kind::Cpu as i32, 2),
+                ("gpu", Kind::Gpu as i32, 3),
+                ("resnet_2", Kind::Gpu as i32, 1),
+                // Left for the backend, which knows whether a GPU is present.
+                ("auto", Kind::Auto as i32, 0),
+            ]
+        );
         let optimization = config.optimization.unwrap_or_default();
         assert_eq!(optimization.graph.map(|g| g.level), Some(1));
         assert_eq!(optimization.input_pinned_memory, Some(PinnedMemoryBuffer { enable: false }));
@@ -610,6 +623,15 @@ mod tests {
         assert_eq!(config.default_model_filename, "model.onnx");
         assert!(config.version_policy.is_some());
         assert_eq!(config.instance_group.len(), 1);
+        assert_eq!(config.instance_group[0].name, "resnet");
+        assert_eq!(config.instance_group[0].kind, Kind::Auto as i32);
+        let cpu = parse_config(r#"instance_group [ { kind: KIND_CPU } ]"#)?;
+        let config = auto_complete(
+            "resnet",
+            Some(ModelConfig { input: written.input, output: written.output, ..cpu }),
+            &resnet(),
+            true,
+        )?;
         assert_eq!(config.instance_group[0].count, DEFAULT_CPU_INSTANCE_COUNT);
         Ok(())
     }

@@ -1,0 +1,186 @@
+//! Batch assembly and split, done on the instance thread: the inputs of several requests become
+//! one contiguous buffer per input, and each output of the run goes back to each request as a
+//! slice of one buffer (`Bytes::slice`, no copy).
+
+#[cfg(test)]
+use bytes::Bytes;
+use bytes::BytesMut;
+use tern_core::{DataType, Tensor, codec};
+
+use crate::BackendError;
+
+/// Concatenates the requests' inputs along the batch dimension. Every request must have the
+/// same inputs with the same non-batch dims (the scheduler only batches such requests).
+pub fn concat_inputs(requests: &[Vec<Tensor>]) -> Result<Vec<Tensor>, BackendError> {
+    let Some(first) = requests.first() else { return Ok(Vec::new()) };
+    let mut out = Vec::with_capacity(first.len());
+    for proto in first {
+        let mut rows = 0i64;
+        let mut bytes = 0usize;
+        let mut parts = Vec::with_capacity(requests.len());
+        for req in requests {
+            let t = req.iter().find(|t| t.name == proto.name).ok_or_else(|| {
+                BackendError::InvalidInput(format!("input '{}' missing from a batched request", proto.name))
+            })?;
+            if t.datatype != proto.datatype || t.shape.get(1..) != proto.shape.get(1..) {
+                return Err(BackendError::InvalidInput(format!(
+                    "input '{}' differs in datatype or shape within one batch",
+                    proto.name
+                )));
+            }
+            rows += t.shape.first().copied().unwrap_or(1);
+            bytes += t.data.len();
+            parts.push(&t.data);
+        }
+        // BYTES framing concatenates: each element carries its own length.
+        let mut buf = BytesMut::with_capacity(bytes);
+        for p in parts {
+            buf.extend_from_slice(p);
+        }
+        let mut shape = proto.shape.clone();
+        if let Some(d) = shape.first_mut() {
+            *d = rows;
+        }
+        out.push(Tensor { name: proto.name.clone(), datatype: proto.datatype, shape, data: buf.freeze() });
+    }
+    Ok(out)
+}
+
+/// Splits each output by rows: request `i` gets `rows[i]` rows, as slices of the output buffer.
+pub fn split_outputs(outputs: Vec<Tensor>, rows: &[u32]) -> Result<Vec<Vec<Tensor>>, BackendError> {
+    let total: i64 = rows.iter().map(|&r| i64::from(r)).sum();
+    let mut per_request: Vec<Vec<Tensor>> = rows.iter().map(|_| Vec::with_capacity(outputs.len())).collect();
+    for t in outputs {
+        if t.shape.first() != Some(&total) {
+            return Err(BackendError::Execution(format!(
+                "output '{}' has shape {:?}; expected {total} rows for the batch",
+                t.name, t.shape
+            )));
+        }
+        let row_elems: usize = t.shape[1..].iter().map(|&d| d.max(0) as usize).product();
+        let offsets = row_offsets(&t, row_elems, rows)?;
+        for (i, &r) in rows.iter().enumerate() {
+            let mut shape = t.shape.clone();
+            shape[0] = i64::from(r);
+            per_request[i].push(Tensor {
+                name: t.name.clone(),
+                datatype: t.datatype,
+                shape,
+                data: t.data.slice(offsets[i]..offsets[i + 1]),
+            });
+        }
+    }
+    Ok(per_request)
+}
+
+/// Byte offsets where each request's rows start (plus the end).
+fn row_offsets(t: &Tensor, row_elems: usize, rows: &[u32]) -> Result<Vec<usize>, BackendError> {
+    let mut offsets = Vec::with_capacity(rows.len() + 1);
+    offsets.push(0);
+    match t.datatype.element_size() {
+        Some(size) => {
+            let row_bytes = row_elems * size;
+            let mut at = 0;
+            for &r in rows {
+                at += r as usize * row_bytes;
+                offsets.push(at);
+            }
+            if at != t.data.len() {
+                return Err(BackendError::Execution(format!(
+                    "output '{}' has an unexpected byte size",
+                    t.name
+                )));
+            }
+        }
+        None => {
+            // BYTES: walk the framing to find element boundaries.
+            debug_assert_eq!(t.datatype, DataType::Bytes);
+            let mut ends = Vec::new();
+            let mut at = 0usize;
+            for e in codec::bytes_elements(&t.data) {
+                let e = e.map_err(|e| BackendError::Execution(format!("output '{}': {e}", t.name)))?;
+                at += 4 + e.len();
+                ends.push(at);
+            }
+            let mut element = 0usize;
+            for &r in rows {
+                element += r as usize * row_elems;
+                let end = if element == 0 { 0 } else { *ends.get(element - 1).unwrap_or(&usize::MAX) };
+                if end == usize::MAX {
+                    return Err(BackendError::Execution(format!("output '{}' has too few elements", t.name)));
+                }
+                offsets.push(end);
+            }
+        }
+    }
+    Ok(offsets)
+}
+
+/// Keeps `names` of `outputs`, in that order (all of them when `names` is empty).
+pub fn select_outputs(outputs: &[Tensor], names: &[String]) -> Result<Vec<Tensor>, BackendError> {
+    if names.is_empty() {
+        return Ok(outputs.to_vec());
+    }
+    names
+        .iter()
+        .map(|n| {
+            outputs
+                .iter()
+                .find(|t| &t.name == n)
+                .cloned()
+                .ok_or_else(|| BackendError::Execution(format!("the model produced no output '{n}'")))
+        })
+        .collect()
+}
+
+/// FP32 values as raw little-endian bytes, for tests.
+#[cfg(test)]
+pub(crate) fn f32s(values: &[f32]) -> Bytes {
+    Bytes::from(values.iter().flat_map(|v| v.to_le_bytes()).collect::<Vec<u8>>())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn t(name: &str, shape: &[i64], data: Bytes) -> Tensor {
+        Tensor { name: name.into(), datatype: DataType::Fp32, shape: shape.to_vec(), data }
+    }
+
+    #[test]
+    fn concat_then_split_round_trips_without_copying_outputs() {
+        let a = vec![t("x", &[1, 2], f32s(&[1.0, 2.0]))];
+        let b = vec![t("x", &[2, 2], f32s(&[3.0, 4.0, 5.0, 6.0]))];
+        let joined = concat_inputs(&[a, b]).expect("concat");
+        assert_eq!(joined[0].shape, vec![3, 2]);
+        assert_eq!(joined[0].data, f32s(&[1.0, 2.0, 3.0, 4.0, 5.0, 6.0]));
+        let out = joined[0].clone();
+        let base = out.data.as_ptr();
+        let split = split_outputs(vec![out], &[1, 2]).expect("split");
+        assert_eq!(split[0][0].shape, vec![1, 2]);
+        assert_eq!(split[1][0].shape, vec![2, 2]);
+        assert_eq!(split[1][0].data, f32s(&[3.0, 4.0, 5.0, 6.0]));
+        assert_eq!(split[1][0].data.as_ptr(), base.wrapping_add(8), "a slice, not a copy");
+    }
+
+    #[test]
+    fn bytes_outputs_split_on_element_boundaries() {
+        let data = codec::encode_bytes_elements(["a", "bb", "", "dddd"]);
+        let out = Tensor { name: "s".into(), datatype: DataType::Bytes, shape: vec![2, 2], data };
+        let split = split_outputs(vec![out], &[1, 1]).expect("split");
+        let elems =
+            |t: &Tensor| codec::bytes_elements(&t.data).map(|e| e.expect("ok").to_vec()).collect::<Vec<_>>();
+        assert_eq!(elems(&split[0][0]), vec![b"a".to_vec(), b"bb".to_vec()]);
+        assert_eq!(elems(&split[1][0]), vec![b"".to_vec(), b"dddd".to_vec()]);
+    }
+
+    #[test]
+    fn mismatches_are_errors() {
+        let a = vec![t("x", &[1, 2], f32s(&[1.0, 2.0]))];
+        let b = vec![t("x", &[1, 3], f32s(&[3.0, 4.0, 5.0]))];
+        assert!(concat_inputs(&[a, b]).is_err());
+        let out = t("y", &[2, 1], f32s(&[1.0, 2.0]));
+        assert!(split_outputs(vec![out], &[1, 2]).is_err());
+        assert!(select_outputs(&[t("y", &[1], f32s(&[1.0]))], &["z".into()]).is_err());
+    }
+}

@@ -1,0 +1,214 @@
+//! Per model-version statistics with Triton's fields, kept in atomics so recording never takes a
+//! lock on the request path. ModelStatistics and the metrics exporter read snapshots.
+
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+/// Why a request failed, with Triton's metric `reason` values.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
+pub enum FailureReason {
+    /// Rejected by the scheduler: queue full or queue timeout.
+    Rejected,
+    /// The client cancelled or its deadline passed before the request ran.
+    Canceled,
+    /// The backend failed while executing.
+    Backend,
+    /// Anything else (invalid input, ...).
+    #[default]
+    Other,
+}
+
+impl FailureReason {
+    pub const ALL: [FailureReason; 4] =
+        [FailureReason::Other, FailureReason::Backend, FailureReason::Canceled, FailureReason::Rejected];
+
+    /// Triton's label value.
+    pub fn label(self) -> &'static str {
+        match self {
+            FailureReason::Rejected => "REJECTED",
+            FailureReason::Canceled => "CANCELED",
+            FailureReason::Backend => "BACKEND",
+            FailureReason::Other => "OTHER",
+        }
+    }
+
+    fn index(self) -> usize {
+        match self {
+            FailureReason::Other => 0,
+            FailureReason::Backend => 1,
+            FailureReason::Canceled => 2,
+            FailureReason::Rejected => 3,
+        }
+    }
+}
+
+#[derive(Default)]
+struct Counter {
+    count: AtomicU64,
+    ns: AtomicU64,
+}
+
+impl Counter {
+    fn add(&self, d: Duration) {
+        self.count.fetch_add(1, Relaxed);
+        self.ns.fetch_add(d.as_nanos().min(u128::from(u64::MAX)) as u64, Relaxed);
+    }
+
+    fn snapshot(&self) -> DurationStat {
+        DurationStat { count: self.count.load(Relaxed), ns: self.ns.load(Relaxed) }
+    }
+}
+
+#[derive(Default)]
+struct BatchCounters {
+    compute_input: Counter,
+    compute_infer: Counter,
+    compute_output: Counter,
+}
+
+/// A count and a total duration in nanoseconds.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct DurationStat {
+    pub count: u64,
+    pub ns: u64,
+}
+
+/// Statistics for executions of one batch size.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct BatchStat {
+    pub batch_size: u64,
+    pub compute_input: DurationStat,
+    pub compute_infer: DurationStat,
+    pub compute_output: DurationStat,
+}
+
+/// A consistent-enough copy of the counters (each field is read atomically).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct StatsSnapshot {
+    /// Milliseconds since the epoch of the last completed inference; 0 if none.
+    pub last_inference_ms: u64,
+    /// Inferences: the sum of the batch sizes executed.
+    pub inference_count: u64,
+    /// Executions (batches) run.
+    pub execution_count: u64,
+    pub success: DurationStat,
+    pub fail: DurationStat,
+    pub queue: DurationStat,
+    pub compute_input: DurationStat,
+    pub compute_infer: DurationStat,
+    pub compute_output: DurationStat,
+    /// Failures by reason, in [`FailureReason::ALL`] order.
+    pub failures: [(FailureReason, u64); 4],
+    /// Per batch size, ascending, only sizes that ran.
+    pub batches: Vec<BatchStat>,
+    /// Requests waiting in the queue now.
+    pub pending: u64,
+}
+
+/// The counters of one model version.
+pub struct ModelStats {
+    success: Counter,
+    fail: Counter,
+    queue: Counter,
+    compute_input: Counter,
+    compute_infer: Counter,
+    compute_output: Counter,
+    inference_count: AtomicU64,
+    execution_count: AtomicU64,
+    last_inference_ms: AtomicU64,
+    failures: [AtomicU64; 4],
+    /// Indexed by batch size; index 0 unused.
+    batches: Vec<BatchCounters>,
+    pub(crate) pending: AtomicU64,
+}
+
+impl ModelStats {
+    /// Counters for a model whose batches hold at most `max_batch_size` rows (0: no batching).
+    pub fn new(max_batch_size: u32) -> ModelStats {
+        let sizes = max_batch_size.max(1) as usize + 1;
+        ModelStats {
+            success: Counter::default(),
+            fail: Counter::default(),
+            queue: Counter::default(),
+            compute_input: Counter::default(),
+            compute_infer: Counter::default(),
+            compute_output: Counter::default(),
+            inference_count: AtomicU64::new(0),
+            execution_count: AtomicU64::new(0),
+            last_inference_ms: AtomicU64::new(0),
+            failures: Default::default(),
+            batches: (0..sizes).map(|_| BatchCounters::default()).collect(),
+            pending: AtomicU64::new(0),
+        }
+    }
+
+    /// A request that failed, with its duration so far.
+    pub fn record_failure(&self, reason: FailureReason, duration: Duration) {
+        self.fail.add(duration);
+        self.failures[reason.index()].fetch_add(1, Relaxed);
+    }
+
+    /// One execution of `batch_size` rows.
+    pub(crate) fn record_execution(
+        &self,
+        batch_size: u32,
+        input: Duration,
+        infer: Duration,
+        output: Duration,
+    ) {
+        self.execution_count.fetch_add(1, Relaxed);
+        self.inference_count.fetch_add(u64::from(batch_size), Relaxed);
+        if let Some(b) = self.batches.get(batch_size as usize) {
+            b.compute_input.add(input);
+            b.compute_infer.add(infer);
+            b.compute_output.add(output);
+        }
+        let now_ms = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64);
+        self.last_inference_ms.store(now_ms, Relaxed);
+    }
+
+    /// One request of a successful execution: its queue time, the execution's compute times,
+    /// and its whole duration.
+    pub(crate) fn record_success(
+        &self,
+        queue: Duration,
+        input: Duration,
+        infer: Duration,
+        output: Duration,
+        total: Duration,
+    ) {
+        self.queue.add(queue);
+        self.compute_input.add(input);
+        self.compute_infer.add(infer);
+        self.compute_output.add(output);
+        self.success.add(total);
+    }
+
+    pub fn snapshot(&self) -> StatsSnapshot {
+        StatsSnapshot {
+            last_inference_ms: self.last_inference_ms.load(Relaxed),
+            inference_count: self.inference_count.load(Relaxed),
+            execution_count: self.execution_count.load(Relaxed),
+            success: self.success.snapshot(),
+            fail: self.fail.snapshot(),
+            queue: self.queue.snapshot(),
+            compute_input: self.compute_input.snapshot(),
+            compute_infer: self.compute_infer.snapshot(),
+            compute_output: self.compute_output.snapshot(),
+            failures: FailureReason::ALL.map(|r| (r, self.failures[r.index()].load(Relaxed))),
+            batches: self
+                .batches
+                .iter()
+                .enumerate()
+                .filter(|(_, b)| b.compute_infer.count.load(Relaxed) > 0)
+                .map(|(size, b)| BatchStat {
+                    batch_size: size as u64,
+                    compute_input: b.compute_input.snapshot(),
+                    compute_infer: b.compute_infer.snapshot(),
+                    compute_output: b.compute_output.snapshot(),
+                })
+                .collect(),
+            pending: self.pending.load(Relaxed),
+        }
+    }
+}

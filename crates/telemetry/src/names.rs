@@ -1,0 +1,248 @@
+//! Every metric family Tern exports: name, help text and labels, in one place.
+//!
+//! `nv_*` families carry Triton's names, help texts and labels (taken from a real Triton 2.51's
+//! `/metrics`), so Triton dashboards and alerts work unchanged. Triton does not follow
+//! Prometheus naming conventions (no `_total` on counters, `_us` units): that is deliberate.
+//! Everything Triton lacks is prefixed `tern_`.
+
+/// Label: model name.
+pub const LABEL_MODEL: &str = "model";
+/// Label: model version, as a decimal string ("1").
+pub const LABEL_VERSION: &str = "version";
+/// Label: failure reason (see [`crate::FailureReason`]).
+pub const LABEL_REASON: &str = "reason";
+/// Label: NVML's GPU UUID ("GPU-8b0c...").
+pub const LABEL_GPU_UUID: &str = "gpu_uuid";
+/// Label: model readiness state (see [`crate::ModelReadiness`]).
+pub const LABEL_STATE: &str = "state";
+
+/// One exported family: what a dashboard or alert rule can rely on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Family {
+    pub name: &'static str,
+    pub help: &'static str,
+    pub kind: Kind,
+    pub labels: &'static [&'static str],
+}
+
+/// Prometheus metric type of a [`Family`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    Counter,
+    Gauge,
+    Histogram,
+}
+
+const MV: &[&str] = &[LABEL_MODEL, LABEL_VERSION];
+const MRV: &[&str] = &[LABEL_MODEL, LABEL_REASON, LABEL_VERSION];
+const GPU: &[&str] = &[LABEL_GPU_UUID];
+const NONE: &[&str] = &[];
+
+macro_rules! family {
+    ($(#[$doc:meta])* $id:ident, $name:literal, $kind:ident, $labels:expr, $help:literal) => {
+        $(#[$doc])*
+        pub const $id: Family = Family { name: $name, help: $help, kind: Kind::$kind, labels: $labels };
+    };
+}
+
+// === Triton: inference (per model and version, fed at scrape time) ===
+
+family!(
+    INFERENCE_REQUEST_SUCCESS,
+    "nv_inference_request_success",
+    Counter,
+    MV,
+    "Number of successful inference requests, all batch sizes"
+);
+family!(
+    INFERENCE_REQUEST_FAILURE,
+    "nv_inference_request_failure",
+    Counter,
+    MRV,
+    "Number of failed inference requests, all batch sizes"
+);
+family!(
+    INFERENCE_COUNT,
+    "nv_inference_count",
+    Counter,
+    MV,
+    "Number of inferences performed (does not include cached requests)"
+);
+family!(
+    INFERENCE_EXEC_COUNT,
+    "nv_inference_exec_count",
+    Counter,
+    MV,
+    "Number of model executions performed (does not include cached requests)"
+);
+family!(
+    INFERENCE_REQUEST_DURATION_US,
+    "nv_inference_request_duration_us",
+    Counter,
+    MV,
+    "Cumulative inference request duration in microseconds (includes cached requests)"
+);
+family!(
+    INFERENCE_QUEUE_DURATION_US,
+    "nv_inference_queue_duration_us",
+    Counter,
+    MV,
+    "Cumulative inference queuing duration in microseconds (includes cached requests)"
+);
+family!(
+    INFERENCE_COMPUTE_INPUT_DURATION_US,
+    "nv_inference_compute_input_duration_us",
+    Counter,
+    MV,
+    "Cumulative compute input duration in microseconds (does not include cached requests)"
+);
+family!(
+    INFERENCE_COMPUTE_INFER_DURATION_US,
+    "nv_inference_compute_infer_duration_us",
+    Counter,
+    MV,
+    "Cumulative compute inference duration in microseconds (does not include cached requests)"
+);
+family!(
+    INFERENCE_COMPUTE_OUTPUT_DURATION_US,
+    "nv_inference_compute_output_duration_us",
+    Counter,
+    MV,
+    "Cumulative inference compute output duration in microseconds (does not include cached requests)"
+);
+family!(
+    INFERENCE_PENDING_REQUEST_COUNT,
+    "nv_inference_pending_request_count",
+    Gauge,
+    MV,
+    "Instantaneous number of pending requests awaiting execution per-model."
+);
+
+// === Triton: memory pools, CPU and GPU (polled every --metrics-interval-ms) ===
+
+family!(
+    /// Tern has no pinned memory pool; exported as 0 like a Triton without one, for dashboards.
+    PINNED_MEMORY_POOL_TOTAL_BYTES, "nv_pinned_memory_pool_total_bytes", Gauge, NONE,
+    "Pinned memory pool total memory size, in bytes");
+family!(
+    PINNED_MEMORY_POOL_USED_BYTES,
+    "nv_pinned_memory_pool_used_bytes",
+    Gauge,
+    NONE,
+    "Pinned memory pool used memory size, in bytes"
+);
+family!(CPU_UTILIZATION, "nv_cpu_utilization", Gauge, NONE, "CPU utilization rate [0.0 - 1.0]");
+family!(CPU_MEMORY_TOTAL_BYTES, "nv_cpu_memory_total_bytes", Gauge, NONE, "CPU total memory (RAM), in bytes");
+family!(CPU_MEMORY_USED_BYTES, "nv_cpu_memory_used_bytes", Gauge, NONE, "CPU used memory (RAM), in bytes");
+family!(GPU_UTILIZATION, "nv_gpu_utilization", Gauge, GPU, "GPU utilization rate [0.0 - 1.0)");
+family!(GPU_MEMORY_TOTAL_BYTES, "nv_gpu_memory_total_bytes", Gauge, GPU, "GPU total memory, in bytes");
+family!(GPU_MEMORY_USED_BYTES, "nv_gpu_memory_used_bytes", Gauge, GPU, "GPU used memory, in bytes");
+family!(GPU_POWER_USAGE, "nv_gpu_power_usage", Gauge, GPU, "GPU power usage in watts");
+family!(GPU_POWER_LIMIT, "nv_gpu_power_limit", Gauge, GPU, "GPU power management limit in watts");
+family!(
+    ENERGY_CONSUMPTION,
+    "nv_energy_consumption",
+    Counter,
+    GPU,
+    "GPU energy consumption in joules since the server started"
+);
+
+// === Tern-only ===
+
+family!(
+    REQUEST_LATENCY_US,
+    "tern_inference_request_latency_us",
+    Histogram,
+    MV,
+    "Inference request latency in microseconds, from arrival to response, successful and failed requests"
+);
+family!(BATCH_SIZE, "tern_inference_batch_size", Histogram, MV, "Batch size of model executions");
+family!(
+    REQUEST_FAILURE_DURATION_US,
+    "tern_inference_request_failure_duration_us",
+    Counter,
+    MV,
+    "Cumulative duration of failed inference requests in microseconds"
+);
+family!(
+    MODEL_STATE,
+    "tern_model_state",
+    Gauge,
+    &[LABEL_MODEL, LABEL_STATE, LABEL_VERSION],
+    "Model readiness: 1 for the state the model version is in, 0 for the others"
+);
+family!(
+    MODEL_LOAD_DURATION_SECONDS,
+    "tern_model_load_duration_seconds",
+    Histogram,
+    MV,
+    "Time to load a model version (successful loads), in seconds"
+);
+family!(
+    MODEL_LOAD_FAILURES_TOTAL,
+    "tern_model_load_failures_total",
+    Counter,
+    MV,
+    "Number of failed model version loads"
+);
+family!(
+    MODEL_MEMORY_BYTES,
+    "tern_model_memory_bytes",
+    Gauge,
+    MV,
+    "Estimated memory used by a loaded model version (resident memory growth during its load), in bytes"
+);
+family!(
+    PROCESS_RESIDENT_MEMORY_BYTES,
+    "tern_process_resident_memory_bytes",
+    Gauge,
+    NONE,
+    "Resident memory of the server process, in bytes"
+);
+family!(BUILD_INFO, "tern_build_info", Gauge, &["version"], "Always 1; the label carries the Tern version");
+
+/// Every family, Triton's first. Some are absent from a scrape: GPU families without NVML, model
+/// families before any model, the latency histogram when turned off.
+pub const ALL: &[Family] = &[
+    INFERENCE_REQUEST_SUCCESS,
+    INFERENCE_REQUEST_FAILURE,
+    INFERENCE_COUNT,
+    INFERENCE_EXEC_COUNT,
+    INFERENCE_REQUEST_DURATION_US,
+    INFERENCE_QUEUE_DURATION_US,
+    INFERENCE_COMPUTE_INPUT_DURATION_US,
+    INFERENCE_COMPUTE_INFER_DURATION_US,
+    INFERENCE_COMPUTE_OUTPUT_DURATION_US,
+    INFERENCE_PENDING_REQUEST_COUNT,
+    PINNED_MEMORY_POOL_TOTAL_BYTES,
+    PINNED_MEMORY_POOL_USED_BYTES,
+    CPU_UTILIZATION,
+    CPU_MEMORY_TOTAL_BYTES,
+    CPU_MEMORY_USED_BYTES,
+    GPU_UTILIZATION,
+    GPU_MEMORY_TOTAL_BYTES,
+    GPU_MEMORY_USED_BYTES,
+    GPU_POWER_USAGE,
+    GPU_POWER_LIMIT,
+    ENERGY_CONSUMPTION,
+    REQUEST_LATENCY_US,
+    BATCH_SIZE,
+    REQUEST_FAILURE_DURATION_US,
+    MODEL_STATE,
+    MODEL_LOAD_DURATION_SECONDS,
+    MODEL_LOAD_FAILURES_TOTAL,
+    MODEL_MEMORY_BYTES,
+    PROCESS_RESIDENT_MEMORY_BYTES,
+    BUILD_INFO,
+];
+
+/// The family a series name belongs to, allowing a histogram's `_bucket`, `_sum` and `_count`.
+pub fn family_of(series: &str) -> Option<&'static Family> {
+    ALL.iter().find(|f| {
+        f.name == series
+            || (f.kind == Kind::Histogram
+                && series
+                    .strip_prefix(f.name)
+                    .is_some_and(|rest| matches!(rest, "_bucket" | "_sum" | "_count")))
+    })
+}

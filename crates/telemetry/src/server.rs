@@ -1,0 +1,81 @@
+//! The HTTP endpoint: `GET /metrics` (Prometheus text format 0.0.4), `GET /v2/health/live` and
+//! `/v2/health/ready` when checks are set, 404 elsewhere. It also runs the resource poller.
+
+use std::future::Future;
+use std::sync::{Arc, PoisonError};
+
+use axum::Router;
+use axum::extract::State;
+use axum::http::{StatusCode, header};
+use axum::response::IntoResponse;
+use axum::routing::get;
+use tokio::net::TcpListener;
+
+use crate::metrics::{HealthCheck, Metrics};
+
+/// Serves the metrics endpoint on `listener` until `shutdown` resolves, refreshing CPU, memory
+/// and GPU readings every `--metrics-interval-ms` meanwhile. The caller binds (port 0 works) and
+/// decides when to stop; open connections are drained on shutdown.
+pub async fn serve_metrics(
+    listener: TcpListener,
+    metrics: Arc<Metrics>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let poller = tokio::spawn(resource_task(metrics.clone()));
+    let result = axum::serve(listener, router(metrics)).with_graceful_shutdown(shutdown).await;
+    poller.abort();
+    result
+}
+
+/// The routes, for a caller that composes its own server.
+pub fn router(metrics: Arc<Metrics>) -> Router {
+    Router::new()
+        .route("/metrics", get(metrics_handler))
+        .route("/v2/health/live", get(live_handler))
+        .route("/v2/health/ready", get(ready_handler))
+        .with_state(metrics)
+}
+
+async fn metrics_handler(State(metrics): State<Arc<Metrics>>) -> impl IntoResponse {
+    // The sampler and NVML-free gather are cheap, but keep them off the async workers anyway.
+    let body = match tokio::task::spawn_blocking(move || metrics.render()).await {
+        Ok(body) => body,
+        Err(e) => {
+            return (StatusCode::INTERNAL_SERVER_ERROR, format!("metrics rendering failed: {e}\n"))
+                .into_response();
+        }
+    };
+    ([(header::CONTENT_TYPE, prometheus::TEXT_FORMAT)], body).into_response()
+}
+
+async fn live_handler(State(metrics): State<Arc<Metrics>>) -> StatusCode {
+    let check = metrics.live.read().unwrap_or_else(PoisonError::into_inner).clone();
+    health(check, StatusCode::OK)
+}
+
+async fn ready_handler(State(metrics): State<Arc<Metrics>>) -> StatusCode {
+    let check = metrics.ready.read().unwrap_or_else(PoisonError::into_inner).clone();
+    health(check, StatusCode::NOT_FOUND)
+}
+
+fn health(check: Option<HealthCheck>, unset: StatusCode) -> StatusCode {
+    match check {
+        Some(check) if check() => StatusCode::OK,
+        Some(_) => StatusCode::SERVICE_UNAVAILABLE,
+        None => unset,
+    }
+}
+
+/// Refreshes resource readings now and then every interval (the first CPU utilization needs
+/// two readings, so it reads 0 until the second tick, as Triton's).
+async fn resource_task(metrics: Arc<Metrics>) {
+    let mut interval = tokio::time::interval(metrics.settings().interval);
+    interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        interval.tick().await;
+        let m = metrics.clone();
+        if tokio::task::spawn_blocking(move || m.refresh_resources()).await.is_err() {
+            tracing::warn!("resource metrics refresh panicked");
+        }
+    }
+}

@@ -1,0 +1,374 @@
+//! Logging and tracing setup: tracing-subscriber (text or JSON) on stderr, plus OpenTelemetry
+//! spans exported over OTLP/gRPC when an endpoint is configured (off by default, and then no
+//! OpenTelemetry layer exists at all).
+//!
+//! The exporter runs on a small runtime of its own, owned by [`TracingGuard`]: it can be set up
+//! before the server's runtime exists, and spans still flush after that runtime has stopped.
+
+use std::time::Duration;
+
+use clap::{Args, ValueEnum};
+use opentelemetry::KeyValue;
+use opentelemetry::trace::TracerProvider as _;
+use opentelemetry_otlp::WithExportConfig;
+use opentelemetry_sdk::Resource;
+use opentelemetry_sdk::propagation::TraceContextPropagator;
+use opentelemetry_sdk::trace::{Sampler, SdkTracerProvider};
+use tracing_subscriber::Layer;
+use tracing_subscriber::filter::{EnvFilter, LevelFilter, Targets};
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::util::SubscriberInitExt;
+
+use crate::TelemetryError;
+
+/// Log line format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+/// Logging and tracing flags.
+#[derive(Debug, Clone, PartialEq, Args)]
+pub struct TracingConfig {
+    /// Log format.
+    #[arg(long, value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+
+    /// Verbose logging level (0 = info, 1 = debug, 2+ = trace). RUST_LOG, when set, wins.
+    #[arg(long, default_value_t = 0)]
+    pub log_verbose: u32,
+
+    /// OTLP/gRPC endpoint to export traces to (e.g. http://127.0.0.1:4317). Tracing is off
+    /// unless this, `--trace-config mode=opentelemetry` or OTEL_EXPORTER_OTLP_(TRACES_)ENDPOINT
+    /// is given.
+    #[arg(long, value_name = "URL")]
+    pub trace_otlp_endpoint: Option<String>,
+
+    /// Triton-style trace settings, repeatable: `mode=opentelemetry`, `opentelemetry,url=URL`
+    /// (OTLP over gRPC here), `opentelemetry,resource=KEY=VALUE`, `rate=N` (sample one request
+    /// in N), `level=OFF|TIMESTAMPS`.
+    #[arg(long = "trace-config", value_name = "[MODE,]KEY=VALUE")]
+    pub trace_config: Vec<String>,
+
+    /// Share of new traces to sample, 0.0 to 1.0 (requests with a sampled parent are always
+    /// sampled). Default: OTEL_TRACES_SAMPLER(_ARG), else every trace.
+    #[arg(long, value_name = "RATIO")]
+    pub trace_sample_ratio: Option<f64>,
+
+    /// `service.name` of exported spans; OTEL_SERVICE_NAME wins. Set by the binary.
+    #[arg(skip = String::from("tern"))]
+    pub service_name: String,
+}
+
+impl Default for TracingConfig {
+    fn default() -> Self {
+        TracingConfig {
+            log_format: LogFormat::Text,
+            log_verbose: 0,
+            trace_otlp_endpoint: None,
+            trace_config: Vec::new(),
+            trace_sample_ratio: None,
+            service_name: "tern".into(),
+        }
+    }
+}
+
+/// Where and how to export spans, when tracing is on.
+#[derive(Debug, Clone, PartialEq)]
+pub struct OtlpSettings {
+    /// None: the exporter reads OTEL_EXPORTER_OTLP_(TRACES_)ENDPOINT itself.
+    pub endpoint: Option<String>,
+    pub sample_ratio: Option<f64>,
+    pub resource: Vec<(String, String)>,
+}
+
+impl TracingConfig {
+    /// Checks the flags; `Ok(None)` means tracing is off. Call before binding anything.
+    pub fn otlp(&self) -> Result<Option<OtlpSettings>, TelemetryError> {
+        self.otlp_with_env(|k| std::env::var(k).ok().filter(|v| !v.trim().is_empty()))
+    }
+
+    fn otlp_with_env(
+        &self,
+        env: impl Fn(&str) -> Option<String>,
+    ) -> Result<Option<OtlpSettings>, TelemetryError> {
+        let bad = |msg: String| TelemetryError::Config(msg);
+        let mut on = self.trace_otlp_endpoint.is_some()
+            || env("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT").is_some()
+            || env("OTEL_EXPORTER_OTLP_ENDPOINT").is_some();
+        let mut off = env("OTEL_SDK_DISABLED").is_some_and(|v| v.eq_ignore_ascii_case("true"))
+            || env("OTEL_TRACES_EXPORTER").is_some_and(|v| v.eq_ignore_ascii_case("none"));
+        let mut settings = OtlpSettings {
+            endpoint: self.trace_otlp_endpoint.clone(),
+            sample_ratio: self.trace_sample_ratio,
+            resource: Vec::new(),
+        };
+        for item in &self.trace_config {
+            // Triton's form: `[mode,]setting=value`; only the opentelemetry mode exists here.
+            let (mode, setting) = match item.split_once(',') {
+                Some((mode, rest)) if !mode.contains('=') => (Some(mode.trim()), rest),
+                _ => (None, item.as_str()),
+            };
+            if let Some(mode) = mode.filter(|m| *m != "opentelemetry") {
+                return Err(bad(format!(
+                    "--trace-config {item:?}: unsupported mode {mode:?} (only opentelemetry)"
+                )));
+            }
+            let (key, value) = setting
+                .split_once('=')
+                .ok_or_else(|| bad(format!("--trace-config {item:?}: expected [MODE,]KEY=VALUE")))?;
+            let value = value.trim();
+            match key.trim() {
+                "mode" if value == "opentelemetry" => on = true,
+                "mode" => {
+                    return Err(bad(format!(
+                        "--trace-config {item:?}: only mode=opentelemetry is supported"
+                    )));
+                }
+                "url" => {
+                    on = true;
+                    settings.endpoint = Some(value.to_string());
+                }
+                "resource" => {
+                    let (k, v) = value.split_once('=').ok_or_else(|| {
+                        bad(format!("--trace-config {item:?}: expected resource=KEY=VALUE"))
+                    })?;
+                    settings.resource.push((k.trim().to_string(), v.trim().to_string()));
+                }
+                "rate" => {
+                    let n: u64 = value.parse().ok().filter(|n| *n > 0).ok_or_else(|| {
+                        bad(format!("--trace-config {item:?}: rate must be a positive integer"))
+                    })?;
+                    settings.sample_ratio.get_or_insert(1.0 / n as f64);
+                }
+                "level" => match value.to_ascii_uppercase().as_str() {
+                    "OFF" => off = true,
+                    "TIMESTAMPS" | "TENSORS" => on = true,
+                    _ => {
+                        return Err(bad(format!(
+                            "--trace-config {item:?}: level is OFF, TIMESTAMPS or TENSORS"
+                        )));
+                    }
+                },
+                other => {
+                    return Err(bad(format!(
+                        "--trace-config {item:?}: unknown setting {other:?} (known: mode, url, resource, rate, level)"
+                    )));
+                }
+            }
+        }
+        if let Some(r) = settings.sample_ratio
+            && !(0.0..=1.0).contains(&r)
+        {
+            return Err(bad(format!("--trace-sample-ratio {r}: must be between 0.0 and 1.0")));
+        }
+        // Triton's urls carry no scheme; tonic needs one.
+        if let Some(url) = settings.endpoint.as_mut()
+            && !url.contains("://")
+        {
+            *url = format!("http://{url}");
+        }
+        Ok((on && !off).then_some(settings))
+    }
+
+    /// The log filter: RUST_LOG when set, else the verbosity with noisy dependencies at warn
+    /// (ONNX Runtime forwards hundreds of lines at info through the `ort` target).
+    pub fn env_filter(&self) -> EnvFilter {
+        let level = match self.log_verbose {
+            0 => "info",
+            1 => "debug",
+            _ => "trace",
+        };
+        EnvFilter::try_from_default_env().unwrap_or_else(|_| {
+            EnvFilter::new(format!("{level},ort=warn,h2=warn,tower=warn,hyper=warn,opentelemetry=warn"))
+        })
+    }
+}
+
+/// Keeps the exporter alive; dropping it flushes pending spans (bounded) and stops it. Hold it
+/// in `main` for the life of the process.
+#[must_use = "dropping the guard stops trace export"]
+pub struct TracingGuard {
+    provider: Option<SdkTracerProvider>,
+    runtime: Option<tokio::runtime::Runtime>,
+}
+
+impl std::fmt::Debug for TracingGuard {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TracingGuard").field("exporting", &self.provider.is_some()).finish()
+    }
+}
+
+impl TracingGuard {
+    /// Whether spans are exported (tracing is on).
+    pub fn exporting(&self) -> bool {
+        self.provider.is_some()
+    }
+}
+
+impl Drop for TracingGuard {
+    fn drop(&mut self) {
+        if let Some(provider) = self.provider.take()
+            && let Err(e) = provider.shutdown_with_timeout(Duration::from_secs(5))
+        {
+            eprintln!("trace export shutdown: {e}");
+        }
+        if let Some(rt) = self.runtime.take() {
+            rt.shutdown_background();
+        }
+    }
+}
+
+/// Installs the global subscriber: logs on stderr in the configured format, and OpenTelemetry
+/// export when configured. Also installs the W3C trace-context propagator globally. Call once,
+/// first thing in `main` (it does not need a Tokio runtime).
+pub fn init_tracing(cfg: &TracingConfig) -> Result<TracingGuard, TelemetryError> {
+    let otlp = cfg.otlp()?;
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr()) && std::env::var_os("NO_COLOR").is_none();
+    let fmt = match cfg.log_format {
+        LogFormat::Text => {
+            tracing_subscriber::fmt::layer().with_writer(std::io::stderr).with_ansi(ansi).boxed()
+        }
+        LogFormat::Json => tracing_subscriber::fmt::layer().json().with_writer(std::io::stderr).boxed(),
+    };
+    let mut guard = TracingGuard { provider: None, runtime: None };
+    let otel = match otlp {
+        Some(settings) => {
+            let (provider, runtime) = build_provider(&settings, &cfg.service_name)?;
+            let tracer = provider.tracer("tern");
+            guard = TracingGuard { provider: Some(provider), runtime: Some(runtime) };
+            // The exporter's own transport must not be traced (each export would make spans).
+            let transport_off = Targets::new()
+                .with_default(LevelFilter::TRACE)
+                .with_target("h2", LevelFilter::OFF)
+                .with_target("hyper", LevelFilter::OFF)
+                .with_target("hyper_util", LevelFilter::OFF)
+                .with_target("tonic", LevelFilter::OFF)
+                .with_target("tower", LevelFilter::OFF)
+                .with_target("opentelemetry", LevelFilter::OFF)
+                .with_target("opentelemetry_sdk", LevelFilter::OFF)
+                .with_target("opentelemetry_otlp", LevelFilter::OFF);
+            Some(tracing_opentelemetry::layer().with_tracer(tracer).with_filter(transport_off))
+        }
+        None => None,
+    };
+    tracing_subscriber::registry()
+        .with(cfg.env_filter())
+        .with(fmt)
+        .with(otel)
+        .try_init()
+        .map_err(|e| TelemetryError::Tracing(format!("cannot install the tracing subscriber: {e}")))?;
+    opentelemetry::global::set_text_map_propagator(TraceContextPropagator::new());
+    if let Some(provider) = &guard.provider {
+        opentelemetry::global::set_tracer_provider(provider.clone());
+    }
+    Ok(guard)
+}
+
+/// Builds the OTLP/gRPC exporter and tracer provider on a dedicated one-thread runtime.
+pub fn build_provider(
+    settings: &OtlpSettings,
+    service_name: &str,
+) -> Result<(SdkTracerProvider, tokio::runtime::Runtime), TelemetryError> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .thread_name("otlp-export")
+        .enable_all()
+        .build()
+        .map_err(|e| TelemetryError::Tracing(format!("cannot start the trace export runtime: {e}")))?;
+    // tonic's channel spawns its connection task on the current runtime.
+    let _enter = runtime.enter();
+    let mut builder = opentelemetry_otlp::SpanExporter::builder().with_tonic();
+    if let Some(endpoint) = &settings.endpoint {
+        builder = builder.with_endpoint(endpoint.clone());
+    }
+    let exporter = builder
+        .build()
+        .map_err(|e| TelemetryError::Tracing(format!("cannot build the OTLP exporter: {e}")))?;
+    let mut resource = Resource::builder();
+    if std::env::var_os("OTEL_SERVICE_NAME").is_none() {
+        resource = resource.with_service_name(service_name.to_string());
+    }
+    let resource = resource
+        .with_attributes(settings.resource.iter().map(|(k, v)| KeyValue::new(k.clone(), v.clone())))
+        .build();
+    let mut provider = SdkTracerProvider::builder().with_batch_exporter(exporter).with_resource(resource);
+    if let Some(ratio) = settings.sample_ratio {
+        provider = provider.with_sampler(Sampler::ParentBased(Box::new(Sampler::TraceIdRatioBased(ratio))));
+    }
+    drop(_enter);
+    Ok((provider.build(), runtime))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        tracing: TracingConfig,
+    }
+
+    fn parse(args: &[&str]) -> TracingConfig {
+        Cli::try_parse_from(std::iter::once("x").chain(args.iter().copied())).expect("parses").tracing
+    }
+
+    fn otlp(cfg: &TracingConfig, env: &[(&str, &str)]) -> Result<Option<OtlpSettings>, TelemetryError> {
+        cfg.otlp_with_env(|k| env.iter().find(|(key, _)| *key == k).map(|(_, v)| v.to_string()))
+    }
+
+    #[test]
+    fn off_by_default_and_defaults_match() {
+        let c = parse(&[]);
+        assert_eq!(c, TracingConfig::default());
+        assert_eq!(otlp(&c, &[]).expect("valid"), None);
+    }
+
+    #[test]
+    fn on_by_flag_by_triton_trace_config_or_by_env() {
+        let c = parse(&["--trace-otlp-endpoint", "http://127.0.0.1:4317", "--trace-sample-ratio", "0.5"]);
+        let s = otlp(&c, &[]).expect("valid").expect("on");
+        assert_eq!(s.endpoint.as_deref(), Some("http://127.0.0.1:4317"));
+        assert_eq!(s.sample_ratio, Some(0.5));
+
+        let c = parse(&[
+            "--trace-config",
+            "mode=opentelemetry",
+            "--trace-config",
+            "opentelemetry,url=collector:4317",
+            "--trace-config",
+            "opentelemetry,resource=deployment.environment=test",
+            "--trace-config",
+            "rate=100",
+        ]);
+        let s = otlp(&c, &[]).expect("valid").expect("on");
+        assert_eq!(s.endpoint.as_deref(), Some("http://collector:4317"));
+        assert_eq!(s.sample_ratio, Some(0.01));
+        assert_eq!(s.resource, vec![("deployment.environment".into(), "test".into())]);
+
+        let s = otlp(&parse(&[]), &[("OTEL_EXPORTER_OTLP_ENDPOINT", "http://c:4317")]).expect("valid");
+        assert_eq!(s.expect("on").endpoint, None, "the exporter reads the variable itself");
+        let disabled = [("OTEL_EXPORTER_OTLP_ENDPOINT", "http://c:4317"), ("OTEL_SDK_DISABLED", "true")];
+        assert_eq!(otlp(&parse(&[]), &disabled).expect("valid"), None);
+        let c = parse(&["--trace-otlp-endpoint", "http://c:4317", "--trace-config", "level=OFF"]);
+        assert_eq!(otlp(&c, &[]).expect("valid"), None);
+    }
+
+    #[test]
+    fn bad_trace_settings_are_errors() {
+        for bad in [
+            ["--trace-config", "mode=triton"],
+            ["--trace-config", "triton,file=/tmp/x"],
+            ["--trace-config", "rate=0"],
+            ["--trace-config", "level=LOUD"],
+            ["--trace-config", "nonsense"],
+            ["--trace-config", "count=5"],
+            ["--trace-sample-ratio", "1.5"],
+        ] {
+            assert!(otlp(&parse(&bad), &[]).is_err(), "{bad:?} accepted");
+        }
+    }
+}
