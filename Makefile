@@ -46,3 +46,17 @@ fmt:
 clean:
 	cargo clean
 	rm -rf examples/model_repository
+
+## NVIDIA GPUs: `make setup GPU=1` adds ONNX Runtime's GPU build (.tern/onnxruntime-gpu/, with
+## the CUDA and TensorRT providers); any target run with GPU=1 loads that library instead of
+## the CPU one; `make test-gpu` checks CUDA/TensorRT execution on this machine's GPU (and says
+## so, exit 0, where there is none). See README.md, "GPU".
+ifeq ($(GPU),1)
+ifeq ($(origin ORT_DYLIB_PATH),file)
+ORT_DYLIB_PATH := $(ROOT)/.tern/onnxruntime-gpu/libonnxruntime.so.1.31.1
+endif
+endif
+
+.PHONY: test-gpu
+test-gpu:
+	@bash scripts/test_gpu.sh

@@ -2,6 +2,8 @@
 # Installs everything Tern's build, examples and tests need into project-local folders:
 #   .venv/                      Python: onnxruntime, onnx, numpy, tritonclient[grpc], pytest
 #   .tern/onnxruntime/          libonnxruntime.so taken from the PyPI onnxruntime wheel
+#   .tern/onnxruntime-gpu/      with GPU=1: the same from onnxruntime-gpu, with its CUDA and
+#                               TensorRT providers
 #   .tern/perf_analyzer/        Triton's perf_analyzer binary and the libraries it loads
 # Idempotent: a step whose result is already present is skipped. Needs only Python 3.11 with
 # pip and, for perf_analyzer's libb64, apt-get (the .deb is unpacked locally, not installed).
@@ -39,6 +41,26 @@ if [ ! -f "$ORT_DIR/libonnxruntime.so.${ORT_VERSION}" ]; then
   ln -sf "libonnxruntime.so.${ORT_VERSION}" "$ORT_DIR/libonnxruntime.so"
 fi
 
+# --- ONNX Runtime for NVIDIA GPUs (GPU=1, e.g. `make setup GPU=1`) ---------------------------
+# The onnxruntime-gpu wheel's library with its CUDA and TensorRT providers, beside the CPU one
+# (Python keeps the CPU onnxruntime). At run time they need CUDA 13 + cuDNN 9 (TensorRT 10 for
+# TensorRT) on the loader path: scripts/gpu/cuda_lib_path.sh finds them.
+ORT_GPU_DIR=.tern/onnxruntime-gpu
+if [ "${GPU:-0}" = 1 ] && [ ! -f "$ORT_GPU_DIR/libonnxruntime_providers_cuda.so" ]; then
+  log "copying libonnxruntime.so ${ORT_VERSION} and its CUDA/TensorRT providers from onnxruntime-gpu"
+  tmp_gpu=$(mktemp -d)
+  $PY -m pip download -q --disable-pip-version-check --no-deps --only-binary=:all: \
+    -d "$tmp_gpu" "onnxruntime-gpu==${ORT_VERSION}"
+  (cd "$tmp_gpu" && $ROOT/$PY -m zipfile -e onnxruntime_gpu-*.whl w >/dev/null)
+  mkdir -p "$ORT_GPU_DIR"
+  for f in "libonnxruntime.so.${ORT_VERSION}" libonnxruntime_providers_shared.so \
+           libonnxruntime_providers_tensorrt.so libonnxruntime_providers_cuda.so; do
+    cp "$tmp_gpu/w/onnxruntime/capi/$f" "$ORT_GPU_DIR/"
+  done
+  ln -sf "libonnxruntime.so.${ORT_VERSION}" "$ORT_GPU_DIR/libonnxruntime.so"
+  rm -rf "$tmp_gpu"
+fi
+
 # --- perf_analyzer --------------------------------------------------------------------------
 # The current perf-analyzer wheels need glibc 2.38; the binary inside tritonclient 2.41.0 runs
 # here. It links libb64 (Debian) and libcudart.so.12 (PyPI) even on CPU-only machines.
@@ -67,3 +89,6 @@ if [ ! -x "$PA_DIR/bin/perf_analyzer" ] || [ ! -e "$PA_DIR/lib/libcudart.so.12" 
 fi
 
 log "done: ORT_DYLIB_PATH=$ROOT/$ORT_DIR/libonnxruntime.so.${ORT_VERSION}"
+if [ "${GPU:-0}" = 1 ]; then
+  log "GPU build: ORT_DYLIB_PATH=$ROOT/$ORT_GPU_DIR/libonnxruntime.so.${ORT_VERSION} (make ... GPU=1 uses it)"
+fi

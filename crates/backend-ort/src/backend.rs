@@ -199,7 +199,11 @@ fn configure(
                 .fold(ep::TensorRT::default(), |p, (k, v)| p.with_arbitrary_config(k, v));
             builder =
                 builder.with_execution_providers([provider.build().error_on_failure()]).map_err(|e| {
-                    OrtBackendError::Provider { provider: "TensorRT", device, message: e.to_string() }
+                    OrtBackendError::Provider {
+                        provider: "TensorRT",
+                        device,
+                        message: e.to_string().trim_end().to_string(),
+                    }
                 })?;
         }
         let provider = settings
@@ -207,9 +211,13 @@ fn configure(
             .cuda_options(device_id)
             .into_iter()
             .fold(ep::CUDA::default(), |p, (k, v)| p.with_arbitrary_config(k, v));
-        builder = builder
-            .with_execution_providers([provider.build().error_on_failure()])
-            .map_err(|e| OrtBackendError::Provider { provider: "CUDA", device, message: e.to_string() })?;
+        builder = builder.with_execution_providers([provider.build().error_on_failure()]).map_err(|e| {
+            OrtBackendError::Provider {
+                provider: "CUDA",
+                device,
+                message: e.to_string().trim_end().to_string(),
+            }
+        })?;
     }
     Ok(builder)
 }

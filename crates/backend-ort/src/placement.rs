@@ -347,7 +347,10 @@ fn register(
     provider: ep::ExecutionProviderDispatch,
 ) -> Result<(), String> {
     let builder = ort::session::Session::builder(environment).map_err(|e| e.to_string())?;
-    builder.with_execution_providers([provider.error_on_failure()]).map(drop).map_err(|e| e.to_string())
+    builder
+        .with_execution_providers([provider.error_on_failure()])
+        .map(drop)
+        .map_err(|e| e.to_string().trim_end().to_string())
 }
 
 #[cfg(test)]

@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 
 use tern_backend::{BackendError, BatchJob, Instance, batch::select_outputs};
 use tern_core::{RequestError, Tensor};
-use tokio::sync::{Notify, Semaphore, oneshot};
+use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, oneshot};
 
 pub use policy::SchedulerConfig;
 use state::{BatchState, Pending};
@@ -142,50 +142,59 @@ impl Drop for Scheduler {
 }
 
 /// Forms batches whenever an instance is free: while all are busy, requests keep queueing and
-/// the next batch grows, so it is sealed at the moment an instance can take it.
+/// the next batch grows, so it is sealed at the moment an instance can take it. Busy or not,
+/// cancelled and timed-out requests leave the queue as soon as that happens.
 async fn batch_task(shared: Arc<Shared>, instance: Instance, batching: bool) {
     let idle = Arc::new(Semaphore::new(instance.count().max(1)));
+    let mut permit: Option<OwnedSemaphorePermit> = None;
     loop {
-        let Ok(permit) = idle.clone().acquire_owned().await else { return };
-        let batch = loop {
-            let notified = shared.notify.notified();
-            let (next, empty) = match shared.state.lock() {
-                Ok(mut state) => {
-                    let next = state.next(Instant::now(), |item: &Item| item.reply.is_closed());
-                    let empty = state.is_empty();
-                    (next, empty)
-                }
-                Err(_) => return,
+        if permit.is_none() {
+            permit = idle.clone().try_acquire_owned().ok();
+        }
+        let notified = shared.notify.notified();
+        let (next, empty) = match shared.state.lock() {
+            Ok(mut state) => {
+                let next = state.next(Instant::now(), permit.is_some(), |item: &Item| item.reply.is_closed());
+                (next, state.is_empty())
+            }
+            Err(_) => return,
+        };
+        let removed = (next.dropped.len() + next.run.len()) as u64;
+        shared.stats.pending.fetch_sub(removed, Relaxed);
+        for (p, reason) in next.dropped {
+            shared.stats.record_failure(reason, p.enqueued.elapsed());
+            let message = match reason {
+                FailureReason::Rejected => format!("Request timeout expired for model '{}'", shared.model),
+                _ => format!("request for model '{}' was cancelled", shared.model),
             };
-            let removed = (next.dropped.len() + next.run.len()) as u64;
-            shared.stats.pending.fetch_sub(removed, Relaxed);
-            for (p, reason) in next.dropped {
-                shared.stats.record_failure(reason, p.enqueued.elapsed());
-                let message = match reason {
-                    FailureReason::Rejected => {
-                        format!("Request timeout expired for model '{}'", shared.model)
-                    }
-                    _ => format!("request for model '{}' was cancelled", shared.model),
-                };
-                let _ = p.item.reply.send(Err(RequestError::Unavailable(message)));
-            }
-            if !next.run.is_empty() {
-                break next.run;
-            }
-            if empty && shared.closed.load(Relaxed) {
-                return;
-            }
+            let _ = p.item.reply.send(Err(RequestError::Unavailable(message)));
+        }
+        if !next.run.is_empty()
+            && let Some(p) = permit.take()
+        {
+            tokio::spawn(execute(shared.clone(), instance.clone(), next.run, batching, p));
+            continue;
+        }
+        if empty && shared.closed.load(Relaxed) {
+            return;
+        }
+        let wake = async {
             match next.wake_at {
-                Some(at) => {
-                    tokio::select! {
-                        _ = notified => {}
-                        _ = tokio::time::sleep_until(at.into()) => {}
-                    }
-                }
-                None => notified.await,
+                Some(at) => tokio::time::sleep_until(at.into()).await,
+                None => std::future::pending().await,
             }
         };
-        tokio::spawn(execute(shared.clone(), instance.clone(), batch, batching, permit));
+        let free = async {
+            match permit {
+                Some(_) => std::future::pending().await,
+                None => idle.clone().acquire_owned().await.ok(),
+            }
+        };
+        tokio::select! {
+            _ = notified => {}
+            _ = wake => {}
+            p = free => permit = p,
+        }
     }
 }
 
@@ -194,7 +203,7 @@ async fn execute(
     instance: Instance,
     batch: Vec<Pending<Item>>,
     batching: bool,
-    permit: tokio::sync::OwnedSemaphorePermit,
+    permit: OwnedSemaphorePermit,
 ) {
     // One output list for the whole execution: the common one, or all outputs when the
     // requests asked for different ones (each then keeps its own).

@@ -74,13 +74,19 @@ impl<T> BatchState<T> {
         Ok(())
     }
 
-    /// Removes requests that were cancelled or timed out, then decides whether a batch runs now.
-    pub fn next(&mut self, now: Instant, cancelled: impl Fn(&T) -> bool) -> Next<T> {
+    /// Removes requests that were cancelled or timed out, then decides whether a batch runs now
+    /// (only when `can_run`: an instance is free).
+    pub fn next(&mut self, now: Instant, can_run: bool, cancelled: impl Fn(&T) -> bool) -> Next<T> {
         let mut dropped = Vec::new();
         self.purge(now, &cancelled, &mut dropped);
         let (count, full) = self.gather();
         let mut next = Next { run: Vec::new(), wake_at: None, dropped };
         if count == 0 {
+            return next;
+        }
+        if !can_run {
+            // Nothing can run: wake only to expire queue timeouts.
+            next.wake_at = self.candidates().filter_map(|p| p.deadline).min();
             return next;
         }
         let take = if !self.config.dynamic { Some(1) } else { self.decide(now, count, full) };
@@ -233,11 +239,11 @@ mod tests {
         for i in 0..3 {
             s.push(pending(i, 1, t0)).expect("room");
         }
-        let n = s.next(t0, |_| false);
+        let n = s.next(t0, true, |_| false);
         assert!(n.run.is_empty(), "3 rows: wait for a preferred size");
         assert_eq!(n.wake_at, Some(t0 + Duration::from_millis(10)));
         s.push(pending(3, 1, t0)).expect("room");
-        assert_eq!(ids(&s.next(t0, |_| false).run), vec![0, 1, 2, 3]);
+        assert_eq!(ids(&s.next(t0, true, |_| false).run), vec![0, 1, 2, 3]);
         assert!(s.is_empty());
     }
 
@@ -247,8 +253,8 @@ mod tests {
         let mut s = BatchState::new(config(8, &[4, 8], 100));
         s.push(pending(0, 1, t0)).expect("room");
         s.push(pending(1, 2, t0 + Duration::from_micros(50))).expect("room");
-        assert!(s.next(t0 + Duration::from_micros(99), |_| false).run.is_empty());
-        let n = s.next(t0 + Duration::from_micros(100), |_| false);
+        assert!(s.next(t0 + Duration::from_micros(99), true, |_| false).run.is_empty());
+        let n = s.next(t0 + Duration::from_micros(100), true, |_| false);
         assert_eq!(ids(&n.run), vec![0, 1]);
     }
 
@@ -259,11 +265,11 @@ mod tests {
         s.push(pending(0, 5, t0)).expect("room");
         s.push(pending(1, 3, t0)).expect("room");
         s.push(pending(2, 2, t0)).expect("room");
-        assert_eq!(ids(&s.next(t0, |_| false).run), vec![0, 1], "5 + 3 = max");
-        let n = s.next(t0, |_| false);
+        assert_eq!(ids(&s.next(t0, true, |_| false).run), vec![0, 1], "5 + 3 = max");
+        let n = s.next(t0, true, |_| false);
         assert!(n.run.is_empty(), "2 rows wait for more");
         s.push(pending(3, 7, t0)).expect("room");
-        assert_eq!(ids(&s.next(t0, |_| false).run), vec![2], "2 + 7 > 8: the batch is closed");
+        assert_eq!(ids(&s.next(t0, true, |_| false).run), vec![2], "2 + 7 > 8: the batch is closed");
     }
 
     #[test]
@@ -273,7 +279,7 @@ mod tests {
         s.push(pending(0, 1, t0)).expect("room");
         s.push(Pending { shape_key: vec![vec![32]], ..pending(1, 1, t0) }).expect("room");
         s.push(pending(2, 1, t0)).expect("room");
-        assert_eq!(ids(&s.next(t0, |_| false).run), vec![0]);
+        assert_eq!(ids(&s.next(t0, true, |_| false).run), vec![0]);
     }
 
     #[test]
@@ -283,7 +289,7 @@ mod tests {
         for i in 0..5 {
             s.push(pending(i, 1, t0)).expect("room");
         }
-        assert_eq!(ids(&s.next(t0, |_| false).run), vec![0, 1, 2, 3]);
+        assert_eq!(ids(&s.next(t0, true, |_| false).run), vec![0, 1, 2, 3]);
     }
 
     #[test]
@@ -292,12 +298,12 @@ mod tests {
         let mut s = BatchState::new(config(8, &[8], 0));
         s.push(pending(0, 1, t0)).expect("room");
         s.push(pending(1, 1, t0)).expect("room");
-        assert_eq!(ids(&s.next(t0, |_| false).run), vec![0, 1]);
+        assert_eq!(ids(&s.next(t0, true, |_| false).run), vec![0, 1]);
         let mut s = BatchState::new(SchedulerConfig { dynamic: false, ..config(8, &[], 0) });
         s.push(pending(0, 2, t0)).expect("room");
         s.push(pending(1, 2, t0)).expect("room");
-        assert_eq!(ids(&s.next(t0, |_| false).run), vec![0]);
-        assert_eq!(ids(&s.next(t0, |_| false).run), vec![1]);
+        assert_eq!(ids(&s.next(t0, true, |_| false).run), vec![0]);
+        assert_eq!(ids(&s.next(t0, true, |_| false).run), vec![1]);
     }
 
     #[test]
@@ -313,8 +319,8 @@ mod tests {
         s.push(Pending { level: 1, ..pending(1, 1, t0) }).expect("room");
         let full = s.push(Pending { level: 1, ..pending(2, 1, t0) });
         assert_eq!(full.map_err(|p| p.item), Err(2));
-        assert_eq!(ids(&s.next(t0, |_| false).run), vec![1]);
-        assert_eq!(ids(&s.next(t0, |_| false).run), vec![0]);
+        assert_eq!(ids(&s.next(t0, true, |_| false).run), vec![1]);
+        assert_eq!(ids(&s.next(t0, true, |_| false).run), vec![0]);
     }
 
     #[test]
@@ -324,13 +330,14 @@ mod tests {
         s.push(pending(0, 1, t0)).expect("room");
         s.push(Pending { deadline: Some(t0 + Duration::from_millis(1)), ..pending(1, 1, t0) }).expect("room");
         s.push(pending(2, 1, t0)).expect("room");
-        let n = s.next(t0, |id| *id == 2);
+        let n = s.next(t0, true, |id| *id == 2);
         assert_eq!(
             n.dropped.iter().map(|(p, r)| (p.item, *r)).collect::<Vec<_>>(),
             vec![(2, FailureReason::Canceled)]
         );
         assert_eq!(n.wake_at, Some(t0 + Duration::from_millis(1)), "wakes for the timeout");
-        let n = s.next(t0 + Duration::from_millis(1), |_| false);
+        let n = s.next(t0 + Duration::from_millis(1), false, |_| false);
+        assert!(n.run.is_empty(), "no instance free: nothing runs");
         assert_eq!(
             n.dropped.iter().map(|(p, r)| (p.item, *r)).collect::<Vec<_>>(),
             vec![(1, FailureReason::Rejected)]
@@ -347,9 +354,9 @@ mod tests {
         let mut s = BatchState::new(c);
         s.push(Pending { deadline: Some(t0), ..pending(0, 1, t0) }).expect("room");
         s.push(pending(1, 1, t0)).expect("room");
-        let n = s.next(t0, |_| false);
+        let n = s.next(t0, true, |_| false);
         assert!(n.dropped.is_empty());
         assert_eq!(ids(&n.run), vec![1]);
-        assert_eq!(ids(&s.next(t0, |_| false).run), vec![0]);
+        assert_eq!(ids(&s.next(t0, true, |_| false).run), vec![0]);
     }
 }

@@ -78,10 +78,14 @@ impl Default for MetricsConfig {
 /// [`MetricsConfig`] checked and decoded.
 #[derive(Debug, Clone, PartialEq)]
 pub struct MetricsSettings {
+    /// Per-request latency histogram on.
     pub histogram_latencies: bool,
     pub latency_buckets_us: Vec<f64>,
+    /// Resource refresh interval.
     pub interval: Duration,
+    /// CPU and host memory collectors on (off with the endpoint off).
     pub cpu: bool,
+    /// NVML collectors on (off with the endpoint off).
     pub gpu: bool,
 }
 
@@ -101,8 +105,9 @@ impl MetricsConfig {
             histogram_latencies: true,
             latency_buckets_us: DEFAULT_LATENCY_BUCKETS_US.to_vec(),
             interval: Duration::from_millis(self.metrics_interval_ms),
-            cpu: self.allow_cpu_metrics,
-            gpu: self.allow_gpu_metrics,
+            // With the endpoint off nobody reads them: do not even load NVML.
+            cpu: self.allow_metrics && self.allow_cpu_metrics,
+            gpu: self.allow_metrics && self.allow_gpu_metrics,
         };
         for item in &self.metrics_config {
             let (key, value) = item
@@ -188,7 +193,9 @@ mod tests {
         ]);
         assert!(!c.allow_metrics && !c.allow_gpu_metrics && c.allow_cpu_metrics);
         let s = c.settings().expect("valid");
-        assert!(!s.histogram_latencies && !s.gpu);
+        assert!(!s.histogram_latencies && !s.gpu && !s.cpu, "no collectors without the endpoint");
+        let s = MetricsConfig { allow_metrics: true, ..c }.settings().expect("valid");
+        assert!(s.cpu && !s.gpu);
         assert_eq!(s.latency_buckets_us, vec![10.0, 100.0, 1000.0]);
         assert_eq!(s.interval, Duration::from_millis(500));
     }

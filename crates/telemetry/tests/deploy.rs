@@ -21,7 +21,10 @@ fn metric_names(text: &str) -> Vec<String> {
             && (text[i..].starts_with("nv_") || text[i..].starts_with("tern_"));
         if starts {
             let end = (i..bytes.len()).find(|&j| !ident(bytes[j])).unwrap_or(bytes.len());
-            out.push(text[i..end].to_string());
+            // A bare prefix ("the tern_* ones") names no metric.
+            if !text[i..end].ends_with('_') {
+                out.push(text[i..end].to_string());
+            }
             i = end;
         } else {
             i += 1;

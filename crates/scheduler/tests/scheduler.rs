@@ -1,0 +1,229 @@
+//! The scheduler driving real instance threads. The backend here is a test double (it adds 1 to
+//! FP32 rows and records the batch sizes it ran, optionally waiting on a gate) because these
+//! tests are about queueing decisions; the node's tests run the same scheduler over ONNX Runtime.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use tern_backend::{Backend, BackendError, Instance};
+use tern_core::{DataType, RequestError, Tensor};
+use tern_scheduler::policy::{OnTimeout, QueuePolicy};
+use tern_scheduler::{FailureReason, InferJob, Scheduler, SchedulerConfig};
+
+/// Blocks instance threads until the test lets executions through.
+#[derive(Default)]
+struct Gate {
+    permits: Mutex<u32>,
+    opened: std::sync::Condvar,
+}
+
+impl Gate {
+    fn add_permits(&self, n: u32) {
+        if let Ok(mut p) = self.permits.lock() {
+            *p += n;
+            self.opened.notify_all();
+        }
+    }
+
+    fn acquire(&self) -> Result<(), BackendError> {
+        let mut p = self.permits.lock().map_err(|e| BackendError::Execution(e.to_string()))?;
+        while *p == 0 {
+            p = self.opened.wait(p).map_err(|e| BackendError::Execution(e.to_string()))?;
+        }
+        *p -= 1;
+        Ok(())
+    }
+}
+
+/// Adds 1 to every element; records the rows of each execution; waits for `gate` when set.
+struct AddOne {
+    seen: Arc<Mutex<Vec<i64>>>,
+    gate: Option<Arc<Gate>>,
+}
+
+impl Backend for AddOne {
+    fn infer(&mut self, inputs: Vec<Tensor>, _: &[String]) -> Result<Vec<Tensor>, BackendError> {
+        if let Some(gate) = &self.gate {
+            gate.acquire()?;
+        }
+        let x = inputs.into_iter().next().ok_or_else(|| BackendError::InvalidInput("no input".into()))?;
+        self.seen.lock().map_err(|e| BackendError::Execution(e.to_string()))?.push(x.shape[0]);
+        let data: Vec<u8> = x
+            .data
+            .chunks_exact(4)
+            .flat_map(|c| (f32::from_le_bytes([c[0], c[1], c[2], c[3]]) + 1.0).to_le_bytes())
+            .collect();
+        Ok(vec![Tensor {
+            name: "y".into(),
+            datatype: DataType::Fp32,
+            shape: x.shape,
+            data: Bytes::from(data),
+        }])
+    }
+}
+
+fn config(max: u32, preferred: &[u32], delay: Duration) -> SchedulerConfig {
+    SchedulerConfig {
+        max_batch_size: max,
+        dynamic: true,
+        preferred_batch_sizes: preferred.to_vec(),
+        max_queue_delay: delay,
+        priority_levels: 1,
+        default_priority: 1,
+        policies: vec![QueuePolicy::default()],
+    }
+}
+
+fn job(rows: u32, value: f32) -> InferJob {
+    let data: Vec<u8> = (0..rows * 2).flat_map(|_| value.to_le_bytes()).collect();
+    InferJob {
+        inputs: vec![Tensor {
+            name: "x".into(),
+            datatype: DataType::Fp32,
+            shape: vec![i64::from(rows), 2],
+            data: Bytes::from(data),
+        }],
+        rows,
+        outputs: vec![],
+        priority: 0,
+        timeout: None,
+    }
+}
+
+fn values(t: &[Tensor]) -> Vec<f32> {
+    t[0].data.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect()
+}
+
+struct Rig {
+    scheduler: Arc<Scheduler>,
+    seen: Arc<Mutex<Vec<i64>>>,
+    gate: Arc<Gate>,
+}
+
+fn rig(cfg: SchedulerConfig, gated: bool) -> Rig {
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let gate = Arc::new(Gate::default());
+    let backend = AddOne { seen: seen.clone(), gate: gated.then(|| gate.clone()) };
+    let instance = Instance::spawn("test".into(), Box::new(backend), 4).expect("spawn");
+    let scheduler = Arc::new(Scheduler::start("m".into(), cfg, instance, &tokio::runtime::Handle::current()));
+    Rig { scheduler, seen, gate }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_requests_are_batched_and_split_back_correctly() {
+    let r = rig(config(8, &[4], Duration::from_secs(5)), false);
+    let tasks: Vec<_> = (0..4)
+        .map(|i| {
+            let s = r.scheduler.clone();
+            tokio::spawn(async move { s.infer(job(1, i as f32)).await })
+        })
+        .collect();
+    for (i, t) in tasks.into_iter().enumerate() {
+        let out = t.await.expect("join").expect("infer");
+        assert_eq!(values(&out), vec![i as f32 + 1.0; 2], "request {i} gets its own rows back");
+    }
+    assert_eq!(*r.seen.lock().expect("lock"), vec![4], "one execution at the preferred size");
+    let s = r.scheduler.stats().snapshot();
+    assert_eq!((s.inference_count, s.execution_count, s.success.count), (4, 1, 4));
+    assert_eq!(
+        s.batches.iter().map(|b| (b.batch_size, b.compute_infer.count)).collect::<Vec<_>>(),
+        vec![(4, 1)]
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn while_the_instance_is_busy_the_next_batch_keeps_filling() {
+    let r = rig(config(8, &[], Duration::ZERO), true);
+    let first = {
+        let s = r.scheduler.clone();
+        tokio::spawn(async move { s.infer(job(1, 0.0)).await })
+    };
+    // Let the first request reach the (blocked) instance, then queue three more.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let rest: Vec<_> = (0..3)
+        .map(|_| {
+            let s = r.scheduler.clone();
+            tokio::spawn(async move { s.infer(job(2, 0.0)).await })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    r.gate.add_permits(2);
+    first.await.expect("join").expect("first");
+    for t in rest {
+        t.await.expect("join").expect("rest");
+    }
+    assert_eq!(*r.seen.lock().expect("lock"), vec![1, 6], "the three waiting requests ran as one batch");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn full_queue_rejects_with_unavailable_and_counts_it() {
+    let mut cfg = config(8, &[], Duration::ZERO);
+    cfg.dynamic = false;
+    cfg.policies = vec![QueuePolicy { max_queue_size: 1, ..QueuePolicy::default() }];
+    let r = rig(cfg, true);
+    let running = {
+        let s = r.scheduler.clone();
+        tokio::spawn(async move { s.infer(job(1, 0.0)).await })
+    };
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let queued = {
+        let s = r.scheduler.clone();
+        tokio::spawn(async move { s.infer(job(1, 0.0)).await })
+    };
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let rejected = r.scheduler.infer(job(1, 0.0)).await;
+    assert!(
+        matches!(&rejected, Err(RequestError::Unavailable(m)) if m.starts_with("Exceeds maximum queue size")),
+        "{rejected:?}"
+    );
+    r.gate.add_permits(2);
+    running.await.expect("join").expect("running");
+    queued.await.expect("join").expect("queued");
+    let s = r.scheduler.stats().snapshot();
+    assert_eq!(s.failures.iter().find(|(r, _)| *r == FailureReason::Rejected).map(|(_, n)| *n), Some(1));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cancelled_and_timed_out_requests_never_run() {
+    let mut cfg = config(8, &[], Duration::ZERO);
+    cfg.dynamic = false;
+    cfg.policies = vec![QueuePolicy {
+        allow_timeout_override: true,
+        on_timeout: OnTimeout::Reject,
+        ..QueuePolicy::default()
+    }];
+    let r = rig(cfg, true);
+    let running = {
+        let s = r.scheduler.clone();
+        tokio::spawn(async move { s.infer(job(1, 0.0)).await })
+    };
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    // Cancelled: the caller gives up while it waits in the queue.
+    let cancelled = {
+        let s = r.scheduler.clone();
+        tokio::spawn(async move { s.infer(job(3, 0.0)).await })
+    };
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    cancelled.abort();
+    // Timed out: 10 ms allowed, the instance stays busy longer.
+    let timed_out =
+        r.scheduler.infer(InferJob { timeout: Some(Duration::from_millis(10)), ..job(5, 0.0) }).await;
+    assert!(
+        matches!(&timed_out, Err(RequestError::Unavailable(m)) if m.contains("timeout")),
+        "{timed_out:?}"
+    );
+    r.gate.add_permits(8);
+    running.await.expect("join").expect("running");
+    let after = r.scheduler.infer(job(2, 0.0)).await.expect("still serving");
+    assert_eq!(values(&after), vec![1.0; 4]);
+    assert_eq!(
+        *r.seen.lock().expect("lock"),
+        vec![1, 2],
+        "neither the cancelled (3) nor the timed-out (5) ran"
+    );
+    let s = r.scheduler.stats().snapshot();
+    let count = |reason| s.failures.iter().find(|(r, _)| *r == reason).map(|(_, n)| *n);
+    assert_eq!(count(FailureReason::Canceled), Some(1));
+    assert_eq!(count(FailureReason::Rejected), Some(1));
+}
