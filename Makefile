@@ -10,7 +10,7 @@ GRPC_PORT ?= 8001
 METRICS_PORT ?= 8002
 CARGO_FLAGS ?= --release --locked
 
-.PHONY: setup build examples serve test test-rust test-python lint fmt clean
+.PHONY: setup build examples serve test test-rust test-deploy test-python lint fmt clean
 
 setup:
 	@bash scripts/setup.sh
@@ -28,10 +28,13 @@ serve: build examples
 
 ## The whole test suite: Rust unit and integration tests, then end-to-end tests with the real
 ## tritonclient and perf_analyzer against the real tern-node binary.
-test: build examples lint test-rust test-python
+test: build examples lint test-rust test-deploy test-python
 
 test-rust:
 	TERN_EXAMPLES_REPO=$(MODEL_REPO) cargo test $(CARGO_FLAGS) --workspace
+
+test-deploy:
+	bash deploy/prometheus/check.sh
 
 test-python:
 	TERN_NODE_BIN=$(ROOT)/target/release/tern-node $(VENV_PY) -m pytest -q tests/python

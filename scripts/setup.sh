@@ -88,6 +88,18 @@ if [ ! -x "$PA_DIR/bin/perf_analyzer" ] || [ ! -e "$PA_DIR/lib/libcudart.so.12" 
   fi
 fi
 
+# --- Prometheus (tests scrape a real one; promtool checks the alert rules) -------------------
+if ! command -v promtool >/dev/null 2>&1 || ! command -v prometheus >/dev/null 2>&1; then
+  log "installing Debian's prometheus (prometheus + promtool)"
+  if command -v apt-get >/dev/null 2>&1; then
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq >/dev/null
+    apt-get install -y -qq --no-install-recommends prometheus >/dev/null
+  else
+    log "apt-get not found: install prometheus and promtool yourself for the metrics tests"
+  fi
+fi
+
 log "done: ORT_DYLIB_PATH=$ROOT/$ORT_DIR/libonnxruntime.so.${ORT_VERSION}"
 if [ "${GPU:-0}" = 1 ]; then
   log "GPU build: ORT_DYLIB_PATH=$ROOT/$ORT_GPU_DIR/libonnxruntime.so.${ORT_VERSION} (make ... GPU=1 uses it)"

@@ -31,7 +31,6 @@ import tritonclient.grpc as grpcclient
 from tern_testlib import ROOT, TernServer, copy_models
 
 # Remove this line once tern-node serves /metrics (tern-telemetry wired in) and logs metrics=ADDR.
-pytestmark = pytest.mark.skip(reason="tern-node does not serve /metrics yet (tern-telemetry not wired)")
 
 MODEL = "tiny_add"
 DIM = 16

@@ -104,8 +104,19 @@ impl TestNode {
         let mut args: Vec<String> = vec!["tern-node".into(), "--model-repository".into()];
         args.push(repo.display().to_string());
         args.extend(
-            ["--grpc-address", "127.0.0.1", "--grpc-port", "0", "--exit-timeout-secs", "10"]
-                .map(String::from),
+            [
+                "--grpc-address",
+                "127.0.0.1",
+                "--grpc-port",
+                "0",
+                "--metrics-address",
+                "127.0.0.1",
+                "--metrics-port",
+                "0",
+                "--exit-timeout-secs",
+                "10",
+            ]
+            .map(String::from),
         );
         args.extend(extra_flags.iter().map(|s| s.to_string()));
         let config = tern_node::Config::try_parse_from(args)?;
@@ -116,12 +127,12 @@ impl TestNode {
         let task = tokio::spawn(tern_node::run(config, listener, async {
             let _ = stop_rx.await;
         }));
-        let node = TestNode { addr, stop_tx: Some(stop_tx), task };
+        let mut node = TestNode { addr, stop_tx: Some(stop_tx), task };
         node.wait_live(Duration::from_secs(120)).await?;
         Ok(node)
     }
 
-    async fn wait_live(&self, limit: Duration) -> anyhow::Result<()> {
+    async fn wait_live(&mut self, limit: Duration) -> anyhow::Result<()> {
         let deadline = Instant::now() + limit;
         loop {
             if let Ok(mut c) = self.client().await
@@ -130,7 +141,8 @@ impl TestNode {
                 return Ok(());
             }
             if self.task.is_finished() {
-                bail!("tern-node exited before answering");
+                let result = (&mut self.task).await;
+                bail!("tern-node exited before answering: {result:?}");
             }
             if Instant::now() > deadline {
                 bail!("tern-node did not answer within {limit:?}");

@@ -4,14 +4,7 @@
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 
-use clap::{Parser, ValueEnum};
-
-/// Log line format.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum LogFormat {
-    Text,
-    Json,
-}
+use clap::Parser;
 
 /// tern-node: serves a Triton-layout model repository of ONNX models over Triton's gRPC protocol.
 #[derive(Debug, Clone, Parser)]
@@ -29,10 +22,6 @@ pub struct Config {
     #[arg(long, default_value_t = 8001)]
     pub grpc_port: u16,
 
-    /// Prometheus metrics port (reserved; the metrics endpoint is not served yet).
-    #[arg(long, default_value_t = 8002)]
-    pub metrics_port: u16,
-
     /// Require a complete config.pbtxt for every model (no auto-complete from the model file).
     #[arg(long, default_value_t = false, action = clap::ArgAction::Set, value_name = "BOOL")]
     pub strict_model_config: bool,
@@ -40,6 +29,11 @@ pub struct Config {
     /// Report the server ready only when every model loaded (Triton's default).
     #[arg(long, default_value_t = true, action = clap::ArgAction::Set, value_name = "BOOL")]
     pub strict_readiness: bool,
+
+    /// Load models whose instance_group asks for GPUs on the CPU when no GPU (or no CUDA /
+    /// TensorRT provider) is available, with a warning, instead of marking them unavailable.
+    #[arg(long, default_value_t = false, action = clap::ArgAction::Set, value_name = "BOOL")]
+    pub allow_cpu_fallback: bool,
 
     /// Name reported by ServerMetadata. Some clients written for Triton check for "triton".
     #[arg(long, default_value = "tern")]
@@ -57,13 +51,11 @@ pub struct Config {
     #[arg(long, default_value_t = 2)]
     pub model_load_thread_count: usize,
 
-    /// Log format.
-    #[arg(long, value_enum, default_value_t = LogFormat::Text)]
-    pub log_format: LogFormat,
+    #[command(flatten)]
+    pub metrics: tern_telemetry::MetricsConfig,
 
-    /// Verbose logging level (0 = info, 1 = debug, 2+ = trace).
-    #[arg(long, default_value_t = 0)]
-    pub log_verbose: u32,
+    #[command(flatten)]
+    pub tracing: tern_telemetry::TracingConfig,
 }
 
 impl Config {
@@ -74,6 +66,8 @@ impl Config {
                 return Err(format!("--model-repository {}: not a directory", repo.display()));
             }
         }
+        self.metrics.settings().map_err(|e| e.to_string())?;
+        self.tracing.otlp().map_err(|e| e.to_string())?;
         if self.model_load_thread_count == 0 {
             return Err("--model-load-thread-count must be at least 1".into());
         }

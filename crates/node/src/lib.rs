@@ -34,16 +34,37 @@ pub async fn run(
 ) -> anyhow::Result<()> {
     let models = ModelManager::load_all(
         &config.model_repositories,
-        LoadOptions { strict_model_config: config.strict_model_config },
+        LoadOptions {
+            strict_model_config: config.strict_model_config,
+            allow_cpu_fallback: config.allow_cpu_fallback,
+        },
         config.model_load_thread_count,
     )
     .await
     .map_err(anyhow::Error::msg)?;
+    let metrics = Arc::new(tern_telemetry::Metrics::new(&config.metrics)?);
     let state = Arc::new(NodeState {
         server_name: config.server_name.clone(),
         models,
         strict_readiness: config.strict_readiness,
+        metrics: metrics.clone(),
     });
+    metrics.set_model_sampler(Arc::new(NodeSampler(state.clone())));
+    let ready_state = state.clone();
+    metrics.set_readiness(Arc::new(move || !ready_state.strict_readiness || ready_state.models.all_ready()));
+    let (metrics_stop_tx, metrics_stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let mut metrics_addr = String::from("off");
+    let metrics_task = if config.metrics.allow_metrics {
+        let metrics_listener = TcpListener::bind(config.metrics.metrics_addr()).await.map_err(|e| {
+            anyhow::anyhow!("cannot bind metrics address {}: {e}", config.metrics.metrics_addr())
+        })?;
+        metrics_addr = metrics_listener.local_addr()?.to_string();
+        Some(tokio::spawn(tern_telemetry::serve_metrics(metrics_listener, metrics.clone(), async {
+            let _ = metrics_stop_rx.await;
+        })))
+    } else {
+        None
+    };
 
     let inference = GrpcInferenceServiceServer::new(NodeService::new(state.clone()))
         .accept_compressed(CompressionEncoding::Gzip)
@@ -61,7 +82,7 @@ pub async fn run(
     let addr = listener.local_addr()?;
     let ready_models =
         state.models.index().iter().filter(|(_, s)| matches!(s, manager::ModelState::Ready(_))).count();
-    tracing::info!(models = ready_models, "tern-node ready grpc={addr}");
+    tracing::info!(models = ready_models, "tern-node ready grpc={addr} metrics={metrics_addr}");
 
     // Stop accepting on the shutdown signal; then give in-flight work the grace period.
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
@@ -85,9 +106,87 @@ pub async fn run(
             tracing::warn!(timeout_secs = config.exit_timeout_secs, "exit timeout reached with requests still in flight");
         }
     }
+    let _ = metrics_stop_tx.send(());
+    if let Some(task) = metrics_task {
+        let _ = task.await;
+    }
     state.models.clear();
     tracing::info!("tern-node stopped");
     Ok(())
+}
+
+/// Feeds /metrics from the schedulers' statistics at scrape time.
+struct NodeSampler(Arc<NodeState>);
+
+impl tern_telemetry::ModelSampler for NodeSampler {
+    fn samples(&self) -> Vec<tern_telemetry::ModelSample> {
+        use tern_scheduler::stats::FailureReason as R;
+        use tern_telemetry::FailureReason as T;
+        self.0
+            .models
+            .index()
+            .into_iter()
+            .filter_map(|(_, state)| match state {
+                manager::ModelState::Ready(m) => Some(m),
+                _ => None,
+            })
+            .map(|m| {
+                let s = m.scheduler.stats().snapshot();
+                tern_telemetry::ModelSample {
+                    model: m.name.clone(),
+                    version: m.version_str.clone(),
+                    success_count: s.success.count,
+                    success_ns: s.success.ns,
+                    failures: s
+                        .failures
+                        .iter()
+                        .map(|&(r, n)| {
+                            let r = match r {
+                                R::Rejected => T::Rejected,
+                                R::Canceled => T::Canceled,
+                                R::Backend => T::Backend,
+                                R::Other => T::Other,
+                            };
+                            (r, n)
+                        })
+                        .collect(),
+                    fail_ns: s.fail.ns,
+                    queue_ns: s.queue.ns,
+                    compute_input_ns: s.compute_input.ns,
+                    compute_infer_ns: s.compute_infer.ns,
+                    compute_output_ns: s.compute_output.ns,
+                    inference_count: s.inference_count,
+                    execution_count: s.execution_count,
+                    pending: s.pending,
+                    batch_executions: s
+                        .batches
+                        .iter()
+                        .map(|b| (b.batch_size, b.compute_infer.count))
+                        .collect(),
+                }
+            })
+            .collect()
+    }
+
+    fn model_states(&self) -> Vec<tern_telemetry::ModelStateSample> {
+        self.0
+            .models
+            .index()
+            .into_iter()
+            .map(|(name, state)| match state {
+                manager::ModelState::Ready(m) => tern_telemetry::ModelStateSample {
+                    model: name,
+                    version: m.version_str.clone(),
+                    state: tern_telemetry::ModelReadiness::Ready,
+                },
+                manager::ModelState::Unavailable { version, .. } => tern_telemetry::ModelStateSample {
+                    model: name,
+                    version: version.map(|v| v.to_string()).unwrap_or_default(),
+                    state: tern_telemetry::ModelReadiness::Unavailable,
+                },
+            })
+            .collect()
+    }
 }
 
 /// Resolves on SIGTERM or SIGINT.

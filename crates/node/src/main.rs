@@ -2,30 +2,18 @@
 //! and serve until SIGTERM/SIGINT.
 
 use clap::Parser;
-use tern_node::config::{Config, LogFormat};
-use tracing_subscriber::EnvFilter;
-
-fn init_logging(config: &Config) {
-    let level = match config.log_verbose {
-        0 => "info",
-        1 => "debug",
-        _ => "trace",
-    };
-    // ONNX Runtime forwards hundreds of lines at info: keep the `ort` target at warn.
-    let filter = EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| EnvFilter::new(format!("{level},ort=warn,h2=warn,tower=warn,hyper=warn")));
-    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
-    let builder =
-        tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_ansi(ansi);
-    match config.log_format {
-        LogFormat::Text => builder.init(),
-        LogFormat::Json => builder.json().init(),
-    }
-}
+use tern_node::config::Config;
 
 fn main() -> std::process::ExitCode {
-    let config = Config::parse();
-    init_logging(&config);
+    let mut config = Config::parse();
+    config.tracing.service_name = "tern-node".into();
+    let _tracing = match tern_telemetry::init_tracing(&config.tracing) {
+        Ok(guard) => guard,
+        Err(e) => {
+            eprintln!("tern-node: {e}");
+            return std::process::ExitCode::from(2);
+        }
+    };
     if let Err(e) = config.validate() {
         tracing::error!("invalid configuration: {e}");
         return std::process::ExitCode::from(2);

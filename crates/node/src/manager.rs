@@ -47,7 +47,12 @@ pub struct ModelManager {
 #[derive(Clone)]
 pub struct LoadOptions {
     pub strict_model_config: bool,
+    /// Load KIND_GPU instances on the CPU when no GPU can take them (with a warning).
+    pub allow_cpu_fallback: bool,
 }
+
+/// Triton's default instance count for ONNX Runtime models on CPU.
+const DEFAULT_CPU_INSTANCES: usize = 2;
 
 impl ModelManager {
     /// Scans the repositories and loads every model, `parallel` at a time. A model that fails is
@@ -163,52 +168,64 @@ fn load_model(source: ModelSource, options: &LoadOptions, runtime: &tokio::runti
         })?;
         version = Some(v);
         let path = tern_repository::model_file_path(&source, &base, v);
-        let mut settings =
+        let base_settings =
             tern_backend_ort::session_settings(&base).map_err(|e| format!("model '{name}': {e}"))?;
-        // One ORT session per instance. Unless the config sets intra-op threads, the cores are
-        // divided among the instances so they do not oversubscribe the machine. The instance
-        // count is known for sure only after auto-complete, which needs a session: guess it
-        // from the config as written, and remake the session only if the guess was wrong.
-        let threads_given = settings.intra_op_threads.is_some();
+        // The first session reads the model's signature for auto-complete; it is kept as the
+        // first instance when the plan puts that instance on the CPU with the same settings.
+        let threads_given = base_settings.intra_op_threads.is_some();
         let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-        let threads_for = |count: usize| (cores / count).max(1);
-        let guess = if base.instance_group.is_empty() {
-            tern_repository::DEFAULT_CPU_INSTANCE_COUNT as usize
-        } else {
-            instance_count(&base)
-        };
-        if !threads_given {
-            settings.intra_op_threads = Some(threads_for(guess));
-        }
         let load = |settings: &tern_backend_ort::SessionSettings| {
             tern_backend_ort::OrtBackend::load(&path, settings).map_err(|e| format!("model '{name}': {e}"))
         };
-        let first = load(&settings)?;
+        let mut probe_settings = base_settings.clone();
+        if !threads_given {
+            let guess =
+                if base.instance_group.is_empty() { DEFAULT_CPU_INSTANCES } else { instance_count(&base) };
+            probe_settings.intra_op_threads = Some((cores / guess).max(1));
+        }
+        let first = load(&probe_settings)?;
         let signature = first.signature();
-        let config = tern_repository::auto_complete(&name, given, &signature, options.strict_model_config)
-            .map_err(|e| e.to_string())?;
+        let mut config =
+            tern_repository::auto_complete(&name, given, &signature, options.strict_model_config)
+                .map_err(|e| e.to_string())?;
         tern_repository::validate(&config, &signature).map_err(|e| e.to_string())?;
         let labels = tern_repository::load_labels(&source.dir, &config).map_err(|e| e.to_string())?;
         let io = model_io(&config, &labels)?;
 
-        let count = instance_count(&config);
-        let mut backends: Vec<Box<dyn tern_backend::Backend>> = Vec::with_capacity(count);
-        if !threads_given && threads_for(count) != threads_for(guess) {
-            settings.intra_op_threads = Some(threads_for(count));
-            drop(first);
-        } else {
-            backends.push(Box::new(first));
+        // Place the instances (CPU, or GPUs through the CUDA / TensorRT providers), then report
+        // the groups as placed, as Triton does. Unless the config sets intra-op threads, the
+        // cores are divided among the CPU instances so they do not oversubscribe the machine.
+        let mut plans = tern_backend_ort::instance_plan(&config, &base_settings, options.allow_cpu_fallback)
+            .map_err(|e| format!("model '{name}': {e}"))?;
+        config.instance_group = tern_backend_ort::placed_instance_groups(&config, &plans);
+        let cpu_instances = plans.iter().filter(|p| p.device == tern_backend_ort::Device::Cpu).count();
+        if !threads_given && cpu_instances > 0 {
+            for plan in plans.iter_mut().filter(|p| p.device == tern_backend_ort::Device::Cpu) {
+                plan.settings.intra_op_threads = Some((cores / cpu_instances).max(1));
+            }
         }
-        while backends.len() < count {
-            backends.push(Box::new(load(&settings)?));
+        let mut first = Some(first);
+        let mut backends: Vec<Box<dyn tern_backend::Backend>> = Vec::with_capacity(plans.len());
+        for plan in &plans {
+            if plan.fallback {
+                tracing::warn!(instance = %plan.label, "instance runs on a fallback device (--allow-cpu-fallback)");
+            }
+            let backend = match first.take_if(|_| plan.settings == probe_settings) {
+                Some(b) => b,
+                None => load(&plan.settings)?,
+            };
+            backends.push(Box::new(backend));
         }
+        drop(first);
+        let count = backends.len();
+        let placement: Vec<&str> = plans.iter().map(|p| p.label.as_str()).collect();
         let instance = Instance::spawn_group(format!("{name}-{v}"), backends, 1024)
             .map_err(|e| format!("model '{name}': cannot start instance thread: {e}"))?;
         let scheduling = SchedulerConfig::from_model_config(&config);
         tracing::info!(
             version = v,
             instances = count,
-            intra_op_threads = ?settings.intra_op_threads,
+            placement = ?placement,
             dynamic_batching = scheduling.dynamic,
             "loaded"
         );

@@ -24,6 +24,7 @@ pub struct NodeState {
     pub server_name: String,
     pub models: ModelManager,
     pub strict_readiness: bool,
+    pub metrics: Arc<tern_telemetry::Metrics>,
 }
 
 #[derive(Clone)]
@@ -40,6 +41,17 @@ impl NodeService {
     async fn infer(&self, req: pb::ModelInferRequest) -> Result<pb::ModelInferResponse, RequestError> {
         let started = std::time::Instant::now();
         let model = self.state.models.get(&req.model_name, &req.model_version)?;
+        let result = self.infer_on(&model, req, started).await;
+        self.state.metrics.observe_request(&model.name, &model.version_str, started.elapsed());
+        result
+    }
+
+    async fn infer_on(
+        &self,
+        model: &crate::manager::LoadedModel,
+        req: pb::ModelInferRequest,
+        started: std::time::Instant,
+    ) -> Result<pb::ModelInferResponse, RequestError> {
         let request = validate_request(&model.io, req).inspect_err(|_| {
             model.scheduler.stats().record_failure(FailureReason::Other, started.elapsed());
         })?;
