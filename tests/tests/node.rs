@@ -108,7 +108,7 @@ async fn bad_requests_get_the_right_status_and_the_node_keeps_serving() -> anyho
         .await?
         .into_inner();
     let s = &stats.model_stats[0];
-    let inference = s.inference_stats.clone().unwrap_or_default();
+    let inference = s.inference_stats.unwrap_or_default();
     assert_eq!(inference.fail.map(|d| d.count), Some(2));
     assert_eq!(inference.success.map(|d| d.count), Some(1));
     assert_eq!((s.inference_count, s.execution_count), (2, 1));

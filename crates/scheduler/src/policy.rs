@@ -89,7 +89,7 @@ impl SchedulerConfig {
                 let default_priority = if (1..=levels).contains(&default_priority) {
                     default_priority
                 } else {
-                    (levels + 1) / 2
+                    levels.div_ceil(2)
                 };
                 let default_policy =
                     db.default_queue_policy.as_ref().map(QueuePolicy::from_config).unwrap_or_default();
