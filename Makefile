@@ -28,7 +28,7 @@ serve: build examples
 
 ## The whole test suite: Rust unit and integration tests, then end-to-end tests with the real
 ## tritonclient and perf_analyzer against the real tern-node binary.
-test: build examples lint test-rust test-deploy test-python
+test: build examples lint test-rust test-deploy test-deploy-k8s test-python
 
 test-rust:
 	TERN_EXAMPLES_REPO=$(MODEL_REPO) cargo test $(CARGO_FLAGS) --workspace
@@ -63,3 +63,10 @@ endif
 .PHONY: test-gpu
 test-gpu:
 	@bash scripts/test_gpu.sh
+
+## Offline validation of deploy/docker, deploy/k8s and helm/tern (tests/deploy): Helm lint and
+## render, Kubernetes schema validation, kustomize builds, Dockerfile checks, and the manifests'
+## flags against the real tern-node. Installs its pinned validators into .venv on first use.
+.PHONY: test-deploy-k8s
+test-deploy-k8s:
+	TERN_NODE_BIN=$(ROOT)/target/release/tern-node $(VENV_PY) -m pytest -q tests/deploy

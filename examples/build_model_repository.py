@@ -533,6 +533,28 @@ def build_small(out: Path, built: list, skipped: list) -> None:
     install_model(out, "tiny_add", data, cfg)
     built.append(("tiny_add", "FP32 [N,16] add, max_batch_size 64", "config.pbtxt"))
 
+    # versioned_scale: versions 1, 2, 3 of OUTPUT0 = INPUT0 * version, all served (version
+    # policy `all`): an example of versions, and what the lifecycle tests tell versions apart by.
+    mdir = out / "versioned_scale"
+    cfg = small_config(
+        "versioned_scale", 'backend: "onnxruntime"', 8,
+        [("INPUT0", "TYPE_FP32", [4])], [("OUTPUT0", "TYPE_FP32", [4])],
+    ).replace("max_batch_size: 8", "max_batch_size: 8\nversion_policy: { all { } }", 1)
+    write_if_changed(mdir / "config.pbtxt", cfg.encode())
+    for version in (1, 2, 3):
+        factor = helper.make_tensor("factor", TensorProto.FLOAT, [1], [float(version)])
+        g = helper.make_graph(
+            [helper.make_node("Mul", ["INPUT0", "factor"], ["OUTPUT0"])],
+            "scale", [vi("INPUT0", TensorProto.FLOAT, ["N", 4])], [vi("OUTPUT0", TensorProto.FLOAT, ["N", 4])],
+            initializer=[factor],
+        )
+        data = small_model(g)
+        x = np.arange(8, dtype=np.float32).reshape(2, 4)
+        got = session(data).run(None, {"INPUT0": x})[0]
+        assert np.array_equal(got, x * version), f"versioned_scale v{version}"
+        write_if_changed(mdir / str(version) / "model.onnx", data)
+    built.append(("versioned_scale", "FP32 [N,4] * version, versions 1-3", "config.pbtxt"))
+
     # string_identity: BYTES without batching.
     data = identity_bytes(TensorProto.STRING, ["L"])
     check_identity(data, "string", [7])

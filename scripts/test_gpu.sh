@@ -7,9 +7,11 @@
 #      rows, within a tolerance (2e-3 CUDA, 2e-2 TensorRT FP16);
 #   2. throughput in-process (benches `ceiling`): light_resnet50 on CPU, CUDA and TensorRT FP16
 #      at batch 1, 8, 32;
-#   3. throughput through tern-node (perf_analyzer over gRPC), when tern-node and perf_analyzer
-#      are there: a KIND_GPU copy of light_resnet50 (max_batch_size 32), and whether the node
-#      really put it on the GPU (nvidia-smi's process list).
+#   3. through tern-node, when tern-node and perf_analyzer are there: KIND_GPU and KIND_CPU
+#      copies of light_resnet50 and resnet50_random (max_batch_size 32, dynamic batching,
+#      preferred 8/16/32) in one node; the placement it logs (and nvidia-smi's view); the served
+#      resnet50_random outputs against a CPU session (scripts/gpu/check_served.py, gRPC); and
+#      perf_analyzer throughput at concurrency 1/4/16 (batch-1 requests) for both light copies.
 # Sessions are placed through tern_backend_ort::instance_plan, as a node places them. A
 # missing TensorRT is reported with its reason and then run as a node with
 # --allow-cpu-fallback would (CUDA without TensorRT); it fails the run only with
@@ -20,8 +22,11 @@
 # .tern/onnxruntime-gpu/), Python with onnx + onnxruntime + numpy for the example models
 # (unless MODEL_REPO already holds them), and target/release/ceiling and the GPU tests (built
 # here if cargo is there, else CEILING_BIN / GPU_TEST_BIN: prebuilt binaries work, as on a
-# machine without Rust). Other knobs: ORT_GPU_LIB, MODEL_REPO, BATCHES (1,8,32),
-# SECONDS_PER_BATCH (5), NODE_BIN, PERF_ANALYZER, RESULTS_DIR (benches/out/gpu), PYTHON.
+# machine without Rust). Other knobs: STAGES (0,1,2,3: which of the parts below run), ORT_GPU_LIB,
+# MODEL_REPO, BATCHES (1,8,32), SECONDS_PER_BATCH (5), NODE_BIN, PERF_ANALYZER, NODE_CONCURRENCY
+# (1,4,16), PA_WINDOW_MS (3000), NODE_KINDS (GPU,CPU: which light_resnet50 copies perf_analyzer
+# measures), PA_BATCH (1: rows per perf_analyzer request), CUDNN_CONV_ALGO_SEARCH (unset: ORT's default, EXHAUSTIVE; else 0/1/2 into the
+# KIND_GPU configs' parameters), RESULTS_DIR (benches/out/gpu), PYTHON.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
@@ -34,6 +39,13 @@ NODE_BIN=${NODE_BIN:-$ROOT/target/release/tern-node}
 PERF_ANALYZER=${PERF_ANALYZER:-$ROOT/.tern/perf_analyzer/bin/perf_analyzer}
 RESULTS_DIR=${RESULTS_DIR:-$ROOT/benches/out/gpu}
 MODEL_REPO=${MODEL_REPO:-$ROOT/examples/model_repository}
+STAGES=${STAGES:-0,1,2,3}
+NODE_CONCURRENCY=${NODE_CONCURRENCY:-1,4,16}
+PA_WINDOW_MS=${PA_WINDOW_MS:-3000}
+NODE_KINDS=${NODE_KINDS:-GPU,CPU}
+PA_BATCH=${PA_BATCH:-1}
+CUDNN_CONV_ALGO_SEARCH=${CUDNN_CONV_ALGO_SEARCH:-}
+want() { [[ ",$STAGES," == *",$1,"* ]]; }
 
 log() { printf '[test-gpu] %s\n' "$*"; }
 die() { printf '[test-gpu] FAIL: %s\n' "$*" >&2; exit 1; }
@@ -88,8 +100,9 @@ ceiling() { RUST_BACKTRACE=0 timeout 900 "$CEILING_BIN" "$@"; }
 # --- 0. GPU integration tests (crates/backend-ort/tests/gpu_device.rs) -----------------------
 GPU_TEST_BIN=${GPU_TEST_BIN:-$ROOT/target/release/gpu_device}
 test_args=(--ignored --test-threads 1 --nocapture)
-log "0. backend-ort GPU tests (placement, CUDA options, datatypes on the GPU)"
-if [ -x "$GPU_TEST_BIN" ]; then
+if ! want 0; then
+  log "0. skipped (STAGES=$STAGES)"
+elif log "0. backend-ort GPU tests (placement, CUDA options, datatypes on the GPU)"; [ -x "$GPU_TEST_BIN" ]; then
   TERN_EXAMPLES_REPO=$MODEL_REPO "$GPU_TEST_BIN" "${test_args[@]}" 2>&1 | grep -v '^$' \
     || { log "FAIL: GPU tests"; failures=$((failures + 1)); }
 elif command -v cargo >/dev/null; then
@@ -101,102 +114,171 @@ else
 fi
 
 # --- 1. correctness against CPU ---------------------------------------------------------------
-log "1. outputs vs CPU (resnet50_random, batch 8)"
 CHECKS=()
-if out=$(ceiling --model "$RANDOM_MODEL" --device cuda --check 8 --seconds 0 2>&1); then
-  CHECKS+=("$(grep '^check' <<<"$out")")
-else
-  echo "$out" | tail -5
-  die "CUDA provider: $(grep -m1 '^Error' <<<"$out" || echo 'see above')"
-fi
 TRT_OK=1
 TRT_REASON=""
-if out=$(ceiling --model "$RANDOM_MODEL" --device tensorrt --precision FP16 --check 8 --batch 8 --seconds 0 \
-           --trt-cache "$RESULTS_DIR/trt_cache" 2>&1); then
-  CHECKS+=("$(grep '^check' <<<"$out")")
-else
-  TRT_OK=0
-  TRT_REASON=$(grep -m1 '^Error' <<<"$out" || tail -3 <<<"$out")
-  log "TensorRT unavailable: $TRT_REASON"
-  [ "${REQUIRE_TENSORRT:-0}" = 1 ] && failures=$((failures + 1))
-  # What a node with --allow-cpu-fallback does: CUDA without TensorRT, labelled as a fallback.
-  if out=$(ceiling --model "$RANDOM_MODEL" --device tensorrt --allow-fallback --check 8 --seconds 0 2>&1); then
-    CHECKS+=("$(grep '^check' <<<"$out") [$(grep -m1 -o 'placed on .*(FALLBACK)' <<<"$out")]")
+if want 1; then
+  log "1. outputs vs CPU (resnet50_random, batch 8)"
+  if out=$(ceiling --model "$RANDOM_MODEL" --device cuda --check 8 --seconds 0 2>&1); then
+    CHECKS+=("$(grep '^check' <<<"$out")")
   else
     echo "$out" | tail -5
-    log "FAIL: the TensorRT -> CUDA fallback did not run"
-    failures=$((failures + 1))
+    die "CUDA provider: $(grep -m1 '^Error' <<<"$out" || echo 'see above')"
   fi
+  if out=$(ceiling --model "$RANDOM_MODEL" --device tensorrt --precision FP16 --check 8 --batch 8 --seconds 0 \
+             --trt-cache "$RESULTS_DIR/trt_cache" 2>&1); then
+    CHECKS+=("$(grep '^check' <<<"$out")")
+  else
+    TRT_OK=0
+    TRT_REASON=$(grep -m1 '^Error' <<<"$out" || tail -3 <<<"$out")
+    log "TensorRT unavailable: $TRT_REASON"
+    [ "${REQUIRE_TENSORRT:-0}" = 1 ] && failures=$((failures + 1))
+    # What a node with --allow-cpu-fallback does: CUDA without TensorRT, labelled as a fallback.
+    if out=$(ceiling --model "$RANDOM_MODEL" --device tensorrt --allow-fallback --check 8 --seconds 0 2>&1); then
+      CHECKS+=("$(grep '^check' <<<"$out") [$(grep -m1 -o 'placed on .*(FALLBACK)' <<<"$out")]")
+    else
+      echo "$out" | tail -5
+      log "FAIL: the TensorRT -> CUDA fallback did not run"
+      failures=$((failures + 1))
+    fi
+  fi
+  printf '%s\n' "${CHECKS[@]}"
+  grep -q FAIL <<<"$(printf '%s\n' "${CHECKS[@]}")" && failures=$((failures + 1))
+else
+  log "1. skipped (STAGES=$STAGES)"
 fi
-printf '%s\n' "${CHECKS[@]}"
-grep -q FAIL <<<"$(printf '%s\n' "${CHECKS[@]}")" && failures=$((failures + 1))
 
 # --- 2. throughput in-process -----------------------------------------------------------------
-log "2. in-process throughput (light_resnet50, batch $BATCHES, ${SECONDS_PER_BATCH} s each)"
-TABLE=$TMP/inprocess.md
-{
-  echo "| device | batch | runs | inferences/s | ms per run |"
-  echo "|---|---:|---:|---:|---:|"
-} >"$TABLE"
-devices=(cpu cuda)
-[ "$TRT_OK" = 1 ] && devices+=(tensorrt)
-for dev in "${devices[@]}"; do
-  if ! ceiling --model "$LIGHT_MODEL" --device "$dev" --precision FP16 --trt-cache "$RESULTS_DIR/trt_cache" \
-        --batch "$BATCHES" --seconds "$SECONDS_PER_BATCH" --rows-only >>"$TABLE" 2>"$TMP/$dev.err"; then
-    tail -3 "$TMP/$dev.err"
-    log "FAIL: $dev throughput run"
-    failures=$((failures + 1))
-  fi
-done
-cat "$TABLE"
+TABLE=""
+if want 2; then
+  log "2. in-process throughput (light_resnet50, batch $BATCHES, ${SECONDS_PER_BATCH} s each)"
+  TABLE=$TMP/inprocess.md
+  {
+    echo "| device | batch | runs | inferences/s | ms per run |"
+    echo "|---|---:|---:|---:|---:|"
+  } >"$TABLE"
+  devices=(cpu cuda)
+  [ "$TRT_OK" = 1 ] && devices+=(tensorrt)
+  for dev in "${devices[@]}"; do
+    if ! ceiling --model "$LIGHT_MODEL" --device "$dev" --precision FP16 --trt-cache "$RESULTS_DIR/trt_cache" \
+          --batch "$BATCHES" --seconds "$SECONDS_PER_BATCH" --rows-only >>"$TABLE" 2>"$TMP/$dev.err"; then
+      tail -3 "$TMP/$dev.err"
+      log "FAIL: $dev throughput run"
+      failures=$((failures + 1))
+    fi
+  done
+  cat "$TABLE"
+else
+  log "2. skipped (STAGES=$STAGES)"
+fi
 
 # --- 3. through tern-node ---------------------------------------------------------------------
+# KIND_GPU and KIND_CPU copies of light_resnet50 and resnet50_random (max_batch_size 32, dynamic
+# batching, preferred 8/16/32), one node, no --allow-cpu-fallback: a KIND_GPU model the node
+# cannot put on the GPU is unavailable and the node never gets ready. Evidence of placement:
+# the node's "loaded ... placement=[...]" log lines, nvidia-smi's process list and GPU memory
+# before and after the load, GPU utilisation sampled during the runs. Outputs of the served
+# resnet50_random copies are checked against a CPU session (scripts/gpu/check_served.py), then
+# perf_analyzer (gRPC, PA_BATCH-row requests) at concurrency NODE_CONCURRENCY through the light copies.
 NODE_TABLE=""
-if [ -x "$NODE_BIN" ] && [ -x "$PERF_ANALYZER" ]; then
-  log "3. through tern-node (perf_analyzer, gRPC, concurrency 4)"
+NODE_EVIDENCE=""
+if ! want 3; then
+  log "3. skipped (STAGES=$STAGES)"
+elif [ -x "$NODE_BIN" ] && [ -x "$PERF_ANALYZER" ]; then
+  log "3. through tern-node (perf_analyzer, gRPC, batch-$PA_BATCH requests, concurrency ${NODE_CONCURRENCY})"
   repo=$TMP/repo
-  for kind in GPU CPU; do
-    name=light_resnet50_$(tr 'A-Z' 'a-z' <<<"$kind")
-    mkdir -p "$repo/$name/1"
-    cp "$LIGHT_MODEL" "$repo/$name/1/model.onnx"
-    cat >"$repo/$name/config.pbtxt" <<CFG
+  for src in light_resnet50 resnet50_random; do
+    for kind in GPU CPU; do
+      name=${src}_$(tr 'A-Z' 'a-z' <<<"$kind")
+      mkdir -p "$repo/$name/1"
+      cp "$MODEL_REPO/$src/1/model.onnx" "$repo/$name/1/model.onnx"
+      cat >"$repo/$name/config.pbtxt" <<CFG
 name: "$name"
 platform: "onnxruntime_onnx"
 max_batch_size: 32
 input [ { name: "input" data_type: TYPE_FP32 dims: [ 3, 224, 224 ] } ]
 output [ { name: "output" data_type: TYPE_FP32 dims: [ 1000 ] } ]
 instance_group [ { kind: KIND_$kind count: 1 } ]
-dynamic_batching { }
+dynamic_batching { preferred_batch_size: [ 8, 16, 32 ] }
 CFG
+      if [ "$kind" = GPU ] && [ -n "$CUDNN_CONV_ALGO_SEARCH" ]; then
+        echo "parameters { key: \"cudnn_conv_algo_search\" value: { string_value: \"$CUDNN_CONV_ALGO_SEARCH\" } }" \
+          >>"$repo/$name/config.pbtxt"
+      fi
+    done
   done
+  gpu_mem() { nvidia-smi --query-gpu=memory.used --format=csv,noheader,nounits | head -1; }
+  mem_before=$(gpu_mem)
   port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
-  "$NODE_BIN" --model-repository "$repo" --grpc-address 127.0.0.1 --grpc-port "$port" >"$TMP/node.log" 2>&1 &
+  mport=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+  NODE_LOG=$RESULTS_DIR/node.log
+  "$NODE_BIN" --model-repository "$repo" --grpc-address 127.0.0.1 --grpc-port "$port" \
+    --metrics-port "$mport" >"$NODE_LOG" 2>&1 &
   node_pid=$!
-  for _ in $(seq 1 900); do grep -q "tern-node ready" "$TMP/node.log" && break; kill -0 "$node_pid" 2>/dev/null || break; sleep 0.1; done
-  if grep -q "tern-node ready" "$TMP/node.log"; then
+  for _ in $(seq 1 1800); do grep -q "tern-node ready" "$NODE_LOG" && break; kill -0 "$node_pid" 2>/dev/null || break; sleep 0.1; done
+  if grep -q "tern-node ready" "$NODE_LOG"; then
+    mem_after=$(gpu_mem)
+    apps=$(nvidia-smi --query-compute-apps=pid,process_name,used_memory --format=csv,noheader 2>/dev/null)
     on_gpu=no
-    nvidia-smi --query-compute-apps=pid --format=csv,noheader 2>/dev/null | grep -qw "$node_pid" && on_gpu=yes
-    log "tern-node holds a CUDA context: $on_gpu"
+    grep -qw "$node_pid" <<<"$apps" && on_gpu=yes
+    NODE_EVIDENCE=$TMP/evidence.txt
+    {
+      echo "node log, placement:"
+      grep -E 'loaded|fallback' "$NODE_LOG" | sed 's/\x1b\[[0-9;]*m//g' | sed 's/^/  /'
+      echo "nvidia-smi compute apps (tern-node pid $node_pid): ${apps:-<none listed>}"
+      echo "GPU memory used: ${mem_before} MiB before the node, ${mem_after} MiB once it was ready"
+    } >"$NODE_EVIDENCE"
+    cat "$NODE_EVIDENCE"
+    grep -E 'loaded' "$NODE_LOG" | grep 'resnet50_[a-z]*_gpu' | grep -q 'GPU' \
+      || { log "FAIL: a KIND_GPU model's placement label does not name a GPU"; failures=$((failures + 1)); }
+    "${PYTHON:-python3}" scripts/gpu/check_served.py --url "127.0.0.1:$port" --onnx "$RANDOM_MODEL" \
+      --model resnet50_random_gpu --model resnet50_random_cpu --batch 8 --atol 2e-3 | tee -a "$NODE_EVIDENCE" \
+      || { log "FAIL: served outputs vs CPU"; failures=$((failures + 1)); }
     NODE_TABLE=$TMP/node.md
     {
-      echo "| model (config kind) | node on GPU | batch | infer/s |"
-      echo "|---|---|---:|---:|"
+      echo "| model (config kind) | request batch | concurrency | infer/s | client avg ms | p99 ms | server request ms | server compute ms | avg batch | GPU util % (max) |"
+      echo "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
     } >"$NODE_TABLE"
-    for name in light_resnet50_gpu light_resnet50_cpu; do
-      for b in ${BATCHES//,/ }; do
-        pa_out=$(LD_LIBRARY_PATH=$(dirname "$PERF_ANALYZER")/../lib timeout 300 "$PERF_ANALYZER" -m "$name" \
-          -u "127.0.0.1:$port" -i grpc -b "$b" --concurrency-range 4 --measurement-interval 3000 \
-          --stability-percentage 30 --max-trials 4 2>&1)
+    pa() {  # model concurrency window-ms trials
+      LD_LIBRARY_PATH=$(dirname "$PERF_ANALYZER")/../lib timeout 300 "$PERF_ANALYZER" -m "$1" \
+        -u "127.0.0.1:$port" -i grpc -b "$PA_BATCH" --concurrency-range "$2" --measurement-interval "$3" \
+        --stability-percentage 50 --max-trials "$4" 2>&1
+    }
+    usec() { sed -n "s/.*$1: \([0-9]*\) usec.*/\1/p" | head -1; }
+    for kind in ${NODE_KINDS//,/ }; do
+      name=light_resnet50_$(tr 'A-Z' 'a-z' <<<"$kind")
+      # Warm-up at the highest concurrency, so the batch shapes the measured runs see were seen
+      # before (ORT's CUDA provider searches convolution algorithms per new input shape).
+      cmax=$(tr ',' '\n' <<<"$NODE_CONCURRENCY" | sort -n | tail -1)
+      wu=$(pa "$name" "$cmax" 2000 2)
+      log "warm-up $name c$cmax: $(grep -m1 -o 'Throughput: [0-9.]* infer/sec' <<<"$wu" || echo 'no stable number'); server: $(grep -m1 -o 'compute infer [0-9]* usec' <<<"$wu")"
+      for c in ${NODE_CONCURRENCY//,/ }; do
+        nvidia-smi --query-gpu=utilization.gpu --format=csv,noheader,nounits -lms 500 >"$TMP/util" 2>/dev/null &
+        smi_pid=$!
+        pa_out=$(pa "$name" "$c" "$PA_WINDOW_MS" 6)
+        kill "$smi_pid" 2>/dev/null; wait "$smi_pid" 2>/dev/null
+        echo "$pa_out" >"$RESULTS_DIR/pa_${name}_b${PA_BATCH}_c$c.txt"
         tput=$(grep -m1 -o 'Throughput: [0-9.]* infer/sec' <<<"$pa_out" | grep -o '[0-9.]*' | head -1)
-        [ -z "$tput" ] && { echo "$pa_out" | tail -3; tput="error"; }
-        echo "| $name | $on_gpu | $b | $tput |" >>"$NODE_TABLE"
+        avg=$(usec 'Avg latency' <<<"$pa_out")
+        p99=$(usec 'p99 latency' <<<"$pa_out")
+        srv=$(usec 'Avg request latency' <<<"$pa_out")
+        cinf=$(sed -n 's/.*compute infer \([0-9]*\) usec.*/\1/p' <<<"$pa_out" | head -1)
+        inf=$(grep -m1 -o 'Inference count: [0-9]*' <<<"$pa_out" | grep -o '[0-9]*$')
+        exe=$(grep -m1 -o 'Execution count: [0-9]*' <<<"$pa_out" | grep -o '[0-9]*$')
+        util=$(sort -n "$TMP/util" 2>/dev/null | tail -1)
+        [ -z "$tput" ] && { echo "$pa_out" | tail -3; tput="error"; failures=$((failures + 1)); }
+        ms() { [ -n "$1" ] && awk -v u="$1" 'BEGIN{printf "%.2f", u/1000}' || echo "-"; }
+        batch="-"
+        [ -n "$inf" ] && [ -n "$exe" ] && [ "$exe" -gt 0 ] && batch=$(awk -v i="$inf" -v e="$exe" 'BEGIN{printf "%.1f", i/e}')
+        echo "| $name | $PA_BATCH | $c | $tput | $(ms "$avg") | $(ms "$p99") | $(ms "$srv") | $(ms "$cinf") | $batch | ${util:--} |" >>"$NODE_TABLE"
       done
     done
     cat "$NODE_TABLE"
-    [ "$on_gpu" = no ] && log "note: tern-node did not put KIND_GPU on the GPU (instance_plan not wired into this node build?)"
+    [ "$on_gpu" = no ] && log "note: nvidia-smi does not list tern-node's pid (in a sandbox such as gVisor it may list no process at all): see the placement labels and GPU memory above"
   else
-    tail -5 "$TMP/node.log"
-    log "tern-node did not become ready; no node numbers"
+    tail -20 "$NODE_LOG"
+    log "FAIL: tern-node did not become ready (a KIND_GPU model it could not place?); no node numbers"
+    failures=$((failures + 1))
   fi
   kill "$node_pid" 2>/dev/null; wait "$node_pid" 2>/dev/null; node_pid=""
 else
@@ -209,10 +291,9 @@ fi
   echo "ONNX Runtime: $ORT_GPU_LIB"
   echo "CUDA libraries: ${CUDA_DIRS:-none found}"
   [ "$TRT_OK" = 1 ] || echo "TensorRT: unavailable: $TRT_REASON"
-  echo
-  printf '%s\n' "${CHECKS[@]}"
-  echo
-  cat "$TABLE"
+  [ "${#CHECKS[@]}" -gt 0 ] && { echo; printf '%s\n' "${CHECKS[@]}"; }
+  [ -n "$TABLE" ] && { echo; cat "$TABLE"; }
+  [ -n "$NODE_EVIDENCE" ] && { echo; cat "$NODE_EVIDENCE"; }
   [ -n "$NODE_TABLE" ] && { echo; cat "$NODE_TABLE"; }
 } >"$RESULTS_DIR/summary.md"
 log "summary in $RESULTS_DIR/summary.md"

@@ -22,6 +22,19 @@ pub struct Config {
     #[arg(long, default_value_t = 8001)]
     pub grpc_port: u16,
 
+    /// How models are loaded: `none` (all at start), `poll` (all at start, then follow the
+    /// repositories), `explicit` (`--load-model` at start, then the repository API).
+    #[arg(long, value_enum, default_value_t = crate::manager::ControlMode::None)]
+    pub model_control_mode: crate::manager::ControlMode,
+
+    /// Seconds between repository polls in `poll` mode.
+    #[arg(long, default_value_t = 15)]
+    pub repository_poll_secs: u64,
+
+    /// Model to load at start in `explicit` mode (repeatable; `*` loads every model).
+    #[arg(long = "load-model", value_name = "NAME")]
+    pub load_models: Vec<String>,
+
     /// Require a complete config.pbtxt for every model (no auto-complete from the model file).
     #[arg(long, default_value_t = false, action = clap::ArgAction::Set, value_name = "BOOL")]
     pub strict_model_config: bool,
@@ -68,6 +81,12 @@ impl Config {
         }
         self.metrics.settings().map_err(|e| e.to_string())?;
         self.tracing.otlp().map_err(|e| e.to_string())?;
+        if self.repository_poll_secs == 0 {
+            return Err("--repository-poll-secs must be at least 1".into());
+        }
+        if !self.load_models.is_empty() && self.model_control_mode != crate::manager::ControlMode::Explicit {
+            return Err("--load-model needs --model-control-mode=explicit".into());
+        }
         if self.model_load_thread_count == 0 {
             return Err("--model-load-thread-count must be at least 1".into());
         }

@@ -7,6 +7,7 @@
 //! no ONNX Runtime code (tern-backend-ort).
 
 pub mod config;
+pub mod loader;
 pub mod manager;
 pub mod service;
 
@@ -19,7 +20,7 @@ use tokio::net::TcpListener;
 use tonic::codec::CompressionEncoding;
 
 pub use config::Config;
-use manager::{LoadOptions, ModelManager};
+use manager::{ControlMode, LoadOptions, ModelManager};
 use service::{NodeService, NodeState};
 
 /// Triton accepts messages up to 2 GiB; a batch of images easily passes tonic's 4 MiB default.
@@ -32,21 +33,42 @@ pub async fn run(
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
-    let models = ModelManager::load_all(
-        &config.model_repositories,
+    let models = Arc::new(ModelManager::new(
+        config.model_repositories.clone(),
         LoadOptions {
             strict_model_config: config.strict_model_config,
             allow_cpu_fallback: config.allow_cpu_fallback,
         },
         config.model_load_thread_count,
-    )
-    .await
-    .map_err(anyhow::Error::msg)?;
+        Duration::from_secs(config.exit_timeout_secs),
+    ));
+    let only = match config.model_control_mode {
+        ControlMode::Explicit if !config.load_models.iter().any(|m| m == "*") => {
+            Some(config.load_models.as_slice())
+        }
+        _ => None,
+    };
+    models.load_startup(only).await.map_err(anyhow::Error::msg)?;
+    // Poll mode: follow the repositories until shutdown (the task ends with the runtime).
+    let poll_task = (config.model_control_mode == ControlMode::Poll).then(|| {
+        let models = models.clone();
+        let every = Duration::from_secs(config.repository_poll_secs);
+        tokio::spawn(async move {
+            let mut seen = std::collections::HashMap::new();
+            let mut ticks = tokio::time::interval(every);
+            ticks.tick().await;
+            loop {
+                ticks.tick().await;
+                models.poll_once(&mut seen).await;
+            }
+        })
+    });
     let metrics = Arc::new(tern_telemetry::Metrics::new(&config.metrics)?);
     let state = Arc::new(NodeState {
         server_name: config.server_name.clone(),
         models,
         strict_readiness: config.strict_readiness,
+        control_mode: config.model_control_mode,
         metrics: metrics.clone(),
     });
     metrics.set_model_sampler(Arc::new(NodeSampler(state.clone())));
@@ -80,8 +102,7 @@ pub async fn run(
         .build_v1()?;
 
     let addr = listener.local_addr()?;
-    let ready_models =
-        state.models.index().iter().filter(|(_, s)| matches!(s, manager::ModelState::Ready(_))).count();
+    let ready_models = state.models.all_ready_models().len();
     tracing::info!(models = ready_models, "tern-node ready grpc={addr} metrics={metrics_addr}");
 
     // Stop accepting on the shutdown signal; then give in-flight work the grace period.
@@ -106,6 +127,9 @@ pub async fn run(
             tracing::warn!(timeout_secs = config.exit_timeout_secs, "exit timeout reached with requests still in flight");
         }
     }
+    if let Some(task) = poll_task {
+        task.abort();
+    }
     let _ = metrics_stop_tx.send(());
     if let Some(task) = metrics_task {
         let _ = task.await;
@@ -124,12 +148,8 @@ impl tern_telemetry::ModelSampler for NodeSampler {
         use tern_telemetry::FailureReason as T;
         self.0
             .models
-            .index()
+            .all_ready_models()
             .into_iter()
-            .filter_map(|(_, state)| match state {
-                manager::ModelState::Ready(m) => Some(m),
-                _ => None,
-            })
             .map(|m| {
                 let s = m.scheduler.stats().snapshot();
                 tern_telemetry::ModelSample {
@@ -173,16 +193,13 @@ impl tern_telemetry::ModelSampler for NodeSampler {
             .models
             .index()
             .into_iter()
-            .map(|(name, state)| match state {
-                manager::ModelState::Ready(m) => tern_telemetry::ModelStateSample {
-                    model: name,
-                    version: m.version_str.clone(),
-                    state: tern_telemetry::ModelReadiness::Ready,
-                },
-                manager::ModelState::Unavailable { version, .. } => tern_telemetry::ModelStateSample {
-                    model: name,
-                    version: version.map(|v| v.to_string()).unwrap_or_default(),
-                    state: tern_telemetry::ModelReadiness::Unavailable,
+            .map(|row| tern_telemetry::ModelStateSample {
+                model: row.name,
+                version: row.version,
+                state: if row.state == "READY" {
+                    tern_telemetry::ModelReadiness::Ready
+                } else {
+                    tern_telemetry::ModelReadiness::Unavailable
                 },
             })
             .collect()

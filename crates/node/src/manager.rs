@@ -1,286 +1,568 @@
-//! The model table: which models exist, which version of each is loaded, and why a model that
-//! is not ready is not. Requests read the table without locking (`ArcSwap`).
+//! The model table and the model lifecycle: which versions of which models are loaded, loading
+//! and unloading them (at start, through the repository API, or by polling the repositories),
+//! and hot reload without dropping requests.
 //!
-//! At this stage every model is loaded once at start, highest version only; versions, reload
-//! and control modes come with the lifecycle work.
+//! Requests read the table without locking (`ArcSwap`) and hold an `Arc` of the version they
+//! run on, so a reload swaps the table atomically while requests already queued or running on
+//! the old version finish there; the old sessions are dropped with the last of them. Loads and
+//! unloads of one model are serialized (a per-model async mutex); different models load in
+//! parallel, at most `--model-load-thread-count` at a time.
 
-use std::collections::HashMap;
-use std::path::PathBuf;
-use std::sync::Arc;
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
-use tern_backend::Instance;
-use tern_core::{IoSpec, ModelIo, RequestError};
+use tern_core::RequestError;
 use tern_proto::inference::ModelConfig;
 use tern_repository::{ModelSource, ScannedModel};
-use tern_scheduler::{Scheduler, SchedulerConfig};
 
-/// A model version that is loaded and serving.
-pub struct LoadedModel {
-    pub name: String,
-    pub version: u64,
-    pub version_str: String,
-    /// The completed config (after auto-complete), as ModelConfig returns it.
-    pub config: ModelConfig,
-    pub io: ModelIo,
-    /// Queues and batches requests for this version's instances; owns its statistics.
-    pub scheduler: Scheduler,
+pub use crate::loader::{LoadOptions, LoadedModel};
+
+/// Triton's `--model-control-mode`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum ControlMode {
+    /// Load everything at start; no changes afterwards.
+    None,
+    /// Load everything at start, then follow the repositories' changes.
+    Poll,
+    /// Load only `--load-model` at start; the repository API loads and unloads.
+    Explicit,
 }
 
-/// Where a model stands.
+/// Where one version of a model stands.
 #[derive(Clone)]
-pub enum ModelState {
+pub enum VersionState {
     Ready(Arc<LoadedModel>),
-    /// Failed to load; the reason is logged and shown by RepositoryIndex.
-    Unavailable {
-        version: Option<u64>,
-        reason: String,
-    },
+    /// Failed to load, or unloaded; the reason is logged and shown by RepositoryIndex.
+    Unavailable(String),
 }
 
-/// Every model the repositories hold, by name.
+/// One model: its versions, and why the model as a whole is not serving when that is so.
+#[derive(Clone, Default)]
+pub struct ModelEntry {
+    pub versions: BTreeMap<u64, VersionState>,
+    /// A failure not tied to one version (bad config, no version, failed reload).
+    pub reason: Option<String>,
+    /// What the model directory looked like when it was loaded (poll mode compares).
+    fingerprint: u64,
+}
+
+impl ModelEntry {
+    fn failed(reason: String) -> ModelEntry {
+        ModelEntry { reason: Some(reason), ..ModelEntry::default() }
+    }
+
+    fn ready(&self) -> impl DoubleEndedIterator<Item = &Arc<LoadedModel>> {
+        self.versions.values().filter_map(|s| match s {
+            VersionState::Ready(m) => Some(m),
+            VersionState::Unavailable(_) => None,
+        })
+    }
+}
+
+/// One row of the repository index.
+pub struct IndexRow {
+    pub name: String,
+    pub version: String,
+    pub state: &'static str,
+    pub reason: String,
+}
+
+/// Every model the node knows, by name.
 pub struct ModelManager {
-    table: ArcSwap<HashMap<String, ModelState>>,
+    table: ArcSwap<HashMap<String, ModelEntry>>,
+    repositories: Vec<PathBuf>,
+    options: LoadOptions,
+    runtime: tokio::runtime::Handle,
+    load_limit: Arc<tokio::sync::Semaphore>,
+    model_locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    /// Models loaded from `file:` parameters live in temporary repositories owned here.
+    uploads: Mutex<HashMap<String, tempfile::TempDir>>,
+    /// How long an unload waits for the requests in flight.
+    drain_timeout: Duration,
 }
-
-/// What a load needs besides the model itself.
-#[derive(Clone)]
-pub struct LoadOptions {
-    pub strict_model_config: bool,
-    /// Load KIND_GPU instances on the CPU when no GPU can take them (with a warning).
-    pub allow_cpu_fallback: bool,
-}
-
-/// Triton's default instance count for ONNX Runtime models on CPU.
-const DEFAULT_CPU_INSTANCES: usize = 2;
 
 impl ModelManager {
-    /// Scans the repositories and loads every model, `parallel` at a time. A model that fails is
-    /// recorded as unavailable with its reason; it never fails the node.
-    pub async fn load_all(
-        repositories: &[PathBuf],
+    pub fn new(
+        repositories: Vec<PathBuf>,
         options: LoadOptions,
         parallel: usize,
-    ) -> Result<ModelManager, String> {
-        let scanned = tern_repository::scan(repositories).map_err(|e| e.to_string())?;
-        let limit = Arc::new(tokio::sync::Semaphore::new(parallel.max(1)));
+        drain_timeout: Duration,
+    ) -> ModelManager {
+        ModelManager {
+            table: ArcSwap::from_pointee(HashMap::new()),
+            repositories,
+            options,
+            runtime: tokio::runtime::Handle::current(),
+            load_limit: Arc::new(tokio::sync::Semaphore::new(parallel.max(1))),
+            model_locks: Mutex::new(HashMap::new()),
+            uploads: Mutex::new(HashMap::new()),
+            drain_timeout,
+        }
+    }
+
+    /// Loads every model of the repositories (`only`: just those names). A model that fails is
+    /// recorded with its reason; it never fails the node.
+    pub async fn load_startup(self: &Arc<Self>, only: Option<&[String]>) -> Result<(), String> {
+        let scanned = tern_repository::scan(&self.repositories).map_err(|e| e.to_string())?;
         let mut tasks = Vec::new();
         for item in scanned {
-            let options = options.clone();
-            let limit = limit.clone();
-            let runtime = tokio::runtime::Handle::current();
+            if only.is_some_and(|names| !names.iter().any(|n| n == item.name())) {
+                continue;
+            }
+            let this = self.clone();
             tasks.push(tokio::spawn(async move {
-                let _permit = limit.acquire_owned().await;
-                match item {
-                    ScannedModel::Found(source) => {
-                        let name = source.name.clone();
-                        let state =
-                            tokio::task::spawn_blocking(move || load_model(source, &options, &runtime))
-                                .await
-                                .unwrap_or_else(|e| ModelState::Unavailable {
-                                    version: None,
-                                    reason: format!("loading panicked: {e}"),
-                                });
-                        (name, state)
-                    }
-                    ScannedModel::Failed { name, error } => {
-                        (name, ModelState::Unavailable { version: None, reason: error.to_string() })
-                    }
-                }
+                let name = item.name().to_string();
+                let _ = this.apply(&name, item, None).await;
             }));
         }
-        let mut table = HashMap::new();
         for task in tasks {
-            let (name, state) = task.await.map_err(|e| format!("model load task failed: {e}"))?;
-            match &state {
-                ModelState::Ready(m) => tracing::info!(model = %name, version = m.version, "model ready"),
-                ModelState::Unavailable { reason, .. } => {
-                    tracing::error!(model = %name, %reason, "model failed to load")
+            task.await.map_err(|e| format!("model load task failed: {e}"))?;
+        }
+        if let Some(names) = only {
+            for name in names {
+                if !self.table.load().contains_key(name) {
+                    tracing::error!(model = %name, "--load-model names a model no repository holds");
+                    self.store(
+                        name,
+                        Some(ModelEntry::failed(format!("model '{name}' is not in any model repository"))),
+                    );
                 }
             }
-            table.insert(name, state);
         }
-        Ok(ModelManager { table: ArcSwap::from_pointee(table) })
+        Ok(())
     }
 
-    /// The model to serve for `name` and `version` ("" = the server's choice).
-    pub fn get(&self, name: &str, version: &str) -> Result<Arc<LoadedModel>, RequestError> {
-        if !version.is_empty() && !version.parse::<i64>().is_ok_and(|v| v > 0) {
-            return Err(RequestError::InvalidArgument(format!(
-                "failed to get model version from specified version string '{version}', version should be an integral value > 0"
-            )));
+    /// RepositoryModelLoad: loads or reloads `name` from the repositories, or from uploaded
+    /// `files` (`<version>/<file name>` -> bytes) with `config_json`.
+    pub async fn load(
+        &self,
+        name: &str,
+        config_json: Option<&str>,
+        files: Vec<(String, Vec<u8>)>,
+    ) -> Result<(), RequestError> {
+        tern_repository::validate_model_name(name)
+            .map_err(|e| RequestError::InvalidArgument(e.to_string()))?;
+        let override_config = match config_json {
+            Some(json) => Some(tern_repository::config_override_from_json(json).map_err(|e| {
+                RequestError::InvalidArgument(format!("model '{name}': 'config' parameter: {e}"))
+            })?),
+            None => None,
+        };
+        let item = if files.is_empty() {
+            self.scan_one(name)?
+        } else {
+            if override_config.is_none() {
+                return Err(RequestError::InvalidArgument(format!(
+                    "model '{name}': 'file:' parameters need a 'config' parameter with the model's config"
+                )));
+            }
+            self.write_upload(name, files)?
+        };
+        let entry = self.apply(name, item, override_config).await?;
+        if let Some(reason) = &entry.reason {
+            // Some version failed; the previous load may still serve (the index says so).
+            Err(RequestError::Internal(format!("failed to load '{name}': {reason}")))
+        } else if entry.ready().next().is_some() {
+            Ok(())
+        } else {
+            let reason = entry.reason.clone().or_else(|| {
+                entry.versions.values().find_map(|s| match s {
+                    VersionState::Unavailable(r) => Some(r.clone()),
+                    VersionState::Ready(_) => None,
+                })
+            });
+            Err(RequestError::Internal(format!(
+                "failed to load '{name}': {}",
+                reason.unwrap_or_else(|| "no version could be loaded".into())
+            )))
         }
+    }
+
+    /// RepositoryModelUnload: the model stops taking requests at once; the call returns when
+    /// its requests in flight are done (bounded by the drain timeout).
+    pub async fn unload(&self, name: &str) -> Result<(), RequestError> {
+        tern_repository::validate_model_name(name)
+            .map_err(|e| RequestError::InvalidArgument(e.to_string()))?;
+        let lock = self.model_lock(name);
+        let _guard = lock.lock().await;
+        let Some(old) = self.table.load().get(name).cloned() else {
+            // Triton answers success for a model it does not have.
+            return Ok(());
+        };
+        let versions =
+            old.versions.keys().map(|v| (*v, VersionState::Unavailable("unloaded".into()))).collect();
+        self.store(name, Some(ModelEntry { versions, reason: None, fingerprint: 0 }));
+        if let Ok(mut uploads) = self.uploads.lock() {
+            uploads.remove(name);
+        }
+        tracing::info!(model = %name, "unloaded; waiting for requests in flight");
+        self.drain(old).await;
+        Ok(())
+    }
+
+    /// Poll mode: one pass over the repositories. A model directory that changed is reloaded
+    /// once it looks the same on two passes in a row (so a file still being written is not
+    /// loaded half-written); one that disappeared is unloaded.
+    pub async fn poll_once(self: &Arc<Self>, seen: &mut HashMap<String, u64>) {
+        let scanned = match tern_repository::scan(&self.repositories) {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::warn!(error = %e, "repository poll failed");
+                return;
+            }
+        };
+        let mut present = Vec::new();
+        for item in scanned {
+            let name = item.name().to_string();
+            present.push(name.clone());
+            let fp = fingerprint(&self.repositories, &name);
+            let stable = seen.insert(name.clone(), fp) == Some(fp);
+            let loaded = self.table.load().get(&name).map(|e| e.fingerprint);
+            if stable && loaded != Some(fp) {
+                tracing::info!(model = %name, "model directory changed: reloading");
+                let _ = self.apply(&name, item, None).await;
+            }
+        }
+        let gone: Vec<String> = self.table.load().keys().filter(|n| !present.contains(n)).cloned().collect();
+        for name in gone {
+            if self.uploads.lock().is_ok_and(|u| u.contains_key(&name)) {
+                continue;
+            }
+            tracing::info!(model = %name, "model directory removed: unloading");
+            let _ = self.unload(&name).await;
+            self.store(&name, None);
+            seen.remove(&name);
+        }
+    }
+
+    /// The version to serve for `name` and `version` ("" = the highest ready one).
+    pub fn get(&self, name: &str, version: &str) -> Result<Arc<LoadedModel>, RequestError> {
+        let wanted = if version.is_empty() {
+            None
+        } else {
+            match version.parse::<u64>() {
+                Ok(v) if v > 0 => Some(v),
+                _ => {
+                    return Err(RequestError::InvalidArgument(format!(
+                        "failed to get model version from specified version string '{version}', version should be an integral value > 0"
+                    )));
+                }
+            }
+        };
         let table = self.table.load();
-        let Some(state) = table.get(name) else {
+        let Some(entry) = table.get(name) else {
             return Err(RequestError::NotFound(format!("Request for unknown model: '{name}' is not found")));
         };
-        match state {
-            ModelState::Ready(model) => {
-                if version.is_empty() || version == model.version_str {
-                    Ok(model.clone())
-                } else {
-                    Err(RequestError::NotFound(format!(
-                        "Request for unknown model: '{name}' version {version} is not found"
-                    )))
-                }
-            }
-            ModelState::Unavailable { .. } => Err(RequestError::NotFound(format!(
-                "Request for unknown model: '{name}' has no available versions"
-            ))),
+        match wanted {
+            None => entry.ready().next_back().cloned().ok_or_else(|| {
+                RequestError::NotFound(format!(
+                    "Request for unknown model: '{name}' has no available versions"
+                ))
+            }),
+            Some(v) => match entry.versions.get(&v) {
+                Some(VersionState::Ready(m)) => Ok(m.clone()),
+                Some(VersionState::Unavailable(reason)) => Err(RequestError::Unavailable(format!(
+                    "Request for model '{name}' version {v}: the version is not ready ({reason})"
+                ))),
+                None => Err(RequestError::NotFound(format!(
+                    "Request for unknown model: '{name}' version {v} is not found"
+                ))),
+            },
         }
     }
 
-    pub fn all_ready(&self) -> bool {
-        self.table.load().values().all(|s| matches!(s, ModelState::Ready(_)))
+    /// Every ready version of `name`, ascending (ModelMetadata's `versions`).
+    pub fn ready_versions(&self, name: &str) -> Vec<String> {
+        self.table
+            .load()
+            .get(name)
+            .map(|e| e.ready().map(|m| m.version_str.clone()).collect())
+            .unwrap_or_default()
     }
 
-    /// Snapshot of every model and its state, sorted by name.
-    pub fn index(&self) -> Vec<(String, ModelState)> {
-        let mut all: Vec<(String, ModelState)> =
-            self.table.load().iter().map(|(k, v)| (k.clone(), v.clone())).collect();
-        all.sort_by(|a, b| a.0.cmp(&b.0));
-        all
+    /// Every ready version of every model.
+    pub fn all_ready_models(&self) -> Vec<Arc<LoadedModel>> {
+        let table = self.table.load();
+        let mut names: Vec<&String> = table.keys().collect();
+        names.sort();
+        names.into_iter().flat_map(|n| table[n].ready().cloned().collect::<Vec<_>>()).collect()
+    }
+
+    /// Ready when every model has a ready version and no failure (Triton's strict readiness).
+    pub fn all_ready(&self) -> bool {
+        self.table.load().values().all(|e| e.reason.is_none() && e.ready().next().is_some())
+    }
+
+    /// RepositoryIndex rows, sorted by name and version.
+    pub fn index(&self) -> Vec<IndexRow> {
+        let table = self.table.load();
+        let mut names: Vec<&String> = table.keys().collect();
+        names.sort();
+        let mut rows = Vec::new();
+        for name in names {
+            let entry = &table[name];
+            if entry.versions.is_empty() {
+                rows.push(IndexRow {
+                    name: name.clone(),
+                    version: String::new(),
+                    state: "UNAVAILABLE",
+                    reason: entry.reason.clone().unwrap_or_default(),
+                });
+            }
+            for (v, state) in &entry.versions {
+                let (state, reason) = match state {
+                    VersionState::Ready(_) => ("READY", entry.reason.clone().unwrap_or_default()),
+                    VersionState::Unavailable(r) => ("UNAVAILABLE", r.clone()),
+                };
+                rows.push(IndexRow { name: name.clone(), version: v.to_string(), state, reason });
+            }
+        }
+        rows
     }
 
     /// Drops every model: their instance threads finish queued work and end.
     pub fn clear(&self) {
         self.table.store(Arc::new(HashMap::new()));
     }
-}
 
-fn load_model(source: ModelSource, options: &LoadOptions, runtime: &tokio::runtime::Handle) -> ModelState {
-    let name = source.name.clone();
-    let span = tracing::info_span!("load", model = %name);
-    let _enter = span.enter();
-    let mut version = None;
-    let result = (|| -> Result<LoadedModel, String> {
-        let given = source.config.clone();
-        let base = given.clone().unwrap_or_default();
-        let v = tern_repository::highest_version(&source, &base).ok_or_else(|| {
-            format!(
-                "model '{name}': no version directory holds '{}'",
-                if base.default_model_filename.is_empty() {
-                    "model.onnx"
-                } else {
-                    &base.default_model_filename
-                }
-            )
-        })?;
-        version = Some(v);
-        let path = tern_repository::model_file_path(&source, &base, v);
-        let base_settings =
-            tern_backend_ort::session_settings(&base).map_err(|e| format!("model '{name}': {e}"))?;
-        // The first session reads the model's signature for auto-complete; it is kept as the
-        // first instance when the plan puts that instance on the CPU with the same settings.
-        let threads_given = base_settings.intra_op_threads.is_some();
-        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-        let load = |settings: &tern_backend_ort::SessionSettings| {
-            tern_backend_ort::OrtBackend::load(&path, settings).map_err(|e| format!("model '{name}': {e}"))
-        };
-        let mut probe_settings = base_settings.clone();
-        if !threads_given {
-            let guess =
-                if base.instance_group.is_empty() { DEFAULT_CPU_INSTANCES } else { instance_count(&base) };
-            probe_settings.intra_op_threads = Some((cores / guess).max(1));
-        }
-        let first = load(&probe_settings)?;
-        let signature = first.signature();
-        let mut config =
-            tern_repository::auto_complete(&name, given, &signature, options.strict_model_config)
-                .map_err(|e| e.to_string())?;
-        tern_repository::validate(&config, &signature).map_err(|e| e.to_string())?;
-        let labels = tern_repository::load_labels(&source.dir, &config).map_err(|e| e.to_string())?;
-        let io = model_io(&config, &labels)?;
+    // === lifecycle internals ===
 
-        // Place the instances (CPU, or GPUs through the CUDA / TensorRT providers), then report
-        // the groups as placed, as Triton does. Unless the config sets intra-op threads, the
-        // cores are divided among the CPU instances so they do not oversubscribe the machine.
-        let mut plans = tern_backend_ort::instance_plan(&config, &base_settings, options.allow_cpu_fallback)
-            .map_err(|e| format!("model '{name}': {e}"))?;
-        config.instance_group = tern_backend_ort::placed_instance_groups(&config, &plans);
-        let cpu_instances = plans.iter().filter(|p| p.device == tern_backend_ort::Device::Cpu).count();
-        if !threads_given && cpu_instances > 0 {
-            for plan in plans.iter_mut().filter(|p| p.device == tern_backend_ort::Device::Cpu) {
-                plan.settings.intra_op_threads = Some((cores / cpu_instances).max(1));
-            }
-        }
-        let mut first = Some(first);
-        let mut backends: Vec<Box<dyn tern_backend::Backend>> = Vec::with_capacity(plans.len());
-        for plan in &plans {
-            if plan.fallback {
-                tracing::warn!(instance = %plan.label, "instance runs on a fallback device (--allow-cpu-fallback)");
-            }
-            let backend = match first.take_if(|_| plan.settings == probe_settings) {
-                Some(b) => b,
-                None => load(&plan.settings)?,
+    fn model_lock(&self, name: &str) -> Arc<tokio::sync::Mutex<()>> {
+        let mut locks = self.model_locks.lock().unwrap_or_else(|e| e.into_inner());
+        locks.entry(name.to_string()).or_default().clone()
+    }
+
+    /// Replaces (or removes) one model's entry; readers see the old or the new table, whole.
+    fn store(&self, name: &str, entry: Option<ModelEntry>) {
+        self.table.rcu(|table| {
+            let mut table = HashMap::clone(table);
+            match &entry {
+                Some(e) => table.insert(name.to_string(), e.clone()),
+                None => table.remove(name),
             };
-            backends.push(Box::new(backend));
+            table
+        });
+    }
+
+    fn scan_one(&self, name: &str) -> Result<ScannedModel, RequestError> {
+        let scanned =
+            tern_repository::scan(&self.repositories).map_err(|e| RequestError::Internal(e.to_string()))?;
+        // Triton's status and wording for a model no repository holds.
+        scanned.into_iter().find(|s| s.name() == name).ok_or_else(|| {
+            RequestError::Internal(format!("failed to load '{name}', failed to poll from model repository"))
+        })
+    }
+
+    /// Writes `file:` parameters into a temporary repository; the override config decides the rest.
+    fn write_upload(&self, name: &str, files: Vec<(String, Vec<u8>)>) -> Result<ScannedModel, RequestError> {
+        let invalid = |m: String| RequestError::InvalidArgument(format!("model '{name}': {m}"));
+        let dir = tempfile::Builder::new().prefix("tern-upload-").tempdir().map_err(|e| {
+            RequestError::Internal(format!("cannot create a directory for model '{name}': {e}"))
+        })?;
+        let model_dir = dir.path().join(name);
+        for (rel, bytes) in files {
+            // `<version>/<file>`: plain names only, so nothing escapes the model directory.
+            let parts: Vec<&str> = rel.split('/').collect();
+            let safe = parts.len() == 2
+                && parts[0].parse::<u64>().is_ok_and(|v| v > 0)
+                && tern_repository::validate_model_name(parts[1]).is_ok();
+            if !safe {
+                return Err(invalid(format!("parameter 'file:{rel}' must be 'file:<version>/<file name>'")));
+            }
+            let path = model_dir.join(parts[0]).join(parts[1]);
+            let written = path
+                .parent()
+                .map_or(Ok(()), std::fs::create_dir_all)
+                .and_then(|()| std::fs::write(&path, bytes));
+            written
+                .map_err(|e| RequestError::Internal(format!("model '{name}': cannot write {rel}: {e}")))?;
         }
-        drop(first);
-        let count = backends.len();
-        let placement: Vec<&str> = plans.iter().map(|p| p.label.as_str()).collect();
-        let instance = Instance::spawn_group(format!("{name}-{v}"), backends, 1024)
-            .map_err(|e| format!("model '{name}': cannot start instance thread: {e}"))?;
-        let scheduling = SchedulerConfig::from_model_config(&config);
-        tracing::info!(
-            version = v,
-            instances = count,
-            placement = ?placement,
-            dynamic_batching = scheduling.dynamic,
-            "loaded"
-        );
-        let scheduler = Scheduler::start(name.clone(), scheduling, instance, runtime);
-        Ok(LoadedModel { name: name.clone(), version: v, version_str: v.to_string(), config, io, scheduler })
-    })();
-    match result {
-        Ok(model) => ModelState::Ready(Arc::new(model)),
-        Err(reason) => ModelState::Unavailable { version, reason },
+        let scanned = tern_repository::scan(&[dir.path().to_path_buf()])
+            .map_err(|e| RequestError::Internal(e.to_string()))?;
+        let item = scanned
+            .into_iter()
+            .find(|s| s.name() == name)
+            .ok_or_else(|| invalid("no model files given".into()))?;
+        if let Ok(mut uploads) = self.uploads.lock() {
+            uploads.insert(name.to_string(), dir);
+        }
+        Ok(item)
+    }
+
+    /// Loads the versions the policy selects beside whatever serves now, then swaps the entry
+    /// in whole. A version that fails to load keeps its old ready instance if it had one.
+    async fn apply(
+        &self,
+        name: &str,
+        item: ScannedModel,
+        override_config: Option<ModelConfig>,
+    ) -> Result<ModelEntry, RequestError> {
+        let lock = self.model_lock(name);
+        let _guard = lock.lock().await;
+        let _permit = self.load_limit.acquire().await.map_err(|e| RequestError::Internal(e.to_string()))?;
+        let started = Instant::now();
+        let fp = fingerprint(&self.repositories, name);
+        let source = match item.into_result() {
+            Ok(source) => source,
+            Err(e) => {
+                let reason = e.to_string();
+                tracing::error!(model = %name, %reason, "model failed to load");
+                let entry = self.merge_failure(name, reason, fp);
+                return Ok(entry);
+            }
+        };
+        let options = self.options.clone();
+        let runtime = self.runtime.clone();
+        let loaded =
+            tokio::task::spawn_blocking(move || load_versions(&source, override_config, &options, &runtime))
+                .await
+                .map_err(|e| RequestError::Internal(format!("model '{name}': loading panicked: {e}")))?;
+        let old = self.table.load().get(name).cloned().unwrap_or_default();
+        let mut entry = ModelEntry { versions: BTreeMap::new(), reason: None, fingerprint: fp };
+        match loaded {
+            Err(reason) => {
+                tracing::error!(model = %name, %reason, "model failed to load");
+                entry = self.merge_failure(name, reason, fp);
+            }
+            Ok(versions) => {
+                for (v, result) in versions {
+                    let state = match result {
+                        Ok(model) => VersionState::Ready(Arc::new(model)),
+                        Err(reason) => {
+                            tracing::error!(model = %name, version = v, %reason, "version failed to load");
+                            match old.versions.get(&v) {
+                                Some(VersionState::Ready(m)) => {
+                                    entry.reason =
+                                        Some(format!("reload failed, serving the previous load: {reason}"));
+                                    VersionState::Ready(m.clone())
+                                }
+                                _ => VersionState::Unavailable(reason),
+                            }
+                        }
+                    };
+                    entry.versions.insert(v, state);
+                }
+                if entry.versions.is_empty() {
+                    entry.reason =
+                        Some(format!("model '{name}': the version policy selects no version directory"));
+                }
+                for (v, state) in &entry.versions {
+                    if matches!(state, VersionState::Ready(_)) {
+                        tracing::info!(model = %name, version = v, elapsed_ms = started.elapsed().as_millis() as u64, "model ready");
+                    }
+                }
+                self.store(name, Some(entry.clone()));
+            }
+        }
+        // Versions no longer served wait for their requests in flight (our own handles on them
+        // must go first, or the wait would count them).
+        let retired = ModelEntry { versions: retired(&old, &entry), ..ModelEntry::default() };
+        drop(old);
+        self.drain(retired).await;
+        Ok(entry)
+    }
+
+    /// A failed (re)load: the old ready versions keep serving, with the reason attached.
+    fn merge_failure(&self, name: &str, reason: String, fp: u64) -> ModelEntry {
+        let old = self.table.load().get(name).cloned();
+        let entry = match old {
+            Some(old) if old.ready().next().is_some() => ModelEntry {
+                reason: Some(format!("reload failed, serving the previous load: {reason}")),
+                fingerprint: fp,
+                ..old
+            },
+            _ => ModelEntry { reason: Some(reason), fingerprint: fp, ..ModelEntry::default() },
+        };
+        self.store(name, Some(entry.clone()));
+        entry
+    }
+
+    /// Waits (bounded) until no request holds the versions of `old`, then lets them drop.
+    async fn drain(&self, old: ModelEntry) {
+        let models: Vec<Arc<LoadedModel>> = old.ready().cloned().collect();
+        drop(old);
+        let deadline = Instant::now() + self.drain_timeout;
+        for m in &models {
+            while Arc::strong_count(m) > 1 && Instant::now() < deadline {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        }
+        if models.iter().any(|m| Arc::strong_count(m) > 1) {
+            tracing::warn!("drain timeout: requests still hold an unloaded model; it is freed when they end");
+        }
     }
 }
 
-/// Instances the config asks for (every group's count; at least one).
-fn instance_count(config: &ModelConfig) -> usize {
-    let n: i64 = config.instance_group.iter().map(|g| i64::from(g.count.max(1))).sum();
-    usize::try_from(n).unwrap_or(1).clamp(1, 64)
+/// Ready versions of `old` that `new` no longer serves.
+fn retired(old: &ModelEntry, new: &ModelEntry) -> BTreeMap<u64, VersionState> {
+    old.versions
+        .iter()
+        .filter(|(v, state)| match (state, new.versions.get(v)) {
+            (VersionState::Ready(o), Some(VersionState::Ready(n))) => !Arc::ptr_eq(o, n),
+            (VersionState::Ready(_), _) => true,
+            _ => false,
+        })
+        .map(|(v, s)| (*v, s.clone()))
+        .collect()
 }
 
-fn model_io(config: &ModelConfig, labels: &HashMap<String, Arc<Vec<String>>>) -> Result<ModelIo, String> {
-    let dt = |name: &str, v: i32| {
-        tern_core::DataType::from_config(v)
-            .ok_or_else(|| format!("model '{}': tensor '{name}': invalid data_type {v}", config.name))
-    };
-    let inputs = config
-        .input
-        .iter()
-        .map(|i| {
-            Ok(IoSpec {
-                name: i.name.clone(),
-                datatype: dt(&i.name, i.data_type)?,
-                dims: i.dims.clone(),
-                reshape: i.reshape.as_ref().map(|r| r.shape.clone()),
-                optional: i.optional,
-                labels: None,
-            })
-        })
-        .collect::<Result<_, String>>()?;
-    let outputs = config
-        .output
-        .iter()
-        .map(|o| {
-            Ok(IoSpec {
-                name: o.name.clone(),
-                datatype: dt(&o.name, o.data_type)?,
-                dims: o.dims.clone(),
-                reshape: o.reshape.as_ref().map(|r| r.shape.clone()),
-                optional: false,
-                labels: labels.get(&o.name).cloned(),
-            })
-        })
-        .collect::<Result<_, String>>()?;
-    Ok(ModelIo {
-        model: config.name.clone(),
-        max_batch_size: u32::try_from(config.max_batch_size).unwrap_or(0),
-        inputs,
-        outputs,
-    })
+type VersionResults = Vec<(u64, Result<LoadedModel, String>)>;
+
+fn load_versions(
+    source: &ModelSource,
+    override_config: Option<ModelConfig>,
+    options: &LoadOptions,
+    runtime: &tokio::runtime::Handle,
+) -> Result<VersionResults, String> {
+    let given = override_config.or_else(|| source.config.clone());
+    let base = given.clone().unwrap_or_default();
+    let versions = tern_repository::select_versions(source, &base);
+    if versions.is_empty() {
+        return Err(format!(
+            "model '{}': no version directory holds '{}'",
+            source.name,
+            tern_repository::model_file_path(source, &base, 1)
+                .file_name()
+                .map_or_else(|| "model.onnx".to_string(), |f| f.to_string_lossy().into_owned())
+        ));
+    }
+    Ok(versions
+        .into_iter()
+        .map(|v| (v, crate::loader::load_version(source, given.clone(), v, options, runtime)))
+        .collect())
+}
+
+/// A cheap summary of a model directory (names, sizes, modification times of its files, two
+/// levels deep): poll mode reloads when it changes.
+fn fingerprint(repositories: &[PathBuf], name: &str) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    fn walk(dir: &Path, depth: usize, hasher: &mut impl Hasher) {
+        let Ok(entries) = std::fs::read_dir(dir) else { return };
+        let mut entries: Vec<_> = entries.flatten().collect();
+        entries.sort_by_key(|e| e.file_name());
+        for e in entries {
+            let Ok(meta) = e.metadata() else { continue };
+            e.file_name().hash(hasher);
+            if meta.is_dir() {
+                if depth > 0 {
+                    walk(&e.path(), depth - 1, hasher);
+                }
+            } else {
+                meta.len().hash(hasher);
+                meta.modified().ok().hash(hasher);
+            }
+        }
+    }
+    for repo in repositories {
+        let dir = repo.join(name);
+        if dir.is_dir() {
+            dir.hash(&mut hasher);
+            walk(&dir, 2, &mut hasher);
+        }
+    }
+    hasher.finish()
 }

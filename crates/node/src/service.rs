@@ -11,10 +11,11 @@ use tonic::{Request, Response, Status, Streaming};
 
 use tern_scheduler::{FailureReason, InferJob, StatsSnapshot};
 
-use crate::manager::{ModelManager, ModelState};
+use crate::manager::{ControlMode, ModelManager};
 
 /// Extensions this node really implements (ServerMetadata lists only these).
-pub const EXTENSIONS: &[&str] = &["classification", "model_configuration", "schedule_policy", "statistics"];
+pub const EXTENSIONS: &[&str] =
+    &["classification", "model_configuration", "model_repository", "schedule_policy", "statistics"];
 
 /// How many requests of one stream run at once; responses keep the requests' order.
 const STREAM_CONCURRENCY: usize = 64;
@@ -22,8 +23,9 @@ const STREAM_CONCURRENCY: usize = 64;
 /// Shared state behind the service; cloning the service is cheap.
 pub struct NodeState {
     pub server_name: String,
-    pub models: ModelManager,
+    pub models: Arc<ModelManager>,
     pub strict_readiness: bool,
+    pub control_mode: ControlMode,
     pub metrics: Arc<tern_telemetry::Metrics>,
 }
 
@@ -35,6 +37,19 @@ pub struct NodeService {
 impl NodeService {
     pub fn new(state: Arc<NodeState>) -> NodeService {
         NodeService { state }
+    }
+
+    /// The repository API changes models only in explicit mode, as in Triton.
+    fn explicit_mode_only(&self) -> Result<(), Status> {
+        match self.state.control_mode {
+            ControlMode::Explicit => Ok(()),
+            ControlMode::Poll => {
+                Err(Status::unavailable("explicit model load / unload is not allowed if polling is enabled"))
+            }
+            ControlMode::None => Err(Status::unavailable(
+                "explicit model load / unload is not allowed with --model-control-mode=none; use explicit",
+            )),
+        }
     }
 
     /// One inference, from request to response; shared by the unary and streaming RPCs.
@@ -211,7 +226,7 @@ impl GrpcInferenceService for NodeService {
         let batching = c.max_batch_size > 0;
         Ok(Response::new(pb::ModelMetadataResponse {
             name: model.name.clone(),
-            versions: vec![model.version_str.clone()],
+            versions: self.state.models.ready_versions(&model.name),
             platform: c.platform.clone(),
             inputs: c
                 .input
@@ -284,15 +299,7 @@ impl GrpcInferenceService for NodeService {
     ) -> Result<Response<pb::ModelStatisticsResponse>, Status> {
         let req = req.into_inner();
         let models: Vec<_> = if req.name.is_empty() {
-            self.state
-                .models
-                .index()
-                .into_iter()
-                .filter_map(|(_, s)| match s {
-                    ModelState::Ready(m) => Some(m),
-                    ModelState::Unavailable { .. } => None,
-                })
-                .collect()
+            self.state.models.all_ready_models()
         } else {
             // Triton's wording for each case.
             let model = self.state.models.get(&req.name, &req.version).map_err(|_| {
@@ -324,25 +331,12 @@ impl GrpcInferenceService for NodeService {
             .models
             .index()
             .into_iter()
-            .filter_map(|(name, state)| {
-                let entry = match state {
-                    ModelState::Ready(m) => pb::repository_index_response::ModelIndex {
-                        name,
-                        version: m.version_str.clone(),
-                        state: "READY".into(),
-                        reason: String::new(),
-                    },
-                    ModelState::Unavailable { .. } if ready_only => return None,
-                    ModelState::Unavailable { version, reason } => {
-                        pb::repository_index_response::ModelIndex {
-                            name,
-                            version: version.map(|v| v.to_string()).unwrap_or_default(),
-                            state: "UNAVAILABLE".into(),
-                            reason,
-                        }
-                    }
-                };
-                Some(entry)
+            .filter(|row| !ready_only || row.state == "READY")
+            .map(|row| pb::repository_index_response::ModelIndex {
+                name: row.name,
+                version: row.version,
+                state: row.state.into(),
+                reason: row.reason,
             })
             .collect();
         Ok(Response::new(pb::RepositoryIndexResponse { models }))
@@ -350,16 +344,38 @@ impl GrpcInferenceService for NodeService {
 
     async fn repository_model_load(
         &self,
-        _: Request<pb::RepositoryModelLoadRequest>,
+        req: Request<pb::RepositoryModelLoadRequest>,
     ) -> Result<Response<pb::RepositoryModelLoadResponse>, Status> {
-        unimplemented("RepositoryModelLoad (model control mode 'explicit')")
+        self.explicit_mode_only()?;
+        let req = req.into_inner();
+        let mut config = None;
+        let mut files = Vec::new();
+        for (key, value) in req.parameters {
+            use pb::model_repository_parameter::ParameterChoice as P;
+            match (key.as_str(), value.parameter_choice) {
+                ("config", Some(P::StringParam(json))) => config = Some(json),
+                (k, Some(P::BytesParam(bytes))) if k.starts_with("file:") => {
+                    files.push((k["file:".len()..].to_string(), bytes));
+                }
+                (k, _) => {
+                    return Err(Status::invalid_argument(format!(
+                        "model '{}': unexpected load parameter '{k}' (expected 'config' as a string, 'file:<version>/<name>' as bytes)",
+                        req.model_name
+                    )));
+                }
+            }
+        }
+        self.state.models.load(&req.model_name, config.as_deref(), files).await?;
+        Ok(Response::new(pb::RepositoryModelLoadResponse {}))
     }
 
     async fn repository_model_unload(
         &self,
-        _: Request<pb::RepositoryModelUnloadRequest>,
+        req: Request<pb::RepositoryModelUnloadRequest>,
     ) -> Result<Response<pb::RepositoryModelUnloadResponse>, Status> {
-        unimplemented("RepositoryModelUnload (model control mode 'explicit')")
+        self.explicit_mode_only()?;
+        self.state.models.unload(&req.into_inner().model_name).await?;
+        Ok(Response::new(pb::RepositoryModelUnloadResponse {}))
     }
 
     async fn system_shared_memory_status(

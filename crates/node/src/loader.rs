@@ -1,0 +1,167 @@
+//! Loading one model version: ONNX Runtime sessions for its instances, the config completed
+//! from the model file, and a scheduler in front. Runs on a blocking thread; never panics on
+//! what a file says.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use tern_backend::Instance;
+use tern_core::{IoSpec, ModelIo};
+use tern_proto::inference::ModelConfig;
+use tern_repository::ModelSource;
+use tern_scheduler::{Scheduler, SchedulerConfig};
+
+/// A model version that is loaded and serving.
+pub struct LoadedModel {
+    pub name: String,
+    pub version: u64,
+    pub version_str: String,
+    /// The completed config (after auto-complete), as ModelConfig returns it.
+    pub config: ModelConfig,
+    pub io: ModelIo,
+    /// Queues and batches requests for this version's instances; owns its statistics.
+    pub scheduler: Scheduler,
+}
+
+/// What a load needs besides the model itself.
+#[derive(Clone)]
+pub struct LoadOptions {
+    pub strict_model_config: bool,
+    /// Load KIND_GPU instances on the CPU when no GPU can take them (with a warning).
+    pub allow_cpu_fallback: bool,
+}
+
+/// Triton's default instance count for ONNX Runtime models on CPU.
+const DEFAULT_CPU_INSTANCES: usize = 2;
+
+/// Loads `version` of the model in `source` with `config` (config.pbtxt or an override; `None`
+/// for auto-complete from the model file).
+pub fn load_version(
+    source: &ModelSource,
+    given: Option<ModelConfig>,
+    v: u64,
+    options: &LoadOptions,
+    runtime: &tokio::runtime::Handle,
+) -> Result<LoadedModel, String> {
+    let name = source.name.clone();
+    let span = tracing::info_span!("load", model = %name, version = v);
+    let _enter = span.enter();
+    let base = given.clone().unwrap_or_default();
+    let path = tern_repository::model_file_path(source, &base, v);
+    if !path.exists() {
+        return Err(format!("model '{name}' version {v}: model file {} not found", path.display()));
+    }
+    {
+        let base_settings = tern_backend_ort::session_settings(&base)
+            .map_err(|e| format!("model '{name}' version {v}: {e}"))?;
+        // The first session reads the model's signature for auto-complete; it is kept as the
+        // first instance when the plan puts that instance on the CPU with the same settings.
+        let threads_given = base_settings.intra_op_threads.is_some();
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let load = |settings: &tern_backend_ort::SessionSettings| {
+            tern_backend_ort::OrtBackend::load(&path, settings)
+                .map_err(|e| format!("model '{name}' version {v}: {e}"))
+        };
+        let mut probe_settings = base_settings.clone();
+        if !threads_given {
+            let guess =
+                if base.instance_group.is_empty() { DEFAULT_CPU_INSTANCES } else { instance_count(&base) };
+            probe_settings.intra_op_threads = Some((cores / guess).max(1));
+        }
+        let first = load(&probe_settings)?;
+        let signature = first.signature();
+        let mut config =
+            tern_repository::auto_complete(&name, given, &signature, options.strict_model_config)
+                .map_err(|e| e.to_string())?;
+        tern_repository::validate(&config, &signature).map_err(|e| e.to_string())?;
+        let labels = tern_repository::load_labels(&source.dir, &config).map_err(|e| e.to_string())?;
+        let io = model_io(&config, &labels)?;
+
+        // Place the instances (CPU, or GPUs through the CUDA / TensorRT providers), then report
+        // the groups as placed, as Triton does. Unless the config sets intra-op threads, the
+        // cores are divided among the CPU instances so they do not oversubscribe the machine.
+        let mut plans = tern_backend_ort::instance_plan(&config, &base_settings, options.allow_cpu_fallback)
+            .map_err(|e| format!("model '{name}' version {v}: {e}"))?;
+        config.instance_group = tern_backend_ort::placed_instance_groups(&config, &plans);
+        let cpu_instances = plans.iter().filter(|p| p.device == tern_backend_ort::Device::Cpu).count();
+        if !threads_given && cpu_instances > 0 {
+            for plan in plans.iter_mut().filter(|p| p.device == tern_backend_ort::Device::Cpu) {
+                plan.settings.intra_op_threads = Some((cores / cpu_instances).max(1));
+            }
+        }
+        let mut first = Some(first);
+        let mut backends: Vec<Box<dyn tern_backend::Backend>> = Vec::with_capacity(plans.len());
+        for plan in &plans {
+            if plan.fallback {
+                tracing::warn!(instance = %plan.label, "instance runs on a fallback device (--allow-cpu-fallback)");
+            }
+            let backend = match first.take_if(|_| plan.settings == probe_settings) {
+                Some(b) => b,
+                None => load(&plan.settings)?,
+            };
+            backends.push(Box::new(backend));
+        }
+        drop(first);
+        let count = backends.len();
+        let placement: Vec<&str> = plans.iter().map(|p| p.label.as_str()).collect();
+        let instance = Instance::spawn_group(format!("{name}-{v}"), backends, 1024)
+            .map_err(|e| format!("model '{name}': cannot start instance thread: {e}"))?;
+        let scheduling = SchedulerConfig::from_model_config(&config);
+        tracing::info!(
+            version = v,
+            instances = count,
+            placement = ?placement,
+            dynamic_batching = scheduling.dynamic,
+            "loaded"
+        );
+        let scheduler = Scheduler::start(name.clone(), scheduling, instance, runtime);
+        Ok(LoadedModel { name: name.clone(), version: v, version_str: v.to_string(), config, io, scheduler })
+    }
+}
+
+/// Instances the config asks for (every group's count; at least one).
+fn instance_count(config: &ModelConfig) -> usize {
+    let n: i64 = config.instance_group.iter().map(|g| i64::from(g.count.max(1))).sum();
+    usize::try_from(n).unwrap_or(1).clamp(1, 64)
+}
+
+fn model_io(config: &ModelConfig, labels: &HashMap<String, Arc<Vec<String>>>) -> Result<ModelIo, String> {
+    let dt = |name: &str, v: i32| {
+        tern_core::DataType::from_config(v)
+            .ok_or_else(|| format!("model '{}': tensor '{name}': invalid data_type {v}", config.name))
+    };
+    let inputs = config
+        .input
+        .iter()
+        .map(|i| {
+            Ok(IoSpec {
+                name: i.name.clone(),
+                datatype: dt(&i.name, i.data_type)?,
+                dims: i.dims.clone(),
+                reshape: i.reshape.as_ref().map(|r| r.shape.clone()),
+                optional: i.optional,
+                labels: None,
+            })
+        })
+        .collect::<Result<_, String>>()?;
+    let outputs = config
+        .output
+        .iter()
+        .map(|o| {
+            Ok(IoSpec {
+                name: o.name.clone(),
+                datatype: dt(&o.name, o.data_type)?,
+                dims: o.dims.clone(),
+                reshape: o.reshape.as_ref().map(|r| r.shape.clone()),
+                optional: false,
+                labels: labels.get(&o.name).cloned(),
+            })
+        })
+        .collect::<Result<_, String>>()?;
+    Ok(ModelIo {
+        model: config.name.clone(),
+        max_batch_size: u32::try_from(config.max_batch_size).unwrap_or(0),
+        inputs,
+        outputs,
+    })
+}

@@ -1,0 +1,179 @@
+"""helm/tern through Helm's own Go SDK (helm-python-sdk): lint, schema, rendering, README."""
+
+from __future__ import annotations
+
+import json
+import re
+
+import helm_python as helm
+import pytest
+import yaml
+
+from deploylib import CHART, KUBERNETES_VERSION, NAMESPACE, RELEASE, VALUE_FILES, chart_objects, find, load_values, render_chart
+
+WARNING = 2  # helm lint severities: 1 info, 2 warning, 3 error
+
+
+@pytest.mark.parametrize("values_name", list(VALUE_FILES))
+def test_lint_strict(values_name):
+    report = helm.lint(
+        str(CHART), load_values(values_name), strict=True, namespace=NAMESPACE, kube_version=f"v{KUBERNETES_VERSION}"
+    )
+    problems = [m for m in report["messages"] if m["severity"] >= WARNING] + report["errors"]
+    assert report["total_charts_linted"] == 1
+    assert not problems, json.dumps(report, indent=2)
+
+
+@pytest.mark.parametrize("values_name", list(VALUE_FILES))
+def test_values_match_schema(values_name):
+    with helm.Chart.load(str(CHART)) as chart:
+        chart.validate_schema(load_values(values_name))
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        {"node": {"replicaz": 3}},
+        {"node": {"modelControlMode": "lazy"}},
+        {"models": {"source": "s3"}},
+        {"ports": {"grpc": 70000}},
+        {"tracing": {"sampleRatio": 2}},
+        {"gpu": {"count": 0}},
+    ],
+)
+def test_schema_rejects_bad_values(bad):
+    with helm.Chart.load(str(CHART)) as chart, pytest.raises(helm.HelmValuesError):
+        chart.validate_schema(bad)
+
+
+@pytest.mark.parametrize("values_name", list(VALUE_FILES))
+def test_renders_parseable_objects(values_name):
+    objs = chart_objects(values_name)
+    kinds = {o["kind"] for o in objs}
+    assert {"StatefulSet", "Service", "ConfigMap"} <= kinds
+    for o in objs:
+        assert o["metadata"]["name"] and len(o["metadata"]["name"]) <= 63, o["metadata"]
+        assert "namespace" in o["metadata"], f"{o['kind']} {o['metadata']['name']} has no namespace"
+    names = [(o["kind"], o["metadata"]["name"]) for o in objs]
+    assert len(names) == len(set(names)), f"duplicate objects: {names}"
+
+
+def test_default_render_objects():
+    kinds = sorted(o["kind"] for o in chart_objects("default"))
+    assert kinds == sorted(
+        [
+            "ConfigMap", "ConfigMap", "Deployment", "HorizontalPodAutoscaler", "NetworkPolicy",
+            "PersistentVolumeClaim", "PodDisruptionBudget", "PodDisruptionBudget", "Service", "Service",
+            "ServiceAccount", "ServiceAccount", "StatefulSet",
+        ]
+    ), "ServiceMonitor/PrometheusRule need the Prometheus Operator: off by default"
+
+
+def test_full_render_has_monitoring_and_init_container():
+    objs = chart_objects("full")
+    assert find(objs, "ServiceMonitor")["metadata"]["namespace"] == "monitoring"
+    assert find(objs, "PrometheusRule")["metadata"]["labels"]["release"] == "kps"
+    sts = find(objs, "StatefulSet")
+    pod = sts["spec"]["template"]["spec"]
+    assert pod["initContainers"][0]["image"] == "registry.example.com/models:v1"
+    assert [v for v in pod["volumes"] if v["name"] == "models"][0]["emptyDir"] == {"sizeLimit": "10Gi"}
+    assert not [o for o in objs if o["kind"] == "PersistentVolumeClaim"]
+    assert pod["runtimeClassName"] == "nvidia"
+    c = pod["containers"][0]
+    assert c["image"] == "registry.example.com/tern:1.2.3-cuda"
+    assert c["resources"]["limits"]["nvidia.com/gpu"] == 2
+    assert {"--server-name=triton", "--load-model=tiny", "--load-model=resnet"} <= set(c["args"])
+    assert pod["terminationGracePeriodSeconds"] == 60 + 10 + 10
+    router = find(objs, "Deployment")
+    assert router["spec"]["template"]["spec"]["containers"][0]["image"] == "registry.example.com/tern:1.2.3", (
+        "routers stay on the CPU image"
+    )
+
+
+def test_minimal_render_without_router_and_metrics():
+    objs = chart_objects("minimal")
+    assert not [o for o in objs if o["kind"] in ("Deployment", "HorizontalPodAutoscaler", "ServiceMonitor")]
+    sts = find(objs, "StatefulSet")
+    pod = sts["spec"]["template"]["spec"]
+    c = pod["containers"][0]
+    assert [p["name"] for p in c["ports"]] == ["grpc"]
+    assert "grpc" in c["readinessProbe"], "without metrics, readiness goes through gRPC health"
+    assert [v for v in pod["volumes"] if v["name"] == "models"][0]["hostPath"]["path"] == "/data/models"
+    assert pod["serviceAccountName"] == "default"
+    policy = find(objs, "NetworkPolicy")
+    assert policy["spec"]["ingress"] == [{"ports": [{"port": 8001, "protocol": "TCP"}]}], (
+        "no routers and no extraGrpcFrom: gRPC open, no metrics rule"
+    )
+
+
+def test_init_container_source_requires_image():
+    with helm.Chart.load(str(CHART)) as chart, pytest.raises(helm.HelmError, match="models.initContainer.image"):
+        chart.render({"models": {"source": "initContainer"}}, name=RELEASE, namespace=NAMESPACE)
+
+
+def test_load_models_need_explicit_mode():
+    with helm.Chart.load(str(CHART)) as chart, pytest.raises(helm.HelmError, match="explicit"):
+        chart.render({"node": {"loadModels": ["x"]}}, name=RELEASE, namespace=NAMESPACE)
+
+
+def test_config_change_rolls_pods():
+    with helm.Chart.load(str(CHART)) as chart:
+
+        def checksum(values):
+            out = chart.render(values, name=RELEASE, namespace=NAMESPACE)
+            sts = yaml.safe_load(out["tern/templates/node-statefulset.yaml"])
+            return sts["spec"]["template"]["metadata"]["annotations"]["checksum/config"]
+
+        assert checksum({}) != checksum({"node": {"exitTimeoutSecs": 31}})
+
+
+def test_release_name_other_than_tern():
+    with helm.Chart.load(str(CHART)) as chart:
+        out = chart.render({}, name="prod", namespace="ml")
+    objs = [d for k, t in out.items() if not k.endswith("NOTES.txt") for d in yaml.safe_load_all(t) if d]
+    names = {(o["kind"], o["metadata"]["name"]) for o in objs}
+    assert ("StatefulSet", "prod-tern-node") in names and ("Service", "prod-tern-node-headless") in names
+    cm = find(objs, "ConfigMap", "prod-tern-router-config")
+    assert cm["data"]["TERN_NODE_DNS"] == "prod-tern-node-headless.ml.svc.cluster.local:8001"
+
+
+@pytest.mark.parametrize("values_name", ["default", "minimal"])
+def test_notes_say_how_to_reach_the_service(values_name):
+    notes = render_chart(values_name)["tern/templates/NOTES.txt"]
+    assert "port-forward" in notes and "tritonclient" in notes
+    target = "svc/tern-router 8001:8001" if values_name == "default" else "pod/tern-node-0 8001:8001"
+    assert target in notes, notes
+
+
+def _leaf_paths(values, prefix=""):
+    opaque = {"podSecurityContext", "securityContext", "resources"}
+    for key, value in values.items():
+        path = f"{prefix}.{key}" if prefix else key
+        if isinstance(value, dict) and value and key not in opaque:
+            yield from _leaf_paths(value, path)
+        else:
+            yield path
+
+
+def test_readme_lists_every_value():
+    values = yaml.safe_load((CHART / "values.yaml").read_text())
+    readme = (CHART / "README.md").read_text()
+    listed = set(re.findall(r"^\| `([A-Za-z0-9_.]+)` \|", readme, re.M))
+    paths = set(_leaf_paths(values))
+    assert not paths - listed, f"values missing from helm/tern/README.md: {sorted(paths - listed)}"
+    assert not listed - paths, f"README lists values that do not exist: {sorted(listed - paths)}"
+
+
+def test_schema_covers_every_value():
+    schema = json.loads((CHART / "values.schema.json").read_text())
+    values = yaml.safe_load((CHART / "values.yaml").read_text())
+
+    def walk(v, s, path):
+        assert s.get("type") == "object" or "properties" in s, f"{path}: not an object in the schema"
+        for key, sub in v.items():
+            props = s.get("properties", {})
+            assert key in props or s.get("additionalProperties", True) is not False, f"{path}.{key} not in schema"
+            if isinstance(sub, dict) and key in props and "properties" in props[key]:
+                walk(sub, props[key], f"{path}.{key}")
+
+    walk(values, schema, "values")
