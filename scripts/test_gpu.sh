@@ -251,7 +251,7 @@ CFG
       # before (ORT's CUDA provider searches convolution algorithms per new input shape).
       cmax=$(tr ',' '\n' <<<"$NODE_CONCURRENCY" | sort -n | tail -1)
       wu=$(pa "$name" "$cmax" 2000 2)
-      log "warm-up $name c$cmax: $(grep -m1 -o 'Throughput: [0-9.]* infer/sec' <<<"$wu" || echo 'no stable number'); server: $(grep -m1 -o 'compute infer [0-9]* usec' <<<"$wu")"
+      log "warmed up $name at concurrency $cmax ($(grep -c 'Request concurrency' <<<"$wu") perf_analyzer pass, not recorded)"
       for c in ${NODE_CONCURRENCY//,/ }; do
         nvidia-smi --query-gpu=utilization.gpu --format=csv,noheader,nounits -lms 500 >"$TMP/util" 2>/dev/null &
         smi_pid=$!

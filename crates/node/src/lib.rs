@@ -113,9 +113,10 @@ pub async fn run(
         tracing::info!("shutting down: no new connections, finishing in-flight requests");
         let _ = stop_tx.send(());
     };
-    let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+    // Nagle's algorithm would hold small responses back ~40 ms; `Server::tcp_nodelay` does not
+    // apply to an incoming stream we hand over, so set it on the accepted sockets here.
+    let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
     let server = tonic::transport::Server::builder()
-        .tcp_nodelay(true)
         .add_service(inference)
         .add_service(health)
         .add_service(reflection)

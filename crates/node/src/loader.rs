@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use tern_backend::Instance;
-use tern_core::{IoSpec, ModelIo};
+use tern_core::{DataType, IoSpec, ModelIo, Tensor};
 use tern_proto::inference::ModelConfig;
 use tern_repository::ModelSource;
 use tern_scheduler::{Scheduler, SchedulerConfig};
@@ -102,6 +102,20 @@ pub fn load_version(
             backends.push(Box::new(backend));
         }
         drop(first);
+        // model_warmup: every instance runs the samples before the version is READY.
+        let samples = warmup_samples(&config, &source.dir)?;
+        for backend in &mut backends {
+            for (sample, inputs, count) in &samples {
+                for _ in 0..*count {
+                    backend
+                        .infer(inputs.clone(), &[])
+                        .map_err(|e| format!("model '{name}' version {v}: warmup '{sample}' failed: {e}"))?;
+                }
+            }
+        }
+        if !samples.is_empty() {
+            tracing::info!(version = v, samples = samples.len(), "warmup done");
+        }
         let count = backends.len();
         let placement: Vec<&str> = plans.iter().map(|p| p.label.as_str()).collect();
         let instance = Instance::spawn_group(format!("{name}-{v}"), backends, 1024)
@@ -117,6 +131,64 @@ pub fn load_version(
         let scheduler = Scheduler::start(name.clone(), scheduling, instance, runtime);
         Ok(LoadedModel { name: name.clone(), version: v, version_str: v.to_string(), config, io, scheduler })
     }
+}
+
+/// The inputs of each `model_warmup` sample: zeros, random values, or a file from the model's
+/// `warmup/` directory (Triton's layout), with the batch dimension when the model batches.
+fn warmup_samples(
+    config: &ModelConfig,
+    dir: &std::path::Path,
+) -> Result<Vec<(String, Vec<Tensor>, u32)>, String> {
+    use tern_proto::inference::model_warmup::input::InputDataType;
+    let model = &config.name;
+    let mut samples = Vec::new();
+    for w in &config.model_warmup {
+        let mut inputs = Vec::new();
+        for (name, input) in &w.inputs {
+            let datatype = DataType::from_config(input.data_type).ok_or_else(|| {
+                format!("model '{model}': warmup '{}': input '{name}' has no valid data_type", w.name)
+            })?;
+            let mut shape = input.dims.clone();
+            if config.max_batch_size > 0 {
+                shape.insert(0, i64::from(w.batch_size.max(1)));
+            }
+            let elements =
+                tern_core::request::element_count(&shape).filter(|&n| n <= 1 << 28).ok_or_else(|| {
+                    format!("model '{model}': warmup '{}': input '{name}' has an invalid shape", w.name)
+                })? as usize;
+            let data: Vec<u8> = match (&input.input_data_type, datatype.element_size()) {
+                (Some(InputDataType::InputDataFile(file)), _) => {
+                    if tern_repository::validate_model_name(file).is_err() {
+                        return Err(format!(
+                            "model '{model}': warmup file '{file}' must be a plain file name"
+                        ));
+                    }
+                    std::fs::read(dir.join("warmup").join(file))
+                        .map_err(|e| format!("model '{model}': warmup file '{file}': {e}"))?
+                }
+                // BYTES: each element an empty string (zeros) or 4 random bytes.
+                (Some(InputDataType::RandomData(true)), None) => (0..elements)
+                    .flat_map(|i| [4u8, 0, 0, 0].into_iter().chain((i as u32).to_le_bytes()))
+                    .collect(),
+                (_, None) => vec![0u8; elements * 4],
+                (Some(InputDataType::RandomData(true)), Some(size)) if datatype == DataType::Fp32 => {
+                    // Random but finite: floats in [0, 1) from a small LCG.
+                    let mut x = 0x2545_f491u32;
+                    let _ = size;
+                    (0..elements)
+                        .flat_map(|_| {
+                            x = x.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
+                            ((x >> 8) as f32 / (1u32 << 24) as f32).to_le_bytes()
+                        })
+                        .collect()
+                }
+                (_, Some(size)) => vec![0u8; elements * size],
+            };
+            inputs.push(Tensor { name: name.clone(), datatype, shape, data: bytes::Bytes::from(data) });
+        }
+        samples.push((w.name.clone(), inputs, w.count.max(1)));
+    }
+    Ok(samples)
 }
 
 /// Instances the config asks for (every group's count; at least one).
