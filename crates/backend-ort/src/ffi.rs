@@ -163,3 +163,23 @@ fn device_count(library: &libloading::Library) -> Result<u32, String> {
     };
     Err(format!("cudaGetDeviceCount failed with error {status} ({message})"))
 }
+
+/// Hands memory that freed sessions left in the C allocator back to the OS (glibc's
+/// `malloc_trim`; a no-op where the C library has none). ONNX Runtime frees a session's
+/// weights and arenas with `free`, but glibc keeps those pages mapped in its per-thread arenas,
+/// so without this an unloaded model's memory stays in the RSS and load/unload cycles ratchet
+/// it up. Returns whether memory was released.
+pub fn release_freed_memory() -> bool {
+    #[cfg(unix)]
+    {
+        let this = libloading::os::unix::Library::this();
+        // SAFETY: `malloc_trim` is glibc's `int malloc_trim(size_t pad)`; it takes no pointers and
+        // is safe to call from any thread at any time.
+        let trim = unsafe { this.get::<unsafe extern "C" fn(usize) -> i32>(b"malloc_trim\0") };
+        if let Ok(trim) = trim {
+            // SAFETY: see above.
+            return unsafe { trim(0) } == 1;
+        }
+    }
+    false
+}

@@ -43,6 +43,7 @@ use std::path::PathBuf;
 
 pub use accelerators::{Device, GpuSettings, TensorRtOptions, TensorRtPrecision};
 pub use backend::OrtBackend;
+pub use ffi::release_freed_memory;
 pub use placement::{GpuSupport, InstancePlan, instance_plan, placed_instance_groups, plan_instances};
 pub use runtime::{RuntimeInfo, init_runtime};
 pub use settings::{GraphOptimization, SessionSettings, session_settings};

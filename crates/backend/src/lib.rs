@@ -70,6 +70,17 @@ struct Job {
     reply: oneshot::Sender<(BatchResult, ExecTimings)>,
 }
 
+/// See [`Instance::finished`].
+#[derive(Clone)]
+pub struct Finished(tokio::sync::watch::Receiver<usize>);
+
+impl Finished {
+    /// Resolves when every instance thread has ended.
+    pub async fn wait(mut self) {
+        let _ = self.0.wait_for(|n| *n == 0).await;
+    }
+}
+
 /// The instances of one model: one dedicated OS thread per [`Backend`], all serving one FIFO
 /// queue, so a job goes to whichever instance is free first. Cloning the handle is cheap; the
 /// threads end when the last handle is dropped and the jobs already queued are done.
@@ -78,6 +89,8 @@ pub struct Instance {
     name: String,
     count: usize,
     jobs_tx: mpsc::Sender<Job>,
+    /// How many instance threads are still running.
+    live_rx: tokio::sync::watch::Receiver<usize>,
 }
 
 impl Instance {
@@ -95,13 +108,24 @@ impl Instance {
         let (jobs_tx, jobs_rx) = mpsc::channel(queue.max(1));
         let jobs_rx = Arc::new(Mutex::new(jobs_rx));
         let count = backends.len();
+        let (live_tx, live_rx) = tokio::sync::watch::channel(count);
+        let live_tx = Arc::new(live_tx);
         for (i, backend) in backends.into_iter().enumerate() {
             let jobs_rx = jobs_rx.clone();
-            thread::Builder::new()
-                .name(format!("tern-{name}-{i}"))
-                .spawn(move || instance_task(backend, &jobs_rx))?;
+            let live_tx = live_tx.clone();
+            thread::Builder::new().name(format!("tern-{name}-{i}")).spawn(move || {
+                instance_task(backend, &jobs_rx);
+                // The backend (and its session) has been dropped by now.
+                live_tx.send_modify(|n| *n = n.saturating_sub(1));
+            })?;
         }
-        Ok(Instance { name, count, jobs_tx })
+        Ok(Instance { name, count, jobs_tx, live_rx })
+    }
+
+    /// A signal that the instance threads have ended and dropped their backends (once the last
+    /// handle is gone and the queued jobs are done). Holding it does not keep them alive.
+    pub fn finished(&self) -> Finished {
+        Finished(self.live_rx.clone())
     }
 
     /// How many instances serve the queue.

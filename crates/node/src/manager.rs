@@ -480,10 +480,14 @@ impl ModelManager {
         entry
     }
 
-    /// Waits (bounded) until no request holds the versions of `old`, then lets them drop.
+    /// Waits (bounded) until no request holds the versions of `old`, lets them drop, waits for
+    /// their instance threads to free the sessions, and hands the freed memory back to the OS.
     async fn drain(&self, old: ModelEntry) {
         let models: Vec<Arc<LoadedModel>> = old.ready().cloned().collect();
         drop(old);
+        if models.is_empty() {
+            return;
+        }
         let deadline = Instant::now() + self.drain_timeout;
         for m in &models {
             while Arc::strong_count(m) > 1 && Instant::now() < deadline {
@@ -492,6 +496,12 @@ impl ModelManager {
         }
         if models.iter().any(|m| Arc::strong_count(m) > 1) {
             tracing::warn!("drain timeout: requests still hold an unloaded model; it is freed when they end");
+        }
+        let finished: Vec<_> = models.iter().map(|m| m.scheduler.finished()).collect();
+        drop(models);
+        let all = futures::future::join_all(finished.into_iter().map(|f| f.wait()));
+        if tokio::time::timeout_at(deadline.into(), all).await.is_ok() {
+            tern_backend_ort::release_freed_memory();
         }
     }
 }

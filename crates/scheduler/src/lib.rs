@@ -57,6 +57,7 @@ struct Shared {
 pub struct Scheduler {
     shared: Arc<Shared>,
     config: SchedulerConfig,
+    instance_finished: tern_backend::Finished,
 }
 
 impl Scheduler {
@@ -74,8 +75,15 @@ impl Scheduler {
             stats: Arc::new(ModelStats::new(config.max_batch_size)),
             closed: AtomicBool::new(false),
         });
+        let instance_finished = instance.finished();
         runtime.spawn(batch_task(shared.clone(), instance, config.max_batch_size > 0));
-        Scheduler { shared, config }
+        Scheduler { shared, config, instance_finished }
+    }
+
+    /// Resolves when this model's instances have ended (after the scheduler is dropped and
+    /// its queued requests are done): its sessions are freed by then.
+    pub fn finished(&self) -> tern_backend::Finished {
+        self.instance_finished.clone()
     }
 
     pub fn stats(&self) -> &Arc<ModelStats> {
