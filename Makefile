@@ -70,3 +70,11 @@ test-gpu:
 .PHONY: test-deploy-k8s
 test-deploy-k8s:
 	TERN_NODE_BIN=$(ROOT)/target/release/tern-node $(VENV_PY) -m pytest -q tests/deploy
+
+## Benchmarks (benches/README.md): the in-process ceiling, tern-node and real Triton (PyPI
+## nvidia-pytriton's tritonserver, installed into benches/.peer-venv) under perf_analyzer, and
+## memory; rewrites its section of benches/RESULTS.md. About 15-20 min on 2 cores;
+## `make bench QUICK=1` under 5; NO_TRITON=1 skips the peer.
+.PHONY: bench
+bench:
+	QUICK=$(QUICK) NO_TRITON=$(NO_TRITON) CARGO_FLAGS="$(CARGO_FLAGS)" bash benches/run.sh

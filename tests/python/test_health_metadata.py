@@ -239,7 +239,11 @@ def test_repository_index(client):
     by_name = {m["name"]: m for m in models}
     assert sorted(by_name) == ALL_MODELS
     for m in models:
-        assert m == {"name": m["name"], "version": "1", "state": "READY"}, m
+        # versioned_scale serves versions 1-3 (version_policy all): one row per version.
+        expected_version = m["version"] if m["name"] == "versioned_scale" else "1"
+        assert m == {"name": m["name"], "version": expected_version, "state": "READY"}, m
+    scale_versions = [m["version"] for m in models if m["name"] == "versioned_scale"]
+    assert scale_versions == ["1", "2", "3"]
     assert [m["name"] for m in models] == sorted(m["name"] for m in models)
 
 

@@ -1,0 +1,15 @@
+#!/usr/bin/env bash
+# `make bench` / `make bench QUICK=1`: sets up, builds, installs the Triton peer, then runs
+# benches/bench.py, which measures and rewrites its section of benches/RESULTS.md.
+#   QUICK=1     tiny_add + light_resnet50 at c=1,4 with 2 s windows (+ Triton tiny_add): < 5 min
+#   NO_TRITON=1 skip the real-Triton peer (no download of nvidia-pytriton)
+# Measure on a quiet machine: every number here shares the cores with whatever else runs.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/setup.sh
+cargo build ${CARGO_FLAGS:---release --locked} -p tern-node -p tern-benches
+.venv/bin/python examples/build_model_repository.py examples/model_repository >/dev/null
+args=()
+[ "${QUICK:-0}" = 1 ] && args+=(--quick)
+if [ "${NO_TRITON:-0}" = 1 ]; then args+=(--no-triton); else bash benches/peer/setup.sh; fi
+exec .venv/bin/python benches/bench.py "${args[@]}"
