@@ -38,10 +38,22 @@ pub struct InferJob {
     pub timeout: Option<Duration>,
 }
 
+type Reply = oneshot::Sender<Result<Vec<Tensor>, RequestError>>;
+
 struct Item {
+    /// Arrival order, for `preserve_ordering`.
+    seq: u64,
     inputs: Vec<Tensor>,
     outputs: Vec<String>,
-    reply: oneshot::Sender<Result<Vec<Tensor>, RequestError>>,
+    reply: Reply,
+}
+
+/// Responses held back until every earlier request has its answer (`preserve_ordering`).
+#[derive(Default)]
+struct Reorder {
+    next_seq: u64,
+    next_release: u64,
+    done: std::collections::BTreeMap<u64, (Reply, Result<Vec<Tensor>, RequestError>)>,
 }
 
 struct Shared {
@@ -50,6 +62,27 @@ struct Shared {
     notify: Notify,
     stats: Arc<ModelStats>,
     closed: AtomicBool,
+    preserve_ordering: bool,
+    order: Mutex<Reorder>,
+}
+
+impl Shared {
+    /// Answers one request: at once, or in arrival order with `preserve_ordering`.
+    fn respond(&self, seq: u64, reply: Reply, result: Result<Vec<Tensor>, RequestError>) {
+        if !self.preserve_ordering {
+            let _ = reply.send(result);
+            return;
+        }
+        let Ok(mut order) = self.order.lock() else { return };
+        order.done.insert(seq, (reply, result));
+        loop {
+            let next = order.next_release;
+            let Some((reply, result)) = order.done.remove(&next) else { break };
+            order.next_release += 1;
+            // A cancelled caller is gone; its turn passes all the same.
+            let _ = reply.send(result);
+        }
+    }
 }
 
 /// The scheduler of one model version. Dropping it lets the queued requests finish, then ends
@@ -74,6 +107,8 @@ impl Scheduler {
             notify: Notify::new(),
             stats: Arc::new(ModelStats::new(config.max_batch_size)),
             closed: AtomicBool::new(false),
+            preserve_ordering: config.preserve_ordering,
+            order: Mutex::new(Reorder::default()),
         });
         let instance_finished = instance.finished();
         runtime.spawn(batch_task(shared.clone(), instance, config.max_batch_size > 0));
@@ -112,8 +147,8 @@ impl Scheduler {
             .map(|t| if batching { t.shape.get(1..).unwrap_or(&[]).to_vec() } else { t.shape.clone() })
             .collect();
         let (reply, reply_rx) = oneshot::channel();
-        let pending = Pending {
-            item: Item { inputs: job.inputs, outputs: job.outputs, reply },
+        let mut pending = Pending {
+            item: Item { seq: 0, inputs: job.inputs, outputs: job.outputs, reply },
             rows: job.rows,
             shape_key,
             level,
@@ -121,7 +156,17 @@ impl Scheduler {
             deadline: timeout.map(|t| enqueued + t),
         };
         let pushed = match self.shared.state.lock() {
-            Ok(mut state) => state.push(pending).is_ok(),
+            Ok(mut state) => {
+                // Numbered under the queue lock, so the numbers follow arrival order; a
+                // rejected request takes no number.
+                let mut order = self.shared.order.lock().unwrap_or_else(|e| e.into_inner());
+                pending.item.seq = order.next_seq;
+                let ok = state.push(pending).is_ok();
+                if ok {
+                    order.next_seq += 1;
+                }
+                ok
+            }
             Err(_) => false,
         };
         if !pushed {
@@ -175,7 +220,7 @@ async fn batch_task(shared: Arc<Shared>, instance: Instance, batching: bool) {
                 FailureReason::Rejected => format!("Request timeout expired for model '{}'", shared.model),
                 _ => format!("request for model '{}' was cancelled", shared.model),
             };
-            let _ = p.item.reply.send(Err(RequestError::Unavailable(message)));
+            shared.respond(p.item.seq, p.item.reply, Err(RequestError::Unavailable(message)));
         }
         if !next.run.is_empty()
             && let Some(p) = permit.take()
@@ -223,7 +268,7 @@ async fn execute(
     let mut requests = Vec::with_capacity(batch.len());
     for p in batch {
         requests.push(p.item.inputs);
-        waiting.push((p.enqueued, p.item.outputs, p.item.reply));
+        waiting.push((p.enqueued, p.item.seq, p.item.outputs, p.item.reply));
     }
     let (result, t) = instance.run_batch(BatchJob { requests, rows, outputs: outputs.clone() }).await;
     drop(permit);
@@ -231,7 +276,7 @@ async fn execute(
     match result {
         Ok(per_request) => {
             stats.record_execution(batch_size, t.compute_input, t.compute_infer, t.compute_output);
-            for ((enqueued, wanted, reply), outs) in waiting.into_iter().zip(per_request) {
+            for ((enqueued, seq, wanted, reply), outs) in waiting.into_iter().zip(per_request) {
                 let outs = if wanted == outputs { Ok(outs) } else { select_outputs(&outs, &wanted) };
                 let queue = t.started.map_or(Duration::ZERO, |s| s.saturating_duration_since(enqueued));
                 match outs {
@@ -243,11 +288,11 @@ async fn execute(
                             t.compute_output,
                             enqueued.elapsed(),
                         );
-                        let _ = reply.send(Ok(outs));
+                        shared.respond(seq, reply, Ok(outs));
                     }
                     Err(e) => {
                         stats.record_failure(FailureReason::Backend, enqueued.elapsed());
-                        let _ = reply.send(Err(backend_error(&shared.model, e).1));
+                        shared.respond(seq, reply, Err(backend_error(&shared.model, e).1));
                     }
                 }
             }
@@ -257,9 +302,9 @@ async fn execute(
             if reason == FailureReason::Backend {
                 tracing::error!(model = %shared.model, error = %error, "execution failed");
             }
-            for (enqueued, _, reply) in waiting {
+            for (enqueued, seq, _, reply) in waiting {
                 stats.record_failure(reason, enqueued.elapsed());
-                let _ = reply.send(Err(error.clone()));
+                shared.respond(seq, reply, Err(error.clone()));
             }
         }
     }

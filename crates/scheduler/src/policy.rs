@@ -72,6 +72,8 @@ pub struct SchedulerConfig {
     /// Batch sizes worth sending at once, ascending.
     pub preferred_batch_sizes: Vec<u32>,
     pub max_queue_delay: Duration,
+    /// Responses leave in the order the requests arrived (`preserve_ordering`).
+    pub preserve_ordering: bool,
     /// Priority levels (1 is served first); 1 level when the config sets none.
     pub priority_levels: u32,
     pub default_priority: u32,
@@ -115,6 +117,7 @@ impl SchedulerConfig {
                     dynamic: max_batch_size > 0,
                     preferred_batch_sizes: preferred,
                     max_queue_delay: Duration::from_micros(db.max_queue_delay_microseconds),
+                    preserve_ordering: db.preserve_ordering,
                     priority_levels: levels,
                     default_priority,
                     policies,
@@ -125,6 +128,7 @@ impl SchedulerConfig {
                 dynamic: false,
                 preferred_batch_sizes: Vec::new(),
                 max_queue_delay: Duration::ZERO,
+                preserve_ordering: false,
                 priority_levels: 1,
                 default_priority: 1,
                 policies: vec![QueuePolicy::default()],

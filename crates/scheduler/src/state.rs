@@ -218,6 +218,7 @@ mod tests {
             dynamic: true,
             preferred_batch_sizes: preferred.to_vec(),
             max_queue_delay: Duration::from_micros(delay_us),
+            preserve_ordering: false,
             priority_levels: 1,
             default_priority: 1,
             policies: vec![QueuePolicy::default()],

@@ -69,6 +69,7 @@ fn config(max: u32, preferred: &[u32], delay: Duration) -> SchedulerConfig {
         dynamic: true,
         preferred_batch_sizes: preferred.to_vec(),
         max_queue_delay: delay,
+        preserve_ordering: false,
         priority_levels: 1,
         default_priority: 1,
         policies: vec![QueuePolicy::default()],
@@ -226,4 +227,55 @@ async fn cancelled_and_timed_out_requests_never_run() {
     let count = |reason| s.failures.iter().find(|(r, _)| *r == reason).map(|(_, n)| *n);
     assert_eq!(count(FailureReason::Canceled), Some(1));
     assert_eq!(count(FailureReason::Rejected), Some(1));
+}
+
+/// Blocks only executions whose first element is 0.0; the others run at once.
+struct GateOnZero {
+    gate: Arc<Gate>,
+}
+
+impl Backend for GateOnZero {
+    fn infer(&mut self, inputs: Vec<Tensor>, outputs: &[String]) -> Result<Vec<Tensor>, BackendError> {
+        let first = inputs
+            .first()
+            .and_then(|t| t.data.get(..4))
+            .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]));
+        if first == Some(0.0) {
+            self.gate.acquire()?;
+        }
+        AddOne { seen: Arc::default(), gate: None }.infer(inputs, outputs)
+    }
+}
+
+async fn ordering_run(preserve: bool) -> bool {
+    let gate = Arc::new(Gate::default());
+    let backends: Vec<Box<dyn Backend>> =
+        vec![Box::new(GateOnZero { gate: gate.clone() }), Box::new(GateOnZero { gate: gate.clone() })];
+    let instance = Instance::spawn_group("ordering".into(), backends, 4).expect("spawn");
+    let mut cfg = config(8, &[], Duration::ZERO);
+    cfg.dynamic = false;
+    cfg.preserve_ordering = preserve;
+    let scheduler = Arc::new(Scheduler::start("m".into(), cfg, instance, &tokio::runtime::Handle::current()));
+    let slow = {
+        let s = scheduler.clone();
+        tokio::spawn(async move { s.infer(job(1, 0.0)).await })
+    };
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let fast = {
+        let s = scheduler.clone();
+        tokio::spawn(async move { s.infer(job(1, 5.0)).await })
+    };
+    // The fast request runs on the second instance while the first is blocked.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let fast_answered_first = fast.is_finished();
+    gate.add_permits(1);
+    assert_eq!(values(&slow.await.expect("join").expect("slow")), vec![1.0; 2]);
+    assert_eq!(values(&fast.await.expect("join").expect("fast")), vec![6.0; 2]);
+    fast_answered_first
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn preserve_ordering_holds_later_responses_back() {
+    assert!(ordering_run(false).await, "without preserve_ordering the fast request answers first");
+    assert!(!ordering_run(true).await, "with preserve_ordering it waits for the earlier request");
 }
