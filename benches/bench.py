@@ -38,6 +38,7 @@ PA_LIB = ROOT / ".tern/perf_analyzer/lib"
 ORT_LIB = Path(os.environ.get("ORT_DYLIB_PATH", ROOT / ".tern/onnxruntime/libonnxruntime.so.1.31.1"))
 PEER_VENV = ROOT / "benches/.peer-venv"
 PEER_DIST = ROOT / "benches/out/peer/tritonserver"
+QUIET_WAIT = float(os.environ.get("BENCH_QUIET_WAIT", "120"))  # s to wait for other CPU work to stop
 MODELS = ["tiny_add", "light_resnet50", "identity_string"]
 BEGIN = "<!-- make bench {mode}: begin (written by benches/bench.py; replaced on each run) -->"
 END = "<!-- make bench {mode}: end -->"
@@ -218,6 +219,47 @@ def pss_kb(pid):
     return 0
 
 
+CLK = os.sysconf("SC_CLK_TCK")
+
+
+def busy_seconds():
+    """CPU seconds the whole machine has been busy (all cores, /proc/stat)."""
+    f = [int(x) for x in open("/proc/stat").readline().split()[1:]]
+    idle = f[3] + (f[4] if len(f) > 4 else 0)
+    return (sum(f[:8]) - idle) / CLK
+
+
+def tree_cpu_seconds(pid):
+    total = 0
+    for p in tree(pid):
+        try:
+            fields = open(f"/proc/{p}/stat").read().rsplit(")", 1)[1].split()
+            total += int(fields[11]) + int(fields[12])
+        except (OSError, IndexError, ValueError):
+            pass
+    return total / CLK
+
+
+def children_cpu_seconds():
+    import resource
+
+    r = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return r.ru_utime + r.ru_stime
+
+
+def wait_quiet(max_wait, threshold=0.25):
+    """Waits (up to max_wait s) until the machine is idle (< threshold cores busy over 2 s).
+    Returns the seconds waited, or None if it never got quiet."""
+    t0 = time.time()
+    while True:
+        b = busy_seconds()
+        time.sleep(2)
+        if (busy_seconds() - b) / 2 < threshold:
+            return time.time() - t0
+        if time.time() - t0 >= max_wait:
+            return None
+
+
 def memory(pid):
     pids = tree(pid)
     return {
@@ -311,7 +353,7 @@ class Server:
 
 
 def hist_quantile(before, after, q):
-    if not before or not after:
+    if before is None or after is None:
         return None
     les = sorted(after)
     cum = [(le, after[le] - before.get(le, 0)) for le in les]
@@ -337,7 +379,11 @@ def ceiling(plan, out, commands):
            "--batch", ",".join(map(str, plan.ceiling_batches)), "--seconds", str(plan.ceiling_seconds),
            "--warmup", "3", "--rows-only"]
     commands.append(f"ORT_DYLIB_PATH={rel(ORT_LIB)} " + " ".join(rel(c) for c in cmd))
+    wait_quiet(QUIET_WAIT)
+    b0, c0, t0 = busy_seconds(), children_cpu_seconds(), time.time()
     r = sh(cmd, env=dict(os.environ, ORT_DYLIB_PATH=str(ORT_LIB)), cwd=ROOT)
+    other = max(busy_seconds() - b0 - (children_cpu_seconds() - c0), 0) / (time.time() - t0)
+    print(f"[bench]   other CPU work during the ceiling: {other:.2f} cores", flush=True)
     (out / "ceiling.txt").write_text(r.stdout + r.stderr)
     if r.returncode != 0:
         raise RuntimeError(f"ceiling failed: {r.stderr[-2000:]}")
@@ -345,7 +391,8 @@ def ceiling(plan, out, commands):
     for line in r.stdout.splitlines():
         cells = [c.strip() for c in line.strip().strip("|").split("|")]
         if len(cells) == 5 and cells[1].isdigit():
-            rows.append({"batch": int(cells[1]), "runs": int(cells[2]), "ips": float(cells[3]), "ms": float(cells[4])})
+            rows.append({"batch": int(cells[1]), "runs": int(cells[2]), "ips": float(cells[3]), "ms": float(cells[4]),
+                         "other": other})
     return rows
 
 
@@ -361,10 +408,17 @@ def pa_point(plan, server, model, conc, out, commands):
                "--max-trials", str(trials), "-f", str(csv_path)]
         if model == "identity_string":
             cmd += ["--string-length", "32"]
+        waited = wait_quiet(QUIET_WAIT)
+        if waited is None or waited > 3:
+            print(f"[bench]   (waited {QUIET_WAIT if waited is None else waited:.0f} s for other work to stop"
+                  f"{'; still busy' if waited is None else ''})", flush=True)
         before = server.latency_hist(model)
-        t0 = time.time()
+        t0, b0, s0, c0 = time.time(), busy_seconds(), tree_cpu_seconds(server.proc.pid), children_cpu_seconds()
         r = sh(cmd, env=dict(os.environ, LD_LIBRARY_PATH=str(PA_LIB)), timeout=600)
         took = time.time() - t0
+        srv_cpu = tree_cpu_seconds(server.proc.pid) - s0
+        pa_cpu = children_cpu_seconds() - c0
+        other_cpu = busy_seconds() - b0 - srv_cpu - pa_cpu
         after = server.latency_hist(model)
         (out / f"{tag}.try{n}.txt").write_text(" ".join(cmd) + "\n\n" + r.stdout + r.stderr)
         if r.returncode == 0 and csv_path.exists():
@@ -377,6 +431,7 @@ def pa_point(plan, server, model, conc, out, commands):
         "server": server.kind, "model": model, "conc": conc, "ips": float(row["Inferences/Second"]),
         "p50": float(row["p50 latency"]) / 1000, "p99": float(row["p99 latency"]) / 1000,
         "avg": float(row.get("Avg latency") or 0) / 1000, "stable": n == 0, "stability": stab, "seconds": took,
+        "srv_cores": srv_cpu / took, "pa_cores": pa_cpu / took, "other_cores": max(other_cpu, 0) / took,
         "srv_queue": float(row.get("Server Queue") or 0),
         "srv_compute": sum(float(row.get(k) or 0) for k in
                            ("Server Compute Input", "Server Compute Infer", "Server Compute Output")),
@@ -473,6 +528,9 @@ def report(plan, mach, vers, ceil, results, mems, cycles, commands, out, started
     L.append("|---:|---:|---:|---:|")
     for r in ceil:
         L.append(f"| {r['batch']} | {r['runs']} | {r['ips']:.1f} | {r['ms']:.1f} |")
+    if ceil:
+        L.append("")
+        L.append(f"Other CPU work on the machine during these rows: {ceil[0]['other']:.2f} cores on average.")
     L.append("")
 
     # Served
@@ -482,13 +540,15 @@ def report(plan, mach, vers, ceil, results, mems, cycles, commands, out, started
     L.append("infer/s = rows/s; p50/p99 = client latency; server avg = the server's own statistics "
              "(ModelStatistics, as perf_analyzer reports them); server p50/p99 = tern-node's "
              "`tern_inference_request_latency_us` histogram over the run (interpolated in fine buckets); "
-             "avg batch = inference count / execution count. ×Triton: tern-node (batching as configured) over "
+             "avg batch = inference count / execution count; cores = CPU seconds per second of the point "
+             "(the server's process tree, perf_analyzer, and everything else on the machine: `other` above "
+             "~0.1 means the point was disturbed). ×Triton: tern-node (batching as configured) over "
              "Triton at the same point; ×ceiling: served over the best in-process rate at a batch the config "
              "allows (≤ 8).")
     L.append("")
     L.append("| model | server | c | infer/s | p50 ms | p99 ms | server avg µs | server p50 µs | server p99 µs | "
-             "avg batch | ×Triton | ×ceiling | stable |")
-    L.append("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|")
+             "avg batch | ×Triton | ×ceiling | stable | cores: server / client / other |")
+    L.append("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---|")
     for model in MODELS:
         for server in ("tern", "tern-nobatch", "triton"):
             for conc in (1, 4, 8, 16):
@@ -497,7 +557,7 @@ def report(plan, mach, vers, ceil, results, mems, cycles, commands, out, started
                     continue
                 if "error" in r:
                     L.append(f"| {model} | {server} | {conc} | failed: {r['error'][-120:].strip()!r} |"
-                             " | | | | | | | | |")
+                             " | | | | | | | | | |")
                     continue
                 tri = by.get(("triton", model, conc))
                 x_tri = f"{r['ips'] / tri['ips']:.2f}" if server == "tern" and tri and "error" not in tri else ""
@@ -505,7 +565,8 @@ def report(plan, mach, vers, ceil, results, mems, cycles, commands, out, started
                 L.append(f"| {model} | {server} | {conc} | {fmt(r['ips'])} | {r['p50']:.2f} | {r['p99']:.2f} | "
                          f"{fmt(r['srv_avg_us'], 0)} | {fmt(r['srv_p50_us'], 0)} | {fmt(r['srv_p99_us'], 0)} | "
                          f"{fmt(r['avg_batch'], 1)} | {x_tri} | {x_ceil} | "
-                         f"{'yes' if r['stable'] else 'no (±' + str(r['stability']) + '%)'} |")
+                         f"{'yes' if r['stable'] else 'no (±' + str(r['stability']) + '%)'} | "
+                         f"{r['srv_cores']:.2f} / {r['pa_cores']:.2f} / {r['other_cores']:.2f} |")
     L.append("")
 
     # Targets
@@ -605,6 +666,16 @@ def main():
     out.mkdir(parents=True, exist_ok=True)
     mach = machine()
     commands = []
+    # Run copies: a build elsewhere in the tree must not swap a binary between servers.
+    global NODE, CEILING
+    (out / "bin").mkdir(exist_ok=True)
+    for name in ("NODE", "CEILING"):
+        src = globals()[name]
+        dst = out / "bin" / src.name
+        shutil.copy2(src, dst)
+        globals()[name] = dst
+    commands.append(f"# binaries: copies of target/release/{{tern-node,ceiling}} in {rel(out)}/bin, "
+                    f"built {dt.datetime.fromtimestamp(NODE.stat().st_mtime, dt.timezone.utc):%H:%M} UTC")
     print(f"[bench] {'quick' if plan.quick else 'full'} run, raw outputs in {rel(out)}", flush=True)
     repos = make_repos(out, plan)
 

@@ -185,19 +185,20 @@ fn execute(backend: &mut dyn Backend, job: BatchJob, timings: &mut ExecTimings) 
     if requests.len() == 1 {
         // One request: its buffers go to the backend as they are.
         let t = std::time::Instant::now();
-        let out = backend.infer(requests.pop().unwrap_or_default(), &outputs)?;
+        let out = tracing::info_span!("compute_infer")
+            .in_scope(|| backend.infer(requests.pop().unwrap_or_default(), &outputs))?;
         timings.compute_infer = t.elapsed();
         return Ok(vec![out]);
     }
     let t = std::time::Instant::now();
-    let inputs = batch::concat_inputs(&requests)?;
+    let inputs = tracing::info_span!("compute_input").in_scope(|| batch::concat_inputs(&requests))?;
     drop(requests);
     timings.compute_input = t.elapsed();
     let t = std::time::Instant::now();
-    let out = backend.infer(inputs, &outputs)?;
+    let out = tracing::info_span!("compute_infer").in_scope(|| backend.infer(inputs, &outputs))?;
     timings.compute_infer = t.elapsed();
     let t = std::time::Instant::now();
-    let split = batch::split_outputs(out, &rows)?;
+    let split = tracing::info_span!("compute_output").in_scope(|| batch::split_outputs(out, &rows))?;
     timings.compute_output = t.elapsed();
     Ok(split)
 }

@@ -8,6 +8,7 @@ use futures::{Stream, StreamExt};
 use tern_core::{DataType, RequestError, Tensor, classify, validate_request};
 use tern_proto::inference::{self as pb, grpc_inference_service_server::GrpcInferenceService};
 use tonic::{Request, Response, Status, Streaming};
+use tracing::Instrument;
 
 use tern_scheduler::{FailureReason, InferJob, StatsSnapshot};
 
@@ -173,6 +174,18 @@ fn statistics_proto(name: &str, version: &str, s: &StatsSnapshot) -> pb::ModelSt
     }
 }
 
+/// One span per request; the scheduler hangs its queue span under it and links the batch
+/// span to it, and `trace_id` shows in the request's log lines once set.
+fn request_span(req: &pb::ModelInferRequest) -> tracing::Span {
+    tracing::info_span!(
+        "infer",
+        model = %req.model_name,
+        version = %req.model_version,
+        id = %req.id,
+        trace_id = tracing::field::Empty
+    )
+}
+
 fn unimplemented<T>(what: &str) -> Result<Response<T>, Status> {
     Err(Status::unimplemented(format!("{what} is not implemented by this Tern node yet")))
 }
@@ -245,7 +258,9 @@ impl GrpcInferenceService for NodeService {
         &self,
         req: Request<pb::ModelInferRequest>,
     ) -> Result<Response<pb::ModelInferResponse>, Status> {
-        let response = self.infer(req.into_inner()).await?;
+        let span = request_span(req.get_ref());
+        tern_telemetry::set_parent_from_metadata(&span, req.metadata());
+        let response = self.infer(req.into_inner()).instrument(span).await?;
         Ok(Response::new(response))
     }
 
@@ -256,10 +271,16 @@ impl GrpcInferenceService for NodeService {
         req: Request<Streaming<pb::ModelInferRequest>>,
     ) -> Result<Response<Self::ModelStreamInferStream>, Status> {
         let service = self.clone();
+        let metadata = req.metadata().clone();
         let responses = req
             .into_inner()
             .map(move |msg| {
                 let service = service.clone();
+                let span = match &msg {
+                    Ok(r) => request_span(r),
+                    Err(_) => tracing::Span::none(),
+                };
+                tern_telemetry::set_parent_from_metadata(&span, &metadata);
                 async move {
                     let req = msg?;
                     let (model_name, id) = (req.model_name.clone(), req.id.clone());
@@ -279,6 +300,7 @@ impl GrpcInferenceService for NodeService {
                         },
                     })
                 }
+                .instrument(span)
             })
             .buffered(STREAM_CONCURRENCY);
         Ok(Response::new(Box::pin(responses)))

@@ -19,6 +19,7 @@ use std::time::{Duration, Instant};
 use tern_backend::{BackendError, BatchJob, Instance, batch::select_outputs};
 use tern_core::{RequestError, Tensor};
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, oneshot};
+use tracing::Instrument;
 
 pub use policy::SchedulerConfig;
 use state::{BatchState, Pending};
@@ -43,6 +44,9 @@ type Reply = oneshot::Sender<Result<Vec<Tensor>, RequestError>>;
 struct Item {
     /// Arrival order, for `preserve_ordering`.
     seq: u64,
+    /// The request's span, and its `queue` child, closed when the request is dispatched.
+    span: tracing::Span,
+    queue_span: tracing::Span,
     inputs: Vec<Tensor>,
     outputs: Vec<String>,
     reply: Reply,
@@ -148,7 +152,14 @@ impl Scheduler {
             .collect();
         let (reply, reply_rx) = oneshot::channel();
         let mut pending = Pending {
-            item: Item { seq: 0, inputs: job.inputs, outputs: job.outputs, reply },
+            item: Item {
+                seq: 0,
+                span: tracing::Span::current(),
+                queue_span: tracing::info_span!("queue"),
+                inputs: job.inputs,
+                outputs: job.outputs,
+                reply,
+            },
             rows: job.rows,
             shape_key,
             level,
@@ -266,11 +277,20 @@ async fn execute(
     let batch_size = if batching { rows.iter().sum() } else { 1 };
     let mut waiting = Vec::with_capacity(batch.len());
     let mut requests = Vec::with_capacity(batch.len());
+    // The execution's span follows from every request it serves; their queue spans end here.
+    let batch_span = tracing::info_span!("execute", model = %shared.model, batch_size);
+    for p in &batch {
+        batch_span.follows_from(&p.item.span);
+    }
     for p in batch {
+        drop(p.item.queue_span);
         requests.push(p.item.inputs);
         waiting.push((p.enqueued, p.item.seq, p.item.outputs, p.item.reply));
     }
-    let (result, t) = instance.run_batch(BatchJob { requests, rows, outputs: outputs.clone() }).await;
+    let (result, t) = instance
+        .run_batch(BatchJob { requests, rows, outputs: outputs.clone() })
+        .instrument(batch_span)
+        .await;
     drop(permit);
     let stats = &shared.stats;
     match result {
