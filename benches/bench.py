@@ -652,6 +652,9 @@ def write_results(path, section, mode):
 
 
 def main():
+    # Stop servers on SIGTERM/SIGINT too (a background shell starts us with SIGINT ignored).
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     ap = argparse.ArgumentParser()
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--no-triton", action="store_true")

@@ -33,7 +33,9 @@ pub async fn run(
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
+    let metrics = Arc::new(tern_telemetry::Metrics::new(&config.metrics)?);
     let models = Arc::new(ModelManager::new(
+        metrics.clone(),
         config.model_repositories.clone(),
         LoadOptions {
             strict_model_config: config.strict_model_config,
@@ -63,7 +65,6 @@ pub async fn run(
             }
         })
     });
-    let metrics = Arc::new(tern_telemetry::Metrics::new(&config.metrics)?);
     let state = Arc::new(NodeState {
         server_name: config.server_name.clone(),
         models,

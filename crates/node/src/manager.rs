@@ -73,6 +73,8 @@ pub struct IndexRow {
 /// Every model the node knows, by name.
 pub struct ModelManager {
     table: ArcSwap<HashMap<String, ModelEntry>>,
+    /// Load durations, failures, memory estimates and unloads are reported here.
+    metrics: Arc<tern_telemetry::Metrics>,
     repositories: Vec<PathBuf>,
     options: LoadOptions,
     runtime: tokio::runtime::Handle,
@@ -86,6 +88,7 @@ pub struct ModelManager {
 
 impl ModelManager {
     pub fn new(
+        metrics: Arc<tern_telemetry::Metrics>,
         repositories: Vec<PathBuf>,
         options: LoadOptions,
         parallel: usize,
@@ -93,6 +96,7 @@ impl ModelManager {
     ) -> ModelManager {
         ModelManager {
             table: ArcSwap::from_pointee(HashMap::new()),
+            metrics,
             repositories,
             options,
             runtime: tokio::runtime::Handle::current(),
@@ -197,6 +201,9 @@ impl ModelManager {
         self.store(name, Some(ModelEntry { versions, reason: None, fingerprint: 0 }));
         if let Ok(mut uploads) = self.uploads.lock() {
             uploads.remove(name);
+        }
+        for v in old.versions.keys() {
+            self.metrics.model_unloaded(name, &v.to_string());
         }
         tracing::info!(model = %name, "unloaded; waiting for requests in flight");
         self.drain(old).await;
@@ -416,6 +423,8 @@ impl ModelManager {
         };
         let options = self.options.clone();
         let runtime = self.runtime.clone();
+        // Memory estimate: the RSS growth over the load (approximate when loads overlap).
+        let rss_before = tern_telemetry::process_resident_memory_bytes();
         let loaded =
             tokio::task::spawn_blocking(move || load_versions(&source, override_config, &options, &runtime))
                 .await
@@ -425,6 +434,7 @@ impl ModelManager {
         match loaded {
             Err(reason) => {
                 tracing::error!(model = %name, %reason, "model failed to load");
+                self.metrics.model_load_failed(name, "");
                 entry = self.merge_failure(name, reason, fp);
             }
             Ok(versions) => {
@@ -449,9 +459,18 @@ impl ModelManager {
                     entry.reason =
                         Some(format!("model '{name}': the version policy selects no version directory"));
                 }
+                let ready =
+                    entry.versions.values().filter(|s| matches!(s, VersionState::Ready(_))).count().max(1);
+                let grown = rss_before
+                    .zip(tern_telemetry::process_resident_memory_bytes())
+                    .map(|(before, after)| after.saturating_sub(before) / ready as u64);
                 for (v, state) in &entry.versions {
-                    if matches!(state, VersionState::Ready(_)) {
-                        tracing::info!(model = %name, version = v, elapsed_ms = started.elapsed().as_millis() as u64, "model ready");
+                    match state {
+                        VersionState::Ready(_) => {
+                            self.metrics.model_loaded(name, &v.to_string(), started.elapsed(), grown);
+                            tracing::info!(model = %name, version = v, elapsed_ms = started.elapsed().as_millis() as u64, "model ready");
+                        }
+                        VersionState::Unavailable(_) => self.metrics.model_load_failed(name, &v.to_string()),
                     }
                 }
                 self.store(name, Some(entry.clone()));
