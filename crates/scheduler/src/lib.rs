@@ -244,7 +244,7 @@ async fn batch_task(shared: Arc<Shared>, instance: Instance, batching: bool) {
         }
         let wake = async {
             match next.wake_at {
-                Some(at) => tokio::time::sleep_until(at.into()).await,
+                Some(at) => sleep_until_precise(at).await,
                 None => std::future::pending().await,
             }
         };
@@ -259,6 +259,18 @@ async fn batch_task(shared: Arc<Shared>, instance: Instance, batching: bool) {
             _ = wake => {}
             p = free => permit = p,
         }
+    }
+}
+
+/// Tokio's timer has a 1 ms resolution, which would turn a 100 µs `max_queue_delay` into a
+/// millisecond of added latency. Waits shorter than that sleep on a blocking-pool thread
+/// instead (precise to tens of microseconds on Linux); longer ones use the timer.
+async fn sleep_until_precise(at: Instant) {
+    let left = at.saturating_duration_since(Instant::now());
+    if left >= Duration::from_millis(2) {
+        tokio::time::sleep_until(at.into()).await;
+    } else if !left.is_zero() {
+        let _ = tokio::task::spawn_blocking(move || std::thread::sleep(left)).await;
     }
 }
 
