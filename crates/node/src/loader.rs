@@ -21,6 +21,8 @@ pub struct LoadedModel {
     pub io: ModelIo,
     /// Queues and batches requests for this version's instances; owns its statistics.
     pub scheduler: Scheduler,
+    /// This version's latency histogram series, looked up once rather than per request.
+    pub latency: std::sync::OnceLock<tern_telemetry::RequestLatency>,
 }
 
 /// What a load needs besides the model itself.
@@ -129,7 +131,15 @@ pub fn load_version(
             "loaded"
         );
         let scheduler = Scheduler::start(name.clone(), scheduling, instance, runtime);
-        Ok(LoadedModel { name: name.clone(), version: v, version_str: v.to_string(), config, io, scheduler })
+        Ok(LoadedModel {
+            name: name.clone(),
+            version: v,
+            version_str: v.to_string(),
+            config,
+            io,
+            scheduler,
+            latency: std::sync::OnceLock::new(),
+        })
     }
 }
 

@@ -58,7 +58,10 @@ impl NodeService {
         let started = std::time::Instant::now();
         let model = self.state.models.get(&req.model_name, &req.model_version)?;
         let result = self.infer_on(&model, req, started).await;
-        self.state.metrics.observe_request(&model.name, &model.version_str, started.elapsed());
+        model
+            .latency
+            .get_or_init(|| self.state.metrics.request_latency(&model.name, &model.version_str))
+            .observe(started.elapsed());
         result
     }
 
