@@ -14,7 +14,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     }
     let root = PathBuf::from(env::var("CARGO_MANIFEST_DIR")?).join("../../proto");
     let out = PathBuf::from(env::var("OUT_DIR")?);
-    let files = [root.join("inference/grpc_service.proto"), root.join("inference/model_config.proto")];
+    let files = [
+        root.join("inference/grpc_service.proto"),
+        root.join("inference/model_config.proto"),
+        root.join("tern/cluster/v1/cluster.proto"),
+    ];
     for f in &files {
         println!("cargo:rerun-if-changed={}", f.display());
     }

@@ -64,6 +64,29 @@ pub struct Config {
     #[arg(long, default_value_t = 2)]
     pub model_load_thread_count: usize,
 
+    /// Router to register with and send heartbeats to, host:port (repeatable). Routers can
+    /// also find nodes by themselves (`tern-router --node` / `--node-dns`).
+    #[arg(long = "router-address", value_name = "HOST:PORT")]
+    pub router_addresses: Vec<String>,
+
+    /// host:port routers should use to reach this node. Default: the gRPC address, or for a
+    /// wildcard bind (0.0.0.0) the local address this host uses to reach the router.
+    #[arg(long, env = "TERN_ADVERTISE_ADDRESS", value_name = "HOST:PORT")]
+    pub advertise_address: Option<String>,
+
+    /// This node's name in the cluster (the pod name on Kubernetes). Default: its address.
+    #[arg(long, env = "TERN_NODE_ID")]
+    pub node_id: Option<String>,
+
+    /// Memory for models, MiB, that routers may fill by placement (0: no budget). Routers
+    /// evict the least recently used idle model when a node goes over it.
+    #[arg(long, default_value_t = 0, value_name = "MIB")]
+    pub model_memory_budget_mb: u64,
+
+    /// Milliseconds between heartbeats to each --router-address.
+    #[arg(long, default_value_t = 1000, value_name = "MS")]
+    pub heartbeat_interval_ms: u64,
+
     #[command(flatten)]
     pub metrics: tern_telemetry::MetricsConfig,
 
@@ -86,6 +109,14 @@ impl Config {
         }
         if !self.load_models.is_empty() && self.model_control_mode != crate::manager::ControlMode::Explicit {
             return Err("--load-model needs --model-control-mode=explicit".into());
+        }
+        if self.heartbeat_interval_ms == 0 {
+            return Err("--heartbeat-interval-ms must be at least 1".into());
+        }
+        for router in &self.router_addresses {
+            if router.rsplit_once(':').and_then(|(_, p)| p.parse::<u16>().ok()).is_none() {
+                return Err(format!("--router-address {router}: expected host:port"));
+            }
         }
         if self.model_load_thread_count == 0 {
             return Err("--model-load-thread-count must be at least 1".into());

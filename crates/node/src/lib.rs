@@ -6,6 +6,7 @@
 //! protocol types (tern-proto), no codec (tern-core), no config parsing (tern-repository) and
 //! no ONNX Runtime code (tern-backend-ort).
 
+pub mod cluster;
 pub mod config;
 pub mod loader;
 pub mod manager;
@@ -71,6 +72,7 @@ pub async fn run(
         strict_readiness: config.strict_readiness,
         control_mode: config.model_control_mode,
         metrics: metrics.clone(),
+        in_flight: Default::default(),
     });
     metrics.set_model_sampler(Arc::new(NodeSampler(state.clone())));
     let ready_state = state.clone();
@@ -103,6 +105,27 @@ pub async fn run(
         .build_v1()?;
 
     let addr = listener.local_addr()?;
+    let identity = cluster::ClusterIdentity {
+        node_id: config.node_id.clone(),
+        advertise: config.advertise_address.clone(),
+        bound: addr,
+        memory_budget_bytes: config.model_memory_budget_mb.saturating_mul(1 << 20),
+    };
+    let node_control = tern_proto::cluster::node_control_server::NodeControlServer::new(
+        cluster::NodeControlService { state: state.clone(), identity: identity.clone() },
+    );
+    let agents: Vec<_> = config
+        .router_addresses
+        .iter()
+        .map(|router| {
+            tokio::spawn(cluster::heartbeat_agent(
+                router.clone(),
+                state.clone(),
+                identity.clone(),
+                Duration::from_millis(config.heartbeat_interval_ms),
+            ))
+        })
+        .collect();
     let ready_models = state.models.all_ready_models().len();
     tracing::info!(models = ready_models, "tern-node ready grpc={addr} metrics={metrics_addr}");
 
@@ -119,6 +142,7 @@ pub async fn run(
     let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
     let server = tonic::transport::Server::builder()
         .add_service(inference)
+        .add_service(node_control)
         .add_service(health)
         .add_service(reflection)
         .serve_with_incoming_shutdown(incoming, signal);
@@ -131,6 +155,9 @@ pub async fn run(
     }
     if let Some(task) = poll_task {
         task.abort();
+    }
+    for agent in agents {
+        agent.abort();
     }
     let _ = metrics_stop_tx.send(());
     if let Some(task) = metrics_task {

@@ -23,6 +23,9 @@ pub struct LoadedModel {
     pub scheduler: Scheduler,
     /// This version's latency histogram series, looked up once rather than per request.
     pub latency: std::sync::OnceLock<tern_telemetry::RequestLatency>,
+    /// Memory estimate for placement: the model file (and files beside it in the version
+    /// directory, such as external weights) times the number of instances holding a session.
+    pub memory_bytes: u64,
 }
 
 /// What a load needs besides the model itself.
@@ -131,6 +134,7 @@ pub fn load_version(
             "loaded"
         );
         let scheduler = Scheduler::start(name.clone(), scheduling, instance, runtime);
+        let memory_bytes = version_dir_bytes(&path) * plans.len().max(1) as u64;
         Ok(LoadedModel {
             name: name.clone(),
             version: v,
@@ -139,8 +143,22 @@ pub fn load_version(
             io,
             scheduler,
             latency: std::sync::OnceLock::new(),
+            memory_bytes,
         })
     }
+}
+
+/// Bytes of the files in the directory holding `model_file` (one level: the model and its
+/// external data). Deterministic, unlike resident-memory growth, so placement can rely on it.
+fn version_dir_bytes(model_file: &std::path::Path) -> u64 {
+    let Some(dir) = model_file.parent() else { return 0 };
+    let Ok(entries) = std::fs::read_dir(dir) else { return 0 };
+    entries
+        .filter_map(Result::ok)
+        .filter_map(|e| e.metadata().ok())
+        .filter(|m| m.is_file())
+        .map(|m| m.len())
+        .sum()
 }
 
 /// The inputs of each `model_warmup` sample: zeros, random values, or a file from the model's

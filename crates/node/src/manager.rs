@@ -330,6 +330,22 @@ impl ModelManager {
         rows
     }
 
+    /// [`Self::index`] plus the models in the repositories that were never loaded (explicit
+    /// mode), listed by name only as Triton does, so a client (or a router) sees what it may
+    /// load. Scans the repositories.
+    pub fn repository_index(&self) -> Vec<IndexRow> {
+        let mut rows = self.index();
+        let table = self.table.load();
+        if let Ok(scanned) = tern_repository::scan(&self.repositories) {
+            for item in scanned.iter().filter(|m| !table.contains_key(m.name())) {
+                let name = item.name().to_string();
+                rows.push(IndexRow { name, version: String::new(), state: "", reason: String::new() });
+            }
+            rows.sort_by(|a, b| a.name.cmp(&b.name));
+        }
+        rows
+    }
+
     /// Drops every model: their instance threads finish queued work and end.
     pub fn clear(&self) {
         self.table.store(Arc::new(HashMap::new()));

@@ -28,6 +28,25 @@ pub struct NodeState {
     pub strict_readiness: bool,
     pub control_mode: ControlMode,
     pub metrics: Arc<tern_telemetry::Metrics>,
+    /// Inference requests being served now (reported to routers in heartbeats).
+    pub in_flight: std::sync::atomic::AtomicU64,
+}
+
+/// Counts one request in [`NodeState::in_flight`] while alive (also when the request is
+/// cancelled and its future dropped).
+struct InFlight<'a>(&'a std::sync::atomic::AtomicU64);
+
+impl<'a> InFlight<'a> {
+    fn enter(counter: &'a std::sync::atomic::AtomicU64) -> Self {
+        counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        InFlight(counter)
+    }
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+    }
 }
 
 #[derive(Clone)]
@@ -56,6 +75,7 @@ impl NodeService {
     /// One inference, from request to response; shared by the unary and streaming RPCs.
     async fn infer(&self, req: pb::ModelInferRequest) -> Result<pb::ModelInferResponse, RequestError> {
         let started = std::time::Instant::now();
+        let _in_flight = InFlight::enter(&self.state.in_flight);
         let model = self.state.models.get(&req.model_name, &req.model_version)?;
         let result = self.infer_on(&model, req, started).await;
         model
@@ -354,7 +374,7 @@ impl GrpcInferenceService for NodeService {
         let models = self
             .state
             .models
-            .index()
+            .repository_index()
             .into_iter()
             .filter(|row| !ready_only || row.state == "READY")
             .map(|row| pb::repository_index_response::ModelIndex {

@@ -7,6 +7,12 @@ pub mod inference {
     tonic::include_proto!("inference");
 }
 
+/// Tern's router <-> node control plane (proto/tern/cluster/v1/cluster.proto).
+#[allow(clippy::all, clippy::pedantic, missing_docs)]
+pub mod cluster {
+    tonic::include_proto!("tern.cluster.v1");
+}
+
 /// Encoded `FileDescriptorSet` of every message above: gRPC server reflection serves it, and
 /// config.pbtxt is parsed against it.
 pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("inference_descriptor");

@@ -1,0 +1,191 @@
+//! The node's side of the cluster control plane (proto/tern/cluster/v1): the `NodeControl`
+//! service routers poll, and the agent that registers with each `--router-address` and sends
+//! heartbeats. Both report the same [`NodeStatus`]: models and states, load, memory.
+
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use tern_proto::cluster::{
+    self as pb, NodeStatus, membership_client::MembershipClient, node_control_server::NodeControl,
+};
+use tonic::transport::{Channel, Endpoint};
+use tonic::{Request, Response, Status};
+
+use crate::manager::ControlMode;
+use crate::service::NodeState;
+
+/// How this node presents itself to routers.
+#[derive(Debug, Clone)]
+pub struct ClusterIdentity {
+    /// `--node-id`; `None`: the advertised address.
+    pub node_id: Option<String>,
+    /// `--advertise-address`; `None`: derived from the bound address (see [`advertise_for`]).
+    pub advertise: Option<String>,
+    /// Where the gRPC server is bound.
+    pub bound: SocketAddr,
+    /// `--model-memory-budget-mb` in bytes; 0: none.
+    pub memory_budget_bytes: u64,
+}
+
+/// The node's status now, as routers see it.
+pub fn node_status(state: &NodeState, identity: &ClusterIdentity, advertised: &str) -> NodeStatus {
+    let ready = state.models.all_ready_models();
+    let mut models: Vec<pb::ModelReplica> = state
+        .models
+        .index()
+        .into_iter()
+        .map(|row| pb::ModelReplica {
+            name: row.name,
+            version: row.version,
+            state: row.state.to_string(),
+            reason: row.reason,
+            memory_bytes: 0,
+            in_flight: 0,
+        })
+        .collect();
+    let mut queue_depth = 0;
+    let mut memory_used = 0;
+    for model in &ready {
+        let pending = model.scheduler.stats().snapshot().pending;
+        queue_depth += pending;
+        memory_used += model.memory_bytes;
+        if let Some(row) =
+            models.iter_mut().find(|r| r.name == model.name && r.version == model.version_str)
+        {
+            row.memory_bytes = model.memory_bytes;
+            row.in_flight = pending;
+        }
+    }
+    NodeStatus {
+        node_id: identity.node_id.clone().unwrap_or_else(|| advertised.to_string()),
+        grpc_address: advertised.to_string(),
+        models,
+        queue_depth,
+        in_flight: state.in_flight.load(Ordering::Relaxed),
+        memory_used_bytes: memory_used,
+        memory_budget_bytes: identity.memory_budget_bytes,
+        explicit_model_control: state.control_mode == ControlMode::Explicit,
+        server_version: env!("CARGO_PKG_VERSION").to_string(),
+    }
+}
+
+/// The address a router at `router` should use for this node: `--advertise-address`, else the
+/// bound address, else (bound to a wildcard such as 0.0.0.0) the local address this host uses
+/// to reach the router — found by connecting a UDP socket, which sends nothing.
+pub async fn advertise_for(identity: &ClusterIdentity, router: &str) -> Result<String, String> {
+    if let Some(a) = &identity.advertise {
+        return Ok(a.clone());
+    }
+    if !identity.bound.ip().is_unspecified() {
+        return Ok(identity.bound.to_string());
+    }
+    let router_addr = tokio::net::lookup_host(router)
+        .await
+        .map_err(|e| format!("cannot resolve router {router}: {e}"))?
+        .next()
+        .ok_or_else(|| format!("router {router} resolves to no address"))?;
+    let local = if router_addr.ip().is_loopback() {
+        IpAddr::from([127, 0, 0, 1])
+    } else {
+        let probe = std::net::UdpSocket::bind(SocketAddr::new(identity.bound.ip(), 0))
+            .and_then(|s| s.connect(router_addr).and_then(|()| s.local_addr()))
+            .map_err(|e| format!("cannot find a local address toward router {router}: {e}"))?;
+        probe.ip()
+    };
+    Ok(SocketAddr::new(local, identity.bound.port()).to_string())
+}
+
+/// `NodeControl`: routers that found this node by list or DNS poll it.
+pub struct NodeControlService {
+    pub state: Arc<NodeState>,
+    pub identity: ClusterIdentity,
+}
+
+#[tonic::async_trait]
+impl NodeControl for NodeControlService {
+    async fn status(&self, req: Request<pb::NodeStatusRequest>) -> Result<Response<NodeStatus>, Status> {
+        // The address the router dialled is the one it knows us by.
+        let advertised = match (&self.identity.advertise, req.local_addr()) {
+            (Some(a), _) => a.clone(),
+            (None, Some(local)) => SocketAddr::new(local.ip(), self.identity.bound.port()).to_string(),
+            (None, None) => self.identity.bound.to_string(),
+        };
+        Ok(Response::new(node_status(&self.state, &self.identity, &advertised)))
+    }
+}
+
+/// Registers with `router` and sends a heartbeat every `interval` until the task is aborted.
+/// Router outages are logged once per change and retried at the same pace.
+pub async fn heartbeat_agent(
+    router: String,
+    state: Arc<NodeState>,
+    identity: ClusterIdentity,
+    interval: Duration,
+) {
+    let endpoint = match Endpoint::from_shared(format!("http://{router}")) {
+        Ok(e) => e.connect_timeout(Duration::from_secs(1)).timeout(Duration::from_secs(2)).tcp_nodelay(true),
+        Err(e) => {
+            tracing::error!(%router, error = %e, "invalid --router-address; not registering there");
+            return;
+        }
+    };
+    let mut client = MembershipClient::new(endpoint.connect_lazy());
+    let mut ticks = tokio::time::interval(interval);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut registered = false;
+    let mut reachable = true;
+    let mut advertised: Option<String> = None;
+    loop {
+        ticks.tick().await;
+        if advertised.is_none() {
+            match advertise_for(&identity, &router).await {
+                Ok(a) => advertised = Some(a),
+                Err(e) => {
+                    if reachable {
+                        tracing::warn!(%router, error = %e, "cannot register with router; retrying");
+                        reachable = false;
+                    }
+                    continue;
+                }
+            }
+        }
+        let Some(addr) = advertised.as_deref() else { continue };
+        let status = node_status(&state, &identity, addr);
+        let result = beat(&mut client, status, registered).await;
+        match result {
+            Ok(known) => {
+                if !registered {
+                    tracing::info!(%router, advertised = addr, "registered with router");
+                }
+                if !reachable {
+                    reachable = true;
+                }
+                registered = known;
+            }
+            Err(e) => {
+                if reachable {
+                    tracing::warn!(%router, error = %e.message(), "router unreachable; retrying every heartbeat");
+                    reachable = false;
+                }
+                registered = false;
+            }
+        }
+    }
+}
+
+/// One register or heartbeat call; `Ok(false)`: the router forgot us (register next time).
+async fn beat(
+    client: &mut MembershipClient<Channel>,
+    status: NodeStatus,
+    registered: bool,
+) -> Result<bool, Status> {
+    if registered {
+        let reply = client.heartbeat(pb::HeartbeatRequest { status: Some(status) }).await?;
+        Ok(reply.into_inner().known)
+    } else {
+        client.register(pb::RegisterRequest { status: Some(status) }).await?;
+        Ok(true)
+    }
+}
