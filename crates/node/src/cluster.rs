@@ -51,8 +51,7 @@ pub fn node_status(state: &NodeState, identity: &ClusterIdentity, advertised: &s
         let pending = model.scheduler.stats().snapshot().pending;
         queue_depth += pending;
         memory_used += model.memory_bytes;
-        if let Some(row) =
-            models.iter_mut().find(|r| r.name == model.name && r.version == model.version_str)
+        if let Some(row) = models.iter_mut().find(|r| r.name == model.name && r.version == model.version_str)
         {
             row.memory_bytes = model.memory_bytes;
             row.in_flight = pending;

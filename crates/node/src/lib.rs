@@ -111,9 +111,11 @@ pub async fn run(
         bound: addr,
         memory_budget_bytes: config.model_memory_budget_mb.saturating_mul(1 << 20),
     };
-    let node_control = tern_proto::cluster::node_control_server::NodeControlServer::new(
-        cluster::NodeControlService { state: state.clone(), identity: identity.clone() },
-    );
+    let node_control =
+        tern_proto::cluster::node_control_server::NodeControlServer::new(cluster::NodeControlService {
+            state: state.clone(),
+            identity: identity.clone(),
+        });
     let agents: Vec<_> = config
         .router_addresses
         .iter()

@@ -1,0 +1,234 @@
+//! The request path: pick a replica (least outstanding requests, power of two choices; sticky
+//! for sequences), forward the request's bytes with its metadata (deadline, trace context),
+//! and retry on another replica when a node is unreachable or answers UNAVAILABLE.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use bytes::Bytes;
+use dashmap::DashMap;
+use tonic::metadata::MetadataMap;
+use tonic::{Code, Request, Response, Status};
+
+use crate::metrics::RouterMetrics;
+use crate::nodes::{Cluster, Node};
+use crate::placement::Placement;
+use crate::raw::{InferHead, RawMessage, SequenceId};
+
+pub const INFER_PATH: &str = "/inference.GRPCInferenceService/ModelInfer";
+pub const STREAM_INFER_PATH: &str = "/inference.GRPCInferenceService/ModelStreamInfer";
+
+/// Headers that describe this hop's encoding, not the request: the router forwards the
+/// decompressed message, so the node must not be told it is compressed.
+const HOP_HEADERS: &[&str] = &["grpc-encoding", "grpc-accept-encoding", "content-length", "user-agent"];
+
+/// Metadata to send upstream (or back downstream): everything but [`HOP_HEADERS`].
+pub fn forwardable(mut metadata: MetadataMap) -> MetadataMap {
+    for h in HOP_HEADERS {
+        metadata.remove(*h);
+    }
+    metadata
+}
+
+/// True when the failure says nothing about the request, only about the node or the path to
+/// it: safe to retry elsewhere. Statuses a node sent carry no source; ones tonic made from a
+/// broken connection do.
+pub fn retryable(status: &Status) -> bool {
+    status.code() == Code::Unavailable || transport_failure(status)
+}
+
+/// The node could not be reached or the connection broke (not an answer from the node).
+pub fn transport_failure(status: &Status) -> bool {
+    std::error::Error::source(status).is_some()
+        && !matches!(status.code(), Code::Cancelled | Code::DeadlineExceeded)
+}
+
+/// Least outstanding requests of two random candidates (one when there is one).
+pub fn power_of_two(candidates: &[Arc<Node>]) -> Option<Arc<Node>> {
+    use std::sync::atomic::Ordering::Relaxed;
+    match candidates.len() {
+        0 => None,
+        1 => Some(candidates[0].clone()),
+        n => {
+            let a = fastrand::usize(..n);
+            let mut b = fastrand::usize(..n - 1);
+            if b >= a {
+                b += 1;
+            }
+            let (x, y) = (&candidates[a], &candidates[b]);
+            Some(if y.outstanding.load(Relaxed) < x.outstanding.load(Relaxed) {
+                y.clone()
+            } else {
+                x.clone()
+            })
+        }
+    }
+}
+
+/// Forwards inference requests.
+pub struct Forwarder {
+    cluster: Arc<Cluster>,
+    placement: Arc<Placement>,
+    metrics: Arc<RouterMetrics>,
+    /// (model, sequence) -> the node serving it and when it was last used (ms).
+    sequences: DashMap<(String, SequenceId), (Arc<Node>, u64)>,
+}
+
+/// Where a request goes next.
+enum Target {
+    /// A replica of the model.
+    Replica(Arc<Node>),
+    /// No replica serves it and none will be placed: a node answers for the cluster (Triton's
+    /// own error for an unknown model or version).
+    Authority(Arc<Node>),
+}
+
+impl Forwarder {
+    pub fn new(cluster: Arc<Cluster>, placement: Arc<Placement>, metrics: Arc<RouterMetrics>) -> Forwarder {
+        Forwarder { cluster, placement, metrics, sequences: DashMap::new() }
+    }
+
+    /// Forwards one encoded ModelInferRequest; the reply is the node's, bytes untouched.
+    pub async fn infer(&self, metadata: MetadataMap, body: Bytes) -> Result<Response<Bytes>, Status> {
+        let head = InferHead::parse(&body)?;
+        let result = self.infer_head(&head, forwardable(metadata), body).await;
+        self.metrics.request(&head.model_name, result.as_ref().map_or_else(Status::code, |_| Code::Ok));
+        result
+    }
+
+    async fn infer_head(
+        &self,
+        head: &InferHead,
+        metadata: MetadataMap,
+        body: Bytes,
+    ) -> Result<Response<Bytes>, Status> {
+        let model = head.model_name.as_str();
+        let sequence = head.sequence().map(|s| (model.to_string(), s));
+        let max_retries = self.placement.settings().max_retries;
+        let mut tried: Vec<Arc<Node>> = Vec::new();
+        let mut last_error: Option<Status> = None;
+        for _attempt in 0..=max_retries {
+            let target = match self.pick(head, sequence.as_ref(), &tried).await {
+                Ok(t) => t,
+                Err(e) => return Err(last_error.unwrap_or(e)),
+            };
+            let (node, replica) = match target {
+                Target::Replica(n) => (n, true),
+                Target::Authority(n) => (n, false),
+            };
+            if replica {
+                self.placement.touch(model);
+            }
+            let request =
+                Request::from_parts(metadata.clone(), Default::default(), RawMessage::from(body.clone()));
+            let started = Instant::now();
+            let outstanding = node.begin();
+            let result = node.unary_raw(INFER_PATH, request).await;
+            drop(outstanding);
+            self.metrics.upstream(&node.addr, started.elapsed());
+            match result {
+                Ok(response) => {
+                    if let Some(key) = &sequence {
+                        if head.sequence_end() {
+                            self.sequences.remove(key);
+                        } else {
+                            self.sequences.insert(key.clone(), (node.clone(), self.cluster.now_ms()));
+                        }
+                    }
+                    let (meta, reply, ext) = response.into_parts();
+                    return Ok(Response::from_parts(forwardable(meta), reply, ext));
+                }
+                Err(status) if retryable(&status) => {
+                    if transport_failure(&status) {
+                        self.cluster.mark_suspect(&node, status.message());
+                    }
+                    tracing::debug!(model, node = %node.addr, error = %status.message(), "retrying on another replica");
+                    self.metrics.retry(model);
+                    tried.push(node);
+                    last_error = Some(status);
+                }
+                Err(status) => return Err(status),
+            }
+        }
+        Err(last_error.unwrap_or_else(|| {
+            Status::unavailable(format!("model '{model}': no replica could serve the request"))
+        }))
+    }
+
+    async fn pick(
+        &self,
+        head: &InferHead,
+        sequence: Option<&(String, SequenceId)>,
+        tried: &[Arc<Node>],
+    ) -> Result<Target, Status> {
+        let model = head.model_name.as_str();
+        let untried = |n: &Arc<Node>| !tried.iter().any(|t| Arc::ptr_eq(t, n));
+        let mut lazily_loaded = false;
+        loop {
+            let view = self.cluster.view();
+            let candidates: Vec<Arc<Node>> =
+                view.candidates(model, &head.model_version).iter().filter(|n| untried(n)).cloned().collect();
+            let pinned = sequence.and_then(|key| self.sequences.get(key).map(|e| e.0.clone()));
+            if let Some(pinned) = pinned.filter(|p| candidates.iter().any(|c| Arc::ptr_eq(c, p))) {
+                return Ok(Target::Replica(pinned));
+            }
+            if let Some(node) = power_of_two(&candidates) {
+                return Ok(Target::Replica(node));
+            }
+            if !tried.is_empty() {
+                return Err(Status::unavailable(format!(
+                    "model '{model}': every replica failed the request"
+                )));
+            }
+            // The model is served, but not at this version: a holder answers (Triton's error).
+            if let Some(node) = view.models.get(model).and_then(|r| power_of_two(&r.ready)) {
+                return Ok(Target::Authority(node));
+            }
+            let authority = || {
+                power_of_two(&view.healthy).map(Target::Authority).ok_or_else(|| {
+                    Status::unavailable(format!("model '{model}': no node of the cluster is healthy"))
+                })
+            };
+            if model.is_empty() || lazily_loaded || self.placement.lazy_refusal(model).is_some() {
+                return authority();
+            }
+            match self.placement.lazy_load(model).await {
+                Ok(()) => lazily_loaded = true,
+                // Nodes refused the load itself (no such model, a broken one): a node says
+                // what a client of a single server would hear.
+                Err(e) if !matches!(e.code(), Code::Unavailable | Code::DeadlineExceeded) => {
+                    return authority();
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    /// A node to ask about `model` (metadata, config): a replica, placed lazily when allowed,
+    /// or a node answering for the cluster.
+    pub async fn node_for(&self, model: &str, version: &str) -> Result<Arc<Node>, Status> {
+        let head = InferHead {
+            model_name: model.to_string(),
+            model_version: version.to_string(),
+            ..Default::default()
+        };
+        match self.pick(&head, None, &[]).await? {
+            Target::Replica(node) => {
+                self.placement.touch(model);
+                Ok(node)
+            }
+            Target::Authority(node) => Ok(node),
+        }
+    }
+
+    /// Forgets sequences idle for longer than the sequence idle time.
+    pub fn expire_sequences(&self) {
+        let now = self.cluster.now_ms();
+        let idle = self.placement.settings().sequence_idle.as_millis() as u64;
+        self.sequences.retain(|_, (_, last)| now.saturating_sub(*last) < idle);
+    }
+
+    pub fn sequences(&self) -> usize {
+        self.sequences.len()
+    }
+}

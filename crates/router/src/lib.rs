@@ -1,0 +1,229 @@
+//! tern-router: presents a cluster of tern-nodes as one server speaking Triton's gRPC protocol.
+//!
+//! Layout: [`config`] (flags), [`nodes`] (membership, health, the routing view),
+//! [`discovery`] (registration, static and DNS nodes, status polls), [`placement`] (which node
+//! loads which model), [`forward`] (balancing, forwarding, retries), [`raw`] (inference
+//! messages as bytes), [`aggregate`] (cluster-wide statistics and index), [`service`] (the gRPC
+//! services) and [`Router`], which composes them. The router never links ONNX Runtime.
+
+pub mod aggregate;
+pub mod config;
+pub mod discovery;
+pub mod forward;
+pub mod metrics;
+pub mod nodes;
+pub mod placement;
+pub mod raw;
+pub mod service;
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tern_proto::cluster::membership_server::MembershipServer;
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+
+pub use config::{ClusterSettings, Config};
+use discovery::MembershipService;
+use forward::Forwarder;
+use metrics::RouterMetrics;
+use nodes::Cluster;
+use placement::Placement;
+use service::{InferenceRoutes, RouterState};
+
+/// A running router: membership, placement and forwarding, ready to be served.
+pub struct Router {
+    state: Arc<RouterState>,
+    settings: ClusterSettings,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+/// Where nodes come from besides registration.
+#[derive(Debug, Clone, Default)]
+pub struct Discovery {
+    pub nodes: Vec<String>,
+    pub node_dns: Vec<String>,
+}
+
+impl Router {
+    /// Starts discovery, placement and housekeeping; registers the router's metric families
+    /// into `registry`. Call inside a Tokio runtime.
+    pub fn start(
+        settings: ClusterSettings,
+        server_name: String,
+        discovery: Discovery,
+        registry: &prometheus::Registry,
+    ) -> anyhow::Result<Router> {
+        let metrics = Arc::new(RouterMetrics::new(registry)?);
+        let cluster = Arc::new(Cluster::new(
+            settings.heartbeat_timeout,
+            settings.upstream_connections,
+            metrics.clone(),
+        ));
+        let placement = Arc::new(Placement::new(cluster.clone(), settings.clone(), metrics.clone()));
+        let forwarder = Arc::new(Forwarder::new(cluster.clone(), placement.clone(), metrics.clone()));
+        let state = Arc::new(RouterState {
+            server_name,
+            cluster: cluster.clone(),
+            placement: placement.clone(),
+            forwarder: forwarder.clone(),
+        });
+        let mut tasks = vec![
+            tokio::spawn(discovery::run(
+                cluster.clone(),
+                discovery.nodes,
+                discovery.node_dns,
+                settings.health_interval,
+                settings.dns_refresh,
+            )),
+            tokio::spawn(placement.run()),
+        ];
+        tasks.push(tokio::spawn(async move {
+            let mut ticks = tokio::time::interval(Duration::from_secs(5));
+            loop {
+                ticks.tick().await;
+                forwarder.expire_sequences();
+            }
+        }));
+        Ok(Router { state, settings, tasks })
+    }
+
+    /// True while at least one node can serve.
+    pub fn ready(&self) -> bool {
+        !self.state.cluster.view().healthy.is_empty()
+    }
+
+    /// A readiness check for /metrics' health hooks.
+    pub fn readiness(&self) -> tern_telemetry::HealthCheck {
+        let cluster = self.state.cluster.clone();
+        Arc::new(move || !cluster.view().healthy.is_empty())
+    }
+
+    /// Serves the router's gRPC services (inference, Membership, health, reflection) on
+    /// `listener` until `shutdown`; in-flight requests then get `exit_timeout`.
+    pub async fn serve(
+        self,
+        listener: TcpListener,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+        exit_timeout: Duration,
+    ) -> anyhow::Result<()> {
+        let inference = InferenceRoutes::new(self.state.clone());
+        let membership = MembershipServer::new(MembershipService {
+            cluster: self.state.cluster.clone(),
+            router_id: self.settings.router_id.clone(),
+            heartbeat_interval: self.settings.health_interval,
+        });
+        // Overall health ("") is liveness; the inference service's follows readiness.
+        let (reporter, health) = tonic_health::server::health_reporter();
+        let cluster = self.state.cluster.clone();
+        let health_task = tokio::spawn(async move {
+            let mut last = None;
+            let mut ticks = tokio::time::interval(Duration::from_millis(500));
+            loop {
+                ticks.tick().await;
+                let ready = !cluster.view().healthy.is_empty();
+                if last != Some(ready) {
+                    let status = if ready {
+                        tonic_health::ServingStatus::Serving
+                    } else {
+                        tonic_health::ServingStatus::NotServing
+                    };
+                    reporter.set_service_status("inference.GRPCInferenceService", status).await;
+                    last = Some(ready);
+                }
+            }
+        });
+        let reflection = tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(tern_proto::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+            .build_v1()?;
+
+        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+        let signal = async move {
+            shutdown.await;
+            tracing::info!("shutting down: no new connections, finishing in-flight requests");
+            let _ = stop_tx.send(());
+        };
+        let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
+        let server = tonic::transport::Server::builder()
+            .add_service(inference)
+            .add_service(membership)
+            .add_service(health)
+            .add_service(reflection)
+            .serve_with_incoming_shutdown(incoming, signal);
+        tokio::pin!(server);
+        tokio::select! {
+            result = &mut server => result?,
+            _ = async { let _ = stop_rx.await; tokio::time::sleep(exit_timeout).await } => {
+                tracing::warn!(timeout_secs = exit_timeout.as_secs(), "exit timeout reached with requests still in flight");
+            }
+        }
+        health_task.abort();
+        for task in self.tasks {
+            task.abort();
+        }
+        Ok(())
+    }
+}
+
+/// tern-router's main: metrics endpoint, router, gRPC server, until `shutdown`.
+pub async fn run(
+    config: Config,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    let metrics = Arc::new(tern_telemetry::Metrics::new(&config.metrics)?);
+    let router = Router::start(
+        config.cluster(),
+        config.server_name.clone(),
+        Discovery { nodes: config.nodes.clone(), node_dns: config.node_dns.clone() },
+        metrics.registry(),
+    )?;
+    metrics.set_readiness(router.readiness());
+    let (metrics_stop_tx, metrics_stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let mut metrics_addr = String::from("off");
+    let metrics_task = if config.metrics.allow_metrics {
+        let metrics_listener = TcpListener::bind(config.metrics.metrics_addr()).await.map_err(|e| {
+            anyhow::anyhow!("cannot bind metrics address {}: {e}", config.metrics.metrics_addr())
+        })?;
+        metrics_addr = metrics_listener.local_addr()?.to_string();
+        Some(tokio::spawn(tern_telemetry::serve_metrics(metrics_listener, metrics.clone(), async {
+            let _ = metrics_stop_rx.await;
+        })))
+    } else {
+        None
+    };
+    let addr = listener.local_addr()?;
+    tracing::info!(
+        nodes = config.nodes.len(),
+        node_dns = config.node_dns.len(),
+        "tern-router ready grpc={addr} metrics={metrics_addr}"
+    );
+    router.serve(listener, shutdown, Duration::from_secs(config.exit_timeout_secs)).await?;
+    let _ = metrics_stop_tx.send(());
+    if let Some(task) = metrics_task {
+        let _ = task.await;
+    }
+    tracing::info!("tern-router stopped");
+    Ok(())
+}
+
+/// Resolves on SIGTERM or SIGINT.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! { _ = ctrl_c => {}, _ = term => {} }
+}

@@ -1,0 +1,379 @@
+//! Membership: the nodes the router knows, their health and last status, and the routing view
+//! (model -> nodes holding it READY) that the request path reads without locking.
+//!
+//! Health is time-based: a node is healthy while its last status (heartbeat or poll) is younger
+//! than the heartbeat timeout and no request has found it unreachable since.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, PoisonError, RwLock};
+use std::time::{Duration, Instant};
+
+use arc_swap::{ArcSwap, ArcSwapOption};
+use bytes::Bytes;
+use tern_proto::cluster::NodeStatus;
+use tern_proto::inference::grpc_inference_service_client::GrpcInferenceServiceClient;
+use tonic::transport::{Channel, Endpoint};
+use tonic::{Request, Response, Status};
+
+use crate::metrics::RouterMetrics;
+use crate::raw::{RawCodec, RawMessage};
+
+/// Triton accepts messages up to 2 GiB; so do nodes and the router.
+pub const MAX_MESSAGE_SIZE: usize = i32::MAX as usize;
+
+/// How the router found a node.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Source {
+    /// The node registered itself and sends heartbeats.
+    Registered,
+    /// `--node`.
+    Static,
+    /// `--node-dns`.
+    Dns,
+}
+
+impl Source {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Source::Registered => "registered",
+            Source::Static => "static",
+            Source::Dns => "dns",
+        }
+    }
+}
+
+/// One node: its connections, load and last status.
+pub struct Node {
+    /// host:port of the node's gRPC server: the node's key.
+    pub addr: String,
+    pub source: Source,
+    channels: Vec<Channel>,
+    next_channel: AtomicUsize,
+    /// Requests the router has outstanding on this node (the balancer's load signal).
+    pub outstanding: AtomicU64,
+    status: ArcSwapOption<NodeStatus>,
+    /// Milliseconds since the cluster's epoch of the last status; 0: never heard from.
+    last_seen_ms: AtomicU64,
+    /// When a request last found the node unreachable (ms since epoch); 0: not suspect. A
+    /// status received afterwards clears it.
+    suspect_since_ms: AtomicU64,
+}
+
+impl std::fmt::Debug for Node {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Node").field("addr", &self.addr).field("source", &self.source).finish_non_exhaustive()
+    }
+}
+
+impl Node {
+    fn new(addr: &str, source: Source, connections: usize) -> Result<Node, String> {
+        let endpoint = Endpoint::from_shared(format!("http://{addr}"))
+            .map_err(|e| format!("node address {addr}: {e}"))?
+            .connect_timeout(Duration::from_secs(1))
+            .tcp_nodelay(true)
+            .http2_keep_alive_interval(Duration::from_secs(5))
+            .keep_alive_timeout(Duration::from_secs(3))
+            .keep_alive_while_idle(true)
+            .http2_adaptive_window(true);
+        let channels = (0..connections.max(1)).map(|_| endpoint.connect_lazy()).collect();
+        Ok(Node {
+            addr: addr.to_string(),
+            source,
+            channels,
+            next_channel: AtomicUsize::new(0),
+            outstanding: AtomicU64::new(0),
+            status: ArcSwapOption::empty(),
+            last_seen_ms: AtomicU64::new(0),
+            suspect_since_ms: AtomicU64::new(0),
+        })
+    }
+
+    /// One of the node's connections, in turn.
+    pub fn channel(&self) -> Channel {
+        let i = self.next_channel.fetch_add(1, Ordering::Relaxed) % self.channels.len();
+        self.channels[i].clone()
+    }
+
+    /// The typed inference client (metadata, config, repository, statistics).
+    pub fn client(&self) -> GrpcInferenceServiceClient<Channel> {
+        GrpcInferenceServiceClient::new(self.channel())
+            .max_decoding_message_size(MAX_MESSAGE_SIZE)
+            .max_encoding_message_size(MAX_MESSAGE_SIZE)
+    }
+
+    /// Sends an already encoded message to `path` and returns the encoded reply, untouched.
+    pub async fn unary_raw(
+        &self,
+        path: &'static str,
+        request: Request<RawMessage>,
+    ) -> Result<Response<Bytes>, Status> {
+        let mut grpc = tonic::client::Grpc::new(self.channel())
+            .max_decoding_message_size(MAX_MESSAGE_SIZE)
+            .max_encoding_message_size(MAX_MESSAGE_SIZE);
+        grpc.ready().await.map_err(|e| Status::unavailable(format!("node {}: {e}", self.addr)))?;
+        grpc.unary(request, http::uri::PathAndQuery::from_static(path), RawCodec).await
+    }
+
+    pub fn status(&self) -> Option<Arc<NodeStatus>> {
+        self.status.load_full()
+    }
+
+    /// The node's name: its `node_id`, or its address before it reported one.
+    pub fn id(&self) -> String {
+        self.status
+            .load()
+            .as_ref()
+            .map(|s| s.node_id.clone())
+            .filter(|s| !s.is_empty())
+            .unwrap_or_else(|| self.addr.clone())
+    }
+
+    pub fn last_seen_ms(&self) -> u64 {
+        self.last_seen_ms.load(Ordering::Relaxed)
+    }
+
+    /// Counts a request as outstanding on this node while the guard lives.
+    pub fn begin(self: &Arc<Self>) -> Outstanding {
+        self.outstanding.fetch_add(1, Ordering::Relaxed);
+        Outstanding(self.clone())
+    }
+}
+
+/// See [`Node::begin`].
+pub struct Outstanding(Arc<Node>);
+
+impl Drop for Outstanding {
+    fn drop(&mut self) {
+        self.0.outstanding.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// Where one model can be served.
+#[derive(Debug, Default, Clone)]
+pub struct ModelRoutes {
+    /// Nodes with at least one READY version.
+    pub ready: Vec<Arc<Node>>,
+    /// READY nodes by version.
+    pub versions: HashMap<String, Vec<Arc<Node>>>,
+    /// Nodes loading it now.
+    pub loading: Vec<Arc<Node>>,
+}
+
+/// A snapshot of the healthy part of the cluster, rebuilt on every change.
+#[derive(Debug, Default)]
+pub struct RoutingView {
+    pub healthy: Vec<Arc<Node>>,
+    pub models: HashMap<String, ModelRoutes>,
+}
+
+impl RoutingView {
+    /// Nodes that serve `model` at `version` ("" for any).
+    pub fn candidates(&self, model: &str, version: &str) -> &[Arc<Node>] {
+        let Some(routes) = self.models.get(model) else { return &[] };
+        if version.is_empty() {
+            &routes.ready
+        } else {
+            routes.versions.get(version).map_or(&[], Vec::as_slice)
+        }
+    }
+}
+
+/// Every node the router knows, and the routing view over the healthy ones.
+pub struct Cluster {
+    epoch: Instant,
+    heartbeat_timeout: Duration,
+    upstream_connections: usize,
+    nodes: RwLock<HashMap<String, Arc<Node>>>,
+    view: ArcSwap<RoutingView>,
+    metrics: Arc<RouterMetrics>,
+    /// Wakes the placement controller when the healthy set or a node's models change.
+    pub changed: tokio::sync::Notify,
+}
+
+impl Cluster {
+    pub fn new(
+        heartbeat_timeout: Duration,
+        upstream_connections: usize,
+        metrics: Arc<RouterMetrics>,
+    ) -> Cluster {
+        Cluster {
+            epoch: Instant::now(),
+            heartbeat_timeout,
+            upstream_connections,
+            nodes: RwLock::default(),
+            view: ArcSwap::default(),
+            metrics,
+            changed: tokio::sync::Notify::new(),
+        }
+    }
+
+    /// Milliseconds since the router started (never 0, so 0 can mean "never").
+    pub fn now_ms(&self) -> u64 {
+        self.epoch.elapsed().as_millis() as u64 + 1
+    }
+
+    pub fn view(&self) -> Arc<RoutingView> {
+        self.view.load_full()
+    }
+
+    pub fn nodes(&self) -> Vec<Arc<Node>> {
+        self.nodes.read().unwrap_or_else(PoisonError::into_inner).values().cloned().collect()
+    }
+
+    pub fn get(&self, addr: &str) -> Option<Arc<Node>> {
+        self.nodes.read().unwrap_or_else(PoisonError::into_inner).get(addr).cloned()
+    }
+
+    /// The node at `addr`, added if new.
+    pub fn upsert(&self, addr: &str, source: Source) -> Result<Arc<Node>, String> {
+        if let Some(n) = self.get(addr) {
+            return Ok(n);
+        }
+        let node = Arc::new(Node::new(addr, source, self.upstream_connections)?);
+        let mut nodes = self.nodes.write().unwrap_or_else(PoisonError::into_inner);
+        let node = nodes.entry(addr.to_string()).or_insert(node).clone();
+        drop(nodes);
+        tracing::info!(node = addr, source = source.as_str(), "node added");
+        Ok(node)
+    }
+
+    pub fn remove(&self, addr: &str) {
+        let removed = self.nodes.write().unwrap_or_else(PoisonError::into_inner).remove(addr);
+        if removed.is_some() {
+            tracing::info!(node = addr, "node removed");
+            self.metrics.forget_node(addr);
+            self.rebuild();
+        }
+    }
+
+    pub fn is_healthy(&self, node: &Node, now_ms: u64) -> bool {
+        let seen = node.last_seen_ms.load(Ordering::Relaxed);
+        seen != 0
+            && now_ms.saturating_sub(seen) <= self.heartbeat_timeout.as_millis() as u64
+            && node.suspect_since_ms.load(Ordering::Relaxed) == 0
+    }
+
+    /// A fresh status from `node` (heartbeat or poll): it is alive, and holds these models.
+    pub fn record_status(&self, node: &Node, status: NodeStatus) {
+        let now = self.now_ms();
+        let models_changed = node.status.load().as_ref().is_none_or(|old| !same_models(old, &status));
+        let was_healthy = self.is_healthy(node, now);
+        node.status.store(Some(Arc::new(status)));
+        node.last_seen_ms.store(now, Ordering::Relaxed);
+        let suspect = node.suspect_since_ms.load(Ordering::Relaxed);
+        if suspect != 0 && suspect < now {
+            node.suspect_since_ms.store(0, Ordering::Relaxed);
+        }
+        if !was_healthy {
+            tracing::info!(node = %node.addr, "node healthy");
+        }
+        if models_changed || !was_healthy {
+            self.rebuild();
+            self.changed.notify_one();
+        }
+    }
+
+    /// A request found `node` unreachable: route around it until it reports again.
+    pub fn mark_suspect(&self, node: &Node, reason: &str) {
+        if node.suspect_since_ms.swap(self.now_ms(), Ordering::Relaxed) == 0 {
+            tracing::warn!(node = %node.addr, %reason, "node suspect: routing around it until it reports again");
+            self.rebuild();
+            self.changed.notify_one();
+        }
+    }
+
+    /// Recomputes health and the routing view; true when the healthy set changed.
+    pub fn rebuild(&self) -> bool {
+        let now = self.now_ms();
+        let mut nodes = self.nodes();
+        nodes.sort_by(|a, b| a.addr.cmp(&b.addr));
+        let mut view = RoutingView::default();
+        for node in nodes {
+            let healthy = self.is_healthy(&node, now);
+            self.metrics.node_health(&node.addr, healthy, node.outstanding.load(Ordering::Relaxed));
+            if !healthy {
+                continue;
+            }
+            if let Some(status) = node.status() {
+                for m in &status.models {
+                    let routes = view.models.entry(m.name.clone()).or_default();
+                    match m.state.as_str() {
+                        "READY" => {
+                            if !routes.ready.iter().any(|n| Arc::ptr_eq(n, &node)) {
+                                routes.ready.push(node.clone());
+                            }
+                            routes.versions.entry(m.version.clone()).or_default().push(node.clone());
+                        }
+                        "LOADING" => routes.loading.push(node.clone()),
+                        _ => {}
+                    }
+                }
+            }
+            view.healthy.push(node);
+        }
+        let old = self.view.load();
+        let changed = old.healthy.len() != view.healthy.len()
+            || old.healthy.iter().zip(&view.healthy).any(|(a, b)| !Arc::ptr_eq(a, b));
+        self.view.store(Arc::new(view));
+        changed
+    }
+}
+
+fn same_models(a: &NodeStatus, b: &NodeStatus) -> bool {
+    a.models.len() == b.models.len()
+        && a.models
+            .iter()
+            .zip(&b.models)
+            .all(|(x, y)| x.name == y.name && x.version == y.version && x.state == y.state)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tern_proto::cluster::ModelReplica;
+
+    fn status(models: &[(&str, &str, &str)]) -> NodeStatus {
+        NodeStatus {
+            models: models
+                .iter()
+                .map(|(n, v, s)| ModelReplica {
+                    name: n.to_string(),
+                    version: v.to_string(),
+                    state: s.to_string(),
+                    ..Default::default()
+                })
+                .collect(),
+            ..Default::default()
+        }
+    }
+
+    #[tokio::test]
+    async fn view_follows_status_suspicion_and_timeouts() {
+        let cluster = Cluster::new(Duration::from_millis(200), 1, Arc::new(RouterMetrics::unregistered()));
+        let a = cluster.upsert("127.0.0.1:1", Source::Static).expect("a");
+        let b = cluster.upsert("127.0.0.1:2", Source::Registered).expect("b");
+        assert!(cluster.view().healthy.is_empty(), "never heard from: not healthy");
+        cluster.record_status(&a, status(&[("m", "1", "READY"), ("m", "2", "LOADING")]));
+        cluster.record_status(&b, status(&[("m", "2", "READY")]));
+        let view = cluster.view();
+        assert_eq!(view.healthy.len(), 2);
+        assert_eq!(view.candidates("m", "").len(), 2);
+        assert_eq!(view.candidates("m", "1")[0].addr, "127.0.0.1:1");
+        assert_eq!(view.candidates("m", "2")[0].addr, "127.0.0.1:2");
+        assert!(view.candidates("other", "").is_empty());
+
+        cluster.mark_suspect(&b, "test");
+        assert_eq!(cluster.view().candidates("m", "").len(), 1);
+        tokio::time::sleep(Duration::from_millis(5)).await;
+        cluster.record_status(&b, status(&[("m", "2", "READY")]));
+        assert_eq!(cluster.view().candidates("m", "").len(), 2, "a status after suspicion clears it");
+
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        cluster.record_status(&a, status(&[("m", "1", "READY")]));
+        assert!(!cluster.rebuild(), "b timed out but the set changed on record_status already");
+        let view = cluster.view();
+        assert_eq!(view.healthy.len(), 1, "b's last status is older than the timeout");
+        assert_eq!(view.healthy[0].addr, "127.0.0.1:1");
+    }
+}

@@ -1,0 +1,227 @@
+//! Inference messages as bytes: the router reads only the head of a ModelInferRequest (model,
+//! version, id, parameters) and forwards the message it received, tensors untouched.
+//!
+//! tonic's codecs are typed; [`RawCodec`] is the identity codec (`Bytes` in, `Bytes` out).
+//! Decoding takes the received buffer without copying (tonic's `DecodeBuf::copy_to_bytes` splits
+//! its `BytesMut`); encoding copies once into tonic's send buffer, as every tonic codec does.
+
+use std::collections::HashMap;
+
+use bytes::{Buf, BufMut, Bytes};
+use tern_proto::inference::InferParameter;
+use tern_proto::inference::infer_parameter::ParameterChoice;
+use tonic::Status;
+use tonic::codec::{Codec, DecodeBuf, Decoder, EncodeBuf, Encoder};
+
+/// The fields of ModelInferRequest (grpc_service.proto) the router routes on, with the same
+/// field numbers. prost skips the other fields (inputs, outputs, raw_input_contents) without
+/// decoding them: they are length-delimited, so skipping is a pointer move.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct InferHead {
+    #[prost(string, tag = "1")]
+    pub model_name: String,
+    #[prost(string, tag = "2")]
+    pub model_version: String,
+    #[prost(string, tag = "3")]
+    pub id: String,
+    #[prost(map = "string, message", tag = "4")]
+    pub parameters: HashMap<String, InferParameter>,
+}
+
+/// A Triton sequence: the `sequence_id` parameter (integer or string) of a request.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum SequenceId {
+    Int(u64),
+    Text(String),
+}
+
+impl InferHead {
+    /// Reads the head of an encoded ModelInferRequest.
+    pub fn parse(message: &Bytes) -> Result<InferHead, Status> {
+        <InferHead as prost::Message>::decode(message.clone())
+            .map_err(|e| Status::invalid_argument(format!("malformed ModelInferRequest: {e}")))
+    }
+
+    /// The request's sequence, if it carries a non-zero `sequence_id` (0 means none in Triton).
+    pub fn sequence(&self) -> Option<SequenceId> {
+        match self.parameters.get("sequence_id")?.parameter_choice.as_ref()? {
+            ParameterChoice::Int64Param(0) | ParameterChoice::Uint64Param(0) => None,
+            ParameterChoice::Int64Param(v) => Some(SequenceId::Int(*v as u64)),
+            ParameterChoice::Uint64Param(v) => Some(SequenceId::Int(*v)),
+            ParameterChoice::StringParam(s) if s.is_empty() => None,
+            ParameterChoice::StringParam(s) => Some(SequenceId::Text(s.clone())),
+            _ => None,
+        }
+    }
+
+    /// True when the request ends its sequence (`sequence_end`).
+    pub fn sequence_end(&self) -> bool {
+        matches!(
+            self.parameters.get("sequence_end").and_then(|p| p.parameter_choice.as_ref()),
+            Some(ParameterChoice::BoolParam(true))
+        )
+    }
+}
+
+/// What the router sends: a message it already holds, optionally behind a few bytes of framing
+/// (a ModelInferResponse becomes a ModelStreamInferResponse by prefixing field 2's key and
+/// length), so wrapping never copies the payload twice.
+#[derive(Debug, Clone, Default)]
+pub struct RawMessage {
+    pub prefix: Bytes,
+    pub body: Bytes,
+}
+
+impl From<Bytes> for RawMessage {
+    fn from(body: Bytes) -> Self {
+        RawMessage { prefix: Bytes::new(), body }
+    }
+}
+
+/// Wraps an encoded ModelInferResponse as a ModelStreamInferResponse (`infer_response`, field 2).
+pub fn stream_response(response: Bytes) -> RawMessage {
+    let mut prefix = Vec::with_capacity(11);
+    prefix.push(0x12); // field 2, wire type 2 (length-delimited)
+    prost::encoding::encode_varint(response.len() as u64, &mut prefix);
+    RawMessage { prefix: prefix.into(), body: response }
+}
+
+/// Encodes a ModelStreamInferResponse carrying only `error_message` (field 1).
+pub fn stream_error(message: &str) -> RawMessage {
+    let mut prefix = Vec::with_capacity(message.len() + 11);
+    prefix.push(0x0a); // field 1, wire type 2
+    prost::encoding::encode_varint(message.len() as u64, &mut prefix);
+    prefix.extend_from_slice(message.as_bytes());
+    RawMessage { prefix: prefix.into(), body: Bytes::new() }
+}
+
+/// The identity codec: messages travel as the bytes they were received as.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct RawCodec;
+
+impl Codec for RawCodec {
+    type Encode = RawMessage;
+    type Decode = Bytes;
+    type Encoder = RawEncoder;
+    type Decoder = RawDecoder;
+
+    fn encoder(&mut self) -> Self::Encoder {
+        RawEncoder
+    }
+
+    fn decoder(&mut self) -> Self::Decoder {
+        RawDecoder
+    }
+}
+
+#[derive(Debug, Clone, Copy, Default)]
+pub struct RawEncoder;
+
+impl Encoder for RawEncoder {
+    type Item = RawMessage;
+    type Error = Status;
+
+    fn encode(&mut self, item: RawMessage, dst: &mut EncodeBuf<'_>) -> Result<(), Status> {
+        dst.reserve(item.prefix.len() + item.body.len());
+        dst.put_slice(&item.prefix);
+        dst.put_slice(&item.body);
+        Ok(())
+    }
+}
+
+#[derive(Debug, Clone, Copy, Default)]
+pub struct RawDecoder;
+
+impl Decoder for RawDecoder {
+    type Item = Bytes;
+    type Error = Status;
+
+    fn decode(&mut self, src: &mut DecodeBuf<'_>) -> Result<Option<Bytes>, Status> {
+        Ok(Some(src.copy_to_bytes(src.remaining())))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use prost::Message;
+    use tern_proto::inference as pb;
+
+    fn request() -> pb::ModelInferRequest {
+        let mut parameters = HashMap::new();
+        parameters.insert(
+            "sequence_id".to_string(),
+            InferParameter { parameter_choice: Some(ParameterChoice::Int64Param(42)) },
+        );
+        parameters.insert(
+            "sequence_end".to_string(),
+            InferParameter { parameter_choice: Some(ParameterChoice::BoolParam(true)) },
+        );
+        pb::ModelInferRequest {
+            model_name: "tiny_add".into(),
+            model_version: "3".into(),
+            id: "req-1".into(),
+            parameters,
+            inputs: vec![pb::model_infer_request::InferInputTensor {
+                name: "a".into(),
+                datatype: "FP32".into(),
+                shape: vec![1, 4],
+                ..Default::default()
+            }],
+            raw_input_contents: vec![Bytes::from(vec![7u8; 4096])],
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn head_reads_routing_fields_and_skips_tensors() {
+        let bytes = Bytes::from(request().encode_to_vec());
+        let head = InferHead::parse(&bytes).expect("head");
+        assert_eq!(head.model_name, "tiny_add");
+        assert_eq!(head.model_version, "3");
+        assert_eq!(head.id, "req-1");
+        assert_eq!(head.sequence(), Some(SequenceId::Int(42)));
+        assert!(head.sequence_end());
+    }
+
+    #[test]
+    fn zero_or_missing_sequence_id_is_no_sequence() {
+        let mut r = request();
+        r.parameters.insert(
+            "sequence_id".into(),
+            InferParameter { parameter_choice: Some(ParameterChoice::Int64Param(0)) },
+        );
+        let head = InferHead::parse(&Bytes::from(r.encode_to_vec())).expect("head");
+        assert_eq!(head.sequence(), None);
+        r.parameters.clear();
+        let head = InferHead::parse(&Bytes::from(r.encode_to_vec())).expect("head");
+        assert_eq!(head.sequence(), None);
+        assert!(!head.sequence_end());
+    }
+
+    #[test]
+    fn garbage_is_invalid_argument() {
+        let err = InferHead::parse(&Bytes::from_static(&[0x0a, 0xff, 0xff])).expect_err("malformed");
+        assert_eq!(err.code(), tonic::Code::InvalidArgument);
+    }
+
+    #[test]
+    fn stream_wrappers_decode_as_stream_responses() {
+        let response = pb::ModelInferResponse {
+            model_name: "m".into(),
+            raw_output_contents: vec![Bytes::from_static(b"abc")],
+            ..Default::default()
+        };
+        let wrapped = stream_response(Bytes::from(response.encode_to_vec()));
+        let mut joined = wrapped.prefix.to_vec();
+        joined.extend_from_slice(&wrapped.body);
+        let decoded = pb::ModelStreamInferResponse::decode(joined.as_slice()).expect("decode");
+        assert_eq!(decoded.infer_response, Some(response));
+        assert_eq!(decoded.error_message, "");
+
+        let err = stream_error("model 'm' is not ready");
+        let decoded = pb::ModelStreamInferResponse::decode(err.prefix.as_ref()).expect("decode");
+        assert_eq!(decoded.error_message, "model 'm' is not ready");
+        assert!(decoded.infer_response.is_none());
+    }
+}

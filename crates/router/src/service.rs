@@ -1,0 +1,424 @@
+//! The router's GRPCInferenceService: inference is forwarded as bytes ([`InferenceRoutes`]
+//! intercepts ModelInfer and ModelStreamInfer before tonic's generated server would decode
+//! them); everything else is answered from the cluster: health from membership, metadata and
+//! config from a replica, statistics and the repository index merged across nodes, and
+//! repository loads and unloads through placement.
+
+use std::convert::Infallible;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
+use futures::{Stream, StreamExt};
+use prost::Message;
+use tern_proto::inference::{self as pb, grpc_inference_service_server::GrpcInferenceService};
+use tonic::codec::CompressionEncoding;
+use tonic::server::NamedService;
+use tonic::{Request, Response, Status, Streaming};
+
+use crate::aggregate::{merge_index, merge_statistics};
+use crate::forward::{Forwarder, INFER_PATH, STREAM_INFER_PATH, retryable, transport_failure};
+use crate::nodes::{Cluster, MAX_MESSAGE_SIZE, Node};
+use crate::placement::Placement;
+use crate::raw::{RawCodec, RawMessage, stream_error, stream_response};
+
+/// Extensions the router serves (those of tern-node: the router forwards to nodes).
+pub const EXTENSIONS: &[&str] =
+    &["classification", "model_configuration", "model_repository", "schedule_policy", "statistics"];
+
+/// Requests of one stream in flight at once; responses keep the requests' order, as a node's.
+const STREAM_CONCURRENCY: usize = 64;
+
+/// Shared state of the router's services.
+pub struct RouterState {
+    pub server_name: String,
+    pub cluster: Arc<Cluster>,
+    pub placement: Arc<Placement>,
+    pub forwarder: Arc<Forwarder>,
+}
+
+impl RouterState {
+    /// A node to answer a request about `model`: a replica (placing it lazily when allowed), or
+    /// one that answers for the cluster. Retries once past an unreachable node.
+    async fn node_for(&self, model: &str, version: &str) -> Result<Arc<Node>, Status> {
+        self.forwarder.node_for(model, version).await
+    }
+
+    /// Calls `f` on a node for `model`; a node found unreachable is marked and another tried.
+    async fn on_model<T, F, Fut>(&self, model: &str, version: &str, f: F) -> Result<T, Status>
+    where
+        F: Fn(Arc<Node>) -> Fut,
+        Fut: std::future::Future<Output = Result<T, Status>>,
+    {
+        let mut last = None;
+        for _ in 0..2 {
+            let node = self.node_for(model, version).await?;
+            match f(node.clone()).await {
+                Err(e) if retryable(&e) => {
+                    if transport_failure(&e) {
+                        self.cluster.mark_suspect(&node, e.message());
+                    }
+                    last = Some(e);
+                }
+                other => return other,
+            }
+        }
+        Err(last.unwrap_or_else(|| Status::unavailable(format!("model '{model}': no node answered"))))
+    }
+}
+
+#[derive(Clone)]
+pub struct RouterService {
+    state: Arc<RouterState>,
+}
+
+impl RouterService {
+    pub fn new(state: Arc<RouterState>) -> RouterService {
+        RouterService { state }
+    }
+}
+
+fn unimplemented<T>(what: &str) -> Result<Response<T>, Status> {
+    Err(Status::unimplemented(format!("{what} is not implemented by the Tern router")))
+}
+
+type StreamResult = Pin<Box<dyn Stream<Item = Result<pb::ModelStreamInferResponse, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl GrpcInferenceService for RouterService {
+    async fn server_live(
+        &self,
+        _: Request<pb::ServerLiveRequest>,
+    ) -> Result<Response<pb::ServerLiveResponse>, Status> {
+        Ok(Response::new(pb::ServerLiveResponse { live: true }))
+    }
+
+    async fn server_ready(
+        &self,
+        _: Request<pb::ServerReadyRequest>,
+    ) -> Result<Response<pb::ServerReadyResponse>, Status> {
+        Ok(Response::new(pb::ServerReadyResponse { ready: !self.state.cluster.view().healthy.is_empty() }))
+    }
+
+    async fn model_ready(
+        &self,
+        req: Request<pb::ModelReadyRequest>,
+    ) -> Result<Response<pb::ModelReadyResponse>, Status> {
+        let req = req.into_inner();
+        let ready = !self.state.cluster.view().candidates(&req.name, &req.version).is_empty();
+        Ok(Response::new(pb::ModelReadyResponse { ready }))
+    }
+
+    async fn server_metadata(
+        &self,
+        _: Request<pb::ServerMetadataRequest>,
+    ) -> Result<Response<pb::ServerMetadataResponse>, Status> {
+        Ok(Response::new(pb::ServerMetadataResponse {
+            name: self.state.server_name.clone(),
+            version: env!("CARGO_PKG_VERSION").to_string(),
+            extensions: EXTENSIONS.iter().map(|s| s.to_string()).collect(),
+        }))
+    }
+
+    async fn model_metadata(
+        &self,
+        req: Request<pb::ModelMetadataRequest>,
+    ) -> Result<Response<pb::ModelMetadataResponse>, Status> {
+        let req = req.into_inner();
+        let reply = self
+            .state
+            .on_model(&req.name, &req.version, |node| {
+                let req = req.clone();
+                async move { node.client().model_metadata(req).await }
+            })
+            .await?;
+        Ok(Response::new(reply.into_inner()))
+    }
+
+    async fn model_infer(
+        &self,
+        req: Request<pb::ModelInferRequest>,
+    ) -> Result<Response<pb::ModelInferResponse>, Status> {
+        // Not reached: InferenceRoutes forwards ModelInfer as bytes. Kept correct regardless.
+        let (metadata, _, message) = req.into_parts();
+        let reply = self.state.forwarder.infer(metadata, Bytes::from(message.encode_to_vec())).await?;
+        let (metadata, bytes, extensions) = reply.into_parts();
+        let decoded = pb::ModelInferResponse::decode(bytes)
+            .map_err(|e| Status::internal(format!("malformed ModelInferResponse from a node: {e}")))?;
+        Ok(Response::from_parts(metadata, decoded, extensions))
+    }
+
+    type ModelStreamInferStream = StreamResult;
+
+    async fn model_stream_infer(
+        &self,
+        _: Request<Streaming<pb::ModelInferRequest>>,
+    ) -> Result<Response<Self::ModelStreamInferStream>, Status> {
+        // Not reached: InferenceRoutes serves ModelStreamInfer as bytes.
+        unimplemented("ModelStreamInfer with decoded messages")
+    }
+
+    async fn model_config(
+        &self,
+        req: Request<pb::ModelConfigRequest>,
+    ) -> Result<Response<pb::ModelConfigResponse>, Status> {
+        let req = req.into_inner();
+        let reply = self
+            .state
+            .on_model(&req.name, &req.version, |node| {
+                let req = req.clone();
+                async move { node.client().model_config(req).await }
+            })
+            .await?;
+        Ok(Response::new(reply.into_inner()))
+    }
+
+    async fn model_statistics(
+        &self,
+        req: Request<pb::ModelStatisticsRequest>,
+    ) -> Result<Response<pb::ModelStatisticsResponse>, Status> {
+        let req = req.into_inner();
+        let view = self.state.cluster.view();
+        if view.healthy.is_empty() {
+            return Err(Status::unavailable("no node of the cluster is healthy"));
+        }
+        let calls = view.healthy.iter().map(|node| {
+            let req = req.clone();
+            async move { node.client().model_statistics(req).await.map(|r| r.into_inner().model_stats) }
+        });
+        let results = futures::future::join_all(calls).await;
+        let mut first_error = None;
+        let mut per_node = Vec::new();
+        for r in results {
+            match r {
+                Ok(stats) => per_node.push(stats),
+                Err(e) => {
+                    first_error.get_or_insert(e);
+                }
+            }
+        }
+        let merged = merge_statistics(per_node);
+        // A named model nobody serves: the nodes' error (NOT_FOUND), as a single server's.
+        if let Some(e) = first_error.filter(|_| merged.is_empty() && !req.name.is_empty()) {
+            return Err(e);
+        }
+        Ok(Response::new(pb::ModelStatisticsResponse { model_stats: merged }))
+    }
+
+    async fn repository_index(
+        &self,
+        req: Request<pb::RepositoryIndexRequest>,
+    ) -> Result<Response<pb::RepositoryIndexResponse>, Status> {
+        let req = req.into_inner();
+        let view = self.state.cluster.view();
+        let calls =
+            view.healthy.iter().map(|node| {
+                let req = pb::RepositoryIndexRequest { ready: false, ..req.clone() };
+                async move {
+                    (node.id(), node.client().repository_index(req).await.map(|r| r.into_inner().models))
+                }
+            });
+        let mut per_node = Vec::new();
+        for (id, result) in futures::future::join_all(calls).await {
+            match result {
+                Ok(rows) => per_node.push((id, rows)),
+                Err(e) => tracing::debug!(node = %id, error = %e.message(), "repository index failed"),
+            }
+        }
+        let models = merge_index(per_node).into_iter().filter(|m| !req.ready || m.state == "READY").collect();
+        Ok(Response::new(pb::RepositoryIndexResponse { models }))
+    }
+
+    async fn repository_model_load(
+        &self,
+        req: Request<pb::RepositoryModelLoadRequest>,
+    ) -> Result<Response<pb::RepositoryModelLoadResponse>, Status> {
+        let req = req.into_inner();
+        self.state.placement.load_explicit(&req.model_name, req.parameters).await?;
+        Ok(Response::new(pb::RepositoryModelLoadResponse {}))
+    }
+
+    async fn repository_model_unload(
+        &self,
+        req: Request<pb::RepositoryModelUnloadRequest>,
+    ) -> Result<Response<pb::RepositoryModelUnloadResponse>, Status> {
+        let req = req.into_inner();
+        self.state.placement.unload_explicit(&req.model_name).await?;
+        Ok(Response::new(pb::RepositoryModelUnloadResponse {}))
+    }
+
+    async fn system_shared_memory_status(
+        &self,
+        _: Request<pb::SystemSharedMemoryStatusRequest>,
+    ) -> Result<Response<pb::SystemSharedMemoryStatusResponse>, Status> {
+        unimplemented("SystemSharedMemoryStatus")
+    }
+
+    async fn system_shared_memory_register(
+        &self,
+        _: Request<pb::SystemSharedMemoryRegisterRequest>,
+    ) -> Result<Response<pb::SystemSharedMemoryRegisterResponse>, Status> {
+        unimplemented("SystemSharedMemoryRegister")
+    }
+
+    async fn system_shared_memory_unregister(
+        &self,
+        _: Request<pb::SystemSharedMemoryUnregisterRequest>,
+    ) -> Result<Response<pb::SystemSharedMemoryUnregisterResponse>, Status> {
+        unimplemented("SystemSharedMemoryUnregister")
+    }
+
+    async fn cuda_shared_memory_status(
+        &self,
+        _: Request<pb::CudaSharedMemoryStatusRequest>,
+    ) -> Result<Response<pb::CudaSharedMemoryStatusResponse>, Status> {
+        unimplemented("CudaSharedMemoryStatus")
+    }
+
+    async fn cuda_shared_memory_register(
+        &self,
+        _: Request<pb::CudaSharedMemoryRegisterRequest>,
+    ) -> Result<Response<pb::CudaSharedMemoryRegisterResponse>, Status> {
+        unimplemented("CudaSharedMemoryRegister")
+    }
+
+    async fn cuda_shared_memory_unregister(
+        &self,
+        _: Request<pb::CudaSharedMemoryUnregisterRequest>,
+    ) -> Result<Response<pb::CudaSharedMemoryUnregisterResponse>, Status> {
+        unimplemented("CudaSharedMemoryUnregister")
+    }
+
+    async fn trace_setting(
+        &self,
+        _: Request<pb::TraceSettingRequest>,
+    ) -> Result<Response<pb::TraceSettingResponse>, Status> {
+        unimplemented("TraceSetting")
+    }
+
+    async fn log_settings(
+        &self,
+        _: Request<pb::LogSettingsRequest>,
+    ) -> Result<Response<pb::LogSettingsResponse>, Status> {
+        unimplemented("LogSettings")
+    }
+}
+
+/// GRPCInferenceService as served: ModelInfer and ModelStreamInfer as raw bytes, every other
+/// method by tonic's generated server over [`RouterService`].
+#[derive(Clone)]
+pub struct InferenceRoutes {
+    forwarder: Arc<Forwarder>,
+    generated: pb::grpc_inference_service_server::GrpcInferenceServiceServer<RouterService>,
+}
+
+impl InferenceRoutes {
+    pub fn new(state: Arc<RouterState>) -> InferenceRoutes {
+        let generated = pb::grpc_inference_service_server::GrpcInferenceServiceServer::new(
+            RouterService::new(state.clone()),
+        )
+        .accept_compressed(CompressionEncoding::Gzip)
+        .accept_compressed(CompressionEncoding::Deflate)
+        .max_decoding_message_size(MAX_MESSAGE_SIZE)
+        .max_encoding_message_size(MAX_MESSAGE_SIZE);
+        InferenceRoutes { forwarder: state.forwarder.clone(), generated }
+    }
+}
+
+impl NamedService for InferenceRoutes {
+    const NAME: &'static str = "inference.GRPCInferenceService";
+}
+
+fn raw_server() -> tonic::server::Grpc<RawCodec> {
+    tonic::server::Grpc::new(RawCodec)
+        .accept_compressed(CompressionEncoding::Gzip)
+        .accept_compressed(CompressionEncoding::Deflate)
+        .max_decoding_message_size(MAX_MESSAGE_SIZE)
+        .max_encoding_message_size(MAX_MESSAGE_SIZE)
+}
+
+type BoxFuture<T> = Pin<Box<dyn std::future::Future<Output = T> + Send>>;
+
+impl<B> tower::Service<http::Request<B>> for InferenceRoutes
+where
+    B: http_body::Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>> + Send + 'static,
+{
+    type Response = http::Response<tonic::body::Body>;
+    type Error = Infallible;
+    type Future = BoxFuture<Result<Self::Response, Infallible>>;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: http::Request<B>) -> Self::Future {
+        match req.uri().path() {
+            INFER_PATH => {
+                let service = UnaryInfer(self.forwarder.clone());
+                Box::pin(async move { Ok(raw_server().unary(service, req).await) })
+            }
+            STREAM_INFER_PATH => {
+                let service = StreamInfer(self.forwarder.clone());
+                Box::pin(async move { Ok(raw_server().streaming(service, req).await) })
+            }
+            _ => {
+                let mut generated = self.generated.clone();
+                Box::pin(async move { tower::Service::call(&mut generated, req).await })
+            }
+        }
+    }
+}
+
+struct UnaryInfer(Arc<Forwarder>);
+
+impl tonic::server::UnaryService<Bytes> for UnaryInfer {
+    type Response = RawMessage;
+    type Future = BoxFuture<Result<Response<RawMessage>, Status>>;
+
+    fn call(&mut self, request: Request<Bytes>) -> Self::Future {
+        let forwarder = self.0.clone();
+        Box::pin(async move {
+            let (metadata, _, body) = request.into_parts();
+            let reply = forwarder.infer(metadata, body).await?;
+            Ok(reply.map(RawMessage::from))
+        })
+    }
+}
+
+struct StreamInfer(Arc<Forwarder>);
+
+type RawStream = Pin<Box<dyn Stream<Item = Result<RawMessage, Status>> + Send>>;
+
+impl tonic::server::StreamingService<Bytes> for StreamInfer {
+    type Response = RawMessage;
+    type ResponseStream = RawStream;
+    type Future = BoxFuture<Result<Response<RawStream>, Status>>;
+
+    /// Each request of the stream is forwarded on its own (balanced, retried); a failed one
+    /// gets a response carrying `error_message`, and the stream goes on, as on a node.
+    fn call(&mut self, request: Request<Streaming<Bytes>>) -> Self::Future {
+        let forwarder = self.0.clone();
+        Box::pin(async move {
+            let (metadata, _, messages) = request.into_parts();
+            let responses = messages
+                .map(move |message| {
+                    let forwarder = forwarder.clone();
+                    let metadata = metadata.clone();
+                    async move {
+                        match message {
+                            Ok(body) => Ok(match forwarder.infer(metadata, body).await {
+                                Ok(reply) => stream_response(reply.into_inner()),
+                                Err(e) => stream_error(e.message()),
+                            }),
+                            // The client's stream broke: end ours with its status.
+                            Err(e) => Err(e),
+                        }
+                    }
+                })
+                .buffered(STREAM_CONCURRENCY);
+            Ok(Response::new(Box::pin(responses) as RawStream))
+        })
+    }
+}
