@@ -145,6 +145,11 @@ class TernServer:
     the server never blocks on a full pipe. `start()` waits for the ready line.
     """
 
+    ready_mark = READY_MARK
+
+    def binary(self) -> Path:
+        return node_binary()
+
     def __init__(self, repos, extra_args=(), log_dir: Path | None = None, label: str = "tern-node"):
         self.repos = [Path(r) for r in repos]
         self.extra_args = list(extra_args)
@@ -161,18 +166,18 @@ class TernServer:
     # --- lifecycle ---
 
     def command(self) -> list[str]:
-        cmd = [str(node_binary())]
+        cmd = [str(self.binary())]
         for r in self.repos:
             cmd += ["--model-repository", str(r)]
         cmd += ["--grpc-port", "0", "--metrics-port", "0"]
         return cmd + self.extra_args
 
     def start(self, timeout: float = START_TIMEOUT_S) -> "TernServer":
-        binary = node_binary()
+        binary = self.binary()
         if not binary.exists():
             pytest.fail(
-                f"tern-node binary not found at {binary}: build it with "
-                "`cargo build --release -p tern-node` or set TERN_NODE_BIN"
+                f"{binary.name} binary not found at {binary}: build it with "
+                f"`cargo build --release -p {binary.name}` (or set TERN_NODE_BIN / TERN_ROUTER_BIN)"
             )
         self.lines = []
         self.grpc_addr = None
@@ -197,7 +202,7 @@ class TernServer:
                 )
         self.kill()
         pytest.fail(
-            f"{self.label} did not log '{READY_MARK}' with grpc=ADDR within {timeout:.0f} s.\n"
+            f"{self.label} did not log '{self.ready_mark}' with grpc=ADDR within {timeout:.0f} s.\n"
             f"command: {' '.join(self.command())}\nlog:\n{self.log_tail()}"
         )
 
@@ -214,7 +219,7 @@ class TernServer:
                     host, port = m.group(1).rsplit(":", 1)
                     # A wildcard bind is reached through loopback.
                     self.grpc_addr = f"{'127.0.0.1' if host == '0.0.0.0' else host}:{port}"
-                if READY_MARK in line and self.grpc_addr is not None:
+                if self.ready_mark in line and self.grpc_addr is not None:
                     self._ready.set()
         proc.stdout.close()
 

@@ -290,6 +290,8 @@ impl Placement {
     /// the lazy-load timeout. Callers check [`Self::lazy_refusal`] first.
     pub async fn lazy_load(&self, model: &str) -> Result<(), Status> {
         let started = Instant::now();
+        // The waiting request uses the model: it must not look idle to eviction once loaded.
+        self.touch(model);
         let timeout = self.settings.lazy_load_timeout;
         let result = tokio::time::timeout(timeout, self.lazy_load_inner(model)).await.unwrap_or_else(|_| {
             Err(Status::unavailable(format!(
@@ -297,8 +299,12 @@ impl Placement {
                 timeout.as_secs()
             )))
         });
-        if result.is_ok() {
-            self.metrics.lazy_load(started.elapsed());
+        match &result {
+            Ok(()) => self.metrics.lazy_load(started.elapsed()),
+            // Not a model in use (no such model, or broken): keep it out of replica top-ups.
+            Err(_) => {
+                self.last_used.remove(model);
+            }
         }
         result
     }

@@ -1,0 +1,156 @@
+"""A real Tern cluster on loopback for tests: one tern-router process and tern-node processes
+that register with it (explicit model control, so the router places models), each on fixed
+ports so a killed node can come back at the same address, as a StatefulSet pod does.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import time
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+import tritonclient.grpc as grpcclient
+
+from tern_testlib import ROOT, TernServer
+
+
+def router_binary() -> Path:
+    return Path(os.environ.get("TERN_ROUTER_BIN", ROOT / "target" / "release" / "tern-router"))
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_until(predicate, timeout: float, what: str, interval: float = 0.1):
+    """Polls `predicate` until it returns a truthy value (returned) or `timeout` passes."""
+    deadline = time.monotonic() + timeout
+    last = None
+    while time.monotonic() < deadline:
+        try:
+            last = predicate()
+            if last:
+                return last
+        except Exception as e:  # noqa: BLE001 - a transient RPC error is just "not yet"
+            last = e
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what} (last: {last!r})")
+
+
+class RouterProc(TernServer):
+    ready_mark = "tern-router ready"
+
+    def __init__(self, extra_args=(), log_dir=None, label="router"):
+        super().__init__([], extra_args=extra_args, log_dir=log_dir, label=label)
+        self.grpc_port = free_port()
+        self.metrics_port = free_port()
+
+    def binary(self) -> Path:
+        return router_binary()
+
+    def command(self) -> list[str]:
+        return [str(self.binary()), "--grpc-address", "127.0.0.1", "--grpc-port", str(self.grpc_port),
+                "--metrics-address", "127.0.0.1", "--metrics-port", str(self.metrics_port),
+                *self.extra_args]
+
+    def metrics(self) -> str:
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=5) as r:
+            return r.read().decode()
+
+
+class NodeProc(TernServer):
+    """A tern-node on a fixed port (kept across restarts)."""
+
+    def __init__(self, repo, extra_args=(), log_dir=None, label="node"):
+        super().__init__([repo], extra_args=extra_args, log_dir=log_dir, label=label)
+        self.grpc_port = free_port()
+
+    def command(self) -> list[str]:
+        cmd = [str(self.binary())]
+        for r in self.repos:
+            cmd += ["--model-repository", str(r)]
+        return cmd + ["--grpc-address", "127.0.0.1", "--grpc-port", str(self.grpc_port),
+                      "--metrics-port", "0", *self.extra_args]
+
+    @property
+    def addr(self) -> str:
+        return f"127.0.0.1:{self.grpc_port}"
+
+    def client(self):
+        return grpcclient.InferenceServerClient(self.addr)
+
+    def ready_models(self) -> set[str]:
+        idx = self.client().get_model_repository_index()
+        return {m.name for m in idx.models if m.state == "READY"}
+
+    def inference_count(self, model: str) -> int:
+        try:
+            stats = self.client().get_inference_statistics(model).model_stats
+        except Exception:  # noqa: BLE001 - not loaded here: nothing served
+            return 0
+        return sum(s.inference_count for s in stats)
+
+
+class Cluster:
+    """A router and `n` registering nodes; `with Cluster(...) as c:` stops everything."""
+
+    def __init__(self, repo, n_nodes: int, log_dir, router_args=(), node_args=(), explicit=True):
+        self.log_dir = Path(log_dir)
+        self.router = RouterProc(router_args, log_dir=self.log_dir)
+        mode = ["--model-control-mode", "explicit"] if explicit else []
+        self.node_args = [*mode, "--router-address", f"127.0.0.1:{self.router.grpc_port}", *node_args]
+        self.repo = repo
+        self.nodes = [self.new_node(i) for i in range(n_nodes)]
+
+    def new_node(self, i: int, extra=()) -> NodeProc:
+        return NodeProc(self.repo, [*self.node_args, *extra], log_dir=self.log_dir, label=f"node{i}")
+
+    def __enter__(self) -> "Cluster":
+        self.router.start()
+        for n in self.nodes:
+            n.start()
+        self.wait_healthy(len(self.nodes))
+        return self
+
+    def __exit__(self, *exc):
+        for n in self.nodes:
+            n.kill()
+        self.router.stop()
+
+    @property
+    def url(self) -> str:
+        return self.router.url
+
+    def client(self):
+        return grpcclient.InferenceServerClient(self.url)
+
+    def wait_healthy(self, count: int, timeout: float = 15):
+        def healthy():
+            text = self.router.metrics()
+            up = [line for line in text.splitlines()
+                  if line.startswith("tern_router_node_healthy{") and line.endswith(" 1")]
+            return len(up) >= count
+        wait_until(healthy, timeout, f"{count} healthy nodes in the router")
+
+    def holders(self, model: str) -> list[str]:
+        """Nodes holding `model` READY, from the router's merged index."""
+        idx = self.client().get_model_repository_index()
+        for m in idx.models:
+            if m.name == model and m.state == "READY":
+                return sorted(x.strip() for x in m.reason.removeprefix("ready on:").split(","))
+        return []
+
+
+def tiny_add_inputs(rows: int = 1, value: float = 1.0):
+    a = np.full((rows, 16), value, dtype=np.float32)
+    inputs = []
+    for name in ("INPUT0", "INPUT1"):
+        x = grpcclient.InferInput(name, [rows, 16], "FP32")
+        x.set_data_from_numpy(a)
+        inputs.append(x)
+    return inputs

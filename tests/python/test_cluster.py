@@ -1,0 +1,300 @@
+"""A real cluster on loopback: tern-router plus tern-node processes registering with it, driven
+by the real tritonclient and perf_analyzer. Placement (replicas, lazy loading, eviction),
+routing (balance, sequences), failover under SIGKILL, and the aggregated answers.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+import time
+
+import numpy as np
+import onnx
+import pytest
+import tritonclient.grpc as grpcclient
+from onnx import TensorProto, helper, numpy_helper
+from tritonclient.utils import InferenceServerException
+
+from tern_clusterlib import Cluster, NodeProc, RouterProc, router_binary, tiny_add_inputs, wait_until
+from test_perf_analyzer import check_success, run_perf_analyzer
+
+
+def infer_tiny(client, value: float = 1.0, **kw):
+    r = client.infer("tiny_add", tiny_add_inputs(value=value), **kw)
+    out = r.as_numpy("OUTPUT0")
+    assert np.allclose(out, 2 * value), out
+    return r
+
+
+def test_lazy_load_replicas_index_and_statistics(model_repo, tmp_path):
+    with Cluster(model_repo, 3, tmp_path, router_args=["--replicas", "2"]) as c:
+        client = c.client()
+        assert client.is_server_ready()
+        assert not client.is_model_ready("tiny_add"), "nothing is placed before a request"
+        # The first request loads the model on one node and waits for it.
+        infer_tiny(client)
+        assert client.is_model_ready("tiny_add")
+        # The controller then tops the model up to 2 replicas.
+        holders = wait_until(lambda: len(c.holders("tiny_add")) == 2 and c.holders("tiny_add"), 15,
+                             "tiny_add on 2 nodes")
+        assert set(holders) <= {n.addr for n in c.nodes}
+        held = [n for n in c.nodes if "tiny_add" in n.ready_models()]
+        assert sorted(n.addr for n in held) == holders
+        for i in range(40):
+            infer_tiny(client, value=float(i))
+        # Balanced across both replicas, and the router's statistics are the nodes' sum.
+        counts = [n.inference_count("tiny_add") for n in held]
+        assert sum(counts) == 41, counts
+        assert min(counts) >= 5, f"least-outstanding balancing left a replica idle: {counts}"
+        stats = client.get_inference_statistics("tiny_add").model_stats
+        assert [(s.name, s.version, s.inference_count) for s in stats] == [("tiny_add", "1", 41)]
+        # The merged index lists every model of the shared repository, unloaded ones by name.
+        names = {m.name for m in client.get_model_repository_index().models}
+        assert {"tiny_add", "light_resnet50", "identity_fp32"} <= names
+        metrics = c.router.metrics()
+        assert 'tern_router_requests_total{code="OK",model="tiny_add"} 41' in metrics, metrics
+        assert 'tern_router_placements_total{model="tiny_add"} 2' in metrics
+
+
+def test_errors_through_the_router(model_repo, tmp_path):
+    with Cluster(model_repo, 1, tmp_path) as c:
+        client = c.client()
+        with pytest.raises(InferenceServerException) as e:
+            client.infer("no_such_model", tiny_add_inputs())
+        assert e.value.status() == "StatusCode.NOT_FOUND"
+        assert "Request for unknown model: 'no_such_model' is not found" in e.value.message()
+        # A bad tensor: the node's INVALID_ARGUMENT naming model and input comes back unchanged.
+        bad = grpcclient.InferInput("INPUT0", [1, 3], "FP32")
+        bad.set_data_from_numpy(np.zeros((1, 3), dtype=np.float32))
+        with pytest.raises(InferenceServerException) as e:
+            client.infer("tiny_add", [bad, tiny_add_inputs()[1]])
+        assert e.value.status() == "StatusCode.INVALID_ARGUMENT"
+        assert "INPUT0" in e.value.message() and "tiny_add" in e.value.message()
+        # The router keeps serving everyone else.
+        infer_tiny(client)
+        # Unload through the router: no lazy reload until loaded again.
+        client.unload_model("tiny_add")
+        wait_until(lambda: not client.is_model_ready("tiny_add"), 10, "tiny_add unloaded")
+        with pytest.raises(InferenceServerException):
+            client.infer("tiny_add", tiny_add_inputs())
+        client.load_model("tiny_add")
+        assert client.is_model_ready("tiny_add")
+        infer_tiny(client)
+
+
+def test_no_nodes_is_unavailable(tmp_path):
+    router = RouterProc(log_dir=tmp_path)
+    router.start()
+    try:
+        client = grpcclient.InferenceServerClient(router.url)
+        assert client.is_server_live()
+        assert not client.is_server_ready()
+        with pytest.raises(InferenceServerException) as e:
+            client.infer("tiny_add", tiny_add_inputs())
+        assert e.value.status() == "StatusCode.UNAVAILABLE"
+        assert "no node of the cluster is healthy" in e.value.message()
+    finally:
+        assert router.stop() == 0
+
+
+def test_static_and_dns_nodes(model_repo, tmp_path):
+    """Nodes the router finds itself (--node, --node-dns), in the default control mode."""
+    nodes = [NodeProc(model_repo, log_dir=tmp_path, label=f"static{i}") for i in range(2)]
+    for n in nodes:
+        n.start()
+    router = RouterProc(["--node", nodes[0].addr, "--node-dns", f"localhost:{nodes[1].grpc_port}",
+                         "--dns-refresh-secs", "1"], log_dir=tmp_path)
+    router.start()
+    try:
+        client = grpcclient.InferenceServerClient(router.url)
+        wait_until(client.is_server_ready, 10, "router ready")
+        wait_until(lambda: len(Cluster.holders(_Shim(client), "tiny_add")) == 2, 10, "both nodes routed")
+        for i in range(20):
+            infer_tiny(client, value=float(i))
+        assert [n.inference_count("tiny_add") > 0 for n in nodes] == [True, True]
+    finally:
+        router.stop()
+        for n in nodes:
+            n.kill()
+
+
+class _Shim:
+    """Lets Cluster.holders run against a bare client."""
+
+    def __init__(self, client):
+        self._client = client
+
+    def client(self):
+        return self._client
+
+
+def test_failover_sigkill_under_load_zero_failures(model_repo, tmp_path):
+    """Concurrency 16 through the router; one of two replicas is SIGKILLed mid-run and restarted
+    at the same address: no request fails, and the restarted node takes traffic again."""
+    with Cluster(model_repo, 2, tmp_path, router_args=["--replicas", "2", "--load-model", "tiny_add"]) as c:
+        client = c.client()
+        wait_until(lambda: len(c.holders("tiny_add")) == 2, 20, "tiny_add on both nodes")
+        stop = threading.Event()
+        ok = [0] * 16
+        failures: list[str] = []
+
+        def worker(i):
+            cl = grpcclient.InferenceServerClient(c.url)
+            deadline = time.monotonic() + 60  # bounded even if `stop` never comes
+            while not stop.is_set() and time.monotonic() < deadline:
+                try:
+                    infer_tiny(cl, value=float(i))
+                    ok[i] += 1
+                except Exception as e:  # noqa: BLE001 - every failure is recorded and fails the test
+                    failures.append(repr(e))
+
+        threads = [threading.Thread(target=worker, args=(i,)) for i in range(16)]
+        for t in threads:
+            t.start()
+        victim = c.nodes[0]
+        time.sleep(2)
+        before = sum(ok)
+        victim.kill()  # SIGKILL
+        time.sleep(3)
+        during = sum(ok)
+        victim.restarts += 1
+        victim.start()
+        # Placement puts tiny_add back on the restarted node; it takes traffic again.
+        wait_until(lambda: victim.inference_count("tiny_add") > 20, 30, "traffic on the restarted node")
+        stop.set()
+        for t in threads:
+            t.join(30)
+        assert not failures, f"{len(failures)} failed requests, first: {failures[:3]}"
+        assert during > before, "requests kept succeeding while a replica was down"
+        metrics = c.router.metrics()
+        retries = [line for line in metrics.splitlines() if line.startswith("tern_router_retries_total")]
+        print(f"failover: {sum(ok)} requests, 0 failures; {retries}")
+
+
+def weights_model(path, mib: float):
+    """A real ONNX model Y = X + W with a `mib` MiB initializer (placement's memory estimate)."""
+    n = int(mib * (1 << 20) / 4)
+    w = numpy_helper.from_array(np.ones((1, n), dtype=np.float32), "W")
+    graph = helper.make_graph(
+        [helper.make_node("Add", ["X", "W"], ["Y"])], "weights",
+        [helper.make_tensor_value_info("X", TensorProto.FLOAT, [1, n])],
+        [helper.make_tensor_value_info("Y", TensorProto.FLOAT, [1, n])], initializer=[w])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 8
+    onnx.save(model, path)
+
+
+def test_eviction_under_memory_budget(tmp_path):
+    repo = tmp_path / "repo"
+    for name in ("heavy_a", "heavy_b", "heavy_c"):
+        (repo / name / "1").mkdir(parents=True)
+        weights_model(repo / name / "1" / "model.onnx", 1.5)
+        (repo / name / "config.pbtxt").write_text(
+            f'name: "{name}"\nbackend: "onnxruntime"\nmax_batch_size: 0\n'
+            'instance_group [ { count: 1, kind: KIND_CPU } ]\n')
+    n = int(1.5 * (1 << 20) / 4)
+
+    def run(client, model):
+        x = grpcclient.InferInput("X", [1, n], "FP32")
+        x.set_data_from_numpy(np.full((1, n), 2.0, dtype=np.float32))
+        y = client.infer(model, [x]).as_numpy("Y")
+        assert float(y[0, 0]) == 3.0
+
+    with Cluster(repo, 1, tmp_path, node_args=["--model-memory-budget-mb", "4"]) as c:
+        client = c.client()
+        node = c.nodes[0]
+        run(client, "heavy_a")
+        run(client, "heavy_b")
+        assert node.ready_models() == {"heavy_a", "heavy_b"}, "3 MiB fits the 4 MiB budget"
+        time.sleep(2.5)  # past the eviction grace: heavy_a and heavy_b are now idle
+        run(client, "heavy_b")  # heavy_b is now the more recently used
+        run(client, "heavy_c")  # 4.5 MiB > 4 MiB: the least recently used (heavy_a) goes
+        wait_until(lambda: node.ready_models() == {"heavy_b", "heavy_c"}, 15, "heavy_a evicted")
+        wait_until(lambda: 'tern_router_evictions_total{model="heavy_a"} 1' in c.router.metrics(), 5,
+                   "the eviction counted")
+        # An evicted model comes back on its next request.
+        run(client, "heavy_a")
+        assert "heavy_a" in node.ready_models()
+
+
+def test_node_join_triggers_placement(model_repo, tmp_path):
+    with Cluster(model_repo, 1, tmp_path, router_args=["--replicas", "2", "--load-model", "tiny_add"]) as c:
+        wait_until(lambda: len(c.holders("tiny_add")) == 1, 15, "tiny_add on the first node")
+        joiner = c.new_node(1)
+        c.nodes.append(joiner)
+        joiner.start()
+        wait_until(lambda: "tiny_add" in joiner.ready_models(), 15, "tiny_add placed on the joining node")
+        assert len(c.holders("tiny_add")) == 2
+
+
+def test_sequences_stick_to_one_node(model_repo, tmp_path):
+    with Cluster(model_repo, 3, tmp_path, router_args=["--replicas", "3", "--load-model", "tiny_add"]) as c:
+        client = c.client()
+        wait_until(lambda: len(c.holders("tiny_add")) == 3, 20, "tiny_add on 3 nodes")
+        for seq in (11, 12, 13, 14):
+            before = [n.inference_count("tiny_add") for n in c.nodes]
+            for step in range(8):
+                infer_tiny(client, sequence_id=seq, sequence_start=step == 0, sequence_end=step == 7)
+            delta = [n.inference_count("tiny_add") - b for n, b in zip(c.nodes, before)]
+            assert sorted(delta) == [0, 0, 8], f"sequence {seq} spread over nodes: {delta}"
+        # Without a sequence, the same client spreads over the replicas.
+        before = [n.inference_count("tiny_add") for n in c.nodes]
+        for _ in range(30):
+            infer_tiny(client)
+        delta = [n.inference_count("tiny_add") - b for n, b in zip(c.nodes, before)]
+        assert sum(1 for d in delta if d > 0) >= 2, delta
+
+
+def test_streaming_through_the_router(model_repo, tmp_path):
+    with Cluster(model_repo, 2, tmp_path) as c:
+        client = c.client()
+        results: queue.Queue = queue.Queue()
+        client.start_stream(callback=lambda result, error: results.put((result, error)))
+        for i in range(10):
+            client.async_stream_infer("tiny_add", tiny_add_inputs(value=float(i)), request_id=str(i))
+        client.async_stream_infer("no_such_model", tiny_add_inputs(), request_id="bad")
+        got = [results.get(timeout=30) for _ in range(11)]
+        client.stop_stream()
+        ids = [r.get_response().id for r, e in got if r is not None]
+        errors = [str(e) for r, e in got if e is not None]
+        assert ids == [str(i) for i in range(10)], "responses in request order"
+        assert len(errors) == 1 and "no_such_model" in errors[0], errors
+        for r, e in got[:10]:
+            i = float(r.get_response().id)
+            assert np.allclose(r.as_numpy("OUTPUT0"), 2 * i)
+
+
+def test_perf_analyzer_through_the_router(model_repo, tmp_path):
+    with Cluster(model_repo, 2, tmp_path, router_args=["--replicas", "2"]) as c:
+        for model, extra in (("tiny_add", ["--concurrency-range", "4"]),
+                             ("light_resnet50", ["--concurrency-range", "2", "--shape", "input:1,3,224,224"])):
+            csv = tmp_path / f"{model}.csv"
+            proc = run_perf_analyzer(c.url, model, csv, extra=["--measurement-interval", "2000", *extra],
+                                     timeout=180)
+            assert check_success(proc, csv) > 0
+
+
+def test_deadline_through_the_router(model_repo, tmp_path):
+    """The client's deadline is enforced through the router, which keeps serving."""
+    with Cluster(model_repo, 1, tmp_path) as c:
+        client = c.client()
+        infer_tiny(client)
+        with pytest.raises(InferenceServerException) as e:
+            client.infer("light_resnet50", _resnet_inputs(), client_timeout=0.001)
+        assert e.value.status() == "StatusCode.DEADLINE_EXCEEDED"
+        infer_tiny(client)
+
+
+def _resnet_inputs():
+    x = grpcclient.InferInput("input", [1, 3, 224, 224], "FP32")
+    x.set_data_from_numpy(np.zeros((1, 3, 224, 224), dtype=np.float32))
+    return [x]
+
+
+def test_router_flags_rejected_clearly(tmp_path):
+    import subprocess
+
+    proc = subprocess.run([str(router_binary()), "--node", "no-port"], capture_output=True, text=True, timeout=30)
+    assert proc.returncode == 2
+    assert "--node no-port: expected host:port" in proc.stdout + proc.stderr
