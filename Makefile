@@ -10,21 +10,22 @@ GRPC_PORT ?= 8001
 METRICS_PORT ?= 8002
 CARGO_FLAGS ?= --release --locked
 
-.PHONY: setup build examples serve test test-rust test-deploy test-python lint fmt clean
+.PHONY: setup build examples serve test test-rust test-deploy test-python test-serve lint fmt clean
 
 setup:
 	@bash scripts/setup.sh
 
 build: setup
-	cargo build $(CARGO_FLAGS) -p tern-node
+	cargo build $(CARGO_FLAGS) -p tern-node -p tern-router -p tern-cli
 
 examples: setup
 	$(VENV_PY) examples/build_model_repository.py $(MODEL_REPO)
 
-## Serve the example model repository on the default ports (gRPC 8001).
+## Serve the example model repository on the default ports (gRPC 8001) with `tern serve`
+## (router and node in one process; the single-machine default).
 serve: build examples
-	@echo "tern-node: gRPC on 127.0.0.1:$(GRPC_PORT) — try: .venv/bin/python -c \"import tritonclient.grpc as g; print(g.InferenceServerClient('127.0.0.1:$(GRPC_PORT)').get_model_repository_index())\""
-	$(ROOT)/target/release/tern-node --model-repository $(MODEL_REPO) --grpc-port $(GRPC_PORT) --metrics-port $(METRICS_PORT)
+	@echo "tern: gRPC on 127.0.0.1:$(GRPC_PORT) — try: .venv/bin/python -c \"import tritonclient.grpc as g; print(g.InferenceServerClient('127.0.0.1:$(GRPC_PORT)').get_model_repository_index())\""
+	$(ROOT)/target/release/tern serve --model-repository $(MODEL_REPO) --grpc-port $(GRPC_PORT) --metrics-port $(METRICS_PORT)
 
 ## The whole test suite: Rust unit and integration tests, then end-to-end tests with the real
 ## tritonclient and perf_analyzer against the real tern-node binary.
@@ -37,7 +38,12 @@ test-deploy:
 	bash deploy/prometheus/check.sh
 
 test-python:
-	TERN_NODE_BIN=$(ROOT)/target/release/tern-node $(VENV_PY) -m pytest -q tests/python
+	TERN_NODE_BIN=$(ROOT)/target/release/tern-node TERN_ROUTER_BIN=$(ROOT)/target/release/tern-router $(VENV_PY) -m pytest -q tests/python
+
+## The node suite again, against `tern serve` (router + node in one process) instead of
+## tern-node: a client must not tell them apart. Not part of `make test` (it doubles its time).
+test-serve: build examples
+	TERN_NODE_BIN=$(ROOT)/scripts/tern-serve.sh TERN_READY_MARK="tern ready" $(VENV_PY) -m pytest -q tests/python --deselect tests/python/test_cluster.py
 
 lint:
 	cargo fmt --all -- --check

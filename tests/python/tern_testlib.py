@@ -30,7 +30,8 @@ BUILDER = ROOT / "examples" / "build_model_repository.py"
 REFERENCE = Path(os.environ.get("TERN_REFERENCE_JSON", "/work/shared/reference/triton_responses.json"))
 LIGHT_DIR = None  # filled lazily (needs onnx)
 
-READY_MARK = "tern-node ready"
+# `tern serve` runs the same suite with TERN_NODE_BIN=scripts/tern-serve.sh TERN_READY_MARK="tern ready".
+READY_MARK = os.environ.get("TERN_READY_MARK", "tern-node ready")
 # `grpc=ADDR` in text logs; in JSON logs either inside the message or as a field "grpc": "ADDR".
 GRPC_ADDR_RE = re.compile(r'grpc(?:=|"\s*:\s*")([0-9.]+:\d+)')
 ANSI_RE = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")

@@ -35,6 +35,26 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
     let metrics = Arc::new(tern_telemetry::Metrics::new(&config.metrics)?);
+    run_with(config, listener, shutdown, metrics, Announce::Public).await
+}
+
+/// How the node announces itself once serving.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Announce {
+    /// `tern-node ready grpc=ADDR metrics=ADDR`: the line scripts and tests wait for.
+    Public,
+    /// A node inside another server (`tern serve`): a quieter line without `grpc=`.
+    Embedded,
+}
+
+/// [`run`] with a given metrics registry (shared with a router in the same process).
+pub async fn run_with(
+    config: Config,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+    metrics: Arc<tern_telemetry::Metrics>,
+    announce: Announce,
+) -> anyhow::Result<()> {
     let models = Arc::new(ModelManager::new(
         metrics.clone(),
         config.model_repositories.clone(),
@@ -129,7 +149,14 @@ pub async fn run(
         })
         .collect();
     let ready_models = state.models.all_ready_models().len();
-    tracing::info!(models = ready_models, "tern-node ready grpc={addr} metrics={metrics_addr}");
+    match announce {
+        Announce::Public => {
+            tracing::info!(models = ready_models, "tern-node ready grpc={addr} metrics={metrics_addr}")
+        }
+        Announce::Embedded => {
+            tracing::info!(models = ready_models, address = %addr, metrics = %metrics_addr, "embedded node serving")
+        }
+    }
 
     // Stop accepting on the shutdown signal; then give in-flight work the grace period.
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();

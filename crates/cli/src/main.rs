@@ -1,0 +1,216 @@
+//! `tern`: the single-machine entry point and client commands.
+//!
+//! - `tern serve`: a router and a node in one process, serving a model repository with
+//!   tern-node's (Triton's) flags. Clients talk to the router on --grpc-port; the node listens on
+//!   a private loopback port. /metrics on --metrics-port has both (Triton's families and
+//!   `tern_router_*`).
+//! - `tern cluster`: what a router knows about its nodes (the Membership.ClusterStatus RPC).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Debug, Parser)]
+#[command(name = "tern", version, about = "Tern: Triton-compatible model serving, one machine or a cluster")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Serve a model repository on this machine: a router and a node in one process, with
+    /// tern-node's flags (--model-repository, --grpc-port, --model-control-mode, ...).
+    Serve(Box<tern_node::Config>),
+    /// Print a router's view of the cluster: nodes, health, load and models.
+    Cluster {
+        /// The router's gRPC address.
+        #[arg(long, default_value = "127.0.0.1:8001")]
+        url: String,
+    },
+}
+
+fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Serve(config) => serve_main(*config),
+        Command::Cluster { url } => cluster_main(&url),
+    }
+}
+
+fn runtime() -> Result<tokio::runtime::Runtime, std::process::ExitCode> {
+    tokio::runtime::Builder::new_multi_thread().enable_all().build().map_err(|e| {
+        eprintln!("tern: cannot start the async runtime: {e}");
+        std::process::ExitCode::from(1)
+    })
+}
+
+fn serve_main(mut config: tern_node::Config) -> std::process::ExitCode {
+    config.tracing.service_name = "tern".into();
+    let _tracing = match tern_telemetry::init_tracing(&config.tracing) {
+        Ok(guard) => guard,
+        Err(e) => {
+            eprintln!("tern: {e}");
+            return std::process::ExitCode::from(2);
+        }
+    };
+    if let Err(e) = config.validate() {
+        tracing::error!("invalid configuration: {e}");
+        return std::process::ExitCode::from(2);
+    }
+    match tern_backend_ort::init_runtime(config.onnxruntime_lib.as_deref()) {
+        Ok(info) => tracing::info!(onnxruntime = ?info, "ONNX Runtime loaded"),
+        Err(e) => {
+            tracing::error!("{e}");
+            return std::process::ExitCode::from(1);
+        }
+    }
+    let rt = match runtime() {
+        Ok(rt) => rt,
+        Err(code) => return code,
+    };
+    match rt.block_on(serve(config)) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!("{e:#}");
+            std::process::ExitCode::from(1)
+        }
+    }
+}
+
+/// The router faces clients; the node behind it on a private loopback port. On SIGTERM the
+/// router stops first (finishing its in-flight requests on the node), then the node.
+async fn serve(config: tern_node::Config) -> anyhow::Result<()> {
+    let public_addr = config.grpc_addr();
+    let public = tokio::net::TcpListener::bind(public_addr)
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot bind gRPC address {public_addr}: {e}"))?;
+    let private = tokio::net::TcpListener::bind(("127.0.0.1", 0))
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot bind the node's loopback port: {e}"))?;
+    let node_addr = private.local_addr()?.to_string();
+    let metrics = Arc::new(tern_telemetry::Metrics::new(&config.metrics)?);
+    let exit_timeout = Duration::from_secs(config.exit_timeout_secs);
+
+    // One machine, one node: models stay where the node's control mode puts them (no lazy
+    // loading, as with Triton), and a loopback status poll is cheap enough to do often.
+    let settings = tern_router::ClusterSettings {
+        replicas: 1,
+        model_replicas: Default::default(),
+        pinned: Vec::new(),
+        lazy_load: false,
+        lazy_load_timeout: Duration::from_secs(120),
+        idle: Duration::from_secs(300),
+        health_interval: Duration::from_millis(250),
+        heartbeat_timeout: Duration::from_millis(1500),
+        dns_refresh: Duration::from_secs(60),
+        max_retries: 1,
+        sequence_idle: Duration::from_secs(300),
+        upstream_connections: 2,
+        router_id: "tern-serve".into(),
+    };
+    let router = tern_router::Router::start(
+        settings,
+        config.server_name.clone(),
+        tern_router::Discovery { nodes: vec![node_addr.clone()], node_dns: Vec::new() },
+        metrics.registry(),
+    )?;
+
+    let (node_stop_tx, node_stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let mut node_config = config.clone();
+    node_config.router_addresses.clear();
+    let node_metrics = metrics.clone();
+    let mut node = tokio::spawn(async move {
+        tern_node::run_with(
+            node_config,
+            private,
+            async {
+                let _ = node_stop_rx.await;
+            },
+            node_metrics,
+            tern_node::Announce::Embedded,
+        )
+        .await
+    });
+
+    // Ready when the router routes to the node (the node loads its models first).
+    let ready = async {
+        while !router.ready() {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    };
+    tokio::select! {
+        _ = ready => {}
+        result = &mut node => {
+            return match result {
+                Ok(Ok(())) => Err(anyhow::anyhow!("the node stopped before serving")),
+                Ok(Err(e)) => Err(e),
+                Err(e) => Err(anyhow::anyhow!("the node task failed: {e}")),
+            };
+        }
+    }
+    let metrics_addr =
+        if config.metrics.allow_metrics { config.metrics.metrics_addr().to_string() } else { "off".into() };
+    tracing::info!(node = %node_addr, "tern ready grpc={} metrics={metrics_addr}", public.local_addr()?);
+    router.serve(public, tern_node::shutdown_signal(), exit_timeout).await?;
+    let _ = node_stop_tx.send(());
+    match node.await {
+        Ok(result) => result?,
+        Err(e) => anyhow::bail!("the node task failed: {e}"),
+    }
+    tracing::info!("tern stopped");
+    Ok(())
+}
+
+fn cluster_main(url: &str) -> std::process::ExitCode {
+    let rt = match runtime() {
+        Ok(rt) => rt,
+        Err(code) => return code,
+    };
+    match rt.block_on(print_cluster(url)) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("tern cluster: {e:#}");
+            std::process::ExitCode::from(1)
+        }
+    }
+}
+
+async fn print_cluster(url: &str) -> anyhow::Result<()> {
+    use tern_proto::cluster::{ClusterStatusRequest, membership_client::MembershipClient};
+    let mut client = MembershipClient::connect(format!("http://{url}")).await?;
+    let status = client.cluster_status(ClusterStatusRequest {}).await?.into_inner();
+    println!("router {}: {} nodes", status.router_id, status.nodes.len());
+    println!(
+        "{:<24} {:<22} {:<10} {:>7} {:>11} {:>9} {:>12}  models",
+        "node", "address", "source", "healthy", "outstanding", "seen ms", "memory MiB"
+    );
+    for n in status.nodes {
+        let Some(s) = n.status else { continue };
+        let mut models: Vec<String> = s
+            .models
+            .iter()
+            .filter(|m| !m.state.is_empty())
+            .map(|m| format!("{}:{} {}", m.name, m.version, m.state))
+            .collect();
+        models.sort();
+        let budget = if s.memory_budget_bytes == 0 {
+            "-".to_string()
+        } else {
+            (s.memory_budget_bytes >> 20).to_string()
+        };
+        println!(
+            "{:<24} {:<22} {:<10} {:>7} {:>11} {:>9} {:>12}  {}",
+            s.node_id,
+            s.grpc_address,
+            n.source,
+            n.healthy,
+            n.outstanding,
+            n.last_seen_ms,
+            format!("{}/{}", s.memory_used_bytes >> 20, budget),
+            models.join(", ")
+        );
+    }
+    Ok(())
+}
