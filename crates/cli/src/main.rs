@@ -109,6 +109,7 @@ async fn serve(config: tern_node::Config) -> anyhow::Result<()> {
         sequence_idle: Duration::from_secs(300),
         upstream_connections: 2,
         router_id: "tern-serve".into(),
+        index_holders: false,
     };
     let router = tern_router::Router::start(
         settings,
@@ -134,9 +135,9 @@ async fn serve(config: tern_node::Config) -> anyhow::Result<()> {
         .await
     });
 
-    // Ready when the router routes to the node (the node loads its models first).
+    // Serving once the router routes to the node (the node loads its models first).
     let ready = async {
-        while !router.ready() {
+        while !router.serving() {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     };

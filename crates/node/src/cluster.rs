@@ -67,6 +67,7 @@ pub fn node_status(state: &NodeState, identity: &ClusterIdentity, advertised: &s
         memory_budget_bytes: identity.memory_budget_bytes,
         explicit_model_control: state.control_mode == ControlMode::Explicit,
         server_version: env!("CARGO_PKG_VERSION").to_string(),
+        ready: !state.strict_readiness || state.models.all_ready(),
     }
 }
 

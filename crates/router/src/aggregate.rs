@@ -83,10 +83,13 @@ fn rank(state: &str) -> u8 {
     }
 }
 
-/// Merges the nodes' repository indexes: one row per (model, version) with the best state; the
-/// reason of a READY row lists the nodes holding it ("ready on: a, b"), other rows keep a
-/// node's reason.
-pub fn merge_index(per_node: impl IntoIterator<Item = (String, Vec<ModelIndex>)>) -> Vec<ModelIndex> {
+/// Merges the nodes' repository indexes: one row per (model, version) with the best state;
+/// with `holders`, the reason of a READY row lists the nodes holding it ("ready on: a, b"),
+/// other rows keep a node's reason.
+pub fn merge_index(
+    per_node: impl IntoIterator<Item = (String, Vec<ModelIndex>)>,
+    holders: bool,
+) -> Vec<ModelIndex> {
     let mut merged: BTreeMap<(String, String), (ModelIndex, Vec<String>)> = BTreeMap::new();
     for (node, rows) in per_node {
         for row in rows {
@@ -110,7 +113,7 @@ pub fn merge_index(per_node: impl IntoIterator<Item = (String, Vec<ModelIndex>)>
             !(version.is_empty() && row.state.is_empty() && versioned.contains(name))
         })
         .map(|(_, (mut row, mut nodes))| {
-            if row.state == "READY" {
+            if holders && row.state == "READY" {
                 nodes.sort();
                 row.reason = format!("ready on: {}", nodes.join(", "));
             }
@@ -176,11 +179,14 @@ mod tests {
             state: s.into(),
             reason: String::new(),
         };
-        let merged = merge_index([
-            ("node-b".to_string(), vec![row("m", "1", "READY"), row("x", "", "")]),
-            ("node-a".to_string(), vec![row("m", "1", "READY"), row("x", "1", "UNAVAILABLE")]),
-            ("node-c".to_string(), vec![row("m", "1", "LOADING"), row("y", "", "")]),
-        ]);
+        let merged = merge_index(
+            [
+                ("node-b".to_string(), vec![row("m", "1", "READY"), row("x", "", "")]),
+                ("node-a".to_string(), vec![row("m", "1", "READY"), row("x", "1", "UNAVAILABLE")]),
+                ("node-c".to_string(), vec![row("m", "1", "LOADING"), row("y", "", "")]),
+            ],
+            true,
+        );
         let got: Vec<(&str, &str, &str, &str)> = merged
             .iter()
             .map(|r| (r.name.as_str(), r.version.as_str(), r.state.as_str(), r.reason.as_str()))

@@ -166,6 +166,7 @@ impl Config {
             sequence_idle: Duration::from_secs(self.sequence_idle_secs),
             upstream_connections: self.upstream_connections,
             router_id: self.router_id.clone().unwrap_or_else(default_router_id),
+            index_holders: true,
         }
     }
 }
@@ -194,6 +195,9 @@ pub struct ClusterSettings {
     pub sequence_idle: Duration,
     pub upstream_connections: usize,
     pub router_id: String,
+    /// RepositoryIndex lists the nodes holding each READY model in its `reason` (a single-node
+    /// `tern serve` leaves reasons as Triton's).
+    pub index_holders: bool,
 }
 
 impl ClusterSettings {

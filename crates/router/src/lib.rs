@@ -89,15 +89,20 @@ impl Router {
         Ok(Router { state, settings, tasks })
     }
 
-    /// True while at least one node can serve.
+    /// True while a healthy node reports itself ready (ServerReady).
     pub fn ready(&self) -> bool {
+        self.state.cluster.ready()
+    }
+
+    /// True once a node is healthy (serving, though perhaps with a failed model).
+    pub fn serving(&self) -> bool {
         !self.state.cluster.view().healthy.is_empty()
     }
 
     /// A readiness check for /metrics' health hooks.
     pub fn readiness(&self) -> tern_telemetry::HealthCheck {
         let cluster = self.state.cluster.clone();
-        Arc::new(move || !cluster.view().healthy.is_empty())
+        Arc::new(move || cluster.ready())
     }
 
     /// Serves the router's gRPC services (inference, Membership, health, reflection) on
@@ -122,7 +127,7 @@ impl Router {
             let mut ticks = tokio::time::interval(Duration::from_millis(500));
             loop {
                 ticks.tick().await;
-                let ready = !cluster.view().healthy.is_empty();
+                let ready = cluster.ready();
                 if last != Some(ready) {
                     let status = if ready {
                         tonic_health::ServingStatus::Serving

@@ -213,6 +213,11 @@ impl Cluster {
         self.epoch.elapsed().as_millis() as u64 + 1
     }
 
+    /// ServerReady of the cluster: a healthy node reports itself ready.
+    pub fn ready(&self) -> bool {
+        self.view.load().healthy.iter().any(|n| n.status().is_some_and(|s| s.ready))
+    }
+
     pub fn view(&self) -> Arc<RoutingView> {
         self.view.load_full()
     }

@@ -98,7 +98,7 @@ impl GrpcInferenceService for RouterService {
         &self,
         _: Request<pb::ServerReadyRequest>,
     ) -> Result<Response<pb::ServerReadyResponse>, Status> {
-        Ok(Response::new(pb::ServerReadyResponse { ready: !self.state.cluster.view().healthy.is_empty() }))
+        Ok(Response::new(pb::ServerReadyResponse { ready: self.state.cluster.ready() }))
     }
 
     async fn model_ready(
@@ -226,7 +226,9 @@ impl GrpcInferenceService for RouterService {
                 Err(e) => tracing::debug!(node = %id, error = %e.message(), "repository index failed"),
             }
         }
-        let models = merge_index(per_node).into_iter().filter(|m| !req.ready || m.state == "READY").collect();
+        let holders = self.state.placement.settings().index_holders;
+        let models =
+            merge_index(per_node, holders).into_iter().filter(|m| !req.ready || m.state == "READY").collect();
         Ok(Response::new(pb::RepositoryIndexResponse { models }))
     }
 
