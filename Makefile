@@ -73,6 +73,13 @@ test-gpu:
 ## Offline validation of deploy/docker, deploy/k8s and helm/tern (tests/deploy): Helm lint and
 ## render, Kubernetes schema validation, kustomize builds, Dockerfile checks, and the manifests'
 ## flags against the real tern-node. Installs its pinned validators into .venv on first use.
+## The Kubernetes deployment rehearsed on loopback: one router, three nodes (127.0.0.2-4),
+## Debian's Prometheus scraping all four with deploy/prometheus/prometheus.yml. Prints the
+## endpoints; Ctrl-C stops everything. `scripts/cluster.py --smoke` checks it end to end.
+.PHONY: cluster
+cluster: build examples
+	$(VENV_PY) scripts/cluster.py --model-repository $(MODEL_REPO)
+
 .PHONY: test-deploy-k8s
 test-deploy-k8s:
 	TERN_NODE_BIN=$(ROOT)/target/release/tern-node $(VENV_PY) -m pytest -q tests/deploy

@@ -223,7 +223,7 @@ def test_runtime_matches_manifests(name):
     url = [v for v in health.value if v.startswith("http")]
     assert url == [f"http://127.0.0.1:{ports['metrics']}/v2/health/ready"], health.value
     (cmd,) = get("CMD")
-    assert list(cmd.value) == ["tern-node", "--model-repository", values["models"]["mountPath"]]
+    assert list(cmd.value) == ["tern", "serve", "--model-repository", values["models"]["mountPath"]]
     env = {k: v for c in get("ENV") for k, v in zip(c.value[::2], c.value[1::2])}
     assert env["ORT_DYLIB_PATH"] == "/opt/onnxruntime/lib/libonnxruntime.so.${ORT_VERSION}"
 
