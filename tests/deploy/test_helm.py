@@ -113,7 +113,7 @@ def test_init_container_source_requires_image():
 
 def test_load_models_need_explicit_mode():
     with helm.Chart.load(str(CHART)) as chart, pytest.raises(helm.HelmError, match="explicit"):
-        chart.render({"node": {"loadModels": ["x"]}}, name=RELEASE, namespace=NAMESPACE)
+        chart.render({"node": {"loadModels": ["x"], "modelControlMode": "none"}}, name=RELEASE, namespace=NAMESPACE)
 
 
 def test_config_change_rolls_pods():
