@@ -5,6 +5,9 @@
 //!   a private loopback port. /metrics on --metrics-port has both (Triton's families and
 //!   `tern_router_*`).
 //! - `tern cluster`: what a router knows about its nodes (the Membership.ClusterStatus RPC).
+//! - `tern model keygen|encrypt|decrypt`: encrypted model files at rest ([`model`]).
+
+mod model;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -29,6 +32,11 @@ enum Command {
         #[arg(long, default_value = "127.0.0.1:8001")]
         url: String,
     },
+    /// Encrypted model files: make a key, encrypt `model.onnx` to `model.onnx.enc`, decrypt.
+    Model {
+        #[command(subcommand)]
+        command: model::ModelCommand,
+    },
 }
 
 fn main() -> std::process::ExitCode {
@@ -36,6 +44,7 @@ fn main() -> std::process::ExitCode {
     match cli.command {
         Command::Serve(config) => serve_main(*config),
         Command::Cluster { url } => cluster_main(&url),
+        Command::Model { command } => model::main(command),
     }
 }
 
@@ -110,6 +119,7 @@ async fn serve(config: tern_node::Config) -> anyhow::Result<()> {
         upstream_connections: 2,
         router_id: "tern-serve".into(),
         index_holders: false,
+        node_tls: None,
     };
     let router = tern_router::Router::start(
         settings,
@@ -121,6 +131,9 @@ async fn serve(config: tern_node::Config) -> anyhow::Result<()> {
     let (node_stop_tx, node_stop_rx) = tokio::sync::oneshot::channel::<()>();
     let mut node_config = config.clone();
     node_config.router_addresses.clear();
+    // TLS is for clients, on the router's port; the node behind it is on private loopback.
+    let tls = config.tls.server().map_err(anyhow::Error::msg)?;
+    node_config.tls = Default::default();
     let node_metrics = metrics.clone();
     let mut node = tokio::spawn(async move {
         tern_node::run_with(
@@ -154,7 +167,7 @@ async fn serve(config: tern_node::Config) -> anyhow::Result<()> {
     let metrics_addr =
         if config.metrics.allow_metrics { config.metrics.metrics_addr().to_string() } else { "off".into() };
     tracing::info!(node = %node_addr, "tern ready grpc={} metrics={metrics_addr}", public.local_addr()?);
-    router.serve(public, tern_node::shutdown_signal(), exit_timeout).await?;
+    router.serve(public, tls, tern_node::shutdown_signal(), exit_timeout).await?;
     let _ = node_stop_tx.send(());
     match node.await {
         Ok(result) => result?,

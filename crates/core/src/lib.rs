@@ -5,6 +5,7 @@
 pub mod codec;
 mod datatype;
 mod error;
+pub mod limits;
 pub mod request;
 pub mod signature;
 mod tensor;

@@ -88,6 +88,15 @@ pub struct Config {
     pub heartbeat_interval_ms: u64,
 
     #[command(flatten)]
+    pub model_key: crate::encrypted::ModelKeyConfig,
+
+    #[command(flatten)]
+    pub limits: crate::limits::LimitsConfig,
+
+    #[command(flatten)]
+    pub tls: tern_tls::TlsArgs,
+
+    #[command(flatten)]
     pub metrics: tern_telemetry::MetricsConfig,
 
     #[command(flatten)]
@@ -121,6 +130,8 @@ impl Config {
         if self.model_load_thread_count == 0 {
             return Err("--model-load-thread-count must be at least 1".into());
         }
+        self.limits.validate()?;
+        self.model_key.load()?;
         Ok(())
     }
 

@@ -8,6 +8,8 @@
 
 pub mod cluster;
 pub mod config;
+pub mod encrypted;
+pub mod limits;
 pub mod loader;
 pub mod manager;
 pub mod service;
@@ -23,9 +25,6 @@ use tonic::codec::CompressionEncoding;
 pub use config::Config;
 use manager::{ControlMode, LoadOptions, ModelManager};
 use service::{NodeService, NodeState};
-
-/// Triton accepts messages up to 2 GiB; a batch of images easily passes tonic's 4 MiB default.
-const MAX_MESSAGE_SIZE: usize = i32::MAX as usize;
 
 /// Loads the models, then serves on `listener` until `shutdown` resolves; in-flight requests
 /// then get up to `config.exit_timeout_secs` to finish.
@@ -55,12 +54,14 @@ pub async fn run_with(
     metrics: Arc<tern_telemetry::Metrics>,
     announce: Announce,
 ) -> anyhow::Result<()> {
+    let tls = config.tls.server().map_err(anyhow::Error::msg)?;
     let models = Arc::new(ModelManager::new(
         metrics.clone(),
         config.model_repositories.clone(),
         LoadOptions {
             strict_model_config: config.strict_model_config,
             allow_cpu_fallback: config.allow_cpu_fallback,
+            model_key: config.model_key.load().map_err(anyhow::Error::msg)?,
         },
         config.model_load_thread_count,
         Duration::from_secs(config.exit_timeout_secs),
@@ -93,6 +94,7 @@ pub async fn run_with(
         control_mode: config.model_control_mode,
         metrics: metrics.clone(),
         in_flight: Default::default(),
+        limits: config.limits.limits(),
     });
     metrics.set_model_sampler(Arc::new(NodeSampler(state.clone())));
     let ready_state = state.clone();
@@ -114,8 +116,8 @@ pub async fn run_with(
     let inference = GrpcInferenceServiceServer::new(NodeService::new(state.clone()))
         .accept_compressed(CompressionEncoding::Gzip)
         .accept_compressed(CompressionEncoding::Deflate)
-        .max_decoding_message_size(MAX_MESSAGE_SIZE)
-        .max_encoding_message_size(MAX_MESSAGE_SIZE);
+        .max_decoding_message_size(config.limits.grpc_max_message_size)
+        .max_encoding_message_size(config.limits.grpc_max_message_size);
 
     let (health_reporter, health) = tonic_health::server::health_reporter();
     health_reporter.set_serving::<GrpcInferenceServiceServer<NodeService>>().await;
@@ -166,15 +168,29 @@ pub async fn run_with(
         tracing::info!("shutting down: no new connections, finishing in-flight requests");
         let _ = stop_tx.send(());
     };
-    // Nagle's algorithm would hold small responses back ~40 ms; `Server::tcp_nodelay` does not
-    // apply to an incoming stream we hand over, so set it on the accepted sockets here.
-    let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
-    let server = tonic::transport::Server::builder()
+    let limits_layer =
+        limits::LimitsLayer { max_header_list_size: config.limits.grpc_http2_max_header_list_size };
+    let routes = tonic::transport::Server::builder()
+        .max_concurrent_streams(config.limits.grpc_max_concurrent_streams)
+        .http2_max_header_list_size(limits_layer.http2_max_header_list_size())
+        .layer(limits_layer)
         .add_service(inference)
         .add_service(node_control)
         .add_service(health)
-        .add_service(reflection)
-        .serve_with_incoming_shutdown(incoming, signal);
+        .add_service(reflection);
+    // Nagle's algorithm would hold small responses back ~40 ms; `Server::tcp_nodelay` does not
+    // apply to an incoming stream we hand over, so set it on the accepted sockets (tern_tls
+    // does the same for TLS connections).
+    let server: std::pin::Pin<Box<dyn Future<Output = Result<(), tonic::transport::Error>> + Send>> =
+        match tls {
+            Some(tls) => {
+                Box::pin(routes.serve_with_incoming_shutdown(tern_tls::incoming(listener, tls), signal))
+            }
+            None => {
+                let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
+                Box::pin(routes.serve_with_incoming_shutdown(incoming, signal))
+            }
+        };
     tokio::pin!(server);
     tokio::select! {
         result = &mut server => result?,

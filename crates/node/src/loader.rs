@@ -34,6 +34,8 @@ pub struct LoadOptions {
     pub strict_model_config: bool,
     /// Load KIND_GPU instances on the CPU when no GPU can take them (with a warning).
     pub allow_cpu_fallback: bool,
+    /// Decrypts `model.onnx.enc` files (`--model-key-file` / `TERN_MODEL_KEY`).
+    pub model_key: Option<Arc<tern_crypto::ModelKey>>,
 }
 
 /// Triton's default instance count for ONNX Runtime models on CPU.
@@ -53,9 +55,11 @@ pub fn load_version(
     let _enter = span.enter();
     let base = given.clone().unwrap_or_default();
     let path = tern_repository::model_file_path(source, &base, v);
-    if !path.exists() {
-        return Err(format!("model '{name}' version {v}: model file {} not found", path.display()));
-    }
+    let file = tern_repository::find_model_file(source, &base, v)
+        .map_err(|e| e.to_string())?
+        .ok_or_else(|| format!("model '{name}' version {v}: model file {} not found", path.display()))?;
+    // Encrypted files are decrypted here, in memory, for the sessions of this load only.
+    let model = crate::encrypted::open_model(&file, options.model_key.as_deref(), &name, v)?;
     {
         let base_settings = tern_backend_ort::session_settings(&base)
             .map_err(|e| format!("model '{name}' version {v}: {e}"))?;
@@ -63,9 +67,17 @@ pub fn load_version(
         // first instance when the plan puts that instance on the CPU with the same settings.
         let threads_given = base_settings.intra_op_threads.is_some();
         let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-        let load = |settings: &tern_backend_ort::SessionSettings| {
-            tern_backend_ort::OrtBackend::load(&path, settings)
-                .map_err(|e| format!("model '{name}' version {v}: {e}"))
+        let load = |settings: &tern_backend_ort::SessionSettings| match &model {
+            crate::encrypted::ModelBytes::File(path) => tern_backend_ort::OrtBackend::load(path, settings)
+                .map_err(|e| format!("model '{name}' version {v}: {e}")),
+            crate::encrypted::ModelBytes::Memory(bytes) => {
+                tern_backend_ort::OrtBackend::load_from_memory(bytes, settings).map_err(|e| {
+                    format!(
+                        "model '{name}' version {v}: {} (decrypted in memory): {e}",
+                        file.path().display()
+                    )
+                })
+            }
         };
         let mut probe_settings = base_settings.clone();
         if !threads_given {
@@ -134,7 +146,7 @@ pub fn load_version(
             "loaded"
         );
         let scheduler = Scheduler::start(name.clone(), scheduling, instance, runtime);
-        let memory_bytes = version_dir_bytes(&path) * plans.len().max(1) as u64;
+        let memory_bytes = version_dir_bytes(file.path()) * plans.len().max(1) as u64;
         Ok(LoadedModel {
             name: name.clone(),
             version: v,

@@ -155,6 +155,11 @@ impl ModelManager {
             })?),
             None => None,
         };
+        // Names in a client's config must not lead out of the model directory.
+        if let Some(config) = &override_config {
+            tern_repository::check_file_names(name, config)
+                .map_err(|e| RequestError::InvalidArgument(format!("'config' parameter: {e}")))?;
+        }
         let item = if files.is_empty() {
             self.scan_one(name)?
         } else {

@@ -30,6 +30,8 @@ pub struct NodeState {
     pub metrics: Arc<tern_telemetry::Metrics>,
     /// Inference requests being served now (reported to routers in heartbeats).
     pub in_flight: std::sync::atomic::AtomicU64,
+    /// Size limits on requests and responses (`--max-tensor-bytes`, ...).
+    pub limits: crate::limits::Limits,
 }
 
 /// Counts one request in [`NodeState::in_flight`] while alive (also when the request is
@@ -91,9 +93,11 @@ impl NodeService {
         req: pb::ModelInferRequest,
         started: std::time::Instant,
     ) -> Result<pb::ModelInferResponse, RequestError> {
-        let request = validate_request(&model.io, req).inspect_err(|_| {
-            model.scheduler.stats().record_failure(FailureReason::Other, started.elapsed());
-        })?;
+        let request = tern_core::limits::check_request(&req, &self.state.limits.request)
+            .and_then(|()| validate_request(&model.io, req))
+            .inspect_err(|_| {
+                model.scheduler.stats().record_failure(FailureReason::Other, started.elapsed());
+            })?;
         let job = InferJob {
             inputs: request.inputs,
             rows: request.batch_size,
@@ -135,6 +139,7 @@ impl NodeService {
             });
             response.raw_output_contents.push(tensor.data);
         }
+        self.state.limits.check_response(&model.name, prost::Message::encoded_len(&response))?;
         Ok(response)
     }
 }
@@ -305,7 +310,7 @@ impl GrpcInferenceService for NodeService {
                 };
                 tern_telemetry::set_parent_from_metadata(&span, &metadata);
                 async move {
-                    let req = msg?;
+                    let req = msg.map_err(crate::limits::message_status)?;
                     let (model_name, id) = (req.model_name.clone(), req.id.clone());
                     // A failed request is reported in the stream, which stays open for the next.
                     Ok(match service.infer(req).await {

@@ -5,8 +5,8 @@
 //!   numeric version directories; one bad model never fails the scan ([`ScannedModel`]);
 //! - [`parse_config`] / [`config_override_from_json`]: config.pbtxt (protobuf text format) and
 //!   the load API's JSON config, both against Triton's `inference.ModelConfig` schema;
-//! - [`model_file_path`], [`highest_version`], [`select_versions`]: where a version's model
-//!   file is, and which versions the version policy selects;
+//! - [`model_file_path`], [`find_model_file`] (plain or encrypted `.enc`), [`highest_version`],
+//!   [`select_versions`]: where a version's model file is, and which versions the policy selects;
 //! - [`auto_complete`]: the config Triton with its ONNX Runtime backend would serve, from the
 //!   config and the model file's [`ModelSignature`](tern_core::ModelSignature) (`--strict-model-config` included);
 //! - [`validate`]: the config on its own and against the model file;
@@ -19,6 +19,7 @@
 mod complete;
 mod error;
 mod labels;
+mod model_file;
 mod parse;
 mod scan;
 mod validate;
@@ -28,6 +29,7 @@ pub use complete::{
 };
 pub use error::{RepositoryError, TensorKind, TextPosition};
 pub use labels::load_labels;
+pub use model_file::{ENCRYPTED_SUFFIX, ModelFile, check_file_names, find_model_file};
 pub use parse::{config_override_from_json, parse_config};
 pub use scan::{
     CONFIG_FILENAME, DEFAULT_MODEL_FILENAME, ModelSource, ScannedModel, highest_version, model_file_path,

@@ -192,9 +192,14 @@ pub fn model_file_path(source: &ModelSource, config: &ModelConfig, version: u64)
 }
 
 /// The highest version whose model file exists (a file, or a directory as ONNX Runtime's
-/// external-data layout allows).
+/// external-data layout allows, or the encrypted `.enc` file).
 pub fn highest_version(source: &ModelSource, config: &ModelConfig) -> Option<u64> {
-    source.versions.iter().rev().copied().find(|&version| model_file_path(source, config, version).exists())
+    source
+        .versions
+        .iter()
+        .rev()
+        .copied()
+        .find(|&version| crate::find_model_file(source, config, version).is_ok_and(|f| f.is_some()))
 }
 
 /// The versions the config's version policy selects among the version directories, ascending,

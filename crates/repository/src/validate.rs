@@ -320,7 +320,7 @@ fn check_names(
     ))
 }
 
-fn check_model_filename(model: &str, filename: &str) -> Result<(), RepositoryError> {
+pub(crate) fn check_model_filename(model: &str, filename: &str) -> Result<(), RepositoryError> {
     if filename.is_empty() {
         return Ok(());
     }

@@ -93,6 +93,25 @@ pub struct Config {
     #[arg(long, default_value_t = 30)]
     pub exit_timeout_secs: u64,
 
+    /// Connect to nodes over TLS, verifying their certificates with this PEM CA.
+    #[arg(long, value_name = "PEM")]
+    pub node_tls_ca: Option<std::path::PathBuf>,
+
+    /// Client certificate (PEM) the router presents to nodes that require mutual TLS.
+    #[arg(long, value_name = "PEM", requires = "node_tls_key")]
+    pub node_tls_cert: Option<std::path::PathBuf>,
+
+    /// Private key (PEM) of --node-tls-cert.
+    #[arg(long, value_name = "PEM", requires = "node_tls_cert")]
+    pub node_tls_key: Option<std::path::PathBuf>,
+
+    /// Name to verify in node certificates instead of the host of each node's address.
+    #[arg(long, value_name = "NAME")]
+    pub node_tls_domain: Option<String>,
+
+    #[command(flatten)]
+    pub tls: tern_tls::TlsArgs,
+
     #[command(flatten)]
     pub metrics: tern_telemetry::MetricsConfig,
 
@@ -140,6 +159,8 @@ impl Config {
         if self.dns_refresh_secs == 0 || self.lazy_load_timeout_secs == 0 {
             return Err("--dns-refresh-secs and --lazy-load-timeout-secs must be at least 1".into());
         }
+        self.node_tls()?;
+        self.tls.server()?;
         if self.upstream_connections == 0 {
             return Err("--upstream-connections must be at least 1".into());
         }
@@ -148,6 +169,18 @@ impl Config {
 
     pub fn grpc_addr(&self) -> SocketAddr {
         SocketAddr::new(self.grpc_address, self.grpc_port)
+    }
+
+    /// TLS toward nodes, from --node-tls-*.
+    pub fn node_tls(&self) -> Result<Option<tonic::transport::ClientTlsConfig>, String> {
+        let Some(ca) = &self.node_tls_ca else {
+            if self.node_tls_cert.is_some() {
+                return Err("--node-tls-cert needs --node-tls-ca".into());
+            }
+            return Ok(None);
+        };
+        let identity = self.node_tls_cert.as_deref().zip(self.node_tls_key.as_deref());
+        tern_tls::client_config(ca, identity, self.node_tls_domain.as_deref()).map(Some)
     }
 
     /// The cluster settings derived from the flags.
@@ -167,6 +200,7 @@ impl Config {
             upstream_connections: self.upstream_connections,
             router_id: self.router_id.clone().unwrap_or_else(default_router_id),
             index_holders: true,
+            node_tls: None,
         }
     }
 }
@@ -198,6 +232,8 @@ pub struct ClusterSettings {
     /// RepositoryIndex lists the nodes holding each READY model in its `reason` (a single-node
     /// `tern serve` leaves reasons as Triton's).
     pub index_holders: bool,
+    /// TLS toward nodes (`https`), or plaintext.
+    pub node_tls: Option<tonic::transport::ClientTlsConfig>,
 }
 
 impl ClusterSettings {

@@ -59,6 +59,7 @@ impl Router {
         let cluster = Arc::new(Cluster::new(
             settings.heartbeat_timeout,
             settings.upstream_connections,
+            settings.node_tls.clone(),
             metrics.clone(),
         ));
         let placement = Arc::new(Placement::new(cluster.clone(), settings.clone(), metrics.clone()));
@@ -106,10 +107,12 @@ impl Router {
     }
 
     /// Serves the router's gRPC services (inference, Membership, health, reflection) on
-    /// `listener` until `shutdown`; in-flight requests then get `exit_timeout`.
+    /// `listener` (over TLS with `tls`) until `shutdown`; in-flight requests then get
+    /// `exit_timeout`.
     pub async fn serve(
         self,
         listener: TcpListener,
+        tls: Option<Arc<tern_tls::rustls::ServerConfig>>,
         shutdown: impl Future<Output = ()> + Send + 'static,
         exit_timeout: Duration,
     ) -> anyhow::Result<()> {
@@ -150,13 +153,22 @@ impl Router {
             tracing::info!("shutting down: no new connections, finishing in-flight requests");
             let _ = stop_tx.send(());
         };
-        let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
-        let server = tonic::transport::Server::builder()
+        let routes = tonic::transport::Server::builder()
             .add_service(inference)
             .add_service(membership)
             .add_service(health)
-            .add_service(reflection)
-            .serve_with_incoming_shutdown(incoming, signal);
+            .add_service(reflection);
+        let server: std::pin::Pin<Box<dyn Future<Output = Result<(), tonic::transport::Error>> + Send>> =
+            match tls {
+                Some(tls) => {
+                    Box::pin(routes.serve_with_incoming_shutdown(tern_tls::incoming(listener, tls), signal))
+                }
+                None => {
+                    let incoming =
+                        tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
+                    Box::pin(routes.serve_with_incoming_shutdown(incoming, signal))
+                }
+            };
         tokio::pin!(server);
         tokio::select! {
             result = &mut server => result?,
@@ -179,8 +191,11 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
     let metrics = Arc::new(tern_telemetry::Metrics::new(&config.metrics)?);
+    let tls = config.tls.server().map_err(anyhow::Error::msg)?;
+    let mut settings = config.cluster();
+    settings.node_tls = config.node_tls().map_err(anyhow::Error::msg)?;
     let router = Router::start(
-        config.cluster(),
+        settings,
         config.server_name.clone(),
         Discovery { nodes: config.nodes.clone(), node_dns: config.node_dns.clone() },
         metrics.registry(),
@@ -205,7 +220,7 @@ pub async fn run(
         node_dns = config.node_dns.len(),
         "tern-router ready grpc={addr} metrics={metrics_addr}"
     );
-    router.serve(listener, shutdown, Duration::from_secs(config.exit_timeout_secs)).await?;
+    router.serve(listener, tls, shutdown, Duration::from_secs(config.exit_timeout_secs)).await?;
     let _ = metrics_stop_tx.send(());
     if let Some(task) = metrics_task {
         let _ = task.await;

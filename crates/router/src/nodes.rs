@@ -67,9 +67,19 @@ impl std::fmt::Debug for Node {
 }
 
 impl Node {
-    fn new(addr: &str, source: Source, connections: usize) -> Result<Node, String> {
-        let endpoint = Endpoint::from_shared(format!("http://{addr}"))
-            .map_err(|e| format!("node address {addr}: {e}"))?
+    fn new(
+        addr: &str,
+        source: Source,
+        connections: usize,
+        tls: Option<&tonic::transport::ClientTlsConfig>,
+    ) -> Result<Node, String> {
+        let scheme = if tls.is_some() { "https" } else { "http" };
+        let mut endpoint = Endpoint::from_shared(format!("{scheme}://{addr}"))
+            .map_err(|e| format!("node address {addr}: {e}"))?;
+        if let Some(tls) = tls {
+            endpoint = endpoint.tls_config(tls.clone()).map_err(|e| format!("node {addr}: TLS: {e}"))?;
+        }
+        let endpoint = endpoint
             .connect_timeout(Duration::from_secs(1))
             .tcp_nodelay(true)
             .http2_keep_alive_interval(Duration::from_secs(5))
@@ -184,6 +194,7 @@ pub struct Cluster {
     epoch: Instant,
     heartbeat_timeout: Duration,
     upstream_connections: usize,
+    tls: Option<tonic::transport::ClientTlsConfig>,
     nodes: RwLock<HashMap<String, Arc<Node>>>,
     view: ArcSwap<RoutingView>,
     metrics: Arc<RouterMetrics>,
@@ -195,12 +206,14 @@ impl Cluster {
     pub fn new(
         heartbeat_timeout: Duration,
         upstream_connections: usize,
+        tls: Option<tonic::transport::ClientTlsConfig>,
         metrics: Arc<RouterMetrics>,
     ) -> Cluster {
         Cluster {
             epoch: Instant::now(),
             heartbeat_timeout,
             upstream_connections,
+            tls,
             nodes: RwLock::default(),
             view: ArcSwap::default(),
             metrics,
@@ -235,7 +248,7 @@ impl Cluster {
         if let Some(n) = self.get(addr) {
             return Ok(n);
         }
-        let node = Arc::new(Node::new(addr, source, self.upstream_connections)?);
+        let node = Arc::new(Node::new(addr, source, self.upstream_connections, self.tls.as_ref())?);
         let mut nodes = self.nodes.write().unwrap_or_else(PoisonError::into_inner);
         let node = nodes.entry(addr.to_string()).or_insert(node).clone();
         drop(nodes);
@@ -355,7 +368,8 @@ mod tests {
 
     #[tokio::test]
     async fn view_follows_status_suspicion_and_timeouts() {
-        let cluster = Cluster::new(Duration::from_millis(200), 1, Arc::new(RouterMetrics::unregistered()));
+        let cluster =
+            Cluster::new(Duration::from_millis(200), 1, None, Arc::new(RouterMetrics::unregistered()));
         let a = cluster.upsert("127.0.0.1:1", Source::Static).expect("a");
         let b = cluster.upsert("127.0.0.1:2", Source::Registered).expect("b");
         assert!(cluster.view().healthy.is_empty(), "never heard from: not healthy");

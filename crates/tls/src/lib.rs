@@ -1,0 +1,242 @@
+//! TLS for Tern's servers (tern-node, tern-router, tern serve) and for router-to-node
+//! connections, with rustls (no OpenSSL). Flags as Triton names them (`--grpc-use-ssl`,
+//! `--grpc-use-ssl-mutual`, `--grpc-server-cert`, `--grpc-server-key`, `--grpc-root-cert`).
+//!
+//! The server certificate and key are re-read when their files change (checked at most once a
+//! second, on new connections), so a renewed certificate (cert-manager, a rotated Secret) is
+//! served without a restart; a renewal that fails to parse keeps the previous one and logs why.
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant, SystemTime};
+
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+use tokio::net::{TcpListener, TcpStream};
+pub use tokio_rustls::rustls;
+use tokio_rustls::rustls::{server::ClientHello, server::ResolvesServerCert, sign::CertifiedKey};
+
+/// Server TLS flags, flattened into each server's command line.
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct TlsArgs {
+    /// Serve gRPC over TLS (needs --grpc-server-cert and --grpc-server-key).
+    #[arg(long, default_value_t = false, action = clap::ArgAction::Set, value_name = "BOOL")]
+    pub grpc_use_ssl: bool,
+
+    /// Also require client certificates signed by --grpc-root-cert (mutual TLS).
+    #[arg(long, default_value_t = false, action = clap::ArgAction::Set, value_name = "BOOL")]
+    pub grpc_use_ssl_mutual: bool,
+
+    /// PEM certificate chain the gRPC server presents (re-read when the file changes).
+    #[arg(long, value_name = "PEM")]
+    pub grpc_server_cert: Option<PathBuf>,
+
+    /// PEM private key of --grpc-server-cert (re-read when the file changes).
+    #[arg(long, value_name = "PEM")]
+    pub grpc_server_key: Option<PathBuf>,
+
+    /// PEM CA certificates that sign client certificates (mutual TLS).
+    #[arg(long, value_name = "PEM")]
+    pub grpc_root_cert: Option<PathBuf>,
+}
+
+impl TlsArgs {
+    /// The server TLS configuration, or `None` without --grpc-use-ssl. Reads the files now, so
+    /// a bad certificate fails the start with the file named.
+    pub fn server(&self) -> Result<Option<Arc<rustls::ServerConfig>>, String> {
+        if !self.grpc_use_ssl {
+            if self.grpc_use_ssl_mutual {
+                return Err("--grpc-use-ssl-mutual needs --grpc-use-ssl=true".into());
+            }
+            return Ok(None);
+        }
+        let (Some(cert), Some(key)) = (&self.grpc_server_cert, &self.grpc_server_key) else {
+            return Err("--grpc-use-ssl needs --grpc-server-cert and --grpc-server-key".into());
+        };
+        let resolver = Arc::new(ReloadingCert::new(cert.clone(), key.clone())?);
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let builder = rustls::ServerConfig::builder_with_provider(provider.clone())
+            .with_safe_default_protocol_versions()
+            .map_err(|e| format!("TLS: {e}"))?;
+        let builder = if self.grpc_use_ssl_mutual {
+            let Some(ca) = &self.grpc_root_cert else {
+                return Err(
+                    "--grpc-use-ssl-mutual needs --grpc-root-cert (the CA of client certificates)".into()
+                );
+            };
+            let roots = root_store(ca)?;
+            let verifier =
+                rustls::server::WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider)
+                    .build()
+                    .map_err(|e| format!("--grpc-root-cert {}: {e}", ca.display()))?;
+            builder.with_client_cert_verifier(verifier)
+        } else {
+            builder.with_no_client_auth()
+        };
+        let mut config = builder.with_cert_resolver(resolver);
+        config.alpn_protocols = vec![b"h2".to_vec()];
+        Ok(Some(Arc::new(config)))
+    }
+}
+
+fn read(path: &Path) -> Result<Vec<u8>, String> {
+    std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()))
+}
+
+fn certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, String> {
+    let pem = read(path)?;
+    let certs: Vec<_> = CertificateDer::pem_slice_iter(&pem)
+        .collect::<Result<_, _>>()
+        .map_err(|e| format!("{}: not a PEM certificate: {e}", path.display()))?;
+    if certs.is_empty() {
+        return Err(format!("{}: no certificate in the file", path.display()));
+    }
+    Ok(certs)
+}
+
+fn root_store(path: &Path) -> Result<rustls::RootCertStore, String> {
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in certs(path)? {
+        roots.add(cert).map_err(|e| format!("{}: {e}", path.display()))?;
+    }
+    Ok(roots)
+}
+
+fn load_key(cert: &Path, key: &Path) -> Result<Arc<CertifiedKey>, String> {
+    let chain = certs(cert)?;
+    let pem = read(key)?;
+    let der = PrivateKeyDer::from_pem_slice(&pem)
+        .map_err(|e| format!("{}: not a PEM private key: {e}", key.display()))?;
+    let signing = rustls::crypto::ring::sign::any_supported_type(&der)
+        .map_err(|e| format!("{}: unsupported private key: {e}", key.display()))?;
+    let certified = CertifiedKey::new(chain, signing);
+    certified.keys_match().map_err(|e| format!("{} and {}: {e}", cert.display(), key.display()))?;
+    Ok(Arc::new(certified))
+}
+
+fn modified(path: &Path) -> Option<SystemTime> {
+    std::fs::metadata(path).and_then(|m| m.modified()).ok()
+}
+
+/// The server certificate, re-read from its files when they change.
+#[derive(Debug)]
+struct ReloadingCert {
+    cert: PathBuf,
+    key: PathBuf,
+    state: Mutex<CertState>,
+}
+
+#[derive(Debug)]
+struct CertState {
+    current: Arc<CertifiedKey>,
+    stamps: (Option<SystemTime>, Option<SystemTime>),
+    checked: Instant,
+}
+
+/// How often, at most, handshakes look at the files' modification times.
+const RELOAD_CHECK: Duration = Duration::from_secs(1);
+
+impl ReloadingCert {
+    fn new(cert: PathBuf, key: PathBuf) -> Result<ReloadingCert, String> {
+        let current = load_key(&cert, &key)?;
+        let stamps = (modified(&cert), modified(&key));
+        Ok(ReloadingCert {
+            cert,
+            key,
+            state: Mutex::new(CertState { current, stamps, checked: Instant::now() }),
+        })
+    }
+
+    fn current(&self) -> Arc<CertifiedKey> {
+        let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
+        if state.checked.elapsed() >= RELOAD_CHECK {
+            state.checked = Instant::now();
+            let stamps = (modified(&self.cert), modified(&self.key));
+            if stamps != state.stamps {
+                state.stamps = stamps;
+                match load_key(&self.cert, &self.key) {
+                    Ok(fresh) => {
+                        tracing::info!(cert = %self.cert.display(), "TLS certificate reloaded");
+                        state.current = fresh;
+                    }
+                    Err(e) => {
+                        tracing::error!(error = %e, "TLS certificate changed but cannot be loaded; keeping the previous one")
+                    }
+                }
+            }
+        }
+        state.current.clone()
+    }
+}
+
+impl ResolvesServerCert for ReloadingCert {
+    fn resolve(&self, _: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        Some(self.current())
+    }
+}
+
+/// A handshake that takes longer than this is dropped (a client that opens and stalls).
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Handshakes in progress at once; further connections wait in the kernel's backlog.
+const MAX_HANDSHAKES: usize = 256;
+
+/// Accepts TCP connections on `listener` and yields them after the TLS handshake, for
+/// `tonic::transport::Server::serve_with_incoming*`. Handshakes run concurrently (a slow
+/// client does not hold up the others); failed ones are logged at debug level and dropped.
+pub fn incoming(
+    listener: TcpListener,
+    config: Arc<rustls::ServerConfig>,
+) -> impl futures::Stream<Item = Result<tokio_rustls::server::TlsStream<TcpStream>, std::io::Error>> + Send + 'static
+{
+    let (tx, rx) = tokio::sync::mpsc::channel(64);
+    let acceptor = tokio_rustls::TlsAcceptor::from(config);
+    let permits = Arc::new(tokio::sync::Semaphore::new(MAX_HANDSHAKES));
+    tokio::spawn(async move {
+        loop {
+            let Ok(permit) = permits.clone().acquire_owned().await else { return };
+            let (tcp, peer) = match listener.accept().await {
+                Ok(c) => c,
+                Err(e) => {
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            };
+            if tx.is_closed() {
+                return;
+            }
+            let _ = tcp.set_nodelay(true);
+            let acceptor = acceptor.clone();
+            let tx = tx.clone();
+            tokio::spawn(async move {
+                let _permit = permit;
+                match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
+                    Ok(Ok(stream)) => {
+                        let _ = tx.send(Ok(stream)).await;
+                    }
+                    Ok(Err(e)) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
+                    Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
+                }
+            });
+        }
+    });
+    tokio_stream::wrappers::ReceiverStream::new(rx)
+}
+
+/// Client TLS toward nodes (router): the CA that signs node certificates, and optionally the
+/// router's own certificate for nodes that require mutual TLS.
+pub fn client_config(
+    ca: &Path,
+    identity: Option<(&Path, &Path)>,
+    domain: Option<&str>,
+) -> Result<tonic::transport::ClientTlsConfig, String> {
+    let mut config = tonic::transport::ClientTlsConfig::new()
+        .ca_certificate(tonic::transport::Certificate::from_pem(read(ca)?));
+    if let Some((cert, key)) = identity {
+        config = config.identity(tonic::transport::Identity::from_pem(read(cert)?, read(key)?));
+    }
+    if let Some(domain) = domain {
+        config = config.domain_name(domain);
+    }
+    Ok(config)
+}

@@ -1,0 +1,185 @@
+"""Limits end to end: every limit a client can hit answers RESOURCE_EXHAUSTED or
+INVALID_ARGUMENT naming the flag that sets it, nothing is allocated from a size a request only
+claims, and the node keeps answering well-formed requests afterwards.
+
+Flags: --grpc-max-message-size, --max-tensor-bytes, --max-request-bytes,
+--grpc-max-concurrent-streams, --grpc-http2-max-header-list-size (see SECURITY.md).
+Models are built here with onnx (an Add over FP32 [-1]), so this file needs no example repository.
+"""
+from __future__ import annotations
+
+import subprocess
+from concurrent.futures import ThreadPoolExecutor
+
+import grpc
+import numpy as np
+import pytest
+import tritonclient.grpc as grpcclient
+
+from tern_testlib import TernServer, expect_rpc_error, expect_triton_error, infer_request, raw_stub
+
+MESSAGE_LIMIT = 1 << 20  # 1 MiB
+TENSOR_LIMIT = 400_000
+REQUEST_LIMIT = 600_000
+HEADER_LIMIT = 4096
+TIMEOUT = 30
+
+
+def add_model_bytes() -> bytes:
+    from onnx import TensorProto, checker, helper
+
+    def vi(name):
+        return helper.make_tensor_value_info(name, TensorProto.FLOAT, ["N"])
+
+    graph = helper.make_graph([helper.make_node("Add", ["INPUT0", "INPUT1"], ["OUTPUT0"])], "add",
+                              [vi("INPUT0"), vi("INPUT1")], [vi("OUTPUT0")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+    checker.check_model(model)
+    return model.SerializeToString()
+
+
+CONFIG = """name: "vec_add"
+backend: "onnxruntime"
+max_batch_size: 0
+input [ { name: "INPUT0" data_type: TYPE_FP32 dims: [ -1 ] }, { name: "INPUT1" data_type: TYPE_FP32 dims: [ -1 ] } ]
+output [ { name: "OUTPUT0" data_type: TYPE_FP32 dims: [ -1 ] } ]
+"""
+
+
+@pytest.fixture(scope="module")
+def limited(tmp_path_factory):
+    repo = tmp_path_factory.mktemp("limits_repo")
+    (repo / "vec_add" / "1").mkdir(parents=True)
+    (repo / "vec_add" / "config.pbtxt").write_text(CONFIG)
+    (repo / "vec_add" / "1" / "model.onnx").write_bytes(add_model_bytes())
+    srv = TernServer([repo], [
+        "--grpc-max-message-size", str(MESSAGE_LIMIT),
+        "--max-tensor-bytes", str(TENSOR_LIMIT),
+        "--max-request-bytes", str(REQUEST_LIMIT),
+        "--grpc-max-concurrent-streams", "2",
+        "--grpc-http2-max-header-list-size", str(HEADER_LIMIT),
+    ], label="limits").start()
+    yield srv
+    assert srv.stop() == 0, srv.log_tail()
+
+
+@pytest.fixture
+def client(limited):
+    c = grpcclient.InferenceServerClient(limited.url)
+    yield c
+    c.close()
+
+
+@pytest.fixture
+def stub(limited):
+    channel, s = raw_stub(limited.url)
+    yield s
+    channel.close()
+
+
+def vec_inputs(n0: int, n1: int | None = None):
+    n1 = n0 if n1 is None else n1
+    inputs = []
+    for name, n in (("INPUT0", n0), ("INPUT1", n1)):
+        i = grpcclient.InferInput(name, [n], "FP32")
+        i.set_data_from_numpy(np.ones(n, dtype=np.float32))
+        inputs.append(i)
+    return inputs
+
+
+def well_formed(client):
+    a = np.arange(8, dtype=np.float32)
+    inputs = [grpcclient.InferInput("INPUT0", [8], "FP32"), grpcclient.InferInput("INPUT1", [8], "FP32")]
+    for i in inputs:
+        i.set_data_from_numpy(a)
+    np.testing.assert_array_equal(client.infer("vec_add", inputs, client_timeout=TIMEOUT).as_numpy("OUTPUT0"), a + a)
+
+
+def test_oversize_message_is_resource_exhausted(client):
+    # 2 x 300,000 floats = 2.4 MB, over the 1 MiB message limit.
+    msg = expect_triton_error(lambda: client.infer("vec_add", vec_inputs(300_000), client_timeout=TIMEOUT),
+                              "StatusCode.RESOURCE_EXHAUSTED")
+    assert "--grpc-max-message-size" in msg and str(MESSAGE_LIMIT) in msg, msg
+    well_formed(client)
+
+
+def test_oversize_message_in_a_stream_is_resource_exhausted(stub, client):
+    big = np.ones(300_000, dtype=np.float32).tobytes()
+    req = infer_request("vec_add", [("INPUT0", "FP32", [300_000], None), ("INPUT1", "FP32", [300_000], None)],
+                        raw=[big, big])
+    msg = expect_rpc_error(lambda: list(stub.ModelStreamInfer(iter([req]), timeout=TIMEOUT)),
+                           grpc.StatusCode.RESOURCE_EXHAUSTED)
+    assert "--grpc-max-message-size" in msg, msg
+    well_formed(client)
+
+
+def test_shape_claiming_2_pow_40_elements_is_refused_before_allocating(stub, client):
+    # A few bytes claiming a 4 TiB tensor: refused by the claim, not by trying to allocate it.
+    small = np.ones(16, dtype=np.float32).tobytes()
+    req = infer_request("vec_add", [("INPUT0", "FP32", [1 << 40], None), ("INPUT1", "FP32", [16], None)],
+                        raw=[small, small])
+    msg = expect_rpc_error(lambda: stub.ModelInfer(req, timeout=TIMEOUT), grpc.StatusCode.INVALID_ARGUMENT)
+    assert "'INPUT0'" in msg and "[1099511627776]" in msg and "--max-tensor-bytes" in msg, msg
+    # Typed contents take the same path.
+    req = infer_request("vec_add", [("INPUT0", "FP32", [1 << 40], {"fp32_contents": [1.0] * 16}),
+                                    ("INPUT1", "FP32", [16], {"fp32_contents": [1.0] * 16})])
+    msg = expect_rpc_error(lambda: stub.ModelInfer(req, timeout=TIMEOUT), grpc.StatusCode.INVALID_ARGUMENT)
+    assert "--max-tensor-bytes" in msg, msg
+    # More elements than 64 bits count.
+    req = infer_request("vec_add", [("INPUT0", "FP32", [1 << 62, 1 << 62], None), ("INPUT1", "FP32", [16], None)],
+                        raw=[small, small])
+    msg = expect_rpc_error(lambda: stub.ModelInfer(req, timeout=TIMEOUT), grpc.StatusCode.INVALID_ARGUMENT)
+    assert "more than 2^64 elements" in msg, msg
+    well_formed(client)
+
+
+def test_tensor_and_request_limits(client):
+    # One tensor of 480,000 bytes: over --max-tensor-bytes (INVALID_ARGUMENT).
+    msg = expect_triton_error(lambda: client.infer("vec_add", vec_inputs(120_000), client_timeout=TIMEOUT),
+                              "StatusCode.INVALID_ARGUMENT")
+    assert "--max-tensor-bytes" in msg and str(TENSOR_LIMIT) in msg, msg
+    # Two tensors of 320,000 bytes each: each within, together over --max-request-bytes.
+    msg = expect_triton_error(lambda: client.infer("vec_add", vec_inputs(80_000), client_timeout=TIMEOUT),
+                              "StatusCode.RESOURCE_EXHAUSTED")
+    assert "--max-request-bytes" in msg and str(REQUEST_LIMIT) in msg and "640000" in msg, msg
+    # Just within every limit: served.
+    result = client.infer("vec_add", vec_inputs(70_000), client_timeout=TIMEOUT)
+    assert result.as_numpy("OUTPUT0").shape == (70_000,)
+    well_formed(client)
+
+
+def test_oversize_headers_are_refused_and_the_node_serves_on(limited, client):
+    channel, stub = raw_stub(limited.url)
+    try:
+        req = infer_request("vec_add", [("INPUT0", "FP32", [1], {"fp32_contents": [1.0]}),
+                                        ("INPUT1", "FP32", [1], {"fp32_contents": [1.0]})])
+        call = lambda n: stub.ModelInfer(req, timeout=TIMEOUT, metadata=[("x-padding", "a" * n)])  # noqa: E731
+        msg = expect_rpc_error(lambda: call(HEADER_LIMIT + 1000), grpc.StatusCode.RESOURCE_EXHAUSTED)
+        assert "--grpc-http2-max-header-list-size" in msg and str(HEADER_LIMIT) in msg, msg
+        # Far over it (more than twice), HTTP/2 itself refuses the headers (431) without reading them.
+        with pytest.raises(grpc.RpcError) as e:
+            call(4 * HEADER_LIMIT)
+        assert e.value.code() != grpc.StatusCode.OK
+        # Within the limit: served.
+        resp = call(100)
+        assert resp.model_name == "vec_add"
+    finally:
+        channel.close()
+    well_formed(client)
+
+
+def test_concurrent_streams_beyond_the_limit_wait_rather_than_fail(client):
+    # --grpc-max-concurrent-streams 2: one connection, 16 requests at once; the client queues.
+    with ThreadPoolExecutor(16) as pool:
+        results = list(pool.map(lambda _: well_formed(client), range(16)))
+    assert len(results) == 16
+
+
+def test_limit_flags_are_validated(tmp_path):
+    for args, says in [(["--grpc-max-message-size", "0"], "--grpc-max-message-size"),
+                       (["--grpc-max-message-size", "4294967296"], "--grpc-max-message-size"),
+                       (["--max-tensor-bytes", "0"], "--max-tensor-bytes"),
+                       (["--grpc-max-concurrent-streams", "0"], "--grpc-max-concurrent-streams")]:
+        srv = TernServer([tmp_path], args, label="bad-limits")
+        proc = subprocess.run(srv.command(), capture_output=True, text=True, timeout=60)
+        assert proc.returncode == 2 and says in proc.stdout + proc.stderr, proc.stdout + proc.stderr
