@@ -68,7 +68,22 @@ pub fn node_status(state: &NodeState, identity: &ClusterIdentity, advertised: &s
         explicit_model_control: state.control_mode == ControlMode::Explicit,
         server_version: env!("CARGO_PKG_VERSION").to_string(),
         ready: !state.strict_readiness || state.models.all_ready(),
+        instance: instance().to_string(),
+        sequence: STATUS_SEQUENCE.fetch_add(1, Ordering::Relaxed) + 1,
     }
+}
+
+/// Orders this process's statuses (see NodeStatus.sequence).
+static STATUS_SEQUENCE: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+/// This process among restarts of the same node: its pid and start time.
+fn instance() -> &'static str {
+    static INSTANCE: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    INSTANCE.get_or_init(|| {
+        let started =
+            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos());
+        format!("{}-{started}", std::process::id())
+    })
 }
 
 /// The address a router at `router` should use for this node: `--advertise-address`, else the

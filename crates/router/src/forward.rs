@@ -138,6 +138,17 @@ impl Forwarder {
                     let (meta, reply, ext) = response.into_parts();
                     return Ok(Response::from_parts(forwardable(meta), reply, ext));
                 }
+                // The view said this node serves the model, the node says it does not (an
+                // unload or restart the view has not caught up with): refresh, then route again.
+                Err(status) if replica && status.code() == Code::NotFound => {
+                    let _ = crate::discovery::refresh(&self.cluster, &node).await;
+                    let view = self.cluster.view();
+                    if view.candidates(model, &head.model_version).iter().any(|n| Arc::ptr_eq(n, &node)) {
+                        return Err(status);
+                    }
+                    tracing::debug!(model, node = %node.addr, "stale routing view; routing again");
+                    last_error = Some(status);
+                }
                 Err(status) if retryable(&status) => {
                     if transport_failure(&status) {
                         self.cluster.mark_suspect(&node, status.message());

@@ -275,6 +275,14 @@ impl Cluster {
     /// A fresh status from `node` (heartbeat or poll): it is alive, and holds these models.
     pub fn record_status(&self, node: &Node, status: NodeStatus) {
         let now = self.now_ms();
+        let stale = node.status.load().as_ref().is_some_and(|old| {
+            old.instance == status.instance && !status.instance.is_empty() && status.sequence < old.sequence
+        });
+        if stale {
+            // Overtaken by a newer status of the same process: alive, but the models are old.
+            node.last_seen_ms.store(now, Ordering::Relaxed);
+            return;
+        }
         let models_changed = node.status.load().as_ref().is_none_or(|old| !same_models(old, &status));
         let was_healthy = self.is_healthy(node, now);
         node.status.store(Some(Arc::new(status)));
@@ -381,6 +389,17 @@ mod tests {
         assert_eq!(view.candidates("m", "1")[0].addr, "127.0.0.1:1");
         assert_eq!(view.candidates("m", "2")[0].addr, "127.0.0.1:2");
         assert!(view.candidates("other", "").is_empty());
+
+        // A status overtaken by a newer one of the same process is ignored.
+        let newer = NodeStatus { instance: "p1".into(), sequence: 5, ..status(&[("m", "2", "READY")]) };
+        cluster.record_status(&b, newer);
+        let older = NodeStatus { instance: "p1".into(), sequence: 4, ..status(&[]) };
+        cluster.record_status(&b, older);
+        assert_eq!(
+            cluster.view().candidates("m", "2").len(),
+            1,
+            "the older status did not replace the newer"
+        );
 
         cluster.mark_suspect(&b, "test");
         assert_eq!(cluster.view().candidates("m", "").len(), 1);
