@@ -64,7 +64,13 @@ class RouterProc(TernServer):
 
 
 class NodeProc(TernServer):
-    """A tern-node on a fixed port (kept across restarts)."""
+    """A tern-node on a fixed port (kept across restarts). Always tern-node itself, also when
+    the node suite runs against `tern serve` (TERN_NODE_BIN / TERN_READY_MARK)."""
+
+    ready_mark = "tern-node ready"
+
+    def binary(self) -> Path:
+        return Path(os.environ.get("TERN_CLUSTER_NODE_BIN", ROOT / "target" / "release" / "tern-node"))
 
     def __init__(self, repo, extra_args=(), log_dir=None, label="node"):
         super().__init__([repo], extra_args=extra_args, log_dir=log_dir, label=label)

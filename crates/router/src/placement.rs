@@ -232,11 +232,15 @@ impl Placement {
             .collect()
     }
 
-    /// Chooses up to `count` new nodes for `model`.
+    /// Chooses up to `count` new nodes for `model`, avoiding nodes where it failed to load
+    /// recently.
     fn choose(&self, model: &str, count: usize) -> Vec<Arc<Node>> {
+        self.choose_excluding(model, count, &self.recently_failed(model))
+    }
+
+    fn choose_excluding(&self, model: &str, count: usize, exclude: &HashSet<String>) -> Vec<Arc<Node>> {
         let (nodes, mut loads) = self.snapshot();
-        let exclude = self.recently_failed(model);
-        choose_nodes(&mut loads, model, self.size_of(model), count, &exclude)
+        choose_nodes(&mut loads, model, self.size_of(model), count, exclude)
             .into_iter()
             .map(|i| nodes[i].clone())
             .collect()
@@ -406,7 +410,8 @@ impl Placement {
         let target = self.settings.replicas_of(model);
         let mut targets = holders.clone();
         if holders.len() < target {
-            targets.extend(self.choose(model, target - holders.len()));
+            // An operator's load is always attempted, even where the model failed recently.
+            targets.extend(self.choose_excluding(model, target - holders.len(), &HashSet::new()));
         }
         if targets.is_empty() {
             return Err(self.no_node_for(model));
