@@ -144,12 +144,15 @@ class Cluster:
         wait_until(healthy, timeout, f"{count} healthy nodes in the router")
 
     def holders(self, model: str) -> list[str]:
-        """Nodes holding `model` READY, from the router's merged index."""
-        idx = self.client().get_model_repository_index()
-        for m in idx.models:
-            if m.name == model and m.state == "READY":
-                return sorted(x.strip() for x in m.reason.removeprefix("ready on:").split(","))
-        return []
+        return holders(self.client(), model)
+
+
+def holders(client, model: str) -> list[str]:
+    """Nodes holding `model` READY, from a router's merged index (`ready on: a, b`)."""
+    for m in client.get_model_repository_index().models:
+        if m.name == model and m.state == "READY":
+            return sorted(x.strip() for x in m.reason.removeprefix("ready on:").split(","))
+    return []
 
 
 def tiny_add_inputs(rows: int = 1, value: float = 1.0):

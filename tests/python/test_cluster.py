@@ -16,7 +16,7 @@ import tritonclient.grpc as grpcclient
 from onnx import TensorProto, helper, numpy_helper
 from tritonclient.utils import InferenceServerException
 
-from tern_clusterlib import Cluster, NodeProc, RouterProc, router_binary, tiny_add_inputs, wait_until
+from tern_clusterlib import Cluster, NodeProc, RouterProc, holders, router_binary, tiny_add_inputs, wait_until
 from test_perf_analyzer import check_success, run_perf_analyzer
 
 
@@ -109,7 +109,7 @@ def test_static_and_dns_nodes(model_repo, tmp_path):
     try:
         client = grpcclient.InferenceServerClient(router.url)
         wait_until(client.is_server_ready, 10, "router ready")
-        wait_until(lambda: len(Cluster.holders(_Shim(client), "tiny_add")) == 2, 10, "both nodes routed")
+        wait_until(lambda: len(holders(client, "tiny_add")) == 2, 10, "both nodes routed")
         for i in range(20):
             infer_tiny(client, value=float(i))
         assert [n.inference_count("tiny_add") > 0 for n in nodes] == [True, True]
@@ -117,16 +117,6 @@ def test_static_and_dns_nodes(model_repo, tmp_path):
         router.stop()
         for n in nodes:
             n.kill()
-
-
-class _Shim:
-    """Lets Cluster.holders run against a bare client."""
-
-    def __init__(self, client):
-        self._client = client
-
-    def client(self):
-        return self._client
 
 
 def test_failover_sigkill_under_load_zero_failures(model_repo, tmp_path):

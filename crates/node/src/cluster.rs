@@ -175,6 +175,7 @@ pub async fn heartbeat_agent(
                     tracing::info!(%router, advertised = addr, "registered with router");
                 }
                 if !reachable {
+                    tracing::info!(%router, "router reachable again");
                     reachable = true;
                 }
                 registered = known;

@@ -177,13 +177,20 @@ impl Forwarder {
         let mut lazily_loaded = false;
         loop {
             let view = self.cluster.view();
-            let candidates: Vec<Arc<Node>> =
-                view.candidates(model, &head.model_version).iter().filter(|n| untried(n)).cloned().collect();
+            // No allocation on the common path (first attempt): the view's own slice.
+            let all = view.candidates(model, &head.model_version);
+            let untried_only: Vec<Arc<Node>>;
+            let candidates: &[Arc<Node>] = if tried.is_empty() {
+                all
+            } else {
+                untried_only = all.iter().filter(|n| untried(n)).cloned().collect();
+                &untried_only
+            };
             let pinned = sequence.and_then(|key| self.sequences.get(key).map(|e| e.0.clone()));
             if let Some(pinned) = pinned.filter(|p| candidates.iter().any(|c| Arc::ptr_eq(c, p))) {
                 return Ok(Target::Replica(pinned));
             }
-            if let Some(node) = power_of_two(&candidates) {
+            if let Some(node) = power_of_two(candidates) {
                 return Ok(Target::Replica(node));
             }
             if !tried.is_empty() {
@@ -237,9 +244,5 @@ impl Forwarder {
         let now = self.cluster.now_ms();
         let idle = self.placement.settings().sequence_idle.as_millis() as u64;
         self.sequences.retain(|_, (_, last)| now.saturating_sub(*last) < idle);
-    }
-
-    pub fn sequences(&self) -> usize {
-        self.sequences.len()
     }
 }

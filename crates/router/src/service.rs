@@ -39,12 +39,6 @@ pub struct RouterState {
 }
 
 impl RouterState {
-    /// A node to answer a request about `model`: a replica (placing it lazily when allowed), or
-    /// one that answers for the cluster. Retries once past an unreachable node.
-    async fn node_for(&self, model: &str, version: &str) -> Result<Arc<Node>, Status> {
-        self.forwarder.node_for(model, version).await
-    }
-
     /// Calls `f` on a node for `model`; a node found unreachable is marked and another tried.
     async fn on_model<T, F, Fut>(&self, model: &str, version: &str, f: F) -> Result<T, Status>
     where
@@ -53,7 +47,7 @@ impl RouterState {
     {
         let mut last = None;
         for _ in 0..2 {
-            let node = self.node_for(model, version).await?;
+            let node = self.forwarder.node_for(model, version).await?;
             match f(node.clone()).await {
                 Err(e) if retryable(&e) => {
                     if transport_failure(&e) {
