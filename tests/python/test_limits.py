@@ -183,3 +183,40 @@ def test_limit_flags_are_validated(tmp_path):
         srv = TernServer([tmp_path], args, label="bad-limits")
         proc = subprocess.run(srv.command(), capture_output=True, text=True, timeout=60)
         assert proc.returncode == 2 and says in proc.stdout + proc.stderr, proc.stdout + proc.stderr
+
+
+def test_router_applies_its_own_transport_limits(limited, tmp_path):
+    # A router in front of the limited node, with its own (lower) message and header limits:
+    # oversize requests are refused at the router, unary and in streams, as a node refuses them.
+    from tern_clusterlib import RouterProc, wait_until
+
+    node_addr = limited.url
+    router = RouterProc(["--node", node_addr, "--grpc-max-message-size", str(MESSAGE_LIMIT // 2),
+                         "--grpc-http2-max-header-list-size", str(HEADER_LIMIT)], log_dir=tmp_path)
+    router.start()
+    try:
+        client = grpcclient.InferenceServerClient(router.url)
+        wait_until(lambda: client.is_model_ready("vec_add"), 15, "the router sees vec_add")
+        n = 100_000  # 2 x 400 KB: under the node's limit, over the router's 512 KiB
+        msg = expect_triton_error(lambda: client.infer("vec_add", vec_inputs(n), client_timeout=TIMEOUT),
+                                  "StatusCode.RESOURCE_EXHAUSTED")
+        assert "--grpc-max-message-size" in msg and str(MESSAGE_LIMIT // 2) in msg, msg
+        channel, stub = raw_stub(router.url)
+        try:
+            big = np.ones(n, dtype=np.float32).tobytes()
+            req = infer_request("vec_add", [("INPUT0", "FP32", [n], None), ("INPUT1", "FP32", [n], None)],
+                                raw=[big, big])
+            msg = expect_rpc_error(lambda: list(stub.ModelStreamInfer(iter([req]), timeout=TIMEOUT)),
+                                   grpc.StatusCode.RESOURCE_EXHAUSTED)
+            assert "--grpc-max-message-size" in msg, msg
+            small = infer_request("vec_add", [("INPUT0", "FP32", [1], {"fp32_contents": [1.0]}),
+                                              ("INPUT1", "FP32", [1], {"fp32_contents": [1.0]})])
+            msg = expect_rpc_error(lambda: stub.ModelInfer(small, timeout=TIMEOUT,
+                                                           metadata=[("x-padding", "a" * (HEADER_LIMIT + 1000))]),
+                                   grpc.StatusCode.RESOURCE_EXHAUSTED)
+            assert "--grpc-http2-max-header-list-size" in msg, msg
+        finally:
+            channel.close()
+        well_formed(client)
+    finally:
+        router.stop()

@@ -6,8 +6,10 @@
 //!   `tern_router_*`).
 //! - `tern cluster`: what a router knows about its nodes (the Membership.ClusterStatus RPC).
 //! - `tern model keygen|encrypt|decrypt`: encrypted model files at rest ([`model`]).
+//! - `tern token new|hash`: bearer tokens and their token-file lines ([`token`]).
 
 mod model;
+mod token;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -31,11 +33,19 @@ enum Command {
         /// The router's gRPC address.
         #[arg(long, default_value = "127.0.0.1:8001")]
         url: String,
+        /// File holding a token with the `cluster` group, for a router that requires tokens.
+        #[arg(long, value_name = "PATH")]
+        token_file: Option<std::path::PathBuf>,
     },
     /// Encrypted model files: make a key, encrypt `model.onnx` to `model.onnx.enc`, decrypt.
     Model {
         #[command(subcommand)]
         command: model::ModelCommand,
+    },
+    /// Bearer tokens: make a new one with its token-file line, or hash an existing one.
+    Token {
+        #[command(subcommand)]
+        command: token::TokenCommand,
     },
 }
 
@@ -43,8 +53,9 @@ fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Command::Serve(config) => serve_main(*config),
-        Command::Cluster { url } => cluster_main(&url),
+        Command::Cluster { url, token_file } => cluster_main(&url, token_file.as_deref()),
         Command::Model { command } => model::main(command),
+        Command::Token { command } => token::main(command),
     }
 }
 
@@ -90,7 +101,21 @@ fn serve_main(mut config: tern_node::Config) -> std::process::ExitCode {
 
 /// The router faces clients; the node behind it on a private loopback port. On SIGTERM the
 /// router stops first (finishing its in-flight requests on the node), then the node.
-async fn serve(config: tern_node::Config) -> anyhow::Result<()> {
+async fn serve(mut config: tern_node::Config) -> anyhow::Result<()> {
+    // With tokens on, the router presents an in-memory token to the node behind it, which
+    // accepts it besides the token file's.
+    let mut node_credential = tern_gate::Credential::none();
+    if config.auth.auth_token_file.is_some() {
+        let internal = tern_gate::InternalToken::generate().map_err(anyhow::Error::msg)?;
+        node_credential = internal.credential().map_err(anyhow::Error::msg)?;
+        config.auth.internal = Some(internal);
+    }
+    let front = tern_router::FrontDoor {
+        // TLS is for clients, on the router's port; the node behind it is on private loopback.
+        tls: config.tls.server().map_err(anyhow::Error::msg)?,
+        auth: tern_gate::AuthLayer { auth: config.auth.authenticator().map_err(anyhow::Error::msg)? },
+        limits: config.limits.transport.clone(),
+    };
     let public_addr = config.grpc_addr();
     let public = tokio::net::TcpListener::bind(public_addr)
         .await
@@ -120,6 +145,7 @@ async fn serve(config: tern_node::Config) -> anyhow::Result<()> {
         router_id: "tern-serve".into(),
         index_holders: false,
         node_tls: None,
+        node_credential,
     };
     let router = tern_router::Router::start(
         settings,
@@ -131,8 +157,6 @@ async fn serve(config: tern_node::Config) -> anyhow::Result<()> {
     let (node_stop_tx, node_stop_rx) = tokio::sync::oneshot::channel::<()>();
     let mut node_config = config.clone();
     node_config.router_addresses.clear();
-    // TLS is for clients, on the router's port; the node behind it is on private loopback.
-    let tls = config.tls.server().map_err(anyhow::Error::msg)?;
     node_config.tls = Default::default();
     let node_metrics = metrics.clone();
     let mut node = tokio::spawn(async move {
@@ -167,7 +191,7 @@ async fn serve(config: tern_node::Config) -> anyhow::Result<()> {
     let metrics_addr =
         if config.metrics.allow_metrics { config.metrics.metrics_addr().to_string() } else { "off".into() };
     tracing::info!(node = %node_addr, "tern ready grpc={} metrics={metrics_addr}", public.local_addr()?);
-    router.serve(public, tls, tern_node::shutdown_signal(), exit_timeout).await?;
+    router.serve(public, front, tern_node::shutdown_signal(), exit_timeout).await?;
     let _ = node_stop_tx.send(());
     match node.await {
         Ok(result) => result?,
@@ -177,12 +201,12 @@ async fn serve(config: tern_node::Config) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn cluster_main(url: &str) -> std::process::ExitCode {
+fn cluster_main(url: &str, token_file: Option<&std::path::Path>) -> std::process::ExitCode {
     let rt = match runtime() {
         Ok(rt) => rt,
         Err(code) => return code,
     };
-    match rt.block_on(print_cluster(url)) {
+    match rt.block_on(print_cluster(url, token_file)) {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("tern cluster: {e:#}");
@@ -191,9 +215,14 @@ fn cluster_main(url: &str) -> std::process::ExitCode {
     }
 }
 
-async fn print_cluster(url: &str) -> anyhow::Result<()> {
+async fn print_cluster(url: &str, token_file: Option<&std::path::Path>) -> anyhow::Result<()> {
     use tern_proto::cluster::{ClusterStatusRequest, membership_client::MembershipClient};
-    let mut client = MembershipClient::connect(format!("http://{url}")).await?;
+    let credential = match token_file {
+        Some(path) => tern_gate::Credential::from_file(path).map_err(anyhow::Error::msg)?,
+        None => tern_gate::Credential::none(),
+    };
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{url}"))?.connect().await?;
+    let mut client = MembershipClient::with_interceptor(channel, credential);
     let status = client.cluster_status(ClusterStatusRequest {}).await?.into_inner();
     println!("router {}: {} nodes", status.router_id, status.nodes.len());
     println!(

@@ -120,7 +120,7 @@ fn options(private: bool) -> std::fs::OpenOptions {
 }
 
 /// A key file: created new (never overwrites), readable by its owner only.
-fn write_new_private(path: &Path, bytes: &[u8]) -> Result<(), String> {
+pub(crate) fn write_new_private(path: &Path, bytes: &[u8]) -> Result<(), String> {
     let mut file = options(true)
         .create_new(true)
         .open(path)

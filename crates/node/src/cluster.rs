@@ -10,6 +10,7 @@ use std::time::Duration;
 use tern_proto::cluster::{
     self as pb, NodeStatus, membership_client::MembershipClient, node_control_server::NodeControl,
 };
+use tonic::service::interceptor::InterceptedService;
 use tonic::transport::{Channel, Endpoint};
 use tonic::{Request, Response, Status};
 
@@ -138,6 +139,7 @@ pub async fn heartbeat_agent(
     state: Arc<NodeState>,
     identity: ClusterIdentity,
     interval: Duration,
+    credential: tern_gate::Credential,
 ) {
     let endpoint = match Endpoint::from_shared(format!("http://{router}")) {
         Ok(e) => e.connect_timeout(Duration::from_secs(1)).timeout(Duration::from_secs(2)).tcp_nodelay(true),
@@ -146,7 +148,7 @@ pub async fn heartbeat_agent(
             return;
         }
     };
-    let mut client = MembershipClient::new(endpoint.connect_lazy());
+    let mut client = MembershipClient::with_interceptor(endpoint.connect_lazy(), credential);
     let mut ticks = tokio::time::interval(interval);
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut registered = false;
@@ -193,7 +195,7 @@ pub async fn heartbeat_agent(
 
 /// One register or heartbeat call; `Ok(false)`: the router forgot us (register next time).
 async fn beat(
-    client: &mut MembershipClient<Channel>,
+    client: &mut MembershipClient<InterceptedService<Channel, tern_gate::Credential>>,
     status: NodeStatus,
     registered: bool,
 ) -> Result<bool, Status> {

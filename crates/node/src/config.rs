@@ -87,6 +87,14 @@ pub struct Config {
     #[arg(long, default_value_t = 1000, value_name = "MS")]
     pub heartbeat_interval_ms: u64,
 
+    /// File holding the token this node presents to --router-address routers that require
+    /// bearer tokens (one with the `cluster` group); re-read when it changes.
+    #[arg(long, value_name = "PATH")]
+    pub router_token_file: Option<PathBuf>,
+
+    #[command(flatten)]
+    pub auth: tern_gate::AuthArgs,
+
     #[command(flatten)]
     pub model_key: crate::encrypted::ModelKeyConfig,
 
@@ -131,6 +139,7 @@ impl Config {
             return Err("--model-load-thread-count must be at least 1".into());
         }
         self.limits.validate()?;
+        tern_gate::Groups::parse(&self.auth.auth_public).map_err(|e| format!("--auth-public: {e}"))?;
         self.model_key.load()?;
         Ok(())
     }

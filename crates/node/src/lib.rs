@@ -55,6 +55,13 @@ pub async fn run_with(
     announce: Announce,
 ) -> anyhow::Result<()> {
     let tls = config.tls.server().map_err(anyhow::Error::msg)?;
+    let auth = tern_gate::AuthLayer { auth: config.auth.authenticator().map_err(anyhow::Error::msg)? };
+    let router_credential = match &config.router_token_file {
+        Some(path) => {
+            tern_gate::Credential::from_file(path).map_err(|e| anyhow::anyhow!("--router-token-file: {e}"))?
+        }
+        None => tern_gate::Credential::none(),
+    };
     let models = Arc::new(ModelManager::new(
         metrics.clone(),
         config.model_repositories.clone(),
@@ -106,7 +113,8 @@ pub async fn run_with(
             anyhow::anyhow!("cannot bind metrics address {}: {e}", config.metrics.metrics_addr())
         })?;
         metrics_addr = metrics_listener.local_addr()?.to_string();
-        Some(tokio::spawn(tern_telemetry::serve_metrics(metrics_listener, metrics.clone(), async {
+        let routes = tern_telemetry::router(metrics.clone()).layer(auth.clone());
+        Some(tokio::spawn(tern_telemetry::serve_metrics(metrics_listener, metrics.clone(), routes, async {
             let _ = metrics_stop_rx.await;
         })))
     } else {
@@ -116,8 +124,8 @@ pub async fn run_with(
     let inference = GrpcInferenceServiceServer::new(NodeService::new(state.clone()))
         .accept_compressed(CompressionEncoding::Gzip)
         .accept_compressed(CompressionEncoding::Deflate)
-        .max_decoding_message_size(config.limits.grpc_max_message_size)
-        .max_encoding_message_size(config.limits.grpc_max_message_size);
+        .max_decoding_message_size(config.limits.transport.grpc_max_message_size)
+        .max_encoding_message_size(config.limits.transport.grpc_max_message_size);
 
     let (health_reporter, health) = tonic_health::server::health_reporter();
     health_reporter.set_serving::<GrpcInferenceServiceServer<NodeService>>().await;
@@ -147,6 +155,7 @@ pub async fn run_with(
                 state.clone(),
                 identity.clone(),
                 Duration::from_millis(config.heartbeat_interval_ms),
+                router_credential.clone(),
             ))
         })
         .collect();
@@ -168,12 +177,13 @@ pub async fn run_with(
         tracing::info!("shutting down: no new connections, finishing in-flight requests");
         let _ = stop_tx.send(());
     };
-    let limits_layer =
-        limits::LimitsLayer { max_header_list_size: config.limits.grpc_http2_max_header_list_size };
-    let routes = tonic::transport::Server::builder()
-        .max_concurrent_streams(config.limits.grpc_max_concurrent_streams)
-        .http2_max_header_list_size(limits_layer.http2_max_header_list_size())
-        .layer(limits_layer)
+    // Limits, then authentication: both before any work for the request.
+    let routes = config
+        .limits
+        .transport
+        .apply(tonic::transport::Server::builder())
+        .layer(config.limits.transport.layer())
+        .layer(auth)
         .add_service(inference)
         .add_service(node_control)
         .add_service(health)

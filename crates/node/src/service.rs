@@ -10,6 +10,7 @@ use tern_proto::inference::{self as pb, grpc_inference_service_server::GrpcInfer
 use tonic::{Request, Response, Status, Streaming};
 use tracing::Instrument;
 
+use tern_gate::{authorize_model, may_see_model, principal};
 use tern_scheduler::{FailureReason, InferJob, StatsSnapshot};
 
 use crate::manager::{ControlMode, ModelManager};
@@ -241,6 +242,7 @@ impl GrpcInferenceService for NodeService {
         &self,
         req: Request<pb::ModelReadyRequest>,
     ) -> Result<Response<pb::ModelReadyResponse>, Status> {
+        authorize_model(principal(&req), &req.get_ref().name)?;
         let req = req.into_inner();
         let ready = self.state.models.get(&req.name, &req.version).is_ok();
         Ok(Response::new(pb::ModelReadyResponse { ready }))
@@ -261,6 +263,7 @@ impl GrpcInferenceService for NodeService {
         &self,
         req: Request<pb::ModelMetadataRequest>,
     ) -> Result<Response<pb::ModelMetadataResponse>, Status> {
+        authorize_model(principal(&req), &req.get_ref().name)?;
         let req = req.into_inner();
         let model = self.state.models.get(&req.name, &req.version)?;
         let c = &model.config;
@@ -286,6 +289,7 @@ impl GrpcInferenceService for NodeService {
         &self,
         req: Request<pb::ModelInferRequest>,
     ) -> Result<Response<pb::ModelInferResponse>, Status> {
+        authorize_model(principal(&req), &req.get_ref().model_name)?;
         let span = request_span(req.get_ref());
         tern_telemetry::set_parent_from_metadata(&span, req.metadata());
         let response = self.infer(req.into_inner()).instrument(span).await?;
@@ -300,10 +304,12 @@ impl GrpcInferenceService for NodeService {
     ) -> Result<Response<Self::ModelStreamInferStream>, Status> {
         let service = self.clone();
         let metadata = req.metadata().clone();
+        let caller = principal(&req).cloned();
         let responses = req
             .into_inner()
             .map(move |msg| {
                 let service = service.clone();
+                let caller = caller.clone();
                 let span = match &msg {
                     Ok(r) => request_span(r),
                     Err(_) => tracing::Span::none(),
@@ -312,14 +318,18 @@ impl GrpcInferenceService for NodeService {
                 async move {
                     let req = msg.map_err(crate::limits::message_status)?;
                     let (model_name, id) = (req.model_name.clone(), req.id.clone());
+                    let result = match authorize_model(caller.as_ref(), &model_name) {
+                        Ok(()) => service.infer(req).await.map_err(|e| e.to_string()),
+                        Err(denied) => Err(denied.message().to_owned()),
+                    };
                     // A failed request is reported in the stream, which stays open for the next.
-                    Ok(match service.infer(req).await {
+                    Ok(match result {
                         Ok(resp) => pb::ModelStreamInferResponse {
                             error_message: String::new(),
                             infer_response: Some(resp),
                         },
                         Err(e) => pb::ModelStreamInferResponse {
-                            error_message: e.to_string(),
+                            error_message: e,
                             infer_response: Some(pb::ModelInferResponse {
                                 model_name,
                                 id,
@@ -338,6 +348,7 @@ impl GrpcInferenceService for NodeService {
         &self,
         req: Request<pb::ModelConfigRequest>,
     ) -> Result<Response<pb::ModelConfigResponse>, Status> {
+        authorize_model(principal(&req), &req.get_ref().name)?;
         let req = req.into_inner();
         let model = self.state.models.get(&req.name, &req.version)?;
         Ok(Response::new(pb::ModelConfigResponse { config: Some(model.config.clone()) }))
@@ -347,10 +358,14 @@ impl GrpcInferenceService for NodeService {
         &self,
         req: Request<pb::ModelStatisticsRequest>,
     ) -> Result<Response<pb::ModelStatisticsResponse>, Status> {
+        let caller = principal(&req).cloned();
         let req = req.into_inner();
         let models: Vec<_> = if req.name.is_empty() {
-            self.state.models.all_ready_models()
+            let mut all = self.state.models.all_ready_models();
+            all.retain(|m| may_see_model(caller.as_ref(), &m.name));
+            all
         } else {
+            authorize_model(caller.as_ref(), &req.name)?;
             // Triton's wording for each case.
             let model = self.state.models.get(&req.name, &req.version).map_err(|_| {
                 if req.version.is_empty() || self.state.models.get(&req.name, "").is_err() {
@@ -375,6 +390,7 @@ impl GrpcInferenceService for NodeService {
         &self,
         req: Request<pb::RepositoryIndexRequest>,
     ) -> Result<Response<pb::RepositoryIndexResponse>, Status> {
+        let caller = principal(&req).cloned();
         let ready_only = req.into_inner().ready;
         let models = self
             .state
@@ -382,6 +398,7 @@ impl GrpcInferenceService for NodeService {
             .repository_index()
             .into_iter()
             .filter(|row| !ready_only || row.state == "READY")
+            .filter(|row| may_see_model(caller.as_ref(), &row.name))
             .map(|row| pb::repository_index_response::ModelIndex {
                 name: row.name,
                 version: row.version,
@@ -396,6 +413,7 @@ impl GrpcInferenceService for NodeService {
         &self,
         req: Request<pb::RepositoryModelLoadRequest>,
     ) -> Result<Response<pb::RepositoryModelLoadResponse>, Status> {
+        authorize_model(principal(&req), &req.get_ref().model_name)?;
         self.explicit_mode_only()?;
         let req = req.into_inner();
         let mut config = None;
@@ -423,6 +441,7 @@ impl GrpcInferenceService for NodeService {
         &self,
         req: Request<pb::RepositoryModelUnloadRequest>,
     ) -> Result<Response<pb::RepositoryModelUnloadResponse>, Status> {
+        authorize_model(principal(&req), &req.get_ref().model_name)?;
         self.explicit_mode_only()?;
         self.state.models.unload(&req.into_inner().model_name).await?;
         Ok(Response::new(pb::RepositoryModelUnloadResponse {}))

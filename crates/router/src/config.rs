@@ -109,6 +109,18 @@ pub struct Config {
     #[arg(long, value_name = "NAME")]
     pub node_tls_domain: Option<String>,
 
+    /// File holding the token the router presents to nodes that require bearer tokens (one
+    /// with the groups the router uses: cluster, health, metadata, inference, model-config,
+    /// model-repository, statistics); re-read when it changes.
+    #[arg(long, value_name = "PATH")]
+    pub node_token_file: Option<std::path::PathBuf>,
+
+    #[command(flatten)]
+    pub auth: tern_gate::AuthArgs,
+
+    #[command(flatten)]
+    pub limits: tern_gate::limits::TransportLimits,
+
     #[command(flatten)]
     pub tls: tern_tls::TlsArgs,
 
@@ -161,6 +173,8 @@ impl Config {
         }
         self.node_tls()?;
         self.tls.server()?;
+        self.limits.validate()?;
+        tern_gate::Groups::parse(&self.auth.auth_public).map_err(|e| format!("--auth-public: {e}"))?;
         if self.upstream_connections == 0 {
             return Err("--upstream-connections must be at least 1".into());
         }
@@ -169,6 +183,16 @@ impl Config {
 
     pub fn grpc_addr(&self) -> SocketAddr {
         SocketAddr::new(self.grpc_address, self.grpc_port)
+    }
+
+    /// The token presented to nodes, from --node-token-file.
+    pub fn node_credential(&self) -> Result<tern_gate::Credential, String> {
+        match &self.node_token_file {
+            Some(path) => {
+                tern_gate::Credential::from_file(path).map_err(|e| format!("--node-token-file: {e}"))
+            }
+            None => Ok(tern_gate::Credential::none()),
+        }
     }
 
     /// TLS toward nodes, from --node-tls-*.
@@ -201,6 +225,7 @@ impl Config {
             router_id: self.router_id.clone().unwrap_or_else(default_router_id),
             index_holders: true,
             node_tls: None,
+            node_credential: tern_gate::Credential::none(),
         }
     }
 }
@@ -234,6 +259,8 @@ pub struct ClusterSettings {
     pub index_holders: bool,
     /// TLS toward nodes (`https`), or plaintext.
     pub node_tls: Option<tonic::transport::ClientTlsConfig>,
+    /// The token presented to nodes (`--node-token-file`).
+    pub node_credential: tern_gate::Credential,
 }
 
 impl ClusterSettings {

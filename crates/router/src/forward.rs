@@ -18,9 +18,11 @@ use crate::raw::{InferHead, RawMessage, SequenceId};
 pub const INFER_PATH: &str = "/inference.GRPCInferenceService/ModelInfer";
 pub const STREAM_INFER_PATH: &str = "/inference.GRPCInferenceService/ModelStreamInfer";
 
-/// Headers that describe this hop's encoding, not the request: the router forwards the
-/// decompressed message, so the node must not be told it is compressed.
-const HOP_HEADERS: &[&str] = &["grpc-encoding", "grpc-accept-encoding", "content-length", "user-agent"];
+/// Headers that describe this hop, not the request: the router forwards the decompressed
+/// message, so the node must not be told it is compressed; and the client's credentials are
+/// for the router only (nodes see the router's own token, `--node-token-file`).
+const HOP_HEADERS: &[&str] =
+    &["grpc-encoding", "grpc-accept-encoding", "content-length", "user-agent", "authorization"];
 
 /// Metadata to send upstream (or back downstream): everything but [`HOP_HEADERS`].
 pub fn forwardable(mut metadata: MetadataMap) -> MetadataMap {
@@ -89,9 +91,18 @@ impl Forwarder {
     }
 
     /// Forwards one encoded ModelInferRequest; the reply is the node's, bytes untouched.
-    pub async fn infer(&self, metadata: MetadataMap, body: Bytes) -> Result<Response<Bytes>, Status> {
+    /// `caller`: the authenticated client, whose token must allow the model.
+    pub async fn infer(
+        &self,
+        metadata: MetadataMap,
+        body: Bytes,
+        caller: Option<&tern_gate::Principal>,
+    ) -> Result<Response<Bytes>, Status> {
         let head = InferHead::parse(&body)?;
-        let result = self.infer_head(&head, forwardable(metadata), body).await;
+        let result = match tern_gate::authorize_model(caller, &head.model_name) {
+            Ok(()) => self.infer_head(&head, forwardable(metadata), body).await,
+            Err(denied) => Err(denied),
+        };
         self.metrics.request(&head.model_name, result.as_ref().map_or_else(Status::code, |_| Code::Ok));
         result
     }

@@ -39,6 +39,14 @@ pub struct Router {
     tasks: Vec<JoinHandle<()>>,
 }
 
+/// What the router's gRPC server checks before any work: TLS, tokens, transport limits.
+#[derive(Debug, Clone, Default)]
+pub struct FrontDoor {
+    pub tls: Option<Arc<tern_tls::rustls::ServerConfig>>,
+    pub auth: tern_gate::AuthLayer,
+    pub limits: tern_gate::limits::TransportLimits,
+}
+
 /// Where nodes come from besides registration.
 #[derive(Debug, Clone, Default)]
 pub struct Discovery {
@@ -60,6 +68,7 @@ impl Router {
             settings.heartbeat_timeout,
             settings.upstream_connections,
             settings.node_tls.clone(),
+            settings.node_credential.clone(),
             metrics.clone(),
         ));
         let placement = Arc::new(Placement::new(cluster.clone(), settings.clone(), metrics.clone()));
@@ -107,16 +116,15 @@ impl Router {
     }
 
     /// Serves the router's gRPC services (inference, Membership, health, reflection) on
-    /// `listener` (over TLS with `tls`) until `shutdown`; in-flight requests then get
-    /// `exit_timeout`.
+    /// `listener` behind `front` until `shutdown`; in-flight requests then get `exit_timeout`.
     pub async fn serve(
         self,
         listener: TcpListener,
-        tls: Option<Arc<tern_tls::rustls::ServerConfig>>,
+        front: FrontDoor,
         shutdown: impl Future<Output = ()> + Send + 'static,
         exit_timeout: Duration,
     ) -> anyhow::Result<()> {
-        let inference = InferenceRoutes::new(self.state.clone());
+        let inference = InferenceRoutes::new(self.state.clone(), front.limits.grpc_max_message_size);
         let membership = MembershipServer::new(MembershipService {
             cluster: self.state.cluster.clone(),
             router_id: self.settings.router_id.clone(),
@@ -153,13 +161,18 @@ impl Router {
             tracing::info!("shutting down: no new connections, finishing in-flight requests");
             let _ = stop_tx.send(());
         };
-        let routes = tonic::transport::Server::builder()
+        // Limits, then authentication: both before any work for the request.
+        let routes = front
+            .limits
+            .apply(tonic::transport::Server::builder())
+            .layer(front.limits.layer())
+            .layer(front.auth)
             .add_service(inference)
             .add_service(membership)
             .add_service(health)
             .add_service(reflection);
         let server: std::pin::Pin<Box<dyn Future<Output = Result<(), tonic::transport::Error>> + Send>> =
-            match tls {
+            match front.tls {
                 Some(tls) => {
                     Box::pin(routes.serve_with_incoming_shutdown(tern_tls::incoming(listener, tls), signal))
                 }
@@ -191,9 +204,14 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
     let metrics = Arc::new(tern_telemetry::Metrics::new(&config.metrics)?);
-    let tls = config.tls.server().map_err(anyhow::Error::msg)?;
+    let front = FrontDoor {
+        tls: config.tls.server().map_err(anyhow::Error::msg)?,
+        auth: tern_gate::AuthLayer { auth: config.auth.authenticator().map_err(anyhow::Error::msg)? },
+        limits: config.limits.clone(),
+    };
     let mut settings = config.cluster();
     settings.node_tls = config.node_tls().map_err(anyhow::Error::msg)?;
+    settings.node_credential = config.node_credential().map_err(anyhow::Error::msg)?;
     let router = Router::start(
         settings,
         config.server_name.clone(),
@@ -208,7 +226,8 @@ pub async fn run(
             anyhow::anyhow!("cannot bind metrics address {}: {e}", config.metrics.metrics_addr())
         })?;
         metrics_addr = metrics_listener.local_addr()?.to_string();
-        Some(tokio::spawn(tern_telemetry::serve_metrics(metrics_listener, metrics.clone(), async {
+        let routes = tern_telemetry::router(metrics.clone()).layer(front.auth.clone());
+        Some(tokio::spawn(tern_telemetry::serve_metrics(metrics_listener, metrics.clone(), routes, async {
             let _ = metrics_stop_rx.await;
         })))
     } else {
@@ -220,7 +239,7 @@ pub async fn run(
         node_dns = config.node_dns.len(),
         "tern-router ready grpc={addr} metrics={metrics_addr}"
     );
-    router.serve(listener, tls, shutdown, Duration::from_secs(config.exit_timeout_secs)).await?;
+    router.serve(listener, front, shutdown, Duration::from_secs(config.exit_timeout_secs)).await?;
     let _ = metrics_stop_tx.send(());
     if let Some(task) = metrics_task {
         let _ = task.await;

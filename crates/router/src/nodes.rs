@@ -13,14 +13,19 @@ use arc_swap::{ArcSwap, ArcSwapOption};
 use bytes::Bytes;
 use tern_proto::cluster::NodeStatus;
 use tern_proto::inference::grpc_inference_service_client::GrpcInferenceServiceClient;
+use tonic::service::interceptor::InterceptedService;
 use tonic::transport::{Channel, Endpoint};
 use tonic::{Request, Response, Status};
 
 use crate::metrics::RouterMetrics;
 use crate::raw::{RawCodec, RawMessage};
 
-/// Triton accepts messages up to 2 GiB; so do nodes and the router.
+/// Triton accepts messages up to 2 GiB; so do nodes. (The router's own limit on what clients
+/// send is --grpc-max-message-size; nodes keep theirs.)
 pub const MAX_MESSAGE_SIZE: usize = i32::MAX as usize;
+
+/// A connection to a node that presents the router's token (`--node-token-file`), if any.
+pub type NodeChannel = InterceptedService<Channel, tern_gate::Credential>;
 
 /// How the router found a node.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -49,6 +54,7 @@ pub struct Node {
     pub addr: String,
     pub source: Source,
     channels: Vec<Channel>,
+    credential: tern_gate::Credential,
     next_channel: AtomicUsize,
     /// Requests the router has outstanding on this node (the balancer's load signal).
     pub outstanding: AtomicU64,
@@ -72,6 +78,7 @@ impl Node {
         source: Source,
         connections: usize,
         tls: Option<&tonic::transport::ClientTlsConfig>,
+        credential: tern_gate::Credential,
     ) -> Result<Node, String> {
         let scheme = if tls.is_some() { "https" } else { "http" };
         let mut endpoint = Endpoint::from_shared(format!("{scheme}://{addr}"))
@@ -91,6 +98,7 @@ impl Node {
             addr: addr.to_string(),
             source,
             channels,
+            credential,
             next_channel: AtomicUsize::new(0),
             outstanding: AtomicU64::new(0),
             status: ArcSwapOption::empty(),
@@ -100,13 +108,13 @@ impl Node {
     }
 
     /// One of the node's connections, in turn.
-    pub fn channel(&self) -> Channel {
+    pub fn channel(&self) -> NodeChannel {
         let i = self.next_channel.fetch_add(1, Ordering::Relaxed) % self.channels.len();
-        self.channels[i].clone()
+        InterceptedService::new(self.channels[i].clone(), self.credential.clone())
     }
 
     /// The typed inference client (metadata, config, repository, statistics).
-    pub fn client(&self) -> GrpcInferenceServiceClient<Channel> {
+    pub fn client(&self) -> GrpcInferenceServiceClient<NodeChannel> {
         GrpcInferenceServiceClient::new(self.channel())
             .max_decoding_message_size(MAX_MESSAGE_SIZE)
             .max_encoding_message_size(MAX_MESSAGE_SIZE)
@@ -195,6 +203,7 @@ pub struct Cluster {
     heartbeat_timeout: Duration,
     upstream_connections: usize,
     tls: Option<tonic::transport::ClientTlsConfig>,
+    credential: tern_gate::Credential,
     nodes: RwLock<HashMap<String, Arc<Node>>>,
     view: ArcSwap<RoutingView>,
     metrics: Arc<RouterMetrics>,
@@ -207,6 +216,7 @@ impl Cluster {
         heartbeat_timeout: Duration,
         upstream_connections: usize,
         tls: Option<tonic::transport::ClientTlsConfig>,
+        credential: tern_gate::Credential,
         metrics: Arc<RouterMetrics>,
     ) -> Cluster {
         Cluster {
@@ -214,6 +224,7 @@ impl Cluster {
             heartbeat_timeout,
             upstream_connections,
             tls,
+            credential,
             nodes: RwLock::default(),
             view: ArcSwap::default(),
             metrics,
@@ -248,7 +259,13 @@ impl Cluster {
         if let Some(n) = self.get(addr) {
             return Ok(n);
         }
-        let node = Arc::new(Node::new(addr, source, self.upstream_connections, self.tls.as_ref())?);
+        let node = Arc::new(Node::new(
+            addr,
+            source,
+            self.upstream_connections,
+            self.tls.as_ref(),
+            self.credential.clone(),
+        )?);
         let mut nodes = self.nodes.write().unwrap_or_else(PoisonError::into_inner);
         let node = nodes.entry(addr.to_string()).or_insert(node).clone();
         drop(nodes);
@@ -376,8 +393,13 @@ mod tests {
 
     #[tokio::test]
     async fn view_follows_status_suspicion_and_timeouts() {
-        let cluster =
-            Cluster::new(Duration::from_millis(200), 1, None, Arc::new(RouterMetrics::unregistered()));
+        let cluster = Cluster::new(
+            Duration::from_millis(200),
+            1,
+            None,
+            tern_gate::Credential::none(),
+            Arc::new(RouterMetrics::unregistered()),
+        );
         let a = cluster.upsert("127.0.0.1:1", Source::Static).expect("a");
         let b = cluster.upsert("127.0.0.1:2", Source::Registered).expect("b");
         assert!(cluster.view().healthy.is_empty(), "never heard from: not healthy");

@@ -19,9 +19,10 @@ use tonic::{Request, Response, Status, Streaming};
 
 use crate::aggregate::{merge_index, merge_statistics};
 use crate::forward::{Forwarder, INFER_PATH, STREAM_INFER_PATH, retryable, transport_failure};
-use crate::nodes::{Cluster, MAX_MESSAGE_SIZE, Node};
+use crate::nodes::{Cluster, Node};
 use crate::placement::Placement;
 use crate::raw::{RawCodec, RawMessage, stream_error, stream_response};
+use tern_gate::{authorize_model, may_see_model, principal};
 
 /// Extensions the router serves (those of tern-node: the router forwards to nodes).
 pub const EXTENSIONS: &[&str] =
@@ -99,6 +100,7 @@ impl GrpcInferenceService for RouterService {
         &self,
         req: Request<pb::ModelReadyRequest>,
     ) -> Result<Response<pb::ModelReadyResponse>, Status> {
+        authorize_model(principal(&req), &req.get_ref().name)?;
         let req = req.into_inner();
         let ready = !self.state.cluster.view().candidates(&req.name, &req.version).is_empty();
         Ok(Response::new(pb::ModelReadyResponse { ready }))
@@ -119,6 +121,7 @@ impl GrpcInferenceService for RouterService {
         &self,
         req: Request<pb::ModelMetadataRequest>,
     ) -> Result<Response<pb::ModelMetadataResponse>, Status> {
+        authorize_model(principal(&req), &req.get_ref().name)?;
         let req = req.into_inner();
         let reply = self
             .state
@@ -135,8 +138,10 @@ impl GrpcInferenceService for RouterService {
         req: Request<pb::ModelInferRequest>,
     ) -> Result<Response<pb::ModelInferResponse>, Status> {
         // Not reached: InferenceRoutes forwards ModelInfer as bytes. Kept correct regardless.
-        let (metadata, _, message) = req.into_parts();
-        let reply = self.state.forwarder.infer(metadata, Bytes::from(message.encode_to_vec())).await?;
+        let (metadata, extensions, message) = req.into_parts();
+        let caller = extensions.get::<tern_gate::Principal>();
+        let reply =
+            self.state.forwarder.infer(metadata, Bytes::from(message.encode_to_vec()), caller).await?;
         let (metadata, bytes, extensions) = reply.into_parts();
         let decoded = pb::ModelInferResponse::decode(bytes)
             .map_err(|e| Status::internal(format!("malformed ModelInferResponse from a node: {e}")))?;
@@ -157,6 +162,7 @@ impl GrpcInferenceService for RouterService {
         &self,
         req: Request<pb::ModelConfigRequest>,
     ) -> Result<Response<pb::ModelConfigResponse>, Status> {
+        authorize_model(principal(&req), &req.get_ref().name)?;
         let req = req.into_inner();
         let reply = self
             .state
@@ -172,6 +178,10 @@ impl GrpcInferenceService for RouterService {
         &self,
         req: Request<pb::ModelStatisticsRequest>,
     ) -> Result<Response<pb::ModelStatisticsResponse>, Status> {
+        let caller = principal(&req).cloned();
+        if !req.get_ref().name.is_empty() {
+            authorize_model(caller.as_ref(), &req.get_ref().name)?;
+        }
         let req = req.into_inner();
         let view = self.state.cluster.view();
         if view.healthy.is_empty() {
@@ -192,7 +202,8 @@ impl GrpcInferenceService for RouterService {
                 }
             }
         }
-        let merged = merge_statistics(per_node);
+        let mut merged = merge_statistics(per_node);
+        merged.retain(|m| may_see_model(caller.as_ref(), &m.name));
         // A named model nobody serves: the nodes' error (NOT_FOUND), as a single server's.
         if let Some(e) = first_error.filter(|_| merged.is_empty() && !req.name.is_empty()) {
             return Err(e);
@@ -204,6 +215,7 @@ impl GrpcInferenceService for RouterService {
         &self,
         req: Request<pb::RepositoryIndexRequest>,
     ) -> Result<Response<pb::RepositoryIndexResponse>, Status> {
+        let caller = principal(&req).cloned();
         let req = req.into_inner();
         let view = self.state.cluster.view();
         let calls =
@@ -221,8 +233,11 @@ impl GrpcInferenceService for RouterService {
             }
         }
         let holders = self.state.placement.settings().index_holders;
-        let models =
-            merge_index(per_node, holders).into_iter().filter(|m| !req.ready || m.state == "READY").collect();
+        let models = merge_index(per_node, holders)
+            .into_iter()
+            .filter(|m| !req.ready || m.state == "READY")
+            .filter(|m| may_see_model(caller.as_ref(), &m.name))
+            .collect();
         Ok(Response::new(pb::RepositoryIndexResponse { models }))
     }
 
@@ -230,6 +245,7 @@ impl GrpcInferenceService for RouterService {
         &self,
         req: Request<pb::RepositoryModelLoadRequest>,
     ) -> Result<Response<pb::RepositoryModelLoadResponse>, Status> {
+        authorize_model(principal(&req), &req.get_ref().model_name)?;
         let req = req.into_inner();
         self.state.placement.load_explicit(&req.model_name, req.parameters).await?;
         Ok(Response::new(pb::RepositoryModelLoadResponse {}))
@@ -239,6 +255,7 @@ impl GrpcInferenceService for RouterService {
         &self,
         req: Request<pb::RepositoryModelUnloadRequest>,
     ) -> Result<Response<pb::RepositoryModelUnloadResponse>, Status> {
+        authorize_model(principal(&req), &req.get_ref().model_name)?;
         let req = req.into_inner();
         self.state.placement.unload_explicit(&req.model_name).await?;
         Ok(Response::new(pb::RepositoryModelUnloadResponse {}))
@@ -307,18 +324,20 @@ impl GrpcInferenceService for RouterService {
 pub struct InferenceRoutes {
     forwarder: Arc<Forwarder>,
     generated: pb::grpc_inference_service_server::GrpcInferenceServiceServer<RouterService>,
+    /// `--grpc-max-message-size`: the largest message clients may send or be sent.
+    max_message_size: usize,
 }
 
 impl InferenceRoutes {
-    pub fn new(state: Arc<RouterState>) -> InferenceRoutes {
+    pub fn new(state: Arc<RouterState>, max_message_size: usize) -> InferenceRoutes {
         let generated = pb::grpc_inference_service_server::GrpcInferenceServiceServer::new(
             RouterService::new(state.clone()),
         )
         .accept_compressed(CompressionEncoding::Gzip)
         .accept_compressed(CompressionEncoding::Deflate)
-        .max_decoding_message_size(MAX_MESSAGE_SIZE)
-        .max_encoding_message_size(MAX_MESSAGE_SIZE);
-        InferenceRoutes { forwarder: state.forwarder.clone(), generated }
+        .max_decoding_message_size(max_message_size)
+        .max_encoding_message_size(max_message_size);
+        InferenceRoutes { forwarder: state.forwarder.clone(), generated, max_message_size }
     }
 }
 
@@ -326,12 +345,12 @@ impl NamedService for InferenceRoutes {
     const NAME: &'static str = "inference.GRPCInferenceService";
 }
 
-fn raw_server() -> tonic::server::Grpc<RawCodec> {
+fn raw_server(max_message_size: usize) -> tonic::server::Grpc<RawCodec> {
     tonic::server::Grpc::new(RawCodec)
         .accept_compressed(CompressionEncoding::Gzip)
         .accept_compressed(CompressionEncoding::Deflate)
-        .max_decoding_message_size(MAX_MESSAGE_SIZE)
-        .max_encoding_message_size(MAX_MESSAGE_SIZE)
+        .max_decoding_message_size(max_message_size)
+        .max_encoding_message_size(max_message_size)
 }
 
 type BoxFuture<T> = Pin<Box<dyn std::future::Future<Output = T> + Send>>;
@@ -350,14 +369,15 @@ where
     }
 
     fn call(&mut self, req: http::Request<B>) -> Self::Future {
+        let limit = self.max_message_size;
         match req.uri().path() {
             INFER_PATH => {
                 let service = UnaryInfer(self.forwarder.clone());
-                Box::pin(async move { Ok(raw_server().unary(service, req).await) })
+                Box::pin(async move { Ok(raw_server(limit).unary(service, req).await) })
             }
             STREAM_INFER_PATH => {
                 let service = StreamInfer(self.forwarder.clone());
-                Box::pin(async move { Ok(raw_server().streaming(service, req).await) })
+                Box::pin(async move { Ok(raw_server(limit).streaming(service, req).await) })
             }
             _ => {
                 let mut generated = self.generated.clone();
@@ -376,8 +396,8 @@ impl tonic::server::UnaryService<Bytes> for UnaryInfer {
     fn call(&mut self, request: Request<Bytes>) -> Self::Future {
         let forwarder = self.0.clone();
         Box::pin(async move {
-            let (metadata, _, body) = request.into_parts();
-            let reply = forwarder.infer(metadata, body).await?;
+            let (metadata, extensions, body) = request.into_parts();
+            let reply = forwarder.infer(metadata, body, extensions.get::<tern_gate::Principal>()).await?;
             Ok(reply.map(RawMessage::from))
         })
     }
@@ -397,19 +417,22 @@ impl tonic::server::StreamingService<Bytes> for StreamInfer {
     fn call(&mut self, request: Request<Streaming<Bytes>>) -> Self::Future {
         let forwarder = self.0.clone();
         Box::pin(async move {
-            let (metadata, _, messages) = request.into_parts();
+            let (metadata, extensions, messages) = request.into_parts();
+            let caller = extensions.get::<tern_gate::Principal>().cloned();
             let responses = messages
                 .map(move |message| {
                     let forwarder = forwarder.clone();
                     let metadata = metadata.clone();
+                    let caller = caller.clone();
                     async move {
                         match message {
-                            Ok(body) => Ok(match forwarder.infer(metadata, body).await {
+                            Ok(body) => Ok(match forwarder.infer(metadata, body, caller.as_ref()).await {
                                 Ok(reply) => stream_response(reply.into_inner()),
                                 Err(e) => stream_error(e.message()),
                             }),
-                            // The client's stream broke: end ours with its status.
-                            Err(e) => Err(e),
+                            // The client's stream broke (or sent a message over the limit):
+                            // end ours with its status, as a node does.
+                            Err(e) => Err(tern_gate::limits::message_status(e)),
                         }
                     }
                 })

@@ -28,7 +28,8 @@
 //! let metrics = Arc::new(tern_telemetry::Metrics::new(&metrics_cfg)?);
 //! metrics.set_model_sampler(Arc::new(|| Vec::<tern_telemetry::ModelSample>::new()));
 //! let listener = tokio::net::TcpListener::bind(metrics_cfg.metrics_addr()).await?;
-//! tokio::spawn(tern_telemetry::serve_metrics(listener, metrics.clone(), std::future::pending()));
+//! let routes = tern_telemetry::router(metrics.clone());
+//! tokio::spawn(tern_telemetry::serve_metrics(listener, metrics.clone(), routes, std::future::pending()));
 //! metrics.observe_request("tiny_add", "1", std::time::Duration::from_micros(250));
 //! # Ok(()) }
 //! ```

@@ -13,16 +13,18 @@ use tokio::net::TcpListener;
 
 use crate::metrics::{HealthCheck, Metrics};
 
-/// Serves the metrics endpoint on `listener` until `shutdown` resolves, refreshing CPU, memory
-/// and GPU readings every `--metrics-interval-ms` meanwhile. The caller binds (port 0 works) and
+/// Serves `routes` (normally [`router`], perhaps with the caller's layers, such as
+/// authentication) on `listener` until `shutdown` resolves, refreshing CPU, memory and GPU
+/// readings every `--metrics-interval-ms` meanwhile. The caller binds (port 0 works) and
 /// decides when to stop; open connections are drained on shutdown.
 pub async fn serve_metrics(
     listener: TcpListener,
     metrics: Arc<Metrics>,
+    routes: Router,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    let poller = tokio::spawn(resource_task(metrics.clone()));
-    let result = axum::serve(listener, router(metrics)).with_graceful_shutdown(shutdown).await;
+    let poller = tokio::spawn(resource_task(metrics));
+    let result = axum::serve(listener, routes).with_graceful_shutdown(shutdown).await;
     poller.abort();
     result
 }

@@ -70,7 +70,8 @@ async fn serves_metrics_health_and_404_then_shuts_down() {
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let addr = listener.local_addr().expect("addr");
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let server = tokio::spawn(tern_telemetry::serve_metrics(listener, metrics.clone(), async {
+    let routes = tern_telemetry::router(metrics.clone());
+    let server = tokio::spawn(tern_telemetry::serve_metrics(listener, metrics.clone(), routes, async {
         let _ = stop_rx.await;
     }));
 

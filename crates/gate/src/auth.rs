@@ -1,0 +1,580 @@
+//! Bearer-token authentication and per-token authorization, checked before any work.
+//!
+//! - [`AuthArgs`]: `--auth-token-file` and `--auth-public`, flattened into each server's flags.
+//! - [`AuthLayer`]: a tower layer in front of every gRPC service (and the metrics endpoint). It
+//!   maps the request path to a [`Group`], lets public groups through, and otherwise wants
+//!   `authorization: Bearer <token>`: missing or unknown -> UNAUTHENTICATED (HTTP 401), a group
+//!   the token lacks -> PERMISSION_DENIED (HTTP 403). The request then carries the token's
+//!   [`Principal`] so services can check model names ([`authorize_model`]).
+//! - [`Credential`]: the token a router presents to nodes, or a node to routers.
+//!
+//! Token files and credential files are re-read when they change (checked every second), so
+//! tokens can be added, revoked and rotated without a restart. Tokens are never logged: logs
+//! and errors name a token by its name in the file.
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Weak};
+use std::task::{Context, Poll};
+use std::time::{Duration, SystemTime};
+
+use arc_swap::{ArcSwap, ArcSwapOption};
+use tonic::metadata::{Ascii, MetadataValue};
+
+use crate::tokens::{Grant, Group, Groups, TokenTable};
+
+/// How often token and credential files are checked for changes.
+const RELOAD_CHECK: Duration = Duration::from_secs(1);
+
+/// The authentication flags of tern-node, tern-router and `tern serve`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct AuthArgs {
+    /// Require bearer tokens (`authorization: Bearer <token>`): the file lists each token's
+    /// hash, its groups and models (see SECURITY.md; `tern token new` makes entries). Re-read
+    /// when it changes. Without it, no token is asked for.
+    #[arg(long, value_name = "PATH")]
+    pub auth_token_file: Option<PathBuf>,
+
+    /// Groups served without a token when --auth-token-file is set, comma-separated
+    /// (health, metadata, inference, model-config, model-repository, statistics, cluster,
+    /// metrics, ...); `none` protects everything.
+    #[arg(long, default_value = "health,metrics", value_name = "GROUPS")]
+    pub auth_public: String,
+
+    /// Also accept this in-memory token (never a flag: `tern serve` gives its embedded node
+    /// the token its router presents).
+    #[arg(skip)]
+    pub internal: Option<InternalToken>,
+}
+
+impl Default for AuthArgs {
+    fn default() -> Self {
+        AuthArgs { auth_token_file: None, auth_public: "health,metrics".into(), internal: None }
+    }
+}
+
+/// A random token that lives only in one process's memory, allowed everything.
+#[derive(Clone)]
+pub struct InternalToken(String);
+
+impl std::fmt::Debug for InternalToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("InternalToken(..)")
+    }
+}
+
+impl InternalToken {
+    pub fn generate() -> Result<InternalToken, String> {
+        crate::tokens::new_token().map(InternalToken)
+    }
+
+    /// The credential that presents this token.
+    pub fn credential(&self) -> Result<Credential, String> {
+        Credential::token(&self.0)
+    }
+
+    fn entry(&self) -> (String, Grant) {
+        let grant =
+            Grant { name: "internal".into(), groups: Groups::all(), models: crate::tokens::Models::All };
+        (self.0.clone(), grant)
+    }
+}
+
+impl AuthArgs {
+    /// The authenticator, or `None` without --auth-token-file. Reads the file now, so a bad
+    /// file stops the server before it binds, with the line named.
+    pub fn authenticator(&self) -> Result<Option<Arc<Authenticator>>, String> {
+        let public = Groups::parse(&self.auth_public).map_err(|e| format!("--auth-public: {e}"))?;
+        match &self.auth_token_file {
+            None => Ok(None),
+            Some(path) => Authenticator::from_file(path, public, self.internal.clone()).map(Some),
+        }
+    }
+}
+
+/// Checks requests against the token file.
+#[derive(Debug)]
+pub struct Authenticator {
+    file: PathBuf,
+    public: Groups,
+    table: ArcSwap<TokenTable>,
+    stamp: std::sync::Mutex<Option<(SystemTime, u64)>>,
+    /// A token that exists only in memory (`tern serve`'s router-to-node token).
+    internal: Option<InternalToken>,
+}
+
+/// Why a request is refused.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Denial {
+    Unauthenticated(String),
+    PermissionDenied(String),
+}
+
+impl Denial {
+    pub fn status(&self) -> tonic::Status {
+        match self {
+            Denial::Unauthenticated(m) => tonic::Status::unauthenticated(m.clone()),
+            Denial::PermissionDenied(m) => tonic::Status::permission_denied(m.clone()),
+        }
+    }
+}
+
+fn stamp(path: &Path) -> Option<(SystemTime, u64)> {
+    std::fs::metadata(path).ok().and_then(|m| Some((m.modified().ok()?, m.len())))
+}
+
+impl Authenticator {
+    /// Reads `file`; `internal` is accepted besides the file's tokens, in every version of it.
+    pub fn from_file(
+        file: &Path,
+        public: Groups,
+        internal: Option<InternalToken>,
+    ) -> Result<Arc<Authenticator>, String> {
+        let stamp_now = stamp(file);
+        let auth = Authenticator {
+            file: file.to_path_buf(),
+            public,
+            table: ArcSwap::from_pointee(TokenTable::default()),
+            stamp: std::sync::Mutex::new(stamp_now),
+            internal,
+        };
+        let table = auth.read()?;
+        if table.is_empty() {
+            tracing::warn!(file = %file.display(), "the token file lists no token: only public groups can be used");
+        }
+        tracing::info!(file = %file.display(), tokens = table.len(), public = %public, "bearer-token authentication on");
+        auth.table.store(Arc::new(table));
+        let auth = Arc::new(auth);
+        if tokio::runtime::Handle::try_current().is_ok() {
+            tokio::spawn(watch(Arc::downgrade(&auth)));
+        }
+        Ok(auth)
+    }
+
+    fn read(&self) -> Result<TokenTable, String> {
+        let text =
+            std::fs::read_to_string(&self.file).map_err(|e| format!("{}: {e}", self.file.display()))?;
+        let mut table = TokenTable::parse(&text, &self.file.display().to_string())?;
+        if let Some(internal) = &self.internal {
+            let (token, grant) = internal.entry();
+            table.insert(&token, grant);
+        }
+        Ok(table)
+    }
+
+    /// Re-reads the file if its modification time or size changed; a file that no longer
+    /// parses keeps the previous tokens (and says why in the log).
+    pub fn reload_if_changed(&self) {
+        let now = stamp(&self.file);
+        {
+            let mut last = self.stamp.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            if *last == now {
+                return;
+            }
+            *last = now;
+        }
+        match self.read() {
+            Ok(table) => {
+                tracing::info!(file = %self.file.display(), tokens = table.len(), "token file reloaded");
+                self.table.store(Arc::new(table));
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "token file changed but cannot be used; keeping the previous tokens")
+            }
+        }
+    }
+
+    /// The caller's grant for a request to `path` with `headers`: `None` for a public group.
+    pub fn check(&self, path: &str, headers: &http::HeaderMap) -> Result<Option<Arc<Grant>>, Denial> {
+        let group = Group::of_path(path);
+        if group.is_some_and(|g| self.public.contains(g)) {
+            return Ok(None);
+        }
+        let Some(token) = bearer(headers) else {
+            return Err(Denial::Unauthenticated(format!(
+                "{path} needs a bearer token: send the header 'authorization: Bearer <token>'"
+            )));
+        };
+        let table = self.table.load();
+        let Some(grant) = table.grant(token) else {
+            return Err(Denial::Unauthenticated("the bearer token is not valid (unknown or revoked)".into()));
+        };
+        match group {
+            Some(group) if !grant.groups.contains(group) => Err(Denial::PermissionDenied(format!(
+                "token '{}' may not use {group} ({path}); it may use: {}",
+                grant.name, grant.groups
+            ))),
+            _ => Ok(Some(grant.clone())),
+        }
+    }
+}
+
+async fn watch(auth: Weak<Authenticator>) {
+    loop {
+        tokio::time::sleep(RELOAD_CHECK).await;
+        let Some(auth) = auth.upgrade() else { return };
+        let reload = tokio::task::spawn_blocking(move || auth.reload_if_changed());
+        let _ = reload.await;
+    }
+}
+
+/// The token of an `authorization: Bearer <token>` header.
+fn bearer(headers: &http::HeaderMap) -> Option<&str> {
+    let value = headers.get(http::header::AUTHORIZATION)?.to_str().ok()?;
+    let (scheme, token) = value.trim().split_once(' ')?;
+    scheme.eq_ignore_ascii_case("bearer").then(|| token.trim()).filter(|t| !t.is_empty())
+}
+
+/// The authenticated caller of a request (in its extensions).
+#[derive(Debug, Clone)]
+pub struct Principal(pub Arc<Grant>);
+
+/// PERMISSION_DENIED unless the caller may name `model`. Requests without a [`Principal`]
+/// (authentication off, or a public group) may name any model.
+pub fn authorize_model(principal: Option<&Principal>, model: &str) -> Result<(), tonic::Status> {
+    match principal {
+        Some(Principal(grant)) if !grant.models.allows(model) => {
+            Err(tonic::Status::permission_denied(format!(
+                "token '{}' may not use model '{model}'; it may use models: {}",
+                grant.name, grant.models
+            )))
+        }
+        _ => Ok(()),
+    }
+}
+
+/// Whether lists (repository index, statistics of all models) should show `model` to the caller.
+pub fn may_see_model(principal: Option<&Principal>, model: &str) -> bool {
+    principal.is_none_or(|Principal(grant)| grant.models.allows(model))
+}
+
+/// The principal of a tonic request.
+pub fn principal<T>(request: &tonic::Request<T>) -> Option<&Principal> {
+    request.extensions().get::<Principal>()
+}
+
+/// Authentication in front of a server's routes; a no-op without an authenticator.
+#[derive(Debug, Clone, Default)]
+pub struct AuthLayer {
+    pub auth: Option<Arc<Authenticator>>,
+}
+
+impl<S> tower_layer::Layer<S> for AuthLayer {
+    type Service = AuthService<S>;
+
+    fn layer(&self, inner: S) -> AuthService<S> {
+        AuthService { inner, auth: self.auth.clone() }
+    }
+}
+
+/// See [`AuthLayer`].
+#[derive(Debug, Clone)]
+pub struct AuthService<S> {
+    inner: S,
+    auth: Option<Arc<Authenticator>>,
+}
+
+impl<S, ReqBody, ResBody> tower_service::Service<http::Request<ReqBody>> for AuthService<S>
+where
+    S: tower_service::Service<http::Request<ReqBody>, Response = http::Response<ResBody>>,
+    ResBody: Default,
+{
+    type Response = http::Response<ResBody>;
+    type Error = S::Error;
+    type Future =
+        futures::future::Either<S::Future, futures::future::Ready<Result<http::Response<ResBody>, S::Error>>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut req: http::Request<ReqBody>) -> Self::Future {
+        let Some(auth) = &self.auth else {
+            return futures::future::Either::Left(self.inner.call(req));
+        };
+        match auth.check(req.uri().path(), req.headers()) {
+            Ok(grant) => {
+                if let Some(grant) = grant {
+                    req.extensions_mut().insert(Principal(grant));
+                }
+                futures::future::Either::Left(self.inner.call(req))
+            }
+            Err(denial) => {
+                let path = req.uri().path();
+                match &denial {
+                    Denial::Unauthenticated(m) => tracing::debug!(path, reason = %m, "request refused"),
+                    Denial::PermissionDenied(m) => tracing::info!(path, reason = %m, "request refused"),
+                }
+                futures::future::Either::Right(futures::future::ready(Ok(refusal(&req, &denial))))
+            }
+        }
+    }
+}
+
+/// The refusal as the client's protocol words it: a gRPC status, or HTTP 401 / 403.
+fn refusal<B, R: Default>(req: &http::Request<B>, denial: &Denial) -> http::Response<R> {
+    let grpc = req
+        .headers()
+        .get(http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/grpc"));
+    if grpc {
+        return denial.status().into_http();
+    }
+    let mut response = http::Response::new(R::default());
+    *response.status_mut() = match denial {
+        Denial::Unauthenticated(_) => http::StatusCode::UNAUTHORIZED,
+        Denial::PermissionDenied(_) => http::StatusCode::FORBIDDEN,
+    };
+    response
+        .headers_mut()
+        .insert(http::header::WWW_AUTHENTICATE, http::HeaderValue::from_static("Bearer realm=\"tern\""));
+    response
+}
+
+/// The token a server presents upstream (router -> node, node -> router), as a tonic
+/// interceptor; empty when none is configured.
+#[derive(Clone, Default)]
+pub struct Credential(Option<Arc<ArcSwapOption<MetadataValue<Ascii>>>>);
+
+impl std::fmt::Debug for Credential {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(if self.0.is_some() { "Credential(set)" } else { "Credential(none)" })
+    }
+}
+
+fn header_value(token: &str) -> Result<MetadataValue<Ascii>, String> {
+    let token = token.trim();
+    if token.is_empty() {
+        return Err("the token is empty".into());
+    }
+    let mut value = MetadataValue::try_from(format!("Bearer {token}"))
+        .map_err(|_| "the token holds characters a header cannot".to_string())?;
+    // Kept out of debug output (HTTP/2 also never indexes it in HPACK tables).
+    value.set_sensitive(true);
+    Ok(value)
+}
+
+impl Credential {
+    pub fn none() -> Credential {
+        Credential(None)
+    }
+
+    /// A fixed token (in memory only).
+    pub fn token(token: &str) -> Result<Credential, String> {
+        Ok(Credential(Some(Arc::new(ArcSwapOption::from_pointee(header_value(token)?)))))
+    }
+
+    /// The token in `path` (for example a mounted Secret), re-read when the file changes.
+    pub fn from_file(path: &Path) -> Result<Credential, String> {
+        let read = |path: &Path| {
+            std::fs::read_to_string(path)
+                .map_err(|e| format!("{}: {e}", path.display()))
+                .and_then(|t| header_value(&t).map_err(|e| format!("{}: {e}", path.display())))
+        };
+        let mut last = stamp(path);
+        let cell = Arc::new(ArcSwapOption::from_pointee(read(path)?));
+        if tokio::runtime::Handle::try_current().is_ok() {
+            let weak = Arc::downgrade(&cell);
+            let path = path.to_path_buf();
+            tokio::spawn(async move {
+                loop {
+                    tokio::time::sleep(RELOAD_CHECK).await;
+                    let Some(cell) = weak.upgrade() else { return };
+                    let now = stamp(&path);
+                    if now == last {
+                        continue;
+                    }
+                    last = now;
+                    match read(&path) {
+                        Ok(value) => {
+                            cell.store(Some(Arc::new(value)));
+                            tracing::info!(file = %path.display(), "credential reloaded");
+                        }
+                        Err(e) => {
+                            tracing::error!(error = %e, "credential file changed but cannot be used; keeping the previous token")
+                        }
+                    }
+                }
+            });
+        }
+        Ok(Credential(Some(cell)))
+    }
+
+    pub fn is_some(&self) -> bool {
+        self.0.is_some()
+    }
+
+    /// Sets (or replaces) the authorization header of an outgoing request.
+    pub fn apply(&self, metadata: &mut tonic::metadata::MetadataMap) {
+        if let Some(value) = self.0.as_ref().and_then(|cell| cell.load_full()) {
+            metadata.insert("authorization", value.as_ref().clone());
+        }
+    }
+}
+
+impl tonic::service::Interceptor for Credential {
+    fn call(&mut self, mut request: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
+        self.apply(request.metadata_mut());
+        Ok(request)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::tokens::{Models, hash_token};
+    use tower_layer::Layer as _;
+    use tower_service::Service as _;
+
+    fn headers(token: Option<&str>) -> http::HeaderMap {
+        let mut h = http::HeaderMap::new();
+        if let Some(t) = token.and_then(|t| http::HeaderValue::try_from(format!("Bearer {t}")).ok()) {
+            h.insert(http::header::AUTHORIZATION, t);
+        }
+        h
+    }
+
+    const INFER: &str = "/inference.GRPCInferenceService/ModelInfer";
+    const UNLOAD: &str = "/inference.GRPCInferenceService/RepositoryModelUnload";
+    const READY: &str = "/inference.GRPCInferenceService/ServerReady";
+
+    fn setup(public: &str) -> (tempfile::TempDir, PathBuf, Arc<Authenticator>) {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("tempdir: {e}"));
+        let file = dir.path().join("tokens");
+        let text = format!(
+            "predictor {} groups=inference,metadata models=tiny_*\nadmin {} groups=*\n",
+            hash_token("p-token"),
+            hash_token("a-token")
+        );
+        std::fs::write(&file, text).unwrap_or_else(|e| panic!("write: {e}"));
+        let public = Groups::parse(public).unwrap_or_default();
+        let auth = Authenticator::from_file(&file, public, None).unwrap_or_else(|e| panic!("{e}"));
+        (dir, file, auth)
+    }
+
+    fn code(r: Result<Option<Arc<Grant>>, Denial>) -> Result<Option<String>, tonic::Code> {
+        r.map(|g| g.map(|g| g.name.clone())).map_err(|d| d.status().code())
+    }
+
+    #[test]
+    fn requests_are_checked_by_group() {
+        let (_dir, _file, auth) = setup("health");
+        assert_eq!(code(auth.check(READY, &headers(None))), Ok(None));
+        assert_eq!(code(auth.check(INFER, &headers(None))), Err(tonic::Code::Unauthenticated));
+        assert_eq!(code(auth.check(INFER, &headers(Some("wrong")))), Err(tonic::Code::Unauthenticated));
+        assert_eq!(code(auth.check(INFER, &headers(Some("p-token")))), Ok(Some("predictor".into())));
+        assert_eq!(code(auth.check(UNLOAD, &headers(Some("p-token")))), Err(tonic::Code::PermissionDenied));
+        assert_eq!(code(auth.check(UNLOAD, &headers(Some("a-token")))), Ok(Some("admin".into())));
+        assert_eq!(code(auth.check("/metrics", &headers(None))), Err(tonic::Code::Unauthenticated));
+        // Lower-case scheme, extra spaces; other schemes are not bearer tokens.
+        let mut h = http::HeaderMap::new();
+        h.insert(http::header::AUTHORIZATION, http::HeaderValue::from_static("bearer   p-token "));
+        assert_eq!(code(auth.check(INFER, &h)), Ok(Some("predictor".into())));
+        h.insert(http::header::AUTHORIZATION, http::HeaderValue::from_static("Basic p-token"));
+        assert_eq!(code(auth.check(INFER, &h)), Err(tonic::Code::Unauthenticated));
+        // The message never holds the token.
+        let denial = auth.check(UNLOAD, &headers(Some("p-token"))).err();
+        let message = denial.map(|d| d.status().message().to_owned()).unwrap_or_default();
+        assert!(
+            message.contains("token 'predictor' may not use model-repository")
+                && !message.contains("p-token")
+        );
+    }
+
+    #[test]
+    fn models_are_checked_per_principal() {
+        let grant = Arc::new(Grant {
+            name: "p".into(),
+            groups: Groups::all(),
+            models: Models::parse("tiny_*").unwrap_or(Models::All),
+        });
+        let p = Principal(grant);
+        assert!(authorize_model(Some(&p), "tiny_add").is_ok());
+        let denied = authorize_model(Some(&p), "resnet50").err();
+        assert!(
+            denied.is_some_and(
+                |s| s.code() == tonic::Code::PermissionDenied && s.message().contains("'resnet50'")
+            )
+        );
+        assert!(authorize_model(None, "resnet50").is_ok());
+        assert!(
+            may_see_model(Some(&p), "tiny_x") && !may_see_model(Some(&p), "r") && may_see_model(None, "r")
+        );
+    }
+
+    #[tokio::test]
+    async fn token_file_changes_apply_without_restart() {
+        let (_dir, file, auth) = setup("health");
+        assert!(auth.check(INFER, &headers(Some("new-token"))).is_err());
+        // Rotate: the predictor's token is replaced; the admin is revoked.
+        std::fs::write(&file, format!("predictor {} groups=inference\n", hash_token("new-token")))
+            .unwrap_or_else(|e| panic!("write: {e}"));
+        auth.reload_if_changed();
+        assert!(auth.check(INFER, &headers(Some("new-token"))).is_ok());
+        assert!(auth.check(INFER, &headers(Some("p-token"))).is_err());
+        assert!(auth.check(INFER, &headers(Some("a-token"))).is_err());
+        // A broken edit keeps the last good tokens.
+        std::fs::write(&file, "predictor sha256:broken groups=inference\n")
+            .unwrap_or_else(|e| panic!("write: {e}"));
+        auth.reload_if_changed();
+        assert!(auth.check(INFER, &headers(Some("new-token"))).is_ok());
+    }
+
+    #[tokio::test]
+    async fn the_layer_refuses_in_the_callers_protocol() {
+        let (_dir, _file, auth) = setup("none");
+        let inner = tower::service_fn(|req: http::Request<()>| async move {
+            let who = req.extensions().get::<Principal>().map(|p| p.0.name.clone()).unwrap_or_default();
+            Ok::<_, std::convert::Infallible>(http::Response::new(who))
+        });
+        let mut service = AuthLayer { auth: Some(auth) }.layer(inner);
+        let request = |path: &str, grpc: bool, token: Option<&str>| {
+            let mut b = http::Request::builder().uri(path);
+            if grpc {
+                b = b.header("content-type", "application/grpc");
+            }
+            if let Some(t) = token {
+                b = b.header("authorization", format!("Bearer {t}"));
+            }
+            b.body(()).unwrap_or_default()
+        };
+        let ok = service.call(request(INFER, true, Some("p-token"))).await.ok();
+        assert_eq!(ok.map(|r| r.into_body()).as_deref(), Some("predictor"));
+        let grpc = service.call(request(INFER, true, None)).await.ok();
+        let status = grpc.and_then(|r| tonic::Status::from_header_map(r.headers()));
+        assert_eq!(status.map(|s| s.code()), Some(tonic::Code::Unauthenticated));
+        let http401 = service.call(request("/metrics", false, None)).await.ok();
+        assert_eq!(http401.map(|r| r.status()), Some(http::StatusCode::UNAUTHORIZED));
+        let http403 = service.call(request("/metrics", false, Some("p-token"))).await.ok();
+        assert_eq!(http403.map(|r| r.status()), Some(http::StatusCode::FORBIDDEN));
+        let metrics = service.call(request("/metrics", false, Some("a-token"))).await.ok();
+        assert_eq!(metrics.map(|r| r.into_body()).as_deref(), Some("admin"));
+    }
+
+    #[tokio::test]
+    async fn credentials_set_the_header_and_follow_their_file() {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("tempdir: {e}"));
+        let path = dir.path().join("token");
+        std::fs::write(&path, "first\n").unwrap_or_else(|e| panic!("write: {e}"));
+        let credential = Credential::from_file(&path).unwrap_or_default();
+        let mut metadata = tonic::metadata::MetadataMap::new();
+        metadata.insert("authorization", MetadataValue::from_static("Bearer client"));
+        credential.apply(&mut metadata);
+        assert_eq!(metadata.get("authorization").and_then(|v| v.to_str().ok()), Some("Bearer first"));
+        assert_eq!(metadata.get_all("authorization").iter().count(), 1);
+        std::fs::write(&path, "second-token-longer\n").unwrap_or_else(|e| panic!("write: {e}"));
+        let mut seen = String::new();
+        for _ in 0..50 {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            credential.apply(&mut metadata);
+            seen = metadata.get("authorization").and_then(|v| v.to_str().ok()).unwrap_or_default().to_owned();
+            if seen == "Bearer second-token-longer" {
+                break;
+            }
+        }
+        assert_eq!(seen, "Bearer second-token-longer");
+        assert!(Credential::from_file(&dir.path().join("missing")).is_err());
+        std::fs::write(&path, "  \n").unwrap_or_else(|e| panic!("write: {e}"));
+        assert!(Credential::from_file(&path).is_err());
+    }
+}
