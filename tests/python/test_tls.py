@@ -8,6 +8,7 @@ import ipaddress
 import ssl
 import subprocess
 import time
+import urllib.request
 from pathlib import Path
 
 import numpy as np
@@ -19,7 +20,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 from tritonclient.utils import InferenceServerException
 
-from tern_clusterlib import NodeProc, RouterProc, tiny_add_inputs, wait_until
+from tern_clusterlib import NodeProc, RouterProc, free_port, tiny_add_inputs, wait_until
 from tern_testlib import ROOT, TernServer
 
 
@@ -180,3 +181,38 @@ def test_bad_certificate_fails_start_naming_the_file(model_repo, tmp_path):
                                "NO_COLOR": "1"})
     assert proc.returncode != 0
     assert str(bad) in proc.stdout + proc.stderr
+
+
+def _https_get(port, ca_path, path="/metrics"):
+    ctx = ssl.create_default_context(cafile=str(ca_path))
+    with urllib.request.urlopen(f"https://127.0.0.1:{port}{path}", context=ctx, timeout=5) as r:
+        return r.status, r.read().decode()
+
+
+def test_metrics_over_https(model_repo, pki, tmp_path):
+    # The node and `tern serve` serve /metrics over TLS with the gRPC certificate; plain HTTP is refused.
+    for label, binary, sub, ready in [("metrics-tls-node", ROOT / "target/release/tern-node", [], "tern-node ready"),
+                                      ("metrics-tls-serve", ROOT / "target/release/tern", ["serve"], "tern ready")]:
+        port = free_port()
+
+        class Server(TernServer):
+            ready_mark = ready
+
+            def binary(self):
+                return binary
+
+            def command(self):
+                return [str(binary), *sub, "--model-repository", str(model_repo), "--grpc-port", "0",
+                        "--metrics-port", str(port), *pki.server_args(), "--metrics-use-ssl", "true"]
+
+        srv = Server([model_repo], log_dir=tmp_path, label=label).start()
+        try:
+            infer_ok(pki.client(srv.url))
+            status, body = _https_get(port, pki.ca_path)
+            assert status == 200 and "nv_inference_request_success" in body
+            assert _https_get(port, pki.ca_path, "/v2/health/ready")[0] == 200
+            with pytest.raises(Exception):  # noqa: B017 - a plaintext client gets no HTTP answer
+                urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read()
+            assert srv.alive()
+        finally:
+            srv.stop()

@@ -157,7 +157,14 @@ async fn serve(mut config: tern_node::Config) -> anyhow::Result<()> {
     let (node_stop_tx, node_stop_rx) = tokio::sync::oneshot::channel::<()>();
     let mut node_config = config.clone();
     node_config.router_addresses.clear();
-    node_config.tls = Default::default();
+    // gRPC TLS is the router's (the clients' port); the node's metrics endpoint keeps
+    // --metrics-use-ssl.
+    node_config.tls = tern_tls::TlsArgs {
+        metrics_use_ssl: config.tls.metrics_use_ssl,
+        grpc_server_cert: config.tls.grpc_server_cert.clone(),
+        grpc_server_key: config.tls.grpc_server_key.clone(),
+        ..Default::default()
+    };
     let node_metrics = metrics.clone();
     let mut node = tokio::spawn(async move {
         tern_node::run_with(

@@ -106,20 +106,16 @@ pub async fn run_with(
     metrics.set_model_sampler(Arc::new(NodeSampler(state.clone())));
     let ready_state = state.clone();
     metrics.set_readiness(Arc::new(move || !ready_state.strict_readiness || ready_state.models.all_ready()));
-    let (metrics_stop_tx, metrics_stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let mut metrics_addr = String::from("off");
-    let metrics_task = if config.metrics.allow_metrics {
-        let metrics_listener = TcpListener::bind(config.metrics.metrics_addr()).await.map_err(|e| {
-            anyhow::anyhow!("cannot bind metrics address {}: {e}", config.metrics.metrics_addr())
-        })?;
-        metrics_addr = metrics_listener.local_addr()?.to_string();
-        let routes = tern_telemetry::router(metrics.clone()).layer(auth.clone());
-        Some(tokio::spawn(tern_telemetry::serve_metrics(metrics_listener, metrics.clone(), routes, async {
-            let _ = metrics_stop_rx.await;
-        })))
-    } else {
-        None
-    };
+    let metrics_tls = config.tls.metrics_server().map_err(anyhow::Error::msg)?;
+    let metrics_endpoint = tern_gate::metrics_endpoint::MetricsEndpoint::start(
+        &config.metrics,
+        metrics.clone(),
+        auth.clone(),
+        metrics_tls,
+    )
+    .await
+    .map_err(anyhow::Error::msg)?;
+    let metrics_addr = metrics_endpoint.addr.clone();
 
     let inference = GrpcInferenceServiceServer::new(NodeService::new(state.clone()))
         .accept_compressed(CompressionEncoding::Gzip)
@@ -214,10 +210,7 @@ pub async fn run_with(
     for agent in agents {
         agent.abort();
     }
-    let _ = metrics_stop_tx.send(());
-    if let Some(task) = metrics_task {
-        let _ = task.await;
-    }
+    metrics_endpoint.stop().await;
     state.models.clear();
     tracing::info!("tern-node stopped");
     Ok(())

@@ -173,6 +173,7 @@ impl Config {
         }
         self.node_tls()?;
         self.tls.server()?;
+        self.tls.metrics_server()?;
         self.limits.validate()?;
         tern_gate::Groups::parse(&self.auth.auth_public).map_err(|e| format!("--auth-public: {e}"))?;
         if self.upstream_connections == 0 {

@@ -219,20 +219,16 @@ pub async fn run(
         metrics.registry(),
     )?;
     metrics.set_readiness(router.readiness());
-    let (metrics_stop_tx, metrics_stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let mut metrics_addr = String::from("off");
-    let metrics_task = if config.metrics.allow_metrics {
-        let metrics_listener = TcpListener::bind(config.metrics.metrics_addr()).await.map_err(|e| {
-            anyhow::anyhow!("cannot bind metrics address {}: {e}", config.metrics.metrics_addr())
-        })?;
-        metrics_addr = metrics_listener.local_addr()?.to_string();
-        let routes = tern_telemetry::router(metrics.clone()).layer(front.auth.clone());
-        Some(tokio::spawn(tern_telemetry::serve_metrics(metrics_listener, metrics.clone(), routes, async {
-            let _ = metrics_stop_rx.await;
-        })))
-    } else {
-        None
-    };
+    let metrics_tls = config.tls.metrics_server().map_err(anyhow::Error::msg)?;
+    let metrics_endpoint = tern_gate::metrics_endpoint::MetricsEndpoint::start(
+        &config.metrics,
+        metrics.clone(),
+        front.auth.clone(),
+        metrics_tls,
+    )
+    .await
+    .map_err(anyhow::Error::msg)?;
+    let metrics_addr = metrics_endpoint.addr.clone();
     let addr = listener.local_addr()?;
     tracing::info!(
         nodes = config.nodes.len(),
@@ -240,10 +236,7 @@ pub async fn run(
         "tern-router ready grpc={addr} metrics={metrics_addr}"
     );
     router.serve(listener, front, shutdown, Duration::from_secs(config.exit_timeout_secs)).await?;
-    let _ = metrics_stop_tx.send(());
-    if let Some(task) = metrics_task {
-        let _ = task.await;
-    }
+    metrics_endpoint.stop().await;
     tracing::info!("tern-router stopped");
     Ok(())
 }

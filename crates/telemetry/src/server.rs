@@ -9,20 +9,28 @@ use axum::extract::State;
 use axum::http::{StatusCode, header};
 use axum::response::IntoResponse;
 use axum::routing::get;
-use tokio::net::TcpListener;
 
 use crate::metrics::{HealthCheck, Metrics};
 
 /// Serves `routes` (normally [`router`], perhaps with the caller's layers, such as
-/// authentication) on `listener` until `shutdown` resolves, refreshing CPU, memory and GPU
+/// authentication) on `listener` (a TcpListener, or a TLS listener) until `shutdown` resolves, refreshing CPU, memory and GPU
 /// readings every `--metrics-interval-ms` meanwhile. The caller binds (port 0 works) and
 /// decides when to stop; open connections are drained on shutdown.
-pub async fn serve_metrics(
-    listener: TcpListener,
+pub async fn serve_metrics<L>(
+    listener: L,
     metrics: Arc<Metrics>,
     routes: Router,
     shutdown: impl Future<Output = ()> + Send + 'static,
-) -> std::io::Result<()> {
+) -> std::io::Result<()>
+where
+    L: axum::serve::Listener,
+    L::Addr: std::fmt::Debug,
+{
+    // The first reading before the first scrape can arrive, so no scrape shows zeros.
+    let first = metrics.clone();
+    if tokio::task::spawn_blocking(move || first.refresh_resources()).await.is_err() {
+        tracing::warn!("resource metrics refresh panicked");
+    }
     let poller = tokio::spawn(resource_task(metrics));
     let result = axum::serve(listener, routes).with_graceful_shutdown(shutdown).await;
     poller.abort();
@@ -68,10 +76,11 @@ fn health(check: Option<HealthCheck>, unset: StatusCode) -> StatusCode {
     }
 }
 
-/// Refreshes resource readings now and then every interval (the first CPU utilization needs
-/// two readings, so it reads 0 until the second tick, as Triton's).
+/// Refreshes resource readings every interval after the first (the first CPU utilization
+/// needs two readings, so it reads 0 until the second, as Triton's).
 async fn resource_task(metrics: Arc<Metrics>) {
-    let mut interval = tokio::time::interval(metrics.settings().interval);
+    let every = metrics.settings().interval;
+    let mut interval = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
     interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         interval.tick().await;

@@ -38,6 +38,11 @@ pub struct TlsArgs {
     /// PEM CA certificates that sign client certificates (mutual TLS).
     #[arg(long, value_name = "PEM")]
     pub grpc_root_cert: Option<PathBuf>,
+
+    /// Serve the metrics endpoint (/metrics, /v2/health/*) over HTTPS too, with
+    /// --grpc-server-cert and --grpc-server-key (re-read when they change).
+    #[arg(long, default_value_t = false, action = clap::ArgAction::Set, value_name = "BOOL")]
+    pub metrics_use_ssl: bool,
 }
 
 impl TlsArgs {
@@ -50,10 +55,7 @@ impl TlsArgs {
             }
             return Ok(None);
         }
-        let (Some(cert), Some(key)) = (&self.grpc_server_cert, &self.grpc_server_key) else {
-            return Err("--grpc-use-ssl needs --grpc-server-cert and --grpc-server-key".into());
-        };
-        let resolver = Arc::new(ReloadingCert::new(cert.clone(), key.clone())?);
+        let resolver = self.resolver("--grpc-use-ssl")?;
         let provider = Arc::new(rustls::crypto::ring::default_provider());
         let builder = rustls::ServerConfig::builder_with_provider(provider.clone())
             .with_safe_default_protocol_versions()
@@ -76,6 +78,30 @@ impl TlsArgs {
         let mut config = builder.with_cert_resolver(resolver);
         config.alpn_protocols = vec![b"h2".to_vec()];
         Ok(Some(Arc::new(config)))
+    }
+
+    /// The metrics endpoint's TLS configuration (HTTP/1.1, no client certificates: Prometheus
+    /// authenticates with a bearer token there), or `None` without --metrics-use-ssl.
+    pub fn metrics_server(&self) -> Result<Option<Arc<rustls::ServerConfig>>, String> {
+        if !self.metrics_use_ssl {
+            return Ok(None);
+        }
+        let resolver = self.resolver("--metrics-use-ssl")?;
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let mut config = rustls::ServerConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .map_err(|e| format!("TLS: {e}"))?
+            .with_no_client_auth()
+            .with_cert_resolver(resolver);
+        config.alpn_protocols = vec![b"http/1.1".to_vec()];
+        Ok(Some(Arc::new(config)))
+    }
+
+    fn resolver(&self, flag: &str) -> Result<Arc<ReloadingCert>, String> {
+        let (Some(cert), Some(key)) = (&self.grpc_server_cert, &self.grpc_server_key) else {
+            return Err(format!("{flag} needs --grpc-server-cert and --grpc-server-key"));
+        };
+        Ok(Arc::new(ReloadingCert::new(cert.clone(), key.clone())?))
     }
 }
 
@@ -189,6 +215,56 @@ pub fn incoming(
 ) -> impl futures::Stream<Item = Result<tokio_rustls::server::TlsStream<TcpStream>, std::io::Error>> + Send + 'static
 {
     let (tx, rx) = tokio::sync::mpsc::channel(64);
+    accept_loop(listener, config, tx, |stream| Ok(Ok(stream)));
+    tokio_stream::wrappers::ReceiverStream::new(rx)
+}
+
+/// A TLS listener for axum (the metrics endpoint): connections after their handshake.
+pub struct TlsListener {
+    connections: tokio::sync::mpsc::Receiver<(TlsStream, std::net::SocketAddr)>,
+    local: std::net::SocketAddr,
+}
+
+type TlsStream = tokio_rustls::server::TlsStream<TcpStream>;
+
+impl TlsListener {
+    /// Starts accepting on `listener` (handshakes as in [`incoming`]).
+    pub fn new(listener: TcpListener, config: Arc<rustls::ServerConfig>) -> std::io::Result<TlsListener> {
+        let local = listener.local_addr()?;
+        let (tx, rx) = tokio::sync::mpsc::channel(64);
+        accept_loop(listener, config, tx, |stream: TlsStream| {
+            let peer = stream.get_ref().0.peer_addr()?;
+            Ok((stream, peer))
+        });
+        Ok(TlsListener { connections: rx, local })
+    }
+}
+
+impl axum::serve::Listener for TlsListener {
+    type Io = TlsStream;
+    type Addr = std::net::SocketAddr;
+
+    async fn accept(&mut self) -> (TlsStream, std::net::SocketAddr) {
+        match self.connections.recv().await {
+            Some(connection) => connection,
+            // The accept loop ended (the runtime is shutting down): accept nothing more.
+            None => std::future::pending().await,
+        }
+    }
+
+    fn local_addr(&self) -> std::io::Result<std::net::SocketAddr> {
+        Ok(self.local)
+    }
+}
+
+/// Accepts on `listener`, runs handshakes concurrently (bounded, with a timeout) and sends
+/// `wrap(stream)` of each established one to `tx` until `tx` is closed.
+fn accept_loop<T: Send + 'static>(
+    listener: TcpListener,
+    config: Arc<rustls::ServerConfig>,
+    tx: tokio::sync::mpsc::Sender<T>,
+    wrap: fn(TlsStream) -> std::io::Result<T>,
+) {
     let acceptor = tokio_rustls::TlsAcceptor::from(config);
     let permits = Arc::new(tokio::sync::Semaphore::new(MAX_HANDSHAKES));
     tokio::spawn(async move {
@@ -211,16 +287,18 @@ pub fn incoming(
             tokio::spawn(async move {
                 let _permit = permit;
                 match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
-                    Ok(Ok(stream)) => {
-                        let _ = tx.send(Ok(stream)).await;
-                    }
+                    Ok(Ok(stream)) => match wrap(stream) {
+                        Ok(item) => {
+                            let _ = tx.send(item).await;
+                        }
+                        Err(e) => tracing::debug!(%peer, error = %e, "connection lost after the handshake"),
+                    },
                     Ok(Err(e)) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
                     Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
                 }
             });
         }
     });
-    tokio_stream::wrappers::ReceiverStream::new(rx)
 }
 
 /// Client TLS toward nodes (router): the CA that signs node certificates, and optionally the
