@@ -216,3 +216,22 @@ def test_metrics_over_https(model_repo, pki, tmp_path):
             assert srv.alive()
         finally:
             srv.stop()
+
+
+def test_node_registers_with_a_tls_router(model_repo, pki, tmp_path):
+    # The router serves TLS only; the node registers over TLS (--router-tls-ca) and the router
+    # places and routes to it (router -> node in plaintext here).
+    router = RouterProc([*pki.server_args(), "--load-model", "tiny_add"], log_dir=tmp_path)
+    router.start()
+    node = NodeProc(model_repo, ["--model-control-mode", "explicit",
+                                 "--router-address", f"127.0.0.1:{router.grpc_port}",
+                                 "--router-tls-ca", str(pki.ca_path)], log_dir=tmp_path, label="tls-registering")
+    node.start()
+    try:
+        client = pki.client(router.url)
+        wait_until(lambda: client.is_model_ready("tiny_add"), 30, "tiny_add placed on the node that registered over TLS")
+        infer_ok(client)
+        assert any("registered with router" in line for line in node.lines)
+    finally:
+        node.stop()
+        router.stop()

@@ -140,11 +140,17 @@ pub async fn heartbeat_agent(
     identity: ClusterIdentity,
     interval: Duration,
     credential: tern_gate::Credential,
+    tls: Option<tonic::transport::ClientTlsConfig>,
 ) {
-    let endpoint = match Endpoint::from_shared(format!("http://{router}")) {
+    let scheme = if tls.is_some() { "https" } else { "http" };
+    let endpoint = Endpoint::from_shared(format!("{scheme}://{router}")).and_then(|e| match tls {
+        Some(tls) => e.tls_config(tls),
+        None => Ok(e),
+    });
+    let endpoint = match endpoint {
         Ok(e) => e.connect_timeout(Duration::from_secs(1)).timeout(Duration::from_secs(2)).tcp_nodelay(true),
         Err(e) => {
-            tracing::error!(%router, error = %e, "invalid --router-address; not registering there");
+            tracing::error!(%router, error = %e, "invalid --router-address or --router-tls-*; not registering there");
             return;
         }
     };

@@ -87,6 +87,22 @@ pub struct Config {
     #[arg(long, default_value_t = 1000, value_name = "MS")]
     pub heartbeat_interval_ms: u64,
 
+    /// Register with --router-address routers over TLS, verifying them with this PEM CA.
+    #[arg(long, value_name = "PEM")]
+    pub router_tls_ca: Option<PathBuf>,
+
+    /// Client certificate (PEM) presented to routers that require mutual TLS.
+    #[arg(long, value_name = "PEM", requires = "router_tls_key")]
+    pub router_tls_cert: Option<PathBuf>,
+
+    /// Private key (PEM) of --router-tls-cert.
+    #[arg(long, value_name = "PEM", requires = "router_tls_cert")]
+    pub router_tls_key: Option<PathBuf>,
+
+    /// Name to verify in router certificates instead of the host of --router-address.
+    #[arg(long, value_name = "NAME")]
+    pub router_tls_domain: Option<String>,
+
     /// File holding the token this node presents to --router-address routers that require
     /// bearer tokens (one with the `cluster` group); re-read when it changes.
     #[arg(long, value_name = "PATH")]
@@ -139,9 +155,22 @@ impl Config {
             return Err("--model-load-thread-count must be at least 1".into());
         }
         self.limits.validate()?;
+        self.router_tls()?;
         tern_gate::Groups::parse(&self.auth.auth_public).map_err(|e| format!("--auth-public: {e}"))?;
         self.model_key.load()?;
         Ok(())
+    }
+
+    /// TLS toward routers, from --router-tls-*.
+    pub fn router_tls(&self) -> Result<Option<tonic::transport::ClientTlsConfig>, String> {
+        let Some(ca) = &self.router_tls_ca else {
+            if self.router_tls_cert.is_some() {
+                return Err("--router-tls-cert needs --router-tls-ca".into());
+            }
+            return Ok(None);
+        };
+        let identity = self.router_tls_cert.as_deref().zip(self.router_tls_key.as_deref());
+        tern_tls::client_config(ca, identity, self.router_tls_domain.as_deref()).map(Some)
     }
 
     pub fn grpc_addr(&self) -> SocketAddr {

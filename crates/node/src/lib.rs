@@ -62,6 +62,7 @@ pub async fn run_with(
         }
         None => tern_gate::Credential::none(),
     };
+    let router_tls = config.router_tls().map_err(anyhow::Error::msg)?;
     let models = Arc::new(ModelManager::new(
         metrics.clone(),
         config.model_repositories.clone(),
@@ -152,6 +153,7 @@ pub async fn run_with(
                 identity.clone(),
                 Duration::from_millis(config.heartbeat_interval_ms),
                 router_credential.clone(),
+                router_tls.clone(),
             ))
         })
         .collect();
