@@ -163,14 +163,13 @@ impl Config {
 
     /// TLS toward routers, from --router-tls-*.
     pub fn router_tls(&self) -> Result<Option<tonic::transport::ClientTlsConfig>, String> {
-        let Some(ca) = &self.router_tls_ca else {
-            if self.router_tls_cert.is_some() {
-                return Err("--router-tls-cert needs --router-tls-ca".into());
-            }
-            return Ok(None);
-        };
-        let identity = self.router_tls_cert.as_deref().zip(self.router_tls_key.as_deref());
-        tern_tls::client_config(ca, identity, self.router_tls_domain.as_deref()).map(Some)
+        tern_tls::client_config_from_flags(
+            "router",
+            self.router_tls_ca.as_deref(),
+            self.router_tls_cert.as_deref(),
+            self.router_tls_key.as_deref(),
+            self.router_tls_domain.as_deref(),
+        )
     }
 
     pub fn grpc_addr(&self) -> SocketAddr {

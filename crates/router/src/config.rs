@@ -198,14 +198,13 @@ impl Config {
 
     /// TLS toward nodes, from --node-tls-*.
     pub fn node_tls(&self) -> Result<Option<tonic::transport::ClientTlsConfig>, String> {
-        let Some(ca) = &self.node_tls_ca else {
-            if self.node_tls_cert.is_some() {
-                return Err("--node-tls-cert needs --node-tls-ca".into());
-            }
-            return Ok(None);
-        };
-        let identity = self.node_tls_cert.as_deref().zip(self.node_tls_key.as_deref());
-        tern_tls::client_config(ca, identity, self.node_tls_domain.as_deref()).map(Some)
+        tern_tls::client_config_from_flags(
+            "node",
+            self.node_tls_ca.as_deref(),
+            self.node_tls_cert.as_deref(),
+            self.node_tls_key.as_deref(),
+            self.node_tls_domain.as_deref(),
+        )
     }
 
     /// The cluster settings derived from the flags.
