@@ -91,3 +91,11 @@ test-deploy-k8s:
 .PHONY: bench
 bench:
 	QUICK=$(QUICK) NO_TRITON=$(NO_TRITON) CARGO_FLAGS="$(CARGO_FLAGS)" bash benches/run.sh
+
+## Criterion micro-benchmarks (benches/benches/*.rs, benches/README.md): request decode and
+## validation, the BYTES codec, batch assembly and split, config.pbtxt parsing, placement.
+## About 3 min on 2 cores; QUICK=1 (1 s warm-up, 2 s per benchmark) about 1.5. Medians and
+## comparisons with the previous run go to target/criterion/.
+.PHONY: bench-micro
+bench-micro:
+	cargo bench --locked -p tern-benches --bench '*' -- $(if $(filter 1,$(QUICK)),--warm-up-time 1 --measurement-time 2)
