@@ -12,6 +12,8 @@ import pathlib
 import subprocess
 import sys
 
+import pytest
+
 HERE = pathlib.Path(__file__).resolve().parent
 REQUIREMENTS = HERE / "requirements.txt"
 _MODULES = ("helm_python", "kubernetes_validate", "dockerfile", "yaml", "jsonschema")
@@ -57,3 +59,12 @@ def ensure_validators() -> None:
 
 ensure_validators()
 sys.path.insert(0, str(HERE))
+
+
+@pytest.fixture(scope="session")
+def model_repo(tmp_path_factory) -> pathlib.Path:
+    """A Triton repository with one tiny ONNX model `tiny` (livelib.tiny_model_repo)."""
+    pytest.importorskip("onnx", reason="onnx (installed by scripts/setup.sh) builds the test model")
+    from livelib import tiny_model_repo
+
+    return tiny_model_repo(tmp_path_factory.mktemp("models"))

@@ -10,6 +10,7 @@ import pathlib
 import re
 import subprocess
 import sys
+import tempfile
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -33,12 +34,14 @@ RELEASE = "tern"
 NAMESPACE = "tern"
 
 # Value files the chart is rendered with. "default" and "gpu" are the chart's own; "full" turns
-# every option on; "minimal" turns routers, metrics and the PVC off.
+# every option on; "minimal" turns routers, metrics and the PVC off; "secure" turns TLS (mutual,
+# metrics over HTTPS) and bearer tokens on, as deploy/k8s with SECURE_COMPONENTS.
 VALUE_FILES: dict[str, pathlib.Path | None] = {
     "default": None,
     "gpu": CHART / "values-gpu.yaml",
     "full": HERE / "values-full.yaml",
     "minimal": HERE / "values-minimal.yaml",
+    "secure": HERE / "values-secure.yaml",
 }
 
 # The kustomizations `kubectl apply -k` takes.
@@ -48,6 +51,11 @@ KUSTOMIZATIONS = {
     "k8s-monitoring": K8S / "monitoring",
     "k8s-gpu": K8S / "gpu",
 }
+
+# Kustomize Components (kind: Component) under deploy/k8s/components; they are built on top of
+# a kustomization by kustomize_overlay_objects, as a user's overlay would.
+COMPONENTS = K8S / "components"
+SECURE_COMPONENTS = ("tls", "tls-mutual", "auth")
 
 CRD_KINDS = {("monitoring.coreos.com/v1", "ServiceMonitor"), ("monitoring.coreos.com/v1", "PrometheusRule")}
 
@@ -97,6 +105,17 @@ def kustomize_objects(name: str) -> tuple[dict[str, Any], ...]:
     return tuple(yaml_docs(kustomize_build(KUSTOMIZATIONS[name])))
 
 
+@functools.lru_cache(maxsize=None)
+def kustomize_overlay_objects(base: str, components: tuple[str, ...]) -> tuple[dict[str, Any], ...]:
+    """KUSTOMIZATIONS[base] with deploy/k8s/components/<c> for each c, in that order, from an
+    overlay in a temporary directory (kustomize wants relative paths)."""
+    with tempfile.TemporaryDirectory() as d:
+        rel = lambda p: os.path.relpath(p, d)  # noqa: E731
+        overlay = {"resources": [rel(KUSTOMIZATIONS[base])], "components": [rel(COMPONENTS / c) for c in components]}
+        (pathlib.Path(d) / "kustomization.yaml").write_text(yaml.safe_dump(overlay))
+        return tuple(yaml_docs(kustomize_build(pathlib.Path(d))))
+
+
 def find(objs, kind: str, name: str | None = None) -> dict[str, Any]:
     found = [o for o in objs if o["kind"] == kind and (name is None or o["metadata"]["name"] == name)]
     assert len(found) == 1, f"expected one {kind} {name or ''}, found {[o['metadata']['name'] for o in found]}"
@@ -124,6 +143,46 @@ def container_env(objs, c: dict[str, Any]) -> dict[str, str]:
         if "value" in e:
             env[e["name"]] = str(e["value"])
     return env
+
+
+# Flags whose value is a file the pod gets from a Secret, with what the file holds.
+FILE_FLAGS = {
+    "--grpc-server-cert": "cert",
+    "--grpc-server-key": "key",
+    "--grpc-root-cert": "ca",
+    "--node-tls-ca": "ca",
+    "--node-tls-cert": "cert",
+    "--node-tls-key": "key",
+    "--router-tls-ca": "ca",
+    "--router-tls-cert": "cert",
+    "--router-tls-key": "key",
+    "--auth-token-file": "token-file",
+    "--node-token-file": "router-token",  # what a router presents to nodes
+    "--router-token-file": "node-token",  # what a node presents to routers
+}
+
+
+def secret_file(workload: dict[str, Any], c: dict[str, Any], path: str) -> tuple[str, str, dict[str, Any]]:
+    """(Secret name, key, volume) of the file the kubelet puts at `path` in container `c`: the
+    path must lie on a read-only Secret volume mount (no subPath: those never update), and
+    with `items`, be one of them."""
+    pod = workload["spec"]["template"]["spec"]
+    for m in c.get("volumeMounts", []):
+        root = m["mountPath"].rstrip("/") + "/"
+        if not path.startswith(root):
+            continue
+        volume = [v for v in pod["volumes"] if v["name"] == m["name"]][0]
+        assert "secret" in volume, f"{path} is on volume {m['name']}, not a Secret"
+        assert m.get("readOnly") is True, f"{m['mountPath']} must be mounted read-only"
+        assert "subPath" not in m, "a subPath mount is never updated: certificates and tokens would not reload"
+        rel = path[len(root):]
+        items = volume["secret"].get("items")
+        if items:
+            keys = [i["key"] for i in items if i["path"] == rel]
+            assert len(keys) == 1, f"{path}: no item of Secret {volume['secret']['secretName']} is written there"
+            return volume["secret"]["secretName"], keys[0], volume
+        return volume["secret"]["secretName"], rel, volume
+    raise AssertionError(f"{c['name']}: {path}: no volume is mounted there")
 
 
 _VAR = re.compile(r"\$\(([A-Za-z_][A-Za-z0-9_]*)\)")

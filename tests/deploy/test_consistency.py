@@ -4,7 +4,9 @@ Each source (deploy/k8s and the chart rendered as release "tern" in namespace "t
 consistent in itself (args resolve from their ConfigMaps, ports match containerPorts, Services,
 probes and NetworkPolicies, the grace period covers the drain), the two must describe the same
 pods, and every flag they pass to tern-node must be one `tern-node --help` lists, with a value it
-accepts; tern-router's flags the same way against `tern-router --help`."""
+accepts; tern-router's flags the same way against `tern-router --help`. The security options
+(TLS, bearer tokens, limits) are covered by the "secure" sources and helm-full: with TLS the
+probes must not be gRPC ones (the kubelet's gRPC probe cannot speak TLS)."""
 
 from __future__ import annotations
 
@@ -15,6 +17,7 @@ import yaml
 
 from deploylib import (
     ROOT,
+    SECURE_COMPONENTS,
     binary_help,
     chart_objects,
     container,
@@ -22,6 +25,7 @@ from deploylib import (
     find,
     find_all,
     kustomize_objects,
+    kustomize_overlay_objects,
     parse_help,
     resolve_args,
     split_flags,
@@ -34,6 +38,9 @@ SOURCES = {
     "helm-gpu": lambda: chart_objects("gpu"),
     "helm-full": lambda: chart_objects("full"),
     "helm-minimal": lambda: chart_objects("minimal"),
+    "k8s-secure": lambda: kustomize_overlay_objects("k8s", SECURE_COMPONENTS),
+    "k8s-gpu-secure": lambda: kustomize_overlay_objects("k8s-gpu", ("tls", "auth")),
+    "helm-secure": lambda: chart_objects("secure"),
 }
 WITH_ROUTER = [s for s in SOURCES if s != "helm-minimal"]
 
@@ -71,6 +78,36 @@ def selects(selector: dict, labels: dict) -> bool:
     return all(labels.get(k) == v for k, v in selector.items())
 
 
+def probe_action(probe: dict) -> str:
+    actions = [k for k in ("grpc", "httpGet", "tcpSocket", "exec") if k in probe]
+    assert len(actions) == 1, f"a probe has exactly one action: {probe}"
+    return actions[0]
+
+
+def check_health_probe(probe: dict, flags: dict, c: dict, path: str, grpc_service: str = ""):
+    """A probe that asks whether the server is live (path /v2/health/live) or ready
+    (/v2/health/ready): gRPC health without TLS; with TLS the metrics port's HTTP(S) twin,
+    or, without a metrics port, a TCP connect to the gRPC port."""
+    grpc = int(flags["--grpc-port"])
+    tls = flags.get("--grpc-use-ssl", "false") == "true"
+    metrics = flags.get("--allow-metrics", "true") == "true"
+    action = probe_action(probe)
+    if action == "grpc":
+        assert not tls, "the kubelet's gRPC probe cannot speak TLS (--grpc-use-ssl=true)"
+        assert probe["grpc"]["port"] == grpc
+        assert probe["grpc"].get("service", "") == grpc_service
+    elif action == "httpGet":
+        assert metrics, "an HTTP probe needs the metrics port"
+        get = probe["httpGet"]
+        assert get["port"] in ("metrics", int(flags["--metrics-port"]))
+        https = flags.get("--metrics-use-ssl", "false") == "true"
+        assert get.get("scheme", "HTTP") == ("HTTPS" if https else "HTTP"), "scheme must follow --metrics-use-ssl"
+        assert get["path"] == path
+    else:
+        assert action == "tcpSocket" and tls and not metrics, f"{action} probe only for TLS without a metrics port"
+        assert probe["tcpSocket"]["port"] in ("grpc", grpc)
+
+
 # --- each source in itself --------------------------------------------------------------------
 
 
@@ -82,16 +119,15 @@ def test_node_ports_and_probes(source):
     grpc = int(flags["--grpc-port"])
     assert named_port(c, "grpc") == grpc
     for probe in ("startupProbe", "livenessProbe"):
-        assert c[probe]["grpc"]["port"] == grpc, f"{probe} must use the gRPC health service on {grpc}"
+        check_health_probe(c[probe], flags, c, "/v2/health/live")
     ready = c["readinessProbe"]
+    check_health_probe(ready, flags, c, "/v2/health/ready")
     if flags.get("--allow-metrics", "true") == "true":
         metrics = int(flags["--metrics-port"])
         assert named_port(c, "metrics") == metrics
-        assert ready["httpGet"]["path"] == "/v2/health/ready"
-        assert ready["httpGet"]["port"] in ("metrics", metrics)
+        assert probe_action(ready) == "httpGet", "readiness: every model loaded (/v2/health/ready)"
     else:
         assert named_port(c, "metrics") is None
-        assert ready["grpc"]["port"] == grpc
 
 
 @pytest.mark.parametrize("source", list(SOURCES))
@@ -175,7 +211,10 @@ def test_router_service_hpa_pdb(source):
     flags = flags_of(objs, c)
     grpc, metrics = int(flags["--grpc-port"]), int(flags["--metrics-port"])
     assert named_port(c, "grpc") == grpc and named_port(c, "metrics") == metrics
-    assert c["readinessProbe"]["grpc"]["port"] == grpc and c["livenessProbe"]["grpc"]["port"] == grpc
+    # Readiness: a node can serve (gRPC health of inference.GRPCInferenceService, or the
+    # router's /v2/health/ready, which follows the same check).
+    check_health_probe(c["readinessProbe"], flags, c, "/v2/health/ready", "inference.GRPCInferenceService")
+    check_health_probe(c["livenessProbe"], flags, c, "/v2/health/live")
     svc = find(objs, "Service", dep["metadata"]["name"])
     assert selects(svc["spec"]["selector"], pod_labels(dep))
     assert {(p["name"], p["port"], p["targetPort"]) for p in svc["spec"]["ports"]} == {
@@ -220,7 +259,7 @@ def test_network_policy_lets_only_routers_reach_nodes(source):
     assert set(by_port) <= {int(node_flags["--grpc-port"]), int(node_flags["--metrics-port"])}
 
 
-@pytest.mark.parametrize("source", ["k8s", "k8s-gpu", "helm-full"])
+@pytest.mark.parametrize("source", ["k8s", "k8s-gpu", "helm-full", "k8s-secure", "helm-secure"])
 def test_service_monitor_scrapes_both_tiers_with_alert_job_names(source):
     objs = SOURCES[source]()
     sm = find(objs, "ServiceMonitor")
@@ -238,7 +277,7 @@ def test_service_monitor_scrapes_both_tiers_with_alert_job_names(source):
 
 # --- deploy/k8s and the chart describe the same cluster ---------------------------------------
 
-PAIRS = [("k8s", "helm-default"), ("k8s-gpu", "helm-gpu")]
+PAIRS = [("k8s", "helm-default"), ("k8s-gpu", "helm-gpu"), ("k8s-secure", "helm-secure")]
 
 
 def _strip_container(c):
@@ -305,12 +344,18 @@ def test_same_services_and_policies(plain, chart):
     assert pvc_a == pvc_b
 
 
-def test_same_monitoring():
-    a, b = SOURCES["k8s"](), SOURCES["helm-full"]()
+# helm-full scrapes with its own tlsConfig and a token: compared without them.
+_SCRAPE_SECURITY = {"scheme", "tlsConfig", "authorization"}
+
+
+@pytest.mark.parametrize("plain,chart,ignore", [("k8s", "helm-full", _SCRAPE_SECURITY), ("k8s-secure", "helm-secure", set())])
+def test_same_monitoring(plain, chart, ignore):
+    a, b = SOURCES[plain](), SOURCES[chart]()
     sa, sb = find(a, "ServiceMonitor")["spec"], find(b, "ServiceMonitor")["spec"]
     assert sa["jobLabel"] == sb["jobLabel"]
-    assert [{k: v for k, v in e.items() if k != "interval"} for e in sa["endpoints"]] == [
-        {k: v for k, v in e.items() if k != "interval"} for e in sb["endpoints"]
+    skip = ignore | {"interval"}
+    assert [{k: v for k, v in e.items() if k not in skip} for e in sa["endpoints"]] == [
+        {k: v for k, v in e.items() if k not in skip} for e in sb["endpoints"]
     ]
     assert find(a, "PrometheusRule")["spec"] == find(b, "PrometheusRule")["spec"]
 
@@ -336,7 +381,7 @@ def _check_flags(binary: str, flags_by_source: dict[str, list[tuple[str, str | N
                 problems.append(f"{source}: {flag} needs a value")
             elif spec.possible_values and value not in spec.possible_values:
                 problems.append(f"{source}: {flag}={value} not in {spec.possible_values}")
-            elif value is not None and re.search(r"secs|port|count|verbose", flag) and not value.isdigit():
+            elif value is not None and re.search(r"secs|port|count|verbose|size|bytes|streams", flag) and not value.isdigit():
                 problems.append(f"{source}: {flag}={value} is not a number")
     assert not problems, f"{exe} --help does not accept:\n" + "\n".join(problems)
 
@@ -366,3 +411,60 @@ def test_otel_environment_names_are_read_by_telemetry():
             for name in container_env(objs, c):
                 if name.startswith("OTEL_"):
                     assert name in code or name.replace("_ARG", "") in code, f"{name} is not read by crates/telemetry"
+
+
+# The security flags the chart and the components pass (deploy/k8s/components, helm/tern
+# templates/_security.tpl): each must be exercised by some source above, so that the two
+# tests before this one check it against --help.
+NODE_SECURITY_FLAGS = {
+    "--grpc-use-ssl", "--grpc-server-cert", "--grpc-server-key", "--grpc-use-ssl-mutual", "--grpc-root-cert",
+    "--metrics-use-ssl", "--auth-token-file", "--auth-public",
+    "--grpc-max-message-size", "--grpc-max-concurrent-streams", "--grpc-http2-max-header-list-size",
+    "--max-tensor-bytes", "--max-request-bytes",
+}
+ROUTER_SECURITY_FLAGS = (NODE_SECURITY_FLAGS - {"--max-tensor-bytes", "--max-request-bytes"}) | {
+    "--node-tls-ca", "--node-tls-cert", "--node-tls-key", "--node-tls-domain", "--node-token-file",
+}
+
+
+def test_security_flags_are_exercised():
+    node, router = set(), set()
+    for source, objs in SOURCES.items():
+        objs = objs()
+        node |= {f for f, _ in split_flags(resolve_args(objs, node_container(objs)))}
+        if source in WITH_ROUTER:
+            router |= {f for f, _ in split_flags(resolve_args(objs, router_container(objs)))}
+    assert not NODE_SECURITY_FLAGS - node, f"no source passes {sorted(NODE_SECURITY_FLAGS - node)} to tern-node"
+    assert not ROUTER_SECURITY_FLAGS - router, f"no source passes {sorted(ROUTER_SECURITY_FLAGS - router)} to tern-router"
+
+
+def _template_flags(text: str) -> set[str]:
+    """Flags written as list items of args (`- --flag...` or `value: --flag...`)."""
+    return set(re.findall(r"^\s*(?:- |value: )\"?(--[a-z0-9][a-z0-9-]*)", text, re.M))
+
+
+def test_every_flag_in_templates_and_components_is_accepted():
+    """Statically, including branches no values file renders: a flag written in a node or
+    router template, in _security.tpl or in a component patch is one the binary accepts."""
+    helps = {}
+    for b in ("tern-node", "tern-router"):
+        found = binary_help(b)
+        assert found is not None, f"{b} not built: cargo build --release -p {b}"
+        helps[b] = set(parse_help(found[1]))
+    templates = ROOT / "helm/tern/templates"
+    components = ROOT / "deploy/k8s/components"
+    wanted = {
+        "tern-node": [templates / "node-statefulset.yaml", *components.rglob("node-*.yaml")],
+        "tern-router": [templates / "router-deployment.yaml", *components.rglob("router-*.yaml")],
+    }
+    problems = []
+    for b, paths in wanted.items():
+        for path in paths:
+            problems += [f"{path.relative_to(ROOT)}: {f}" for f in _template_flags(path.read_text()) - helps[b]]
+    # Shared helpers and inline component patches: the flag must be accepted by the binary of
+    # every component it is passed to; a union check is what can be said statically.
+    for path in [templates / "_security.tpl", *components.rglob("kustomization.yaml")]:
+        problems += [f"{path.relative_to(ROOT)}: {f}" for f in _template_flags(path.read_text()) - (helps["tern-node"] | helps["tern-router"])]
+    assert not problems, "flags neither binary accepts:\n" + "\n".join(problems)
+    seen = set().union(*(_template_flags(p.read_text()) for p in [templates / "_security.tpl"]))
+    assert NODE_SECURITY_FLAGS | ROUTER_SECURITY_FLAGS <= seen, "the scan found no flags: is the pattern stale?"

@@ -1,86 +1,40 @@
 """The real tern-node started with exactly the arguments the manifests give it (after the
-kubelet's $(VAR) expansion), on loopback: the endpoints the probes, the ServiceMonitor and the
-Docker HEALTHCHECK use answer, and SIGTERM drains within the pod's grace period.
+kubelet's $(VAR) expansion), on loopback: the probes succeed as the kubelet runs them, the
+ServiceMonitor's scrape succeeds as Prometheus makes it, TLS and tokens do what the manifests
+ask (livelib makes up what their Secrets hold), and SIGTERM drains within the grace period.
 
 Only the model repository path and the two ports are swapped for local ones (a free port each,
-a temporary repository with a tiny model named `tiny`)."""
+a temporary repository with a tiny model named `tiny`), and Secret files for local copies."""
 
 from __future__ import annotations
 
-import os
-import pathlib
-import signal
-import socket
-import subprocess
 import time
-import urllib.error
-import urllib.request
 
 import pytest
 
-from deploylib import ROOT, binary, chart_objects, container, find, kustomize_objects, ort_library, resolve_args, split_flags
+from deploylib import SECURE_COMPONENTS, binary, chart_objects, container, find, kustomize_objects, kustomize_overlay_objects, ort_library
+from livelib import Proc, Secrets, container_env, free_port, grpc_unary, http_get, kubelet_probe, local_args, scrape
 
 SOURCES = {
     "k8s": lambda: kustomize_objects("k8s"),
     "helm-default": lambda: chart_objects("default"),
     "helm-full": lambda: chart_objects("full"),
     "helm-minimal": lambda: chart_objects("minimal"),
+    "helm-secure": lambda: chart_objects("secure"),
+    "k8s-secure": lambda: kustomize_overlay_objects("k8s", SECURE_COMPONENTS),
 }
-STARTUP_TIMEOUT_S = 60
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+PROBES = ("startupProbe", "livenessProbe", "readinessProbe")
+HEALTH = "/grpc.health.v1.Health/Check"
+INDEX = "/inference.GRPCInferenceService/RepositoryIndex"
 
 
 @pytest.fixture(scope="module")
-def model_repo(tmp_path_factory) -> pathlib.Path:
-    """A Triton repository with one tiny ONNX model (Add of two FP32 [-1, 4] tensors)."""
-    onnx = pytest.importorskip("onnx", reason="onnx (installed by scripts/setup.sh) builds the test model")
-    from onnx import TensorProto, helper
-
-    repo = tmp_path_factory.mktemp("models")
-    (repo / "tiny" / "1").mkdir(parents=True)
-    graph = helper.make_graph(
-        [helper.make_node("Add", ["INPUT0", "INPUT1"], ["OUTPUT0"])],
-        "tiny",
-        [helper.make_tensor_value_info(n, TensorProto.FLOAT, ["batch", 4]) for n in ("INPUT0", "INPUT1")],
-        [helper.make_tensor_value_info("OUTPUT0", TensorProto.FLOAT, ["batch", 4])],
-    )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
-    model.ir_version = 8
-    onnx.save(model, str(repo / "tiny" / "1" / "model.onnx"))
-    return repo
-
-
-def grpc_health(port: int, service: str = "") -> int | None:
-    """grpc.health.v1.Health/Check as the kubelet's gRPC probe sends it: the status number
-    (1 = SERVING), or None when there is no answer."""
-    import grpc
-
-    request = b"" if not service else b"\n" + bytes([len(service)]) + service.encode()
-    with grpc.insecure_channel(f"127.0.0.1:{port}") as ch:
-        try:
-            reply = ch.unary_unary("/grpc.health.v1.Health/Check")(request, timeout=2)
-        except grpc.RpcError:
-            return None
-    return reply[1] if len(reply) >= 2 and reply[0] == 0x08 else 0
-
-
-def http_status(port: int, path: str) -> int | None:
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=2) as r:
-            return r.status
-    except urllib.error.HTTPError as e:
-        return e.code
-    except OSError:
-        return None
+def secrets(tmp_path_factory) -> Secrets:
+    return Secrets(tmp_path_factory.mktemp("secrets"))
 
 
 @pytest.mark.parametrize("source", list(SOURCES))
-def test_node_starts_with_manifest_args(source, model_repo, tmp_path):
+def test_node_starts_with_manifest_args(source, model_repo, secrets, tmp_path):
     exe = binary("tern-node")
     assert exe is not None and exe.exists(), "tern-node not built: cargo build --release -p tern-node"
     lib = ort_library()
@@ -89,49 +43,65 @@ def test_node_starts_with_manifest_args(source, model_repo, tmp_path):
     objs = SOURCES[source]()
     sts = find(objs, "StatefulSet")
     c = container(sts, "tern-node")
-    flags = split_flags(resolve_args(objs, c))
-    grpc_port, metrics_port = free_port(), free_port()
-    local = {"--model-repository": str(model_repo), "--grpc-port": str(grpc_port), "--metrics-port": str(metrics_port)}
-    args = [f"{k}={local.get(k, v)}" if v is not None else k for k, v in flags]
-    metrics_on = dict(flags).get("--allow-metrics", "true") == "true"
-    env = dict(os.environ, ORT_DYLIB_PATH=str(lib))
-    env.update({e["name"]: e["value"] for e in c.get("env", []) if "value" in e})
-    log = tmp_path / "node.log"
-    with open(log, "wb") as out:
-        proc = subprocess.Popen([str(exe), *args], stdout=out, stderr=subprocess.STDOUT, env=env, cwd=ROOT)
+    ports = {"grpc": free_port(), "metrics": free_port()}
+    local = {"--model-repository": str(model_repo), "--grpc-port": str(ports["grpc"]), "--metrics-port": str(ports["metrics"])}
+    args = local_args(objs, sts, c, secrets, tmp_path, local)
+    flags = dict(a.split("=", 1) if "=" in a else (a, None) for a in args)
+    metrics_on = flags.get("--allow-metrics", "true") == "true"
+    tls = flags.get("--grpc-use-ssl") == "true"
+    mutual = flags.get("--grpc-use-ssl-mutual") == "true"
+    env = dict(container_env(c), ORT_DYLIB_PATH=str(lib))
+    node = Proc(exe, args, tmp_path / "node.log", env)
     try:
-        deadline = time.monotonic() + STARTUP_TIMEOUT_S
-        while grpc_health(grpc_port) != 1:
-            assert proc.poll() is None, f"tern-node exited {proc.returncode} with {args}:\n{log.read_text()}"
-            assert time.monotonic() < deadline, f"gRPC health never SERVING:\n{log.read_text()}"
-            time.sleep(0.2)
-        # startupProbe / livenessProbe: grpc.health.v1 on the gRPC port (service "")
-        for probe in ("startupProbe", "livenessProbe"):
-            assert c[probe]["grpc"].get("service", "") == "", "probes check the server, not one service"
-        # readinessProbe: what the manifest says, on the node that the manifest configures
-        ready = c["readinessProbe"]
-        if "httpGet" in ready:
-            deadline = time.monotonic() + STARTUP_TIMEOUT_S
-            while http_status(metrics_port, ready["httpGet"]["path"]) != 200:
-                assert time.monotonic() < deadline, f"{ready['httpGet']['path']} never 200:\n{log.read_text()}"
-                time.sleep(0.2)
+        # The kubelet: startup first, then liveness and readiness.
+        node.wait_until("startupProbe success", lambda: kubelet_probe(c["startupProbe"], c, ports))
+        for probe in PROBES:
+            node.wait_until(f"{probe} success", lambda: kubelet_probe(c[probe], c, ports))
+
+        # gRPC as routers and clients reach it: TLS with the CA, for the name routers verify.
+        verify = {"ca": secrets.ca, "name": flags.get("--node-tls-domain", "tern-node-headless.tern.svc.cluster.local")}
+        if mutual:
+            verify.update(cert=secrets.cert, key=secrets.key)
+        if tls:
+            assert grpc_unary(ports["grpc"], HEALTH, tls=verify)[0] == "OK"
+            assert grpc_unary(ports["grpc"], HEALTH)[0] == "UNAVAILABLE", "plaintext must be refused"
+            if mutual:
+                without_cert = {"ca": secrets.ca, "name": verify["name"]}
+                assert grpc_unary(ports["grpc"], HEALTH, tls=without_cert)[0] == "UNAVAILABLE", "no client certificate"
         else:
-            assert grpc_health(grpc_port) == 1
+            assert grpc_unary(ports["grpc"], HEALTH)[0] == "OK"
+        if "--auth-token-file" in flags:
+            grpc_tls = verify if tls else None
+            assert grpc_unary(ports["grpc"], INDEX, tls=grpc_tls)[0] == "UNAUTHENTICATED"
+            assert grpc_unary(ports["grpc"], INDEX, tls=grpc_tls, token=secrets.tokens["client"])[0] == "PERMISSION_DENIED"
+            assert grpc_unary(ports["grpc"], INDEX, tls=grpc_tls, token=secrets.tokens["router-token"])[0] == "OK", (
+                "the token the routers present must be enough"
+            )
+
         if metrics_on:
-            # The ServiceMonitor's endpoint and the Docker HEALTHCHECK's.
-            assert http_status(metrics_port, "/metrics") == 200
-            assert http_status(metrics_port, "/v2/health/live") == 200
-            assert http_status(metrics_port, "/v2/health/ready") == 200
+            scheme = "https" if flags.get("--metrics-use-ssl") == "true" else "http"
+            monitors = [o for o in objs if o["kind"] == "ServiceMonitor"]
+            if monitors:
+                endpoint = monitors[0]["spec"]["endpoints"][0]
+                assert endpoint["scheme"] == scheme, "the ServiceMonitor's scheme must follow --metrics-use-ssl"
+                assert scrape(endpoint, ports["metrics"], secrets) == 200, f"scrape of {endpoint} failed:\n{node.output()}"
+                if "authorization" in endpoint:
+                    assert scrape(endpoint, ports["metrics"], secrets, with_token=False) == 401
+            else:
+                status = http_get(ports["metrics"], "/metrics", scheme=scheme, ca=secrets.ca, server_name=verify["name"])
+                assert status == 200, node.output()
+            for path in ("/v2/health/live", "/v2/health/ready"):
+                assert http_get(ports["metrics"], path, scheme=scheme, verify=False) == 200, path
+            if scheme == "https":
+                assert http_get(ports["metrics"], "/metrics") is None, "plain HTTP on the HTTPS metrics port"
         else:
-            assert http_status(metrics_port, "/metrics") is None, "--allow-metrics=false still serves metrics"
+            assert http_get(ports["metrics"], "/metrics") is None, "--allow-metrics=false still serves metrics"
+
         # SIGTERM (what tini forwards after the preStop pause): exits well within the drain time.
-        exit_timeout = int(dict(flags)["--exit-timeout-secs"])
+        exit_timeout = int(flags["--exit-timeout-secs"])
         started = time.monotonic()
-        proc.send_signal(signal.SIGTERM)
-        code = proc.wait(timeout=exit_timeout + 5)
-        assert code == 0, f"exit status {code} after SIGTERM:\n{log.read_text()}"
+        code = node.terminate(exit_timeout + 5)
+        assert code == 0, f"exit status {code} after SIGTERM:\n{node.output()}"
         assert time.monotonic() - started < sts["spec"]["template"]["spec"]["terminationGracePeriodSeconds"]
     finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
+        node.kill()

@@ -15,6 +15,7 @@ import pytest
 import yaml
 
 from deploylib import (
+    COMPONENTS,
     CRD_KINDS,
     K8S,
     KUBERNETES_VERSIONS,
@@ -24,6 +25,7 @@ from deploylib import (
     chart_objects,
     find,
     kustomize_objects,
+    kustomize_overlay_objects,
     yaml_docs,
 )
 
@@ -50,6 +52,41 @@ _LABEL_SELECTOR = {
     },
 }
 _DURATION = {"type": "string", "pattern": r"^(0|(([0-9]+)y)?(([0-9]+)w)?(([0-9]+)d)?(([0-9]+)h)?(([0-9]+)m)?(([0-9]+)s)?(([0-9]+)ms)?)$"}
+# Secret/ConfigMap key selectors and the scrape's TLS and authorization settings
+# (monitoring.coreos.com/v1 Endpoint.tlsConfig, Endpoint.authorization).
+_KEY_SELECTOR = {
+    "type": "object",
+    "required": ["key"],
+    "additionalProperties": False,
+    "properties": {"name": {"type": "string", "minLength": 1}, "key": {"type": "string", "minLength": 1}, "optional": {"type": "boolean"}},
+}
+_SECRET_OR_CONFIGMAP = {
+    "type": "object",
+    "additionalProperties": False,
+    "maxProperties": 1,
+    "properties": {"secret": _KEY_SELECTOR, "configMap": _KEY_SELECTOR},
+}
+_TLS_CONFIG = {
+    "type": "object",
+    "additionalProperties": False,
+    "properties": {
+        "ca": _SECRET_OR_CONFIGMAP,
+        "cert": _SECRET_OR_CONFIGMAP,
+        "keySecret": _KEY_SELECTOR,
+        "caFile": {"type": "string"},
+        "certFile": {"type": "string"},
+        "keyFile": {"type": "string"},
+        "serverName": {"type": "string"},
+        "insecureSkipVerify": {"type": "boolean"},
+        "minVersion": {"enum": ["TLS10", "TLS11", "TLS12", "TLS13"]},
+        "maxVersion": {"enum": ["TLS10", "TLS11", "TLS12", "TLS13"]},
+    },
+}
+_AUTHORIZATION = {
+    "type": "object",
+    "additionalProperties": False,
+    "properties": {"type": {"type": "string"}, "credentials": _KEY_SELECTOR},
+}
 _METADATA = {
     "type": "object",
     "required": ["name", "namespace"],
@@ -92,6 +129,8 @@ CRD_SCHEMAS = {
                                 "scheme": {"enum": ["http", "https", "HTTP", "HTTPS"]},
                                 "interval": _DURATION,
                                 "scrapeTimeout": _DURATION,
+                                "tlsConfig": _TLS_CONFIG,
+                                "authorization": _AUTHORIZATION,
                             },
                         },
                     },
@@ -239,6 +278,30 @@ def test_kustomize_component_models_init_container(tmp_path):
     pod = find(objs, "StatefulSet")["spec"]["template"]["spec"]
     assert pod["initContainers"][0]["image"] == "registry.example.com/models:v1"
     assert [v for v in pod["volumes"] if v["name"] == "models"] == [{"name": "models", "emptyDir": {}}]
+
+
+# The security components on every kustomization they can sit on, alone and together.
+COMPONENT_SETS = [("tls",), ("tls", "tls-mutual"), ("auth",), ("tls", "tls-mutual", "auth")]
+
+
+def test_every_component_is_tested():
+    found = {p.parent.name for p in COMPONENTS.glob("*/kustomization.yaml")}
+    assert found - {"models-init-container"} == set().union(*COMPONENT_SETS)
+
+
+@pytest.mark.parametrize("version", KUBERNETES_VERSIONS)
+@pytest.mark.parametrize("components", COMPONENT_SETS, ids="+".join)
+@pytest.mark.parametrize("base", [k for k in KUSTOMIZATIONS if k != "k8s-monitoring"])  # monitoring: no workloads
+def test_kustomize_security_components_validate(base, components, version):
+    objs = kustomize_overlay_objects(base, components)
+    for obj in objs:
+        validate_object(obj, version)
+    sts = find(objs, "StatefulSet")
+    pod = sts["spec"]["template"]["spec"]
+    mounts = {m["name"] for m in pod["containers"][0]["volumeMounts"]}
+    secrets = {v["name"] for v in pod["volumes"] if "secret" in v}
+    assert secrets <= mounts, "every Secret volume is mounted"
+    assert ("tls" in secrets) == ("tls" in components) and ("auth-tokens" in secrets) == ("auth" in components)
 
 
 @pytest.mark.parametrize("version", KUBERNETES_VERSIONS)

@@ -1,0 +1,122 @@
+"""The real tern-router in front of the real tern-node, each started with exactly the arguments
+its manifest gives it, on loopback: the router's probes succeed as the kubelet runs them (its
+readiness means it reached the node, over TLS and with its token where the manifests say so),
+and a tritonclient client infers through it as a user of the cluster would: with TLS, the CA
+and for mutual TLS a certificate; with tokens, a token.
+
+Swapped for local ones: ports, the model repository, Secret files (livelib), and the router's
+--node-dns (the headless Service) for --node=127.0.0.1:PORT. The certificate does not name
+127.0.0.1, so the router verifies the node only through --node-tls-domain, as in a cluster."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from deploylib import SECURE_COMPONENTS, binary, chart_objects, container, find, kustomize_objects, kustomize_overlay_objects, ort_library
+from livelib import ROUTER_NAME, Proc, Secrets, container_env, free_port, kubelet_probe, local_args, scrape
+
+SOURCES = {
+    "k8s": lambda: kustomize_objects("k8s"),
+    "helm-default": lambda: chart_objects("default"),
+    "helm-full": lambda: chart_objects("full"),
+    "helm-secure": lambda: chart_objects("secure"),
+    "k8s-secure": lambda: kustomize_overlay_objects("k8s", SECURE_COMPONENTS),
+}
+
+
+@pytest.fixture(scope="module")
+def secrets(tmp_path_factory) -> Secrets:
+    return Secrets(tmp_path_factory.mktemp("secrets"))
+
+
+def _flags(args: list[str]) -> dict[str, str | None]:
+    return dict(a.split("=", 1) if "=" in a else (a, None) for a in args)
+
+
+def _client(port: int, flags: dict, secrets: Secrets, tmp_path):
+    import tritonclient.grpc as grpcclient
+
+    if flags.get("--grpc-use-ssl") != "true":
+        return grpcclient.InferenceServerClient(f"127.0.0.1:{port}")
+    files = {}
+    for name, data in (("ca.crt", secrets.ca), ("client.crt", secrets.cert), ("client.key", secrets.key)):
+        files[name] = tmp_path / name
+        files[name].write_bytes(data)
+    mutual = flags.get("--grpc-use-ssl-mutual") == "true"
+    return grpcclient.InferenceServerClient(
+        f"127.0.0.1:{port}",
+        ssl=True,
+        root_certificates=str(files["ca.crt"]),
+        private_key=str(files["client.key"]) if mutual else None,
+        certificate_chain=str(files["client.crt"]) if mutual else None,
+        channel_args=[("grpc.ssl_target_name_override", ROUTER_NAME)],
+    )
+
+
+def _infer(client, headers):
+    import tritonclient.grpc as grpcclient
+
+    a = np.arange(4, dtype=np.float32).reshape(1, 4)
+    inputs = []
+    for name in ("INPUT0", "INPUT1"):
+        i = grpcclient.InferInput(name, [1, 4], "FP32")
+        i.set_data_from_numpy(a)
+        inputs.append(i)
+    return client.infer("tiny", inputs, headers=headers, client_timeout=60).as_numpy("OUTPUT0")
+
+
+@pytest.mark.parametrize("source", list(SOURCES))
+def test_router_serves_through_node_with_manifest_args(source, model_repo, secrets, tmp_path):
+    from tritonclient.utils import InferenceServerException
+
+    node_exe, router_exe = binary("tern-node"), binary("tern-router")
+    for name, exe in (("tern-node", node_exe), ("tern-router", router_exe)):
+        assert exe is not None and exe.exists(), f"{name} not built: cargo build --release -p {name}"
+    lib = ort_library()
+    if lib is None:
+        pytest.skip("ONNX Runtime library missing (make setup installs .tern/onnxruntime)")
+    objs = SOURCES[source]()
+    sts, dep = find(objs, "StatefulSet"), find(objs, "Deployment")
+    nc, rc = container(sts, "tern-node"), container(dep, "tern-router")
+
+    node_ports = {"grpc": free_port(), "metrics": free_port()}
+    node_args = local_args(objs, sts, nc, secrets, tmp_path, {
+        "--model-repository": str(model_repo), "--grpc-port": str(node_ports["grpc"]),
+        "--metrics-port": str(node_ports["metrics"]),
+    })
+    router_ports = {"grpc": free_port(), "metrics": free_port()}
+    router_args = local_args(objs, dep, rc, secrets, tmp_path, {
+        "--grpc-port": str(router_ports["grpc"]), "--metrics-port": str(router_ports["metrics"]), "--node-dns": None,
+    }) + [f"--node=127.0.0.1:{node_ports['grpc']}"]
+    flags = _flags(router_args)
+
+    node = Proc(node_exe, node_args, tmp_path / "node.log", dict(container_env(nc), ORT_DYLIB_PATH=str(lib)))
+    router = None
+    try:
+        node.wait_until("node readiness", lambda: kubelet_probe(nc["readinessProbe"], nc, node_ports))
+        router = Proc(router_exe, router_args, tmp_path / "router.log", container_env(rc))
+        for probe in ("livenessProbe", "readinessProbe"):
+            router.wait_until(f"router {probe} success (node log:\n{node.output()})",
+                              lambda: kubelet_probe(rc[probe], rc, router_ports))
+
+        client = _client(router_ports["grpc"], flags, secrets, tmp_path)
+        headers = None
+        if "--auth-token-file" in flags:
+            with pytest.raises(InferenceServerException, match="UNAUTHENTICATED"):
+                _infer(client, None)
+            headers = {"authorization": f"Bearer {secrets.tokens['client']}"}
+        out = _infer(client, headers)
+        assert out.tolist() == [[0.0, 2.0, 4.0, 6.0]], f"router log:\n{router.output()}\nnode log:\n{node.output()}"
+        client.close()
+
+        monitors = [o for o in objs if o["kind"] == "ServiceMonitor"]
+        if monitors:
+            endpoint = monitors[0]["spec"]["endpoints"][0]
+            assert scrape(endpoint, router_ports["metrics"], secrets) == 200, router.output()
+
+        assert router.terminate(int(flags.get("--exit-timeout-secs") or 30) + 5) == 0, router.output()
+    finally:
+        if router is not None:
+            router.kill()
+        node.kill()
