@@ -245,6 +245,12 @@ fn session_options(environment: &Environment, settings: &SessionSettings) -> ort
         let value = if enable { "1" } else { "0" };
         builder = builder.with_config_entry("session.use_device_allocator_for_initializers", value)?;
     }
+    if let Some(enable) = settings.intra_op_spinning {
+        builder = builder.with_intra_op_spinning(enable)?;
+    }
+    if let Some(enable) = settings.inter_op_spinning {
+        builder = builder.with_inter_op_spinning(enable)?;
+    }
     Ok(builder)
 }
 

@@ -10,6 +10,7 @@
 //! | `parameters` `enable_mem_arena`                     | CPU memory arena on/off                   |
 //! | `parameters` `enable_mem_pattern`                   | memory pattern optimization on/off        |
 //! | `parameters` `session.use_device_allocator_for_initializers` | session config entry           |
+//! | `parameters` `session.intra_op.allow_spinning`, `session.inter_op.allow_spinning` | session config entries: whether ORT's idle pool threads spin (ORT's default: yes) |
 //! | `parameters` `memory.enable_memory_arena_shrinkage` | run config entry, passed through as is    |
 //! | `optimization { execution_accelerators }`, CUDA `parameters` | GPU providers: see [`crate::accelerators`] |
 //!
@@ -79,6 +80,10 @@ pub struct SessionSettings {
     pub mem_pattern: Option<bool>,
     /// `session.use_device_allocator_for_initializers`.
     pub device_allocator_for_initializers: Option<bool>,
+    /// `session.intra_op.allow_spinning`: idle intra-op threads spin before they sleep.
+    pub intra_op_spinning: Option<bool>,
+    /// `session.inter_op.allow_spinning`.
+    pub inter_op_spinning: Option<bool>,
     /// `memory.enable_memory_arena_shrinkage`, set on every run (e.g. "cpu:0").
     pub arena_shrinkage: Option<String>,
     /// Where the session runs. [`session_settings`] leaves `Cpu`; [`crate::instance_plan`]
@@ -95,6 +100,8 @@ const MEM_ARENA: &str = "enable_mem_arena";
 const MEM_PATTERN: &str = "enable_mem_pattern";
 const DEVICE_ALLOCATOR_FOR_INITIALIZERS: &str = "session.use_device_allocator_for_initializers";
 const ARENA_SHRINKAGE: &str = "memory.enable_memory_arena_shrinkage";
+const INTRA_OP_SPINNING: &str = "session.intra_op.allow_spinning";
+const INTER_OP_SPINNING: &str = "session.inter_op.allow_spinning";
 
 /// Reads the ORT backend's fields from a model config (see the module docs for the mapping).
 pub fn session_settings(config: &ModelConfig) -> Result<SessionSettings, OrtBackendError> {
@@ -127,6 +134,12 @@ pub fn session_settings(config: &ModelConfig) -> Result<SessionSettings, OrtBack
     }
     if let Some(v) = param(DEVICE_ALLOCATOR_FOR_INITIALIZERS) {
         settings.device_allocator_for_initializers = Some(parse_bool(DEVICE_ALLOCATOR_FOR_INITIALIZERS, v)?);
+    }
+    if let Some(v) = param(INTRA_OP_SPINNING) {
+        settings.intra_op_spinning = Some(parse_bool(INTRA_OP_SPINNING, v)?);
+    }
+    if let Some(v) = param(INTER_OP_SPINNING) {
+        settings.inter_op_spinning = Some(parse_bool(INTER_OP_SPINNING, v)?);
     }
     if let Some(v) = param(ARENA_SHRINKAGE) {
         // ORT validates the device list ("cpu:0;gpu:0") when the run starts.
@@ -219,6 +232,8 @@ mod tests {
                 ("enable_mem_pattern", "1"),
                 ("session.use_device_allocator_for_initializers", "true"),
                 ("memory.enable_memory_arena_shrinkage", "cpu:0"),
+                ("session.intra_op.allow_spinning", "0"),
+                ("session.inter_op.allow_spinning", "true"),
                 ("something_else", "ignored"),
             ],
             None,
@@ -235,6 +250,8 @@ mod tests {
                 mem_pattern: Some(true),
                 device_allocator_for_initializers: Some(true),
                 arena_shrinkage: Some("cpu:0".to_string()),
+                intra_op_spinning: Some(false),
+                inter_op_spinning: Some(true),
                 ..Default::default()
             })
         );
@@ -255,6 +272,7 @@ mod tests {
             ("execution_mode", "2"),
             ("enable_mem_arena", "yes"),
             ("enable_mem_pattern", ""),
+            ("session.intra_op.allow_spinning", "sometimes"),
         ] {
             let err = session_settings(&config(&[(key, value)], None)).err().map(|e| e.to_string());
             assert!(err.as_ref().is_some_and(|e| e.contains(key)), "{key}={value}: {err:?}");

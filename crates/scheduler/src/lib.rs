@@ -11,6 +11,8 @@ pub mod policy;
 pub mod state;
 pub mod stats;
 
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
@@ -211,6 +213,10 @@ impl Drop for Scheduler {
 async fn batch_task(shared: Arc<Shared>, instance: Instance, batching: bool) {
     let idle = Arc::new(Semaphore::new(instance.count().max(1)));
     let mut permit: Option<OwnedSemaphorePermit> = None;
+    // The pending wake-up, kept across iterations while its instant stays the same: every
+    // arrival wakes this loop, and starting a new precise sleep each time would put one
+    // blocking-pool thread to sleep per request instead of one per batch.
+    let mut timer: Option<(Instant, Pin<Box<dyn Future<Output = ()> + Send>>)> = None;
     loop {
         if permit.is_none() {
             permit = idle.clone().try_acquire_owned().ok();
@@ -242,9 +248,16 @@ async fn batch_task(shared: Arc<Shared>, instance: Instance, batching: bool) {
         if empty && shared.closed.load(Relaxed) {
             return;
         }
+        match next.wake_at {
+            Some(at) if timer.as_ref().map(|(t, _)| *t) != Some(at) => {
+                timer = Some((at, Box::pin(sleep_until_precise(at))));
+            }
+            Some(_) => {}
+            None => timer = None,
+        }
         let wake = async {
-            match next.wake_at {
-                Some(at) => sleep_until_precise(at).await,
+            match timer.as_mut() {
+                Some((_, sleep)) => sleep.as_mut().await,
                 None => std::future::pending().await,
             }
         };
@@ -254,10 +267,14 @@ async fn batch_task(shared: Arc<Shared>, instance: Instance, batching: bool) {
                 None => idle.clone().acquire_owned().await.ok(),
             }
         };
+        let mut fired = false;
         tokio::select! {
             _ = notified => {}
-            _ = wake => {}
+            _ = wake => fired = true,
             p = free => permit = p,
+        }
+        if fired {
+            timer = None;
         }
     }
 }
