@@ -207,6 +207,9 @@ impl Drop for Scheduler {
     }
 }
 
+/// A pending precise sleep (see [`sleep_until_precise`]).
+type Sleep = Pin<Box<dyn Future<Output = ()> + Send>>;
+
 /// Forms batches whenever an instance is free: while all are busy, requests keep queueing and
 /// the next batch grows, so it is sealed at the moment an instance can take it. Busy or not,
 /// cancelled and timed-out requests leave the queue as soon as that happens.
@@ -216,7 +219,7 @@ async fn batch_task(shared: Arc<Shared>, instance: Instance, batching: bool) {
     // The pending wake-up, kept across iterations while its instant stays the same: every
     // arrival wakes this loop, and starting a new precise sleep each time would put one
     // blocking-pool thread to sleep per request instead of one per batch.
-    let mut timer: Option<(Instant, Pin<Box<dyn Future<Output = ()> + Send>>)> = None;
+    let mut timer: Option<(Instant, Sleep)> = None;
     loop {
         if permit.is_none() {
             permit = idle.clone().try_acquire_owned().ok();
