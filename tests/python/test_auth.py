@@ -21,7 +21,7 @@ import numpy as np
 import pytest
 import tritonclient.grpc as grpcclient
 
-from tern_clusterlib import RouterProc, free_port, tiny_add_inputs, wait_until
+from tern_clusterlib import NodeProc, RouterProc, free_port, tiny_add_inputs, wait_until
 from tern_testlib import ROOT, TernServer, expect_triton_error, infer_request, raw_stub
 
 TERN = ROOT / "target" / "release" / "tern"
@@ -81,6 +81,13 @@ class Node(TernServer):
     def command(self):
         return [str(self.binary()), "--model-repository", str(self.repos[0]), "--grpc-address", "127.0.0.1",
                 "--grpc-port", "0", "--metrics-port", str(self.metrics_port), *self.extra_args]
+
+
+class RealNode(Node):
+    """Always tern-node itself (a cluster member), also when the suite runs against `tern serve`."""
+
+    ready_mark = NodeProc.ready_mark
+    binary = NodeProc.binary
 
 
 def http_status(port, path, token=None):
@@ -219,7 +226,7 @@ def test_router_and_nodes_each_check_tokens(model_repo, tmp_path):
                          str(tmp_path / "router.token"), "--load-model", "tiny_add", "--load-model", "add_fp32"],
                         log_dir=tmp_path)
     router.start()
-    node = Node(model_repo, ["--model-control-mode", "explicit", "--auth-token-file", str(node_tokens.path),
+    node = RealNode(model_repo, ["--model-control-mode", "explicit", "--auth-token-file", str(node_tokens.path),
                              "--router-address", f"127.0.0.1:{router.grpc_port}",
                              "--router-token-file", str(tmp_path / "node.token")], tmp_path, label="node")
     node.start()
