@@ -22,7 +22,7 @@ import pytest
 import tritonclient.grpc as grpcclient
 
 from tern_clusterlib import NodeProc, RouterProc, free_port, tiny_add_inputs, wait_until
-from tern_testlib import ROOT, TernServer, expect_triton_error, infer_request, raw_stub
+from tern_testlib import ROOT, TernServer, expect_triton_error, infer_request, node_env, raw_stub
 
 TERN = ROOT / "target" / "release" / "tern"
 
@@ -300,6 +300,6 @@ def test_token_commands_and_bad_token_files(model_repo, tmp_path):
     bad.write_text(f"# ok\nci {token} groups=inference\n")
     node = Node(model_repo, ["--auth-token-file", str(bad)], tmp_path, label="bad-tokens")
     proc = subprocess.run(node.command(), capture_output=True, text=True, timeout=60, cwd=ROOT,
-                          env=__import__("tern_testlib").node_env())
+                          env=node_env())
     assert proc.returncode != 0
     assert f"{bad} line 2" in proc.stdout + proc.stderr and token not in proc.stdout + proc.stderr

@@ -13,7 +13,7 @@
 //! and errors name a token by its name in the file.
 
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Weak};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::task::{Context, Poll};
 use std::time::{Duration, SystemTime};
 
@@ -80,6 +80,11 @@ impl InternalToken {
 }
 
 impl AuthArgs {
+    /// Checks the flags without reading the token file.
+    pub fn validate(&self) -> Result<(), String> {
+        Groups::parse(&self.auth_public).map(drop).map_err(|e| format!("--auth-public: {e}"))
+    }
+
     /// The authenticator, or `None` without --auth-token-file. Reads the file now, so a bad
     /// file stops the server before it binds, with the line named.
     pub fn authenticator(&self) -> Result<Option<Arc<Authenticator>>, String> {
@@ -94,10 +99,9 @@ impl AuthArgs {
 /// Checks requests against the token file.
 #[derive(Debug)]
 pub struct Authenticator {
-    file: PathBuf,
+    file: WatchedFile,
     public: Groups,
     table: ArcSwap<TokenTable>,
-    stamp: std::sync::Mutex<Option<(SystemTime, u64)>>,
     /// A token that exists only in memory (`tern serve`'s router-to-node token).
     internal: Option<InternalToken>,
 }
@@ -118,8 +122,54 @@ impl Denial {
     }
 }
 
-fn stamp(path: &Path) -> Option<(SystemTime, u64)> {
-    std::fs::metadata(path).ok().and_then(|m| Some((m.modified().ok()?, m.len())))
+/// A file re-read when it changes: its path and the modification time and size last seen.
+#[derive(Debug)]
+struct WatchedFile {
+    path: PathBuf,
+    seen: Mutex<Option<(SystemTime, u64)>>,
+}
+
+impl WatchedFile {
+    /// Notes the file's state now (before its first read, so no change is missed).
+    fn new(path: &Path) -> WatchedFile {
+        WatchedFile { path: path.to_path_buf(), seen: Mutex::new(Self::stamp(path)) }
+    }
+
+    fn stamp(path: &Path) -> Option<(SystemTime, u64)> {
+        std::fs::metadata(path).ok().and_then(|m| Some((m.modified().ok()?, m.len())))
+    }
+
+    /// True once per change of the file since the last call.
+    fn changed(&self) -> bool {
+        let now = Self::stamp(&self.path);
+        let mut seen = self.seen.lock().unwrap_or_else(PoisonError::into_inner);
+        std::mem::replace(&mut *seen, now) != now
+    }
+
+    fn read(&self) -> Result<String, String> {
+        std::fs::read_to_string(&self.path).map_err(|e| format!("{}: {e}", self.path.display()))
+    }
+}
+
+/// What follows a [`WatchedFile`].
+trait Reload: Send + Sync + 'static {
+    fn reload_if_changed(&self);
+}
+
+/// Calls `target.reload_if_changed()` every [`RELOAD_CHECK`] on a blocking thread, until
+/// `target` is dropped (nothing outside a Tokio runtime).
+fn watch<T: Reload>(target: &Arc<T>) {
+    if tokio::runtime::Handle::try_current().is_err() {
+        return;
+    }
+    let target = Arc::downgrade(target);
+    tokio::spawn(async move {
+        loop {
+            tokio::time::sleep(RELOAD_CHECK).await;
+            let Some(target) = target.upgrade() else { return };
+            let _ = tokio::task::spawn_blocking(move || target.reload_if_changed()).await;
+        }
+    });
 }
 
 impl Authenticator {
@@ -129,12 +179,10 @@ impl Authenticator {
         public: Groups,
         internal: Option<InternalToken>,
     ) -> Result<Arc<Authenticator>, String> {
-        let stamp_now = stamp(file);
         let auth = Authenticator {
-            file: file.to_path_buf(),
+            file: WatchedFile::new(file),
             public,
             table: ArcSwap::from_pointee(TokenTable::default()),
-            stamp: std::sync::Mutex::new(stamp_now),
             internal,
         };
         let table = auth.read()?;
@@ -144,16 +192,13 @@ impl Authenticator {
         tracing::info!(file = %file.display(), tokens = table.len(), public = %public, "bearer-token authentication on");
         auth.table.store(Arc::new(table));
         let auth = Arc::new(auth);
-        if tokio::runtime::Handle::try_current().is_ok() {
-            tokio::spawn(watch(Arc::downgrade(&auth)));
-        }
+        watch(&auth);
         Ok(auth)
     }
 
     fn read(&self) -> Result<TokenTable, String> {
-        let text =
-            std::fs::read_to_string(&self.file).map_err(|e| format!("{}: {e}", self.file.display()))?;
-        let mut table = TokenTable::parse(&text, &self.file.display().to_string())?;
+        let text = self.file.read()?;
+        let mut table = TokenTable::parse(&text, &self.file.path.display().to_string())?;
         if let Some(internal) = &self.internal {
             let (token, grant) = internal.entry();
             table.insert(&token, grant);
@@ -164,17 +209,12 @@ impl Authenticator {
     /// Re-reads the file if its modification time or size changed; a file that no longer
     /// parses keeps the previous tokens (and says why in the log).
     pub fn reload_if_changed(&self) {
-        let now = stamp(&self.file);
-        {
-            let mut last = self.stamp.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-            if *last == now {
-                return;
-            }
-            *last = now;
+        if !self.file.changed() {
+            return;
         }
         match self.read() {
             Ok(table) => {
-                tracing::info!(file = %self.file.display(), tokens = table.len(), "token file reloaded");
+                tracing::info!(file = %self.file.path.display(), tokens = table.len(), "token file reloaded");
                 self.table.store(Arc::new(table));
             }
             Err(e) => {
@@ -208,12 +248,9 @@ impl Authenticator {
     }
 }
 
-async fn watch(auth: Weak<Authenticator>) {
-    loop {
-        tokio::time::sleep(RELOAD_CHECK).await;
-        let Some(auth) = auth.upgrade() else { return };
-        let reload = tokio::task::spawn_blocking(move || auth.reload_if_changed());
-        let _ = reload.await;
+impl Reload for Authenticator {
+    fn reload_if_changed(&self) {
+        Authenticator::reload_if_changed(self);
     }
 }
 
@@ -334,7 +371,34 @@ fn refusal<B, R: Default>(req: &http::Request<B>, denial: &Denial) -> http::Resp
 /// The token a server presents upstream (router -> node, node -> router), as a tonic
 /// interceptor; empty when none is configured.
 #[derive(Clone, Default)]
-pub struct Credential(Option<Arc<ArcSwapOption<MetadataValue<Ascii>>>>);
+pub struct Credential(Option<Arc<CredentialCell>>);
+
+/// The header value, and the file it comes from (none for an in-memory token).
+struct CredentialCell {
+    value: ArcSwapOption<MetadataValue<Ascii>>,
+    file: Option<WatchedFile>,
+}
+
+impl CredentialCell {
+    fn read(file: &WatchedFile) -> Result<MetadataValue<Ascii>, String> {
+        header_value(&file.read()?).map_err(|e| format!("{}: {e}", file.path.display()))
+    }
+}
+
+impl Reload for CredentialCell {
+    fn reload_if_changed(&self) {
+        let Some(file) = self.file.as_ref().filter(|f| f.changed()) else { return };
+        match Self::read(file) {
+            Ok(value) => {
+                self.value.store(Some(Arc::new(value)));
+                tracing::info!(file = %file.path.display(), "credential reloaded");
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "credential file changed but cannot be used; keeping the previous token")
+            }
+        }
+    }
+}
 
 impl std::fmt::Debug for Credential {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -361,52 +425,22 @@ impl Credential {
 
     /// A fixed token (in memory only).
     pub fn token(token: &str) -> Result<Credential, String> {
-        Ok(Credential(Some(Arc::new(ArcSwapOption::from_pointee(header_value(token)?)))))
+        let value = ArcSwapOption::from_pointee(header_value(token)?);
+        Ok(Credential(Some(Arc::new(CredentialCell { value, file: None }))))
     }
 
     /// The token in `path` (for example a mounted Secret), re-read when the file changes.
     pub fn from_file(path: &Path) -> Result<Credential, String> {
-        let read = |path: &Path| {
-            std::fs::read_to_string(path)
-                .map_err(|e| format!("{}: {e}", path.display()))
-                .and_then(|t| header_value(&t).map_err(|e| format!("{}: {e}", path.display())))
-        };
-        let mut last = stamp(path);
-        let cell = Arc::new(ArcSwapOption::from_pointee(read(path)?));
-        if tokio::runtime::Handle::try_current().is_ok() {
-            let weak = Arc::downgrade(&cell);
-            let path = path.to_path_buf();
-            tokio::spawn(async move {
-                loop {
-                    tokio::time::sleep(RELOAD_CHECK).await;
-                    let Some(cell) = weak.upgrade() else { return };
-                    let now = stamp(&path);
-                    if now == last {
-                        continue;
-                    }
-                    last = now;
-                    match read(&path) {
-                        Ok(value) => {
-                            cell.store(Some(Arc::new(value)));
-                            tracing::info!(file = %path.display(), "credential reloaded");
-                        }
-                        Err(e) => {
-                            tracing::error!(error = %e, "credential file changed but cannot be used; keeping the previous token")
-                        }
-                    }
-                }
-            });
-        }
+        let file = WatchedFile::new(path);
+        let value = ArcSwapOption::from_pointee(CredentialCell::read(&file)?);
+        let cell = Arc::new(CredentialCell { value, file: Some(file) });
+        watch(&cell);
         Ok(Credential(Some(cell)))
-    }
-
-    pub fn is_some(&self) -> bool {
-        self.0.is_some()
     }
 
     /// Sets (or replaces) the authorization header of an outgoing request.
     pub fn apply(&self, metadata: &mut tonic::metadata::MetadataMap) {
-        if let Some(value) = self.0.as_ref().and_then(|cell| cell.load_full()) {
+        if let Some(value) = self.0.as_ref().and_then(|cell| cell.value.load_full()) {
             metadata.insert("authorization", value.as_ref().clone());
         }
     }

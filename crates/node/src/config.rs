@@ -156,7 +156,7 @@ impl Config {
         }
         self.limits.validate()?;
         self.router_tls()?;
-        tern_gate::Groups::parse(&self.auth.auth_public).map_err(|e| format!("--auth-public: {e}"))?;
+        self.auth.validate()?;
         self.model_key.load()?;
         Ok(())
     }

@@ -175,7 +175,7 @@ impl Config {
         self.tls.server()?;
         self.tls.metrics_server()?;
         self.limits.validate()?;
-        tern_gate::Groups::parse(&self.auth.auth_public).map_err(|e| format!("--auth-public: {e}"))?;
+        self.auth.validate()?;
         if self.upstream_connections == 0 {
             return Err("--upstream-connections must be at least 1".into());
         }
