@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # tern-node's CPU per request on tiny_add under perf_analyzer, and optionally where it goes.
 #   benches/profile_tiny.sh [CONCURRENCY]          (default 16)
-#   NODE=path/to/tern-node REPO=dir PERF=1 benches/profile_tiny.sh 16
+#   NODE=path/to/tern-node REPO=dir PERF=1 TOP=40 benches/profile_tiny.sh 16
 # Prints throughput, p50, and the node's CPU time (utime + stime from /proc) divided by the
 # requests it served (nv_inference_request_success): a steadier figure than throughput on a
 # 2-core machine the client shares. PERF=1 also samples the node with `perf record` for 4 s
@@ -29,12 +29,14 @@ LD_LIBRARY_PATH=.tern/perf_analyzer/lib timeout 300 .tern/perf_analyzer/bin/perf
 pa=$!
 if [ "${PERF:-0}" = 1 ]; then
   sleep 3
-  perf record -F 1999 -g -p "$node" -o "$tmp/perf.data" -- sleep 4 >/dev/null 2>&1 || true
+  perf record -F 1999 ${PERF_CALLGRAPH:--g} -p "$node" -o "$tmp/perf.data" -- sleep 4 >/dev/null 2>&1 || true
 fi
 wait $pa || true
 t1=$(cpu)
-served=$(curl -s "127.0.0.1:$mport/metrics" | awk '/^nv_inference_request_success\{/ {print $2}')
-python3 - "$tmp/pa.txt" "$t0" "$t1" "$served" "$C" <<'PY'
+metrics=$(curl -s "127.0.0.1:$mport/metrics")
+served=$(awk '/^nv_inference_request_success\{/ {print $2}' <<<"$metrics")
+execs=$(awk '/^nv_inference_exec_count\{/ {print $2}' <<<"$metrics")
+python3 - "$tmp/pa.txt" "$t0" "$t1" "$served" "$C" "$execs" <<'PY'
 import re, sys
 text = open(sys.argv[1]).read()
 tput = re.search(r"Throughput: ([\d.]+)", text)
@@ -42,8 +44,16 @@ p50 = re.search(r"p50 latency: (\d+)", text)
 cpu_s = (float(sys.argv[3]) - float(sys.argv[2])) / 100
 served = float(sys.argv[4] or 0)
 print(f"tiny_add c={sys.argv[5]}: {float(tput.group(1)) if tput else 0:.0f} infer/s, p50 {p50.group(1) if p50 else '?'} us; "
-      f"node CPU {cpu_s:.2f} s for {served:.0f} requests = {cpu_s / max(served, 1) * 1e6:.1f} us per request")
+      f"node CPU {cpu_s:.2f} s for {served:.0f} requests = {cpu_s / max(served, 1) * 1e6:.1f} us per request; "
+      f"mean batch {served / max(float(sys.argv[6] or 0), 1):.1f}")
 PY
+# PERF_DATA=path keeps the samples for `perf report -i path`.
+if [ -n "${PERF_DATA:-}" ] && [ -s "$tmp/perf.data" ]; then cp "$tmp/perf.data" "$PERF_DATA"; fi
+if [ "${PERF:-0}" = 1 ] && [ -s "$tmp/perf.data" ] && [ -n "${TOP:-}" ]; then
+  # TOP=N: the N most expensive symbols as well.
+  perf report -i "$tmp/perf.data" --no-children --sort dso,symbol --stdio -g none 2>/dev/null \
+    | grep -E '^ +[0-9]' | sed -E 's/ +-? *-? *$//; s/ {2,}/  /g' | cut -c1-150 | head -n "$TOP"
+fi
 if [ "${PERF:-0}" = 1 ] && [ -s "$tmp/perf.data" ]; then
   perf report -i "$tmp/perf.data" --no-children --sort symbol --stdio -g none 2>/dev/null | python3 -c '
 import re, sys

@@ -5,7 +5,6 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use tern_backend::Instance;
 use tern_core::{DataType, IoSpec, ModelIo, Tensor};
 use tern_proto::inference::ModelConfig;
 use tern_repository::ModelSource;
@@ -135,17 +134,11 @@ pub fn load_version(
         }
         let count = backends.len();
         let placement: Vec<&str> = plans.iter().map(|p| p.label.as_str()).collect();
-        let instance = Instance::spawn_group(format!("{name}-{v}"), backends, 1024)
-            .map_err(|e| format!("model '{name}': cannot start instance thread: {e}"))?;
         let scheduling = SchedulerConfig::from_model_config(&config);
-        tracing::info!(
-            version = v,
-            instances = count,
-            placement = ?placement,
-            dynamic_batching = scheduling.dynamic,
-            "loaded"
-        );
-        let scheduler = Scheduler::start(name.clone(), scheduling, instance, runtime);
+        let dynamic_batching = scheduling.dynamic;
+        let scheduler = Scheduler::start(name.clone(), &format!("{name}-{v}"), scheduling, backends, runtime)
+            .map_err(|e| format!("model '{name}': cannot start instance thread: {e}"))?;
+        tracing::info!(version = v, instances = count, placement = ?placement, dynamic_batching, "loaded");
         let memory_bytes = version_dir_bytes(file.path()) * plans.len().max(1) as u64;
         Ok(LoadedModel {
             name: name.clone(),

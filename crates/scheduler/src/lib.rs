@@ -4,24 +4,26 @@
 //! queues, timeouts with REJECT or DELAY), cancellation, and per-model statistics.
 //!
 //! Layout: [`policy`] reads the config, [`state`] decides batches (plain, unit-tested),
-//! [`stats`] counts, and [`Scheduler`] is the handle plus the batching task that drives them.
-//! This crate knows nothing of gRPC servers or ONNX: it moves `Tensor`s to an `Instance`.
+//! [`stats`] counts, and [`Scheduler`] is the handle plus the threads that drive them.
+//!
+//! Batches are formed on the instance threads themselves: a free instance takes the queue's
+//! lock, asks the state for a batch, runs it and answers each request from the same thread. A
+//! request thus costs one hand-off to an instance and one back, and nothing wakes while all
+//! instances are busy (the next batch just keeps filling). A small async janitor answers queue
+//! timeouts and cancellations while the instances are busy. This crate knows nothing of gRPC
+//! servers or ONNX: it moves `Tensor`s to a `Backend`.
 
 pub mod policy;
 pub mod state;
 pub mod stats;
 
-use std::future::Future;
-use std::pin::Pin;
-use std::sync::Arc;
-use std::sync::Mutex;
-use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use tern_backend::{BackendError, BatchJob, Instance, batch::select_outputs};
+use tern_backend::{Backend, BackendError, BatchJob, batch::select_outputs};
 use tern_core::{RequestError, Tensor};
-use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, oneshot};
-use tracing::Instrument;
+use tokio::sync::{Notify, oneshot};
 
 pub use policy::SchedulerConfig;
 use state::{BatchState, Pending};
@@ -62,24 +64,40 @@ struct Reorder {
     done: std::collections::BTreeMap<u64, (Reply, Result<Vec<Tensor>, RequestError>)>,
 }
 
+/// Everything behind the queue's lock.
+struct Queue {
+    batch: BatchState<Item>,
+    /// Instance threads waiting on `Shared::work`.
+    idle: usize,
+    /// Set when the scheduler is dropped: the instances finish the queue, then end.
+    closed: bool,
+}
+
 struct Shared {
     model: String,
-    state: Mutex<BatchState<Item>>,
-    notify: Notify,
+    queue: Mutex<Queue>,
+    /// Wakes idle instance threads: a batch may be ready, or the queue was closed.
+    work: Condvar,
+    /// Wakes the janitor: a request with a queue timeout arrived, or a caller gave up.
+    janitor: Notify,
     stats: Arc<ModelStats>,
-    closed: AtomicBool,
     preserve_ordering: bool,
     order: Mutex<Reorder>,
 }
 
 impl Shared {
+    fn lock(&self) -> MutexGuard<'_, Queue> {
+        // Nothing panics while holding the lock; should it happen, the queue is still sound.
+        self.queue.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
     /// Answers one request: at once, or in arrival order with `preserve_ordering`.
     fn respond(&self, seq: u64, reply: Reply, result: Result<Vec<Tensor>, RequestError>) {
         if !self.preserve_ordering {
             let _ = reply.send(result);
             return;
         }
-        let Ok(mut order) = self.order.lock() else { return };
+        let mut order = self.order.lock().unwrap_or_else(|e| e.into_inner());
         order.done.insert(seq, (reply, result));
         loop {
             let next = order.next_release;
@@ -89,42 +107,84 @@ impl Shared {
             let _ = reply.send(result);
         }
     }
+
+    /// Answers the requests the state removed without running: timed out or cancelled.
+    fn answer_dropped(&self, dropped: Vec<(Pending<Item>, FailureReason)>) {
+        for (p, reason) in dropped {
+            self.stats.record_failure(reason, p.enqueued.elapsed());
+            let message = match reason {
+                FailureReason::Rejected => format!("Request timeout expired for model '{}'", self.model),
+                _ => format!("request for model '{}' was cancelled", self.model),
+            };
+            self.respond(p.item.seq, p.item.reply, Err(RequestError::Unavailable(message)));
+        }
+    }
+}
+
+/// Resolves when a model's instance threads have ended; see [`Scheduler::finished`].
+#[derive(Clone)]
+pub struct Finished(tokio::sync::watch::Receiver<usize>);
+
+impl Finished {
+    /// Resolves when every instance thread has ended and dropped its backend.
+    pub async fn wait(mut self) {
+        let _ = self.0.wait_for(|n| *n == 0).await;
+    }
 }
 
 /// The scheduler of one model version. Dropping it lets the queued requests finish, then ends
-/// its batching task.
+/// its instance threads.
 pub struct Scheduler {
     shared: Arc<Shared>,
     config: SchedulerConfig,
-    instance_finished: tern_backend::Finished,
+    finished: Finished,
 }
 
 impl Scheduler {
-    /// Starts the batching task on `runtime`, feeding `instance`.
+    /// Starts one OS thread per backend (config `instance_group.count`), named
+    /// `tern-{label}-{i}`, all serving this model's queue, and the janitor task on `runtime`.
     pub fn start(
         model: String,
+        label: &str,
         config: SchedulerConfig,
-        instance: Instance,
+        backends: Vec<Box<dyn Backend>>,
         runtime: &tokio::runtime::Handle,
-    ) -> Scheduler {
+    ) -> std::io::Result<Scheduler> {
         let shared = Arc::new(Shared {
             model,
-            state: Mutex::new(BatchState::new(config.clone())),
-            notify: Notify::new(),
+            queue: Mutex::new(Queue { batch: BatchState::new(config.clone()), idle: 0, closed: false }),
+            work: Condvar::new(),
+            janitor: Notify::new(),
             stats: Arc::new(ModelStats::new(config.max_batch_size)),
-            closed: AtomicBool::new(false),
             preserve_ordering: config.preserve_ordering,
             order: Mutex::new(Reorder::default()),
         });
-        let instance_finished = instance.finished();
-        runtime.spawn(batch_task(shared.clone(), instance, config.max_batch_size > 0));
-        Scheduler { shared, config, instance_finished }
+        let (live_tx, live_rx) = tokio::sync::watch::channel(backends.len());
+        let live_tx = Arc::new(live_tx);
+        let batching = config.max_batch_size > 0;
+        for (i, backend) in backends.into_iter().enumerate() {
+            let mine = shared.clone();
+            let live_tx = live_tx.clone();
+            let spawned = std::thread::Builder::new().name(format!("tern-{label}-{i}")).spawn(move || {
+                instance_thread(&mine, backend, batching);
+                // The backend (and its session) has been dropped by now.
+                live_tx.send_modify(|n| *n = n.saturating_sub(1));
+            });
+            if let Err(e) = spawned {
+                // The threads already started end once they see the queue closed.
+                shared.lock().closed = true;
+                shared.work.notify_all();
+                return Err(e);
+            }
+        }
+        runtime.spawn(janitor(shared.clone()));
+        Ok(Scheduler { shared, config, finished: Finished(live_rx) })
     }
 
     /// Resolves when this model's instances have ended (after the scheduler is dropped and
     /// its queued requests are done): its sessions are freed by then.
-    pub fn finished(&self) -> tern_backend::Finished {
-        self.instance_finished.clone()
+    pub fn finished(&self) -> Finished {
+        self.finished.clone()
     }
 
     pub fn stats(&self) -> &Arc<ModelStats> {
@@ -157,7 +217,7 @@ impl Scheduler {
             item: Item {
                 seq: 0,
                 span: tracing::Span::current(),
-                queue_span: tracing::info_span!("queue"),
+                queue_span: tracing::debug_span!("queue"),
                 inputs: job.inputs,
                 outputs: job.outputs,
                 reply,
@@ -168,19 +228,23 @@ impl Scheduler {
             enqueued,
             deadline: timeout.map(|t| enqueued + t),
         };
-        let pushed = match self.shared.state.lock() {
-            Ok(mut state) => {
-                // Numbered under the queue lock, so the numbers follow arrival order; a
-                // rejected request takes no number.
-                let mut order = self.shared.order.lock().unwrap_or_else(|e| e.into_inner());
-                pending.item.seq = order.next_seq;
-                let ok = state.push(pending).is_ok();
-                if ok {
-                    order.next_seq += 1;
-                }
-                ok
+        let (pushed, wake) = {
+            let mut queue = self.shared.lock();
+            // Numbered under the queue lock, so the numbers follow arrival order; a rejected
+            // request takes no number.
+            let mut order = self.shared.order.lock().unwrap_or_else(|e| e.into_inner());
+            pending.item.seq = order.next_seq;
+            let was_empty = queue.batch.is_empty();
+            let pushed = queue.batch.push(pending).is_ok();
+            if pushed {
+                order.next_seq += 1;
             }
-            Err(_) => false,
+            // An idle instance needs waking only when this arrival changes what it would do:
+            // it starts the delay of a new batch, or the batch is now ready. Otherwise the
+            // instance is already waiting for the right moment (or busy, and will look when
+            // done).
+            let wake = pushed && queue.idle > 0 && (was_empty || queue.batch.ready(enqueued));
+            (pushed, wake)
         };
         if !pushed {
             self.shared.stats.record_failure(FailureReason::Rejected, enqueued.elapsed());
@@ -190,8 +254,16 @@ impl Scheduler {
             )));
         }
         self.shared.stats.pending.fetch_add(1, Relaxed);
-        self.shared.notify.notify_one();
-        reply_rx.await.unwrap_or_else(|_| {
+        if wake {
+            self.shared.work.notify_one();
+        }
+        if timeout.is_some() {
+            self.shared.janitor.notify_one();
+        }
+        let mut waiting = Waiting { reply: reply_rx, answered: false, shared: &self.shared };
+        let result = (&mut waiting.reply).await;
+        waiting.answered = true;
+        result.unwrap_or_else(|_| {
             Err(RequestError::Unavailable(format!(
                 "model '{}' stopped before running the request",
                 self.shared.model
@@ -200,107 +272,103 @@ impl Scheduler {
     }
 }
 
+/// A caller waiting for its answer. Dropped before the answer came (the client cancelled, or
+/// its deadline passed), it closes the reply channel and has the janitor take the request out
+/// of the queue now rather than when an instance next looks.
+struct Waiting<'a> {
+    reply: oneshot::Receiver<Result<Vec<Tensor>, RequestError>>,
+    answered: bool,
+    shared: &'a Shared,
+}
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        if !self.answered {
+            // Closed first, so the janitor sees the request as cancelled.
+            self.reply.close();
+            self.shared.janitor.notify_one();
+        }
+    }
+}
+
 impl Drop for Scheduler {
     fn drop(&mut self) {
-        self.shared.closed.store(true, Relaxed);
-        self.shared.notify.notify_one();
+        self.shared.lock().closed = true;
+        self.shared.work.notify_all();
+        self.shared.janitor.notify_one();
     }
 }
 
-/// A pending precise sleep (see [`sleep_until_precise`]).
-type Sleep = Pin<Box<dyn Future<Output = ()> + Send>>;
-
-/// Forms batches whenever an instance is free: while all are busy, requests keep queueing and
-/// the next batch grows, so it is sealed at the moment an instance can take it. Busy or not,
-/// cancelled and timed-out requests leave the queue as soon as that happens.
-async fn batch_task(shared: Arc<Shared>, instance: Instance, batching: bool) {
-    let idle = Arc::new(Semaphore::new(instance.count().max(1)));
-    let mut permit: Option<OwnedSemaphorePermit> = None;
-    // The pending wake-up, kept across iterations while its instant stays the same: every
-    // arrival wakes this loop, and starting a new precise sleep each time would put one
-    // blocking-pool thread to sleep per request instead of one per batch.
-    let mut timer: Option<(Instant, Sleep)> = None;
+/// One instance: whenever it is free it takes the next batch from the queue, runs it and answers
+/// its requests. While it runs, requests keep queueing, so the next batch is sealed the moment
+/// the instance can take it. With nothing to run it sleeps until the state's next decision time
+/// (the oldest request's max queue delay, or a queue timeout) or until an arrival wakes it.
+fn instance_thread(shared: &Shared, mut backend: Box<dyn Backend>, batching: bool) {
+    let mut queue = shared.lock();
     loop {
-        if permit.is_none() {
-            permit = idle.clone().try_acquire_owned().ok();
-        }
-        let notified = shared.notify.notified();
-        let (next, empty) = match shared.state.lock() {
-            Ok(mut state) => {
-                let next = state.next(Instant::now(), permit.is_some(), |item: &Item| item.reply.is_closed());
-                (next, state.is_empty())
+        let now = Instant::now();
+        let next = queue.batch.next(now, true, |item: &Item| item.reply.is_closed());
+        if !next.run.is_empty() || !next.dropped.is_empty() {
+            drop(queue);
+            let removed = (next.dropped.len() + next.run.len()) as u64;
+            shared.stats.pending.fetch_sub(removed, Relaxed);
+            shared.answer_dropped(next.dropped);
+            if !next.run.is_empty() {
+                execute(shared, backend.as_mut(), next.run, batching);
             }
-            Err(_) => return,
-        };
-        let removed = (next.dropped.len() + next.run.len()) as u64;
-        shared.stats.pending.fetch_sub(removed, Relaxed);
-        for (p, reason) in next.dropped {
-            shared.stats.record_failure(reason, p.enqueued.elapsed());
-            let message = match reason {
-                FailureReason::Rejected => format!("Request timeout expired for model '{}'", shared.model),
-                _ => format!("request for model '{}' was cancelled", shared.model),
-            };
-            shared.respond(p.item.seq, p.item.reply, Err(RequestError::Unavailable(message)));
-        }
-        if !next.run.is_empty()
-            && let Some(p) = permit.take()
-        {
-            tokio::spawn(execute(shared.clone(), instance.clone(), next.run, batching, p));
+            queue = shared.lock();
             continue;
         }
-        if empty && shared.closed.load(Relaxed) {
+        if queue.closed && queue.batch.is_empty() {
+            // The janitor ends too once it sees the queue closed and empty.
+            drop(queue);
+            shared.janitor.notify_one();
             return;
         }
-        match next.wake_at {
-            Some(at) if timer.as_ref().map(|(t, _)| *t) != Some(at) => {
-                timer = Some((at, Box::pin(sleep_until_precise(at))));
-            }
-            Some(_) => {}
-            None => timer = None,
-        }
-        let wake = async {
-            match timer.as_mut() {
-                Some((_, sleep)) => sleep.as_mut().await,
-                None => std::future::pending().await,
-            }
+        queue.idle += 1;
+        // std's condvar waits on a futex with the kernel's high-resolution timers, precise to
+        // tens of microseconds: tokio's 1 ms timer would stretch a 100 µs max_queue_delay.
+        queue = match next.wake_at {
+            Some(at) => match shared.work.wait_timeout(queue, at.saturating_duration_since(now)) {
+                Ok((q, _)) => q,
+                Err(e) => e.into_inner().0,
+            },
+            None => shared.work.wait(queue).unwrap_or_else(|e| e.into_inner()),
         };
-        let free = async {
-            match permit {
-                Some(_) => std::future::pending().await,
-                None => idle.clone().acquire_owned().await.ok(),
-            }
+        queue.idle -= 1;
+    }
+}
+
+/// Answers queue timeouts and cancellations while every instance is busy (an idle instance
+/// would find them itself only when it next looks). Sleeps until the earliest queue timeout or
+/// until woken by an arrival with a timeout or a caller that gave up.
+async fn janitor(shared: Arc<Shared>) {
+    loop {
+        let notified = shared.janitor.notified();
+        let (dropped, wake_at, done) = {
+            let mut queue = shared.lock();
+            let next = queue.batch.next(Instant::now(), false, |item: &Item| item.reply.is_closed());
+            (next.dropped, next.wake_at, queue.closed && queue.batch.is_empty())
         };
-        let mut fired = false;
-        tokio::select! {
-            _ = notified => {}
-            _ = wake => fired = true,
-            p = free => permit = p,
+        shared.stats.pending.fetch_sub(dropped.len() as u64, Relaxed);
+        shared.answer_dropped(dropped);
+        if done {
+            return;
         }
-        if fired {
-            timer = None;
+        match wake_at {
+            Some(at) => {
+                tokio::select! {
+                    _ = notified => {}
+                    _ = tokio::time::sleep_until(at.into()) => {}
+                }
+            }
+            None => notified.await,
         }
     }
 }
 
-/// Tokio's timer has a 1 ms resolution, which would turn a 100 µs `max_queue_delay` into a
-/// millisecond of added latency. Waits shorter than that sleep on a blocking-pool thread
-/// instead (precise to tens of microseconds on Linux); longer ones use the timer.
-async fn sleep_until_precise(at: Instant) {
-    let left = at.saturating_duration_since(Instant::now());
-    if left >= Duration::from_millis(2) {
-        tokio::time::sleep_until(at.into()).await;
-    } else if !left.is_zero() {
-        let _ = tokio::task::spawn_blocking(move || std::thread::sleep(left)).await;
-    }
-}
-
-async fn execute(
-    shared: Arc<Shared>,
-    instance: Instance,
-    batch: Vec<Pending<Item>>,
-    batching: bool,
-    permit: OwnedSemaphorePermit,
-) {
+/// Runs one batch on the calling instance thread and answers its requests.
+fn execute(shared: &Shared, backend: &mut dyn Backend, batch: Vec<Pending<Item>>, batching: bool) {
     // One output list for the whole execution: the common one, or all outputs when the
     // requests asked for different ones (each then keeps its own).
     let common = batch.first().map(|p| p.item.outputs.clone()).unwrap_or_default();
@@ -310,7 +378,7 @@ async fn execute(
     let mut waiting = Vec::with_capacity(batch.len());
     let mut requests = Vec::with_capacity(batch.len());
     // The execution's span follows from every request it serves; their queue spans end here.
-    let batch_span = tracing::info_span!("execute", model = %shared.model, batch_size);
+    let batch_span = tracing::debug_span!("execute", model = %shared.model, batch_size);
     for p in &batch {
         batch_span.follows_from(&p.item.span);
     }
@@ -319,11 +387,11 @@ async fn execute(
         requests.push(p.item.inputs);
         waiting.push((p.enqueued, p.item.seq, p.item.outputs, p.item.reply));
     }
-    let (result, t) = instance
-        .run_batch(BatchJob { requests, rows, outputs: outputs.clone() })
-        .instrument(batch_span)
-        .await;
-    drop(permit);
+    let (result, t) = batch_span
+        .in_scope(|| tern_backend::run(backend, BatchJob { requests, rows, outputs: outputs.clone() }));
+    // Closed before the answers go out: a client that has its answer may count on the
+    // execution's span being complete (exported traces).
+    drop(batch_span);
     let stats = &shared.stats;
     match result {
         Ok(per_request) => {
@@ -367,7 +435,6 @@ fn backend_error(model: &str, e: BackendError) -> (FailureReason, RequestError) 
         BackendError::InvalidInput(m) => {
             (FailureReason::Other, RequestError::InvalidArgument(format!("model '{model}': {m}")))
         }
-        BackendError::Stopped(m) => (FailureReason::Other, RequestError::Unavailable(m)),
         BackendError::Load(m) | BackendError::Execution(m) => {
             (FailureReason::Backend, RequestError::Internal(format!("model '{model}': {m}")))
         }

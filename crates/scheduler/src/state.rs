@@ -127,29 +127,35 @@ impl<T> BatchState<T> {
         if closed || self.config.max_queue_delay.is_zero() {
             return Some(count);
         }
-        let prefix: Vec<u32> = self
-            .candidates()
-            .take(count)
-            .scan(0u32, |acc, p| {
-                *acc += p.rows;
-                Some(*acc)
-            })
-            .collect();
-        let total = *prefix.last().unwrap_or(&0);
         let preferred = &self.config.preferred_batch_sizes;
+        // Rows so far, and the longest prefix whose rows are a preferred size.
+        let mut total = 0u32;
+        let mut preferred_prefix = None;
+        let mut oldest: Option<Instant> = None;
+        for (i, p) in self.candidates().take(count).enumerate() {
+            total += p.rows;
+            if preferred.contains(&total) {
+                preferred_prefix = Some(i + 1);
+            }
+            oldest = Some(oldest.map_or(p.enqueued, |o| o.min(p.enqueued)));
+        }
         if preferred.contains(&total) {
             return Some(count);
         }
         // Past the largest preferred size nothing larger is worth waiting for: send the longest
         // prefix that is a preferred size, if there is one.
-        if let Some(&largest) = preferred.last()
-            && total > largest
-            && let Some(k) = prefix.iter().rposition(|r| preferred.contains(r))
-        {
-            return Some(k + 1);
+        if preferred.last().is_some_and(|&largest| total > largest) && preferred_prefix.is_some() {
+            return preferred_prefix;
         }
-        let oldest = self.candidates().take(count).map(|p| p.enqueued).min()?;
-        (now.duration_since(oldest) >= self.config.max_queue_delay).then_some(count)
+        (now.duration_since(oldest?) >= self.config.max_queue_delay).then_some(count)
+    }
+
+    /// Whether a free instance would run a batch at `now`, without changing anything: lets a
+    /// new arrival wake an idle instance only when that changes what it would do. Cancelled and
+    /// timed-out requests still count here; [`BatchState::next`] removes them.
+    pub fn ready(&self, now: Instant) -> bool {
+        let (count, full) = self.gather();
+        count > 0 && (!self.config.dynamic || self.decide(now, count, full).is_some())
     }
 
     /// Queue order: level 1 first, FIFO within a level, delayed requests last.
@@ -246,6 +252,25 @@ mod tests {
         s.push(pending(3, 1, t0)).expect("room");
         assert_eq!(ids(&s.next(t0, true, |_| false).run), vec![0, 1, 2, 3]);
         assert!(s.is_empty());
+    }
+
+    #[test]
+    fn ready_agrees_with_next_and_changes_nothing() {
+        let t0 = Instant::now();
+        let mut s = BatchState::new(config(8, &[4], 100));
+        assert!(!s.ready(t0), "empty");
+        for i in 0..3 {
+            s.push(pending(i, 1, t0)).expect("room");
+        }
+        assert!(!s.ready(t0), "3 rows, delay not over");
+        assert!(s.ready(t0 + Duration::from_micros(100)), "the oldest waited max_queue_delay");
+        s.push(pending(3, 1, t0)).expect("room");
+        assert!(s.ready(t0), "a preferred size");
+        assert_eq!(s.len(), 4);
+        assert_eq!(ids(&s.next(t0, true, |_| false).run), vec![0, 1, 2, 3]);
+        let mut s = BatchState::new(SchedulerConfig { dynamic: false, ..config(8, &[], 1_000) });
+        s.push(pending(0, 1, t0)).expect("room");
+        assert!(s.ready(t0), "the default scheduler runs any request at once");
     }
 
     #[test]

@@ -6,7 +6,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
-use tern_backend::{Backend, BackendError, Instance};
+use tern_backend::{Backend, BackendError};
 use tern_core::{DataType, RequestError, Tensor};
 use tern_scheduler::policy::{OnTimeout, QueuePolicy};
 use tern_scheduler::{FailureReason, InferJob, Scheduler, SchedulerConfig};
@@ -106,8 +106,15 @@ fn rig(cfg: SchedulerConfig, gated: bool) -> Rig {
     let seen = Arc::new(Mutex::new(Vec::new()));
     let gate = Arc::new(Gate::default());
     let backend = AddOne { seen: seen.clone(), gate: gated.then(|| gate.clone()) };
-    let instance = Instance::spawn("test".into(), Box::new(backend), 4).expect("spawn");
-    let scheduler = Arc::new(Scheduler::start("m".into(), cfg, instance, &tokio::runtime::Handle::current()));
+    let scheduler = Scheduler::start(
+        "m".into(),
+        "test",
+        cfg,
+        vec![Box::new(backend)],
+        &tokio::runtime::Handle::current(),
+    )
+    .expect("start");
+    let scheduler = Arc::new(scheduler);
     Rig { scheduler, seen, gate }
 }
 
@@ -207,6 +214,18 @@ async fn cancelled_and_timed_out_requests_never_run() {
     };
     tokio::time::sleep(Duration::from_millis(50)).await;
     cancelled.abort();
+    // It leaves the queue and is counted while the instance is still busy, not when it next looks.
+    let count = |reason| {
+        let s = r.scheduler.stats().snapshot();
+        s.failures.iter().find(|(r, _)| *r == reason).map(|(_, n)| *n)
+    };
+    for _ in 0..200 {
+        if count(FailureReason::Canceled) == Some(1) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(count(FailureReason::Canceled), Some(1), "the cancelled request left the queue at once");
     // Timed out: 10 ms allowed, the instance stays busy longer.
     let timed_out =
         r.scheduler.infer(InferJob { timeout: Some(Duration::from_millis(10)), ..job(5, 0.0) }).await;
@@ -223,10 +242,9 @@ async fn cancelled_and_timed_out_requests_never_run() {
         vec![1, 2],
         "neither the cancelled (3) nor the timed-out (5) ran"
     );
-    let s = r.scheduler.stats().snapshot();
-    let count = |reason| s.failures.iter().find(|(r, _)| *r == reason).map(|(_, n)| *n);
     assert_eq!(count(FailureReason::Canceled), Some(1));
     assert_eq!(count(FailureReason::Rejected), Some(1));
+    assert_eq!(r.scheduler.stats().snapshot().pending, 0, "nothing left queued");
 }
 
 /// Blocks only executions whose first element is 0.0; the others run at once.
@@ -251,11 +269,13 @@ async fn ordering_run(preserve: bool) -> bool {
     let gate = Arc::new(Gate::default());
     let backends: Vec<Box<dyn Backend>> =
         vec![Box::new(GateOnZero { gate: gate.clone() }), Box::new(GateOnZero { gate: gate.clone() })];
-    let instance = Instance::spawn_group("ordering".into(), backends, 4).expect("spawn");
     let mut cfg = config(8, &[], Duration::ZERO);
     cfg.dynamic = false;
     cfg.preserve_ordering = preserve;
-    let scheduler = Arc::new(Scheduler::start("m".into(), cfg, instance, &tokio::runtime::Handle::current()));
+    let scheduler =
+        Scheduler::start("m".into(), "ordering", cfg, backends, &tokio::runtime::Handle::current())
+            .expect("start");
+    let scheduler = Arc::new(scheduler);
     let slow = {
         let s = scheduler.clone();
         tokio::spawn(async move { s.infer(job(1, 0.0)).await })

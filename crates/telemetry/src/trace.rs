@@ -238,9 +238,15 @@ pub fn init_tracing(cfg: &TracingConfig) -> Result<TracingGuard, TelemetryError>
             let (provider, runtime) = build_provider(&settings, &cfg.service_name)?;
             let tracer = provider.tracer("tern");
             guard = TracingGuard { provider: Some(provider), runtime: Some(runtime) };
+            // What is exported: info spans (the request's `infer`) and the scheduler's and
+            // backend's debug spans (`queue`, `execute`, `compute_*`), which exist only when
+            // something consumes them, so a node that does not export does not pay for them.
             // The exporter's own transport must not be traced (each export would make spans).
-            let transport_off = Targets::new()
-                .with_default(LevelFilter::TRACE)
+            let exported = Targets::new()
+                .with_default(LevelFilter::INFO)
+                .with_target("tern_scheduler", LevelFilter::DEBUG)
+                .with_target("tern_backend", LevelFilter::DEBUG)
+                .with_target("ort", LevelFilter::WARN)
                 .with_target("h2", LevelFilter::OFF)
                 .with_target("hyper", LevelFilter::OFF)
                 .with_target("hyper_util", LevelFilter::OFF)
@@ -249,13 +255,13 @@ pub fn init_tracing(cfg: &TracingConfig) -> Result<TracingGuard, TelemetryError>
                 .with_target("opentelemetry", LevelFilter::OFF)
                 .with_target("opentelemetry_sdk", LevelFilter::OFF)
                 .with_target("opentelemetry_otlp", LevelFilter::OFF);
-            Some(tracing_opentelemetry::layer().with_tracer(tracer).with_filter(transport_off))
+            Some(tracing_opentelemetry::layer().with_tracer(tracer).with_filter(exported))
         }
         None => None,
     };
+    // Each layer filters for itself: the log filter must not decide what is exported.
     tracing_subscriber::registry()
-        .with(cfg.env_filter())
-        .with(fmt)
+        .with(fmt.with_filter(cfg.env_filter()))
         .with(otel)
         .try_init()
         .map_err(|e| TelemetryError::Tracing(format!("cannot install the tracing subscriber: {e}")))?;

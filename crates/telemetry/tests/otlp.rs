@@ -70,6 +70,9 @@ async fn request_span_tree_reaches_an_otlp_collector_under_the_clients_trace() {
         let queue = tracing::info_span!("queue");
         let _in_queue = queue.enter();
         tracing::info!("queued");
+        // The scheduler's debug spans are exported; other crates' debug spans are not.
+        drop(tracing::debug_span!(target: "tern_scheduler", "execute").entered());
+        drop(tracing::debug_span!("chatter").entered());
     }
     // Dropping the guard flushes the batch (blocking: off the async workers).
     tokio::task::spawn_blocking(move || drop(guard)).await.expect("flush");
@@ -77,10 +80,10 @@ async fn request_span_tree_reaches_an_otlp_collector_under_the_clients_trace() {
     let mut spans = Vec::new();
     let mut service_name = None;
     let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-    while spans.len() < 2 {
+    while spans.len() < 3 {
         let req = tokio::time::timeout_at(deadline, rx.recv())
             .await
-            .expect("the collector got both spans within 20 s")
+            .expect("the collector got the spans within 20 s")
             .expect("collector alive");
         for rs in req.resource_spans {
             for attr in rs.resource.iter().flat_map(|r| r.attributes.iter()) {
@@ -100,6 +103,13 @@ async fn request_span_tree_reaches_an_otlp_collector_under_the_clients_trace() {
     assert_eq!(hex(&infer.parent_span_id), CLIENT_SPAN, "request's parent is the client's span");
     assert_eq!(queue.trace_id, infer.trace_id);
     assert_eq!(queue.parent_span_id, infer.span_id, "queue is a child of the request");
+    let execute = spans.iter().find(|s| s.name == "execute").expect("the scheduler's debug span");
+    assert_eq!(execute.parent_span_id, queue.span_id);
+    assert!(
+        spans.iter().all(|s| s.name != "chatter"),
+        "{:?}",
+        spans.iter().map(|s| &s.name).collect::<Vec<_>>()
+    );
 
     let _ = stop_tx.send(());
     let _ = collector.await;
