@@ -69,6 +69,11 @@ struct Queue {
     batch: BatchState<Item>,
     /// Instance threads waiting on `Shared::work`.
     idle: usize,
+    /// Wake-ups sent to idle instances that they have not taken yet. std's condvar makes a
+    /// syscall on every notify, waiter or not, so arrivals notify only when an idle instance is
+    /// not already on its way (say the oldest request's delay has passed: without this, every
+    /// arrival until the instance has the lock would notify again).
+    wakes_pending: usize,
     /// Set when the scheduler is dropped: the instances finish the queue, then end.
     closed: bool,
 }
@@ -152,7 +157,12 @@ impl Scheduler {
     ) -> std::io::Result<Scheduler> {
         let shared = Arc::new(Shared {
             model,
-            queue: Mutex::new(Queue { batch: BatchState::new(config.clone()), idle: 0, closed: false }),
+            queue: Mutex::new(Queue {
+                batch: BatchState::new(config.clone()),
+                idle: 0,
+                wakes_pending: 0,
+                closed: false,
+            }),
             work: Condvar::new(),
             janitor: Notify::new(),
             stats: Arc::new(ModelStats::new(config.max_batch_size)),
@@ -243,7 +253,11 @@ impl Scheduler {
             // it starts the delay of a new batch, or the batch is now ready. Otherwise the
             // instance is already waiting for the right moment (or busy, and will look when
             // done).
-            let wake = pushed && queue.idle > 0 && (was_empty || queue.batch.ready(enqueued));
+            let wake =
+                pushed && queue.idle > queue.wakes_pending && (was_empty || queue.batch.ready(enqueued));
+            if wake {
+                queue.wakes_pending += 1;
+            }
             (pushed, wake)
         };
         if !pushed {
@@ -336,6 +350,8 @@ fn instance_thread(shared: &Shared, mut backend: Box<dyn Backend>, batching: boo
             None => shared.work.wait(queue).unwrap_or_else(|e| e.into_inner()),
         };
         queue.idle -= 1;
+        // Woken or timed out, this instance looks at the queue now: a pending wake-up is spent.
+        queue.wakes_pending = queue.wakes_pending.saturating_sub(1);
     }
 }
 
