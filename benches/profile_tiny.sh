@@ -22,7 +22,14 @@ trap 'kill $node 2>/dev/null || true; wait $node 2>/dev/null || true; rm -rf "$t
 for _ in $(seq 1 300); do grep -q "tern-node ready" "$tmp/node.log" && break; sleep 0.1; done
 grep -q "tern-node ready" "$tmp/node.log" || { cat "$tmp/node.log"; exit 1; }
 cpu() { awk '{print $14 + $15}' "/proc/$node/stat"; }
+# Context switches by thread kind (tokio workers, instance threads, ...): "kind voluntary involuntary".
+switches() {
+  for t in /proc/$node/task/*; do
+    printf '%s %s\n' "$(sed 's/-[0-9]*$//' "$t/comm")" "$(awk '/^voluntary_ctxt/ {v=$2} /^nonvoluntary_ctxt/ {n=$2} END {print v, n}' "$t/status")"
+  done | awk '{v[$1]+=$2; n[$1]+=$3} END {for (k in v) print k, v[k], n[k]}' | sort
+}
 t0=$(cpu)
+switches >"$tmp/sw0"
 LD_LIBRARY_PATH=.tern/perf_analyzer/lib timeout 300 .tern/perf_analyzer/bin/perf_analyzer -m tiny_add \
   -u "127.0.0.1:$port" -i grpc --concurrency-range "$C:$C" --measurement-interval 4000 \
   --stability-percentage 40 --max-trials 4 >"$tmp/pa.txt" 2>&1 &
@@ -33,6 +40,7 @@ if [ "${PERF:-0}" = 1 ]; then
 fi
 wait $pa || true
 t1=$(cpu)
+switches >"$tmp/sw1"
 metrics=$(curl -s "127.0.0.1:$mport/metrics")
 served=$(awk '/^nv_inference_request_success\{/ {print $2}' <<<"$metrics")
 execs=$(awk '/^nv_inference_exec_count\{/ {print $2}' <<<"$metrics")
@@ -47,6 +55,8 @@ print(f"tiny_add c={sys.argv[5]}: {float(tput.group(1)) if tput else 0:.0f} infe
       f"node CPU {cpu_s:.2f} s for {served:.0f} requests = {cpu_s / max(served, 1) * 1e6:.1f} us per request; "
       f"mean batch {served / max(float(sys.argv[6] or 0), 1):.1f}")
 PY
+# Threads that ended during the run (none should) drop out of the join.
+join "$tmp/sw0" "$tmp/sw1" | awk -v n="${served:-0}" 'n > 0 {printf "  context switches per request, %s threads: %.3f voluntary, %.3f involuntary\n", $1, ($4-$2)/n, ($5-$3)/n}'
 # PERF_DATA=path keeps the samples for `perf report -i path`.
 if [ -n "${PERF_DATA:-}" ] && [ -s "$tmp/perf.data" ]; then cp "$tmp/perf.data" "$PERF_DATA"; fi
 if [ "${PERF:-0}" = 1 ] && [ -s "$tmp/perf.data" ] && [ -n "${TOP:-}" ]; then
