@@ -115,6 +115,7 @@ impl Shared {
 
     /// Answers the requests the state removed without running: timed out or cancelled.
     fn answer_dropped(&self, dropped: Vec<(Pending<Item>, FailureReason)>) {
+        self.stats.pending.fetch_sub(dropped.len() as u64, Relaxed);
         for (p, reason) in dropped {
             self.stats.record_failure(reason, p.enqueued.elapsed());
             let message = match reason {
@@ -240,13 +241,18 @@ impl Scheduler {
         };
         let (pushed, wake) = {
             let mut queue = self.shared.lock();
-            // Numbered under the queue lock, so the numbers follow arrival order; a rejected
-            // request takes no number.
-            let mut order = self.shared.order.lock().unwrap_or_else(|e| e.into_inner());
-            pending.item.seq = order.next_seq;
+            // With `preserve_ordering`, numbered under the queue lock, so the numbers follow
+            // arrival order; a rejected request takes no number. Without it the number is unused.
+            let mut order = self
+                .shared
+                .preserve_ordering
+                .then(|| self.shared.order.lock().unwrap_or_else(|e| e.into_inner()));
+            if let Some(order) = &order {
+                pending.item.seq = order.next_seq;
+            }
             let was_empty = queue.batch.is_empty();
             let pushed = queue.batch.push(pending).is_ok();
-            if pushed {
+            if pushed && let Some(order) = &mut order {
                 order.next_seq += 1;
             }
             // An idle instance needs waking only when this arrival changes what it would do:
@@ -324,10 +330,9 @@ fn instance_thread(shared: &Shared, mut backend: Box<dyn Backend>, batching: boo
         let next = queue.batch.next(now, true, |item: &Item| item.reply.is_closed());
         if !next.run.is_empty() || !next.dropped.is_empty() {
             drop(queue);
-            let removed = (next.dropped.len() + next.run.len()) as u64;
-            shared.stats.pending.fetch_sub(removed, Relaxed);
             shared.answer_dropped(next.dropped);
             if !next.run.is_empty() {
+                shared.stats.pending.fetch_sub(next.run.len() as u64, Relaxed);
                 execute(shared, backend.as_mut(), next.run, batching);
             }
             queue = shared.lock();
@@ -366,7 +371,6 @@ async fn janitor(shared: Arc<Shared>) {
             let next = queue.batch.next(Instant::now(), false, |item: &Item| item.reply.is_closed());
             (next.dropped, next.wake_at, queue.closed && queue.batch.is_empty())
         };
-        shared.stats.pending.fetch_sub(dropped.len() as u64, Relaxed);
         shared.answer_dropped(dropped);
         if done {
             return;
