@@ -60,7 +60,7 @@ fn main() -> std::process::ExitCode {
 }
 
 fn runtime() -> Result<tokio::runtime::Runtime, std::process::ExitCode> {
-    tokio::runtime::Builder::new_multi_thread().enable_all().build().map_err(|e| {
+    tern_node::server_runtime().map_err(|e| {
         eprintln!("tern: cannot start the async runtime: {e}");
         std::process::ExitCode::from(1)
     })

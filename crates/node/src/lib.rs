@@ -303,3 +303,20 @@ pub async fn shutdown_signal() {
     let term = std::future::pending::<()>();
     tokio::select! { _ = ctrl_c => {}, _ = term => {} }
 }
+
+/// The async runtime a serving process runs on: tokio's multi-threaded runtime, with the
+/// worker's LIFO slot off when the build allows it (`--cfg tokio_unstable`, set in
+/// `.cargo/config.toml`).
+///
+/// Why: a task woken from a worker normally runs next, before the tasks already queued. When a
+/// batch's answers wake the callers' tasks, the first caller to answer wakes its connection's
+/// task, which would then run at once and flush that one response alone. Without the slot, the
+/// connection's task queues behind the other callers and flushes all their responses in one
+/// write (see benches/RESULTS.md, "Tiny-model profile").
+pub fn server_runtime() -> std::io::Result<tokio::runtime::Runtime> {
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    builder.enable_all();
+    #[cfg(tokio_unstable)]
+    builder.disable_lifo_slot();
+    builder.build()
+}

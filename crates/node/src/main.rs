@@ -25,7 +25,7 @@ fn main() -> std::process::ExitCode {
             return std::process::ExitCode::from(1);
         }
     }
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tern_node::server_runtime() {
         Ok(rt) => rt,
         Err(e) => {
             tracing::error!("cannot start the async runtime: {e}");

@@ -45,6 +45,51 @@ pub struct InferJob {
 
 type Reply = oneshot::Sender<Result<Vec<Tensor>, RequestError>>;
 
+/// An answer ready to go out: the caller's reply channel and its result.
+type Answer = (Reply, Result<Vec<Tensor>, RequestError>);
+
+/// Hands answers to the callers. A batch's answers go to the runtime in one wake-up: the relay
+/// task then sends them from a worker thread, where each caller's task is queued locally
+/// behind the others. The callers' tasks thus all write their responses before their
+/// connections' tasks flush, so the responses of one batch that share a connection leave in one
+/// write. Sent one by one from the instance thread instead, each answer would go through the
+/// runtime's global queue, and the first connection task to run would flush one response alone.
+#[derive(Clone)]
+struct Answers(tokio::sync::mpsc::UnboundedSender<Vec<Answer>>);
+
+impl Answers {
+    /// Starts the relay task, which ends once every instance thread (every sender) has ended.
+    fn start(runtime: &tokio::runtime::Handle) -> Answers {
+        // Unbounded, yet bounded by the queue: every answer is for a request admitted to it.
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<Vec<Answer>>();
+        runtime.spawn(async move {
+            while let Some(answers) = rx.recv().await {
+                send_all(answers);
+            }
+        });
+        Answers(tx)
+    }
+
+    fn deliver(&self, answers: Vec<Answer>) {
+        // A single answer gains nothing from the relay but a hop. Should the relay be gone (the
+        // runtime is shutting down), the answers go out directly.
+        if answers.len() > 1 {
+            if let Err(back) = self.0.send(answers) {
+                send_all(back.0);
+            }
+        } else {
+            send_all(answers);
+        }
+    }
+}
+
+fn send_all(answers: Vec<Answer>) {
+    for (reply, result) in answers {
+        // A caller that gave up has dropped its receiver; nothing is owed to it.
+        let _ = reply.send(result);
+    }
+}
+
 struct Item {
     /// Arrival order, for `preserve_ordering`.
     seq: u64,
@@ -61,7 +106,7 @@ struct Item {
 struct Reorder {
     next_seq: u64,
     next_release: u64,
-    done: std::collections::BTreeMap<u64, (Reply, Result<Vec<Tensor>, RequestError>)>,
+    done: std::collections::BTreeMap<u64, Answer>,
 }
 
 /// Everything behind the queue's lock.
@@ -96,10 +141,18 @@ impl Shared {
         self.queue.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Answers one request: at once, or in arrival order with `preserve_ordering`.
-    fn respond(&self, seq: u64, reply: Reply, result: Result<Vec<Tensor>, RequestError>) {
+    /// Readies one request's answer in `out`; with `preserve_ordering`, answers it, and every
+    /// later one that was waiting on it, right away instead. Those are sent under the order lock,
+    /// so the answers leave in arrival order even when two instances finish at once.
+    fn respond(
+        &self,
+        seq: u64,
+        reply: Reply,
+        result: Result<Vec<Tensor>, RequestError>,
+        out: &mut Vec<Answer>,
+    ) {
         if !self.preserve_ordering {
-            let _ = reply.send(result);
+            out.push((reply, result));
             return;
         }
         let mut order = self.order.lock().unwrap_or_else(|e| e.into_inner());
@@ -115,15 +168,21 @@ impl Shared {
 
     /// Answers the requests the state removed without running: timed out or cancelled.
     fn answer_dropped(&self, dropped: Vec<(Pending<Item>, FailureReason)>) {
+        if dropped.is_empty() {
+            return;
+        }
         self.stats.pending.fetch_sub(dropped.len() as u64, Relaxed);
+        let mut out = Vec::with_capacity(dropped.len());
         for (p, reason) in dropped {
             self.stats.record_failure(reason, p.enqueued.elapsed());
             let message = match reason {
                 FailureReason::Rejected => format!("Request timeout expired for model '{}'", self.model),
                 _ => format!("request for model '{}' was cancelled", self.model),
             };
-            self.respond(p.item.seq, p.item.reply, Err(RequestError::Unavailable(message)));
+            self.respond(p.item.seq, p.item.reply, Err(RequestError::Unavailable(message)), &mut out);
         }
+        // Few, and rare (timeouts, cancellations): sent from here, without the relay.
+        send_all(out);
     }
 }
 
@@ -173,11 +232,13 @@ impl Scheduler {
         let (live_tx, live_rx) = tokio::sync::watch::channel(backends.len());
         let live_tx = Arc::new(live_tx);
         let batching = config.max_batch_size > 0;
+        let answers = Answers::start(runtime);
         for (i, backend) in backends.into_iter().enumerate() {
             let mine = shared.clone();
+            let answers = answers.clone();
             let live_tx = live_tx.clone();
             let spawned = std::thread::Builder::new().name(format!("tern-{label}-{i}")).spawn(move || {
-                instance_thread(&mine, backend, batching);
+                instance_thread(&mine, backend, batching, &answers);
                 // The backend (and its session) has been dropped by now.
                 live_tx.send_modify(|n| *n = n.saturating_sub(1));
             });
@@ -323,7 +384,7 @@ impl Drop for Scheduler {
 /// its requests. While it runs, requests keep queueing, so the next batch is sealed the moment
 /// the instance can take it. With nothing to run it sleeps until the state's next decision time
 /// (the oldest request's max queue delay, or a queue timeout) or until an arrival wakes it.
-fn instance_thread(shared: &Shared, mut backend: Box<dyn Backend>, batching: bool) {
+fn instance_thread(shared: &Shared, mut backend: Box<dyn Backend>, batching: bool, answers: &Answers) {
     let mut queue = shared.lock();
     loop {
         let now = Instant::now();
@@ -333,7 +394,7 @@ fn instance_thread(shared: &Shared, mut backend: Box<dyn Backend>, batching: boo
             shared.answer_dropped(next.dropped);
             if !next.run.is_empty() {
                 shared.stats.pending.fetch_sub(next.run.len() as u64, Relaxed);
-                execute(shared, backend.as_mut(), next.run, batching);
+                answers.deliver(execute(shared, backend.as_mut(), next.run, batching));
             }
             queue = shared.lock();
             continue;
@@ -387,8 +448,13 @@ async fn janitor(shared: Arc<Shared>) {
     }
 }
 
-/// Runs one batch on the calling instance thread and answers its requests.
-fn execute(shared: &Shared, backend: &mut dyn Backend, batch: Vec<Pending<Item>>, batching: bool) {
+/// Runs one batch on the calling instance thread and returns the answers to its requests.
+fn execute(
+    shared: &Shared,
+    backend: &mut dyn Backend,
+    batch: Vec<Pending<Item>>,
+    batching: bool,
+) -> Vec<Answer> {
     // One output list for the whole execution: the common one, or all outputs when the
     // requests asked for different ones (each then keeps its own).
     let common = batch.first().map(|p| p.item.outputs.clone()).unwrap_or_default();
@@ -413,6 +479,7 @@ fn execute(shared: &Shared, backend: &mut dyn Backend, batch: Vec<Pending<Item>>
     // execution's span being complete (exported traces).
     drop(batch_span);
     let stats = &shared.stats;
+    let mut out = Vec::with_capacity(waiting.len());
     match result {
         Ok(per_request) => {
             stats.record_execution(batch_size, t.compute_input, t.compute_infer, t.compute_output);
@@ -428,11 +495,11 @@ fn execute(shared: &Shared, backend: &mut dyn Backend, batch: Vec<Pending<Item>>
                             t.compute_output,
                             enqueued.elapsed(),
                         );
-                        shared.respond(seq, reply, Ok(outs));
+                        shared.respond(seq, reply, Ok(outs), &mut out);
                     }
                     Err(e) => {
                         stats.record_failure(FailureReason::Backend, enqueued.elapsed());
-                        shared.respond(seq, reply, Err(backend_error(&shared.model, e).1));
+                        shared.respond(seq, reply, Err(backend_error(&shared.model, e).1), &mut out);
                     }
                 }
             }
@@ -444,10 +511,11 @@ fn execute(shared: &Shared, backend: &mut dyn Backend, batch: Vec<Pending<Item>>
             }
             for (enqueued, seq, _, reply) in waiting {
                 stats.record_failure(reason, enqueued.elapsed());
-                shared.respond(seq, reply, Err(error.clone()));
+                shared.respond(seq, reply, Err(error.clone()), &mut out);
             }
         }
     }
+    out
 }
 
 fn backend_error(model: &str, e: BackendError) -> (FailureReason, RequestError) {
