@@ -90,7 +90,13 @@ def test_config_override_and_uploaded_files(explicit):
 
 def test_unloading_frees_memory(explicit):
     """Each unload gives light_resnet50's memory back (~250 MB loaded), and 8 cycles leave the
-    after-unload RSS within 40 MB of the first cycle's (benches/memory_cycles.py runs 50)."""
+    after-unload RSS within 40 MB of the first cycle's (benches/memory_cycles.py runs 50).
+
+    A single cycle's after-unload RSS can sit 10 to 70 MB high and drop back at the next unload
+    (seen in CI and in both 50-cycle bench runs of 2026-11-23), most likely memory freed just
+    after that unload's malloc_trim, kept by the process until the next trim. A leak grows, so
+    the trend is judged on the lowest of the last three cycles: a session or model kept alive
+    (100 MB and more per cycle) still fails."""
     srv, _ = explicit
     client = grpcclient.InferenceServerClient(srv.url)
     loaded, unloaded = [], []
@@ -101,4 +107,4 @@ def test_unloading_frees_memory(explicit):
         client.unload_model("light_resnet50")
         unloaded.append(rss_mb(srv.proc.pid))
     assert all(l - u > 100 for l, u in zip(loaded, unloaded)), (loaded, unloaded)
-    assert unloaded[-1] - unloaded[0] < 40, unloaded
+    assert min(unloaded[-3:]) - unloaded[0] < 40, unloaded
