@@ -312,7 +312,8 @@ pub async fn shutdown_signal() {
 /// batch's answers wake the callers' tasks, the first caller to answer wakes its connection's
 /// task, which would then run at once and flush that one response alone. Without the slot, the
 /// connection's task queues behind the other callers and flushes all their responses in one
-/// write (see benches/RESULTS.md, "Tiny-model profile").
+/// write (see benches/RESULTS.md, "Tiny-model profile"). tern-router keeps tokio's default: it
+/// forms no batches, and without the slot it measured 60 µs slower at concurrency 1.
 pub fn server_runtime() -> std::io::Result<tokio::runtime::Runtime> {
     let mut builder = tokio::runtime::Builder::new_multi_thread();
     builder.enable_all();
