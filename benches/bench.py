@@ -59,6 +59,7 @@ class Plan:
                 "triton": {"tiny_add": [1, 4]},
             }
             self.cycles = 0
+            self.h2h_rounds = 1
         else:
             self.ceiling_batches, self.ceiling_seconds = [1, 2, 4, 8, 16], 10.0
             self.window_ms, self.stability, self.trials = 5000, 15, 6
@@ -69,6 +70,7 @@ class Plan:
                 "triton": full,
             }
             self.cycles = 50
+            self.h2h_rounds = 3
 
 
 def sh(cmd, **kw):
@@ -272,9 +274,10 @@ def memory(pid):
 
 
 class Server:
-    def __init__(self, kind, repo, out, commands):
+    def __init__(self, kind, repo, out, commands, label=None):
         self.kind, self.repo, self.out = kind, repo, out
-        self.log = open(out / f"{kind}.server.log", "w")
+        self.logpath = out / f"{label or kind}.server.log"
+        self.log = open(self.logpath, "w")
         self.metrics_url = None
         self.version = None
         if kind.startswith("tern"):
@@ -303,7 +306,7 @@ class Server:
 
     def _wait_ready(self):
         deadline = time.time() + 300
-        logpath = self.out / f"{self.kind}.server.log"
+        logpath = self.logpath
         while time.time() < deadline:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"{self.kind} exited: see {logpath}")
@@ -328,6 +331,18 @@ class Server:
                     time.sleep(0.2)
             time.sleep(0.2)
         raise RuntimeError(f"{self.kind} not ready after 300 s: see {logpath}")
+
+    def served(self, model):
+        """Successful inferences of `model` so far, from the statistics extension (ModelStatistics:
+        the same call answers on tern-node and on Triton)."""
+        import tritonclient.grpc as grpcclient
+
+        try:
+            stats = grpcclient.InferenceServerClient(self.addr).get_inference_statistics(model, as_json=True)
+        except Exception:
+            return None
+        return sum(int(m.get("inference_stats", {}).get("success", {}).get("count", 0))
+                   for m in stats.get("model_stats", []))
 
     def latency_hist(self, model):
         """tern-node's cumulative latency buckets for `model` (le -> count)."""
@@ -409,30 +424,31 @@ def merge_ceilings(a, b):
     return merged
 
 
-def pa_point(plan, server, model, conc, out, commands):
-    """One perf_analyzer run at one concurrency; on a stability failure, one retry with a loose bound."""
-    tag = f"{server.kind}.{model}.c{conc}"
+def pa_point(plan, server, model, conc, out, commands, client_args=(), tag_suffix=""):
+    """One perf_analyzer run at one concurrency; on a stability failure, one retry with a loose bound.
+    `client_args` are extra perf_analyzer flags (the head-to-head's client modes)."""
+    tag = f"{server.kind}.{model}.c{conc}{tag_suffix}"
     attempts = [(plan.stability, plan.trials), (50, 4)]
     for n, (stab, trials) in enumerate(attempts):
         csv_path = out / f"{tag}.csv"
         cmd = [str(PA), "-m", model, "-u", server.addr, "-i", "grpc", "-b", "1",
                "--concurrency-range", f"{conc}:{conc}", "--measurement-mode", "time_windows",
                "--measurement-interval", str(plan.window_ms), "--stability-percentage", str(stab),
-               "--max-trials", str(trials), "-f", str(csv_path)]
+               "--max-trials", str(trials), "-f", str(csv_path), *client_args]
         if model == "identity_string":
             cmd += ["--string-length", "32"]
         waited = wait_quiet(QUIET_WAIT)
         if waited is None or waited > 3:
             print(f"[bench]   (waited {QUIET_WAIT if waited is None else waited:.0f} s for other work to stop"
                   f"{'; still busy' if waited is None else ''})", flush=True)
-        before = server.latency_hist(model)
+        before, n0 = server.latency_hist(model), server.served(model)
         t0, b0, s0, c0 = time.time(), busy_seconds(), tree_cpu_seconds(server.proc.pid), children_cpu_seconds()
         r = sh(cmd, env=dict(os.environ, LD_LIBRARY_PATH=str(PA_LIB)), timeout=600)
         took = time.time() - t0
         srv_cpu = tree_cpu_seconds(server.proc.pid) - s0
         pa_cpu = children_cpu_seconds() - c0
         other_cpu = busy_seconds() - b0 - srv_cpu - pa_cpu
-        after = server.latency_hist(model)
+        after, n1 = server.latency_hist(model), server.served(model)
         (out / f"{tag}.try{n}.txt").write_text(" ".join(cmd) + "\n\n" + r.stdout + r.stderr)
         if r.returncode == 0 and csv_path.exists():
             break
@@ -454,9 +470,85 @@ def pa_point(plan, server, model, conc, out, commands):
     ic = re.search(r"Inference count: (\d+)", text)
     ec = re.search(r"Execution count: (\d+)", text)
     res["avg_batch"] = int(ic.group(1)) / int(ec.group(1)) if ic and ec and int(ec.group(1)) else None
+    # CPU per request over the whole perf_analyzer run (warm-up and every window): steadier than
+    # throughput on a machine whose cores the client shares, and the server's own cost.
+    served = (n1 - n0) if n0 is not None and n1 is not None else 0
+    res["served"] = served
+    res["srv_us_per_req"] = srv_cpu / served * 1e6 if served > 0 else None
+    res["pa_us_per_req"] = pa_cpu / served * 1e6 if served > 0 else None
     res["srv_p50_us"] = hist_quantile(before, after, 0.5)
     res["srv_p99_us"] = hist_quantile(before, after, 0.99)
     return res
+
+
+# The head-to-head's client modes. perf_analyzer's default (sync) holds a concurrency of C with C
+# threads, each blocked in one call; `--async --max-threads 1` holds it with one thread and
+# gRPC's completion queue, which perf_analyzer's usage text recommends "to limit the number of
+# threads, yet maintain the concurrency". On 2 cores shared with the server, the client's CPU
+# per request bounds every served rate, so both are reported.
+H2H_CLIENTS = {"sync": (), "async": ("--async", "--max-threads", "1")}
+H2H_MODEL, H2H_CONC = "tiny_add", 16
+
+
+def head_to_head(plan, repos, out, commands):
+    """tiny_add at c=16, tern-node against Triton in alternating rounds, in both client modes.
+
+    The sweep above measures each server once, minutes apart; on a shared machine whose spare
+    CPU changes from minute to minute (other guests' steal time), that alone can move the ratio
+    by half. Here both servers are up together and take turns, round after round, and the
+    ratio is taken between medians."""
+    if "triton" not in repos or "tern" not in repos:
+        return []
+    servers = {}
+    try:
+        for kind in ("tern", "triton"):
+            servers[kind] = Server(kind, repos[kind], out, commands, label=f"{kind}.h2h")
+        rows = []
+        for rnd in range(plan.h2h_rounds):
+            for client, args in H2H_CLIENTS.items():
+                # Who goes first alternates, so neither always follows the other's load.
+                order = ("tern", "triton") if rnd % 2 == 0 else ("triton", "tern")
+                for kind in order:
+                    r = pa_point(plan, servers[kind], H2H_MODEL, H2H_CONC, out, commands, client_args=args,
+                                 tag_suffix=f".h2h.{client}.r{rnd}")
+                    r.update(client=client, round=rnd)
+                    rows.append(r)
+                    if "error" in r:
+                        print(f"[bench]   h2h round {rnd} {client} {kind}: FAILED {r['error'][-200:]}", flush=True)
+                    else:
+                        print(f"[bench]   h2h round {rnd} {client} {kind}: {r['ips']:.0f} infer/s, p99 "
+                              f"{r['p99']:.2f} ms, server {fmt(r['srv_us_per_req'], 1)} µs/request, client "
+                              f"{fmt(r['pa_us_per_req'], 1)} µs/request", flush=True)
+        return rows
+    finally:
+        for srv in servers.values():
+            srv.stop()
+
+
+def median(xs):
+    xs = sorted(x for x in xs if x is not None)
+    if not xs:
+        return None
+    mid = len(xs) // 2
+    return xs[mid] if len(xs) % 2 else (xs[mid - 1] + xs[mid]) / 2
+
+
+def h2h_summary(rows):
+    """client mode -> server -> medians over the rounds (and the rounds themselves)."""
+    out = {}
+    for client in H2H_CLIENTS:
+        for kind in ("tern", "triton"):
+            rs = [r for r in rows if r.get("client") == client and r["server"] == kind and "error" not in r]
+            if not rs:
+                continue
+            out.setdefault(client, {})[kind] = {
+                "rounds": [r["ips"] for r in rs], "ips": median([r["ips"] for r in rs]),
+                "p50": median([r["p50"] for r in rs]), "p99": median([r["p99"] for r in rs]),
+                "srv_us": median([r.get("srv_us_per_req") for r in rs]),
+                "pa_us": median([r.get("pa_us_per_req") for r in rs]),
+                "failed": sum(1 for r in rows if r.get("client") == client and r["server"] == kind and "error" in r),
+            }
+    return out
 
 
 def pa_command_template(plan):
@@ -491,7 +583,7 @@ def fmt(v, nd=1):
     return f"{v:,.{nd}f}"
 
 
-def report(plan, mach, vers, ceil, results, mems, cycles, commands, out, started, finished):
+def report(plan, mach, vers, ceil, results, mems, cycles, commands, out, started, finished, h2h=()):
     mode = "QUICK=1" if plan.quick else "full"
     L = []
     L.append(BEGIN.format(mode=mode))
@@ -561,11 +653,12 @@ def report(plan, mach, vers, ceil, results, mems, cycles, commands, out, started
              "(the server's process tree, perf_analyzer, and everything else on the machine: `other` above "
              "~0.1 means the point was disturbed). ×Triton: tern-node (batching as configured) over "
              "Triton at the same point; ×ceiling: served over the best in-process rate at a batch the config "
-             "allows (≤ 8).")
+             "allows (≤ 8); CPU µs/req = the server's CPU time (process tree) over the whole perf_analyzer run "
+             "divided by the requests it served there (its ModelStatistics success count).")
     L.append("")
     L.append("| model | server | c | infer/s | p50 ms | p99 ms | server avg µs | server p50 µs | server p99 µs | "
-             "avg batch | ×Triton | ×ceiling | stable | cores: server / client / other |")
-    L.append("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---|")
+             "avg batch | ×Triton | ×ceiling | stable | cores: server / client / other | server CPU µs/req |")
+    L.append("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---|---:|")
     for model in MODELS:
         for server in ("tern", "tern-nobatch", "triton"):
             for conc in (1, 4, 8, 16):
@@ -574,7 +667,7 @@ def report(plan, mach, vers, ceil, results, mems, cycles, commands, out, started
                     continue
                 if "error" in r:
                     L.append(f"| {model} | {server} | {conc} | failed: {r['error'][-120:].strip()!r} |"
-                             " | | | | | | | | | |")
+                             " | | | | | | | | | | |")
                     continue
                 tri = by.get(("triton", model, conc))
                 x_tri = f"{r['ips'] / tri['ips']:.2f}" if server == "tern" and tri and "error" not in tri else ""
@@ -583,13 +676,37 @@ def report(plan, mach, vers, ceil, results, mems, cycles, commands, out, started
                          f"{fmt(r['srv_avg_us'], 0)} | {fmt(r['srv_p50_us'], 0)} | {fmt(r['srv_p99_us'], 0)} | "
                          f"{fmt(r['avg_batch'], 1)} | {x_tri} | {x_ceil} | "
                          f"{'yes' if r['stable'] else 'no (±' + str(r['stability']) + '%)'} | "
-                         f"{r['srv_cores']:.2f} / {r['pa_cores']:.2f} / {r['other_cores']:.2f} |")
+                         f"{r['srv_cores']:.2f} / {r['pa_cores']:.2f} / {r['other_cores']:.2f} | "
+                         f"{fmt(r.get('srv_us_per_req'), 1)} |")
     L.append("")
+
+    # Head-to-head
+    summary = h2h_summary(h2h)
+    if summary:
+        L.append(f"### Head-to-head: {H2H_MODEL} at c={H2H_CONC}, tern-node and Triton in alternating rounds")
+        L.append("")
+        L.append("Both servers up at once (fresh processes, same repositories as above), perf_analyzer pointed at "
+                 "each in turn, who goes first alternating by round; each row gives the rounds' rates and the "
+                 "medians. `sync` is perf_analyzer's default (one client thread per concurrent request); `async` "
+                 f"adds `{' '.join(H2H_CLIENTS['async'])}` (one client thread, gRPC's completion queue). CPU "
+                 "µs/req: the server's process tree, and perf_analyzer, per request served (whole run).")
+        L.append("")
+        L.append("| client | server | infer/s per round | median infer/s | ×Triton (medians) | p50 ms | p99 ms | "
+                 "server CPU µs/req | client CPU µs/req |")
+        L.append("|---|---|---|---:|---:|---:|---:|---:|---:|")
+        for client, by_kind in summary.items():
+            tri = by_kind.get("triton")
+            for kind, m in by_kind.items():
+                x = f"{m['ips'] / tri['ips']:.2f}" if kind == "tern" and tri else ""
+                rounds = ", ".join(f"{v:,.0f}" for v in m["rounds"]) + (f" ({m['failed']} failed)" if m["failed"] else "")
+                L.append(f"| {client} | {kind} | {rounds} | {fmt(m['ips'])} | {x} | {m['p50']:.2f} | {m['p99']:.2f} | "
+                         f"{fmt(m['srv_us'], 1)} | {fmt(m['pa_us'], 1)} |")
+        L.append("")
 
     # Targets
     L.append("### Targets (reported, not asserted)")
     L.append("")
-    L.extend(targets(by, best, best8))
+    L.extend(targets(by, best, best8, summary))
     L.append("")
     # Memory
     if mems:
@@ -617,7 +734,7 @@ def report(plan, mach, vers, ceil, results, mems, cycles, commands, out, started
     return "\n".join(L) + "\n"
 
 
-def targets(by, best, best8):
+def targets(by, best, best8, h2h=None):
     out = []
 
     def ok(r):
@@ -636,11 +753,22 @@ def targets(by, best, best8):
             out.append(f"- light_resnet50 c=8, batching on vs off: {r8['ips']:.1f} vs {off['ips']:.1f} infer/s "
                        f"(×{r8['ips'] / off['ips']:.2f}).")
     t16, tr16 = by.get(("tern", "tiny_add", 16)), by.get(("triton", "tiny_add", 16))
+    for client, m in (h2h or {}).items():
+        t, tr = m.get("tern"), m.get("triton")
+        if not (t and tr):
+            continue
+        x = t["ips"] / tr["ips"]
+        cost = (f"; server CPU per request {t['srv_us']:.0f} vs {tr['srv_us']:.0f} µs "
+                f"(×{tr['srv_us'] / t['srv_us']:.2f})" if t["srv_us"] and tr["srv_us"] else "")
+        out.append(f"- tiny_add c=16, head-to-head, {client} client (medians of {len(t['rounds'])} alternating "
+                   f"rounds): tern-node {t['ips']:,.0f}/s vs Triton {tr['ips']:,.0f}/s = **×{x:.2f}**. Target ≥ ×3: "
+                   + ("met" if x >= 3 else f"missed (needs {3 * tr['ips']:,.0f}/s)")
+                   + f". p99 {t['p99']:.2f} ms; {t['ips'] / 20000:.0%} of 20,000/s{cost}.")
     if ok(t16) and ok(tr16):
         x = t16["ips"] / tr16["ips"]
-        out.append(f"- tiny_add c=16: tern-node {t16['ips']:,.0f}/s vs Triton {tr16['ips']:,.0f}/s = **×{x:.2f}**. "
-                   f"Target ≥ ×3: " + ("met." if x >= 3 else f"missed (×{x:.2f}, needs {3 * tr16['ips']:,.0f}/s).")
-                   + f" p99 {t16['p99']:.2f} ms; {t16['ips'] / 20000:.0%} of 20,000/s.")
+        out.append(f"- tiny_add c=16 in the sweep (one point each, minutes apart): tern-node {t16['ips']:,.0f}/s vs "
+                   f"Triton {tr16['ips']:,.0f}/s = ×{x:.2f}; p99 {t16['p99']:.2f} ms; {t16['ips'] / 20000:.0%} of "
+                   "20,000/s.")
     elif ok(t16):
         out.append(f"- tiny_add c=16: tern-node {t16['ips']:,.0f}/s (Triton not measured in this run).")
     t1 = by.get(("tern", "tiny_add", 1))
@@ -726,6 +854,12 @@ def main():
         finally:
             srv.stop()
 
+    h2h = []
+    if "triton" in plan.points:
+        print(f"[bench] head-to-head: {H2H_MODEL} c={H2H_CONC}, tern vs triton, {plan.h2h_rounds} round(s) per "
+              "client mode", flush=True)
+        h2h = head_to_head(plan, repos, out, commands)
+
     print("[bench] ceiling again", flush=True)
     ceil2 = ceiling(plan, out, commands, tag="end")
     for r in ceil2:
@@ -738,12 +872,12 @@ def main():
         cycles = memory_cycles(plan, out, commands)
     finished = dt.datetime.now(dt.timezone.utc)
     section = report(plan, mach, versions(triton_version), ceil, results, mems, cycles, commands, out,
-                     started, finished)
+                     started, finished, h2h)
     (out / "RESULTS.section.md").write_text(section)
     import json
 
     (out / "results.json").write_text(json.dumps({"ceiling": ceil, "served": results, "memory": mems,
-                                                  "machine": mach}, indent=1, default=str))
+                                                  "head_to_head": h2h, "machine": mach}, indent=1, default=str))
     write_results(Path(a.results), section, "QUICK=1" if plan.quick else "full")
     print(section)
     print(f"[bench] done in {(finished - started).total_seconds() / 60:.1f} min; wrote {rel(a.results)}")
