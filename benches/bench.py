@@ -23,6 +23,7 @@ import shlex
 import shutil
 import signal
 import socket
+import statistics
 import subprocess
 import sys
 import time
@@ -280,6 +281,7 @@ class Server:
         self.log = open(self.logpath, "w")
         self.metrics_url = None
         self.version = None
+        self._stats_client = None
         if kind.startswith("tern"):
             cmd = [str(NODE), "--model-repository", str(repo), "--grpc-address", "127.0.0.1", "--grpc-port", "0",
                    "--metrics-address", "127.0.0.1", "--metrics-port", "0",
@@ -338,7 +340,10 @@ class Server:
         import tritonclient.grpc as grpcclient
 
         try:
-            stats = grpcclient.InferenceServerClient(self.addr).get_inference_statistics(model, as_json=True)
+            # One client (one channel) per server, reused by every point.
+            if self._stats_client is None:
+                self._stats_client = grpcclient.InferenceServerClient(self.addr)
+            stats = self._stats_client.get_inference_statistics(model, as_json=True)
         except Exception:
             return None
         return sum(int(m.get("inference_stats", {}).get("success", {}).get("count", 0))
@@ -526,11 +531,9 @@ def head_to_head(plan, repos, out, commands):
 
 
 def median(xs):
-    xs = sorted(x for x in xs if x is not None)
-    if not xs:
-        return None
-    mid = len(xs) // 2
-    return xs[mid] if len(xs) % 2 else (xs[mid - 1] + xs[mid]) / 2
+    """The median of the values that were measured (None: not measured), or None."""
+    xs = [x for x in xs if x is not None]
+    return statistics.median(xs) if xs else None
 
 
 def h2h_summary(rows):
