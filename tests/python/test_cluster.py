@@ -137,7 +137,9 @@ def test_failover_sigkill_under_load_zero_failures(model_repo, tmp_path):
                     infer_tiny(cl, value=float(i))
                     ok[i] += 1
                 except Exception as e:  # noqa: BLE001 - every failure is recorded and fails the test
-                    failures.append(repr(e))
+                    # tritonclient's exception has an empty repr: keep its status and message.
+                    status = getattr(e, "status", lambda: None)()
+                    failures.append(f"{type(e).__name__}({status}: {e})")
 
         threads = [threading.Thread(target=worker, args=(i,)) for i in range(16)]
         for t in threads:

@@ -41,8 +41,27 @@ pub fn retryable(status: &Status) -> bool {
 
 /// The node could not be reached or the connection broke (not an answer from the node).
 pub fn transport_failure(status: &Status) -> bool {
-    std::error::Error::source(status).is_some()
-        && !matches!(status.code(), Code::Cancelled | Code::DeadlineExceeded)
+    match status.code() {
+        // The request's own deadline passed: another node would not beat it.
+        Code::DeadlineExceeded => false,
+        // tonic turns hyper's "canceled" (the connection to the node closed, or was not ready,
+        // before the answer: a node killed mid-request) into CANCELLED. Other CANCELLED
+        // statuses are the node's own word and are passed on.
+        Code::Cancelled => connection_canceled(status),
+        _ => std::error::Error::source(status).is_some(),
+    }
+}
+
+/// True when hyper's "canceled" error is in the status's source chain.
+fn connection_canceled(status: &Status) -> bool {
+    let mut source = std::error::Error::source(status);
+    while let Some(e) = source {
+        if e.downcast_ref::<hyper::Error>().is_some_and(hyper::Error::is_canceled) {
+            return true;
+        }
+        source = e.source();
+    }
+    false
 }
 
 /// Least outstanding requests of two random candidates (one when there is one).
