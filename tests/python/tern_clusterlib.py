@@ -5,7 +5,9 @@ ports so a killed node can come back at the same address, as a StatefulSet pod d
 
 from __future__ import annotations
 
+import hashlib
 import os
+import secrets
 import socket
 import time
 import urllib.request
@@ -42,6 +44,18 @@ def wait_until(predicate, timeout: float, what: str, interval: float = 0.1):
     raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what} (last: {last!r})")
 
 
+def cluster_token_files(directory: Path, name: str = "nodes") -> tuple[Path, Path]:
+    """A control-plane token: the router's token file (`--cluster-token-file`, granting the
+    `cluster` group) and the file with the token a node presents (`--router-token-file`)."""
+    token = "tern_" + secrets.token_urlsafe(32)
+    directory.mkdir(parents=True, exist_ok=True)
+    table = directory / f"{name}-cluster-tokens"
+    table.write_text(f"{name} sha256:{hashlib.sha256(token.encode()).hexdigest()} groups=cluster\n")
+    presented = directory / f"{name}.token"
+    presented.write_text(token + "\n")
+    return table, presented
+
+
 class RouterProc(TernServer):
     ready_mark = "tern-router ready"
 
@@ -49,14 +63,18 @@ class RouterProc(TernServer):
         super().__init__([], extra_args=extra_args, log_dir=log_dir, label=label)
         self.grpc_port = free_port()
         self.metrics_port = free_port()
+        # The control plane's port; it listens only with --cluster-token-file / --cluster-tls-ca.
+        self.cluster_port = free_port()
 
     def binary(self) -> Path:
         return router_binary()
 
     def command(self) -> list[str]:
-        return [str(self.binary()), "--grpc-address", "127.0.0.1", "--grpc-port", str(self.grpc_port),
-                "--metrics-address", "127.0.0.1", "--metrics-port", str(self.metrics_port),
-                *self.extra_args]
+        cmd = [str(self.binary()), "--grpc-address", "127.0.0.1", "--grpc-port", str(self.grpc_port),
+               "--metrics-address", "127.0.0.1", "--metrics-port", str(self.metrics_port)]
+        if any(a in ("--cluster-token-file", "--cluster-tls-ca") for a in self.extra_args):
+            cmd += ["--cluster-address", "127.0.0.1", "--cluster-port", str(self.cluster_port)]
+        return cmd + list(self.extra_args)
 
     def metrics(self) -> str:
         with urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=5) as r:
@@ -107,9 +125,13 @@ class Cluster:
 
     def __init__(self, repo, n_nodes: int, log_dir, router_args=(), node_args=(), explicit=True):
         self.log_dir = Path(log_dir)
-        self.router = RouterProc(router_args, log_dir=self.log_dir)
+        # Nodes register on the router's control plane with a token of the `cluster` group.
+        self.cluster_tokens, self.node_token = cluster_token_files(self.log_dir)
+        self.router = RouterProc(["--cluster-token-file", str(self.cluster_tokens), *router_args],
+                                 log_dir=self.log_dir)
         mode = ["--model-control-mode", "explicit"] if explicit else []
-        self.node_args = [*mode, "--router-address", f"127.0.0.1:{self.router.grpc_port}", *node_args]
+        self.node_args = [*mode, "--router-address", f"127.0.0.1:{self.router.cluster_port}",
+                          "--router-token-file", str(self.node_token), *node_args]
         self.repo = repo
         self.nodes = [self.new_node(i) for i in range(n_nodes)]
 

@@ -222,12 +222,15 @@ def test_router_and_nodes_each_check_tokens(model_repo, tmp_path):
                          router=("cluster,health,metadata,inference,model-config,model-repository,statistics", "*"))
     (tmp_path / "router.token").write_text(node_tokens.tokens["router"] + "\n")
     (tmp_path / "node.token").write_text(router_tokens.tokens["node"] + "\n")
+    # The node's token (group `cluster`) is checked on the router's control plane, which reads
+    # the same file here.
     router = RouterProc(["--auth-token-file", str(router_tokens.path), "--node-token-file",
-                         str(tmp_path / "router.token"), "--load-model", "tiny_add", "--load-model", "add_fp32"],
+                         str(tmp_path / "router.token"), "--load-model", "tiny_add", "--load-model", "add_fp32",
+                         "--cluster-token-file", str(router_tokens.path)],
                         log_dir=tmp_path)
     router.start()
     node = RealNode(model_repo, ["--model-control-mode", "explicit", "--auth-token-file", str(node_tokens.path),
-                             "--router-address", f"127.0.0.1:{router.grpc_port}",
+                             "--router-address", f"127.0.0.1:{router.cluster_port}",
                              "--router-token-file", str(tmp_path / "node.token")], tmp_path, label="node")
     node.start()
     try:

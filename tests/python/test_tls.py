@@ -219,19 +219,34 @@ def test_metrics_over_https(model_repo, pki, tmp_path):
 
 
 def test_node_registers_with_a_tls_router(model_repo, pki, tmp_path):
-    # The router serves TLS only; the node registers over TLS (--router-tls-ca) and the router
-    # places and routes to it (router -> node in plaintext here).
-    router = RouterProc([*pki.server_args(), "--load-model", "tiny_add"], log_dir=tmp_path)
+    # The router's control plane requires mutual TLS with the cluster CA: the node proves it is a
+    # node with its client certificate (--router-tls-cert), the router places and routes to it
+    # (router -> node in plaintext here). A node without a certificate is never registered.
+    node_cert, node_key = pki.issue("node-client", "tern-node-1", server=False)
+    router = RouterProc([*pki.server_args(), "--load-model", "tiny_add",
+                         "--cluster-tls-cert", str(pki.server_cert), "--cluster-tls-key", str(pki.server_key),
+                         "--cluster-tls-ca", str(pki.ca_path)], log_dir=tmp_path)
     router.start()
+    stranger = NodeProc(model_repo, ["--model-control-mode", "explicit",
+                                     "--router-address", f"127.0.0.1:{router.cluster_port}",
+                                     "--router-tls-ca", str(pki.ca_path)], log_dir=tmp_path, label="no-cert")
     node = NodeProc(model_repo, ["--model-control-mode", "explicit",
-                                 "--router-address", f"127.0.0.1:{router.grpc_port}",
-                                 "--router-tls-ca", str(pki.ca_path)], log_dir=tmp_path, label="tls-registering")
-    node.start()
+                                 "--router-address", f"127.0.0.1:{router.cluster_port}",
+                                 "--router-tls-ca", str(pki.ca_path), "--router-tls-cert", str(node_cert),
+                                 "--router-tls-key", str(node_key)], log_dir=tmp_path, label="tls-registering")
+    stranger.start()
     try:
+        wait_until(lambda: any("router unreachable or registration refused" in line for line in stranger.lines),
+                   15, "the node without a client certificate to fail registering")
+        assert not any("node registered" in line for line in router.lines), router.log_tail()
+        node.start()
         client = pki.client(router.url)
         wait_until(lambda: client.is_model_ready("tiny_add"), 30, "tiny_add placed on the node that registered over TLS")
         infer_ok(client)
         assert any("registered with router" in line for line in node.lines)
+        registered = [line for line in router.lines if "node registered" in line]
+        assert len(registered) == 1 and node.addr in registered[0], registered
     finally:
+        stranger.stop()
         node.stop()
         router.stop()

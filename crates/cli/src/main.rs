@@ -4,7 +4,8 @@
 //!   tern-node's (Triton's) flags. Clients talk to the router on --grpc-port; the node listens on
 //!   a private loopback port. /metrics on --metrics-port has both (Triton's families and
 //!   `tern_router_*`).
-//! - `tern cluster`: what a router knows about its nodes (the Membership.ClusterStatus RPC).
+//! - `tern cluster`: what a router knows about its nodes (the Membership.ClusterStatus RPC, on
+//!   the router's control-plane port).
 //! - `tern model keygen|encrypt|decrypt`: encrypted model files at rest ([`model`]).
 //! - `tern token new|hash`: bearer tokens and their token-file lines ([`token`]).
 
@@ -30,12 +31,21 @@ enum Command {
     Serve(Box<tern_node::Config>),
     /// Print a router's view of the cluster: nodes, health, load and models.
     Cluster {
-        /// The router's gRPC address.
-        #[arg(long, default_value = "127.0.0.1:8001")]
+        /// The router's control-plane address (its --cluster-port).
+        #[arg(long, default_value = "127.0.0.1:8003")]
         url: String,
-        /// File holding a token with the `cluster` group, for a router that requires tokens.
+        /// File holding a token the router's --cluster-token-file grants the `cluster` group.
         #[arg(long, value_name = "PATH")]
         token_file: Option<std::path::PathBuf>,
+        /// Connect over TLS, verifying the router with this PEM CA.
+        #[arg(long, value_name = "PEM")]
+        tls_ca: Option<std::path::PathBuf>,
+        /// Client certificate (PEM) for a router that requires mutual TLS (--cluster-tls-ca).
+        #[arg(long, value_name = "PEM", requires = "tls_key")]
+        tls_cert: Option<std::path::PathBuf>,
+        /// Private key (PEM) of --tls-cert.
+        #[arg(long, value_name = "PEM", requires = "tls_cert")]
+        tls_key: Option<std::path::PathBuf>,
     },
     /// Encrypted model files: make a key, encrypt `model.onnx` to `model.onnx.enc`, decrypt.
     Model {
@@ -53,7 +63,10 @@ fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Command::Serve(config) => serve_main(*config),
-        Command::Cluster { url, token_file } => cluster_main(&url, token_file.as_deref()),
+        Command::Cluster { url, token_file, tls_ca, tls_cert, tls_key } => {
+            let tls = ClusterTls { ca: tls_ca, cert: tls_cert, key: tls_key };
+            cluster_main(&url, token_file.as_deref(), &tls)
+        }
         Command::Model { command } => model::main(command),
         Command::Token { command } => token::main(command),
     }
@@ -208,12 +221,20 @@ async fn serve(mut config: tern_node::Config) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn cluster_main(url: &str, token_file: Option<&std::path::Path>) -> std::process::ExitCode {
+/// `tern cluster`'s TLS flags.
+#[derive(Debug)]
+struct ClusterTls {
+    ca: Option<std::path::PathBuf>,
+    cert: Option<std::path::PathBuf>,
+    key: Option<std::path::PathBuf>,
+}
+
+fn cluster_main(url: &str, token_file: Option<&std::path::Path>, tls: &ClusterTls) -> std::process::ExitCode {
     let rt = match runtime() {
         Ok(rt) => rt,
         Err(code) => return code,
     };
-    match rt.block_on(print_cluster(url, token_file)) {
+    match rt.block_on(print_cluster(url, token_file, tls)) {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("tern cluster: {e:#}");
@@ -222,13 +243,32 @@ fn cluster_main(url: &str, token_file: Option<&std::path::Path>) -> std::process
     }
 }
 
-async fn print_cluster(url: &str, token_file: Option<&std::path::Path>) -> anyhow::Result<()> {
+async fn print_cluster(
+    url: &str,
+    token_file: Option<&std::path::Path>,
+    tls: &ClusterTls,
+) -> anyhow::Result<()> {
     use tern_proto::cluster::{ClusterStatusRequest, membership_client::MembershipClient};
     let credential = match token_file {
         Some(path) => tern_gate::Credential::from_file(path).map_err(anyhow::Error::msg)?,
         None => tern_gate::Credential::none(),
     };
-    let channel = tonic::transport::Endpoint::from_shared(format!("http://{url}"))?.connect().await?;
+    let client_tls = match &tls.ca {
+        Some(ca) => Some(
+            tern_tls::client_config(ca, tls.cert.as_deref().zip(tls.key.as_deref()), None)
+                .map_err(anyhow::Error::msg)?,
+        ),
+        None if tls.cert.is_some() => anyhow::bail!("--tls-cert needs --tls-ca"),
+        None => None,
+    };
+    let scheme = if client_tls.is_some() { "https" } else { "http" };
+    let mut endpoint = tonic::transport::Endpoint::from_shared(format!("{scheme}://{url}"))?;
+    if let Some(client_tls) = client_tls {
+        endpoint = endpoint.tls_config(client_tls)?;
+    }
+    let channel = endpoint.connect().await.map_err(|e| {
+        anyhow::anyhow!("cannot reach the router's control plane at {url} (its --cluster-port): {e}")
+    })?;
     let mut client = MembershipClient::with_interceptor(channel, credential);
     let status = client.cluster_status(ClusterStatusRequest {}).await?.into_inner();
     println!("router {}: {} nodes", status.router_id, status.nodes.len());

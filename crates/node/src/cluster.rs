@@ -28,6 +28,32 @@ pub struct ClusterIdentity {
     pub bound: SocketAddr,
     /// `--model-memory-budget-mb` in bytes; 0: none.
     pub memory_budget_bytes: u64,
+    /// The session secrets of this node's registrations, one per router.
+    pub sessions: Arc<Sessions>,
+}
+
+/// The secrets this node sent with its registrations (RegisterRequest.session). A router
+/// confirms a registration by asking the node at the registered address whether the secret is
+/// its own, so nobody can register an address in this node's name.
+#[derive(Debug, Default)]
+pub struct Sessions(std::sync::Mutex<std::collections::HashMap<String, String>>);
+
+impl Sessions {
+    /// A fresh secret for the registration with `router`, replacing the previous one.
+    fn renew(&self, router: &str) -> Result<String, String> {
+        let secret = tern_gate::new_token()?;
+        self.0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .insert(router.to_string(), secret.clone());
+        Ok(secret)
+    }
+
+    /// True when `secret` is the current session of one of this node's registrations.
+    fn confirms(&self, secret: &str) -> bool {
+        !secret.is_empty()
+            && self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner).values().any(|s| s == secret)
+    }
 }
 
 /// The node's status now, as routers see it.
@@ -71,6 +97,7 @@ pub fn node_status(state: &NodeState, identity: &ClusterIdentity, advertised: &s
         ready: !state.strict_readiness || state.models.all_ready(),
         instance: instance().to_string(),
         sequence: STATUS_SEQUENCE.fetch_add(1, Ordering::Relaxed) + 1,
+        session_confirmed: false,
     }
 }
 
@@ -128,7 +155,9 @@ impl NodeControl for NodeControlService {
             (None, Some(local)) => SocketAddr::new(local.ip(), self.identity.bound.port()).to_string(),
             (None, None) => self.identity.bound.to_string(),
         };
-        Ok(Response::new(node_status(&self.state, &self.identity, &advertised)))
+        let mut status = node_status(&self.state, &self.identity, &advertised);
+        status.session_confirmed = self.identity.sessions.confirms(&req.get_ref().confirm_session);
+        Ok(Response::new(status))
     }
 }
 
@@ -160,6 +189,7 @@ pub async fn heartbeat_agent(
     let mut registered = false;
     let mut reachable = true;
     let mut advertised: Option<String> = None;
+    let mut session = String::new();
     loop {
         ticks.tick().await;
         if advertised.is_none() {
@@ -176,7 +206,17 @@ pub async fn heartbeat_agent(
         }
         let Some(addr) = advertised.as_deref() else { continue };
         let status = node_status(&state, &identity, addr);
-        let result = beat(&mut client, status, registered).await;
+        if !registered {
+            // A new secret for each registration: the router confirms it with this node.
+            session = match identity.sessions.renew(&router) {
+                Ok(s) => s,
+                Err(e) => {
+                    tracing::error!(%router, error = %e, "cannot make a registration secret; retrying");
+                    continue;
+                }
+            };
+        }
+        let result = beat(&mut client, status, &session, registered).await;
         match result {
             Ok(known) => {
                 if !registered {
@@ -190,7 +230,21 @@ pub async fn heartbeat_agent(
             }
             Err(e) => {
                 if reachable {
-                    tracing::warn!(%router, error = %e.message(), "router unreachable; retrying every heartbeat");
+                    match e.code() {
+                        tonic::Code::Unimplemented => tracing::error!(
+                            %router,
+                            "the router does not serve node registration at this address: point \
+                             --router-address at its control-plane port (tern-router --cluster-port)"
+                        ),
+                        tonic::Code::Unauthenticated | tonic::Code::PermissionDenied => tracing::error!(
+                            %router, error = %e.message(),
+                            "the router refused this node: it needs --router-token-file with a token \
+                             of the `cluster` group, or a --router-tls-cert its --cluster-tls-ca signed"
+                        ),
+                        _ => {
+                            tracing::warn!(%router, error = %e.message(), "router unreachable or registration refused; retrying every heartbeat")
+                        }
+                    }
                     reachable = false;
                 }
                 registered = false;
@@ -203,13 +257,15 @@ pub async fn heartbeat_agent(
 async fn beat(
     client: &mut MembershipClient<InterceptedService<Channel, tern_gate::Credential>>,
     status: NodeStatus,
+    session: &str,
     registered: bool,
 ) -> Result<bool, Status> {
+    let session = session.to_string();
     if registered {
-        let reply = client.heartbeat(pb::HeartbeatRequest { status: Some(status) }).await?;
+        let reply = client.heartbeat(pb::HeartbeatRequest { status: Some(status), session }).await?;
         Ok(reply.into_inner().known)
     } else {
-        client.register(pb::RegisterRequest { status: Some(status) }).await?;
+        client.register(pb::RegisterRequest { status: Some(status), session }).await?;
         Ok(true)
     }
 }

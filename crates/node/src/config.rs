@@ -64,7 +64,9 @@ pub struct Config {
     #[arg(long, default_value_t = 2)]
     pub model_load_thread_count: usize,
 
-    /// Router to register with and send heartbeats to, host:port (repeatable). Routers can
+    /// Router control plane to register with and send heartbeats to, host:port of its
+    /// --cluster-port (repeatable). The router accepts only nodes presenting --router-token-file
+    /// (a token with the `cluster` group) or a --router-tls-cert of its cluster CA. Routers can
     /// also find nodes by themselves (`tern-router --node` / `--node-dns`).
     #[arg(long = "router-address", value_name = "HOST:PORT")]
     pub router_addresses: Vec<String>,
@@ -103,8 +105,8 @@ pub struct Config {
     #[arg(long, value_name = "NAME")]
     pub router_tls_domain: Option<String>,
 
-    /// File holding the token this node presents to --router-address routers that require
-    /// bearer tokens (one with the `cluster` group); re-read when it changes.
+    /// File holding the token this node presents to --router-address routers (one their
+    /// --cluster-token-file grants the `cluster` group); re-read when it changes.
     #[arg(long, value_name = "PATH")]
     pub router_token_file: Option<PathBuf>,
 

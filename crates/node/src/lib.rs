@@ -137,6 +137,7 @@ pub async fn run_with(
         advertise: config.advertise_address.clone(),
         bound: addr,
         memory_budget_bytes: config.model_memory_budget_mb.saturating_mul(1 << 20),
+        sessions: Default::default(),
     };
     let node_control =
         tern_proto::cluster::node_control_server::NodeControlServer::new(cluster::NodeControlService {

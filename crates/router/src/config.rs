@@ -14,8 +14,8 @@ pub struct Config {
     #[arg(long, default_value = "0.0.0.0")]
     pub grpc_address: IpAddr,
 
-    /// gRPC port (KServe v2 / Triton protocol, plus the cluster's Membership service). 0 picks a
-    /// free port, logged at start.
+    /// gRPC port (KServe v2 / Triton protocol). 0 picks a free port, logged at start. The
+    /// cluster's control plane has a listener of its own (--cluster-port).
     #[arg(long, default_value_t = 8001)]
     pub grpc_port: u16,
 
@@ -116,6 +116,9 @@ pub struct Config {
     pub node_token_file: Option<std::path::PathBuf>,
 
     #[command(flatten)]
+    pub control: crate::control::ControlPlaneArgs,
+
+    #[command(flatten)]
     pub auth: tern_gate::AuthArgs,
 
     #[command(flatten)]
@@ -176,6 +179,7 @@ impl Config {
         self.tls.metrics_server()?;
         self.limits.validate()?;
         self.auth.validate()?;
+        self.control.validate()?;
         if self.upstream_connections == 0 {
             return Err("--upstream-connections must be at least 1".into());
         }

@@ -11,7 +11,7 @@ use tern_proto::cluster::{
 use tern_proto::inference as ipb;
 use tonic::{Code, Request, Response, Status};
 
-use crate::nodes::{Cluster, Node, Source};
+use crate::nodes::{Cluster, Node, Registration, Source};
 
 /// Registered nodes silent for this long are forgotten (they re-register when they return).
 const FORGET_AFTER: Duration = Duration::from_secs(60);
@@ -20,7 +20,7 @@ const FORGET_AFTER: Duration = Duration::from_secs(60);
 /// (Triton itself) ServerReady plus the repository index.
 pub async fn fetch_status(node: &Node, timeout: Duration) -> Result<NodeStatus, Status> {
     let mut control = NodeControlClient::new(node.channel());
-    let mut request = Request::new(pb::NodeStatusRequest {});
+    let mut request = Request::new(pb::NodeStatusRequest::default());
     request.set_timeout(timeout);
     match control.status(request).await {
         Ok(reply) => Ok(reply.into_inner()),
@@ -148,7 +148,21 @@ async fn refresh_dns(cluster: &Cluster, names: &[String]) {
     }
 }
 
-/// The Membership service: nodes register and heartbeat; operators read the cluster's state.
+/// How long the router waits for a registering node to answer its identity check.
+const VERIFY_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Bounds of a registration's session secret (tern-node sends 43 characters: 256 bits).
+const MIN_SESSION_LEN: usize = 16;
+const MAX_SESSION_LEN: usize = 256;
+
+/// The Membership service (on the control-plane listener, see [`crate::control`]): nodes
+/// register and heartbeat; operators read the cluster's state.
+///
+/// A registration is believed only after the router has dialled the address it names and the
+/// Tern node there confirmed the registration's session secret as its own: a caller cannot
+/// point the router at an address it does not serve, nor register another node. A heartbeat
+/// then updates a node only with that secret and from the same process (`instance`), so one
+/// node cannot overwrite another's status.
 pub struct MembershipService {
     pub cluster: Arc<Cluster>,
     pub router_id: String,
@@ -156,18 +170,41 @@ pub struct MembershipService {
 }
 
 impl MembershipService {
-    fn accept(&self, status: Option<NodeStatus>) -> Result<(Arc<Node>, NodeStatus), Status> {
-        let status = status.ok_or_else(|| Status::invalid_argument("missing field 'status'"))?;
-        if status.grpc_address.is_empty() {
-            return Err(Status::invalid_argument(
-                "status.grpc_address is empty: the router cannot reach the node",
-            ));
-        }
-        let node = self
+    /// Checks that `claimed.grpc_address` answers NodeControl.Status as a Tern node that sent
+    /// this registration (it confirms `session`); returns the status the node itself reported.
+    async fn verify(&self, claimed: &NodeStatus, session: &str) -> Result<NodeStatus, Status> {
+        let addr = &claimed.grpc_address;
+        let probe = self
             .cluster
-            .upsert(&status.grpc_address, Source::Registered)
+            .probe(addr)
             .map_err(|e| Status::invalid_argument(format!("status.grpc_address: {e}")))?;
-        Ok((node, status))
+        let mut control = NodeControlClient::new(probe.channel());
+        let mut request = Request::new(pb::NodeStatusRequest { confirm_session: session.to_string() });
+        request.set_timeout(VERIFY_TIMEOUT);
+        let answered = match tokio::time::timeout(VERIFY_TIMEOUT, control.status(request)).await {
+            Ok(Ok(reply)) => reply.into_inner(),
+            Ok(Err(e)) => {
+                return Err(Status::failed_precondition(format!(
+                    "registration refused: the router could not confirm a Tern node at {addr} \
+                     (NodeControl.Status answered {:?}: {})",
+                    e.code(),
+                    e.message()
+                )));
+            }
+            Err(_) => {
+                return Err(Status::failed_precondition(format!(
+                    "registration refused: the node at {addr} did not answer the router within {} ms",
+                    VERIFY_TIMEOUT.as_millis()
+                )));
+            }
+        };
+        if !answered.session_confirmed {
+            return Err(Status::permission_denied(format!(
+                "registration refused: the node at {addr} did not send this registration"
+            )));
+        }
+        // The router knows the node by the address it dialled, whatever the node calls it.
+        Ok(NodeStatus { grpc_address: addr.clone(), session_confirmed: false, ..answered })
     }
 }
 
@@ -177,8 +214,28 @@ impl Membership for MembershipService {
         &self,
         req: Request<pb::RegisterRequest>,
     ) -> Result<Response<pb::RegisterResponse>, Status> {
-        let (node, status) = self.accept(req.into_inner().status)?;
-        tracing::info!(node = %node.addr, node_id = %status.node_id, "node registered");
+        let req = req.into_inner();
+        let claimed = req.status.ok_or_else(|| Status::invalid_argument("missing field 'status'"))?;
+        if claimed.grpc_address.is_empty() {
+            return Err(Status::invalid_argument(
+                "status.grpc_address is empty: the router cannot reach the node",
+            ));
+        }
+        if req.session.len() < MIN_SESSION_LEN || req.session.len() > MAX_SESSION_LEN {
+            return Err(Status::invalid_argument(format!(
+                "session: expected a secret of {MIN_SESSION_LEN} to {MAX_SESSION_LEN} bytes (an older \
+                 tern-node? nodes and routers must be the same version)"
+            )));
+        }
+        let status = self.verify(&claimed, &req.session).await.inspect_err(|e| {
+            tracing::warn!(node = %claimed.grpc_address, error = %e.message(), "node registration refused");
+        })?;
+        let node = self
+            .cluster
+            .upsert(&status.grpc_address, Source::Registered)
+            .map_err(|e| Status::resource_exhausted(format!("registration refused: {e}")))?;
+        node.set_registration(Registration { session: req.session, instance: status.instance.clone() });
+        tracing::info!(node = %node.addr, node_id = %status.node_id, "node registered (identity confirmed)");
         self.cluster.record_status(&node, status);
         Ok(Response::new(pb::RegisterResponse {
             router_id: self.router_id.clone(),
@@ -190,11 +247,17 @@ impl Membership for MembershipService {
         &self,
         req: Request<pb::HeartbeatRequest>,
     ) -> Result<Response<pb::HeartbeatResponse>, Status> {
-        let status =
-            req.into_inner().status.ok_or_else(|| Status::invalid_argument("missing field 'status'"))?;
+        let req = req.into_inner();
+        let status = req.status.ok_or_else(|| Status::invalid_argument("missing field 'status'"))?;
         let Some(node) = self.cluster.get(&status.grpc_address) else {
             return Ok(Response::new(pb::HeartbeatResponse { known: false }));
         };
+        if !node.heartbeat_matches(&req.session, &status.instance) {
+            // Not the registration the router confirmed (another caller, or the node restarted):
+            // the sender must register, which checks with the node again.
+            tracing::debug!(node = %node.addr, "heartbeat without this node's session: ignored");
+            return Ok(Response::new(pb::HeartbeatResponse { known: false }));
+        }
         self.cluster.record_status(&node, status);
         Ok(Response::new(pb::HeartbeatResponse { known: true }))
     }

@@ -1,13 +1,15 @@
 //! tern-router: presents a cluster of tern-nodes as one server speaking Triton's gRPC protocol.
 //!
 //! Layout: [`config`] (flags), [`nodes`] (membership, health, the routing view),
-//! [`discovery`] (registration, static and DNS nodes, status polls), [`placement`] (which node
+//! [`discovery`] (registration, static and DNS nodes, status polls), [`control`] (the
+//! control plane's own authenticated listener), [`placement`] (which node
 //! loads which model), [`forward`] (balancing, forwarding, retries), [`raw`] (inference
 //! messages as bytes), [`aggregate`] (cluster-wide statistics and index), [`service`] (the gRPC
 //! services) and [`Router`], which composes them. The router never links ONNX Runtime.
 
 pub mod aggregate;
 pub mod config;
+pub mod control;
 pub mod discovery;
 pub mod forward;
 pub mod metrics;
@@ -20,7 +22,6 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tern_proto::cluster::membership_server::MembershipServer;
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 
@@ -115,7 +116,17 @@ impl Router {
         Arc::new(move || cluster.ready())
     }
 
-    /// Serves the router's gRPC services (inference, Membership, health, reflection) on
+    /// The Membership service, for the control-plane listener ([`control::serve`]). The
+    /// client port never serves it.
+    pub fn membership(&self) -> MembershipService {
+        MembershipService {
+            cluster: self.state.cluster.clone(),
+            router_id: self.settings.router_id.clone(),
+            heartbeat_interval: self.settings.health_interval,
+        }
+    }
+
+    /// Serves the router's client-facing gRPC services (inference, health, reflection) on
     /// `listener` behind `front` until `shutdown`; in-flight requests then get `exit_timeout`.
     pub async fn serve(
         self,
@@ -125,11 +136,6 @@ impl Router {
         exit_timeout: Duration,
     ) -> anyhow::Result<()> {
         let inference = InferenceRoutes::new(self.state.clone(), front.limits.grpc_max_message_size);
-        let membership = MembershipServer::new(MembershipService {
-            cluster: self.state.cluster.clone(),
-            router_id: self.settings.router_id.clone(),
-            heartbeat_interval: self.settings.health_interval,
-        });
         // Overall health ("") is liveness; the inference service's follows readiness.
         let (reporter, health) = tonic_health::server::health_reporter();
         let cluster = self.state.cluster.clone();
@@ -168,7 +174,6 @@ impl Router {
             .layer(front.limits.layer())
             .layer(front.auth)
             .add_service(inference)
-            .add_service(membership)
             .add_service(health)
             .add_service(reflection);
         let server: std::pin::Pin<Box<dyn Future<Output = Result<(), tonic::transport::Error>> + Send>> =
@@ -219,6 +224,34 @@ pub async fn run(
         metrics.registry(),
     )?;
     metrics.set_readiness(router.readiness());
+    // The control plane on its own listener, bound before the client port is announced.
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let control = match config.control.front().map_err(anyhow::Error::msg)? {
+        Some(control_front) => {
+            let addr = config.control.addr();
+            let listener = TcpListener::bind(addr)
+                .await
+                .map_err(|e| anyhow::anyhow!("cannot bind the control-plane address {addr}: {e}"))?;
+            let bound = listener.local_addr()?;
+            let mut stop = stop_rx.clone();
+            let stopped = async move {
+                let _ = stop.wait_for(|s| *s).await;
+            };
+            let task = tokio::spawn(control::serve(listener, control_front, router.membership(), stopped));
+            Some((bound.to_string(), task))
+        }
+        None => {
+            tracing::info!(
+                "control plane off: nodes cannot register (give --cluster-token-file or --cluster-tls-ca \
+                 to let them); nodes come from --node and --node-dns"
+            );
+            None
+        }
+    };
+    let shutdown = async move {
+        shutdown.await;
+        let _ = stop_tx.send(true);
+    };
     let metrics_tls = config.tls.metrics_server().map_err(anyhow::Error::msg)?;
     let metrics_endpoint = tern_gate::metrics_endpoint::MetricsEndpoint::start(
         &config.metrics,
@@ -230,12 +263,20 @@ pub async fn run(
     .map_err(anyhow::Error::msg)?;
     let metrics_addr = metrics_endpoint.addr.clone();
     let addr = listener.local_addr()?;
+    let cluster_addr = control.as_ref().map_or_else(|| "off".to_string(), |(a, _)| a.clone());
     tracing::info!(
         nodes = config.nodes.len(),
         node_dns = config.node_dns.len(),
-        "tern-router ready grpc={addr} metrics={metrics_addr}"
+        "tern-router ready grpc={addr} metrics={metrics_addr} cluster={cluster_addr}"
     );
     router.serve(listener, front, shutdown, Duration::from_secs(config.exit_timeout_secs)).await?;
+    if let Some((_, task)) = control {
+        match task.await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::warn!(error = %e, "control plane stopped with an error"),
+            Err(e) => tracing::warn!(error = %e, "control-plane task failed"),
+        }
+    }
     metrics_endpoint.stop().await;
     tracing::info!("tern-router stopped");
     Ok(())

@@ -24,6 +24,9 @@ use crate::raw::{RawCodec, RawMessage};
 /// send is --grpc-max-message-size; nodes keep theirs.)
 pub const MAX_MESSAGE_SIZE: usize = i32::MAX as usize;
 
+/// Registered nodes a router keeps at most: registrations beyond it are refused.
+pub const MAX_REGISTERED_NODES: usize = 1024;
+
 /// A connection to a node that presents the router's token (`--node-token-file`), if any.
 pub type NodeChannel = InterceptedService<Channel, tern_gate::Credential>;
 
@@ -64,6 +67,17 @@ pub struct Node {
     /// When a request last found the node unreachable (ms since epoch); 0: not suspect. A
     /// status received afterwards clears it.
     suspect_since_ms: AtomicU64,
+    /// The verified registration of a registered node: heartbeats must match it.
+    registration: ArcSwapOption<Registration>,
+}
+
+/// What a node's verified registration binds its heartbeats to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Registration {
+    /// The secret the router issued (RegisterResponse.session).
+    pub session: String,
+    /// The node process the router found answering at the node's address.
+    pub instance: String,
 }
 
 impl std::fmt::Debug for Node {
@@ -104,6 +118,21 @@ impl Node {
             status: ArcSwapOption::empty(),
             last_seen_ms: AtomicU64::new(0),
             suspect_since_ms: AtomicU64::new(0),
+            registration: ArcSwapOption::empty(),
+        })
+    }
+
+    /// Binds this node's heartbeats to a verified registration (replacing an earlier one).
+    pub fn set_registration(&self, registration: Registration) {
+        self.registration.store(Some(Arc::new(registration)));
+    }
+
+    /// True when a heartbeat with `session` from process `instance` belongs to this node's
+    /// current registration.
+    pub fn heartbeat_matches(&self, session: &str, instance: &str) -> bool {
+        self.registration.load().as_ref().is_some_and(|r| {
+            // Constant-time on the secret: its bytes must not leak through timing.
+            constant_time_eq(r.session.as_bytes(), session.as_bytes()) && r.instance == instance
         })
     }
 
@@ -254,10 +283,31 @@ impl Cluster {
         self.nodes.read().unwrap_or_else(PoisonError::into_inner).get(addr).cloned()
     }
 
-    /// The node at `addr`, added if new.
+    /// A connection to `addr` that is not (yet) part of the cluster: the router checks that a
+    /// registering address answers as the node it claims to be before adding it.
+    pub fn probe(&self, addr: &str) -> Result<Node, String> {
+        Node::new(addr, Source::Registered, 1, self.tls.as_ref(), self.credential.clone())
+    }
+
+    /// The node at `addr`, added if new. Registered nodes are capped at
+    /// [`MAX_REGISTERED_NODES`].
     pub fn upsert(&self, addr: &str, source: Source) -> Result<Arc<Node>, String> {
         if let Some(n) = self.get(addr) {
             return Ok(n);
+        }
+        if source == Source::Registered {
+            let registered = self
+                .nodes
+                .read()
+                .unwrap_or_else(PoisonError::into_inner)
+                .values()
+                .filter(|n| n.source == Source::Registered)
+                .count();
+            if registered >= MAX_REGISTERED_NODES {
+                return Err(format!(
+                    "the router already has {MAX_REGISTERED_NODES} registered nodes (the most it keeps)"
+                ));
+            }
         }
         let node = Arc::new(Node::new(
             addr,
@@ -363,6 +413,10 @@ impl Cluster {
     }
 }
 
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
 fn same_models(a: &NodeStatus, b: &NodeStatus) -> bool {
     a.models.len() == b.models.len()
         && a.models
@@ -435,5 +489,25 @@ mod tests {
         let view = cluster.view();
         assert_eq!(view.healthy.len(), 1, "b's last status is older than the timeout");
         assert_eq!(view.healthy[0].addr, "127.0.0.1:1");
+    }
+
+    #[test]
+    fn heartbeats_match_only_the_confirmed_registration() {
+        let cluster = Cluster::new(
+            Duration::from_secs(1),
+            1,
+            None,
+            tern_gate::Credential::none(),
+            Arc::new(RouterMetrics::unregistered()),
+        );
+        let node = cluster.upsert("127.0.0.1:1", Source::Registered).expect("node");
+        assert!(!node.heartbeat_matches("", ""), "no registration: nothing matches");
+        node.set_registration(Registration { session: "secret-1".into(), instance: "p1".into() });
+        assert!(node.heartbeat_matches("secret-1", "p1"));
+        assert!(!node.heartbeat_matches("secret-2", "p1"), "another session");
+        assert!(!node.heartbeat_matches("secret-1", "p2"), "another process with the session");
+        assert!(!node.heartbeat_matches("secret-", "p1"), "a prefix of the session");
+        node.set_registration(Registration { session: "secret-2".into(), instance: "p2".into() });
+        assert!(!node.heartbeat_matches("secret-1", "p1"), "a new registration replaces the old");
     }
 }
