@@ -491,8 +491,8 @@ mod tests {
         assert_eq!(view.healthy[0].addr, "127.0.0.1:1");
     }
 
-    #[test]
-    fn heartbeats_match_only_the_confirmed_registration() {
+    #[tokio::test]
+    async fn heartbeats_match_only_the_confirmed_registration() {
         let cluster = Cluster::new(
             Duration::from_secs(1),
             1,
