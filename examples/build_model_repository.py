@@ -17,8 +17,8 @@ Models:
                         light_resnet50's without labels.
   identity_<type>       Identity, INPUT0 -> OUTPUT0, [N,16], every type ORT's CPU Identity takes.
   add_<type>            OUTPUT0 = INPUT0 + INPUT1, OUTPUT1 = INPUT0 - INPUT1 (Triton's "simple").
-  tiny_add              FP32 Add, [N,16], max_batch_size 64 + dynamic batching (the reference
-                        Triton setup in /work/shared/reference).
+  tiny_add              FP32 Add, [N,16], max_batch_size 64 + dynamic batching (as in the
+                        Triton setup of tests/python/data/triton_responses.json).
   string_identity       BYTES Identity, no batching (max_batch_size 0, dims [-1]).
 
 Every model is checked with onnxruntime before it is written; a light model whose re-export
@@ -221,7 +221,7 @@ def resnet_config(name: str, labels: bool) -> str:
         + io_block("input", [("input", "TYPE_FP32", [3, 224, 224])])
         + io_block("output", [("output", "TYPE_FP32", [1000])], labels="labels.txt" if labels else None)
         + "instance_group [ { count: 1, kind: KIND_CPU } ]\n"
-        # Same batching as the reference Triton setup (/work/shared/reference).
+        # Same batching as the reference Triton setup (tests/python/data/README.md).
         + "dynamic_batching {\n  preferred_batch_size: [ 4, 8 ]\n  max_queue_delay_microseconds: 5000\n}\n"
     )
 

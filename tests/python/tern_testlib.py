@@ -27,7 +27,7 @@ from tritonclient.utils import InferenceServerException
 
 ROOT = Path(__file__).resolve().parents[2]
 BUILDER = ROOT / "examples" / "build_model_repository.py"
-REFERENCE = Path(os.environ.get("TERN_REFERENCE_JSON", "/work/shared/reference/triton_responses.json"))
+REFERENCE = Path(os.environ.get("TERN_REFERENCE_JSON", Path(__file__).parent / "data" / "triton_responses.json"))
 LIGHT_DIR = None  # filled lazily (needs onnx)
 
 # `tern serve` runs the same suite with TERN_NODE_BIN=scripts/tern-serve.sh TERN_READY_MARK="tern ready".

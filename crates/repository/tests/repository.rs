@@ -197,8 +197,8 @@ fn scan_complete_validate_labels() -> TestResult {
     Ok(())
 }
 
-/// `get_model_config.light_resnet50` as a real Triton 2.51 answered it (shared/reference,
-/// protobuf JSON), with platform and backend set to the ONNX Runtime values. A config that
+/// `get_model_config.light_resnet50` as a real Triton 2.51 answered it
+/// (tests/python/data/triton_responses.json, protobuf JSON), with platform and backend set to the ONNX Runtime values. A config that
 /// Triton has completed is complete: auto-complete must give it back unchanged, and it must
 /// validate against the model it describes.
 const TRITON_LIGHT_RESNET50: &str = r#"{
