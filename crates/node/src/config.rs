@@ -143,10 +143,8 @@ impl Config {
         }
         self.metrics.settings().map_err(|e| e.to_string())?;
         self.tracing.otlp().map_err(|e| e.to_string())?;
-        if let Some(dir) = &self.accelerator_cache_dir {
-            if !dir.is_dir() {
-                return Err(format!("--accelerator-cache-dir {}: not a directory", dir.display()));
-            }
+        if let Some(dir) = self.accelerator_cache_dir.as_ref().filter(|d| !d.is_dir()) {
+            return Err(format!("--accelerator-cache-dir {}: not a directory", dir.display()));
         }
         if self.repository_poll_secs == 0 {
             return Err("--repository-poll-secs must be at least 1".into());

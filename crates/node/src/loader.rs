@@ -293,3 +293,30 @@ fn model_io(config: &ModelConfig, labels: &HashMap<String, Arc<Vec<String>>>) ->
         outputs,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn source(dir: &str) -> ModelSource {
+        ModelSource { name: "m".into(), dir: PathBuf::from(dir), config: None, versions: vec![1] }
+    }
+
+    #[test]
+    fn only_a_repository_model_directory_may_hold_accelerator_caches() {
+        let options = LoadOptions {
+            strict_model_config: false,
+            allow_cpu_fallback: false,
+            model_key: None,
+            accelerator_cache_dir: Some(PathBuf::from("/var/cache/tern")),
+            model_repositories: vec![PathBuf::from("/models"), PathBuf::from("/more")],
+        };
+        let scope = options.accelerator_scope(&source("/more/m"), true);
+        assert_eq!(scope.model_dir, Some(PathBuf::from("/more/m")));
+        assert_eq!((scope.model.as_str(), scope.encrypted), ("m", true));
+        assert_eq!(scope.cache_dir, Some(PathBuf::from("/var/cache/tern")));
+        // An upload lives in a temporary directory the client filled: not a root.
+        assert_eq!(options.accelerator_scope(&source("/tmp/tern-upload-x/m"), false).model_dir, None);
+        assert_eq!(options.accelerator_scope(&source("/models/m/1"), false).model_dir, None);
+    }
+}

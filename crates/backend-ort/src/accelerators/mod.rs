@@ -291,21 +291,19 @@ fn tensorrt_rules(
         ),
     ];
     let needs_cache_dir = needs_cache_dir.iter().find(|(_, needed)| *needed).map(|(name, _)| *name);
-    if let Some(name) = needs_cache_dir {
-        if !trt.options.contains_key("trt_engine_cache_path") {
-            let dir = scope.default_cache_dir().map_err(|e| {
-                refused(
-                    TENSORRT,
-                    name,
-                    value(name),
-                    format!(
-                        "needs a cache directory and none is given (ONNX Runtime would use the node's \
-                         working directory): set trt_engine_cache_path, or {e}"
-                    ),
-                )
-            })?;
-            trt.options.insert("trt_engine_cache_path".to_string(), dir);
-        }
+    if let Some(name) = needs_cache_dir.filter(|_| !trt.options.contains_key("trt_engine_cache_path")) {
+        let dir = scope.default_cache_dir().map_err(|e| {
+            refused(
+                TENSORRT,
+                name,
+                value(name),
+                format!(
+                    "needs a cache directory and none is given (ONNX Runtime would use the node's \
+                     working directory): set trt_engine_cache_path, or {e}"
+                ),
+            )
+        })?;
+        trt.options.insert("trt_engine_cache_path".to_string(), dir);
     }
     if dump_context && !trt.options.contains_key("trt_ep_context_file_path") {
         let name = "trt_dump_ep_context_model";
