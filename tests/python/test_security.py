@@ -276,3 +276,107 @@ def test_upload_paths_cannot_traverse(explicit, tmp_path):
     client.load_model("uploaded", config=upload_config("uploaded"), files={"file:3/model.onnx.enc": enc})
     assert add(client, "uploaded") == [2.0 * i for i in range(16)]
     client.unload_model("uploaded")
+
+
+# === execution accelerator parameters (config that would reach native code) ====================
+
+
+def accelerators(gpu: list[tuple[str, dict]]) -> dict:
+    return {"optimization": {"execution_accelerators": {"gpu_execution_accelerator": [
+        {"name": name, "parameters": params} for name, params in gpu]}}}
+
+
+def test_accelerator_parameters_that_reach_native_code_are_refused(encrypted_repo, keys):
+    """A RepositoryModelLoad config override may not hand ONNX Runtime a shared library to load,
+    a raw address, a path out of the model's directories, an unknown or out-of-range option, or
+    (for an encrypted model) a cache that would write the engine to disk. The check runs on a
+    CPU-only node too: a GPU instance would pass these options to the CUDA / TensorRT providers.
+    Each refusal names the model, the accelerator, the key and why; the node keeps serving."""
+    plugin = Path(tempfile.gettempdir()) / "tern-accelerator-probe.so"
+    srv = TernServer([encrypted_repo], ["--model-control-mode", "explicit", "--load-model", "plain",
+                                        "--model-key-file", str(keys / "good")], label="accelerators").start()
+    try:
+        client = grpcclient.InferenceServerClient(srv.url)
+        expected = [2.0 * i for i in range(16)]
+        assert add(client, "plain") == expected
+        cases = [
+            ("plain", "tensorrt", {"trt_extra_plugin_lib_paths": str(plugin)}, "trt_extra_plugin_lib_paths",
+             "loads native code"),
+            ("plain", "cuda", {"gpu_external_alloc": "140737488355328"}, "gpu_external_alloc", "raw address"),
+            ("plain", "cuda", {"user_compute_stream": "4096"}, "user_compute_stream", "raw address"),
+            ("plain", "tensorrt", {"trt_engine_cache_enable": "1", "trt_engine_cache_path": "/etc"},
+             "trt_engine_cache_path", "outside"),
+            ("plain", "tensorrt", {"trt_timing_cache_enable": "1", "trt_timing_cache_path": "../../../../tmp"},
+             "trt_timing_cache_path", ".."),
+            ("plain", "tensorrt", {"trt_engine_cache_enable": "1"}, "trt_engine_cache_enable",
+             "--accelerator-cache-dir"),
+            ("plain", "tensorrt", {"trt_dump_subgraphs": "1"}, "trt_dump_subgraphs", "working directory"),
+            ("plain", "cuda", {"some_future_option": "1"}, "some_future_option", "unknown parameter"),
+            ("plain", "cuda", {"gpu_mem_limit": str(1 << 62)}, "gpu_mem_limit", "at most"),
+            ("plain", "tensorrt", {"trt_builder_optimization_level": "9"}, "trt_builder_optimization_level",
+             "0 to 5"),
+            ("enc_config", "tensorrt", {"trt_engine_cache_enable": "1"}, "trt_engine_cache_enable", "encrypted"),
+            ("enc_config", "tensorrt", {"trt_dump_ep_context_model": "1"}, "trt_dump_ep_context_model",
+             "encrypted"),
+        ]
+        for model, accelerator, params, key, says in cases:
+            config = upload_config(model, **accelerators([(accelerator, params)]))
+            with pytest.raises(InferenceServerException) as e:
+                client.load_model(model, config=config)
+            msg = e.value.message()
+            for part in (f"model '{model}'", f"'{accelerator}'", key, says):
+                assert part in msg, f"{key}: {part!r} not in {msg!r}"
+            # The model that served before still serves, unchanged.
+            assert client.is_model_ready("plain") and add(client, "plain") == expected, srv.log_tail()
+        assert not plugin.exists()
+        # The same keys at allowed values load (the options only take effect on a GPU instance).
+        ok = accelerators([("tensorrt", {"precision_mode": "FP16", "trt_builder_optimization_level": "3",
+                                         "trt_dump_subgraphs": "off"}),
+                           ("cuda", {"gpu_mem_limit": str(1 << 30), "cudnn_conv_algo_search": "HEURISTIC"})])
+        client.load_model("plain", config=upload_config("plain", **ok))
+        client.load_model("enc_config", config=upload_config("enc_config", **ok))
+        for model in ("plain", "enc_config"):
+            assert add(client, model) == expected
+    finally:
+        assert srv.stop() == 0, srv.log_tail()
+
+
+def test_accelerator_cache_dir_confines_paths(encrypted_repo, keys, tmp_path):
+    """`--accelerator-cache-dir DIR` gives each model DIR/<model>: caches without a path go there,
+    relative paths resolve there, the model's own directory is allowed for caches, anything else
+    (another model's cache directory, a symlink out) is refused. The flag must name a directory."""
+    cache, outside = tmp_path / "cache", tmp_path / "outside"
+    cache.mkdir()
+    outside.mkdir()
+    srv = TernServer([encrypted_repo], ["--model-control-mode", "explicit", "--load-model", "plain",
+                                        "--accelerator-cache-dir", str(cache)], label="accelerator-cache").start()
+    try:
+        client = grpcclient.InferenceServerClient(srv.url)
+        expected = [2.0 * i for i in range(16)]
+        for params in ({"trt_engine_cache_enable": "1"},
+                       {"trt_engine_cache_enable": "1", "trt_engine_cache_path": "fp16/engines"},
+                       {"trt_timing_cache_enable": "1", "trt_timing_cache_path": str(encrypted_repo / "plain" / "t")},
+                       {"trt_dump_ep_context_model": "1", "trt_ep_context_file_path": "ctx.onnx"}):
+            client.load_model("plain", config=upload_config("plain", **accelerators([("tensorrt", params)])))
+            assert add(client, "plain") == expected
+        for params, key in [({"trt_engine_cache_path": str(cache / "enc_config")}, "trt_engine_cache_path"),
+                            ({"trt_ep_context_file_path": str(encrypted_repo / "plain" / "1" / "model.onnx")},
+                             "trt_ep_context_file_path")]:
+            with pytest.raises(InferenceServerException) as e:
+                client.load_model("plain", config=upload_config("plain", **accelerators([("tensorrt", params)])))
+            assert key in e.value.message() and "outside" in e.value.message(), e.value.message()
+        (cache / "plain").symlink_to(outside, target_is_directory=True)
+        with pytest.raises(InferenceServerException) as e:
+            client.load_model("plain", config=upload_config(
+                "plain", **accelerators([("tensorrt", {"trt_engine_cache_enable": "1"})])))
+        msg = e.value.message()
+        assert "trt_engine_cache_enable" in msg and str(outside) in msg and "outside" in msg, msg
+        assert add(client, "plain") == expected
+        assert list(outside.iterdir()) == []
+    finally:
+        assert srv.stop() == 0, srv.log_tail()
+    not_a_dir = tmp_path / "file"
+    not_a_dir.write_text("x")
+    srv = TernServer([encrypted_repo], ["--accelerator-cache-dir", str(not_a_dir)], label="accelerator-cache-bad")
+    proc = subprocess.run(srv.command(), capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2 and "--accelerator-cache-dir" in proc.stdout + proc.stderr, proc.stdout + proc.stderr

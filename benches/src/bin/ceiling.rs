@@ -14,7 +14,9 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use clap::{Parser, ValueEnum};
 use tern_backend::Backend;
-use tern_backend_ort::{InstancePlan, OrtBackend, SessionSettings, instance_plan, session_settings};
+use tern_backend_ort::{
+    AcceleratorScope, InstancePlan, OrtBackend, SessionSettings, instance_plan, session_settings_for,
+};
 use tern_core::{DataType, Tensor, TensorSpec};
 use tern_proto::inference::model_instance_group::Kind;
 use tern_proto::inference::model_optimization_policy::ExecutionAccelerators;
@@ -55,7 +57,7 @@ struct Args {
     /// TensorRT `precision_mode` (FP32, FP16, BF16, INT8).
     #[arg(long, default_value = "FP16")]
     precision: String,
-    /// TensorRT engine cache folder (`trt_engine_cache_path`); none: no cache.
+    /// TensorRT engine cache root (engines in `<root>/ceiling`, as with `--accelerator-cache-dir`); none: no cache.
     #[arg(long)]
     trt_cache: Option<PathBuf>,
     /// Before measuring, compare the outputs with a CPU session's on this batch size (0: no).
@@ -170,9 +172,9 @@ fn gpu_plan(args: &Args, input: &TensorSpec, threads: usize) -> anyhow::Result<I
             ("trt_profile_max_shapes", dims(largest)),
         ];
         if let Some(cache) = &args.trt_cache {
+            // Engines go to <cache>/ceiling, as tern-node's --accelerator-cache-dir would put them.
             std::fs::create_dir_all(cache)?;
             parameters.push(("trt_engine_cache_enable", "1".to_string()));
-            parameters.push(("trt_engine_cache_path", cache.display().to_string()));
         }
         config.optimization = Some(ModelOptimizationPolicy {
             execution_accelerators: Some(ExecutionAccelerators {
@@ -185,7 +187,12 @@ fn gpu_plan(args: &Args, input: &TensorSpec, threads: usize) -> anyhow::Result<I
             ..Default::default()
         });
     }
-    let mut base = session_settings(&config)?;
+    let scope = AcceleratorScope {
+        model: config.name.clone(),
+        cache_dir: args.trt_cache.clone(),
+        ..Default::default()
+    };
+    let mut base = session_settings_for(&config, &scope)?;
     base.intra_op_threads = Some(threads);
     let plans = instance_plan(&config, &base, args.allow_fallback)?;
     plans.into_iter().next().ok_or_else(|| anyhow::anyhow!("instance_plan placed no instance"))

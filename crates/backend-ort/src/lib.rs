@@ -8,7 +8,8 @@
 //! - [`settings`]: [`SessionSettings`] and [`session_settings`] (config.pbtxt `parameters` and
 //!   `optimization { graph { level } }`, with the Triton ONNX Runtime backend's meanings).
 //! - [`accelerators`]: the GPU execution providers' settings ([`GpuSettings`]: TensorRT and
-//!   CUDA options from `optimization { execution_accelerators }` and `parameters`).
+//!   CUDA options from `optimization { execution_accelerators }` and `parameters`), each key
+//!   checked against an allowed list, paths confined by an [`AcceleratorScope`].
 //! - [`placement`]: [`instance_plan`], one [`InstancePlan`] (settings + [`Device`]) per session
 //!   from `instance_group` (KIND_GPU / KIND_CPU / KIND_AUTO, `count`, `gpus`), with the GPU
 //!   probe and the CPU fallback.
@@ -41,12 +42,12 @@ pub mod settings;
 
 use std::path::PathBuf;
 
-pub use accelerators::{Device, GpuSettings, TensorRtOptions, TensorRtPrecision};
+pub use accelerators::{AcceleratorScope, Device, GpuSettings, TensorRtOptions, TensorRtPrecision};
 pub use backend::OrtBackend;
 pub use ffi::release_freed_memory;
 pub use placement::{GpuSupport, InstancePlan, instance_plan, placed_instance_groups, plan_instances};
 pub use runtime::{RuntimeInfo, init_runtime};
-pub use settings::{GraphOptimization, SessionSettings, session_settings};
+pub use settings::{GraphOptimization, SessionSettings, session_settings, session_settings_for};
 
 /// What to tell an operator whose ONNX Runtime library is missing or unusable.
 pub const SETUP_HINT: &str =
@@ -77,6 +78,10 @@ pub enum OrtBackendError {
     /// A model config parameter has a value the ORT backend cannot use.
     #[error("invalid value {value:?} for ONNX Runtime parameter '{name}': {reason}")]
     InvalidParameter { name: String, value: String, reason: String },
+    /// An execution accelerator parameter that is unknown, out of range or not allowed
+    /// (`value` is shortened when long).
+    #[error("execution accelerator '{accelerator}' parameter '{key}' = {value:?} refused: {reason}")]
+    AcceleratorParameter { accelerator: String, key: String, value: String, reason: String },
     /// The model file does not exist.
     #[error("model file not found: {}", path.display())]
     ModelNotFound { path: PathBuf },

@@ -16,13 +16,13 @@
 //!
 //! Differences from Triton, on purpose: Triton treats any other graph level as "all" and parses
 //! numbers with `std::stoi` (so "4x" is 4); here an unknown level, a negative or non-numeric
-//! count, and a boolean other than true/false/1/0 are errors naming the parameter. Parameters
+//! count, and a boolean other than true/false/on/off/1/0 are errors naming the parameter. Parameters
 //! this backend does not know are ignored, as in Triton (they may be meant for something else).
 
 use tern_proto::inference::ModelConfig;
 
 use crate::OrtBackendError;
-use crate::accelerators::{Device, GpuSettings, gpu_settings};
+use crate::accelerators::{AcceleratorScope, Device, GpuSettings, gpu_settings};
 
 /// How much graph optimization ORT does when it loads the model.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -103,10 +103,20 @@ const ARENA_SHRINKAGE: &str = "memory.enable_memory_arena_shrinkage";
 const INTRA_OP_SPINNING: &str = "session.intra_op.allow_spinning";
 const INTER_OP_SPINNING: &str = "session.inter_op.allow_spinning";
 
-/// Reads the ORT backend's fields from a model config (see the module docs for the mapping).
+/// [`session_settings_for`] with the strictest scope: no model directory, no cache directory,
+/// so every accelerator path and cache is refused.
 pub fn session_settings(config: &ModelConfig) -> Result<SessionSettings, OrtBackendError> {
+    session_settings_for(config, &AcceleratorScope { model: config.name.clone(), ..Default::default() })
+}
+
+/// Reads the ORT backend's fields from a model config (see the module docs for the mapping);
+/// accelerator paths and caches are confined to `scope`.
+pub fn session_settings_for(
+    config: &ModelConfig,
+    scope: &AcceleratorScope,
+) -> Result<SessionSettings, OrtBackendError> {
     let param = |name: &str| config.parameters.get(name).map(|p| p.string_value.as_str());
-    let mut settings = SessionSettings { gpu: gpu_settings(config)?, ..SessionSettings::default() };
+    let mut settings = SessionSettings { gpu: gpu_settings(config, scope)?, ..SessionSettings::default() };
 
     if let Some(graph) = config.optimization.as_ref().and_then(|o| o.graph.as_ref()) {
         settings.graph_optimization = GraphOptimization::from_triton_level(graph.level).ok_or_else(|| {
@@ -168,13 +178,9 @@ fn parse_thread_count(name: &str, value: &str) -> Result<Option<usize>, OrtBacke
     }
 }
 
-/// The spellings Triton's `ParseBoolValue` accepts.
+/// The spellings Triton's `ParseBoolValue` accepts (true, on, 1 / false, off, 0).
 pub(crate) fn parse_bool(name: &str, value: &str) -> Result<bool, OrtBackendError> {
-    match value.trim().to_ascii_lowercase().as_str() {
-        "true" | "1" => Ok(true),
-        "false" | "0" => Ok(false),
-        _ => Err(invalid(name, value, "expected true, false, 1 or 0")),
-    }
+    crate::accelerators::parse_bool(value).map_err(|reason| invalid(name, value, &reason))
 }
 
 pub(crate) fn invalid(name: &str, value: &str, reason: &str) -> OrtBackendError {

@@ -48,6 +48,12 @@ pub struct Config {
     #[arg(long, default_value_t = false, action = clap::ArgAction::Set, value_name = "BOOL")]
     pub allow_cpu_fallback: bool,
 
+    /// Directory for TensorRT engine and timing caches and EP context models: each model gets
+    /// `DIR/<model name>`, where relative accelerator paths resolve. Without it, accelerator
+    /// paths may only point into the model's own directory (see SECURITY.md).
+    #[arg(long, value_name = "DIR")]
+    pub accelerator_cache_dir: Option<PathBuf>,
+
     /// Name reported by ServerMetadata. Some clients written for Triton check for "triton".
     #[arg(long, default_value = "tern")]
     pub server_name: String,
@@ -139,6 +145,9 @@ impl Config {
         }
         self.metrics.settings().map_err(|e| e.to_string())?;
         self.tracing.otlp().map_err(|e| e.to_string())?;
+        if let Some(dir) = self.accelerator_cache_dir.as_ref().filter(|d| !d.is_dir()) {
+            return Err(format!("--accelerator-cache-dir {}: not a directory", dir.display()));
+        }
         if self.repository_poll_secs == 0 {
             return Err("--repository-poll-secs must be at least 1".into());
         }

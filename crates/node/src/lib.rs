@@ -69,6 +69,8 @@ pub async fn run_with(
         LoadOptions {
             strict_model_config: config.strict_model_config,
             allow_cpu_fallback: config.allow_cpu_fallback,
+            accelerator_cache_dir: config.accelerator_cache_dir.clone(),
+            model_repositories: config.model_repositories.clone(),
             model_key: config.model_key.load().map_err(anyhow::Error::msg)?,
         },
         config.model_load_thread_count,

@@ -3,6 +3,7 @@
 //! what a file says.
 
 use std::collections::HashMap;
+use std::path::PathBuf;
 use std::sync::Arc;
 
 use tern_core::{DataType, IoSpec, ModelIo, Tensor};
@@ -35,6 +36,25 @@ pub struct LoadOptions {
     pub allow_cpu_fallback: bool,
     /// Decrypts `model.onnx.enc` files (`--model-key-file` / `TERN_MODEL_KEY`).
     pub model_key: Option<Arc<tern_crypto::ModelKey>>,
+    /// `--accelerator-cache-dir`: where TensorRT caches may be written.
+    pub accelerator_cache_dir: Option<PathBuf>,
+    /// The operator's repositories: a model directory inside one may hold accelerator caches
+    /// (an uploaded model's directory, written by a client, may not).
+    pub model_repositories: Vec<PathBuf>,
+}
+
+impl LoadOptions {
+    /// What `source`'s execution accelerator parameters may touch.
+    fn accelerator_scope(&self, source: &ModelSource, encrypted: bool) -> tern_backend_ort::AcceleratorScope {
+        // A scan names a repository's model `<repository>/<name>`; an upload lives elsewhere.
+        let in_repository = self.model_repositories.iter().any(|r| r.join(&source.name) == source.dir);
+        tern_backend_ort::AcceleratorScope {
+            model: source.name.clone(),
+            model_dir: in_repository.then(|| source.dir.clone()),
+            cache_dir: self.accelerator_cache_dir.clone(),
+            encrypted,
+        }
+    }
 }
 
 /// Triton's default instance count for ONNX Runtime models on CPU.
@@ -57,11 +77,14 @@ pub fn load_version(
     let file = tern_repository::find_model_file(source, &base, v)
         .map_err(|e| e.to_string())?
         .ok_or_else(|| format!("model '{name}' version {v}: model file {} not found", path.display()))?;
+    // Accelerator parameters reach native code (ORT's providers): checked before anything
+    // is decrypted or any session is made, on every node whether it has a GPU or not.
+    let scope = options.accelerator_scope(source, matches!(file, tern_repository::ModelFile::Encrypted(_)));
+    let base_settings = tern_backend_ort::session_settings_for(&base, &scope)
+        .map_err(|e| format!("model '{name}' version {v}: {e}"))?;
     // Encrypted files are decrypted here, in memory, for the sessions of this load only.
     let model = crate::encrypted::open_model(&file, options.model_key.as_deref(), &name, v)?;
     {
-        let base_settings = tern_backend_ort::session_settings(&base)
-            .map_err(|e| format!("model '{name}' version {v}: {e}"))?;
         // The first session reads the model's signature for auto-complete; it is kept as the
         // first instance when the plan puts that instance on the CPU with the same settings.
         let threads_given = base_settings.intra_op_threads.is_some();
@@ -269,4 +292,31 @@ fn model_io(config: &ModelConfig, labels: &HashMap<String, Arc<Vec<String>>>) ->
         inputs,
         outputs,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn source(dir: &str) -> ModelSource {
+        ModelSource { name: "m".into(), dir: PathBuf::from(dir), config: None, versions: vec![1] }
+    }
+
+    #[test]
+    fn only_a_repository_model_directory_may_hold_accelerator_caches() {
+        let options = LoadOptions {
+            strict_model_config: false,
+            allow_cpu_fallback: false,
+            model_key: None,
+            accelerator_cache_dir: Some(PathBuf::from("/var/cache/tern")),
+            model_repositories: vec![PathBuf::from("/models"), PathBuf::from("/more")],
+        };
+        let scope = options.accelerator_scope(&source("/more/m"), true);
+        assert_eq!(scope.model_dir, Some(PathBuf::from("/more/m")));
+        assert_eq!((scope.model.as_str(), scope.encrypted), ("m", true));
+        assert_eq!(scope.cache_dir, Some(PathBuf::from("/var/cache/tern")));
+        // An upload lives in a temporary directory the client filled: not a root.
+        assert_eq!(options.accelerator_scope(&source("/tmp/tern-upload-x/m"), false).model_dir, None);
+        assert_eq!(options.accelerator_scope(&source("/models/m/1"), false).model_dir, None);
+    }
 }
