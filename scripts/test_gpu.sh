@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # `make test-gpu`: checks Tern's GPU execution on a machine with an NVIDIA GPU.
 #
-#   0. the GPU tests of crates/backend-ort/tests/gpu_device.rs (ignored by plain `cargo test`);
+#   0. the GPU tests of crates/backend-ort/tests/gpu_device.rs, with TERN_REQUIRE_GPU=1 (plain
+#      `cargo test` runs them too, and where no GPU is usable they check the CPU side instead);
 #   1. correctness: resnet50_random (seeded random weights, so outputs are not uniform) on the
 #      CUDA provider and on TensorRT (FP16) against a CPU session, same batch of 8 distinct
 #      rows, within a tolerance (2e-3 CUDA, 2e-2 TensorRT FP16);
@@ -99,7 +100,9 @@ ceiling() { RUST_BACKTRACE=0 timeout 900 "$CEILING_BIN" "$@"; }
 
 # --- 0. GPU integration tests (crates/backend-ort/tests/gpu_device.rs) -----------------------
 GPU_TEST_BIN=${GPU_TEST_BIN:-$ROOT/target/release/gpu_device}
-test_args=(--ignored --test-threads 1 --nocapture)
+test_args=(--include-ignored --test-threads 1 --nocapture)
+# This machine has a GPU (checked above): the tests must use it, not fall back to their CPU side.
+export TERN_REQUIRE_GPU=1
 if ! want 0; then
   log "0. skipped (STAGES=$STAGES)"
 elif log "0. backend-ort GPU tests (placement, CUDA options, datatypes on the GPU)"; [ -x "$GPU_TEST_BIN" ]; then

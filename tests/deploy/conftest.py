@@ -3,6 +3,11 @@
 Run with `.venv/bin/python -m pytest tests/deploy` (or scripts/validate_deploy.sh). The pinned
 validators of requirements.txt are installed into the running interpreter's environment (the
 project's .venv) on first use; later runs find them and install nothing.
+
+Nothing here skips for a missing tool: onnx, ONNX Runtime (the .venv wheel and the
+.tern/onnxruntime library), promtool and the built binaries are all put in place by
+`make setup` / `make build`, which `make test` runs first, so a test that lacks one fails with
+a message saying how to get it.
 """
 
 from __future__ import annotations
@@ -64,7 +69,23 @@ sys.path.insert(0, str(HERE))
 @pytest.fixture(scope="session")
 def model_repo(tmp_path_factory) -> pathlib.Path:
     """A Triton repository with one tiny ONNX model `tiny` (livelib.tiny_model_repo)."""
-    pytest.importorskip("onnx", reason="onnx (installed by scripts/setup.sh) builds the test model")
+    try:
+        import onnx  # noqa: F401
+    except ImportError:
+        pytest.fail(f"onnx is not installed in {sys.prefix}; it builds the test model: run scripts/setup.sh "
+                    "(make setup), which installs it into .venv", pytrace=False)
     from livelib import tiny_model_repo
 
     return tiny_model_repo(tmp_path_factory.mktemp("models"))
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    """A test that skips (pytest.skip, importorskip, skipif, an empty parametrization) fails
+    instead: in this suite a skip would only hide a missing part of `make setup`."""
+    outcome = yield
+    report = outcome.get_result()
+    if report.skipped and not hasattr(report, "wasxfail"):
+        reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else str(report.longrepr)
+        report.outcome = "failed"
+        report.longrepr = f"{item.nodeid} skipped, which tests/deploy does not allow: {reason}"

@@ -277,7 +277,14 @@ def binary_help(name: str) -> tuple[pathlib.Path, str] | None:
     return exe, proc.stdout
 
 
-def ort_library() -> pathlib.Path | None:
+def ort_library() -> pathlib.Path:
+    """ORT_DYLIB_PATH, else the library `make setup` installs; a test that needs it fails (never
+    skips) when it is not there."""
+    import pytest
+
     env = os.environ.get("ORT_DYLIB_PATH")
     p = pathlib.Path(env) if env else ROOT / ".tern" / "onnxruntime" / "libonnxruntime.so.1.31.1"
-    return p if p.exists() else None
+    if not p.exists():
+        pytest.fail(f"ONNX Runtime library missing at {p}: run scripts/setup.sh (make setup), which installs "
+                    ".tern/onnxruntime, or set ORT_DYLIB_PATH", pytrace=False)
+    return p

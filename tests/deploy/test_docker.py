@@ -195,9 +195,11 @@ def test_wheel_paths_exist_in_the_pinned_wheels():
     assert "/tmp/ort/onnxruntime/capi/libonnxruntime.so.${ORT_VERSION}" in text
     venv_ort = list((ROOT / ".venv/lib").glob("python3*/site-packages/onnxruntime/capi"))
     if not venv_ort:
-        pytest.skip("onnxruntime is not installed in .venv (make setup)")
+        pytest.fail("onnxruntime is not installed in .venv: run scripts/setup.sh (make setup)", pytrace=False)
     assert (venv_ort[0] / f"libonnxruntime.so.{version}").exists()
-    gpu_dir = ROOT / ".tern/onnxruntime-gpu"  # copied from onnxruntime-gpu's capi/ by `make setup GPU=1`
+    # Copied from onnxruntime-gpu's capi/ by `make setup GPU=1` only, which CI never runs (no GPU):
+    # checked where present.
+    gpu_dir = ROOT / ".tern/onnxruntime-gpu"
     if gpu_dir.exists():
         for lib in GPU_LIBS | {f"libonnxruntime.so.{version}"}:
             assert (gpu_dir / lib).exists(), lib

@@ -39,7 +39,8 @@ def test_prometheusrule_groups_equal_alert_rules(source):
 def test_promtool_accepts_prometheusrule(source, tmp_path):
     promtool = shutil.which("promtool")
     if promtool is None:
-        pytest.skip("promtool not installed (apt-get install -y --no-install-recommends prometheus)")
+        pytest.fail("promtool not installed: run scripts/setup.sh (make setup), or "
+                    "apt-get install -y --no-install-recommends prometheus", pytrace=False)
     objs = kustomize_objects("k8s") if source == "k8s" else chart_objects("full")
     rules = tmp_path / "rules.yml"
     rules.write_text(yaml.safe_dump(find(objs, "PrometheusRule")["spec"], sort_keys=False))

@@ -1,6 +1,6 @@
 """Model lifecycle through the real tritonclient: explicit load/unload, a config override and
 uploaded model files (tritonclient's load_model(config=..., files=...)), the repository index,
-and memory that does not grow across load/unload cycles (a generous bound; the 50-cycle
+and memory that does not grow across load/unload cycles (a tight per-cycle bound; the 50-cycle
 measurement is benches/memory_cycles.py)."""
 import json
 
@@ -88,23 +88,82 @@ def test_config_override_and_uploaded_files(explicit):
     assert scale(client) == ("2", [2.0, 4.0, 6.0, 8.0]), "still serving after the errors"
 
 
-def test_unloading_frees_memory(explicit):
-    """Each unload gives light_resnet50's memory back (~250 MB loaded), and 8 cycles leave the
-    after-unload RSS within 40 MB of the first cycle's (benches/memory_cycles.py runs 50).
+# The memory test's cycles: (warm-up, measured). Over the warm-up glibc's arenas and ORT's caches
+# settle (the after-unload RSS stops rising by about the 8th light_resnet50 cycle).
+RESNET_CYCLES = (8, 16)
+TINY_CYCLES = (30, 300)
+# Largest growth per load/unload cycle allowed, KiB. Measured on the 2-core dev VM (allocator
+# set as in the test, 6 runs): light_resnet50 3 to 15 KiB/cycle, tiny_add -0.3 to 0.1. With a
+# leak put into the node's unload on purpose: of 32 KiB, 53 and 32 KiB/cycle measured; of 64 KiB,
+# 73 and 68; of 512 KiB, 513 and 516.
+RESNET_MAX_GROWTH_KIB = 128
+TINY_MAX_GROWTH_KIB = 16
 
-    A single cycle's after-unload RSS can sit 10 to 70 MB high and drop back at the next unload
-    (seen in CI and in both 50-cycle bench runs of 2026-11-23), most likely memory freed just
-    after that unload's malloc_trim, kept by the process until the next trim. A leak grows, so
-    the trend is judged on the lowest of the last three cycles: a session or model kept alive
-    (100 MB and more per cycle) still fails."""
-    srv, _ = explicit
-    client = grpcclient.InferenceServerClient(srv.url)
-    loaded, unloaded = [], []
-    for _ in range(8):
-        client.load_model("light_resnet50")
-        assert client.is_model_ready("light_resnet50")
-        loaded.append(rss_mb(srv.proc.pid))
-        client.unload_model("light_resnet50")
-        unloaded.append(rss_mb(srv.proc.pid))
-    assert all(l - u > 100 for l, u in zip(loaded, unloaded)), (loaded, unloaded)
-    assert min(unloaded[-3:]) - unloaded[0] < 40, unloaded
+
+def growth_per_cycle_kib(rss_mib: list[float]) -> float:
+    """Theil-Sen slope (the median of the slopes between every two cycles) of the after-unload
+    RSS, KiB per cycle: a leak raises every sample after it, while a sample or a few sitting
+    high for a while (memory freed late, kept until a later trim) barely move the median."""
+    slopes = [(rss_mib[j] - rss_mib[i]) / (j - i) for i in range(len(rss_mib)) for j in range(i + 1, len(rss_mib))]
+    return float(np.median(slopes)) * 1024
+
+
+def test_unloading_frees_memory(model_repo, tmp_path, monkeypatch):
+    """Load, infer, unload, many times, on nodes of its own.
+
+    1. With glibc's defaults, as deployed: every unload of light_resnet50 gives its memory back
+       (~250 MB loaded; the node's malloc_trim returns what glibc would keep).
+    2. After a warm-up the after-unload RSS grows by less than RESNET_MAX_GROWTH_KIB per
+       light_resnet50 cycle and TINY_MAX_GROWTH_KIB per tiny_add cycle (a small model: the
+       bookkeeping of a load, measured finely). A session kept alive grows by 100 MB and more a
+       cycle; a leaked arena, tensor or table entry by KBs to MBs.
+
+    Part 2 runs its node with MALLOC_ARENA_MAX=2 and a fixed MALLOC_MMAP_THRESHOLD_ (64 KiB):
+    with glibc's defaults, new arenas opening as ORT's threads come and go, and large buffers
+    landing in the heap once the dynamic mmap threshold has risen, leave the after-unload RSS
+    10 to 80 MB high for one cycle or ten, in steps and plateaus (measured: a standard
+    deviation of 10 MB against 0.13 MB so). That is the allocator's cache, not a leak; memory
+    leaked stays resident whatever the allocator's settings."""
+    repo = copy_models(model_repo, tmp_path / "repo", ["light_resnet50", "tiny_add"])
+    image = grpcclient.InferInput("input", [1, 3, 224, 224], "FP32")
+    image.set_data_from_numpy(np.random.default_rng(0).random((1, 3, 224, 224), dtype=np.float32))
+    pair = []
+    for name in ("INPUT0", "INPUT1"):
+        x = grpcclient.InferInput(name, [1, 16], "FP32")
+        x.set_data_from_numpy(np.ones((1, 16), np.float32))
+        pair.append(x)
+
+    def cycles(srv, model, inputs, count):
+        client = grpcclient.InferenceServerClient(srv.url)
+        loaded, unloaded = [], []
+        for _ in range(count):
+            client.load_model(model)
+            assert client.infer(model, inputs).get_response().outputs
+            loaded.append(rss_mb(srv.proc.pid))
+            client.unload_model(model)
+            unloaded.append(rss_mb(srv.proc.pid))
+        return loaded, unloaded
+
+    srv = TernServer([repo], ["--model-control-mode", "explicit"], log_dir=tmp_path, label="memory").start()
+    try:
+        loaded, unloaded = cycles(srv, "light_resnet50", [image], 3)
+        assert all(l - u > 100 for l, u in zip(loaded, unloaded)), (loaded, unloaded)
+    finally:
+        assert srv.stop() == 0, srv.log_tail()
+
+    monkeypatch.setenv("MALLOC_ARENA_MAX", "2")
+    monkeypatch.setenv("MALLOC_MMAP_THRESHOLD_", str(64 << 10))
+    srv = TernServer([repo], ["--model-control-mode", "explicit"], log_dir=tmp_path, label="memory-cycles").start()
+    try:
+        warm, measured = RESNET_CYCLES
+        loaded, unloaded = cycles(srv, "light_resnet50", [image], warm + measured)
+        assert all(l - u > 100 for l, u in zip(loaded, unloaded)), (loaded, unloaded)
+        resnet = growth_per_cycle_kib(unloaded[warm:])
+        warm, measured = TINY_CYCLES
+        tiny = growth_per_cycle_kib(cycles(srv, "tiny_add", pair, warm + measured)[1][warm:])
+        print(f"\nafter-unload RSS growth: light_resnet50 {resnet:.1f} KiB/cycle "
+              f"({' '.join(f'{u:.1f}' for u in unloaded)} MB), tiny_add {tiny:.1f} KiB/cycle")
+        assert resnet < RESNET_MAX_GROWTH_KIB, (resnet, unloaded)
+        assert tiny < TINY_MAX_GROWTH_KIB, tiny
+    finally:
+        assert srv.stop() == 0, srv.log_tail()
