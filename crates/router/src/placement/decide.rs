@@ -15,7 +15,8 @@ pub struct NodeLoad {
 }
 
 impl NodeLoad {
-    fn free(&self) -> u64 {
+    /// Bytes it may still take; unlimited without a budget.
+    pub fn free(&self) -> u64 {
         if self.budget == 0 { u64::MAX - self.used } else { self.budget.saturating_sub(self.used) }
     }
 }

@@ -38,6 +38,10 @@ pub use decide::{NodeLoad, Resident, choose_nodes, evictions};
 
 /// Recently used models are never evicted (a lazy load's own model, a burst's model).
 const EVICTION_GRACE: Duration = Duration::from_secs(2);
+/// Model sizes remembered (names come only from nodes' reports); beyond this, only the sizes of
+/// models some node reports now are kept. An evicted model's size is kept so that replica
+/// top-ups know it does not fit.
+const MAX_MODEL_SIZES: usize = 65_536;
 /// After a failed load on a node, placement avoids that node for the model this long.
 const FAILED_LOAD_BACKOFF: Duration = Duration::from_secs(30);
 
@@ -409,7 +413,8 @@ impl Placement {
     }
 
     /// Drops what no longer bears on placement, so no map grows with names over time: expired
-    /// failures and unknown names, sizes of models no node reports, and the last use of models
+    /// failures and unknown names, sizes beyond [`MAX_MODEL_SIZES`] of models no node reports
+    /// now, and the last use of models
     /// that are idle and that no node knows any more.
     fn prune(&self) {
         let now = self.cluster.now_ms();
@@ -418,7 +423,9 @@ impl Placement {
         self.failed.retain(|_, t| now.saturating_sub(*t) < backoff);
         let ttl = UNKNOWN_MODEL_TTL.as_millis() as u64;
         self.unknown.retain(|_, (t, _, _)| now.saturating_sub(*t) < ttl);
-        self.sizes.retain(|m, _| view.models.contains_key(m));
+        if self.sizes.len() > MAX_MODEL_SIZES {
+            self.sizes.retain(|m, _| view.models.contains_key(m));
+        }
         let idle = self.settings.idle.as_millis() as u64;
         self.last_used.retain(|m, t| now.saturating_sub(*t) < idle || view.models.contains_key(m));
     }
@@ -443,14 +450,23 @@ impl Placement {
         if nodes.is_empty() {
             return;
         }
+        let pinned = self.pinned.read().unwrap_or_else(PoisonError::into_inner).clone();
         for model in self.in_use() {
             let have = loads.iter().filter(|l| l.models.contains(&model)).count();
             let want = self.settings.replicas_of(&model);
             if have >= want {
                 continue;
             }
-            let exclude = self.recently_failed(&model);
-            for i in choose_nodes(&mut loads, &model, self.size_of(&model), want - have, &exclude) {
+            let size = self.size_of(&model);
+            let mut exclude = self.recently_failed(&model);
+            if !pinned.contains(&model) {
+                // Only where it fits: on a node over budget it would evict another model in use,
+                // or be evicted itself, and be placed again next round, for ever. (A pinned
+                // model is placed regardless; eviction then makes room from unpinned ones.)
+                exclude
+                    .extend(loads.iter().filter(|l| l.budget > 0 && l.free() < size).map(|l| l.key.clone()));
+            }
+            for i in choose_nodes(&mut loads, &model, size, want - have, &exclude) {
                 // Marked in progress at once, so the next round does not choose again.
                 drop(self.start_load(nodes[i].clone(), model.clone(), HashMap::new()));
             }
