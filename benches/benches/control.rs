@@ -133,6 +133,7 @@ fn placement(c: &mut Criterion) {
                         bytes,
                         last_used_ms: now_ms - rng.u64(0..3_600_000),
                         busy: rng.u8(0..10) == 0,
+                        pinned: false,
                     }
                 })
                 .collect();

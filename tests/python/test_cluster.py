@@ -177,37 +177,156 @@ def weights_model(path, mib: float):
     onnx.save(model, path)
 
 
-def test_eviction_under_memory_budget(tmp_path):
-    repo = tmp_path / "repo"
-    for name in ("heavy_a", "heavy_b", "heavy_c"):
+def slow_model(repo, name: str, seconds: float, warmup: int = 0, n: int = 512) -> float:
+    """A real ONNX model whose inference takes about `seconds` here: X [1, 1] is expanded to an
+    n x n matrix that goes through a chain of MatMuls with W = 1/n (so Y = X), the chain's length
+    calibrated with onnxruntime on this machine. `warmup`: model_warmup runs before READY, so a
+    load takes about warmup x seconds. Returns the calibrated seconds per inference."""
+    import onnxruntime as ort
+
+    def build(k, path):
+        w = numpy_helper.from_array(np.full((n, n), 1.0 / n, dtype=np.float32), "W")
+        shape = numpy_helper.from_array(np.array([n, n], dtype=np.int64), "S")
+        nodes = [helper.make_node("Expand", ["X", "S"], ["h0"])]
+        nodes += [helper.make_node("MatMul", [f"h{i}", "W"], [f"h{i + 1}"]) for i in range(k)]
+        nodes.append(helper.make_node("ReduceMean", [f"h{k}"], ["Y"], axes=[0, 1], keepdims=1))
+        graph = helper.make_graph(
+            nodes, name, [helper.make_tensor_value_info("X", TensorProto.FLOAT, [1, 1])],
+            [helper.make_tensor_value_info("Y", TensorProto.FLOAT, [1, 1])], initializer=[w, shape])
+        model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+        model.ir_version = 8
+        onnx.save(model, path)
+
+    (repo / name / "1").mkdir(parents=True)
+    path = repo / name / "1" / "model.onnx"
+    probe_k = 16
+    build(probe_k, path)
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    x = {"X": np.full((1, 1), 2.0, dtype=np.float32)}
+    session.run(None, x)
+    t = time.monotonic()
+    for _ in range(3):
+        session.run(None, x)
+    per_matmul = (time.monotonic() - t) / 3 / probe_k
+    k = max(1, min(2000, round(seconds / per_matmul)))
+    build(k, path)
+    warm = ""
+    if warmup:
+        warm = ('model_warmup [ { name: "w" batch_size: 1 count: %d inputs { key: "X" value '
+                '{ data_type: TYPE_FP32 dims: [ 1, 1 ] zero_data: true } } } ]\n' % warmup)
+    (repo / name / "config.pbtxt").write_text(
+        f'name: "{name}"\nbackend: "onnxruntime"\nmax_batch_size: 0\n'
+        'input [ { name: "X", data_type: TYPE_FP32, dims: [ 1, 1 ] } ]\n'
+        'output [ { name: "Y", data_type: TYPE_FP32, dims: [ 1, 1 ] } ]\n'
+        f'instance_group [ {{ count: 1, kind: KIND_CPU }} ]\n{warm}')
+    return k * per_matmul
+
+
+def run_slow(client, model: str, value: float = 2.0, **kw):
+    x = grpcclient.InferInput("X", [1, 1], "FP32")
+    x.set_data_from_numpy(np.full((1, 1), value, dtype=np.float32))
+    y = client.infer(model, [x], **kw).as_numpy("Y")
+    assert abs(float(y[0, 0]) - value) < 1e-3, y
+    return y
+
+
+HEAVY_N = int(1.5 * (1 << 20) / 4)
+
+
+def heavy_models(repo, *names):
+    """Models of 1.5 MiB each (placement's memory estimate), fast to run."""
+    for name in names:
         (repo / name / "1").mkdir(parents=True)
         weights_model(repo / name / "1" / "model.onnx", 1.5)
         (repo / name / "config.pbtxt").write_text(
             f'name: "{name}"\nbackend: "onnxruntime"\nmax_batch_size: 0\n'
             'instance_group [ { count: 1, kind: KIND_CPU } ]\n')
-    n = int(1.5 * (1 << 20) / 4)
 
-    def run(client, model):
-        x = grpcclient.InferInput("X", [1, n], "FP32")
-        x.set_data_from_numpy(np.full((1, n), 2.0, dtype=np.float32))
-        y = client.infer(model, [x]).as_numpy("Y")
-        assert float(y[0, 0]) == 3.0
 
+def run_heavy(client, model):
+    x = grpcclient.InferInput("X", [1, HEAVY_N], "FP32")
+    x.set_data_from_numpy(np.full((1, HEAVY_N), 2.0, dtype=np.float32))
+    y = client.infer(model, [x]).as_numpy("Y")
+    assert float(y[0, 0]) == 3.0
+
+
+def test_eviction_under_memory_budget(tmp_path):
+    repo = tmp_path / "repo"
+    heavy_models(repo, "heavy_a", "heavy_b", "heavy_c")
     with Cluster(repo, 1, tmp_path, node_args=["--model-memory-budget-mb", "4"]) as c:
         client = c.client()
         node = c.nodes[0]
-        run(client, "heavy_a")
-        run(client, "heavy_b")
+        run_heavy(client, "heavy_a")
+        run_heavy(client, "heavy_b")
         assert node.ready_models() == {"heavy_a", "heavy_b"}, "3 MiB fits the 4 MiB budget"
         time.sleep(2.5)  # past the eviction grace: heavy_a and heavy_b are now idle
-        run(client, "heavy_b")  # heavy_b is now the more recently used
-        run(client, "heavy_c")  # 4.5 MiB > 4 MiB: the least recently used (heavy_a) goes
+        run_heavy(client, "heavy_b")  # heavy_b is now the more recently used
+        run_heavy(client, "heavy_c")  # 4.5 MiB > 4 MiB: the least recently used (heavy_a) goes
         wait_until(lambda: node.ready_models() == {"heavy_b", "heavy_c"}, 15, "heavy_a evicted")
         wait_until(lambda: 'tern_router_evictions_total{model="heavy_a"} 1' in c.router.metrics(), 5,
                    "the eviction counted")
         # An evicted model comes back on its next request.
-        run(client, "heavy_a")
+        run_heavy(client, "heavy_a")
         assert "heavy_a" in node.ready_models()
+
+
+def test_pinned_models_are_never_evicted(tmp_path):
+    """--load-model pins a model: under memory pressure the router evicts others, even though
+    the pinned one was never requested (the least recently used of all)."""
+    repo = tmp_path / "repo"
+    heavy_models(repo, "heavy_a", "heavy_b", "heavy_c")
+    with Cluster(repo, 1, tmp_path, router_args=["--load-model", "heavy_a"],
+                 node_args=["--model-memory-budget-mb", "4"]) as c:
+        client = c.client()
+        node = c.nodes[0]
+        wait_until(lambda: node.ready_models() == {"heavy_a"}, 15, "heavy_a placed at start")
+        run_heavy(client, "heavy_b")
+        time.sleep(2.5)  # past the eviction grace
+        run_heavy(client, "heavy_c")  # 4.5 MiB > 4 MiB: heavy_b goes, not the pinned heavy_a
+        wait_until(lambda: node.ready_models() == {"heavy_a", "heavy_c"}, 15, "heavy_b evicted")
+        # A few placement rounds: the pinned model stays, and heavy_b (still "in use") is not
+        # placed again where it does not fit, only to be evicted again (churn).
+        time.sleep(3.5)
+        assert node.ready_models() == {"heavy_a", "heavy_c"}
+        metrics = c.router.metrics()
+        assert 'tern_router_evictions_total{model="heavy_a"}' not in metrics
+        assert 'tern_router_evictions_total{model="heavy_b"} 1' in metrics, \
+            [line for line in metrics.splitlines() if "evictions_total{" in line]
+
+
+def test_eviction_spares_a_model_executing_a_request(tmp_path):
+    """A model whose request is executing (not queued: the node's queue is empty) is busy, and
+    is not evicted even when it is the least recently used."""
+    repo = tmp_path / "repo"
+    heavy_models(repo, "heavy_a", "heavy_c")
+    per_run = slow_model(repo, "slow", seconds=7.0, n=640)  # 1.6 MB of weights
+    with Cluster(repo, 1, tmp_path, node_args=["--model-memory-budget-mb", "4"]) as c:
+        client = c.client()
+        node = c.nodes[0]
+        done = threading.Event()
+        errors = []
+
+        def slow_request():
+            try:
+                run_slow(grpcclient.InferenceServerClient(c.url), "slow", client_timeout=60)
+            except Exception as e:  # noqa: BLE001 - recorded and asserted below
+                errors.append(e)
+            done.set()
+
+        started = time.monotonic()
+        worker = threading.Thread(target=slow_request)
+        worker.start()
+        wait_until(lambda: "slow" in node.ready_models(), 15, "slow placed")
+        time.sleep(0.5)
+        run_heavy(client, "heavy_a")  # more recently used than slow
+        time.sleep(2.5)  # both past the eviction grace; slow's request is still executing
+        run_heavy(client, "heavy_c")  # over budget: the idle heavy_a goes, not the busy slow
+        wait_until(lambda: node.ready_models() == {"slow", "heavy_c"}, 15, "heavy_a evicted")
+        still_running = not done.is_set()
+        worker.join(60)
+        assert still_running, f"the slow request ended before the eviction ({time.monotonic() - started:.1f} s, per run {per_run:.1f} s)"
+        assert not errors, errors
+        assert 'tern_router_evictions_total{model="slow"}' not in c.router.metrics()
 
 
 def test_node_join_triggers_placement(model_repo, tmp_path):
@@ -267,24 +386,33 @@ def test_perf_analyzer_through_the_router(model_repo, tmp_path):
             assert check_success(proc, csv) > 0
 
 
-def test_deadline_through_the_router(model_repo, tmp_path):
-    """The client's deadline is enforced through the router, which keeps serving."""
-    with Cluster(model_repo, 1, tmp_path) as c:
+def test_deadline_through_the_router(tmp_path):
+    """A client's deadline that expires while the router lazily loads its model (a load that takes
+    seconds: warmup) ends that request; the load carries on, owned by the router, not by the
+    request, so the next request is served as soon as the load is done (it used to wait the whole
+    lazy-load timeout and fail). A deadline during a warm inference is enforced too, and the
+    router keeps serving."""
+    repo = tmp_path / "repo"
+    per_run = slow_model(repo, "slow_load", seconds=0.4, warmup=10)  # load: ~4 s of warmup
+    with Cluster(repo, 1, tmp_path, router_args=["--lazy-load-timeout-secs", "20"]) as c:
         client = c.client()
-        infer_tiny(client)
-        client.infer("light_resnet50", _resnet_inputs())  # placed and warm
+        started = time.monotonic()
         with pytest.raises(InferenceServerException) as e:
-            client.infer("light_resnet50", _resnet_inputs(), client_timeout=0.001)
-        # The client's own deadline, or the server's answer to it: tonic (router and node alike)
-        # ends a request whose grpc-timeout expired with CANCELLED "Timeout expired".
+            run_slow(client, "slow_load", client_timeout=1.0)
         assert e.value.status() in ("StatusCode.DEADLINE_EXCEEDED", "StatusCode.CANCELLED"), e.value
-        infer_tiny(client)
-
-
-def _resnet_inputs():
-    x = grpcclient.InferInput("input", [1, 3, 224, 224], "FP32")
-    x.set_data_from_numpy(np.zeros((1, 3, 224, 224), dtype=np.float32))
-    return [x]
+        assert time.monotonic() - started < 3, "the deadline ended the request during the load"
+        assert "slow_load" not in c.nodes[0].ready_models(), "the load was still running"
+        # Well before the router's 20 s lazy-load timeout: the load it started goes on.
+        run_slow(client, "slow_load", client_timeout=15)
+        assert time.monotonic() - started < 10 * per_run + 10
+        assert 'tern_router_placements_total{model="slow_load"} 1' in c.router.metrics(), \
+            "the second request waited for the load in progress rather than starting another"
+        # A deadline during a warm inference: the client's, or the server's answer to it (tonic,
+        # router and node alike, ends a request whose grpc-timeout expired with CANCELLED).
+        with pytest.raises(InferenceServerException) as e:
+            run_slow(client, "slow_load", client_timeout=per_run / 4)
+        assert e.value.status() in ("StatusCode.DEADLINE_EXCEEDED", "StatusCode.CANCELLED"), e.value
+        run_slow(client, "slow_load")
 
 
 def test_router_flags_rejected_clearly(tmp_path):
@@ -293,3 +421,112 @@ def test_router_flags_rejected_clearly(tmp_path):
     proc = subprocess.run([str(router_binary()), "--node", "no-port"], capture_output=True, text=True, timeout=30)
     assert proc.returncode == 2
     assert "--node no-port: expected host:port" in proc.stdout + proc.stderr
+
+
+def test_sequence_request_is_not_resent_after_its_node_dies(tmp_path):
+    """A node SIGKILLed while executing a sequence request may have run it: the router answers
+    UNAVAILABLE rather than re-sending it to another replica (a sequence step must not run twice,
+    nor on a node without the sequence's state). Requests without a sequence are idempotent and
+    are retried (test_failover_sigkill_under_load_zero_failures)."""
+    repo = tmp_path / "repo"
+    per_run = slow_model(repo, "slow", seconds=3.0)
+    with Cluster(repo, 2, tmp_path, router_args=["--replicas", "2", "--load-model", "slow"]) as c:
+        client = c.client()
+        wait_until(lambda: len(c.holders("slow")) == 2, 30, "slow on both nodes")
+        run_slow(client, "slow", sequence_id=77, sequence_start=True)
+        counts = [n.inference_count("slow") for n in c.nodes]
+        assert sorted(counts) == [0, 1], counts
+        victim, other = (c.nodes[0], c.nodes[1]) if counts[0] else (c.nodes[1], c.nodes[0])
+        result: queue.Queue = queue.Queue()
+
+        def step():
+            try:
+                run_slow(grpcclient.InferenceServerClient(c.url), "slow", sequence_id=77, client_timeout=60)
+                result.put(None)
+            except InferenceServerException as e:
+                result.put(e)
+
+        worker = threading.Thread(target=step)
+        worker.start()
+        time.sleep(min(1.0, per_run / 3))  # the request is executing on the victim
+        victim.kill()
+        error = result.get(timeout=60)
+        worker.join(10)
+        assert error is not None, "the sequence request was re-sent to the other replica"
+        assert error.status() == "StatusCode.UNAVAILABLE", error
+        assert other.inference_count("slow") == 0, "the other replica ran the sequence's step"
+
+
+def test_unknown_models_are_asked_once_and_not_labelled(model_repo, tmp_path):
+    """Requests for a well-formed unknown model: the router asks one node (a load: a repository
+    rescan) once per interval, not every node, nor once per request, and its metrics never name
+    the model."""
+    repo = tmp_path / "repo"
+    heavy_models(repo, "heavy_a")
+    with Cluster(repo, 2, tmp_path) as c:
+        client = c.client()
+        for _ in range(20):
+            with pytest.raises(InferenceServerException) as e:
+                client.infer("late_model", [])
+            assert e.value.status() == "StatusCode.NOT_FOUND", e.value
+        for i in range(20):
+            with pytest.raises(InferenceServerException):
+                client.infer(f"no_such_model_{i}", [])
+        metrics = c.router.metrics()
+        assert "late_model" not in metrics and "no_such_model" not in metrics, \
+            [line for line in metrics.splitlines() if "model" in line and "_model" in line]
+        asked = sum(float(line.rsplit(" ", 1)[1]) for line in metrics.splitlines()
+                    if line.startswith("tern_router_placement_failures_total"))
+        assert asked == 21, f"nodes were asked {asked:.0f} times for 21 distinct unknown names"
+        # The answer is remembered only briefly: a model added to the repository is then served.
+        heavy_models(repo, "late_model")
+        wait_until(lambda: run_heavy(client, "late_model") is None, 15, "late_model served once added")
+        assert "late_model" in c.router.metrics()
+
+
+def test_stream_errors_through_the_router_keep_the_request_id(model_repo, tmp_path):
+    """Triton puts the failed request's id in a stream error response; so does the router."""
+    from tern_testlib import infer_request, raw_stub
+
+    with Cluster(model_repo, 1, tmp_path) as c:
+        channel, stub = raw_stub(c.url)
+        try:
+            requests = [infer_request("no_such_model", [], request_id="bad-1"),
+                        infer_request("tiny_add", [("INPUT0", "FP32", [1, 3], None)], request_id="bad-2")]
+            replies = list(stub.ModelStreamInfer(iter(requests), timeout=30))
+        finally:
+            channel.close()
+        assert [r.infer_response.id for r in replies] == ["bad-1", "bad-2"], replies
+        assert all(r.error_message for r in replies), replies
+        assert "no_such_model" in replies[0].error_message
+        assert [r.infer_response.model_name for r in replies] == ["no_such_model", "tiny_add"]
+
+
+def test_inference_token_cannot_trigger_a_lazy_load(model_repo, tmp_path):
+    """A token limited to inference may use a placed model but not cause a load through the
+    router: an unplaced model answers UNAVAILABLE naming the missing group, and nothing loads."""
+    from test_auth import Tokens
+
+    tokens = Tokens(tmp_path / "tokens", predictor=("inference,metadata,health", "*"), operator=("*", "*"))
+    node = NodeProc(model_repo, ["--model-control-mode", "explicit"], log_dir=tmp_path, label="node")
+    node.start()
+    router = RouterProc(["--node", node.addr, "--auth-token-file", str(tokens.path)], log_dir=tmp_path)
+    router.start()
+    try:
+        predictor = tokens.client(router.url, "predictor")
+        operator = tokens.client(router.url, "operator")
+        wait_until(predictor.is_server_ready, 15, "router ready")
+        with pytest.raises(InferenceServerException) as e:
+            infer_tiny(predictor)
+        assert e.value.status() == "StatusCode.UNAVAILABLE", e.value
+        assert "model-repository" in e.value.message() and "predictor" in e.value.message(), e.value
+        with pytest.raises(InferenceServerException) as e:
+            predictor.get_model_metadata("tiny_add")
+        assert "model-repository" in e.value.message(), e.value
+        assert node.ready_models() == set(), "nothing was loaded for the inference-only token"
+        infer_tiny(operator)  # the operator's request loads it
+        infer_tiny(predictor)  # then the predictor is served
+        assert node.ready_models() == {"tiny_add"}
+    finally:
+        router.stop()
+        node.kill()

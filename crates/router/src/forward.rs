@@ -1,6 +1,14 @@
 //! The request path: pick a replica (least outstanding requests, power of two choices; sticky
 //! for sequences), forward the request's bytes with its metadata (deadline, trace context),
-//! and retry on another replica when a node is unreachable or answers UNAVAILABLE.
+//! and retry on another replica when that cannot run a request twice:
+//!
+//! - the node answered UNAVAILABLE itself (it did not run the request: queue full, model not
+//!   ready, shutting down), or the request never reached it (the connection could not be made):
+//!   always retried;
+//! - the connection broke after the request was sent (a node killed mid-request): the node may
+//!   have run it. Retried only when running it twice changes nothing, a request without a
+//!   sequence (stateless inference); a sequence request (`sequence_id`) gets UNAVAILABLE, since
+//!   another node has not the sequence's state and the step may have been applied already.
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -14,6 +22,10 @@ use crate::metrics::RouterMetrics;
 use crate::nodes::{Cluster, Node};
 use crate::placement::Placement;
 use crate::raw::{InferHead, RawMessage, SequenceId};
+
+/// Sequences the router keeps sticky at once (model, sequence id); a new sequence beyond this,
+/// after idle ones expire, is refused with RESOURCE_EXHAUSTED rather than routed unpinned.
+pub const MAX_SEQUENCES: usize = 1 << 18;
 
 pub const INFER_PATH: &str = "/inference.GRPCInferenceService/ModelInfer";
 pub const STREAM_INFER_PATH: &str = "/inference.GRPCInferenceService/ModelStreamInfer";
@@ -33,10 +45,31 @@ pub fn forwardable(mut metadata: MetadataMap) -> MetadataMap {
 }
 
 /// True when the failure says nothing about the request, only about the node or the path to
-/// it: safe to retry elsewhere. Statuses a node sent carry no source; ones tonic made from a
-/// broken connection do.
+/// it: safe to retry elsewhere for a request that may run twice (metadata, stateless inference).
+/// Statuses a node sent carry no source; ones tonic made from a broken connection do.
 pub fn retryable(status: &Status) -> bool {
     status.code() == Code::Unavailable || transport_failure(status)
+}
+
+/// True when the node did not run the request: it answered UNAVAILABLE itself (tern-node's
+/// UNAVAILABLE answers all come before execution), or the connection to it could not be made
+/// (tonic's `ConnectError`), so nothing was sent. Safe to retry any request.
+pub fn not_run(status: &Status) -> bool {
+    match std::error::Error::source(status) {
+        None => status.code() == Code::Unavailable,
+        Some(_) => in_source_chain::<tonic::ConnectError>(status),
+    }
+}
+
+fn in_source_chain<E: std::error::Error + 'static>(status: &Status) -> bool {
+    let mut source = std::error::Error::source(status);
+    while let Some(e) = source {
+        if e.downcast_ref::<E>().is_some() {
+            return true;
+        }
+        source = e.source();
+    }
+    false
 }
 
 /// The node could not be reached or the connection broke (not an answer from the node).
@@ -118,11 +151,23 @@ impl Forwarder {
         caller: Option<&tern_gate::Principal>,
     ) -> Result<Response<Bytes>, Status> {
         let head = InferHead::parse(&body)?;
+        self.infer_parsed(&head, metadata, body, caller).await
+    }
+
+    /// [`Self::infer`] for a request whose head the caller has read already.
+    pub async fn infer_parsed(
+        &self,
+        head: &InferHead,
+        metadata: MetadataMap,
+        body: Bytes,
+        caller: Option<&tern_gate::Principal>,
+    ) -> Result<Response<Bytes>, Status> {
         let result = match tern_gate::authorize_model(caller, &head.model_name) {
-            Ok(()) => self.infer_head(&head, forwardable(metadata), body).await,
+            Ok(()) => self.infer_head(head, forwardable(metadata), body, caller).await,
             Err(denied) => Err(denied),
         };
-        self.metrics.request(&head.model_name, result.as_ref().map_or_else(Status::code, |_| Code::Ok));
+        let code = result.as_ref().map_or_else(Status::code, |_| Code::Ok);
+        self.metrics.request(self.cluster.metric_label(&head.model_name), code);
         result
     }
 
@@ -131,14 +176,18 @@ impl Forwarder {
         head: &InferHead,
         metadata: MetadataMap,
         body: Bytes,
+        caller: Option<&tern_gate::Principal>,
     ) -> Result<Response<Bytes>, Status> {
         let model = head.model_name.as_str();
         let sequence = head.sequence().map(|s| (model.to_string(), s));
         let max_retries = self.placement.settings().max_retries;
         let mut tried: Vec<Arc<Node>> = Vec::new();
         let mut last_error: Option<Status> = None;
+        if let Some(key) = &sequence {
+            self.admit_sequence(key)?;
+        }
         for _attempt in 0..=max_retries {
-            let target = match self.pick(head, sequence.as_ref(), &tried).await {
+            let target = match self.pick(head, sequence.as_ref(), &tried, caller).await {
                 Ok(t) => t,
                 Err(e) => return Err(last_error.unwrap_or(e)),
             };
@@ -152,7 +201,7 @@ impl Forwarder {
             let request =
                 Request::from_parts(metadata.clone(), Default::default(), RawMessage::from(body.clone()));
             let started = Instant::now();
-            let outstanding = node.begin();
+            let outstanding = node.begin(model);
             let result = node.unary_raw(INFER_PATH, request).await;
             drop(outstanding);
             self.metrics.upstream(&node.addr, started.elapsed());
@@ -183,6 +232,14 @@ impl Forwarder {
                     if transport_failure(&status) {
                         self.cluster.mark_suspect(&node, status.message());
                     }
+                    if sequence.is_some() && !not_run(&status) {
+                        tracing::warn!(model, node = %node.addr, error = %status.message(), "node failed during a sequence request; not re-sent");
+                        return Err(Status::unavailable(format!(
+                            "model '{model}': node {} failed during a sequence request and may have run it, so it was not re-sent to another replica: {}",
+                            node.id(),
+                            status.message()
+                        )));
+                    }
                     tracing::debug!(model, node = %node.addr, error = %status.message(), "retrying on another replica");
                     self.metrics.retry(model);
                     tried.push(node);
@@ -196,11 +253,27 @@ impl Forwarder {
         }))
     }
 
+    /// Refuses a new sequence when the sequence table is full even after expiring idle ones.
+    fn admit_sequence(&self, key: &(String, SequenceId)) -> Result<(), Status> {
+        if self.sequences.len() < MAX_SEQUENCES || self.sequences.contains_key(key) {
+            return Ok(());
+        }
+        self.expire_sequences();
+        if self.sequences.len() < MAX_SEQUENCES {
+            return Ok(());
+        }
+        Err(Status::resource_exhausted(format!(
+            "model '{}': the router already keeps {MAX_SEQUENCES} sequences; end sequences (sequence_end) or wait for idle ones to expire (--sequence-idle-secs)",
+            key.0
+        )))
+    }
+
     async fn pick(
         &self,
         head: &InferHead,
         sequence: Option<&(String, SequenceId)>,
         tried: &[Arc<Node>],
+        caller: Option<&tern_gate::Principal>,
     ) -> Result<Target, Status> {
         let model = head.model_name.as_str();
         let untried = |n: &Arc<Node>| !tried.iter().any(|t| Arc::ptr_eq(t, n));
@@ -240,6 +313,15 @@ impl Forwarder {
             if model.is_empty() || lazily_loaded || self.placement.lazy_refusal(model).is_some() {
                 return authority();
             }
+            // A lazy load is a model load: only for callers that may load models.
+            if let Some(tern_gate::Principal(grant)) =
+                caller.filter(|p| !p.0.groups.contains(tern_gate::Group::ModelRepository))
+            {
+                return Err(Status::unavailable(format!(
+                    "model '{model}' is not loaded on any node, and token '{}' may not load models (that needs the model-repository group); ask an operator to load it",
+                    grant.name
+                )));
+            }
             match self.placement.lazy_load(model).await {
                 Ok(()) => lazily_loaded = true,
                 // Nodes refused the load itself (no such model, a broken one): a node says
@@ -252,15 +334,20 @@ impl Forwarder {
         }
     }
 
-    /// A node to ask about `model` (metadata, config): a replica, placed lazily when allowed,
-    /// or a node answering for the cluster.
-    pub async fn node_for(&self, model: &str, version: &str) -> Result<Arc<Node>, Status> {
+    /// A node to ask about `model` (metadata, config): a replica, placed lazily when allowed
+    /// (and `caller` may load models), or a node answering for the cluster.
+    pub async fn node_for(
+        &self,
+        model: &str,
+        version: &str,
+        caller: Option<&tern_gate::Principal>,
+    ) -> Result<Arc<Node>, Status> {
         let head = InferHead {
             model_name: model.to_string(),
             model_version: version.to_string(),
             ..Default::default()
         };
-        match self.pick(&head, None, &[]).await? {
+        match self.pick(&head, None, &[], caller).await? {
             Target::Replica(node) => {
                 self.placement.touch(model);
                 Ok(node)

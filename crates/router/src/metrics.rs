@@ -103,7 +103,8 @@ impl RouterMetrics {
         }
     }
 
-    /// One inference request answered with `code` (unknown models are counted under "").
+    /// One inference request answered with `code`; `model`: the label from
+    /// [`crate::nodes::Cluster::metric_label`] ("" for names the cluster does not know).
     pub fn request(&self, model: &str, code: tonic::Code) {
         let model = if code == tonic::Code::NotFound { "" } else { model };
         self.requests.with_label_values(&[model, code_name(code)]).inc();

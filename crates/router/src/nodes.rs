@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 
 use arc_swap::{ArcSwap, ArcSwapOption};
 use bytes::Bytes;
+use dashmap::DashMap;
 use tern_proto::cluster::NodeStatus;
 use tern_proto::inference::grpc_inference_service_client::GrpcInferenceServiceClient;
 use tonic::service::interceptor::InterceptedService;
@@ -61,6 +62,9 @@ pub struct Node {
     next_channel: AtomicUsize,
     /// Requests the router has outstanding on this node (the balancer's load signal).
     pub outstanding: AtomicU64,
+    /// The same by model, while any is outstanding (queued or executing on the node): eviction
+    /// spares a model this router has requests on. Entries leave at zero.
+    per_model: DashMap<String, u64>,
     status: ArcSwapOption<NodeStatus>,
     /// Milliseconds since the cluster's epoch of the last status; 0: never heard from.
     last_seen_ms: AtomicU64,
@@ -115,6 +119,7 @@ impl Node {
             credential,
             next_channel: AtomicUsize::new(0),
             outstanding: AtomicU64::new(0),
+            per_model: DashMap::new(),
             status: ArcSwapOption::empty(),
             last_seen_ms: AtomicU64::new(0),
             suspect_since_ms: AtomicU64::new(0),
@@ -180,19 +185,35 @@ impl Node {
         self.last_seen_ms.load(Ordering::Relaxed)
     }
 
-    /// Counts a request as outstanding on this node while the guard lives.
-    pub fn begin(self: &Arc<Self>) -> Outstanding {
+    /// Counts a request for `model` as outstanding on this node while the guard lives.
+    pub fn begin(self: &Arc<Self>, model: &str) -> Outstanding {
         self.outstanding.fetch_add(1, Ordering::Relaxed);
-        Outstanding(self.clone())
+        match self.per_model.get_mut(model) {
+            Some(mut n) => *n += 1,
+            None => *self.per_model.entry(model.to_string()).or_insert(0) += 1,
+        }
+        Outstanding { node: self.clone(), model: model.to_string() }
+    }
+
+    /// Requests of this router for `model` outstanding on this node now.
+    pub fn model_outstanding(&self, model: &str) -> u64 {
+        self.per_model.get(model).map_or(0, |n| *n)
     }
 }
 
 /// See [`Node::begin`].
-pub struct Outstanding(Arc<Node>);
+pub struct Outstanding {
+    node: Arc<Node>,
+    model: String,
+}
 
 impl Drop for Outstanding {
     fn drop(&mut self) {
-        self.0.outstanding.fetch_sub(1, Ordering::Relaxed);
+        self.node.outstanding.fetch_sub(1, Ordering::Relaxed);
+        if let Some(mut n) = self.node.per_model.get_mut(&self.model) {
+            *n = n.saturating_sub(1);
+        }
+        self.node.per_model.remove_if(&self.model, |_, n| *n == 0);
     }
 }
 
@@ -273,6 +294,17 @@ impl Cluster {
 
     pub fn view(&self) -> Arc<RoutingView> {
         self.view.load_full()
+    }
+
+    /// True when a healthy node reports `model` (in any state): a model of the cluster.
+    pub fn knows_model(&self, model: &str) -> bool {
+        self.view.load().models.contains_key(model)
+    }
+
+    /// The `model` label of a per-model metric: the model when the cluster knows it, else ""
+    /// (a name a client made up must not create a time series).
+    pub fn metric_label<'a>(&self, model: &'a str) -> &'a str {
+        if self.knows_model(model) { model } else { "" }
     }
 
     pub fn nodes(&self) -> Vec<Arc<Node>> {

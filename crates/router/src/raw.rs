@@ -86,13 +86,20 @@ pub fn stream_response(response: Bytes) -> RawMessage {
     RawMessage { prefix: prefix.into(), body: response }
 }
 
-/// Encodes a ModelStreamInferResponse carrying only `error_message` (field 1).
-pub fn stream_error(message: &str) -> RawMessage {
-    let mut prefix = Vec::with_capacity(message.len() + 11);
-    prefix.push(0x0a); // field 1, wire type 2
-    prost::encoding::encode_varint(message.len() as u64, &mut prefix);
-    prefix.extend_from_slice(message.as_bytes());
-    RawMessage { prefix: prefix.into(), body: Bytes::new() }
+/// Encodes a ModelStreamInferResponse for a failed request: `error_message`, and an
+/// `infer_response` holding only the request's `id` and model, so the client knows which request
+/// failed. Triton repopulates the id the same way (server src/grpc/stream_infer_handler.cc,
+/// ModelStreamInferHandler::Process); tern-node's stream adds the model name, and so does this.
+pub fn stream_error(message: &str, model_name: &str, id: &str) -> RawMessage {
+    let response = tern_proto::inference::ModelStreamInferResponse {
+        error_message: message.to_string(),
+        infer_response: Some(tern_proto::inference::ModelInferResponse {
+            model_name: model_name.to_string(),
+            id: id.to_string(),
+            ..Default::default()
+        }),
+    };
+    RawMessage { prefix: Bytes::new(), body: Bytes::from(prost::Message::encode_to_vec(&response)) }
 }
 
 /// The identity codec: messages travel as the bytes they were received as.
@@ -219,9 +226,13 @@ mod tests {
         assert_eq!(decoded.infer_response, Some(response));
         assert_eq!(decoded.error_message, "");
 
-        let err = stream_error("model 'm' is not ready");
-        let decoded = pb::ModelStreamInferResponse::decode(err.prefix.as_ref()).expect("decode");
+        let err = stream_error("model 'm' is not ready", "m", "req-7");
+        let mut joined = err.prefix.to_vec();
+        joined.extend_from_slice(&err.body);
+        let decoded = pb::ModelStreamInferResponse::decode(joined.as_slice()).expect("decode");
         assert_eq!(decoded.error_message, "model 'm' is not ready");
-        assert!(decoded.infer_response.is_none());
+        let response = decoded.infer_response.expect("the failed request's id comes back");
+        assert_eq!((response.id.as_str(), response.model_name.as_str()), ("req-7", "m"));
+        assert!(response.outputs.is_empty() && response.raw_output_contents.is_empty());
     }
 }

@@ -21,7 +21,7 @@ use crate::aggregate::{merge_index, merge_statistics};
 use crate::forward::{Forwarder, INFER_PATH, STREAM_INFER_PATH, retryable, transport_failure};
 use crate::nodes::{Cluster, Node};
 use crate::placement::Placement;
-use crate::raw::{RawCodec, RawMessage, stream_error, stream_response};
+use crate::raw::{InferHead, RawCodec, RawMessage, stream_error, stream_response};
 use tern_gate::{authorize_model, may_see_model, principal};
 
 /// Extensions the router serves (those of tern-node: the router forwards to nodes).
@@ -40,15 +40,22 @@ pub struct RouterState {
 }
 
 impl RouterState {
-    /// Calls `f` on a node for `model`; a node found unreachable is marked and another tried.
-    async fn on_model<T, F, Fut>(&self, model: &str, version: &str, f: F) -> Result<T, Status>
+    /// Calls `f` on a node for `model` (placed lazily if `caller` may load models); a node found
+    /// unreachable is marked and another tried (metadata reads may run twice).
+    async fn on_model<T, F, Fut>(
+        &self,
+        model: &str,
+        version: &str,
+        caller: Option<&tern_gate::Principal>,
+        f: F,
+    ) -> Result<T, Status>
     where
         F: Fn(Arc<Node>) -> Fut,
         Fut: std::future::Future<Output = Result<T, Status>>,
     {
         let mut last = None;
         for _ in 0..2 {
-            let node = self.forwarder.node_for(model, version).await?;
+            let node = self.forwarder.node_for(model, version, caller).await?;
             match f(node.clone()).await {
                 Err(e) if retryable(&e) => {
                     if transport_failure(&e) {
@@ -121,11 +128,12 @@ impl GrpcInferenceService for RouterService {
         &self,
         req: Request<pb::ModelMetadataRequest>,
     ) -> Result<Response<pb::ModelMetadataResponse>, Status> {
-        authorize_model(principal(&req), &req.get_ref().name)?;
+        let caller = principal(&req).cloned();
+        authorize_model(caller.as_ref(), &req.get_ref().name)?;
         let req = req.into_inner();
         let reply = self
             .state
-            .on_model(&req.name, &req.version, |node| {
+            .on_model(&req.name, &req.version, caller.as_ref(), |node| {
                 let req = req.clone();
                 async move { node.client().model_metadata(req).await }
             })
@@ -162,11 +170,12 @@ impl GrpcInferenceService for RouterService {
         &self,
         req: Request<pb::ModelConfigRequest>,
     ) -> Result<Response<pb::ModelConfigResponse>, Status> {
-        authorize_model(principal(&req), &req.get_ref().name)?;
+        let caller = principal(&req).cloned();
+        authorize_model(caller.as_ref(), &req.get_ref().name)?;
         let req = req.into_inner();
         let reply = self
             .state
-            .on_model(&req.name, &req.version, |node| {
+            .on_model(&req.name, &req.version, caller.as_ref(), |node| {
                 let req = req.clone();
                 async move { node.client().model_config(req).await }
             })
@@ -413,7 +422,8 @@ impl tonic::server::StreamingService<Bytes> for StreamInfer {
     type Future = BoxFuture<Result<Response<RawStream>, Status>>;
 
     /// Each request of the stream is forwarded on its own (balanced, retried); a failed one
-    /// gets a response carrying `error_message`, and the stream goes on, as on a node.
+    /// gets a response carrying `error_message` and the request's `id` (and model), and the
+    /// stream goes on, as on a node.
     fn call(&mut self, request: Request<Streaming<Bytes>>) -> Self::Future {
         let forwarder = self.0.clone();
         Box::pin(async move {
@@ -426,10 +436,19 @@ impl tonic::server::StreamingService<Bytes> for StreamInfer {
                     let caller = caller.clone();
                     async move {
                         match message {
-                            Ok(body) => Ok(match forwarder.infer(metadata, body, caller.as_ref()).await {
-                                Ok(reply) => stream_response(reply.into_inner()),
-                                Err(e) => stream_error(e.message()),
-                            }),
+                            Ok(body) => {
+                                let head = match InferHead::parse(&body) {
+                                    Ok(head) => head,
+                                    Err(e) => return Ok(stream_error(e.message(), "", "")),
+                                };
+                                Ok(
+                                    match forwarder.infer_parsed(&head, metadata, body, caller.as_ref()).await
+                                    {
+                                        Ok(reply) => stream_response(reply.into_inner()),
+                                        Err(e) => stream_error(e.message(), &head.model_name, &head.id),
+                                    },
+                                )
+                            }
                             // The client's stream broke (or sent a message over the limit):
                             // end ours with its status, as a node does.
                             Err(e) => Err(tern_gate::limits::message_status(e)),
