@@ -455,10 +455,7 @@ fn execute(
     batch: Vec<Pending<Item>>,
     batching: bool,
 ) -> Vec<Answer> {
-    // One output list for the whole execution: the common one, or all outputs when the
-    // requests asked for different ones (each then keeps its own).
-    let common = batch.first().map(|p| p.item.outputs.clone()).unwrap_or_default();
-    let outputs = if batch.iter().all(|p| p.item.outputs == common) { common } else { Vec::new() };
+    let outputs = batch_outputs(&batch);
     let rows: Vec<u32> = batch.iter().map(|p| p.rows).collect();
     let batch_size = if batching { rows.iter().sum() } else { 1 };
     let mut waiting = Vec::with_capacity(batch.len());
@@ -516,6 +513,32 @@ fn execute(
         }
     }
     out
+}
+
+/// One output list for a whole execution: the common one, or, when the requests asked for
+/// different ones, the union in first-asked order (each request then keeps its own). Never
+/// "all of the model's outputs" on behalf of requests that named some: a model output no config
+/// lists may have no batch dimension, and must be neither computed nor split across requests.
+/// Triton's ONNX Runtime backend likewise binds only the config's outputs for every batch
+/// (onnxruntime_backend src/onnxruntime.cc, ModelInstanceState::ProcessRequests over
+/// ModelState::ModelOutputs, which is read from the config's `output` list).
+fn batch_outputs(batch: &[Pending<Item>]) -> Vec<String> {
+    let common = batch.first().map(|p| p.item.outputs.as_slice()).unwrap_or_default();
+    if batch.iter().all(|p| p.item.outputs == common) {
+        return common.to_vec();
+    }
+    // A request asking for nothing asks for everything (only library callers do: the node
+    // names the config's outputs for such a request).
+    if batch.iter().any(|p| p.item.outputs.is_empty()) {
+        return Vec::new();
+    }
+    let mut union: Vec<String> = Vec::new();
+    for name in batch.iter().flat_map(|p| &p.item.outputs) {
+        if !union.contains(name) {
+            union.push(name.clone());
+        }
+    }
+    union
 }
 
 fn backend_error(model: &str, e: BackendError) -> (FailureReason, RequestError) {
