@@ -312,7 +312,10 @@ impl Backend for ThreeOutputs {
         self.asked.lock().map_err(|e| BackendError::Execution(e.to_string()))?.push(outputs.to_vec());
         let x = inputs.into_iter().next().ok_or_else(|| BackendError::InvalidInput("no input".into()))?;
         let map = |f: fn(f32) -> f32| -> Bytes {
-            x.data.chunks_exact(4).flat_map(|c| f(f32::from_le_bytes([c[0], c[1], c[2], c[3]])).to_le_bytes()).collect()
+            x.data
+                .chunks_exact(4)
+                .flat_map(|c| f(f32::from_le_bytes([c[0], c[1], c[2], c[3]])).to_le_bytes())
+                .collect()
         };
         let tensor = |name: &str, shape: Vec<i64>, data: Bytes| Tensor {
             name: name.into(),
@@ -358,7 +361,11 @@ async fn requests_asking_for_different_outputs_share_a_batch_and_get_their_own()
     let (a, b, c) = (a.await.expect("join"), b.await.expect("join"), c.await.expect("join"));
     let named = |r: &Result<Vec<Tensor>, RequestError>| -> Vec<(String, Vec<i64>, Vec<f32>)> {
         r.as_ref()
-            .map(|ts| ts.iter().map(|t| (t.name.clone(), t.shape.clone(), values(std::slice::from_ref(t)))).collect())
+            .map(|ts| {
+                ts.iter()
+                    .map(|t| (t.name.clone(), t.shape.clone(), values(std::slice::from_ref(t))))
+                    .collect()
+            })
             .unwrap_or_default()
     };
     assert_eq!(named(&a), vec![("y".into(), vec![1, 2], vec![2.0; 2])], "{a:?}");
@@ -370,4 +377,54 @@ async fn requests_asking_for_different_outputs_share_a_batch_and_get_their_own()
     );
     // One execution, computing what the batch asked for: never "all outputs" of the model.
     assert_eq!(*asked.lock().expect("lock"), vec![vec!["y".to_string(), "z".to_string()]]);
+}
+
+/// Triton's `allow_timeout_override` lets a request shorten its level's default timeout, never
+/// lengthen it, and a 0 override is no override (core src/scheduler_utils.cc,
+/// PolicyQueue::Enqueue).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_timeout_override_may_shorten_the_default_but_not_lengthen_it() {
+    let mut cfg = config(8, &[], Duration::ZERO);
+    cfg.dynamic = false;
+    cfg.policies = vec![QueuePolicy {
+        allow_timeout_override: true,
+        default_timeout: Some(Duration::from_millis(300)),
+        on_timeout: OnTimeout::Reject,
+        ..QueuePolicy::default()
+    }];
+    let r = rig(cfg, true);
+    // Keeps the only instance busy until the end.
+    let running = {
+        let s = r.scheduler.clone();
+        tokio::spawn(async move { s.infer(job(1, 0.0)).await })
+    };
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let timed = |timeout: Option<Duration>| {
+        let s = r.scheduler.clone();
+        async move {
+            let started = std::time::Instant::now();
+            let result =
+                tokio::time::timeout(Duration::from_secs(10), s.infer(InferJob { timeout, ..job(1, 1.0) }))
+                    .await;
+            (result, started.elapsed())
+        }
+    };
+    let (longer, zero, shorter) = tokio::join!(
+        timed(Some(Duration::from_secs(60))),
+        timed(Some(Duration::ZERO)),
+        timed(Some(Duration::from_millis(20)))
+    );
+    for (what, (result, took), within) in [
+        ("a 60 s override keeps the 300 ms default", longer, Duration::from_secs(5)),
+        ("a 0 override is none: the default", zero, Duration::from_secs(5)),
+        ("a 20 ms override shortens it", shorter, Duration::from_millis(250)),
+    ] {
+        assert!(
+            matches!(&result, Ok(Err(RequestError::Unavailable(m))) if m.contains("timeout")),
+            "{what}: {result:?}"
+        );
+        assert!(took < within, "{what}: rejected after {took:?}");
+    }
+    r.gate.add_permits(8);
+    running.await.expect("join").expect("running");
 }
