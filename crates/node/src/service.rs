@@ -242,9 +242,11 @@ impl GrpcInferenceService for NodeService {
         &self,
         req: Request<pb::ModelReadyRequest>,
     ) -> Result<Response<pb::ModelReadyResponse>, Status> {
-        authorize_model(principal(&req), &req.get_ref().name)?;
+        // A model the token may not see answers as one that does not exist (not PERMISSION_DENIED,
+        // which would say the name is worth trying with another token).
+        let visible = may_see_model(principal(&req), &req.get_ref().name);
         let req = req.into_inner();
-        let ready = self.state.models.get(&req.name, &req.version).is_ok();
+        let ready = visible && self.state.models.get(&req.name, &req.version).is_ok();
         Ok(Response::new(pb::ModelReadyResponse { ready }))
     }
 
