@@ -316,7 +316,8 @@ pub fn validate_request(io: &ModelIo, req: ModelInferRequest) -> Result<Validate
         // As Triton (core src/infer_request.cc, InferenceRequest::Normalize): no requested
         // output means every output of the model *config*. Outputs the model has but the config
         // leaves out are never computed nor returned.
-        outputs = io.outputs.iter().map(|s| RequestedOutput { name: s.name.clone(), class_count: None }).collect();
+        outputs =
+            io.outputs.iter().map(|s| RequestedOutput { name: s.name.clone(), class_count: None }).collect();
     }
 
     Ok(ValidatedRequest { id, batch_size: batch_size.unwrap_or(0), inputs, outputs, priority, timeout })

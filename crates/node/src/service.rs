@@ -33,6 +33,8 @@ pub struct NodeState {
     pub in_flight: std::sync::atomic::AtomicU64,
     /// Size limits on requests and responses (`--max-tensor-bytes`, ...).
     pub limits: crate::limits::Limits,
+    /// Bytes of requests held now, against `--max-pending-request-bytes`.
+    pub pending: crate::limits::PendingBytes,
 }
 
 /// Counts one request in [`NodeState::in_flight`] while alive (also when the request is
@@ -99,6 +101,11 @@ impl NodeService {
             .inspect_err(|_| {
                 model.scheduler.stats().record_failure(FailureReason::Other, started.elapsed());
             })?;
+        // Held until the response is built: the inputs live that long (queued, then running).
+        let bytes = request.inputs.iter().map(|t| t.data.len() as u64).sum();
+        let _pending = self.state.pending.admit(&model.name, bytes).inspect_err(|_| {
+            model.scheduler.stats().record_failure(FailureReason::Rejected, started.elapsed());
+        })?;
         let job = InferJob {
             inputs: request.inputs,
             rows: request.batch_size,
