@@ -11,6 +11,7 @@ import os
 import re
 import shutil
 import signal
+import socket
 import struct
 import subprocess
 import sys
@@ -274,6 +275,34 @@ def raw_stub(url: str):
         options=[("grpc.max_send_message_length", MAX_MSG), ("grpc.max_receive_message_length", MAX_MSG)],
     )
     return channel, service_pb2_grpc.GRPCInferenceServiceStub(channel)
+
+
+def http2_settings(addr: str, timeout: float = 10.0) -> dict[int, int]:
+    """The SETTINGS a cleartext gRPC server sends first on a new HTTP/2 connection (prior
+    knowledge, RFC 9113 3.4), as {identifier: value}; e.g. 3 is SETTINGS_MAX_CONCURRENT_STREAMS,
+    absent when the server sets no limit."""
+    host, port = addr.rsplit(":", 1)
+    with socket.create_connection((host, int(port)), timeout=timeout) as sock:
+        # The preface, then our (empty) SETTINGS.
+        sock.sendall(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + bytes([0, 0, 0, 4, 0, 0, 0, 0, 0]))
+
+        def read(n: int) -> bytes:
+            data = b""
+            while len(data) < n:
+                chunk = sock.recv(n - len(data))
+                if not chunk:
+                    raise AssertionError(f"{addr} closed the connection before its SETTINGS")
+                data += chunk
+            return data
+
+        for _ in range(16):  # the server's SETTINGS is its first frame; a few others at most
+            header = read(9)
+            length, kind, flags = int.from_bytes(header[:3], "big"), header[3], header[4]
+            payload = read(length)
+            if kind == 4 and not flags & 1:
+                return {int.from_bytes(payload[i:i + 2], "big"): int.from_bytes(payload[i + 2:i + 6], "big")
+                        for i in range(0, length, 6)}
+    raise AssertionError(f"{addr} sent no SETTINGS frame")
 
 
 def expect_rpc_error(fn, code: grpc.StatusCode):

@@ -306,3 +306,55 @@ def test_token_commands_and_bad_token_files(model_repo, tmp_path):
                           env=node_env())
     assert proc.returncode != 0
     assert f"{bad} line 2" in proc.stdout + proc.stderr and token not in proc.stdout + proc.stderr
+
+
+def metrics_status(port, token=None):
+    return http_status(port, "/metrics", token)
+
+
+def check_visibility(url, metrics_port, tokens):
+    """`seer` may see tiny_* only; `ops` every model. A model outside a token's list answers as
+    a model that does not exist: ModelReady false, absent from the index; /metrics, which names
+    every model, is refused to a token limited to some models."""
+    seer, ops = tokens.client(url, "seer"), tokens.client(url, "ops")
+    assert ops.is_model_ready("add_fp32") and ops.is_model_ready("tiny_add")
+    assert seer.is_model_ready("tiny_add")
+    # Loaded, but not this token's: the same answer as for a model nobody has.
+    assert seer.is_model_ready("add_fp32") is False
+    assert seer.is_model_ready("no_such_model") is False
+    assert seer.is_model_ready("add_fp32", "1") is False
+    index = {m.name for m in seer.get_model_repository_index().models}
+    assert "tiny_add" in index and not any(n.startswith("add_") for n in index), index
+    assert "add_fp32" in {m.name for m in ops.get_model_repository_index().models}
+    assert metrics_status(metrics_port, tokens.tokens["seer"]) == 403
+    assert metrics_status(metrics_port, tokens.tokens["ops"]) == 200
+    assert metrics_status(metrics_port) == 401
+
+
+VISIBILITY = dict(seer=("health,model-repository,metrics", "tiny_*"), ops=("*", "*"))
+
+
+def test_node_hides_models_a_token_may_not_see(model_repo, tmp_path):
+    tokens = Tokens(tmp_path / "tokens", **VISIBILITY)
+    node = Node(model_repo, [*EXPLICIT, "--auth-token-file", str(tokens.path), "--auth-public", "none"],
+                tmp_path).start()
+    try:
+        check_visibility(node.url, node.metrics_port, tokens)
+    finally:
+        node.stop()
+
+
+def test_router_hides_models_a_token_may_not_see(model_repo, tmp_path):
+    tokens = Tokens(tmp_path / "tokens", **VISIBILITY)
+    node = RealNode(model_repo, EXPLICIT, tmp_path, label="node").start()
+    router = RouterProc(["--node", node.url, "--auth-token-file", str(tokens.path), "--auth-public", "none"],
+                        log_dir=tmp_path)
+    router.start()
+    try:
+        ops = tokens.client(router.url, "ops")
+        wait_until(lambda: ops.is_model_ready("tiny_add") and ops.is_model_ready("add_fp32"), 30,
+                   "the router sees both models")
+        check_visibility(router.url, router.metrics_port, tokens)
+    finally:
+        router.stop()
+        node.stop()

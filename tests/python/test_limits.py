@@ -3,26 +3,33 @@ INVALID_ARGUMENT naming the flag that sets it, nothing is allocated from a size 
 claims, and the node keeps answering well-formed requests afterwards.
 
 Flags: --grpc-max-message-size, --max-tensor-bytes, --max-request-bytes,
---grpc-max-concurrent-streams, --grpc-http2-max-header-list-size (see SECURITY.md).
+--grpc-max-concurrent-streams, --grpc-http2-max-header-list-size, --max-pending-request-bytes
+(see SECURITY.md), and their defaults.
 Models are built here with onnx (an Add over FP32 [-1]), so this file needs no example repository.
 """
 from __future__ import annotations
 
 import subprocess
+import time
 from concurrent.futures import ThreadPoolExecutor
 
 import grpc
 import numpy as np
 import pytest
 import tritonclient.grpc as grpcclient
+from tritonclient.grpc import service_pb2, service_pb2_grpc
 
-from tern_testlib import TernServer, expect_rpc_error, expect_triton_error, infer_request, raw_stub
+from tern_testlib import (
+    TernServer, expect_rpc_error, expect_triton_error, http2_settings, infer_request, output_array, raw_stub,
+)
 
 MESSAGE_LIMIT = 1 << 20  # 1 MiB
 TENSOR_LIMIT = 400_000
 REQUEST_LIMIT = 600_000
 HEADER_LIMIT = 4096
 TIMEOUT = 30
+DEFAULT_MAX_MESSAGE = 256 * 1024 * 1024  # the defaults, with no flag given
+DEFAULT_MAX_STREAMS = 1024
 
 
 def add_model_bytes() -> bytes:
@@ -168,8 +175,11 @@ def test_oversize_headers_are_refused_and_the_node_serves_on(limited, client):
     well_formed(client)
 
 
-def test_concurrent_streams_beyond_the_limit_wait_rather_than_fail(client):
-    # --grpc-max-concurrent-streams 2: one connection, 16 requests at once; the client queues.
+def test_concurrent_streams_beyond_the_limit_wait_rather_than_fail(limited, client):
+    # --grpc-max-concurrent-streams 2: the node tells every connection so in its first SETTINGS
+    # frame (SETTINGS_MAX_CONCURRENT_STREAMS, id 3); without a limit it would send none.
+    assert http2_settings(limited.url).get(3) == 2, http2_settings(limited.url)
+    # One connection, 16 requests at once: the client queues them behind the 2 streams.
     with ThreadPoolExecutor(16) as pool:
         results = list(pool.map(lambda _: well_formed(client), range(16)))
     assert len(results) == 16
@@ -179,7 +189,8 @@ def test_limit_flags_are_validated(tmp_path):
     for args, says in [(["--grpc-max-message-size", "0"], "--grpc-max-message-size"),
                        (["--grpc-max-message-size", "4294967296"], "--grpc-max-message-size"),
                        (["--max-tensor-bytes", "0"], "--max-tensor-bytes"),
-                       (["--grpc-max-concurrent-streams", "0"], "--grpc-max-concurrent-streams")]:
+                       (["--grpc-max-concurrent-streams", "0"], "--grpc-max-concurrent-streams"),
+                       (["--max-pending-request-bytes", "0"], "--max-pending-request-bytes")]:
         srv = TernServer([tmp_path], args, label="bad-limits")
         proc = subprocess.run(srv.command(), capture_output=True, text=True, timeout=60)
         assert proc.returncode == 2 and says in proc.stdout + proc.stderr, proc.stdout + proc.stderr
@@ -197,6 +208,8 @@ def test_router_applies_its_own_transport_limits(limited, tmp_path):
     try:
         client = grpcclient.InferenceServerClient(router.url)
         wait_until(lambda: client.is_model_ready("vec_add"), 15, "the router sees vec_add")
+        # No stream flag given to the router: the default limit, advertised to every client.
+        assert http2_settings(router.url).get(3) == DEFAULT_MAX_STREAMS, http2_settings(router.url)
         n = 100_000  # 2 x 400 KB: under the node's limit, over the router's 512 KiB
         msg = expect_triton_error(lambda: client.infer("vec_add", vec_inputs(n), client_timeout=TIMEOUT),
                                   "StatusCode.RESOURCE_EXHAUSTED")
@@ -220,3 +233,97 @@ def test_router_applies_its_own_transport_limits(limited, tmp_path):
         well_formed(client)
     finally:
         router.stop()
+
+
+# === defaults a deployment should not have to set ================================================
+
+def test_defaults_bound_streams_and_messages(tmp_path):
+    """Without any limit flag: at most 1024 streams per connection (advertised in SETTINGS), and
+    messages up to 256 MiB: one just over it is refused naming the flag, one within it served."""
+    repo = tmp_path / "repo"
+    (repo / "vec_add" / "1").mkdir(parents=True)
+    (repo / "vec_add" / "config.pbtxt").write_text(CONFIG)
+    (repo / "vec_add" / "1" / "model.onnx").write_bytes(add_model_bytes())
+    srv = TernServer([repo], label="default-limits").start()
+    try:
+        assert http2_settings(srv.url).get(3) == DEFAULT_MAX_STREAMS, http2_settings(srv.url)
+        channel = grpc.insecure_channel(srv.url, options=[("grpc.max_send_message_length", -1),
+                                                          ("grpc.max_receive_message_length", -1)])
+        stub = service_pb2_grpc.GRPCInferenceServiceStub(channel)
+        try:
+            n = DEFAULT_MAX_MESSAGE // 8 + 16  # two FP32 inputs of n: just over 256 MiB in all
+            big = bytes(4 * n)
+            req = infer_request("vec_add", [("INPUT0", "FP32", [n], None), ("INPUT1", "FP32", [n], None)],
+                                raw=[big, big])
+            del big
+            msg = expect_rpc_error(lambda: stub.ModelInfer(req, timeout=120), grpc.StatusCode.RESOURCE_EXHAUSTED)
+            assert "--grpc-max-message-size" in msg and str(DEFAULT_MAX_MESSAGE) in msg, msg
+            del req
+            n = 4 * 1024 * 1024  # 2 x 16 MiB in, 16 MiB out: far over tonic's own 4 MiB default
+            ones = np.ones(n, dtype=np.float32).tobytes()
+            req = infer_request("vec_add", [("INPUT0", "FP32", [n], None), ("INPUT1", "FP32", [n], None)],
+                                raw=[ones, ones])
+            resp = stub.ModelInfer(req, timeout=120)
+            assert list(resp.outputs[0].shape) == [n] and resp.raw_output_contents[0][:8] == bytes(
+                np.full(2, 2.0, np.float32).tobytes())
+        finally:
+            channel.close()
+    finally:
+        assert srv.stop() == 0, srv.log_tail()
+
+
+# === the node-wide bound on bytes of pending requests =============================================
+
+PENDING_LIMIT = 1_000_000
+QUEUED_CONFIG = """name: "queued_add"
+backend: "onnxruntime"
+max_batch_size: 8
+input [ { name: "INPUT0" data_type: TYPE_FP32 dims: [ -1 ] }, { name: "INPUT1" data_type: TYPE_FP32 dims: [ -1 ] } ]
+output [ { name: "OUTPUT0" data_type: TYPE_FP32 dims: [ -1 ] } ]
+dynamic_batching { preferred_batch_size: [ 8 ] max_queue_delay_microseconds: 3000000 }
+"""
+
+
+def batched_add_model_bytes() -> bytes:
+    from onnx import TensorProto, checker, helper
+
+    def vi(name):
+        return helper.make_tensor_value_info(name, TensorProto.FLOAT, ["B", "N"])
+
+    graph = helper.make_graph([helper.make_node("Add", ["INPUT0", "INPUT1"], ["OUTPUT0"])], "add",
+                              [vi("INPUT0"), vi("INPUT1")], [vi("OUTPUT0")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+    checker.check_model(model)
+    return model.SerializeToString()
+
+
+def test_pending_request_bytes_are_bounded_node_wide(tmp_path):
+    """A request that would take the bytes of requests queued or running past
+    --max-pending-request-bytes is refused at once (RESOURCE_EXHAUSTED naming the flag); the
+    bytes are given back when a request is answered."""
+    repo = tmp_path / "repo"
+    (repo / "queued_add" / "1").mkdir(parents=True)
+    (repo / "queued_add" / "config.pbtxt").write_text(QUEUED_CONFIG)
+    (repo / "queued_add" / "1" / "model.onnx").write_bytes(batched_add_model_bytes())
+    srv = TernServer([repo], ["--max-pending-request-bytes", str(PENDING_LIMIT)], label="pending").start()
+    channel, stub = raw_stub(srv.url)
+    try:
+        n = 100_000  # 2 x 400,000 bytes per request: one fits under the limit, two do not
+        x = np.arange(n, dtype=np.float32)
+        req = infer_request("queued_add", [("INPUT0", "FP32", [1, n], None), ("INPUT1", "FP32", [1, n], None)],
+                            raw=[x.tobytes(), x.tobytes()])
+        with ThreadPoolExecutor(1) as pool:
+            # Waits in the queue for its batch (3 s max queue delay) holding 800,000 bytes.
+            first = pool.submit(stub.ModelInfer, req, timeout=TIMEOUT)
+            time.sleep(1.0)
+            msg = expect_rpc_error(lambda: stub.ModelInfer(req, timeout=TIMEOUT), grpc.StatusCode.RESOURCE_EXHAUSTED)
+            assert not first.done(), "the first request was no longer pending when the second came"
+            assert "--max-pending-request-bytes" in msg and str(PENDING_LIMIT) in msg and "'queued_add'" in msg, msg
+            np.testing.assert_array_equal(output_array(first.result(), "OUTPUT0"), (x + x).reshape(1, n))
+        # Answered: its bytes are free again, for one request after another.
+        for _ in range(2):
+            np.testing.assert_array_equal(output_array(stub.ModelInfer(req, timeout=TIMEOUT), "OUTPUT0"),
+                                          (x + x).reshape(1, n))
+    finally:
+        channel.close()
+        assert srv.stop() == 0, srv.log_tail()

@@ -51,7 +51,8 @@ pub struct ValidatedRequest {
     pub batch_size: u32,
     /// Inputs in the model's shape (after `reshape`), payloads shared with the request.
     pub inputs: Vec<Tensor>,
-    /// Requested outputs in the order asked; empty means all, in the model's order.
+    /// Requested outputs in the order asked; when the request names none, every output the
+    /// config lists, in the config's order. Never an output the config leaves out.
     pub outputs: Vec<RequestedOutput>,
     /// Triton's `priority` request parameter; 0 when absent (the model's default level).
     pub priority: u64,
@@ -311,6 +312,13 @@ pub fn validate_request(io: &ModelIo, req: ModelInferRequest) -> Result<Validate
         }
         outputs.push(RequestedOutput { name: out.name, class_count });
     }
+    if outputs.is_empty() {
+        // As Triton (core src/infer_request.cc, InferenceRequest::Normalize): no requested
+        // output means every output of the model *config*. Outputs the model has but the config
+        // leaves out are never computed nor returned.
+        outputs =
+            io.outputs.iter().map(|s| RequestedOutput { name: s.name.clone(), class_count: None }).collect();
+    }
 
     Ok(ValidatedRequest { id, batch_size: batch_size.unwrap_or(0), inputs, outputs, priority, timeout })
 }
@@ -443,7 +451,9 @@ mod tests {
         assert_eq!(v.batch_size, 2);
         assert_eq!(v.inputs[0].shape, vec![2, 16]);
         assert_eq!(v.inputs[0].data.as_ptr(), ptr, "no copy of raw input");
-        assert!(v.outputs.is_empty());
+        // None named: the config's outputs, and only those.
+        let names: Vec<&str> = v.outputs.iter().map(|o| o.name.as_str()).collect();
+        assert_eq!(names, vec!["OUTPUT0"]);
     }
 
     #[test]

@@ -20,7 +20,7 @@ use std::time::{Duration, SystemTime};
 use arc_swap::{ArcSwap, ArcSwapOption};
 use tonic::metadata::{Ascii, MetadataValue};
 
-use crate::tokens::{Grant, Group, Groups, TokenTable};
+use crate::tokens::{Grant, Group, Groups, Models, TokenTable};
 
 /// How often token and credential files are checked for changes.
 const RELOAD_CHECK: Duration = Duration::from_secs(1);
@@ -243,6 +243,12 @@ impl Authenticator {
                 "token '{}' may not use {group} ({path}); it may use: {}",
                 grant.name, grant.groups
             ))),
+            // /metrics names every model in its labels: only a token that may see every model
+            // reads it (simpler and safer than filtering the exposition by label).
+            Some(Group::Metrics) if grant.models != Models::All => Err(Denial::PermissionDenied(format!(
+                "token '{}' may not read {path}: it lists every model, and the token may use only models {}",
+                grant.name, grant.models
+            ))),
             _ => Ok(Some(grant.clone())),
         }
     }
@@ -456,7 +462,7 @@ impl tonic::service::Interceptor for Credential {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::tokens::{Models, hash_token};
+    use crate::tokens::hash_token;
     use tower_layer::Layer as _;
     use tower_service::Service as _;
 
@@ -513,6 +519,29 @@ mod tests {
             message.contains("token 'predictor' may not use model-repository")
                 && !message.contains("p-token")
         );
+    }
+
+    #[test]
+    fn metrics_need_a_token_that_may_see_every_model() {
+        let (_dir, file, _) = setup("health");
+        let text = format!(
+            "scraper {} groups=metrics\ntenant {} groups=metrics,inference models=tiny_*\n",
+            hash_token("s-token"),
+            hash_token("t-token")
+        );
+        std::fs::write(&file, text).unwrap_or_else(|e| panic!("write: {e}"));
+        let auth = Authenticator::from_file(&file, Groups::parse("health").unwrap_or_default(), None)
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(code(auth.check("/metrics", &headers(Some("s-token")))), Ok(Some("scraper".into())));
+        let denied = auth.check("/metrics", &headers(Some("t-token"))).err();
+        let status = denied.map(|d| d.status());
+        assert!(
+            status.as_ref().is_some_and(|s| s.code() == tonic::Code::PermissionDenied
+                && s.message().contains("token 'tenant' may not read /metrics")),
+            "{status:?}"
+        );
+        // The model scope only matters for /metrics.
+        assert_eq!(code(auth.check(INFER, &headers(Some("t-token")))), Ok(Some("tenant".into())));
     }
 
     #[test]

@@ -6,7 +6,8 @@
 //!   over the limit with OUT_OF_RANGE; gRPC's own servers (Triton's) answer RESOURCE_EXHAUSTED,
 //!   which is what clients expect, so [`LimitsLayer`] rewrites that status (unary calls) and
 //!   [`message_status`] does for messages of a stream.
-//! - `--grpc-max-concurrent-streams`: the HTTP/2 setting (requests in flight per connection);
+//! - `--grpc-max-concurrent-streams`: the HTTP/2 setting (requests in flight per connection),
+//!   [`DEFAULT_MAX_CONCURRENT_STREAMS`] unless set;
 //! - `--grpc-http2-max-header-list-size`: bytes of headers (metadata) per request, refused with
 //!   RESOURCE_EXHAUSTED by [`LimitsLayer`].
 
@@ -14,23 +15,36 @@ use std::task::{Context, Poll};
 
 use futures::TryFutureExt;
 
-/// Triton accepts messages up to 2 GiB - 1; a batch of images easily passes tonic's 4 MiB.
-pub const DEFAULT_MAX_MESSAGE_SIZE: usize = i32::MAX as usize;
+/// The largest `--grpc-max-message-size`: gRPC's own bound (2 GiB - 1), Triton's default.
+pub const MAX_MESSAGE_SIZE: usize = i32::MAX as usize;
+/// The default message limit, 256 MiB. Triton's 2 GiB lets every connection's every stream
+/// make the server hold 2 GiB before a byte is validated; real requests are far smaller (a
+/// batch of 64 images of 3x224x224 FP32 is 38.5 MB, 8 of 3x1024x1024 is 100 MB) while tonic's
+/// own 4 MiB is passed by a batch of 8 such images. Raise it with the flag for larger tensors.
+pub const DEFAULT_MAX_MESSAGE_SIZE: usize = 256 * 1024 * 1024;
+/// The default HTTP/2 streams per connection. tonic sets none, so one connection could open
+/// as many requests as it likes (each taking a task and up to a message's memory). 1024 is
+/// well above what HTTP/2 servers allow by default (Go's net/http2 250, nginx 128) so that one
+/// client multiplexing a deep asynchronous load (perf_analyzer --async, a router's connection
+/// to a node) is not throttled; a client that wants more waits for a free stream, it is not
+/// refused.
+pub const DEFAULT_MAX_CONCURRENT_STREAMS: u32 = 1024;
 /// hyper's default: 16 KiB of headers (names and values) per request.
 pub const DEFAULT_MAX_HEADER_LIST_SIZE: u32 = 16 * 1024;
 
 /// The transport limit flags of every Tern server.
 #[derive(Debug, Clone, clap::Args)]
 pub struct TransportLimits {
-    /// Largest gRPC message received or sent, bytes (at most 2147483647). A request over it
-    /// is refused with RESOURCE_EXHAUSTED before it is read; lower it to bound the memory one
-    /// request can take.
+    /// Largest gRPC message received or sent, bytes (at most 2147483647, Triton's default). A
+    /// request over it is refused with RESOURCE_EXHAUSTED before it is read; it bounds the
+    /// memory one request can take.
     #[arg(long, default_value_t = DEFAULT_MAX_MESSAGE_SIZE, value_name = "BYTES")]
     pub grpc_max_message_size: usize,
 
-    /// Most requests (HTTP/2 streams) one connection may have in flight. Default: no limit.
-    #[arg(long, value_name = "N")]
-    pub grpc_max_concurrent_streams: Option<u32>,
+    /// Most requests (HTTP/2 streams) one connection may have in flight; more wait in the
+    /// client for a free stream.
+    #[arg(long, default_value_t = DEFAULT_MAX_CONCURRENT_STREAMS, value_name = "N")]
+    pub grpc_max_concurrent_streams: u32,
 
     /// Largest HTTP/2 header list (request metadata) accepted, bytes.
     #[arg(long, default_value_t = DEFAULT_MAX_HEADER_LIST_SIZE, value_name = "BYTES")]
@@ -41,7 +55,7 @@ impl Default for TransportLimits {
     fn default() -> Self {
         TransportLimits {
             grpc_max_message_size: DEFAULT_MAX_MESSAGE_SIZE,
-            grpc_max_concurrent_streams: None,
+            grpc_max_concurrent_streams: DEFAULT_MAX_CONCURRENT_STREAMS,
             grpc_http2_max_header_list_size: DEFAULT_MAX_HEADER_LIST_SIZE,
         }
     }
@@ -49,10 +63,10 @@ impl Default for TransportLimits {
 
 impl TransportLimits {
     pub fn validate(&self) -> Result<(), String> {
-        if self.grpc_max_message_size == 0 || self.grpc_max_message_size > DEFAULT_MAX_MESSAGE_SIZE {
-            return Err(format!("--grpc-max-message-size must be between 1 and {DEFAULT_MAX_MESSAGE_SIZE}"));
+        if self.grpc_max_message_size == 0 || self.grpc_max_message_size > MAX_MESSAGE_SIZE {
+            return Err(format!("--grpc-max-message-size must be between 1 and {MAX_MESSAGE_SIZE}"));
         }
-        if self.grpc_max_concurrent_streams == Some(0) {
+        if self.grpc_max_concurrent_streams == 0 {
             return Err("--grpc-max-concurrent-streams must be at least 1".into());
         }
         if self.grpc_http2_max_header_list_size < 1024 {
@@ -69,7 +83,7 @@ impl TransportLimits {
     /// A server builder with the HTTP/2 settings of these limits.
     pub fn apply<L>(&self, builder: tonic::transport::Server<L>) -> tonic::transport::Server<L> {
         builder
-            .max_concurrent_streams(self.grpc_max_concurrent_streams)
+            .max_concurrent_streams(Some(self.grpc_max_concurrent_streams))
             .http2_max_header_list_size(self.layer().http2_max_header_list_size())
     }
 }
@@ -243,8 +257,8 @@ mod tests {
         assert!(ok.validate().is_ok());
         for bad in [
             TransportLimits { grpc_max_message_size: 0, ..ok.clone() },
-            TransportLimits { grpc_max_message_size: DEFAULT_MAX_MESSAGE_SIZE + 1, ..ok.clone() },
-            TransportLimits { grpc_max_concurrent_streams: Some(0), ..ok.clone() },
+            TransportLimits { grpc_max_message_size: MAX_MESSAGE_SIZE + 1, ..ok.clone() },
+            TransportLimits { grpc_max_concurrent_streams: 0, ..ok.clone() },
             TransportLimits { grpc_http2_max_header_list_size: 10, ..ok.clone() },
         ] {
             assert!(bad.validate().is_err(), "{bad:?}");

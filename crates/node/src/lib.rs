@@ -105,6 +105,7 @@ pub async fn run_with(
         metrics: metrics.clone(),
         in_flight: Default::default(),
         limits: config.limits.limits(),
+        pending: limits::PendingBytes::new(config.limits.max_pending_request_bytes),
     });
     metrics.set_model_sampler(Arc::new(NodeSampler(state.clone())));
     let ready_state = state.clone();

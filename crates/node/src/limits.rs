@@ -1,9 +1,14 @@
 //! Limits on what clients may send to a node: the transport limits every Tern server shares
 //! ([`tern_gate::limits`]: message size, streams per connection, header size) and the node's
 //! own, on what a request's shapes claim (`--max-tensor-bytes`, `--max-request-bytes`), checked
-//! by [`tern_core::limits::check_request`] before anything is sized from them. Every limit that
-//! is hit answers RESOURCE_EXHAUSTED or INVALID_ARGUMENT with a message naming the flag.
+//! by [`tern_core::limits::check_request`] before anything is sized from them, and on the
+//! bytes of all requests it holds at once (`--max-pending-request-bytes`, [`PendingBytes`]).
+//! Every limit that is hit answers RESOURCE_EXHAUSTED or INVALID_ARGUMENT with a message naming
+//! the flag.
 
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+
+use tern_core::RequestError;
 use tern_core::limits::RequestLimits;
 pub use tern_gate::limits::{DEFAULT_MAX_MESSAGE_SIZE, TransportLimits, message_status};
 
@@ -21,7 +26,18 @@ pub struct LimitsConfig {
     /// Largest total of a request's inputs, bytes; larger requests get RESOURCE_EXHAUSTED.
     #[arg(long, default_value_t = i32::MAX as u64, value_name = "BYTES")]
     pub max_request_bytes: u64,
+
+    /// Most bytes of input tensors the node holds for requests it has accepted and not yet
+    /// answered (queued or running), across all models. A request that would pass it is refused
+    /// at once with RESOURCE_EXHAUSTED, so a flood of large requests cannot exhaust memory.
+    #[arg(long, default_value_t = DEFAULT_MAX_PENDING_REQUEST_BYTES, value_name = "BYTES")]
+    pub max_pending_request_bytes: u64,
 }
+
+/// 4 GiB: sixteen requests at the default message limit, thousands of ordinary ones (a queue
+/// of 16,384 one-image resnet requests holds 9.9 GB, which is what this stops). Size it to
+/// the node's memory less its models'.
+pub const DEFAULT_MAX_PENDING_REQUEST_BYTES: u64 = 4 << 30;
 
 impl Default for LimitsConfig {
     fn default() -> Self {
@@ -29,6 +45,7 @@ impl Default for LimitsConfig {
             transport: TransportLimits::default(),
             max_tensor_bytes: i32::MAX as u64,
             max_request_bytes: i32::MAX as u64,
+            max_pending_request_bytes: DEFAULT_MAX_PENDING_REQUEST_BYTES,
         }
     }
 }
@@ -42,6 +59,9 @@ impl LimitsConfig {
         if self.max_request_bytes == 0 {
             return Err("--max-request-bytes must be at least 1".into());
         }
+        if self.max_pending_request_bytes == 0 {
+            return Err("--max-pending-request-bytes must be at least 1".into());
+        }
         Ok(())
     }
 
@@ -54,6 +74,60 @@ impl LimitsConfig {
             },
             max_message_size: self.transport.grpc_max_message_size,
         }
+    }
+}
+
+/// The bytes of input tensors held by requests admitted and not yet answered, against
+/// `--max-pending-request-bytes`.
+#[derive(Debug)]
+pub struct PendingBytes {
+    held: AtomicU64,
+    limit: u64,
+}
+
+/// One request's share of [`PendingBytes`], given back when dropped (answered, failed or
+/// cancelled alike).
+#[derive(Debug)]
+pub struct PendingGuard<'a> {
+    held: &'a AtomicU64,
+    bytes: u64,
+}
+
+impl PendingBytes {
+    pub fn new(limit: u64) -> PendingBytes {
+        PendingBytes { held: AtomicU64::new(0), limit }
+    }
+
+    /// Bytes held now.
+    pub fn held(&self) -> u64 {
+        self.held.load(Relaxed)
+    }
+
+    /// Takes `bytes` for a request for `model`, or refuses it with RESOURCE_EXHAUSTED when that
+    /// would pass the limit.
+    pub fn admit(&self, model: &str, bytes: u64) -> Result<PendingGuard<'_>, RequestError> {
+        let mut held = self.held.load(Relaxed);
+        loop {
+            let after = held.saturating_add(bytes);
+            if after > self.limit {
+                return Err(RequestError::ResourceExhausted(format!(
+                    "request for model '{model}' carries {bytes} bytes of inputs; with the {held} bytes \
+                     of requests this node holds (queued or running) that is more than the limit of {} \
+                     bytes (--max-pending-request-bytes): retry later",
+                    self.limit
+                )));
+            }
+            match self.held.compare_exchange_weak(held, after, Relaxed, Relaxed) {
+                Ok(_) => return Ok(PendingGuard { held: &self.held, bytes }),
+                Err(now) => held = now,
+            }
+        }
+    }
+}
+
+impl Drop for PendingGuard<'_> {
+    fn drop(&mut self) {
+        self.held.fetch_sub(self.bytes, Relaxed);
     }
 }
 
@@ -98,12 +172,33 @@ mod tests {
     }
 
     #[test]
+    fn pending_bytes_are_bounded_and_given_back() {
+        let pending = PendingBytes::new(1000);
+        let a = pending.admit("m", 600).expect("within");
+        let refused = pending.admit("m", 500).err().map(|e| (e.error_type(), e.to_string()));
+        assert!(
+            refused.as_ref().is_some_and(|(t, m)| *t == "resource_exhausted"
+                && m.contains("'m'")
+                && m.contains("600 bytes")
+                && m.contains("--max-pending-request-bytes")),
+            "{refused:?}"
+        );
+        let b = pending.admit("m", 400).expect("exactly at the limit");
+        assert_eq!(pending.held(), 1000);
+        drop(a);
+        drop(b);
+        assert_eq!(pending.held(), 0);
+        assert!(pending.admit("m", 1001).is_err(), "more than the limit alone");
+    }
+
+    #[test]
     fn flags_are_validated() {
         let ok = LimitsConfig::default();
         assert!(ok.validate().is_ok());
         for bad in [
             LimitsConfig { max_tensor_bytes: 0, ..ok.clone() },
             LimitsConfig { max_request_bytes: 0, ..ok.clone() },
+            LimitsConfig { max_pending_request_bytes: 0, ..ok.clone() },
             LimitsConfig {
                 transport: TransportLimits { grpc_max_message_size: 0, ..Default::default() },
                 ..ok.clone()

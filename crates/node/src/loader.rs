@@ -143,11 +143,13 @@ pub fn load_version(
         drop(first);
         // model_warmup: every instance runs the samples before the version is READY.
         let samples = warmup_samples(&config, &source.dir)?;
+        // What a request naming no output runs: the config's outputs, not every model output.
+        let outputs: Vec<String> = config.output.iter().map(|o| o.name.clone()).collect();
         for backend in &mut backends {
             for (sample, inputs, count) in &samples {
                 for _ in 0..*count {
                     backend
-                        .infer(inputs.clone(), &[])
+                        .infer(inputs.clone(), &outputs)
                         .map_err(|e| format!("model '{name}' version {v}: warmup '{sample}' failed: {e}"))?;
                 }
             }

@@ -33,6 +33,8 @@ pub struct NodeState {
     pub in_flight: std::sync::atomic::AtomicU64,
     /// Size limits on requests and responses (`--max-tensor-bytes`, ...).
     pub limits: crate::limits::Limits,
+    /// Bytes of requests held now, against `--max-pending-request-bytes`.
+    pub pending: crate::limits::PendingBytes,
 }
 
 /// Counts one request in [`NodeState::in_flight`] while alive (also when the request is
@@ -99,6 +101,11 @@ impl NodeService {
             .inspect_err(|_| {
                 model.scheduler.stats().record_failure(FailureReason::Other, started.elapsed());
             })?;
+        // Held until the response is built: the inputs live that long (queued, then running).
+        let bytes = request.inputs.iter().map(|t| t.data.len() as u64).sum();
+        let _pending = self.state.pending.admit(&model.name, bytes).inspect_err(|_| {
+            model.scheduler.stats().record_failure(FailureReason::Rejected, started.elapsed());
+        })?;
         let job = InferJob {
             inputs: request.inputs,
             rows: request.batch_size,
@@ -242,9 +249,11 @@ impl GrpcInferenceService for NodeService {
         &self,
         req: Request<pb::ModelReadyRequest>,
     ) -> Result<Response<pb::ModelReadyResponse>, Status> {
-        authorize_model(principal(&req), &req.get_ref().name)?;
+        // A model the token may not see answers as one that does not exist (not PERMISSION_DENIED,
+        // which would say the name is worth trying with another token).
+        let visible = may_see_model(principal(&req), &req.get_ref().name);
         let req = req.into_inner();
-        let ready = self.state.models.get(&req.name, &req.version).is_ok();
+        let ready = visible && self.state.models.get(&req.name, &req.version).is_ok();
         Ok(Response::new(pb::ModelReadyResponse { ready }))
     }
 

@@ -107,9 +107,10 @@ impl GrpcInferenceService for RouterService {
         &self,
         req: Request<pb::ModelReadyRequest>,
     ) -> Result<Response<pb::ModelReadyResponse>, Status> {
-        authorize_model(principal(&req), &req.get_ref().name)?;
+        // A model the token may not see answers as one that does not exist.
+        let visible = may_see_model(principal(&req), &req.get_ref().name);
         let req = req.into_inner();
-        let ready = !self.state.cluster.view().candidates(&req.name, &req.version).is_empty();
+        let ready = visible && !self.state.cluster.view().candidates(&req.name, &req.version).is_empty();
         Ok(Response::new(pb::ModelReadyResponse { ready }))
     }
 

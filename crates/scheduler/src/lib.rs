@@ -10,7 +10,8 @@
 //! lock, asks the state for a batch, runs it and answers each request from the same thread. A
 //! request thus costs one hand-off to an instance and one back, and nothing wakes while all
 //! instances are busy (the next batch just keeps filling). A small async janitor answers queue
-//! timeouts and cancellations while the instances are busy. This crate knows nothing of gRPC
+//! timeouts while the instances are busy; a caller that gives up takes its request out of the
+//! queue itself. This crate knows nothing of gRPC
 //! servers or ONNX: it moves `Tensor`s to a `Backend`.
 
 pub mod policy;
@@ -26,7 +27,7 @@ use tern_core::{RequestError, Tensor};
 use tokio::sync::{Notify, oneshot};
 
 pub use policy::SchedulerConfig;
-use state::{BatchState, Pending};
+use state::{BatchState, Pending, Ticket};
 pub use stats::{FailureReason, ModelStats, StatsSnapshot};
 
 /// One request for the scheduler: inputs already validated against the model.
@@ -128,7 +129,7 @@ struct Shared {
     queue: Mutex<Queue>,
     /// Wakes idle instance threads: a batch may be ready, or the queue was closed.
     work: Condvar,
-    /// Wakes the janitor: a request with a queue timeout arrived, or a caller gave up.
+    /// Wakes the janitor: a request with a queue timeout arrived, or the queue closed.
     janitor: Notify,
     stats: Arc<ModelStats>,
     preserve_ordering: bool,
@@ -272,11 +273,7 @@ impl Scheduler {
     pub async fn infer(&self, job: InferJob) -> Result<Vec<Tensor>, RequestError> {
         let enqueued = Instant::now();
         let level = self.config.level(job.priority);
-        let policy = self.config.policy(level);
-        let timeout = match job.timeout {
-            Some(t) if policy.allow_timeout_override => Some(t),
-            _ => policy.default_timeout,
-        };
+        let timeout = self.config.policy(level).timeout(job.timeout);
         let mut named: Vec<&Tensor> = job.inputs.iter().collect();
         named.sort_by(|a, b| a.name.cmp(&b.name));
         let batching = self.config.max_batch_size > 0;
@@ -312,28 +309,31 @@ impl Scheduler {
                 pending.item.seq = order.next_seq;
             }
             let was_empty = queue.batch.is_empty();
-            let pushed = queue.batch.push(pending).is_ok();
-            if pushed && let Some(order) = &mut order {
+            let pushed = queue.batch.push(pending).ok();
+            if pushed.is_some()
+                && let Some(order) = &mut order
+            {
                 order.next_seq += 1;
             }
             // An idle instance needs waking only when this arrival changes what it would do:
             // it starts the delay of a new batch, or the batch is now ready. Otherwise the
             // instance is already waiting for the right moment (or busy, and will look when
             // done).
-            let wake =
-                pushed && queue.idle > queue.wakes_pending && (was_empty || queue.batch.ready(enqueued));
+            let wake = pushed.is_some()
+                && queue.idle > queue.wakes_pending
+                && (was_empty || queue.batch.ready(enqueued));
             if wake {
                 queue.wakes_pending += 1;
             }
             (pushed, wake)
         };
-        if !pushed {
+        let Some(ticket) = pushed else {
             self.shared.stats.record_failure(FailureReason::Rejected, enqueued.elapsed());
             return Err(RequestError::Unavailable(format!(
                 "Exceeds maximum queue size for model '{}'",
                 self.shared.model
             )));
-        }
+        };
         self.shared.stats.pending.fetch_add(1, Relaxed);
         if wake {
             self.shared.work.notify_one();
@@ -341,7 +341,7 @@ impl Scheduler {
         if timeout.is_some() {
             self.shared.janitor.notify_one();
         }
-        let mut waiting = Waiting { reply: reply_rx, answered: false, shared: &self.shared };
+        let mut waiting = Waiting { reply: reply_rx, answered: false, ticket, shared: &self.shared };
         let result = (&mut waiting.reply).await;
         waiting.answered = true;
         result.unwrap_or_else(|_| {
@@ -354,20 +354,25 @@ impl Scheduler {
 }
 
 /// A caller waiting for its answer. Dropped before the answer came (the client cancelled, or
-/// its deadline passed), it closes the reply channel and has the janitor take the request out
-/// of the queue now rather than when an instance next looks.
+/// its deadline passed), it takes its request out of the queue now (by its ticket, without
+/// looking at the rest of the queue) and answers it as cancelled.
 struct Waiting<'a> {
     reply: oneshot::Receiver<Result<Vec<Tensor>, RequestError>>,
     answered: bool,
+    ticket: Ticket,
     shared: &'a Shared,
 }
 
 impl Drop for Waiting<'_> {
     fn drop(&mut self) {
-        if !self.answered {
-            // Closed first, so the janitor sees the request as cancelled.
-            self.reply.close();
-            self.shared.janitor.notify_one();
+        if self.answered {
+            return;
+        }
+        // Closed first: should the request be running already, its answer has nowhere to go.
+        self.reply.close();
+        let removed = self.shared.lock().batch.cancel(self.ticket);
+        if let Some(p) = removed {
+            self.shared.answer_dropped(vec![(p, FailureReason::Canceled)]);
         }
     }
 }
@@ -388,7 +393,7 @@ fn instance_thread(shared: &Shared, mut backend: Box<dyn Backend>, batching: boo
     let mut queue = shared.lock();
     loop {
         let now = Instant::now();
-        let next = queue.batch.next(now, true, |item: &Item| item.reply.is_closed());
+        let next = queue.batch.next(now, true);
         if !next.run.is_empty() || !next.dropped.is_empty() {
             drop(queue);
             shared.answer_dropped(next.dropped);
@@ -421,15 +426,15 @@ fn instance_thread(shared: &Shared, mut backend: Box<dyn Backend>, batching: boo
     }
 }
 
-/// Answers queue timeouts and cancellations while every instance is busy (an idle instance
-/// would find them itself only when it next looks). Sleeps until the earliest queue timeout or
-/// until woken by an arrival with a timeout or a caller that gave up.
+/// Answers queue timeouts while every instance is busy (an idle instance would find them itself
+/// only when it next looks). Sleeps until the earliest queue timeout or until woken by an
+/// arrival with a timeout or the queue's closing.
 async fn janitor(shared: Arc<Shared>) {
     loop {
         let notified = shared.janitor.notified();
         let (dropped, wake_at, done) = {
             let mut queue = shared.lock();
-            let next = queue.batch.next(Instant::now(), false, |item: &Item| item.reply.is_closed());
+            let next = queue.batch.next(Instant::now(), false);
             (next.dropped, next.wake_at, queue.closed && queue.batch.is_empty())
         };
         shared.answer_dropped(dropped);
@@ -455,10 +460,7 @@ fn execute(
     batch: Vec<Pending<Item>>,
     batching: bool,
 ) -> Vec<Answer> {
-    // One output list for the whole execution: the common one, or all outputs when the
-    // requests asked for different ones (each then keeps its own).
-    let common = batch.first().map(|p| p.item.outputs.clone()).unwrap_or_default();
-    let outputs = if batch.iter().all(|p| p.item.outputs == common) { common } else { Vec::new() };
+    let outputs = batch_outputs(&batch);
     let rows: Vec<u32> = batch.iter().map(|p| p.rows).collect();
     let batch_size = if batching { rows.iter().sum() } else { 1 };
     let mut waiting = Vec::with_capacity(batch.len());
@@ -516,6 +518,32 @@ fn execute(
         }
     }
     out
+}
+
+/// One output list for a whole execution: the common one, or, when the requests asked for
+/// different ones, the union in first-asked order (each request then keeps its own). Never
+/// "all of the model's outputs" on behalf of requests that named some: a model output no config
+/// lists may have no batch dimension, and must be neither computed nor split across requests.
+/// Triton's ONNX Runtime backend likewise binds only the config's outputs for every batch
+/// (onnxruntime_backend src/onnxruntime.cc, ModelInstanceState::ProcessRequests over
+/// ModelState::ModelOutputs, which is read from the config's `output` list).
+fn batch_outputs(batch: &[Pending<Item>]) -> Vec<String> {
+    let common = batch.first().map(|p| p.item.outputs.as_slice()).unwrap_or_default();
+    if batch.iter().all(|p| p.item.outputs == common) {
+        return common.to_vec();
+    }
+    // A request asking for nothing asks for everything (only library callers do: the node
+    // names the config's outputs for such a request).
+    if batch.iter().any(|p| p.item.outputs.is_empty()) {
+        return Vec::new();
+    }
+    let mut union: Vec<String> = Vec::new();
+    for name in batch.iter().flat_map(|p| &p.item.outputs) {
+        if !union.contains(name) {
+            union.push(name.clone());
+        }
+    }
+    union
 }
 
 fn backend_error(model: &str, e: BackendError) -> (FailureReason, RequestError) {

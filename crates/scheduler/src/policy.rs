@@ -43,6 +43,19 @@ impl Default for QueuePolicy {
 }
 
 impl QueuePolicy {
+    /// The queue timeout of a request that asked for `requested`. As Triton
+    /// (core src/scheduler_utils.cc, PolicyQueue::Enqueue): with `allow_timeout_override`, a
+    /// request may shorten the default, never lengthen it, and 0 asks for nothing. Where the
+    /// level has no default (Triton's 0), a request's own timeout applies: Triton ignores it
+    /// there, but its documentation calls it a timeout "less than the default", and no timeout
+    /// is the longest there is.
+    pub fn timeout(&self, requested: Option<Duration>) -> Option<Duration> {
+        match requested.filter(|t| self.allow_timeout_override && !t.is_zero()) {
+            Some(t) => Some(self.default_timeout.map_or(t, |d| d.min(t))),
+            None => self.default_timeout,
+        }
+    }
+
     fn from_config(p: &ModelQueuePolicy) -> QueuePolicy {
         QueuePolicy {
             on_timeout: if p.timeout_action == TimeoutAction::Delay as i32 {
@@ -202,5 +215,25 @@ mod tests {
         assert_eq!(c.policy(1).max_queue_size, DEFAULT_MAX_QUEUE_SIZE);
         assert_eq!(c.policy(2).max_queue_size, 10);
         assert_eq!(c.policy(3).default_timeout, Some(Duration::from_millis(1)));
+    }
+
+    #[test]
+    fn a_request_timeout_only_shortens_the_default() {
+        let ms = Duration::from_millis;
+        let p = QueuePolicy {
+            default_timeout: Some(ms(100)),
+            allow_timeout_override: true,
+            ..Default::default()
+        };
+        assert_eq!(p.timeout(None), Some(ms(100)));
+        assert_eq!(p.timeout(Some(ms(10))), Some(ms(10)));
+        assert_eq!(p.timeout(Some(ms(1000))), Some(ms(100)), "never lengthened");
+        assert_eq!(p.timeout(Some(Duration::ZERO)), Some(ms(100)), "0 is no override");
+        let fixed = QueuePolicy { allow_timeout_override: false, ..p.clone() };
+        assert_eq!(fixed.timeout(Some(ms(10))), Some(ms(100)), "overrides not allowed");
+        let none = QueuePolicy { default_timeout: None, ..p };
+        assert_eq!(none.timeout(Some(ms(10))), Some(ms(10)));
+        assert_eq!(none.timeout(Some(Duration::ZERO)), None);
+        assert_eq!(QueuePolicy::default().timeout(Some(ms(10))), None);
     }
 }

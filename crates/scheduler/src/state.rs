@@ -2,8 +2,15 @@
 //! unit-tested directly: per-priority FIFO queues, queue limits and timeouts, cancellation, and
 //! Triton's dynamic batcher decisions (preferred sizes, max batch size, max queue delay, no
 //! mixing of requests whose non-batch dims differ).
+//!
+//! Every operation costs in proportion to what it touches, never to the queue's length: the
+//! instance threads and the janitor take this state's lock for each decision, and async workers
+//! wait on the same lock to queue a request. A batch looks at its own requests only; timeouts
+//! expire from a deadline-ordered heap (so per-request overrides, which break arrival order,
+//! expire on time too); a cancelled request is removed by its [`Ticket`].
 
-use std::collections::VecDeque;
+use std::cmp::Reverse;
+use std::collections::{BTreeMap, BinaryHeap};
 use std::time::Instant;
 
 use crate::policy::{OnTimeout, SchedulerConfig};
@@ -23,6 +30,13 @@ pub struct Pending<T> {
     pub deadline: Option<Instant>,
 }
 
+/// Names a queued request, to take it out again ([`BatchState::cancel`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Ticket {
+    level: usize,
+    key: u64,
+}
+
 /// What the batching task should do next.
 #[derive(Debug)]
 pub struct Next<T> {
@@ -34,20 +48,48 @@ pub struct Next<T> {
     pub dropped: Vec<(Pending<T>, FailureReason)>,
 }
 
+/// One priority level, as Triton's `PriorityQueue::PolicyQueue` (core src/scheduler_utils.cc):
+/// its requests in arrival order, then those whose timeout passed under `OnTimeout::Delay`.
+#[derive(Debug)]
+struct Level<T> {
+    /// By key, which grows with every push: arrival order, and removal by key in O(log n).
+    queue: BTreeMap<u64, Pending<T>>,
+    /// Timed out under DELAY: served after this level's other requests, in arrival order.
+    delayed: BTreeMap<u64, Pending<T>>,
+}
+
+impl<T> Level<T> {
+    fn len(&self) -> usize {
+        self.queue.len() + self.delayed.len()
+    }
+
+    fn in_order(&self) -> impl Iterator<Item = &Pending<T>> {
+        self.queue.values().chain(self.delayed.values())
+    }
+}
+
 /// The queues of one model.
 #[derive(Debug)]
 pub struct BatchState<T> {
     config: SchedulerConfig,
-    /// One FIFO per priority level, level 1 first.
-    queues: Vec<VecDeque<Pending<T>>>,
-    /// Requests whose timeout passed under `OnTimeout::Delay`: served after all others.
-    delayed: VecDeque<Pending<T>>,
+    /// One per priority level, level 1 first.
+    levels: Vec<Level<T>>,
+    /// The queue timeouts of queued requests, earliest first: (deadline, key, level index). A
+    /// request that leaves the queue otherwise leaves its entry behind, skipped when it comes
+    /// up; [`BatchState::compact`] bounds how many such entries there are.
+    deadlines: BinaryHeap<Reverse<(Instant, u64, usize)>>,
+    /// Requests in the levels' `queue`s that have a deadline: the live entries of `deadlines`.
+    timed: usize,
+    len: usize,
+    next_key: u64,
 }
 
 impl<T> BatchState<T> {
     pub fn new(config: SchedulerConfig) -> BatchState<T> {
-        let queues = (0..config.priority_levels).map(|_| VecDeque::new()).collect();
-        BatchState { config, queues, delayed: VecDeque::new() }
+        let levels = (0..config.priority_levels)
+            .map(|_| Level { queue: BTreeMap::new(), delayed: BTreeMap::new() })
+            .collect();
+        BatchState { config, levels, deadlines: BinaryHeap::new(), timed: 0, len: 0, next_key: 0 }
     }
 
     pub fn config(&self) -> &SchedulerConfig {
@@ -55,30 +97,54 @@ impl<T> BatchState<T> {
     }
 
     pub fn len(&self) -> usize {
-        self.queues.iter().map(VecDeque::len).sum::<usize>() + self.delayed.len()
+        self.len
     }
 
     pub fn is_empty(&self) -> bool {
-        self.len() == 0
+        self.len == 0
     }
 
-    /// Queues a request, or hands it back when its level's queue is full.
-    pub fn push(&mut self, p: Pending<T>) -> Result<(), Pending<T>> {
+    /// Queues a request, or hands it back when its level's queue is full. Delayed requests
+    /// count towards the bound, as in Triton (`PolicyQueue::Size`).
+    pub fn push(&mut self, p: Pending<T>) -> Result<Ticket, Pending<T>> {
         let level = p.level.clamp(1, self.config.priority_levels);
         let max = self.config.policy(level).max_queue_size;
-        let queue = &mut self.queues[(level - 1) as usize];
-        if queue.len() >= max {
+        let index = (level - 1) as usize;
+        if self.levels[index].len() >= max {
             return Err(p);
         }
-        queue.push_back(p);
-        Ok(())
+        let key = self.next_key;
+        self.next_key += 1;
+        if let Some(deadline) = p.deadline {
+            self.deadlines.push(Reverse((deadline, key, index)));
+            self.timed += 1;
+        }
+        self.levels[index].queue.insert(key, p);
+        self.len += 1;
+        Ok(Ticket { level: index, key })
     }
 
-    /// Removes requests that were cancelled or timed out, then decides whether a batch runs now
+    /// Takes a request out of the queue (its caller gave up); `None` when it already left (it
+    /// ran, timed out, or was cancelled before).
+    pub fn cancel(&mut self, ticket: Ticket) -> Option<Pending<T>> {
+        let level = self.levels.get_mut(ticket.level)?;
+        let p = match level.queue.remove(&ticket.key) {
+            Some(p) => {
+                self.timed -= usize::from(p.deadline.is_some());
+                p
+            }
+            None => level.delayed.remove(&ticket.key)?,
+        };
+        self.len -= 1;
+        self.compact();
+        Some(p)
+    }
+
+    /// Removes requests whose queue timeout passed, then decides whether a batch runs now
     /// (only when `can_run`: an instance is free).
-    pub fn next(&mut self, now: Instant, can_run: bool, cancelled: impl Fn(&T) -> bool) -> Next<T> {
+    pub fn next(&mut self, now: Instant, can_run: bool) -> Next<T> {
         let mut dropped = Vec::new();
-        self.purge(now, &cancelled, &mut dropped);
+        self.expire(now, &mut dropped);
         let (count, full) = self.gather();
         let mut next = Next { run: Vec::new(), wake_at: None, dropped };
         if count == 0 {
@@ -86,7 +152,7 @@ impl<T> BatchState<T> {
         }
         if !can_run {
             // Nothing can run: wake only to expire queue timeouts.
-            next.wake_at = self.candidates().filter_map(|p| p.deadline).min();
+            next.wake_at = self.next_deadline();
             return next;
         }
         let take = if !self.config.dynamic { Some(1) } else { self.decide(now, count, full) };
@@ -94,15 +160,14 @@ impl<T> BatchState<T> {
             Some(n) => next.run = self.pop(n),
             None => {
                 let seed_wait = self.candidates().next().map(|p| p.enqueued + self.config.max_queue_delay);
-                let deadline = self.candidates().filter_map(|p| p.deadline).min();
-                next.wake_at = [seed_wait, deadline].into_iter().flatten().min();
+                next.wake_at = [seed_wait, self.next_deadline()].into_iter().flatten().min();
             }
         }
         next
     }
 
     /// How many leading candidates may share one batch, and whether the batch is closed (max
-    /// rows reached, or the next request cannot join it).
+    /// rows reached, or the next request cannot join it). Looks at one batch's requests at most.
     fn gather(&self) -> (usize, bool) {
         let mut it = self.candidates();
         let Some(seed) = it.next() else { return (0, false) };
@@ -113,7 +178,7 @@ impl<T> BatchState<T> {
         let mut rows = seed.rows;
         let mut count = 1;
         for p in it {
-            if p.shape_key != seed.shape_key || rows + p.rows > max {
+            if p.shape_key != seed.shape_key || rows + p.rows > max || count >= max as usize {
                 return (count, true);
             }
             rows += p.rows;
@@ -151,238 +216,81 @@ impl<T> BatchState<T> {
     }
 
     /// Whether a free instance would run a batch at `now`, without changing anything: lets a
-    /// new arrival wake an idle instance only when that changes what it would do. Cancelled and
-    /// timed-out requests still count here; [`BatchState::next`] removes them.
+    /// new arrival wake an idle instance only when that changes what it would do. Timed-out
+    /// requests still count here; [`BatchState::next`] removes them.
     pub fn ready(&self, now: Instant) -> bool {
         let (count, full) = self.gather();
         count > 0 && (!self.config.dynamic || self.decide(now, count, full).is_some())
     }
 
-    /// Queue order: level 1 first, FIFO within a level, delayed requests last.
+    /// Queue order: level 1 first; within a level, arrival order, then its delayed requests.
     fn candidates(&self) -> impl Iterator<Item = &Pending<T>> {
-        self.queues.iter().flatten().chain(self.delayed.iter())
+        self.levels.iter().flat_map(Level::in_order)
     }
 
     fn pop(&mut self, mut n: usize) -> Vec<Pending<T>> {
         let mut out = Vec::with_capacity(n);
-        for q in self.queues.iter_mut().chain(std::iter::once(&mut self.delayed)) {
+        for level in &mut self.levels {
             while n > 0 {
-                match q.pop_front() {
-                    Some(p) => {
-                        out.push(p);
-                        n -= 1;
-                    }
-                    None => break,
-                }
+                let Some((_, p)) = level.queue.pop_first().or_else(|| level.delayed.pop_first()) else {
+                    break;
+                };
+                self.timed -= usize::from(p.deadline.is_some());
+                out.push(p);
+                n -= 1;
             }
         }
+        self.len -= out.len();
+        self.compact();
         out
     }
 
-    fn purge(
-        &mut self,
-        now: Instant,
-        cancelled: &impl Fn(&T) -> bool,
-        dropped: &mut Vec<(Pending<T>, FailureReason)>,
-    ) {
-        for level in 0..self.queues.len() {
-            let on_timeout = self.config.policy(level as u32 + 1).on_timeout;
-            let queue = std::mem::take(&mut self.queues[level]);
-            for p in queue {
-                if cancelled(&p.item) {
-                    dropped.push((p, FailureReason::Canceled));
-                } else if p.deadline.is_some_and(|d| d <= now) {
-                    match on_timeout {
-                        OnTimeout::Reject => dropped.push((p, FailureReason::Rejected)),
-                        OnTimeout::Delay => self.delayed.push_back(Pending { deadline: None, ..p }),
-                    }
-                } else {
-                    self.queues[level].push_back(p);
+    /// Rejects or delays the requests whose deadline is at or before `now`, earliest first:
+    /// the cost is that of the requests that expire (and of entries left by requests gone).
+    fn expire(&mut self, now: Instant, dropped: &mut Vec<(Pending<T>, FailureReason)>) {
+        while let Some(&Reverse((deadline, key, index))) = self.deadlines.peek() {
+            if deadline > now {
+                break;
+            }
+            self.deadlines.pop();
+            let level = &mut self.levels[index];
+            let Some(p) = level.queue.remove(&key) else { continue };
+            self.timed -= 1;
+            match self.config.policy(index as u32 + 1).on_timeout {
+                OnTimeout::Reject => {
+                    self.len -= 1;
+                    dropped.push((p, FailureReason::Rejected));
+                }
+                OnTimeout::Delay => {
+                    level.delayed.insert(key, Pending { deadline: None, ..p });
                 }
             }
         }
-        let delayed = std::mem::take(&mut self.delayed);
-        for p in delayed {
-            if cancelled(&p.item) {
-                dropped.push((p, FailureReason::Canceled));
-            } else {
-                self.delayed.push_back(p);
+    }
+
+    /// The earliest deadline of a queued request, dropping entries of requests gone.
+    fn next_deadline(&mut self) -> Option<Instant> {
+        while let Some(&Reverse((deadline, key, index))) = self.deadlines.peek() {
+            if self.levels[index].queue.contains_key(&key) {
+                return Some(deadline);
             }
+            self.deadlines.pop();
         }
+        None
+    }
+
+    /// Drops the heap entries of requests that left before their deadline once they are most
+    /// of it: the heap stays within twice its live entries (plus slack), at an amortized O(1)
+    /// per request.
+    fn compact(&mut self) {
+        if self.deadlines.len() <= 2 * self.timed + 64 {
+            return;
+        }
+        let levels = &self.levels;
+        self.deadlines.retain(|Reverse((_, key, index))| levels[*index].queue.contains_key(key));
     }
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::policy::QueuePolicy;
-    use std::time::Duration;
-
-    fn config(max: u32, preferred: &[u32], delay_us: u64) -> SchedulerConfig {
-        SchedulerConfig {
-            max_batch_size: max,
-            dynamic: true,
-            preferred_batch_sizes: preferred.to_vec(),
-            max_queue_delay: Duration::from_micros(delay_us),
-            preserve_ordering: false,
-            priority_levels: 1,
-            default_priority: 1,
-            policies: vec![QueuePolicy::default()],
-        }
-    }
-
-    fn pending(id: u32, rows: u32, at: Instant) -> Pending<u32> {
-        Pending { item: id, rows, shape_key: vec![vec![16]], level: 1, enqueued: at, deadline: None }
-    }
-
-    fn ids(v: &[Pending<u32>]) -> Vec<u32> {
-        v.iter().map(|p| p.item).collect()
-    }
-
-    #[test]
-    fn sends_at_a_preferred_size_at_once() {
-        let t0 = Instant::now();
-        let mut s = BatchState::new(config(8, &[4, 8], 10_000));
-        for i in 0..3 {
-            s.push(pending(i, 1, t0)).expect("room");
-        }
-        let n = s.next(t0, true, |_| false);
-        assert!(n.run.is_empty(), "3 rows: wait for a preferred size");
-        assert_eq!(n.wake_at, Some(t0 + Duration::from_millis(10)));
-        s.push(pending(3, 1, t0)).expect("room");
-        assert_eq!(ids(&s.next(t0, true, |_| false).run), vec![0, 1, 2, 3]);
-        assert!(s.is_empty());
-    }
-
-    #[test]
-    fn ready_agrees_with_next_and_changes_nothing() {
-        let t0 = Instant::now();
-        let mut s = BatchState::new(config(8, &[4], 100));
-        assert!(!s.ready(t0), "empty");
-        for i in 0..3 {
-            s.push(pending(i, 1, t0)).expect("room");
-        }
-        assert!(!s.ready(t0), "3 rows, delay not over");
-        assert!(s.ready(t0 + Duration::from_micros(100)), "the oldest waited max_queue_delay");
-        s.push(pending(3, 1, t0)).expect("room");
-        assert!(s.ready(t0), "a preferred size");
-        assert_eq!(s.len(), 4);
-        assert_eq!(ids(&s.next(t0, true, |_| false).run), vec![0, 1, 2, 3]);
-        let mut s = BatchState::new(SchedulerConfig { dynamic: false, ..config(8, &[], 1_000) });
-        s.push(pending(0, 1, t0)).expect("room");
-        assert!(s.ready(t0), "the default scheduler runs any request at once");
-    }
-
-    #[test]
-    fn sends_what_it_has_when_the_oldest_waited_max_queue_delay() {
-        let t0 = Instant::now();
-        let mut s = BatchState::new(config(8, &[4, 8], 100));
-        s.push(pending(0, 1, t0)).expect("room");
-        s.push(pending(1, 2, t0 + Duration::from_micros(50))).expect("room");
-        assert!(s.next(t0 + Duration::from_micros(99), true, |_| false).run.is_empty());
-        let n = s.next(t0 + Duration::from_micros(100), true, |_| false);
-        assert_eq!(ids(&n.run), vec![0, 1]);
-    }
-
-    #[test]
-    fn never_exceeds_max_batch_size_and_counts_rows() {
-        let t0 = Instant::now();
-        let mut s = BatchState::new(config(8, &[], 1_000_000));
-        s.push(pending(0, 5, t0)).expect("room");
-        s.push(pending(1, 3, t0)).expect("room");
-        s.push(pending(2, 2, t0)).expect("room");
-        assert_eq!(ids(&s.next(t0, true, |_| false).run), vec![0, 1], "5 + 3 = max");
-        let n = s.next(t0, true, |_| false);
-        assert!(n.run.is_empty(), "2 rows wait for more");
-        s.push(pending(3, 7, t0)).expect("room");
-        assert_eq!(ids(&s.next(t0, true, |_| false).run), vec![2], "2 + 7 > 8: the batch is closed");
-    }
-
-    #[test]
-    fn different_shapes_are_not_batched_together() {
-        let t0 = Instant::now();
-        let mut s = BatchState::new(config(8, &[], 1_000_000));
-        s.push(pending(0, 1, t0)).expect("room");
-        s.push(Pending { shape_key: vec![vec![32]], ..pending(1, 1, t0) }).expect("room");
-        s.push(pending(2, 1, t0)).expect("room");
-        assert_eq!(ids(&s.next(t0, true, |_| false).run), vec![0]);
-    }
-
-    #[test]
-    fn past_the_largest_preferred_size_sends_a_preferred_prefix() {
-        let t0 = Instant::now();
-        let mut s = BatchState::new(config(8, &[4], 1_000_000));
-        for i in 0..5 {
-            s.push(pending(i, 1, t0)).expect("room");
-        }
-        assert_eq!(ids(&s.next(t0, true, |_| false).run), vec![0, 1, 2, 3]);
-    }
-
-    #[test]
-    fn zero_delay_sends_immediately_and_default_scheduler_sends_one() {
-        let t0 = Instant::now();
-        let mut s = BatchState::new(config(8, &[8], 0));
-        s.push(pending(0, 1, t0)).expect("room");
-        s.push(pending(1, 1, t0)).expect("room");
-        assert_eq!(ids(&s.next(t0, true, |_| false).run), vec![0, 1]);
-        let mut s = BatchState::new(SchedulerConfig { dynamic: false, ..config(8, &[], 0) });
-        s.push(pending(0, 2, t0)).expect("room");
-        s.push(pending(1, 2, t0)).expect("room");
-        assert_eq!(ids(&s.next(t0, true, |_| false).run), vec![0]);
-        assert_eq!(ids(&s.next(t0, true, |_| false).run), vec![1]);
-    }
-
-    #[test]
-    fn higher_priority_goes_first_and_queues_are_bounded() {
-        let t0 = Instant::now();
-        let mut c = config(8, &[], 0);
-        c.priority_levels = 2;
-        c.policies =
-            vec![QueuePolicy { max_queue_size: 1, ..QueuePolicy::default() }, QueuePolicy::default()];
-        c.dynamic = false;
-        let mut s = BatchState::new(c);
-        s.push(Pending { level: 2, ..pending(0, 1, t0) }).expect("room");
-        s.push(Pending { level: 1, ..pending(1, 1, t0) }).expect("room");
-        let full = s.push(Pending { level: 1, ..pending(2, 1, t0) });
-        assert_eq!(full.map_err(|p| p.item), Err(2));
-        assert_eq!(ids(&s.next(t0, true, |_| false).run), vec![1]);
-        assert_eq!(ids(&s.next(t0, true, |_| false).run), vec![0]);
-    }
-
-    #[test]
-    fn cancelled_and_timed_out_requests_are_removed_with_a_reason() {
-        let t0 = Instant::now();
-        let mut s = BatchState::new(config(8, &[8], 1_000_000));
-        s.push(pending(0, 1, t0)).expect("room");
-        s.push(Pending { deadline: Some(t0 + Duration::from_millis(1)), ..pending(1, 1, t0) }).expect("room");
-        s.push(pending(2, 1, t0)).expect("room");
-        let n = s.next(t0, true, |id| *id == 2);
-        assert_eq!(
-            n.dropped.iter().map(|(p, r)| (p.item, *r)).collect::<Vec<_>>(),
-            vec![(2, FailureReason::Canceled)]
-        );
-        assert_eq!(n.wake_at, Some(t0 + Duration::from_millis(1)), "wakes for the timeout");
-        let n = s.next(t0 + Duration::from_millis(1), false, |_| false);
-        assert!(n.run.is_empty(), "no instance free: nothing runs");
-        assert_eq!(
-            n.dropped.iter().map(|(p, r)| (p.item, *r)).collect::<Vec<_>>(),
-            vec![(1, FailureReason::Rejected)]
-        );
-        assert_eq!(s.len(), 1);
-    }
-
-    #[test]
-    fn delayed_requests_run_after_the_others() {
-        let t0 = Instant::now();
-        let mut c = config(8, &[], 0);
-        c.dynamic = false;
-        c.policies = vec![QueuePolicy { on_timeout: OnTimeout::Delay, ..QueuePolicy::default() }];
-        let mut s = BatchState::new(c);
-        s.push(Pending { deadline: Some(t0), ..pending(0, 1, t0) }).expect("room");
-        s.push(pending(1, 1, t0)).expect("room");
-        let n = s.next(t0, true, |_| false);
-        assert!(n.dropped.is_empty());
-        assert_eq!(ids(&n.run), vec![1]);
-        assert_eq!(ids(&s.next(t0, true, |_| false).run), vec![0]);
-    }
-}
+#[path = "state_tests.rs"]
+mod tests;

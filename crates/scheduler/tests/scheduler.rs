@@ -299,3 +299,132 @@ async fn preserve_ordering_holds_later_responses_back() {
     assert!(ordering_run(false).await, "without preserve_ordering the fast request answers first");
     assert!(!ordering_run(true).await, "with preserve_ordering it waits for the earlier request");
 }
+
+/// A model with outputs "y" = x + 1 and "z" = 2x (batch-shaped) and "fixed", a [3] tensor with
+/// no batch dimension that no config lists. Computes what it is asked for (all three when asked
+/// for nothing, as ONNX Runtime does) and records each execution's output list.
+struct ThreeOutputs {
+    asked: Arc<Mutex<Vec<Vec<String>>>>,
+}
+
+impl Backend for ThreeOutputs {
+    fn infer(&mut self, inputs: Vec<Tensor>, outputs: &[String]) -> Result<Vec<Tensor>, BackendError> {
+        self.asked.lock().map_err(|e| BackendError::Execution(e.to_string()))?.push(outputs.to_vec());
+        let x = inputs.into_iter().next().ok_or_else(|| BackendError::InvalidInput("no input".into()))?;
+        let map = |f: fn(f32) -> f32| -> Bytes {
+            x.data
+                .chunks_exact(4)
+                .flat_map(|c| f(f32::from_le_bytes([c[0], c[1], c[2], c[3]])).to_le_bytes())
+                .collect()
+        };
+        let tensor = |name: &str, shape: Vec<i64>, data: Bytes| Tensor {
+            name: name.into(),
+            datatype: DataType::Fp32,
+            shape,
+            data,
+        };
+        let all = ["y", "z", "fixed"].map(String::from);
+        let wanted = if outputs.is_empty() { &all[..] } else { outputs };
+        Ok(wanted
+            .iter()
+            .map(|name| match name.as_str() {
+                "y" => tensor("y", x.shape.clone(), map(|v| v + 1.0)),
+                "z" => tensor("z", x.shape.clone(), map(|v| v * 2.0)),
+                _ => tensor("fixed", vec![3], Bytes::from(vec![0u8; 12])),
+            })
+            .collect())
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_asking_for_different_outputs_share_a_batch_and_get_their_own() {
+    let asked = Arc::new(Mutex::new(Vec::new()));
+    let backend = ThreeOutputs { asked: asked.clone() };
+    // One batch of 4 rows: the preferred size.
+    let scheduler = Scheduler::start(
+        "m".into(),
+        "outputs",
+        config(8, &[4], Duration::from_secs(5)),
+        vec![Box::new(backend)],
+        &tokio::runtime::Handle::current(),
+    )
+    .expect("start");
+    let scheduler = Arc::new(scheduler);
+    let ask = |rows: u32, value: f32, outputs: &[&str]| {
+        let s = scheduler.clone();
+        let job = InferJob { outputs: outputs.iter().map(|o| o.to_string()).collect(), ..job(rows, value) };
+        tokio::spawn(async move { s.infer(job).await })
+    };
+    let a = ask(1, 1.0, &["y"]);
+    let b = ask(2, 2.0, &["z"]);
+    let c = ask(1, 3.0, &["z", "y"]);
+    let (a, b, c) = (a.await.expect("join"), b.await.expect("join"), c.await.expect("join"));
+    let named = |r: &Result<Vec<Tensor>, RequestError>| -> Vec<(String, Vec<i64>, Vec<f32>)> {
+        r.as_ref()
+            .map(|ts| {
+                ts.iter()
+                    .map(|t| (t.name.clone(), t.shape.clone(), values(std::slice::from_ref(t))))
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    assert_eq!(named(&a), vec![("y".into(), vec![1, 2], vec![2.0; 2])], "{a:?}");
+    assert_eq!(named(&b), vec![("z".into(), vec![2, 2], vec![4.0; 4])], "{b:?}");
+    assert_eq!(
+        named(&c),
+        vec![("z".into(), vec![1, 2], vec![6.0; 2]), ("y".into(), vec![1, 2], vec![4.0; 2])],
+        "{c:?}"
+    );
+    // One execution, computing what the batch asked for: never "all outputs" of the model.
+    assert_eq!(*asked.lock().expect("lock"), vec![vec!["y".to_string(), "z".to_string()]]);
+}
+
+/// Triton's `allow_timeout_override` lets a request shorten its level's default timeout, never
+/// lengthen it, and a 0 override is no override (core src/scheduler_utils.cc,
+/// PolicyQueue::Enqueue).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_timeout_override_may_shorten_the_default_but_not_lengthen_it() {
+    let mut cfg = config(8, &[], Duration::ZERO);
+    cfg.dynamic = false;
+    cfg.policies = vec![QueuePolicy {
+        allow_timeout_override: true,
+        default_timeout: Some(Duration::from_millis(300)),
+        on_timeout: OnTimeout::Reject,
+        ..QueuePolicy::default()
+    }];
+    let r = rig(cfg, true);
+    // Keeps the only instance busy until the end.
+    let running = {
+        let s = r.scheduler.clone();
+        tokio::spawn(async move { s.infer(job(1, 0.0)).await })
+    };
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let timed = |timeout: Option<Duration>| {
+        let s = r.scheduler.clone();
+        async move {
+            let started = std::time::Instant::now();
+            let result =
+                tokio::time::timeout(Duration::from_secs(10), s.infer(InferJob { timeout, ..job(1, 1.0) }))
+                    .await;
+            (result, started.elapsed())
+        }
+    };
+    let (longer, zero, shorter) = tokio::join!(
+        timed(Some(Duration::from_secs(60))),
+        timed(Some(Duration::ZERO)),
+        timed(Some(Duration::from_millis(20)))
+    );
+    for (what, (result, took), within) in [
+        ("a 60 s override keeps the 300 ms default", longer, Duration::from_secs(5)),
+        ("a 0 override is none: the default", zero, Duration::from_secs(5)),
+        ("a 20 ms override shortens it", shorter, Duration::from_millis(250)),
+    ] {
+        assert!(
+            matches!(&result, Ok(Err(RequestError::Unavailable(m))) if m.contains("timeout")),
+            "{what}: {result:?}"
+        );
+        assert!(took < within, "{what}: rejected after {took:?}");
+    }
+    r.gate.add_permits(8);
+    running.await.expect("join").expect("running");
+}
