@@ -85,8 +85,15 @@ impl TransportLimits {
         builder
             .max_concurrent_streams(Some(self.grpc_max_concurrent_streams))
             .http2_max_header_list_size(self.layer().http2_max_header_list_size())
+            // Rapid reset (CVE-2023-44487): a connection whose client resets streams faster
+            // than they are served gets GOAWAY(ENHANCE_YOUR_CALM). h2's default today; set here
+            // so a dependency upgrade cannot change it (tests/python/test_abuse.py checks it).
+            .http2_max_pending_accept_reset_streams(Some(MAX_PENDING_RESET_STREAMS))
     }
 }
+
+/// Reset streams a connection may leave waiting to be accepted before it is cut off.
+pub const MAX_PENDING_RESET_STREAMS: usize = 20;
 
 /// tonic's refusal of a message over its decoding limit, as gRPC servers answer it:
 /// RESOURCE_EXHAUSTED naming the flag. Other statuses pass unchanged.
