@@ -157,10 +157,12 @@ def local_args(objs, workload: dict, c: dict, secrets: Secrets, root: pathlib.Pa
 
 
 class Proc:
-    def __init__(self, exe: pathlib.Path, args: list[str], log: pathlib.Path, env: dict[str, str]):
+    def __init__(self, exe: pathlib.Path, args: list[str], log: pathlib.Path, env: dict[str, str],
+                 prefix: list[str] = ()):
         self.args, self.log = args, log
         with open(log, "wb") as out:
-            self.p = subprocess.Popen([str(exe), *args], stdout=out, stderr=subprocess.STDOUT, env=env, cwd=ROOT)
+            self.p = subprocess.Popen([*prefix, str(exe), *args], stdout=out, stderr=subprocess.STDOUT, env=env,
+                                      cwd=ROOT)
 
     def output(self) -> str:
         return self.log.read_text(errors="replace")
@@ -180,6 +182,46 @@ class Proc:
         if self.p.poll() is None:
             self.p.kill()
             self.p.wait()
+
+
+# === Cluster DNS on loopback ===================================================================
+
+
+def free_loopback_address(port: int) -> str:
+    """A loopback address 127.0.0.x (x >= 10) on which `port` is free: a pod IP of its own,
+    so a node can listen on the port its manifest gives it."""
+    import random
+
+    candidates = list(range(10, 250))
+    random.shuffle(candidates)
+    for x in candidates:
+        address = f"127.0.0.{x}"
+        with socket.socket() as s:
+            try:
+                s.bind((address, port))
+            except OSError:
+                continue
+            return address
+    raise AssertionError(f"no loopback address 127.0.0.10-249 has port {port} free")
+
+
+def resolving(names: dict[str, str], workdir: pathlib.Path) -> list[str]:
+    """A command prefix that runs a program with its own /etc/hosts in which `names` resolve
+    to the given loopback addresses, in a private mount namespace (unshare(1); nothing of the
+    machine's changes): the program resolves a cluster DNS name, as rendered in a manifest,
+    through the system resolver as it would in a cluster. Fails (never skips) where user and
+    mount namespaces are not available."""
+    hosts = workdir / "hosts"
+    hosts.write_text("127.0.0.1 localhost\n" + "".join(f"{ip} {name}\n" for name, ip in names.items()))
+    prefix = ["unshare", "--user", "--map-root-user", "--mount", "--",
+              "sh", "-c", 'mount --bind "$0" /etc/hosts && exec "$@"', str(hosts)]
+    probe = subprocess.run([*prefix, "getent", "hosts", *names], capture_output=True, text=True, timeout=30)
+    resolved = {line.split()[1]: line.split()[0] for line in probe.stdout.splitlines() if line.strip()}
+    assert probe.returncode == 0 and resolved == names, (
+        f"cannot give a program its own /etc/hosts with unshare (user and mount namespaces): "
+        f"exit {probe.returncode}, resolved {resolved}, stderr: {probe.stderr.strip()}"
+    )
+    return prefix
 
 
 def container_env(c: dict) -> dict[str, str]:

@@ -4,9 +4,17 @@ readiness means it reached the node, over TLS and with its token where the manif
 and a tritonclient client infers through it as a user of the cluster would: with TLS, the CA
 and for mutual TLS a certificate; with tokens, a token.
 
-Swapped for local ones: ports, the model repository, Secret files (livelib), and the router's
---node-dns (the headless Service) for --node=127.0.0.1:PORT. The certificate does not name
-127.0.0.1, so the router verifies the node only through --node-tls-domain, as in a cluster."""
+The router finds the node as shipped: by --node-dns, as rendered (the headless Service's name
+and port). On loopback the node listens on that port at an address of its own (127.0.0.x, a
+pod IP) and the router runs with its own /etc/hosts in which the Service's name resolves there
+(livelib.resolving); the system resolver does the rest, as cluster DNS would. Swapped for
+local ones: the other ports, the model repository and Secret files (livelib). The certificate
+does not name 127.0.0.x, so the router verifies the node only through --node-tls-domain, as in
+a cluster where it reaches nodes by pod IP.
+
+The node runs with its shipped readiness (strict, but in values-full) and explicit model control:
+a model unloaded through the router leaves node and router ready (issue 17: once, one unload took the node out
+of the Service and every router with it)."""
 
 from __future__ import annotations
 
@@ -14,7 +22,10 @@ import numpy as np
 import pytest
 
 from deploylib import SECURE_COMPONENTS, binary, chart_objects, container, find, kustomize_objects, kustomize_overlay_objects, ort_library
-from livelib import ROUTER_NAME, Proc, Secrets, container_env, free_port, kubelet_probe, local_args, scrape
+import time
+
+from livelib import (ROUTER_NAME, Proc, Secrets, container_env, free_loopback_address, free_port, kubelet_probe,
+                     local_args, resolving, scrape)
 
 SOURCES = {
     "k8s": lambda: kustomize_objects("k8s"),
@@ -78,22 +89,27 @@ def test_router_serves_through_node_with_manifest_args(source, model_repo, secre
     sts, dep = find(objs, "StatefulSet"), find(objs, "Deployment")
     nc, rc = container(sts, "tern-node"), container(dep, "tern-router")
 
-    node_ports = {"grpc": free_port(), "metrics": free_port()}
-    node_args = local_args(objs, sts, nc, secrets, tmp_path, {
-        "--model-repository": str(model_repo), "--grpc-port": str(node_ports["grpc"]),
-        "--metrics-port": str(node_ports["metrics"]),
-    })
     router_ports = {"grpc": free_port(), "metrics": free_port()}
     router_args = local_args(objs, dep, rc, secrets, tmp_path, {
-        "--grpc-port": str(router_ports["grpc"]), "--metrics-port": str(router_ports["metrics"]), "--node-dns": None,
-    }) + [f"--node=127.0.0.1:{node_ports['grpc']}"]
+        "--grpc-port": str(router_ports["grpc"]), "--metrics-port": str(router_ports["metrics"]),
+    })
     flags = _flags(router_args)
+    service, dns_port = flags["--node-dns"].rsplit(":", 1)
+    pod_ip = free_loopback_address(int(dns_port))
+    node_ports = {"grpc": int(dns_port), "metrics": free_port()}
+    node_args = local_args(objs, sts, nc, secrets, tmp_path, {
+        "--model-repository": str(model_repo), "--grpc-port": dns_port,
+        "--metrics-port": str(node_ports["metrics"]),
+    }) + [f"--grpc-address={pod_ip}"]
+    node_flags = _flags(node_args)
+    assert node_flags.get("--model-control-mode") == "explicit", "routers place models only on explicit nodes"
+    cluster_dns = resolving({service: pod_ip}, tmp_path)
 
     node = Proc(node_exe, node_args, tmp_path / "node.log", dict(container_env(nc), ORT_DYLIB_PATH=str(lib)))
     router = None
     try:
         node.wait_until("node readiness", lambda: kubelet_probe(nc["readinessProbe"], nc, node_ports))
-        router = Proc(router_exe, router_args, tmp_path / "router.log", container_env(rc))
+        router = Proc(router_exe, router_args, tmp_path / "router.log", container_env(rc), prefix=cluster_dns)
         for probe in ("livenessProbe", "readinessProbe"):
             router.wait_until(f"router {probe} success (node log:\n{node.output()})",
                               lambda: kubelet_probe(rc[probe], rc, router_ports))
@@ -106,6 +122,17 @@ def test_router_serves_through_node_with_manifest_args(source, model_repo, secre
             headers = {"authorization": f"Bearer {secrets.tokens['client']}"}
         out = _infer(client, headers)
         assert out.tolist() == [[0.0, 2.0, 4.0, 6.0]], f"router log:\n{router.output()}\nnode log:\n{node.output()}"
+
+        # Unloaded through the router (an operator's token where tokens are on): node and
+        # router stay ready, and the model serves again once loaded.
+        operator = {"authorization": f"Bearer {secrets.tokens['router-token']}"} if headers else None
+        client.unload_model("tiny", headers=operator)
+        time.sleep(2.5)  # past the router's status polls and the probes' view of them
+        assert kubelet_probe(nc["readinessProbe"], nc, node_ports), f"node not ready after an unload:\n{node.output()}"
+        assert kubelet_probe(rc["readinessProbe"], rc, router_ports), f"router not ready after an unload:\n{router.output()}"
+        assert client.is_server_ready(headers=headers)
+        client.load_model("tiny", headers=operator)
+        assert _infer(client, headers).tolist() == [[0.0, 2.0, 4.0, 6.0]]
         client.close()
 
         monitors = [o for o in objs if o["kind"] == "ServiceMonitor"]

@@ -185,3 +185,38 @@ def tiny_add_inputs(rows: int = 1, value: float = 1.0):
         x.set_data_from_numpy(a)
         inputs.append(x)
     return inputs
+
+
+def _node_status_class():
+    """tern.cluster.v1.NodeStatus (the fields tests read), built at run time: the tests have no
+    protoc; unknown fields of the real message are skipped by the parser."""
+    from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
+
+    f = descriptor_pb2.FileDescriptorProto(name="tern_test_cluster.proto", package="tern.cluster.v1",
+                                           syntax="proto3")
+    T = descriptor_pb2.FieldDescriptorProto
+    replica = f.message_type.add(name="ModelReplica")
+    for number, name in ((1, "name"), (2, "version"), (3, "state"), (4, "reason")):
+        replica.field.add(name=name, number=number, type=T.TYPE_STRING, label=T.LABEL_OPTIONAL)
+    status = f.message_type.add(name="NodeStatus")
+    status.field.add(name="node_id", number=1, type=T.TYPE_STRING, label=T.LABEL_OPTIONAL)
+    status.field.add(name="models", number=3, type=T.TYPE_MESSAGE, label=T.LABEL_REPEATED,
+                     type_name=".tern.cluster.v1.ModelReplica")
+    status.field.add(name="in_flight", number=5, type=T.TYPE_UINT64, label=T.LABEL_OPTIONAL)
+    status.field.add(name="ready", number=10, type=T.TYPE_BOOL, label=T.LABEL_OPTIONAL)
+    pool = descriptor_pool.DescriptorPool()
+    pool.Add(f)
+    return message_factory.GetMessageClass(pool.FindMessageTypeByName("tern.cluster.v1.NodeStatus"))
+
+
+def node_status(addr: str, timeout: float = 2.0) -> dict:
+    """NodeControl.Status of the tern-node at `addr` (what routers poll): ready, in_flight and
+    models as [(name, version, state, reason)]."""
+    import grpc
+
+    cls = _node_status_class()
+    with grpc.insecure_channel(addr) as channel:
+        raw = channel.unary_unary("/tern.cluster.v1.NodeControl/Status")(b"", timeout=timeout)
+    msg = cls.FromString(raw)
+    return {"ready": msg.ready, "in_flight": msg.in_flight,
+            "models": [(m.name, m.version, m.state, m.reason) for m in msg.models]}

@@ -365,3 +365,40 @@ def output_array(resp, name: str) -> np.ndarray:
             suffix = next(s for s, v in TRITON_TYPES.items() if v[0] == out.datatype)
             return np.frombuffer(raw, dtype=np_dtype(suffix)).reshape(shape)
     raise AssertionError(f"output {name} not in response: {[o.name for o in resp.outputs]}")
+
+
+class StalledFile:
+    """A file replaced by a FIFO (named pipe) holding the same name: opening it for reading
+    blocks until a writer comes, as a read from a hung network mount would. A fault a real file
+    cannot produce, injected with a real file-system object. `release()` answers blocked
+    readers with the original content, then puts the regular file back."""
+
+    def __init__(self, path):
+        self.path = Path(path)
+        self.content = self.path.read_bytes()
+        self.path.unlink()
+        os.mkfifo(self.path)
+
+    def release(self, done=lambda: False, timeout: float = 20.0) -> None:
+        """Feeds readers that are waiting (each open for writing unblocks them) until `done()`
+        or `timeout`, then restores the regular file."""
+        import errno
+
+        deadline = time.monotonic() + timeout
+        while not done() and time.monotonic() < deadline:
+            try:
+                fd = os.open(self.path, os.O_WRONLY | os.O_NONBLOCK)
+            except OSError as e:
+                if e.errno != errno.ENXIO:  # ENXIO: no reader waiting now
+                    raise
+            else:
+                try:
+                    os.write(fd, self.content)
+                except BlockingIOError:
+                    pass
+                finally:
+                    os.close(fd)
+            time.sleep(0.05)
+        restored = self.path.with_name(self.path.name + ".restored")
+        restored.write_bytes(self.content)
+        os.replace(restored, self.path)

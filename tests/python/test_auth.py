@@ -209,6 +209,16 @@ def test_protected_health_and_metrics_and_rotation_without_restart(model_repo, t
         wait_until(lambda: any("token file changed but cannot be used" in line for line in node.lines), 10,
                    "the broken token file reported")
         infer_ok(new_client)
+
+        # Deleting the token file revokes every token it held, and says so; written back, the
+        # tokens in it count again.
+        tokens.path.unlink()
+        wait_until(lambda: any("token file deleted" in line for line in node.lines), 10, "the deletion reported")
+        expect_triton_error(lambda: infer_ok(new_client), "StatusCode.UNAUTHENTICATED")
+        assert http_status(node.metrics_port, "/v2/health/ready", tokens.tokens["predictor"]) == 401
+        tokens.write()
+        wait_until(lambda: new_client.is_server_live(), 10, "the token accepted again")
+        infer_ok(new_client)
     finally:
         node.stop()
 

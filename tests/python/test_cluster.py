@@ -16,7 +16,8 @@ import tritonclient.grpc as grpcclient
 from onnx import TensorProto, helper, numpy_helper
 from tritonclient.utils import InferenceServerException
 
-from tern_clusterlib import Cluster, NodeProc, RouterProc, holders, router_binary, tiny_add_inputs, wait_until
+from tern_clusterlib import (Cluster, NodeProc, RouterProc, holders, node_status, router_binary, tiny_add_inputs,
+                             wait_until)
 from test_perf_analyzer import check_success, run_perf_analyzer
 
 
@@ -76,6 +77,9 @@ def test_errors_through_the_router(model_repo, tmp_path):
         # Unload through the router: no lazy reload until loaded again.
         client.unload_model("tiny_add")
         wait_until(lambda: not client.is_model_ready("tiny_add"), 10, "tiny_add unloaded")
+        # An unload does not make the node, nor so the router, not ready (Triton's IsReady).
+        assert client.is_server_ready(), "router not ready after an unload"
+        assert c.nodes[0].client().is_server_ready(), "node not ready after an unload"
         with pytest.raises(InferenceServerException):
             client.infer("tiny_add", tiny_add_inputs())
         client.load_model("tiny_add")
@@ -117,6 +121,118 @@ def test_static_and_dns_nodes(model_repo, tmp_path):
         router.stop()
         for n in nodes:
             n.kill()
+
+
+def test_readiness_after_unload_and_failed_load_with_dns_discovery(model_repo, tmp_path):
+    """The shipped topology: an explicit-mode node with strict readiness, found by the router
+    through DNS (--node-dns). Unloading a model, or unloading a model that failed to load,
+    leaves node and router ready."""
+    import shutil
+
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    shutil.copytree(model_repo / "tiny_add", repo / "tiny_add")
+    (repo / "broken" / "1").mkdir(parents=True)  # no model file: its load fails
+    (repo / "broken" / "config.pbtxt").write_text(
+        (repo / "tiny_add" / "config.pbtxt").read_text().replace('name: "tiny_add"', 'name: "broken"'))
+    node = NodeProc(repo, ["--model-control-mode", "explicit", "--strict-readiness", "true"],
+                    log_dir=tmp_path, label="dns-node")
+    node.start()
+    router = RouterProc(["--node-dns", f"localhost:{node.grpc_port}", "--dns-refresh-secs", "1"],
+                        log_dir=tmp_path)
+    router.start()
+    try:
+        client = grpcclient.InferenceServerClient(router.url)
+        wait_until(client.is_server_ready, 10, "router ready")
+        client.load_model("tiny_add")
+        infer_tiny(client)
+        client.unload_model("tiny_add")
+        wait_until(lambda: not client.is_model_ready("tiny_add"), 10, "tiny_add unloaded")
+        assert node.client().is_server_ready(), "node not ready after an unload"
+        assert client.is_server_ready(), "router not ready after an unload"
+
+        with pytest.raises(InferenceServerException):
+            client.load_model("broken")
+        assert not node.client().is_server_ready(), "a failed load makes the node not ready"
+        wait_until(lambda: not client.is_server_ready(), 10, "router sees its only node not ready")
+        client.unload_model("broken")
+        assert node.client().is_server_ready(), "node ready once the failed model is unloaded"
+        wait_until(client.is_server_ready, 10, "router ready again")
+        # Loaded again, it serves: the cluster recovered without a restart.
+        client.load_model("tiny_add")
+        infer_tiny(client)
+    finally:
+        router.stop()
+        node.kill()
+
+
+def test_draining_node_reports_not_ready_and_routers_stop_sending(model_repo, tmp_path):
+    """SIGTERM with a request in flight: the node keeps answering while it drains, says it is
+    not ready (ServerReady, NodeControl status with every model UNLOADING), the router stops
+    sending to it before it closes, and it exits 0 once the request is done."""
+    import shutil
+    import signal
+
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    shutil.copytree(model_repo / "tiny_add", repo / "tiny_add")
+    # slow_add: one request alone waits the full 6 s queue delay for a batch of 64.
+    shutil.copytree(model_repo / "tiny_add", repo / "slow_add")
+    (repo / "slow_add" / "config.pbtxt").write_text(
+        (repo / "tiny_add" / "config.pbtxt").read_text().replace('name: "tiny_add"', 'name: "slow_add"')
+        .replace("max_queue_delay_microseconds: 100", "max_queue_delay_microseconds: 6000000"))
+    a = NodeProc(repo, ["--exit-timeout-secs", "30"], log_dir=tmp_path, label="drain-a")
+    b = NodeProc(repo, log_dir=tmp_path, label="drain-b")
+    a.start()
+    b.start()
+    router = RouterProc(["--node", a.addr, "--node", b.addr, "--health-interval-ms", "200",
+                         "--heartbeat-timeout-ms", "5000"], log_dir=tmp_path)
+    router.start()
+    try:
+        client = grpcclient.InferenceServerClient(router.url)
+        wait_until(lambda: holders(client, "tiny_add") == sorted([a.addr, b.addr]), 10, "both nodes routed")
+        assert node_status(a.addr)["ready"]
+        slow: queue.Queue = queue.Queue()
+
+        def in_flight():
+            try:
+                r = a.client().infer("slow_add", tiny_add_inputs(value=2.0), client_timeout=30)
+                slow.put(r.as_numpy("OUTPUT0").tolist())
+            except Exception as e:  # noqa: BLE001 - reported by the assertion below
+                slow.put(e)
+
+        worker = threading.Thread(target=in_flight)
+        worker.start()
+        wait_until(lambda: node_status(a.addr)["in_flight"] == 1, 5, "the slow request in flight on node a")
+        a.proc.send_signal(signal.SIGTERM)
+
+        status = wait_until(lambda: (s := node_status(a.addr)) and not s["ready"] and s, 3,
+                            "node a reporting not ready while it drains")
+        assert {m[2] for m in status["models"]} == {"UNLOADING"}, status
+        with pytest.raises(InferenceServerException) as e:
+            a.client().is_server_ready()
+        assert "Server exiting" in e.value.message()
+        # The router polls node a every 200 ms: within a second its routing view has it draining.
+        time.sleep(1.0)
+        assert holders(client, "tiny_add") == [b.addr]
+        assert a.alive() and worker.is_alive(), "still draining: the slow request has not finished"
+        a_before, b_before = a.inference_count("tiny_add"), b.inference_count("tiny_add")
+        for i in range(20):
+            infer_tiny(client, value=float(i))
+        assert b.inference_count("tiny_add") - b_before == 20
+        assert a.inference_count("tiny_add") == a_before, "no request sent to the draining node"
+        assert a.alive() and worker.is_alive(), "the router stopped sending before node a closed"
+
+        worker.join(30)
+        assert slow.get_nowait() == [[4.0] * 16], "the request in flight finished"
+        assert a.proc.wait(15) == 0, a.log_tail()
+        retries = [line for line in router.metrics().splitlines()
+                   if line.startswith("tern_router_retries_total") and not line.endswith(" 0")]
+        assert not retries, retries
+    finally:
+        router.stop()
+        a.kill()
+        b.kill()
 
 
 def test_failover_sigkill_under_load_zero_failures(model_repo, tmp_path):

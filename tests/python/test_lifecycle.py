@@ -45,8 +45,12 @@ def test_load_infer_unload(explicit):
     assert scale(client, version="1") == ("1", [1.0, 2.0, 3.0, 4.0])  # versioned_scale serves all
     index = {(m["name"], m.get("version", "")): m for m in client.get_model_repository_index(as_json=True)["models"]}
     assert index[("versioned_scale", "3")]["state"] == "READY"
+    assert client.is_server_ready()
     client.unload_model("versioned_scale")
     assert not client.is_model_ready("versioned_scale")
+    # Triton's strict readiness counts a version unloaded on purpose as fine (server.cc,
+    # InferenceServer::IsReady skips state reason "unloaded").
+    assert client.is_server_ready(), "an unload must not make the node not ready"
     with pytest.raises(InferenceServerException) as e:
         scale(client)
     assert "has no available versions" in e.value.message()
@@ -74,6 +78,7 @@ def test_config_override_and_uploaded_files(explicit):
     client.load_model("uploaded_scale", config=json.dumps(uploaded), files={"file:7/model.onnx": model_bytes})
     assert scale(client, model="uploaded_scale") == ("7", [1.0, 2.0, 3.0, 4.0])
     client.unload_model("uploaded_scale")
+    assert client.is_server_ready(), "unloading an uploaded model must not make the node not ready"
 
     with pytest.raises(InferenceServerException) as e:
         client.load_model("versioned_scale", config="{ not json")
@@ -86,6 +91,8 @@ def test_config_override_and_uploaded_files(explicit):
     assert e.value.status() == "StatusCode.INTERNAL"
     assert e.value.message() == "failed to load 'no_such_model', failed to poll from model repository"
     assert scale(client) == ("2", [2.0, 4.0, 6.0, 8.0]), "still serving after the errors"
+    # Refused requests (bad JSON, bad name, no such model) change no model: still ready.
+    assert client.is_server_ready()
 
 
 # The memory test's cycles: (warm-up, measured). Over the warm-up glibc's arenas and ORT's caches
@@ -167,3 +174,209 @@ def test_unloading_frees_memory(model_repo, tmp_path, monkeypatch):
         assert tiny < TINY_MAX_GROWTH_KIB, tiny
     finally:
         assert srv.stop() == 0, srv.log_tail()
+
+    A single cycle's after-unload RSS can sit 10 to 70 MB high and drop back at the next unload
+    (seen in CI and in both 50-cycle bench runs of 2026-11-23), most likely memory freed just
+    after that unload's malloc_trim, kept by the process until the next trim. A leak grows, so
+    the trend is judged on the lowest of the last three cycles: a session or model kept alive
+    (100 MB and more per cycle) still fails."""
+    srv, _ = explicit
+    client = grpcclient.InferenceServerClient(srv.url)
+    loaded, unloaded = [], []
+    for _ in range(8):
+        client.load_model("light_resnet50")
+        assert client.is_model_ready("light_resnet50")
+        loaded.append(rss_mb(srv.proc.pid))
+        client.unload_model("light_resnet50")
+        unloaded.append(rss_mb(srv.proc.pid))
+        assert client.is_server_ready(), "ready after each unload"
+    assert all(l - u > 100 for l, u in zip(loaded, unloaded)), (loaded, unloaded)
+    assert min(unloaded[-3:]) - unloaded[0] < 40, unloaded
+
+
+# === readiness after unloads and failed loads =================================================
+
+
+def tiny_add_ok(client, model="tiny_add"):
+    x = np.ones((1, 16), dtype=np.float32)
+    inputs = []
+    for name in ("INPUT0", "INPUT1"):
+        i = grpcclient.InferInput(name, [1, 16], "FP32")
+        i.set_data_from_numpy(x)
+        inputs.append(i)
+    assert client.infer(model, inputs).as_numpy("OUTPUT0").tolist() == [[2.0] * 16]
+
+
+def broken_model(repo, name="broken"):
+    """A model directory whose only version has no model file: its load fails."""
+    (repo / name / "1").mkdir(parents=True)
+    config = (repo / "tiny_add" / "config.pbtxt").read_text().replace('name: "tiny_add"', f'name: "{name}"')
+    (repo / name / "config.pbtxt").write_text(config)
+
+
+def test_readiness_recovers_after_failed_load(model_repo, tmp_path):
+    """Strict readiness: a failed load makes the node not ready only until that model is
+    unloaded, or loaded successfully; unloads never do."""
+    repo = copy_models(model_repo, tmp_path / "repo", ["tiny_add"])
+    broken_model(repo)
+    srv = TernServer([repo], ["--model-control-mode", "explicit"], log_dir=tmp_path, label="readiness").start()
+    try:
+        client = grpcclient.InferenceServerClient(srv.url)
+        assert client.is_server_ready(), "nothing loaded yet"
+        client.load_model("tiny_add")
+        assert client.is_server_ready()
+        client.unload_model("tiny_add")
+        assert client.is_server_ready(), "unloaded on purpose"
+        client.load_model("tiny_add")
+        tiny_add_ok(client)
+
+        with pytest.raises(InferenceServerException) as e:
+            client.load_model("broken")
+        assert "broken" in e.value.message()
+        assert not client.is_server_ready(), "a failed load makes the node not ready"
+        client.unload_model("broken")
+        assert client.is_server_ready(), "the failed model was unloaded"
+        index = {(m["name"], m.get("version", "")): m for m in client.get_model_repository_index(as_json=True)["models"]}
+        assert index[("broken", "1")]["state"] == "UNAVAILABLE" and index[("broken", "1")]["reason"] == "unloaded"
+
+        with pytest.raises(InferenceServerException):
+            client.load_model("broken")
+        assert not client.is_server_ready()
+        # Fixed on disk and loaded again: ready.
+        (repo / "broken" / "1" / "model.onnx").write_bytes((repo / "tiny_add" / "1" / "model.onnx").read_bytes())
+        client.load_model("broken")
+        assert client.is_server_ready(), "the failed model now loaded"
+        tiny_add_ok(client, "broken")
+
+        # A model whose config cannot be read at all fails with no version; unloading it
+        # still makes the node ready again.
+        (repo / "unparsable").mkdir()
+        (repo / "unparsable" / "config.pbtxt").write_text("max_batch_size: [ oops")
+        with pytest.raises(InferenceServerException):
+            client.load_model("unparsable")
+        assert not client.is_server_ready()
+        client.unload_model("unparsable")
+        assert client.is_server_ready()
+
+        # A failed reload of a serving model keeps the previous load serving: Triton stays
+        # ready (the serving version remains READY; model_lifecycle.cc loads in background).
+        bad = {"name": "tiny_add", "backend": "onnxruntime", "max_batch_size": 64,
+               "input": [{"name": "NO_SUCH_INPUT", "data_type": "TYPE_FP32", "dims": [16]}],
+               "output": [{"name": "OUTPUT0", "data_type": "TYPE_FP32", "dims": [16]}]}
+        with pytest.raises(InferenceServerException):
+            client.load_model("tiny_add", config=json.dumps(bad))
+        tiny_add_ok(client)
+        assert client.is_server_ready()
+    finally:
+        assert srv.stop() == 0, srv.log_tail()
+
+
+def test_readiness_recovers_when_failed_model_is_removed(model_repo, tmp_path):
+    """Poll mode: a model that fails to load makes the node not ready until its directory is
+    removed."""
+    repo = copy_models(model_repo, tmp_path / "repo", ["tiny_add"])
+    broken_model(repo)
+    srv = TernServer([repo], ["--model-control-mode", "poll", "--repository-poll-secs", "1"],
+                     log_dir=tmp_path, label="poll-readiness").start()
+    try:
+        client = grpcclient.InferenceServerClient(srv.url)
+        tiny_add_ok(client)
+        assert not client.is_server_ready(), "a model failed to load"
+        import shutil
+        import time
+
+        shutil.rmtree(repo / "broken")
+        deadline = time.monotonic() + 15
+        while not client.is_server_ready() and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert client.is_server_ready(), "the failed model's directory was removed"
+        tiny_add_ok(client)
+    finally:
+        assert srv.stop() == 0, srv.log_tail()
+
+
+def test_config_numbers_past_the_limits_are_refused(explicit):
+    """A config override whose max_batch_size is near 2^31 (once: a ~100 GB statistics
+    vector, the node killed) is refused with INVALID_ARGUMENT naming the field and the limit;
+    the node keeps serving, with its memory unchanged."""
+    srv, _ = explicit
+    client = grpcclient.InferenceServerClient(srv.url)
+    client.load_model("versioned_scale")
+    before = rss_mb(srv.proc.pid)
+    base = {
+        "name": "versioned_scale", "backend": "onnxruntime", "max_batch_size": 8,
+        "input": [{"name": "INPUT0", "data_type": "TYPE_FP32", "dims": [4]}],
+        "output": [{"name": "OUTPUT0", "data_type": "TYPE_FP32", "dims": [4]}],
+    }
+    cases = [
+        ({"max_batch_size": 2147483647}, "max_batch_size 2147483647 is over the limit of 65536"),
+        ({"instance_group": [{"name": "g", "count": 1000000, "kind": "KIND_CPU"}]},
+         "instance_group 'g' count 1000000 is over the limit of 256"),
+        ({"model_warmup": [{"name": "w", "batch_size": 1, "count": 4000000000,
+                            "inputs": {"INPUT0": {"data_type": "TYPE_FP32", "dims": [4], "zero_data": True}}}]},
+         "model_warmup 'w' count 4000000000 is over the limit of 1000"),
+        ({"dynamic_batching": {"priority_levels": 1000000, "default_priority_level": 1}},
+         "dynamic_batching.priority_levels 1000000 is over the limit of 128"),
+        ({"dynamic_batching": {"default_queue_policy": {"max_queue_size": 4000000000}}},
+         "dynamic_batching.default_queue_policy.max_queue_size 4000000000 is over the limit of 65536"),
+    ]
+    for change, message in cases:
+        with pytest.raises(InferenceServerException) as e:
+            client.load_model("versioned_scale", config=json.dumps(dict(base, **change)))
+        assert e.value.status() == "StatusCode.INVALID_ARGUMENT", (change, e.value)
+        assert "versioned_scale" in e.value.message() and message in e.value.message(), e.value.message()
+    # The served load is untouched and the node is ready and serving.
+    assert scale(client)[0] == "3"
+    assert client.is_server_ready()
+    assert rss_mb(srv.proc.pid) - before < 50, "memory did not grow with the refused numbers"
+    client.unload_model("versioned_scale")
+
+
+def test_stalled_repository_reads_do_not_stall_the_node(model_repo, tmp_path):
+    """A model whose config.pbtxt cannot be read (a FIFO: the read blocks, as on a hung mount)
+    stalls only the loads of that model: with more loads of it in flight than the node has
+    async workers, the node still serves other requests (its repository reads run on blocking
+    threads)."""
+    import os
+    import threading
+
+    from tern_testlib import StalledFile
+
+    repo = copy_models(model_repo, tmp_path / "repo", ["tiny_add"])
+    (repo / "stalled" / "1").mkdir(parents=True)
+    (repo / "stalled" / "config.pbtxt").write_text('name: "stalled"\n')
+    srv = TernServer([repo], ["--model-control-mode", "explicit", "--load-model", "tiny_add"],
+                     log_dir=tmp_path, label="stalled-repo").start()
+    stalled = StalledFile(repo / "stalled" / "config.pbtxt")
+    loads = []
+    try:
+        def load():
+            try:
+                grpcclient.InferenceServerClient(srv.url).load_model("stalled", client_timeout=60)
+            except Exception:  # noqa: BLE001 - the model has no model file: its load fails
+                pass
+
+        for _ in range(min(64, 4 * (os.cpu_count() or 2) + 4)):
+            t = threading.Thread(target=load, daemon=True)
+            t.start()
+            loads.append(t)
+        import time
+
+        time.sleep(1.0)
+        assert any(t.is_alive() for t in loads), "the loads wait on the stalled read"
+        client = grpcclient.InferenceServerClient(srv.url)
+        x = np.ones((1, 16), dtype=np.float32)
+        inputs = []
+        for name in ("INPUT0", "INPUT1"):
+            i = grpcclient.InferInput(name, [1, 16], "FP32")
+            i.set_data_from_numpy(x)
+            inputs.append(i)
+        out = client.infer("tiny_add", inputs, client_timeout=10).as_numpy("OUTPUT0")
+        assert out.tolist() == [[2.0] * 16], "the node serves while repository reads stall"
+        assert client.is_server_live(client_timeout=10)
+    finally:
+        stalled.release(done=lambda: not any(t.is_alive() for t in loads))
+        for t in loads:
+            t.join(30)
+        if srv.alive():
+            srv.kill()

@@ -102,6 +102,30 @@ def test_node_tls_and_plaintext_refused(model_repo, pki, tmp_path):
         node.stop()
 
 
+def test_stalled_certificate_read_does_not_stall_handshakes(model_repo, pki, tmp_path):
+    """The certificate file changes into one whose read blocks (a FIFO, as on a hung mount):
+    the reload waits on a blocking thread, and new TLS connections are still served with the
+    previous certificate (once, handshakes read the files on the async workers)."""
+    from tern_testlib import StalledFile, copy_models
+
+    repo = copy_models(model_repo, tmp_path / "repo", ["tiny_add"])
+    node = TernServer([repo], pki.server_args(), log_dir=tmp_path, label="tls-stalled").start()
+    stalled = None
+    try:
+        infer_ok(pki.client(node.url))
+        stalled = StalledFile(pki.server_cert)
+        time.sleep(2.5)  # past the reload check: the reload is now waiting on the read
+        for _ in range(3):
+            client = pki.client(node.url)
+            out = client.infer("tiny_add", tiny_add_inputs(value=2.0), client_timeout=10).as_numpy("OUTPUT0")
+            assert np.allclose(out, 4.0)
+            client.close()
+    finally:
+        if stalled is not None:
+            stalled.release(done=lambda: any("TLS certificate" in line for line in node.lines))
+        node.kill()
+
+
 def test_node_mutual_tls_requires_client_certificate(model_repo, pki, tmp_path):
     node = TernServer([model_repo], pki.server_args(mutual=True), log_dir=tmp_path, label="mtls-node").start()
     try:

@@ -169,11 +169,16 @@ pub fn session_settings_for(
     Ok(settings)
 }
 
+/// Threads one session's pool may have (each instance has its own): a config must not make
+/// ONNX Runtime start millions of threads.
+pub const MAX_THREADS: usize = 256;
+
 /// `None` for 0 (ORT picks), like Triton.
 fn parse_thread_count(name: &str, value: &str) -> Result<Option<usize>, OrtBackendError> {
     match value.trim().parse::<usize>() {
         Ok(0) => Ok(None),
-        Ok(n) => Ok(Some(n)),
+        Ok(n) if n <= MAX_THREADS => Ok(Some(n)),
+        Ok(_) => Err(invalid(name, value, &format!("over the limit of {MAX_THREADS} threads"))),
         Err(_) => Err(invalid(name, value, "expected a non-negative integer")),
     }
 }
@@ -275,6 +280,9 @@ mod tests {
         for (key, value) in [
             ("intra_op_thread_count", "-1"),
             ("inter_op_thread_count", "four"),
+            // One number must not start millions of threads (issue 17).
+            ("intra_op_thread_count", "1000000"),
+            ("inter_op_thread_count", "257"),
             ("execution_mode", "2"),
             ("enable_mem_arena", "yes"),
             ("enable_mem_pattern", ""),

@@ -149,6 +149,11 @@ impl WatchedFile {
     fn read(&self) -> Result<String, String> {
         std::fs::read_to_string(&self.path).map_err(|e| format!("{}: {e}", self.path.display()))
     }
+
+    /// Whether the file is gone (deleted, not merely unreadable or half-written).
+    fn deleted(&self) -> bool {
+        std::fs::symlink_metadata(&self.path).is_err_and(|e| e.kind() == std::io::ErrorKind::NotFound)
+    }
 }
 
 /// What follows a [`WatchedFile`].
@@ -199,15 +204,20 @@ impl Authenticator {
     fn read(&self) -> Result<TokenTable, String> {
         let text = self.file.read()?;
         let mut table = TokenTable::parse(&text, &self.file.path.display().to_string())?;
+        self.add_internal(&mut table);
+        Ok(table)
+    }
+
+    fn add_internal(&self, table: &mut TokenTable) {
         if let Some(internal) = &self.internal {
             let (token, grant) = internal.entry();
             table.insert(&token, grant);
         }
-        Ok(table)
     }
 
-    /// Re-reads the file if its modification time or size changed; a file that no longer
-    /// parses keeps the previous tokens (and says why in the log).
+    /// Re-reads the file if its modification time or size changed. A file that no longer
+    /// parses keeps the previous tokens (an edit in progress); a deleted file revokes every
+    /// token it held (only public groups, and `tern serve`'s in-memory token, remain).
     pub fn reload_if_changed(&self) {
         if !self.file.changed() {
             return;
@@ -216,6 +226,15 @@ impl Authenticator {
             Ok(table) => {
                 tracing::info!(file = %self.file.path.display(), tokens = table.len(), "token file reloaded");
                 self.table.store(Arc::new(table));
+            }
+            Err(_) if self.file.deleted() => {
+                let mut table = TokenTable::default();
+                self.add_internal(&mut table);
+                self.table.store(Arc::new(table));
+                tracing::error!(
+                    file = %self.file.path.display(),
+                    "token file deleted: every token it held is revoked; only public groups can be used"
+                );
             }
             Err(e) => {
                 tracing::error!(error = %e, "token file changed but cannot be used; keeping the previous tokens")
@@ -581,6 +600,22 @@ mod tests {
             .unwrap_or_else(|e| panic!("write: {e}"));
         auth.reload_if_changed();
         assert!(auth.check(INFER, &headers(Some("new-token"))).is_ok());
+    }
+
+    #[tokio::test]
+    async fn deleting_the_token_file_revokes_its_tokens() {
+        let (_dir, file, auth) = setup("health");
+        assert!(auth.check(INFER, &headers(Some("p-token"))).is_ok());
+        std::fs::remove_file(&file).unwrap_or_else(|e| panic!("remove: {e}"));
+        auth.reload_if_changed();
+        assert_eq!(code(auth.check(INFER, &headers(Some("p-token")))), Err(tonic::Code::Unauthenticated));
+        assert_eq!(code(auth.check(UNLOAD, &headers(Some("a-token")))), Err(tonic::Code::Unauthenticated));
+        assert_eq!(code(auth.check(READY, &headers(None))), Ok(None), "public groups stay open");
+        // Written again: its tokens count again.
+        std::fs::write(&file, format!("admin {} groups=*\n", hash_token("a-token")))
+            .unwrap_or_else(|e| panic!("write: {e}"));
+        auth.reload_if_changed();
+        assert_eq!(code(auth.check(UNLOAD, &headers(Some("a-token")))), Ok(Some("admin".into())));
     }
 
     #[tokio::test]

@@ -59,6 +59,9 @@ impl Sessions {
 /// The node's status now, as routers see it.
 pub fn node_status(state: &NodeState, identity: &ClusterIdentity, advertised: &str) -> NodeStatus {
     let ready = state.models.all_ready_models();
+    // Draining (SIGTERM, finishing what is in flight): every version is reported UNLOADING, so
+    // routers stop sending requests and placing models here while the node can still answer.
+    let draining = state.models.draining();
     let mut models: Vec<pb::ModelReplica> = state
         .models
         .index()
@@ -66,8 +69,8 @@ pub fn node_status(state: &NodeState, identity: &ClusterIdentity, advertised: &s
         .map(|row| pb::ModelReplica {
             name: row.name,
             version: row.version,
-            state: row.state.to_string(),
-            reason: row.reason,
+            state: if draining && row.state == "READY" { "UNLOADING".into() } else { row.state.to_string() },
+            reason: if draining { "the node is shutting down".into() } else { row.reason },
             memory_bytes: 0,
             in_flight: 0,
         })
@@ -94,7 +97,7 @@ pub fn node_status(state: &NodeState, identity: &ClusterIdentity, advertised: &s
         memory_budget_bytes: identity.memory_budget_bytes,
         explicit_model_control: state.control_mode == ControlMode::Explicit,
         server_version: env!("CARGO_PKG_VERSION").to_string(),
-        ready: !state.strict_readiness || state.models.all_ready(),
+        ready: state.models.server_ready(state.strict_readiness),
         instance: instance().to_string(),
         sequence: STATUS_SEQUENCE.fetch_add(1, Ordering::Relaxed) + 1,
         session_confirmed: false,

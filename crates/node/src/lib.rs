@@ -9,8 +9,10 @@
 pub mod cluster;
 pub mod config;
 pub mod encrypted;
+mod files;
 pub mod limits;
 pub mod loader;
+mod locks;
 pub mod manager;
 pub mod service;
 
@@ -109,7 +111,7 @@ pub async fn run_with(
     });
     metrics.set_model_sampler(Arc::new(NodeSampler(state.clone())));
     let ready_state = state.clone();
-    metrics.set_readiness(Arc::new(move || !ready_state.strict_readiness || ready_state.models.all_ready()));
+    metrics.set_readiness(Arc::new(move || ready_state.models.server_ready(ready_state.strict_readiness)));
     let metrics_tls = config.tls.metrics_server().map_err(anyhow::Error::msg)?;
     let metrics_endpoint = tern_gate::metrics_endpoint::MetricsEndpoint::start(
         &config.metrics,
@@ -171,13 +173,27 @@ pub async fn run_with(
         }
     }
 
-    // Stop accepting on the shutdown signal; then give in-flight work the grace period.
-    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    // On the shutdown signal, drain as Triton does (server.cc, InferenceServer::Stop): not
+    // ready at once (ServerReady, /v2/health/ready, gRPC health, and routers' status, which
+    // then shows every model UNLOADING), still serving while requests are in flight, so routers
+    // and Kubernetes stop sending before the listener closes; then stop accepting. The exit
+    // timeout bounds both together.
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<tokio::time::Instant>();
     let exit_timeout = Duration::from_secs(config.exit_timeout_secs);
+    let drain_state = state.clone();
     let signal = async move {
         shutdown.await;
-        tracing::info!("shutting down: no new connections, finishing in-flight requests");
-        let _ = stop_tx.send(());
+        let deadline = tokio::time::Instant::now() + exit_timeout;
+        drain_state.models.begin_drain();
+        health_reporter.set_not_serving::<GrpcInferenceServiceServer<NodeService>>().await;
+        health_reporter.set_service_status("", tonic_health::ServingStatus::NotServing).await;
+        let in_flight = || drain_state.in_flight.load(std::sync::atomic::Ordering::Relaxed);
+        tracing::info!(in_flight = in_flight(), "shutting down: not ready; finishing in-flight requests");
+        while in_flight() > 0 && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        tracing::info!("no request in flight: closing, no new connections");
+        let _ = stop_tx.send(deadline);
     };
     // Limits, then authentication: both before any work for the request.
     let routes = config
@@ -206,7 +222,12 @@ pub async fn run_with(
     tokio::pin!(server);
     tokio::select! {
         result = &mut server => result?,
-        _ = async { let _ = stop_rx.await; tokio::time::sleep(exit_timeout).await } => {
+        _ = async {
+            match stop_rx.await {
+                Ok(deadline) => tokio::time::sleep_until(deadline).await,
+                Err(_) => std::future::pending().await,
+            }
+        } => {
             tracing::warn!(timeout_secs = config.exit_timeout_secs, "exit timeout reached with requests still in flight");
         }
     }

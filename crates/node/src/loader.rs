@@ -73,6 +73,8 @@ pub fn load_version(
     let span = tracing::info_span!("load", model = %name, version = v);
     let _enter = span.enter();
     let base = given.clone().unwrap_or_default();
+    // Before any session exists (validate checks again after auto-complete).
+    tern_repository::check_bounds(&name, &base).map_err(|e| e.to_string())?;
     let path = tern_repository::model_file_path(source, &base, v);
     let file = tern_repository::find_model_file(source, &base, v)
         .map_err(|e| e.to_string())?
@@ -141,21 +143,22 @@ pub fn load_version(
             backends.push(Box::new(backend));
         }
         drop(first);
-        // model_warmup: every instance runs the samples before the version is READY.
-        let samples = warmup_samples(&config, &source.dir)?;
-        // What a request naming no output runs: the config's outputs, not every model output.
+        // model_warmup: every instance runs the samples before the version is READY. One
+        // sample's tensors exist at a time. What a request naming no output runs: the config's
+        // outputs, not every model output.
         let outputs: Vec<String> = config.output.iter().map(|o| o.name.clone()).collect();
-        for backend in &mut backends {
-            for (sample, inputs, count) in &samples {
-                for _ in 0..*count {
-                    backend
-                        .infer(inputs.clone(), &outputs)
-                        .map_err(|e| format!("model '{name}' version {v}: warmup '{sample}' failed: {e}"))?;
+        for warmup in &config.model_warmup {
+            let inputs = warmup_sample(&config, &source.dir, warmup)?;
+            for backend in &mut backends {
+                for _ in 0..warmup.count.max(1) {
+                    backend.infer(inputs.clone(), &outputs).map_err(|e| {
+                        format!("model '{name}' version {v}: warmup '{}' failed: {e}", warmup.name)
+                    })?;
                 }
             }
         }
-        if !samples.is_empty() {
-            tracing::info!(version = v, samples = samples.len(), "warmup done");
+        if !config.model_warmup.is_empty() {
+            tracing::info!(version = v, samples = config.model_warmup.len(), "warmup done");
         }
         let count = backends.len();
         let placement: Vec<&str> = plans.iter().map(|p| p.label.as_str()).collect();
@@ -178,6 +181,30 @@ pub fn load_version(
     }
 }
 
+type VersionResults = Vec<(u64, Result<LoadedModel, String>)>;
+
+/// Loads every version `source`'s version policy selects, each on its own result.
+pub(crate) fn load_versions(
+    source: &ModelSource,
+    override_config: Option<ModelConfig>,
+    options: &LoadOptions,
+    runtime: &tokio::runtime::Handle,
+) -> Result<VersionResults, String> {
+    let given = override_config.or_else(|| source.config.clone());
+    let base = given.clone().unwrap_or_default();
+    let versions = tern_repository::select_versions(source, &base);
+    if versions.is_empty() {
+        return Err(format!(
+            "model '{}': no version directory holds '{}'",
+            source.name,
+            tern_repository::model_file_path(source, &base, 1)
+                .file_name()
+                .map_or_else(|| "model.onnx".to_string(), |f| f.to_string_lossy().into_owned())
+        ));
+    }
+    Ok(versions.into_iter().map(|v| (v, load_version(source, given.clone(), v, options, runtime))).collect())
+}
+
 /// Bytes of the files in the directory holding `model_file` (one level: the model and its
 /// external data). Deterministic, unlike resident-memory growth, so placement can rely on it.
 fn version_dir_bytes(model_file: &std::path::Path) -> u64 {
@@ -191,62 +218,75 @@ fn version_dir_bytes(model_file: &std::path::Path) -> u64 {
         .sum()
 }
 
-/// The inputs of each `model_warmup` sample: zeros, random values, or a file from the model's
+/// Bytes of one warmup sample's inputs, all together, at most.
+const MAX_WARMUP_SAMPLE_BYTES: usize = 512 << 20;
+
+/// The inputs of one `model_warmup` sample: zeros, random values, or a file from the model's
 /// `warmup/` directory (Triton's layout), with the batch dimension when the model batches.
-fn warmup_samples(
+fn warmup_sample(
     config: &ModelConfig,
     dir: &std::path::Path,
-) -> Result<Vec<(String, Vec<Tensor>, u32)>, String> {
+    w: &tern_proto::inference::ModelWarmup,
+) -> Result<Vec<Tensor>, String> {
     use tern_proto::inference::model_warmup::input::InputDataType;
     let model = &config.name;
-    let mut samples = Vec::new();
-    for w in &config.model_warmup {
-        let mut inputs = Vec::new();
-        for (name, input) in &w.inputs {
-            let datatype = DataType::from_config(input.data_type).ok_or_else(|| {
-                format!("model '{model}': warmup '{}': input '{name}' has no valid data_type", w.name)
-            })?;
-            let mut shape = input.dims.clone();
-            if config.max_batch_size > 0 {
-                shape.insert(0, i64::from(w.batch_size.max(1)));
-            }
-            let elements =
-                tern_core::request::element_count(&shape).filter(|&n| n <= 1 << 28).ok_or_else(|| {
-                    format!("model '{model}': warmup '{}': input '{name}' has an invalid shape", w.name)
-                })? as usize;
-            let data: Vec<u8> = match (&input.input_data_type, datatype.element_size()) {
-                (Some(InputDataType::InputDataFile(file)), _) => {
-                    if tern_repository::validate_model_name(file).is_err() {
-                        return Err(format!(
-                            "model '{model}': warmup file '{file}' must be a plain file name"
-                        ));
-                    }
-                    std::fs::read(dir.join("warmup").join(file))
-                        .map_err(|e| format!("model '{model}': warmup file '{file}': {e}"))?
-                }
-                // BYTES: each element an empty string (zeros) or 4 random bytes.
-                (Some(InputDataType::RandomData(true)), None) => (0..elements)
-                    .flat_map(|i| [4u8, 0, 0, 0].into_iter().chain((i as u32).to_le_bytes()))
-                    .collect(),
-                (_, None) => vec![0u8; elements * 4],
-                (Some(InputDataType::RandomData(true)), Some(size)) if datatype == DataType::Fp32 => {
-                    // Random but finite: floats in [0, 1) from a small LCG.
-                    let mut x = 0x2545_f491u32;
-                    let _ = size;
-                    (0..elements)
-                        .flat_map(|_| {
-                            x = x.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
-                            ((x >> 8) as f32 / (1u32 << 24) as f32).to_le_bytes()
-                        })
-                        .collect()
-                }
-                (_, Some(size)) => vec![0u8; elements * size],
-            };
-            inputs.push(Tensor { name: name.clone(), datatype, shape, data: bytes::Bytes::from(data) });
+    let mut total = 0usize;
+    let mut inputs = Vec::new();
+    for (name, input) in &w.inputs {
+        let datatype = DataType::from_config(input.data_type).ok_or_else(|| {
+            format!("model '{model}': warmup '{}': input '{name}' has no valid data_type", w.name)
+        })?;
+        let mut shape = input.dims.clone();
+        if config.max_batch_size > 0 {
+            shape.insert(0, i64::from(w.batch_size.max(1)));
         }
-        samples.push((w.name.clone(), inputs, w.count.max(1)));
+        let elements =
+            tern_core::request::element_count(&shape).filter(|&n| n <= 1 << 28).ok_or_else(|| {
+                format!("model '{model}': warmup '{}': input '{name}' has an invalid shape", w.name)
+            })? as usize;
+        // Checked before anything is allocated or read (BYTES elements take 8 bytes here).
+        let bytes = match &input.input_data_type {
+            Some(InputDataType::InputDataFile(file)) => {
+                if tern_repository::validate_model_name(file).is_err() {
+                    return Err(format!("model '{model}': warmup file '{file}' must be a plain file name"));
+                }
+                std::fs::metadata(dir.join("warmup").join(file))
+                    .map_or(0, |m| usize::try_from(m.len()).unwrap_or(usize::MAX))
+            }
+            _ => elements.saturating_mul(datatype.element_size().unwrap_or(8)),
+        };
+        total = total.saturating_add(bytes);
+        if total > MAX_WARMUP_SAMPLE_BYTES {
+            return Err(format!(
+                "model '{model}': warmup '{}': its inputs take over {} MiB, the limit for one sample",
+                w.name,
+                MAX_WARMUP_SAMPLE_BYTES >> 20
+            ));
+        }
+        let data: Vec<u8> = match (&input.input_data_type, datatype.element_size()) {
+            (Some(InputDataType::InputDataFile(file)), _) => std::fs::read(dir.join("warmup").join(file))
+                .map_err(|e| format!("model '{model}': warmup file '{file}': {e}"))?,
+            // BYTES: each element an empty string (zeros) or 4 random bytes.
+            (Some(InputDataType::RandomData(true)), None) => (0..elements)
+                .flat_map(|i| [4u8, 0, 0, 0].into_iter().chain((i as u32).to_le_bytes()))
+                .collect(),
+            (_, None) => vec![0u8; elements * 4],
+            (Some(InputDataType::RandomData(true)), Some(size)) if datatype == DataType::Fp32 => {
+                // Random but finite: floats in [0, 1) from a small LCG.
+                let mut x = 0x2545_f491u32;
+                let _ = size;
+                (0..elements)
+                    .flat_map(|_| {
+                        x = x.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
+                        ((x >> 8) as f32 / (1u32 << 24) as f32).to_le_bytes()
+                    })
+                    .collect()
+            }
+            (_, Some(size)) => vec![0u8; elements * size],
+        };
+        inputs.push(Tensor { name: name.clone(), datatype, shape, data: bytes::Bytes::from(data) });
     }
-    Ok(samples)
+    Ok(inputs)
 }
 
 /// Instances the config asks for (every group's count; at least one).

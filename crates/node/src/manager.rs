@@ -9,16 +9,21 @@
 //! parallel, at most `--model-load-thread-count` at a time.
 
 use std::collections::{BTreeMap, HashMap};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
 use tern_core::RequestError;
 use tern_proto::inference::ModelConfig;
-use tern_repository::{ModelSource, ScannedModel};
+use tern_repository::ScannedModel;
 
 pub use crate::loader::{LoadOptions, LoadedModel};
+use crate::locks::ModelLocks;
+
+/// Triton's `VersionState` reason for a version unloaded on purpose.
+const UNLOADED: &str = "unloaded";
 
 /// Triton's `--model-control-mode`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -60,6 +65,21 @@ impl ModelEntry {
             VersionState::Unavailable(_) => None,
         })
     }
+
+    /// Whether this model lets a strict-readiness server be ready, as Triton's
+    /// `InferenceServer::IsReady` (server.cc) decides: a model with no version is not; every
+    /// version must be READY or unavailable because it was unloaded ("unloaded"). A failed
+    /// reload that kept its previous load serving keeps that version READY, so it is ready,
+    /// as in Triton. Where Triton keeps a never-loaded version's failure after an unload,
+    /// Tern's unload replaces it with "unloaded" (issue 17: a failed load makes the node not
+    /// ready only until that model is loaded, unloaded or removed).
+    fn lets_server_be_ready(&self) -> bool {
+        !self.versions.is_empty()
+            && self.versions.values().all(|s| match s {
+                VersionState::Ready(_) => true,
+                VersionState::Unavailable(reason) => reason == UNLOADED,
+            })
+    }
 }
 
 /// One row of the repository index.
@@ -79,11 +99,17 @@ pub struct ModelManager {
     options: LoadOptions,
     runtime: tokio::runtime::Handle,
     load_limit: Arc<tokio::sync::Semaphore>,
-    model_locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    /// One load or unload at a time per model; names are forgotten when unused.
+    model_locks: ModelLocks,
     /// Models loaded from `file:` parameters live in temporary repositories owned here.
     uploads: Mutex<HashMap<String, tempfile::TempDir>>,
     /// How long an unload waits for the requests in flight.
     drain_timeout: Duration,
+    /// Set on SIGTERM: not ready, and no more loads or unloads (Triton's SERVER_EXITING).
+    draining: AtomicBool,
+    /// Full scans of the repositories (reading every model directory) since start: only at
+    /// start and in poll mode; never for a request (checked by tests).
+    full_scans: AtomicU64,
 }
 
 impl ModelManager {
@@ -101,16 +127,61 @@ impl ModelManager {
             options,
             runtime: tokio::runtime::Handle::current(),
             load_limit: Arc::new(tokio::sync::Semaphore::new(parallel.max(1))),
-            model_locks: Mutex::new(HashMap::new()),
+            model_locks: ModelLocks::default(),
             uploads: Mutex::new(HashMap::new()),
             drain_timeout,
+            draining: AtomicBool::new(false),
+            full_scans: AtomicU64::new(0),
         }
+    }
+
+    /// Every model of the repositories, read on a blocking thread.
+    async fn scan_all(&self) -> Result<Vec<ScannedModel>, String> {
+        self.full_scans.fetch_add(1, Ordering::Relaxed);
+        let repositories = self.repositories.clone();
+        tokio::task::spawn_blocking(move || tern_repository::scan(&repositories).map_err(|e| e.to_string()))
+            .await
+            .map_err(|e| format!("repository scan failed: {e}"))?
+    }
+
+    /// How many full scans of the repositories have run.
+    pub fn full_scans(&self) -> u64 {
+        self.full_scans.load(Ordering::Relaxed)
+    }
+
+    /// Names with a per-model lock now (held or waited for).
+    pub fn model_locks_in_use(&self) -> usize {
+        self.model_locks.len()
+    }
+
+    /// The node is shutting down: from now on it reports not ready and refuses loads and
+    /// unloads, as Triton once exiting (server.cc: IsReady answers "Server exiting"; LoadModel
+    /// and UnloadModel "Server not ready"). Requests keep being served until the node closes.
+    pub fn begin_drain(&self) {
+        self.draining.store(true, Ordering::SeqCst);
+    }
+
+    pub fn draining(&self) -> bool {
+        self.draining.load(Ordering::SeqCst)
+    }
+
+    /// ServerReady: not while draining; with strict readiness, only when every model lets it
+    /// be ([`ModelEntry::lets_server_be_ready`]).
+    pub fn server_ready(&self, strict: bool) -> bool {
+        !self.draining() && (!strict || self.all_ready())
+    }
+
+    fn refuse_while_draining(&self) -> Result<(), RequestError> {
+        if self.draining() {
+            return Err(RequestError::Unavailable("Server not ready: the node is shutting down".into()));
+        }
+        Ok(())
     }
 
     /// Loads every model of the repositories (`only`: just those names). A model that fails is
     /// recorded with its reason; it never fails the node.
     pub async fn load_startup(self: &Arc<Self>, only: Option<&[String]>) -> Result<(), String> {
-        let scanned = tern_repository::scan(&self.repositories).map_err(|e| e.to_string())?;
+        let scanned = self.scan_all().await?;
         let mut tasks = Vec::new();
         for item in scanned {
             if only.is_some_and(|names| !names.iter().any(|n| n == item.name())) {
@@ -149,6 +220,7 @@ impl ModelManager {
     ) -> Result<(), RequestError> {
         tern_repository::validate_model_name(name)
             .map_err(|e| RequestError::InvalidArgument(e.to_string()))?;
+        self.refuse_while_draining()?;
         let override_config = match config_json {
             Some(json) => Some(tern_repository::config_override_from_json(json).map_err(|e| {
                 RequestError::InvalidArgument(format!("model '{name}': 'config' parameter: {e}"))
@@ -156,19 +228,23 @@ impl ModelManager {
             None => None,
         };
         // Names in a client's config must not lead out of the model directory.
+        // Nor may its numbers size memory or threads past the limits: refused before anything
+        // loads, and the model's current state (and the node's readiness) is left as it is.
         if let Some(config) = &override_config {
             tern_repository::check_file_names(name, config)
                 .map_err(|e| RequestError::InvalidArgument(format!("'config' parameter: {e}")))?;
+            tern_repository::check_bounds(name, config)
+                .map_err(|e| RequestError::InvalidArgument(format!("'config' parameter: {e}")))?;
         }
         let item = if files.is_empty() {
-            self.scan_one(name)?
+            self.scan_one(name).await?
         } else {
             if override_config.is_none() {
                 return Err(RequestError::InvalidArgument(format!(
                     "model '{name}': 'file:' parameters need a 'config' parameter with the model's config"
                 )));
             }
-            self.write_upload(name, files)?
+            self.write_upload(name, files).await?
         };
         let entry = self.apply(name, item, override_config).await?;
         if let Some(reason) = &entry.reason {
@@ -195,15 +271,21 @@ impl ModelManager {
     pub async fn unload(&self, name: &str) -> Result<(), RequestError> {
         tern_repository::validate_model_name(name)
             .map_err(|e| RequestError::InvalidArgument(e.to_string()))?;
-        let lock = self.model_lock(name);
-        let _guard = lock.lock().await;
+        self.refuse_while_draining()?;
+        let _guard = self.model_locks.lock(name).await;
         let Some(old) = self.table.load().get(name).cloned() else {
             // Triton answers success for a model it does not have.
             return Ok(());
         };
-        let versions =
-            old.versions.keys().map(|v| (*v, VersionState::Unavailable("unloaded".into()))).collect();
-        self.store(name, Some(ModelEntry { versions, reason: None, fingerprint: 0 }));
+        if old.versions.is_empty() {
+            // Failed before any version (unreadable config, no version directory): nothing
+            // was ever served, so nothing is left to show; the index lists it by name again.
+            self.store(name, None);
+        } else {
+            let versions =
+                old.versions.keys().map(|v| (*v, VersionState::Unavailable(UNLOADED.into()))).collect();
+            self.store(name, Some(ModelEntry { versions, reason: None, fingerprint: 0 }));
+        }
         if let Ok(mut uploads) = self.uploads.lock() {
             uploads.remove(name);
         }
@@ -219,7 +301,7 @@ impl ModelManager {
     /// once it looks the same on two passes in a row (so a file still being written is not
     /// loaded half-written); one that disappeared is unloaded.
     pub async fn poll_once(self: &Arc<Self>, seen: &mut HashMap<String, u64>) {
-        let scanned = match tern_repository::scan(&self.repositories) {
+        let scanned = match self.scan_all().await {
             Ok(s) => s,
             Err(e) => {
                 tracing::warn!(error = %e, "repository poll failed");
@@ -230,7 +312,7 @@ impl ModelManager {
         for item in scanned {
             let name = item.name().to_string();
             present.push(name.clone());
-            let fp = fingerprint(&self.repositories, &name);
+            let fp = self.fingerprint(&name).await;
             let stable = seen.insert(name.clone(), fp) == Some(fp);
             let loaded = self.table.load().get(&name).map(|e| e.fingerprint);
             if stable && loaded != Some(fp) {
@@ -303,9 +385,9 @@ impl ModelManager {
         names.into_iter().flat_map(|n| table[n].ready().cloned().collect::<Vec<_>>()).collect()
     }
 
-    /// Ready when every model has a ready version and no failure (Triton's strict readiness).
+    /// Triton's strict readiness over every model ([`ModelEntry::lets_server_be_ready`]).
     pub fn all_ready(&self) -> bool {
-        self.table.load().values().all(|e| e.reason.is_none() && e.ready().next().is_some())
+        self.table.load().values().all(ModelEntry::lets_server_be_ready)
     }
 
     /// RepositoryIndex rows, sorted by name and version.
@@ -337,13 +419,14 @@ impl ModelManager {
 
     /// [`Self::index`] plus the models in the repositories that were never loaded (explicit
     /// mode), listed by name only as Triton does, so a client (or a router) sees what it may
-    /// load. Scans the repositories.
-    pub fn repository_index(&self) -> Vec<IndexRow> {
+    /// load. Lists the repositories' directories (names only) on a blocking thread.
+    pub async fn repository_index(&self) -> Vec<IndexRow> {
+        let repositories = self.repositories.clone();
+        let names = tokio::task::spawn_blocking(move || tern_repository::model_names(&repositories)).await;
         let mut rows = self.index();
         let table = self.table.load();
-        if let Ok(scanned) = tern_repository::scan(&self.repositories) {
-            for item in scanned.iter().filter(|m| !table.contains_key(m.name())) {
-                let name = item.name().to_string();
+        if let Ok(Ok(names)) = names {
+            for name in names.into_iter().filter(|n| !table.contains_key(n)) {
                 rows.push(IndexRow { name, version: String::new(), state: "", reason: String::new() });
             }
             rows.sort_by(|a, b| a.name.cmp(&b.name));
@@ -358,11 +441,6 @@ impl ModelManager {
 
     // === lifecycle internals ===
 
-    fn model_lock(&self, name: &str) -> Arc<tokio::sync::Mutex<()>> {
-        let mut locks = self.model_locks.lock().unwrap_or_else(|e| e.into_inner());
-        locks.entry(name.to_string()).or_default().clone()
-    }
-
     /// Replaces (or removes) one model's entry; readers see the old or the new table, whole.
     fn store(&self, name: &str, entry: Option<ModelEntry>) {
         self.table.rcu(|table| {
@@ -375,49 +453,45 @@ impl ModelManager {
         });
     }
 
-    fn scan_one(&self, name: &str) -> Result<ScannedModel, RequestError> {
-        let scanned =
-            tern_repository::scan(&self.repositories).map_err(|e| RequestError::Internal(e.to_string()))?;
+    /// The one model directory `name` (Triton polls only the model a load names): a `stat`
+    /// per repository, on a blocking thread; never a scan of every model.
+    async fn scan_one(&self, name: &str) -> Result<ScannedModel, RequestError> {
+        let repositories = self.repositories.clone();
+        let owned = name.to_string();
+        let found = tokio::task::spawn_blocking(move || tern_repository::scan_model(&repositories, &owned))
+            .await
+            .map_err(|e| RequestError::Internal(format!("model '{name}': repository lookup failed: {e}")))?;
         // Triton's status and wording for a model no repository holds.
-        scanned.into_iter().find(|s| s.name() == name).ok_or_else(|| {
+        found.ok_or_else(|| {
             RequestError::Internal(format!("failed to load '{name}', failed to poll from model repository"))
         })
     }
 
-    /// Writes `file:` parameters into a temporary repository; the override config decides the rest.
-    fn write_upload(&self, name: &str, files: Vec<(String, Vec<u8>)>) -> Result<ScannedModel, RequestError> {
-        let invalid = |m: String| RequestError::InvalidArgument(format!("model '{name}': {m}"));
-        let dir = tempfile::Builder::new().prefix("tern-upload-").tempdir().map_err(|e| {
-            RequestError::Internal(format!("cannot create a directory for model '{name}': {e}"))
-        })?;
-        let model_dir = dir.path().join(name);
-        for (rel, bytes) in files {
-            // `<version>/<file>`: plain names only, so nothing escapes the model directory.
-            let parts: Vec<&str> = rel.split('/').collect();
-            let safe = parts.len() == 2
-                && parts[0].parse::<u64>().is_ok_and(|v| v > 0)
-                && tern_repository::validate_model_name(parts[1]).is_ok();
-            if !safe {
-                return Err(invalid(format!("parameter 'file:{rel}' must be 'file:<version>/<file name>'")));
-            }
-            let path = model_dir.join(parts[0]).join(parts[1]);
-            let written = path
-                .parent()
-                .map_or(Ok(()), std::fs::create_dir_all)
-                .and_then(|()| std::fs::write(&path, bytes));
-            written
-                .map_err(|e| RequestError::Internal(format!("model '{name}': cannot write {rel}: {e}")))?;
-        }
-        let scanned = tern_repository::scan(&[dir.path().to_path_buf()])
-            .map_err(|e| RequestError::Internal(e.to_string()))?;
-        let item = scanned
-            .into_iter()
-            .find(|s| s.name() == name)
-            .ok_or_else(|| invalid("no model files given".into()))?;
+    /// Writes `file:` parameters into a temporary repository (on a blocking thread); the
+    /// override config decides the rest.
+    async fn write_upload(
+        &self,
+        name: &str,
+        files: Vec<(String, Vec<u8>)>,
+    ) -> Result<ScannedModel, RequestError> {
+        let owned = name.to_string();
+        let (dir, item) =
+            tokio::task::spawn_blocking(move || crate::files::write_upload(&owned, files)).await.map_err(
+                |e| RequestError::Internal(format!("model '{name}': writing its files failed: {e}")),
+            )??;
         if let Ok(mut uploads) = self.uploads.lock() {
             uploads.insert(name.to_string(), dir);
         }
         Ok(item)
+    }
+
+    /// [`crate::files::fingerprint`] on a blocking thread.
+    async fn fingerprint(&self, name: &str) -> u64 {
+        let repositories = self.repositories.clone();
+        let name = name.to_string();
+        tokio::task::spawn_blocking(move || crate::files::fingerprint(&repositories, &name))
+            .await
+            .unwrap_or(0)
     }
 
     /// Loads the versions the policy selects beside whatever serves now, then swaps the entry
@@ -428,11 +502,10 @@ impl ModelManager {
         item: ScannedModel,
         override_config: Option<ModelConfig>,
     ) -> Result<ModelEntry, RequestError> {
-        let lock = self.model_lock(name);
-        let _guard = lock.lock().await;
+        let _guard = self.model_locks.lock(name).await;
         let _permit = self.load_limit.acquire().await.map_err(|e| RequestError::Internal(e.to_string()))?;
         let started = Instant::now();
-        let fp = fingerprint(&self.repositories, name);
+        let fp = self.fingerprint(name).await;
         let source = match item.into_result() {
             Ok(source) => source,
             Err(e) => {
@@ -446,10 +519,11 @@ impl ModelManager {
         let runtime = self.runtime.clone();
         // Memory estimate: the RSS growth over the load (approximate when loads overlap).
         let rss_before = tern_telemetry::process_resident_memory_bytes();
-        let loaded =
-            tokio::task::spawn_blocking(move || load_versions(&source, override_config, &options, &runtime))
-                .await
-                .map_err(|e| RequestError::Internal(format!("model '{name}': loading panicked: {e}")))?;
+        let loaded = tokio::task::spawn_blocking(move || {
+            crate::loader::load_versions(&source, override_config, &options, &runtime)
+        })
+        .await
+        .map_err(|e| RequestError::Internal(format!("model '{name}': loading panicked: {e}")))?;
         let old = self.table.load().get(name).cloned().unwrap_or_default();
         let mut entry = ModelEntry { versions: BTreeMap::new(), reason: None, fingerprint: fp };
         match loaded {
@@ -541,7 +615,7 @@ impl ModelManager {
         drop(models);
         let all = futures::future::join_all(finished.into_iter().map(|f| f.wait()));
         if tokio::time::timeout_at(deadline.into(), all).await.is_ok() {
-            tern_backend_ort::release_freed_memory();
+            let _ = tokio::task::spawn_blocking(tern_backend_ort::release_freed_memory).await;
         }
     }
 }
@@ -557,62 +631,4 @@ fn retired(old: &ModelEntry, new: &ModelEntry) -> BTreeMap<u64, VersionState> {
         })
         .map(|(v, s)| (*v, s.clone()))
         .collect()
-}
-
-type VersionResults = Vec<(u64, Result<LoadedModel, String>)>;
-
-fn load_versions(
-    source: &ModelSource,
-    override_config: Option<ModelConfig>,
-    options: &LoadOptions,
-    runtime: &tokio::runtime::Handle,
-) -> Result<VersionResults, String> {
-    let given = override_config.or_else(|| source.config.clone());
-    let base = given.clone().unwrap_or_default();
-    let versions = tern_repository::select_versions(source, &base);
-    if versions.is_empty() {
-        return Err(format!(
-            "model '{}': no version directory holds '{}'",
-            source.name,
-            tern_repository::model_file_path(source, &base, 1)
-                .file_name()
-                .map_or_else(|| "model.onnx".to_string(), |f| f.to_string_lossy().into_owned())
-        ));
-    }
-    Ok(versions
-        .into_iter()
-        .map(|v| (v, crate::loader::load_version(source, given.clone(), v, options, runtime)))
-        .collect())
-}
-
-/// A cheap summary of a model directory (names, sizes, modification times of its files, two
-/// levels deep): poll mode reloads when it changes.
-fn fingerprint(repositories: &[PathBuf], name: &str) -> u64 {
-    use std::hash::{Hash, Hasher};
-    let mut hasher = std::collections::hash_map::DefaultHasher::new();
-    fn walk(dir: &Path, depth: usize, hasher: &mut impl Hasher) {
-        let Ok(entries) = std::fs::read_dir(dir) else { return };
-        let mut entries: Vec<_> = entries.flatten().collect();
-        entries.sort_by_key(|e| e.file_name());
-        for e in entries {
-            let Ok(meta) = e.metadata() else { continue };
-            e.file_name().hash(hasher);
-            if meta.is_dir() {
-                if depth > 0 {
-                    walk(&e.path(), depth - 1, hasher);
-                }
-            } else {
-                meta.len().hash(hasher);
-                meta.modified().ok().hash(hasher);
-            }
-        }
-    }
-    for repo in repositories {
-        let dir = repo.join(name);
-        if dir.is_dir() {
-            dir.hash(&mut hasher);
-            walk(&dir, 2, &mut hasher);
-        }
-    }
-    hasher.finish()
 }

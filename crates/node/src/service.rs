@@ -241,7 +241,11 @@ impl GrpcInferenceService for NodeService {
         &self,
         _: Request<pb::ServerReadyRequest>,
     ) -> Result<Response<pb::ServerReadyResponse>, Status> {
-        let ready = !self.state.strict_readiness || self.state.models.all_ready();
+        // Triton answers UNAVAILABLE "Server exiting" once it is (server.cc, IsReady).
+        if self.state.models.draining() {
+            return Err(Status::unavailable("Server exiting"));
+        }
+        let ready = self.state.models.server_ready(self.state.strict_readiness);
         Ok(Response::new(pb::ServerReadyResponse { ready }))
     }
 
@@ -399,12 +403,17 @@ impl GrpcInferenceService for NodeService {
         &self,
         req: Request<pb::RepositoryIndexRequest>,
     ) -> Result<Response<pb::RepositoryIndexResponse>, Status> {
+        // Triton refuses the index once exiting (server.cc, RepositoryIndex).
+        if self.state.models.draining() {
+            return Err(Status::unavailable("Server not ready: the node is shutting down"));
+        }
         let caller = principal(&req).cloned();
         let ready_only = req.into_inner().ready;
         let models = self
             .state
             .models
             .repository_index()
+            .await
             .into_iter()
             .filter(|row| !ready_only || row.state == "READY")
             .filter(|row| may_see_model(caller.as_ref(), &row.name))

@@ -9,13 +9,15 @@
 //!   [`select_versions`]: where a version's model file is, and which versions the policy selects;
 //! - [`auto_complete`]: the config Triton with its ONNX Runtime backend would serve, from the
 //!   config and the model file's [`ModelSignature`](tern_core::ModelSignature) (`--strict-model-config` included);
-//! - [`validate`]: the config on its own and against the model file;
+//! - [`validate`]: the config on its own and against the model file, with [`check_bounds`]
+//!   on every number that sizes memory, threads or work;
 //! - [`load_labels`]: classification labels of outputs.
 //!
 //! Does not own: reading ONNX files (the backend produces the signature), model lifecycle,
 //! polling and hot reload (the node), nor anything on the request path. Everything here is
 //! synchronous and does blocking file I/O: call it off the async runtime's worker threads.
 
+mod bounds;
 mod complete;
 mod error;
 mod labels;
@@ -24,6 +26,10 @@ mod parse;
 mod scan;
 mod validate;
 
+pub use bounds::{
+    MAX_BATCH_SIZE, MAX_INSTANCES, MAX_PRIORITY_LEVELS, MAX_QUEUE_DELAY_MICROSECONDS, MAX_QUEUE_SIZE,
+    MAX_QUEUE_TIMEOUT_MICROSECONDS, MAX_WARMUP_COUNT, MAX_WARMUP_SAMPLES, check_bounds,
+};
 pub use complete::{
     DEFAULT_CPU_INSTANCE_COUNT, DEFAULT_MAX_BATCH_SIZE, ONNX_BACKEND, ONNX_PLATFORM, auto_complete,
 };
@@ -33,7 +39,7 @@ pub use model_file::{ENCRYPTED_SUFFIX, ModelFile, check_file_names, find_model_f
 pub use parse::{config_override_from_json, parse_config};
 pub use scan::{
     CONFIG_FILENAME, DEFAULT_MODEL_FILENAME, ModelSource, ScannedModel, highest_version, model_file_path,
-    scan, select_versions, validate_model_name,
+    model_names, scan, scan_model, select_versions, validate_model_name,
 };
 pub use tern_proto::inference::ModelConfig;
 pub use validate::validate;

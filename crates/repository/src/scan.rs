@@ -88,6 +88,43 @@ pub fn scan(repositories: &[PathBuf]) -> Result<Vec<ScannedModel>, RepositoryErr
         .collect())
 }
 
+/// One model by name: looks only at `<repository>/<name>` in each repository, as Triton's
+/// explicit-mode load polls just the models named (model_repository_manager.cc,
+/// `ModelRepositoryManager::Poll`), so a load of an unknown name costs one `stat` per
+/// repository instead of reading every model's config. `None` when no repository holds it
+/// (or the name could not be a model directory).
+pub fn scan_model(repositories: &[PathBuf], name: &str) -> Option<ScannedModel> {
+    crate::validate_model_name(name).ok()?;
+    let dirs: Vec<PathBuf> = repositories
+        .iter()
+        .map(|repository| repository.join(name))
+        .filter(|dir| fs::metadata(dir).is_ok_and(|meta| meta.is_dir()))
+        .collect();
+    match <[PathBuf; 1]>::try_from(dirs) {
+        Ok([dir]) => Some(match read_model(name, dir) {
+            Ok(source) => ScannedModel::Found(source),
+            Err(error) => ScannedModel::Failed { name: name.to_owned(), error },
+        }),
+        Err(dirs) if dirs.is_empty() => None,
+        Err(dirs) => Some(ScannedModel::Failed {
+            name: name.to_owned(),
+            error: RepositoryError::DuplicateModel { model: name.to_owned(), dirs },
+        }),
+    }
+}
+
+/// The names of the model directories of every repository, sorted, without reading them (what
+/// the repository index lists for models never loaded).
+pub fn model_names(repositories: &[PathBuf]) -> Result<Vec<String>, RepositoryError> {
+    let mut names = Vec::new();
+    for repository in repositories {
+        names.extend(model_dirs(repository)?.into_iter().map(|(name, _)| name));
+    }
+    names.sort_unstable();
+    names.dedup();
+    Ok(names)
+}
+
 /// The non-hidden subdirectories of one repository, by name (lossy for non-UTF-8 names,
 /// which then fail name validation).
 fn model_dirs(repository: &Path) -> Result<Vec<(String, PathBuf)>, RepositoryError> {
@@ -257,6 +294,32 @@ mod tests {
             validate_model_name("").map_err(|e| e.to_string()),
             Err("invalid model name '': the name is empty".to_owned())
         );
+    }
+
+    #[test]
+    fn one_model_by_name() -> Result<(), Box<dyn std::error::Error>> {
+        let a = tempfile::tempdir()?;
+        let b = tempfile::tempdir()?;
+        let repos = [a.path().to_path_buf(), b.path().to_path_buf()];
+        fs::create_dir_all(a.path().join("m/1"))?;
+        fs::write(a.path().join("m/config.pbtxt"), "name: \"m\"")?;
+        fs::create_dir_all(a.path().join("twice"))?;
+        fs::create_dir_all(b.path().join("twice"))?;
+        fs::create_dir_all(b.path().join(".hidden"))?;
+        fs::write(b.path().join("file_not_dir"), "x")?;
+
+        let found = scan_model(&repos, "m").ok_or("m not found")?;
+        let listed = scan(&repos)?.into_iter().find(|s| s.name() == "m").ok_or("m not listed")?;
+        assert_eq!(found, listed, "the same as a full scan finds");
+        assert!(matches!(
+            scan_model(&repos, "twice"),
+            Some(ScannedModel::Failed { error: RepositoryError::DuplicateModel { .. }, .. })
+        ));
+        for absent in ["nope", ".hidden", "file_not_dir", "../m", ""] {
+            assert_eq!(scan_model(&repos, absent), None, "{absent}");
+        }
+        assert_eq!(super::model_names(&repos)?, vec!["m".to_owned(), "twice".to_owned()]);
+        Ok(())
     }
 
     #[test]

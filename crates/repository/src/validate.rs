@@ -14,7 +14,8 @@ use crate::error::{RepositoryError, TensorKind};
 
 /// Checks `config` on its own and against `signature`:
 /// - `name` is set; platform/backend are ONNX Runtime's (or empty); no ensemble scheduling;
-///   `max_batch_size >= 0`; `default_model_filename` is a plain file name;
+///   `max_batch_size >= 0`; `default_model_filename` is a plain file name; the numbers that size
+///   memory or threads within [`crate::check_bounds`]'s limits;
 /// - dynamic batching preferred sizes are in `1..=max_batch_size`, priority levels consistent;
 /// - every input/output has a unique name, a data_type, dims of values >= 1 or -1, and a
 ///   reshape (if any) of the same element count; optional inputs only without batching;
@@ -36,6 +37,7 @@ pub fn validate(config: &ModelConfig, signature: &ModelSignature) -> Result<(), 
             format!("max_batch_size {max_batch_size} is invalid: it must be >= 0"),
         ));
     }
+    crate::bounds::check_bounds(model, config)?;
     check_model_filename(model, &config.default_model_filename)?;
     check_scheduling(config)?;
 
@@ -449,6 +451,27 @@ mod tests {
             Ok(()) => "ok".to_owned(),
             Err(err) => err.to_string(),
         }
+    }
+
+    #[test]
+    fn numbers_that_size_memory_are_bounded() {
+        // max_batch_size near 2^31 once sized a statistics vector of ~100 GB (issue 17).
+        let mut huge = resnet_config("");
+        huge.max_batch_size = i32::MAX;
+        assert_eq!(
+            message(&huge, &resnet()),
+            "model 'm': max_batch_size 2147483647 is over the limit of 65536"
+        );
+        let queue = resnet_config("dynamic_batching { default_queue_policy { max_queue_size: 4000000000 } }");
+        assert_eq!(
+            message(&queue, &resnet()),
+            "model 'm': dynamic_batching.default_queue_policy.max_queue_size 4000000000 is over the limit of 65536"
+        );
+        let instances = resnet_config("instance_group [ { name: \"g\" count: 100000 kind: KIND_CPU } ]");
+        assert_eq!(
+            message(&instances, &resnet()),
+            "model 'm': instance_group 'g' count 100000 is over the limit of 256"
+        );
     }
 
     #[test]

@@ -226,7 +226,7 @@ impl Scheduler {
             }),
             work: Condvar::new(),
             janitor: Notify::new(),
-            stats: Arc::new(ModelStats::new(config.max_batch_size)),
+            stats: Arc::new(ModelStats::new()),
             preserve_ordering: config.preserve_ordering,
             order: Mutex::new(Reorder::default()),
         });
@@ -295,7 +295,8 @@ impl Scheduler {
             shape_key,
             level,
             enqueued,
-            deadline: timeout.map(|t| enqueued + t),
+            // A timeout no Instant can hold is no timeout (never panic on a client's number).
+            deadline: timeout.and_then(|t| enqueued.checked_add(t)),
         };
         let (pushed, wake) = {
             let mut queue = self.shared.lock();

@@ -159,7 +159,10 @@ impl<T> BatchState<T> {
         match take {
             Some(n) => next.run = self.pop(n),
             None => {
-                let seed_wait = self.candidates().next().map(|p| p.enqueued + self.config.max_queue_delay);
+                let seed_wait = self
+                    .candidates()
+                    .next()
+                    .and_then(|p| p.enqueued.checked_add(self.config.max_queue_delay));
                 next.wake_at = [seed_wait, self.next_deadline()].into_iter().flatten().min();
             }
         }

@@ -1,7 +1,9 @@
 //! Per model-version statistics with Triton's fields, kept in atomics so recording never takes a
 //! lock on the request path. ModelStatistics and the metrics exporter read snapshots.
 
+use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::{Arc, PoisonError, RwLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 /// Why a request failed, with Triton's metric `reason` values.
@@ -106,6 +108,7 @@ pub struct StatsSnapshot {
 }
 
 /// The counters of one model version.
+#[derive(Default)]
 pub struct ModelStats {
     success: Counter,
     fail: Counter,
@@ -117,29 +120,17 @@ pub struct ModelStats {
     execution_count: AtomicU64,
     last_inference_ms: AtomicU64,
     failures: [AtomicU64; 4],
-    /// Indexed by batch size; index 0 unused.
-    batches: Vec<BatchCounters>,
+    /// By batch size, only sizes that ran: a size is added on its first execution (under the
+    /// write lock, once), later executions only read-lock. Never sized by `max_batch_size`.
+    batches: RwLock<BTreeMap<u32, Arc<BatchCounters>>>,
     pub(crate) pending: AtomicU64,
 }
 
 impl ModelStats {
-    /// Counters for a model whose batches hold at most `max_batch_size` rows (0: no batching).
-    pub fn new(max_batch_size: u32) -> ModelStats {
-        let sizes = max_batch_size.max(1) as usize + 1;
-        ModelStats {
-            success: Counter::default(),
-            fail: Counter::default(),
-            queue: Counter::default(),
-            compute_input: Counter::default(),
-            compute_infer: Counter::default(),
-            compute_output: Counter::default(),
-            inference_count: AtomicU64::new(0),
-            execution_count: AtomicU64::new(0),
-            last_inference_ms: AtomicU64::new(0),
-            failures: Default::default(),
-            batches: (0..sizes).map(|_| BatchCounters::default()).collect(),
-            pending: AtomicU64::new(0),
-        }
+    /// Zeroed counters. Per-batch-size counters grow with the sizes that run, never with the
+    /// config's `max_batch_size` (which once sized a vector of ~100 GB near 2^31).
+    pub fn new() -> ModelStats {
+        ModelStats::default()
     }
 
     /// A request that failed, with its duration so far.
@@ -158,13 +149,20 @@ impl ModelStats {
     ) {
         self.execution_count.fetch_add(1, Relaxed);
         self.inference_count.fetch_add(u64::from(batch_size), Relaxed);
-        if let Some(b) = self.batches.get(batch_size as usize) {
-            b.compute_input.add(input);
-            b.compute_infer.add(infer);
-            b.compute_output.add(output);
-        }
+        let b = self.batch_counters(batch_size);
+        b.compute_input.add(input);
+        b.compute_infer.add(infer);
+        b.compute_output.add(output);
         let now_ms = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64);
         self.last_inference_ms.store(now_ms, Relaxed);
+    }
+
+    fn batch_counters(&self, batch_size: u32) -> Arc<BatchCounters> {
+        let known = self.batches.read().unwrap_or_else(PoisonError::into_inner).get(&batch_size).cloned();
+        known.unwrap_or_else(|| {
+            let mut batches = self.batches.write().unwrap_or_else(PoisonError::into_inner);
+            batches.entry(batch_size).or_default().clone()
+        })
     }
 
     /// One request of a successful execution: its queue time, the execution's compute times,
@@ -198,11 +196,12 @@ impl ModelStats {
             failures: FailureReason::ALL.map(|r| (r, self.failures[r.index()].load(Relaxed))),
             batches: self
                 .batches
+                .read()
+                .unwrap_or_else(PoisonError::into_inner)
                 .iter()
-                .enumerate()
                 .filter(|(_, b)| b.compute_infer.count.load(Relaxed) > 0)
-                .map(|(size, b)| BatchStat {
-                    batch_size: size as u64,
+                .map(|(&size, b)| BatchStat {
+                    batch_size: u64::from(size),
                     compute_input: b.compute_input.snapshot(),
                     compute_infer: b.compute_infer.snapshot(),
                     compute_output: b.compute_output.snapshot(),
@@ -210,5 +209,27 @@ impl ModelStats {
                 .collect(),
             pending: self.pending.load(Relaxed),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn batch_statistics_grow_with_what_runs_not_with_max_batch_size() {
+        // Sizes far apart (as a max_batch_size near 2^31 allows) take one entry each.
+        let stats = ModelStats::new();
+        let ms = Duration::from_millis(1);
+        stats.record_execution(3, ms, ms, ms);
+        stats.record_execution(3, ms, ms, ms);
+        stats.record_execution(1_000_000, ms, ms, ms);
+        let snapshot = stats.snapshot();
+        let sizes: Vec<(u64, u64)> =
+            snapshot.batches.iter().map(|b| (b.batch_size, b.compute_infer.count)).collect();
+        assert_eq!(sizes, vec![(3, 2), (1_000_000, 1)]);
+        assert_eq!(snapshot.execution_count, 3);
+        assert_eq!(snapshot.inference_count, 1_000_006);
+        assert_eq!(stats.batches.read().map(|b| b.len()).unwrap_or(0), 2, "one entry per size that ran");
     }
 }

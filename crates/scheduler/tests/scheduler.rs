@@ -427,4 +427,29 @@ async fn a_timeout_override_may_shorten_the_default_but_not_lengthen_it() {
     }
     r.gate.add_permits(8);
     running.await.expect("join").expect("running");
+
+/// A client's `timeout` parameter of u64::MAX microseconds (allowed by the policy), or a
+/// max queue delay no Instant can hold, once panicked adding it to an Instant.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn timeouts_and_delays_too_large_for_an_instant_do_not_panic() {
+    let mut cfg = config(2, &[], Duration::ZERO);
+    cfg.policies = vec![QueuePolicy { allow_timeout_override: true, ..QueuePolicy::default() }];
+    let r = rig(cfg, false);
+    let out = r
+        .scheduler
+        .infer(InferJob { timeout: Some(Duration::from_micros(u64::MAX)), ..job(1, 1.0) })
+        .await
+        .expect("a timeout too large to reach is no timeout");
+    assert_eq!(values(&out), vec![2.0; 2]);
+
+    let r = rig(config(2, &[], Duration::MAX), false);
+    // Not full: waits for the (unreachable) delay; the caller gives up, nothing panics.
+    let waiting = tokio::time::timeout(Duration::from_millis(200), r.scheduler.infer(job(1, 0.0))).await;
+    assert!(waiting.is_err(), "a one-row batch waits for more rows");
+    // A full batch runs at once (the instance did not die on the delay's arithmetic).
+    let out = tokio::time::timeout(Duration::from_secs(10), r.scheduler.infer(job(2, 3.0)))
+        .await
+        .expect("the instance still runs batches")
+        .expect("a full batch runs");
+    assert_eq!(values(&out), vec![4.0; 4]);
 }

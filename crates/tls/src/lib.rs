@@ -2,13 +2,14 @@
 //! connections, with rustls (no OpenSSL). Flags as Triton names them (`--grpc-use-ssl`,
 //! `--grpc-use-ssl-mutual`, `--grpc-server-cert`, `--grpc-server-key`, `--grpc-root-cert`).
 //!
-//! The server certificate and key are re-read when their files change (checked at most once a
-//! second, on new connections), so a renewed certificate (cert-manager, a rotated Secret) is
-//! served without a restart; a renewal that fails to parse keeps the previous one and logs why.
+//! The server certificate and key are re-read when their files change (checked once a second
+//! on a blocking thread, never during a handshake on an async worker), so a renewed
+//! certificate (cert-manager, a rotated Secret) is served without a restart; a renewal that
+//! fails to parse keeps the previous one and logs why.
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, PoisonError};
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, SystemTime};
 
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
@@ -101,7 +102,9 @@ impl TlsArgs {
         let (Some(cert), Some(key)) = (&self.grpc_server_cert, &self.grpc_server_key) else {
             return Err(format!("{flag} needs --grpc-server-cert and --grpc-server-key"));
         };
-        Ok(Arc::new(ReloadingCert::new(cert.clone(), key.clone())?))
+        let resolver = Arc::new(ReloadingCert::new(cert.clone(), key.clone())?);
+        ReloadingCert::watch(&resolver);
+        Ok(resolver)
     }
 }
 
@@ -149,49 +152,60 @@ fn modified(path: &Path) -> Option<SystemTime> {
 struct ReloadingCert {
     cert: PathBuf,
     key: PathBuf,
-    state: Mutex<CertState>,
+    /// What handshakes use; swapped by [`ReloadingCert::reload_if_changed`] only.
+    current: Mutex<Arc<CertifiedKey>>,
+    /// The files' modification times last seen (only the watcher's blocking thread uses it).
+    stamps: Mutex<(Option<SystemTime>, Option<SystemTime>)>,
 }
 
-#[derive(Debug)]
-struct CertState {
-    current: Arc<CertifiedKey>,
-    stamps: (Option<SystemTime>, Option<SystemTime>),
-    checked: Instant,
-}
-
-/// How often, at most, handshakes look at the files' modification times.
+/// How often the files' modification times are looked at.
 const RELOAD_CHECK: Duration = Duration::from_secs(1);
 
 impl ReloadingCert {
     fn new(cert: PathBuf, key: PathBuf) -> Result<ReloadingCert, String> {
         let current = load_key(&cert, &key)?;
         let stamps = (modified(&cert), modified(&key));
-        Ok(ReloadingCert {
-            cert,
-            key,
-            state: Mutex::new(CertState { current, stamps, checked: Instant::now() }),
-        })
+        Ok(ReloadingCert { cert, key, current: Mutex::new(current), stamps: Mutex::new(stamps) })
+    }
+
+    /// Checks the files every [`RELOAD_CHECK`] on a blocking thread (file reads can stall:
+    /// a slow or hung mount), until `this` is dropped; nothing outside a Tokio runtime.
+    fn watch(this: &Arc<ReloadingCert>) {
+        if tokio::runtime::Handle::try_current().is_err() {
+            return;
+        }
+        let weak = Arc::downgrade(this);
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(RELOAD_CHECK).await;
+                let Some(this) = weak.upgrade() else { return };
+                let _ = tokio::task::spawn_blocking(move || this.reload_if_changed()).await;
+            }
+        });
+    }
+
+    fn reload_if_changed(&self) {
+        let stamps = (modified(&self.cert), modified(&self.key));
+        {
+            let mut seen = self.stamps.lock().unwrap_or_else(PoisonError::into_inner);
+            if *seen == stamps {
+                return;
+            }
+            *seen = stamps;
+        }
+        match load_key(&self.cert, &self.key) {
+            Ok(fresh) => {
+                tracing::info!(cert = %self.cert.display(), "TLS certificate reloaded");
+                *self.current.lock().unwrap_or_else(PoisonError::into_inner) = fresh;
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "TLS certificate changed but cannot be loaded; keeping the previous one")
+            }
+        }
     }
 
     fn current(&self) -> Arc<CertifiedKey> {
-        let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
-        if state.checked.elapsed() >= RELOAD_CHECK {
-            state.checked = Instant::now();
-            let stamps = (modified(&self.cert), modified(&self.key));
-            if stamps != state.stamps {
-                state.stamps = stamps;
-                match load_key(&self.cert, &self.key) {
-                    Ok(fresh) => {
-                        tracing::info!(cert = %self.cert.display(), "TLS certificate reloaded");
-                        state.current = fresh;
-                    }
-                    Err(e) => {
-                        tracing::error!(error = %e, "TLS certificate changed but cannot be loaded; keeping the previous one")
-                    }
-                }
-            }
-        }
-        state.current.clone()
+        self.current.lock().unwrap_or_else(PoisonError::into_inner).clone()
     }
 }
 
