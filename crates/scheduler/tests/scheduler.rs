@@ -427,6 +427,7 @@ async fn a_timeout_override_may_shorten_the_default_but_not_lengthen_it() {
     }
     r.gate.add_permits(8);
     running.await.expect("join").expect("running");
+}
 
 /// A client's `timeout` parameter of u64::MAX microseconds (allowed by the policy), or a
 /// max queue delay no Instant can hold, once panicked adding it to an Instant.
