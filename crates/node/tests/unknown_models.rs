@@ -17,7 +17,13 @@ async fn unknown_names_cost_no_scan_and_leave_nothing_behind() -> Result<(), Box
         std::fs::write(dir.join("config.pbtxt"), format!("name: \"model_{i:02}\"\nmax_batch_size: 4\n"))?;
     }
     let metrics = Arc::new(tern_telemetry::Metrics::new(&Default::default())?);
-    let options = LoadOptions { strict_model_config: false, allow_cpu_fallback: false, model_key: None };
+    let options = LoadOptions {
+        strict_model_config: false,
+        allow_cpu_fallback: false,
+        model_key: None,
+        accelerator_cache_dir: None,
+        model_repositories: vec![repo.path().to_path_buf()],
+    };
     let manager = Arc::new(ModelManager::new(
         metrics,
         vec![repo.path().to_path_buf()],
