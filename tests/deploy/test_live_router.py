@@ -120,6 +120,10 @@ def test_router_serves_through_node_with_manifest_args(source, model_repo, secre
             with pytest.raises(InferenceServerException, match="UNAUTHENTICATED"):
                 _infer(client, None)
             headers = {"authorization": f"Bearer {secrets.tokens['client']}"}
+            # A client's token (inference only) may not place a model through the router's lazy
+            # loading (SECURITY.md; tests/python/test_cluster.py checks the refusal): an
+            # operator's token loads it unless the chart already pins it.
+            client.load_model("tiny", headers={"authorization": f"Bearer {secrets.tokens['router-token']}"})
         out = _infer(client, headers)
         assert out.tolist() == [[0.0, 2.0, 4.0, 6.0]], f"router log:\n{router.output()}\nnode log:\n{node.output()}"
 
