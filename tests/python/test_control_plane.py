@@ -15,7 +15,9 @@ import time
 import grpc
 import pytest
 
-from tern_clusterlib import Cluster, NodeProc, RouterProc, cluster_token_files, wait_until
+import tritonclient.grpc as grpcclient
+
+from tern_clusterlib import Cluster, NodeProc, RouterProc, cluster_token_files, tiny_add_inputs, wait_until
 from tern_testlib import ROOT, TernServer
 
 MEMBERSHIP = "/tern.cluster.v1.Membership/"
@@ -186,7 +188,7 @@ def test_registration_must_come_from_the_node_at_that_address(model_repo, tmp_pa
         out = _cluster_status(control, token)
         assert sink.encode() not in out, "the unverified address reached the routing table"
         assert c.client().is_model_ready("tiny_add")
-        assert c.client().infer("tiny_add", _inputs()).as_numpy("OUTPUT0") is not None
+        assert c.client().infer("tiny_add", tiny_add_inputs()).as_numpy("OUTPUT0").tolist() == [[2.0] * 16]
 
 
 def test_forged_heartbeat_cannot_overwrite_a_node(model_repo, tmp_path):
@@ -204,7 +206,7 @@ def test_forged_heartbeat_cannot_overwrite_a_node(model_repo, tmp_path):
             assert not known(call(control, "Heartbeat", forged, token)), "a forged heartbeat was accepted"
             time.sleep(0.1)
         assert c.client().is_model_ready("tiny_add"), "the forged heartbeat emptied the node's model list"
-        assert c.client().infer("tiny_add", _inputs()).as_numpy("OUTPUT0") is not None
+        assert c.client().infer("tiny_add", tiny_add_inputs()).as_numpy("OUTPUT0").tolist() == [[2.0] * 16]
         # The real node is still registered and heartbeating (its session is intact).
         assert b"tiny_add" in _cluster_status(control, token)
 
@@ -221,7 +223,7 @@ def test_node_without_the_cluster_token_is_not_registered(model_repo, tmp_path):
         wait_until(lambda: any("the router refused this node" in line for line in node.lines), 15,
                    "the node to log that the router refused it")
         assert not any("node registered" in line for line in router.lines)
-        assert not c_ready(router)
+        assert not router_ready(router)
     finally:
         node.stop()
         router.stop()
@@ -229,8 +231,7 @@ def test_node_without_the_cluster_token_is_not_registered(model_repo, tmp_path):
 
 # --- helpers ----------------------------------------------------------------------------------
 
-def c_ready(router: RouterProc) -> bool:
-    import tritonclient.grpc as grpcclient
+def router_ready(router: RouterProc) -> bool:
     return grpcclient.InferenceServerClient(router.url).is_server_ready()
 
 
@@ -275,8 +276,3 @@ def _instance_of(control: str, token: str, addr: str) -> str:
         if status.get(2) == addr.encode():
             return status[11].decode()
     raise AssertionError(f"the router does not report {addr}")
-
-
-def _inputs():
-    from tern_clusterlib import tiny_add_inputs
-    return tiny_add_inputs()

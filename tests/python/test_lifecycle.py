@@ -9,6 +9,7 @@ import pytest
 import tritonclient.grpc as grpcclient
 from tritonclient.utils import InferenceServerException
 
+from tern_clusterlib import tiny_add_inputs
 from tern_testlib import TernServer, copy_models
 
 
@@ -180,13 +181,7 @@ def test_unloading_frees_memory(model_repo, tmp_path, monkeypatch):
 
 
 def tiny_add_ok(client, model="tiny_add"):
-    x = np.ones((1, 16), dtype=np.float32)
-    inputs = []
-    for name in ("INPUT0", "INPUT1"):
-        i = grpcclient.InferInput(name, [1, 16], "FP32")
-        i.set_data_from_numpy(x)
-        inputs.append(i)
-    assert client.infer(model, inputs).as_numpy("OUTPUT0").tolist() == [[2.0] * 16]
+    assert client.infer(model, tiny_add_inputs()).as_numpy("OUTPUT0").tolist() == [[2.0] * 16]
 
 
 def broken_model(repo, name="broken"):
@@ -347,13 +342,7 @@ def test_stalled_repository_reads_do_not_stall_the_node(model_repo, tmp_path):
         time.sleep(1.0)
         assert any(t.is_alive() for t in loads), "the loads wait on the stalled read"
         client = grpcclient.InferenceServerClient(srv.url)
-        x = np.ones((1, 16), dtype=np.float32)
-        inputs = []
-        for name in ("INPUT0", "INPUT1"):
-            i = grpcclient.InferInput(name, [1, 16], "FP32")
-            i.set_data_from_numpy(x)
-            inputs.append(i)
-        out = client.infer("tiny_add", inputs, client_timeout=10).as_numpy("OUTPUT0")
+        out = client.infer("tiny_add", tiny_add_inputs(), client_timeout=10).as_numpy("OUTPUT0")
         assert out.tolist() == [[2.0] * 16], "the node serves while repository reads stall"
         assert client.is_server_live(client_timeout=10)
     finally:
