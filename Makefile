@@ -92,6 +92,14 @@ test-deploy-k8s:
 bench:
 	QUICK=$(QUICK) NO_TRITON=$(NO_TRITON) CARGO_FLAGS="$(CARGO_FLAGS)" bash benches/run.sh
 
+## HTTP against gRPC (issue 19): tern-node and real Triton serving both protocols at once,
+## perf_analyzer `-i http` and `-i grpc` on tiny_add and light_resnet50 at c=1 and 16, in
+## alternating rounds; rewrites the "make bench http" section of benches/RESULTS.md. About 10 min.
+.PHONY: bench-http
+bench-http: build examples
+	bash benches/peer/setup.sh
+	.venv/bin/python benches/http_vs_grpc.py --write
+
 ## Criterion micro-benchmarks (benches/benches/*.rs, benches/README.md): request decode and
 ## validation, the BYTES codec, batch assembly and split, config.pbtxt parsing, placement.
 ## About 3 min on 2 cores; QUICK=1 (1 s warm-up, 2 s per benchmark) about 1.5. Medians and

@@ -275,8 +275,9 @@ def memory(pid):
 
 
 class Server:
-    def __init__(self, kind, repo, out, commands, label=None):
+    def __init__(self, kind, repo, out, commands, label=None, http=False):
         self.kind, self.repo, self.out = kind, repo, out
+        self.http_addr = None  # host:port of the KServe v2 REST front end, when asked for
         self.logpath = out / f"{label or kind}.server.log"
         self.log = open(self.logpath, "w")
         self.metrics_url = None
@@ -286,17 +287,21 @@ class Server:
             cmd = [str(NODE), "--model-repository", str(repo), "--grpc-address", "127.0.0.1", "--grpc-port", "0",
                    "--metrics-address", "127.0.0.1", "--metrics-port", "0",
                    "--metrics-config", "latency_buckets_us=" + ",".join(str(b) for b in LAT_BUCKETS)]
+            cmd += ["--http-address", "127.0.0.1", "--http-port", "0"] if http else ["--allow-http", "false"]
             env = dict(os.environ, ORT_DYLIB_PATH=str(ORT_LIB))
             commands.append(f"ORT_DYLIB_PATH={rel(ORT_LIB)} " + " ".join(shlex.quote(rel(c)) for c in cmd))
         else:
             self.port = free_port()
+            self.http_port = free_port() if http else None
             site = sh([str(PEER_VENV / "bin/python"), "-c",
                        "import sysconfig; print(sysconfig.get_paths()['purelib']);"
                        "print(sysconfig.get_config_var('LIBDIR'))"]).stdout.split()
             ld = f"{site[0]}/nvidia_pytriton.libs:{site[1]}"
             cmd = [str(PEER_DIST / "bin/tritonserver"), "--model-repository", str(repo),
                    "--backend-directory", str(PEER_DIST / "backends"), "--cache-directory", str(PEER_DIST / "caches"),
-                   "--grpc-address", "127.0.0.1", "--grpc-port", str(self.port), "--allow-http", "false",
+                   "--grpc-address", "127.0.0.1", "--grpc-port", str(self.port),
+                   *(["--http-address", "127.0.0.1", "--http-port", str(self.http_port)] if http
+                     else ["--allow-http", "false"]),
                    "--metrics-port", str(free_port()), "--log-verbose", "0"]
             env = dict(os.environ, LD_LIBRARY_PATH=ld)
             commands.append(f"LD_LIBRARY_PATH={rel(site[0])}/nvidia_pytriton.libs:{site[1]} "
@@ -314,10 +319,14 @@ class Server:
                 raise RuntimeError(f"{self.kind} exited: see {logpath}")
             text = logpath.read_text(errors="replace")
             if self.kind.startswith("tern"):
-                m = re.search(r"tern-node ready grpc=([0-9.]+:\d+) metrics=([0-9.]+:\d+)", text)
-                if m:
-                    self.metrics_url = f"http://{m.group(2)}/metrics"
-                    return m.group(1)
+                ready = re.search(r"tern-node ready (.*)", text)
+                if ready:
+                    # `grpc=ADDR http=ADDR|off metrics=ADDR ...`, in any order.
+                    fields = dict(re.findall(r"(\w+)=(\S+)", ready.group(1)))
+                    self.metrics_url = f"http://{fields['metrics']}/metrics"
+                    if fields.get("http", "off") != "off":
+                        self.http_addr = fields["http"]
+                    return fields["grpc"]
             elif "Started GRPCInferenceService" in text:
                 import tritonclient.grpc as grpcclient
 
@@ -327,6 +336,8 @@ class Server:
                     try:
                         if c.is_server_ready():
                             self.version = c.get_server_metadata().version
+                            if self.http_port:
+                                self.http_addr = f"127.0.0.1:{self.http_port}"
                             return addr
                     except Exception:
                         pass
