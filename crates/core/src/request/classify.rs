@@ -2,6 +2,14 @@
 
 use crate::{DataType, Tensor, codec};
 
+/// Why an output cannot be classified.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ClassifyError {
+    /// Only numeric tensors have scores to rank.
+    #[error("output '{output}' is BYTES and cannot be classified")]
+    NotNumeric { output: String },
+}
+
 /// Triton's classification extension: replaces `tensor` by its top `k` entries per batch row
 /// (per tensor when not batched) as BYTES `"score:index"` or `"score:index:label"`.
 pub fn classify(
@@ -9,7 +17,7 @@ pub fn classify(
     k: usize,
     batched: bool,
     labels: Option<&[String]>,
-) -> Result<Tensor, String> {
+) -> Result<Tensor, ClassifyError> {
     let values = to_f64(tensor)?;
     let rows = if batched { tensor.shape.first().copied().unwrap_or(1).max(1) as usize } else { 1 };
     let per_row = values.len().checked_div(rows).unwrap_or(0);
@@ -40,7 +48,7 @@ pub fn classify(
     })
 }
 
-fn to_f64(t: &Tensor) -> Result<Vec<f64>, String> {
+fn to_f64(t: &Tensor) -> Result<Vec<f64>, ClassifyError> {
     let d = t.data.as_ref();
     macro_rules! conv {
         ($ty:ty, $n:expr) => {
@@ -64,6 +72,6 @@ fn to_f64(t: &Tensor) -> Result<Vec<f64>, String> {
         DataType::Bf16 => {
             d.chunks_exact(2).map(|c| half::bf16::from_le_bytes([c[0], c[1]]).to_f64()).collect()
         }
-        DataType::Bytes => return Err(format!("output '{}' is BYTES and cannot be classified", t.name)),
+        DataType::Bytes => return Err(ClassifyError::NotNumeric { output: t.name.clone() }),
     })
 }

@@ -11,9 +11,11 @@ use crate::codec::{self, CodecError};
 use crate::{DataType, RequestError, Tensor};
 
 mod classify;
-pub use classify::classify;
+pub use classify::{ClassifyError, classify};
 
-/// One input or output of a loaded model, as its (completed) config describes it.
+/// One input or output of a loaded model, as its (completed) config describes it (Triton's
+/// `ModelInput`/`ModelOutput`). Not a [`TensorSpec`](crate::TensorSpec), which is what the
+/// model file declares: `dims` here leave out the batch dimension and may be reshaped.
 #[derive(Debug, Clone, PartialEq)]
 pub struct IoSpec {
     pub name: String,

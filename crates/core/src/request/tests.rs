@@ -245,3 +245,16 @@ fn classify_top_k_per_row_with_labels() {
     let first = codec::bytes_elements(&c.data).next().expect("one").expect("framed");
     assert_eq!(first, b"0.7:1");
 }
+
+#[test]
+fn classifying_bytes_is_refused_with_the_same_message() {
+    let t = Tensor {
+        name: "text".into(),
+        datatype: DataType::Bytes,
+        shape: vec![1],
+        data: codec::encode_bytes_elements(&["a"]),
+    };
+    let e = classify(&t, 1, false, None).expect_err("BYTES has no scores");
+    assert_eq!(e, ClassifyError::NotNumeric { output: "text".into() });
+    assert_eq!(e.to_string(), "output 'text' is BYTES and cannot be classified");
+}
