@@ -35,7 +35,7 @@ fn config(timeout: Option<Duration>) -> SchedulerConfig {
 fn pending(id: u64, at: Instant, timeout: Option<Duration>) -> Pending<u64> {
     Pending {
         item: id,
-        rows: 1,
+        batch_size: 1,
         shape_key: vec![vec![16]],
         level: 1,
         enqueued: at,

@@ -45,7 +45,9 @@ use std::path::PathBuf;
 pub use accelerators::{AcceleratorScope, Device, GpuSettings, TensorRtOptions, TensorRtPrecision};
 pub use backend::OrtBackend;
 pub use ffi::release_freed_memory;
-pub use placement::{GpuSupport, InstancePlan, instance_plan, placed_instance_groups, plan_instances};
+pub use placement::{
+    GpuSupport, GpuUnusable, InstancePlan, instance_plan, placed_instance_groups, plan_instances,
+};
 pub use runtime::{RuntimeInfo, init_runtime};
 pub use settings::{GraphOptimization, SessionSettings, session_settings, session_settings_for};
 
@@ -92,7 +94,7 @@ pub enum OrtBackendError {
     /// An instance group asks for a GPU (or TensorRT) this process cannot use, and falling
     /// back is not allowed. `wants` is "KIND_GPU" or "configured for TensorRT (FP16)".
     #[error("instance group '{group}' of model '{model}' is {wants} but {reason}; {hint}")]
-    GpuUnavailable { model: String, group: String, wants: String, reason: String, hint: &'static str },
+    GpuUnavailable { model: String, group: String, wants: String, reason: GpuUnusable, hint: &'static str },
     /// An instance group that cannot be placed as written (bad GPU id, GPUs on a CPU group).
     #[error("{0}")]
     InvalidInstanceGroup(String),

@@ -53,20 +53,27 @@ pub struct InstancePlan {
     pub fallback: bool,
 }
 
-/// What this process can run on, as far as GPUs go. `Err` holds why not, as a sentence that
-/// ends up in the model's load error.
+/// What this process can run on, as far as GPUs go. `Err` holds why not.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct GpuSupport {
     /// The number of usable CUDA devices (at least 1).
-    pub cuda: Result<u32, String>,
+    pub cuda: Result<u32, GpuUnusable>,
     /// Whether the TensorRT execution provider can be registered.
-    pub tensorrt: Result<(), String>,
+    pub tensorrt: Result<(), GpuUnusable>,
 }
+
+/// Why CUDA or TensorRT is not usable, as a sentence that ends up in the model's load error.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct GpuUnusable(pub String);
 
 impl GpuSupport {
     /// No GPU at all, for `reason`.
     pub fn none(reason: &str) -> GpuSupport {
-        GpuSupport { cuda: Err(reason.to_string()), tensorrt: Err(reason.to_string()) }
+        GpuSupport {
+            cuda: Err(GpuUnusable(reason.to_string())),
+            tensorrt: Err(GpuUnusable(reason.to_string())),
+        }
     }
 }
 
@@ -84,7 +91,7 @@ pub fn instance_plan(
         let tensorrt = if cuda.is_ok() && base.gpu.tensorrt.is_some() {
             probe_tensorrt()?
         } else {
-            Err("not probed".to_string())
+            Err(GpuUnusable("not probed".to_string()))
         };
         GpuSupport { cuda, tensorrt }
     } else {
@@ -284,11 +291,11 @@ pub const TENSORRT_HINT: &str = "install TensorRT 10 (libnvinfer.so.10, libnvonn
 
 // === probes ===
 
-static CUDA_PROBE: OnceLock<Result<u32, String>> = OnceLock::new();
-static TENSORRT_PROBE: OnceLock<Result<(), String>> = OnceLock::new();
+static CUDA_PROBE: OnceLock<Result<u32, GpuUnusable>> = OnceLock::new();
+static TENSORRT_PROBE: OnceLock<Result<(), GpuUnusable>> = OnceLock::new();
 
 /// Whether CUDA is usable, probed once per process (devices do not come and go).
-fn probe_cuda() -> Result<Result<u32, String>, OrtBackendError> {
+fn probe_cuda() -> Result<Result<u32, GpuUnusable>, OrtBackendError> {
     if let Some(done) = CUDA_PROBE.get() {
         return Ok(done.clone());
     }
@@ -312,7 +319,8 @@ fn probe_cuda() -> Result<Result<u32, String>, OrtBackendError> {
                 .to_string()),
             n => Ok(n),
         }
-    })();
+    })()
+    .map_err(GpuUnusable);
     match &result {
         Ok(n) => tracing::info!(devices = n, "CUDA execution provider usable"),
         Err(reason) => tracing::info!(%reason, "no usable GPU"),
@@ -321,7 +329,7 @@ fn probe_cuda() -> Result<Result<u32, String>, OrtBackendError> {
 }
 
 /// Whether TensorRT can be registered, probed once per process.
-fn probe_tensorrt() -> Result<Result<(), String>, OrtBackendError> {
+fn probe_tensorrt() -> Result<Result<(), GpuUnusable>, OrtBackendError> {
     if let Some(done) = TENSORRT_PROBE.get() {
         return Ok(done.clone());
     }
@@ -334,7 +342,8 @@ fn probe_tensorrt() -> Result<Result<(), String>, OrtBackendError> {
             runtime::library_description()
         )),
         Err(e) => Err(format!("ONNX Runtime cannot list its execution providers: {e}")),
-    };
+    }
+    .map_err(GpuUnusable);
     if let Err(reason) = &result {
         tracing::info!(%reason, "TensorRT unusable");
     }
@@ -564,7 +573,10 @@ mod tests {
 
     #[test]
     fn missing_tensorrt_is_an_error_or_a_cuda_fallback() {
-        let support = GpuSupport { cuda: Ok(1), tensorrt: Err("libnvinfer.so.10: cannot open".to_string()) };
+        let support = GpuSupport {
+            cuda: Ok(1),
+            tensorrt: Err(GpuUnusable("libnvinfer.so.10: cannot open".to_string())),
+        };
         let c = config(vec![group("g", Kind::Gpu, 1, &[0])]);
         let e = plan_err(&c, &trt_settings(), false, &support);
         for part in ["TensorRT (FP16)", "libnvinfer.so.10", "--allow-cpu-fallback"] {

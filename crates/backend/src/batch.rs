@@ -46,10 +46,12 @@ pub fn concat_inputs(requests: &[Vec<Tensor>]) -> Result<Vec<Tensor>, BackendErr
     Ok(out)
 }
 
-/// Splits each output by rows: request `i` gets `rows[i]` rows, as slices of the output buffer.
-pub fn split_outputs(outputs: Vec<Tensor>, rows: &[u32]) -> Result<Vec<Vec<Tensor>>, BackendError> {
-    let total: i64 = rows.iter().map(|&r| i64::from(r)).sum();
-    let mut per_request: Vec<Vec<Tensor>> = rows.iter().map(|_| Vec::with_capacity(outputs.len())).collect();
+/// Splits each output by rows: request `i` gets `batch_sizes[i]` rows, as slices of the output
+/// buffer.
+pub fn split_outputs(outputs: Vec<Tensor>, batch_sizes: &[u32]) -> Result<Vec<Vec<Tensor>>, BackendError> {
+    let total: i64 = batch_sizes.iter().map(|&r| i64::from(r)).sum();
+    let mut per_request: Vec<Vec<Tensor>> =
+        batch_sizes.iter().map(|_| Vec::with_capacity(outputs.len())).collect();
     for t in outputs {
         if t.shape.first() != Some(&total) {
             return Err(BackendError::Execution(format!(
@@ -58,8 +60,8 @@ pub fn split_outputs(outputs: Vec<Tensor>, rows: &[u32]) -> Result<Vec<Vec<Tenso
             )));
         }
         let row_elems: usize = t.shape[1..].iter().map(|&d| d.max(0) as usize).product();
-        let offsets = row_offsets(&t, row_elems, rows)?;
-        for (i, &r) in rows.iter().enumerate() {
+        let offsets = row_offsets(&t, row_elems, batch_sizes)?;
+        for (i, &r) in batch_sizes.iter().enumerate() {
             let mut shape = t.shape.clone();
             shape[0] = i64::from(r);
             per_request[i].push(Tensor {
@@ -74,14 +76,14 @@ pub fn split_outputs(outputs: Vec<Tensor>, rows: &[u32]) -> Result<Vec<Vec<Tenso
 }
 
 /// Byte offsets where each request's rows start (plus the end).
-fn row_offsets(t: &Tensor, row_elems: usize, rows: &[u32]) -> Result<Vec<usize>, BackendError> {
-    let mut offsets = Vec::with_capacity(rows.len() + 1);
+fn row_offsets(t: &Tensor, row_elems: usize, batch_sizes: &[u32]) -> Result<Vec<usize>, BackendError> {
+    let mut offsets = Vec::with_capacity(batch_sizes.len() + 1);
     offsets.push(0);
     match t.datatype.element_size() {
         Some(size) => {
             let row_bytes = row_elems * size;
             let mut at = 0;
-            for &r in rows {
+            for &r in batch_sizes {
                 at += r as usize * row_bytes;
                 offsets.push(at);
             }
@@ -103,7 +105,7 @@ fn row_offsets(t: &Tensor, row_elems: usize, rows: &[u32]) -> Result<Vec<usize>,
                 ends.push(at);
             }
             let mut element = 0usize;
-            for &r in rows {
+            for &r in batch_sizes {
                 element += r as usize * row_elems;
                 let end = if element == 0 { 0 } else { *ends.get(element - 1).unwrap_or(&usize::MAX) };
                 if end == usize::MAX {

@@ -45,12 +45,12 @@ pub struct ExecTimings {
     pub compute_output: std::time::Duration,
 }
 
-/// Several requests run as one execution. Each request's inputs carry their own rows in the
-/// first dimension when the model batches (`rows[i]`; 0 when it does not, and then there is
-/// exactly one request).
+/// Several requests run as one execution. Each request's inputs carry their own batch size in
+/// the first dimension when the model batches (`batch_sizes[i]`; 0 when it does not, and then
+/// there is exactly one request).
 pub struct BatchJob {
     pub requests: Vec<Vec<Tensor>>,
-    pub rows: Vec<u32>,
+    pub batch_sizes: Vec<u32>,
     /// Outputs to compute for every request; empty means all.
     pub outputs: Vec<String>,
 }
@@ -70,7 +70,7 @@ pub fn run(backend: &mut dyn Backend, job: BatchJob) -> (BatchResult, ExecTiming
 }
 
 fn execute(backend: &mut dyn Backend, job: BatchJob, timings: &mut ExecTimings) -> BatchResult {
-    let BatchJob { mut requests, rows, outputs } = job;
+    let BatchJob { mut requests, batch_sizes, outputs } = job;
     if requests.len() == 1 {
         // One request: its buffers go to the backend as they are.
         let t = std::time::Instant::now();
@@ -87,7 +87,8 @@ fn execute(backend: &mut dyn Backend, job: BatchJob, timings: &mut ExecTimings) 
     let out = tracing::debug_span!("compute_infer").in_scope(|| backend.infer(inputs, &outputs))?;
     timings.compute_infer = t.elapsed();
     let t = std::time::Instant::now();
-    let split = tracing::debug_span!("compute_output").in_scope(|| batch::split_outputs(out, &rows))?;
+    let split =
+        tracing::debug_span!("compute_output").in_scope(|| batch::split_outputs(out, &batch_sizes))?;
     timings.compute_output = t.elapsed();
     Ok(split)
 }
@@ -110,7 +111,7 @@ mod tests {
     }
 
     fn one(inputs: Vec<Tensor>) -> BatchJob {
-        BatchJob { requests: vec![inputs], rows: vec![0], outputs: vec![] }
+        BatchJob { requests: vec![inputs], batch_sizes: vec![0], outputs: vec![] }
     }
 
     #[test]

@@ -5,13 +5,19 @@
 pub mod codec;
 mod datatype;
 mod error;
+mod failure;
 pub mod limits;
+mod model_state;
 pub mod request;
 pub mod signature;
 mod tensor;
 
 pub use datatype::DataType;
 pub use error::RequestError;
-pub use request::{IoSpec, ModelIo, RequestedOutput, ValidatedRequest, classify, validate_request};
+pub use failure::FailureReason;
+pub use model_state::{ModelState, UnknownModelState};
+pub use request::{
+    ClassifyError, IoSpec, ModelIo, RequestedOutput, ValidatedRequest, classify, validate_request,
+};
 pub use signature::{ModelSignature, TensorSpec};
 pub use tensor::Tensor;

@@ -4,7 +4,9 @@
 use crate::DataType;
 
 /// One input or output as the model file declares it. `dims` has -1 for every dimension the
-/// model leaves symbolic or unknown (including the batch dimension when there is one).
+/// model leaves symbolic or unknown (including the batch dimension when there is one). The
+/// config's view of the same tensor is an [`IoSpec`](crate::IoSpec); the repository checks one
+/// against the other.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TensorSpec {
     pub name: String,

@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
+use tern_core::ModelState;
 use tern_proto::cluster::{
     self as pb, NodeStatus, membership_client::MembershipClient, node_control_server::NodeControl,
 };
@@ -69,7 +70,11 @@ pub fn node_status(state: &NodeState, identity: &ClusterIdentity, advertised: &s
         .map(|row| pb::ModelReplica {
             name: row.name,
             version: row.version,
-            state: if draining && row.state == "READY" { "UNLOADING".into() } else { row.state.to_string() },
+            state: if draining && row.state == ModelState::Ready.as_str() {
+                ModelState::Unloading.as_str().into()
+            } else {
+                row.state.to_string()
+            },
             reason: if draining { "the node is shutting down".into() } else { row.reason },
             memory_bytes: 0,
             in_flight: 0,

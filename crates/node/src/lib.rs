@@ -20,6 +20,7 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
+use tern_core::ModelState;
 use tern_proto::inference::grpc_inference_service_server::GrpcInferenceServiceServer;
 use tokio::net::TcpListener;
 use tonic::codec::CompressionEncoding;
@@ -248,8 +249,6 @@ struct NodeSampler(Arc<NodeState>);
 
 impl tern_telemetry::ModelSampler for NodeSampler {
     fn samples(&self) -> Vec<tern_telemetry::ModelSample> {
-        use tern_scheduler::stats::FailureReason as R;
-        use tern_telemetry::FailureReason as T;
         self.0
             .models
             .all_ready_models()
@@ -261,19 +260,7 @@ impl tern_telemetry::ModelSampler for NodeSampler {
                     version: m.version_str.clone(),
                     success_count: s.success.count,
                     success_ns: s.success.ns,
-                    failures: s
-                        .failures
-                        .iter()
-                        .map(|&(r, n)| {
-                            let r = match r {
-                                R::Rejected => T::Rejected,
-                                R::Canceled => T::Canceled,
-                                R::Backend => T::Backend,
-                                R::Other => T::Other,
-                            };
-                            (r, n)
-                        })
-                        .collect(),
+                    failures: s.failures.to_vec(),
                     fail_ns: s.fail.ns,
                     queue_ns: s.queue.ns,
                     compute_input_ns: s.compute_input.ns,
@@ -300,10 +287,10 @@ impl tern_telemetry::ModelSampler for NodeSampler {
             .map(|row| tern_telemetry::ModelStateSample {
                 model: row.name,
                 version: row.version,
-                state: if row.state == "READY" {
-                    tern_telemetry::ModelReadiness::Ready
+                state: if row.state == ModelState::Ready.as_str() {
+                    ModelState::Ready
                 } else {
-                    tern_telemetry::ModelReadiness::Unavailable
+                    ModelState::Unavailable
                 },
             })
             .collect()

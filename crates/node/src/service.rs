@@ -5,13 +5,13 @@ use std::pin::Pin;
 use std::sync::Arc;
 
 use futures::{Stream, StreamExt};
-use tern_core::{DataType, RequestError, Tensor, classify, validate_request};
+use tern_core::{DataType, FailureReason, ModelState, RequestError, Tensor, classify, validate_request};
 use tern_proto::inference::{self as pb, grpc_inference_service_server::GrpcInferenceService};
 use tonic::{Request, Response, Status, Streaming};
 use tracing::Instrument;
 
 use tern_gate::{authorize_model, may_see_model, principal};
-use tern_scheduler::{FailureReason, InferJob, StatsSnapshot};
+use tern_scheduler::{InferJob, StatsSnapshot};
 
 use crate::manager::{ControlMode, ModelManager};
 
@@ -108,7 +108,7 @@ impl NodeService {
         })?;
         let job = InferJob {
             inputs: request.inputs,
-            rows: request.batch_size,
+            batch_size: request.batch_size,
             outputs: request.outputs.iter().map(|o| o.name.clone()).collect(),
             priority: request.priority,
             timeout: request.timeout,
@@ -415,7 +415,7 @@ impl GrpcInferenceService for NodeService {
             .repository_index()
             .await
             .into_iter()
-            .filter(|row| !ready_only || row.state == "READY")
+            .filter(|row| !ready_only || row.state == ModelState::Ready.as_str())
             .filter(|row| may_see_model(caller.as_ref(), &row.name))
             .map(|row| pb::repository_index_response::ModelIndex {
                 name: row.name,

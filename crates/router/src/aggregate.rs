@@ -3,6 +3,7 @@
 
 use std::collections::BTreeMap;
 
+use tern_core::ModelState;
 use tern_proto::inference::{
     InferResponseStatistics, InferStatistics, ModelStatistics, StatisticDuration,
     repository_index_response::ModelIndex,
@@ -74,12 +75,12 @@ pub fn merge_statistics(per_node: impl IntoIterator<Item = Vec<ModelStatistics>>
 
 /// Triton's states from most to least servable; a merged row shows the best state of any node.
 fn rank(state: &str) -> u8 {
-    match state {
-        "READY" => 4,
-        "LOADING" => 3,
-        "UNLOADING" => 2,
-        "UNAVAILABLE" => 1,
-        _ => 0,
+    match ModelState::parse(state) {
+        Some(ModelState::Ready) => 4,
+        Some(ModelState::Loading) => 3,
+        Some(ModelState::Unloading) => 2,
+        Some(ModelState::Unavailable) => 1,
+        Some(ModelState::Unknown) | None => 0,
     }
 }
 
@@ -94,7 +95,7 @@ pub fn merge_index(
     for (node, rows) in per_node {
         for row in rows {
             let key = (row.name.clone(), row.version.clone());
-            let ready = row.state == "READY";
+            let ready = row.state == ModelState::Ready.as_str();
             let slot = merged.entry(key).or_insert_with(|| (row.clone(), Vec::new()));
             if rank(&row.state) > rank(&slot.0.state) {
                 slot.0 = row;
@@ -113,7 +114,7 @@ pub fn merge_index(
             !(version.is_empty() && row.state.is_empty() && versioned.contains(name))
         })
         .map(|(_, (mut row, mut nodes))| {
-            if holders && row.state == "READY" {
+            if holders && row.state == ModelState::Ready.as_str() {
                 nodes.sort();
                 row.reason = format!("ready on: {}", nodes.join(", "));
             }

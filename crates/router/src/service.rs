@@ -12,6 +12,7 @@ use std::task::{Context, Poll};
 use bytes::Bytes;
 use futures::{Stream, StreamExt};
 use prost::Message;
+use tern_core::ModelState;
 use tern_proto::inference::{self as pb, grpc_inference_service_server::GrpcInferenceService};
 use tonic::codec::CompressionEncoding;
 use tonic::server::NamedService;
@@ -245,7 +246,7 @@ impl GrpcInferenceService for RouterService {
         let holders = self.state.placement.settings().index_holders;
         let models = merge_index(per_node, holders)
             .into_iter()
-            .filter(|m| !req.ready || m.state == "READY")
+            .filter(|m| !req.ready || m.state == ModelState::Ready.as_str())
             .filter(|m| may_see_model(caller.as_ref(), &m.name))
             .collect();
         Ok(Response::new(pb::RepositoryIndexResponse { models }))

@@ -23,19 +23,19 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use tern_backend::{Backend, BackendError, BatchJob, batch::select_outputs};
-use tern_core::{RequestError, Tensor};
+use tern_core::{FailureReason, RequestError, Tensor};
 use tokio::sync::{Notify, oneshot};
 
 pub use policy::SchedulerConfig;
 use state::{BatchState, Pending, Ticket};
-pub use stats::{FailureReason, ModelStats, StatsSnapshot};
+pub use stats::{ModelStats, StatsSnapshot};
 
 /// One request for the scheduler: inputs already validated against the model.
 #[derive(Debug, Clone)]
 pub struct InferJob {
     pub inputs: Vec<Tensor>,
-    /// Rows in the request's batch dimension; 0 when the model does not batch.
-    pub rows: u32,
+    /// The request's batch size (its first dimension); 0 when the model does not batch.
+    pub batch_size: u32,
     /// Outputs wanted, in order; empty means all.
     pub outputs: Vec<String>,
     /// Triton's `priority` request parameter (0 = the model's default level).
@@ -291,7 +291,7 @@ impl Scheduler {
                 outputs: job.outputs,
                 reply,
             },
-            rows: job.rows,
+            batch_size: job.batch_size,
             shape_key,
             level,
             enqueued,
@@ -462,8 +462,8 @@ fn execute(
     batching: bool,
 ) -> Vec<Answer> {
     let outputs = batch_outputs(&batch);
-    let rows: Vec<u32> = batch.iter().map(|p| p.rows).collect();
-    let batch_size = if batching { rows.iter().sum() } else { 1 };
+    let batch_sizes: Vec<u32> = batch.iter().map(|p| p.batch_size).collect();
+    let batch_size = if batching { batch_sizes.iter().sum() } else { 1 };
     let mut waiting = Vec::with_capacity(batch.len());
     let mut requests = Vec::with_capacity(batch.len());
     // The execution's span follows from every request it serves; their queue spans end here.
@@ -476,8 +476,9 @@ fn execute(
         requests.push(p.item.inputs);
         waiting.push((p.enqueued, p.item.seq, p.item.outputs, p.item.reply));
     }
-    let (result, t) = batch_span
-        .in_scope(|| tern_backend::run(backend, BatchJob { requests, rows, outputs: outputs.clone() }));
+    let (result, t) = batch_span.in_scope(|| {
+        tern_backend::run(backend, BatchJob { requests, batch_sizes, outputs: outputs.clone() })
+    });
     // Closed before the answers go out: a client that has its answer may count on the
     // execution's span being complete (exported traces).
     drop(batch_span);

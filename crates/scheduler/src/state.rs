@@ -14,14 +14,14 @@ use std::collections::{BTreeMap, BinaryHeap};
 use std::time::Instant;
 
 use crate::policy::{OnTimeout, SchedulerConfig};
-use crate::stats::FailureReason;
+use tern_core::FailureReason;
 
 /// A queued request and what batching needs to know of it.
 #[derive(Debug)]
 pub struct Pending<T> {
     pub item: T,
-    /// Rows it brings to a batch (its batch dimension; 0 when the model does not batch).
-    pub rows: u32,
+    /// The batch size it brings to a batch (its first dimension; 0 when the model does not batch).
+    pub batch_size: u32,
     /// Its inputs' non-batch dims; only requests with equal keys share a batch.
     pub shape_key: Vec<Vec<i64>>,
     pub level: u32,
@@ -178,16 +178,16 @@ impl<T> BatchState<T> {
             return (1, true);
         }
         let max = self.config.max_batch_size.max(1);
-        let mut rows = seed.rows;
+        let mut batch_size = seed.batch_size;
         let mut count = 1;
         for p in it {
-            if p.shape_key != seed.shape_key || rows + p.rows > max || count >= max as usize {
+            if p.shape_key != seed.shape_key || batch_size + p.batch_size > max || count >= max as usize {
                 return (count, true);
             }
-            rows += p.rows;
+            batch_size += p.batch_size;
             count += 1;
         }
-        (count, rows >= max)
+        (count, batch_size >= max)
     }
 
     /// Triton's dynamic batcher: how many of the `count` gathered requests to send now.
@@ -196,12 +196,12 @@ impl<T> BatchState<T> {
             return Some(count);
         }
         let preferred = &self.config.preferred_batch_sizes;
-        // Rows so far, and the longest prefix whose rows are a preferred size.
+        // The batch size so far, and the longest prefix whose batch size is a preferred size.
         let mut total = 0u32;
         let mut preferred_prefix = None;
         let mut oldest: Option<Instant> = None;
         for (i, p) in self.candidates().take(count).enumerate() {
-            total += p.rows;
+            total += p.batch_size;
             if preferred.contains(&total) {
                 preferred_prefix = Some(i + 1);
             }

@@ -15,8 +15,8 @@ fn config(max: u32, preferred: &[u32], delay_us: u64) -> SchedulerConfig {
     }
 }
 
-fn pending(id: u32, rows: u32, at: Instant) -> Pending<u32> {
-    Pending { item: id, rows, shape_key: vec![vec![16]], level: 1, enqueued: at, deadline: None }
+fn pending(id: u32, batch_size: u32, at: Instant) -> Pending<u32> {
+    Pending { item: id, batch_size, shape_key: vec![vec![16]], level: 1, enqueued: at, deadline: None }
 }
 
 fn timed(id: u32, at: Instant, after_ms: u64) -> Pending<u32> {

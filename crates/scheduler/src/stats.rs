@@ -6,41 +6,15 @@ use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, PoisonError, RwLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-/// Why a request failed, with Triton's metric `reason` values.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
-pub enum FailureReason {
-    /// Rejected by the scheduler: queue full or queue timeout.
-    Rejected,
-    /// The client cancelled or its deadline passed before the request ran.
-    Canceled,
-    /// The backend failed while executing.
-    Backend,
-    /// Anything else (invalid input, ...).
-    #[default]
-    Other,
-}
+use tern_core::FailureReason;
 
-impl FailureReason {
-    pub const ALL: [FailureReason; 4] =
-        [FailureReason::Other, FailureReason::Backend, FailureReason::Canceled, FailureReason::Rejected];
-
-    /// Triton's label value.
-    pub fn label(self) -> &'static str {
-        match self {
-            FailureReason::Rejected => "REJECTED",
-            FailureReason::Canceled => "CANCELED",
-            FailureReason::Backend => "BACKEND",
-            FailureReason::Other => "OTHER",
-        }
-    }
-
-    fn index(self) -> usize {
-        match self {
-            FailureReason::Other => 0,
-            FailureReason::Backend => 1,
-            FailureReason::Canceled => 2,
-            FailureReason::Rejected => 3,
-        }
+/// Where a reason's counter sits, in [`FailureReason::ALL`] order.
+fn reason_index(reason: FailureReason) -> usize {
+    match reason {
+        FailureReason::Other => 0,
+        FailureReason::Backend => 1,
+        FailureReason::Canceled => 2,
+        FailureReason::Rejected => 3,
     }
 }
 
@@ -136,7 +110,7 @@ impl ModelStats {
     /// A request that failed, with its duration so far.
     pub fn record_failure(&self, reason: FailureReason, duration: Duration) {
         self.fail.add(duration);
-        self.failures[reason.index()].fetch_add(1, Relaxed);
+        self.failures[reason_index(reason)].fetch_add(1, Relaxed);
     }
 
     /// One execution of `batch_size` rows.
@@ -193,7 +167,7 @@ impl ModelStats {
             compute_input: self.compute_input.snapshot(),
             compute_infer: self.compute_infer.snapshot(),
             compute_output: self.compute_output.snapshot(),
-            failures: FailureReason::ALL.map(|r| (r, self.failures[r.index()].load(Relaxed))),
+            failures: FailureReason::ALL.map(|r| (r, self.failures[reason_index(r)].load(Relaxed))),
             batches: self
                 .batches
                 .read()

@@ -7,9 +7,9 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use tern_backend::{Backend, BackendError};
-use tern_core::{DataType, RequestError, Tensor};
+use tern_core::{DataType, FailureReason, RequestError, Tensor};
 use tern_scheduler::policy::{OnTimeout, QueuePolicy};
-use tern_scheduler::{FailureReason, InferJob, Scheduler, SchedulerConfig};
+use tern_scheduler::{InferJob, Scheduler, SchedulerConfig};
 
 /// Blocks instance threads until the test lets executions through.
 #[derive(Default)]
@@ -76,16 +76,16 @@ fn config(max: u32, preferred: &[u32], delay: Duration) -> SchedulerConfig {
     }
 }
 
-fn job(rows: u32, value: f32) -> InferJob {
-    let data: Vec<u8> = (0..rows * 2).flat_map(|_| value.to_le_bytes()).collect();
+fn job(batch_size: u32, value: f32) -> InferJob {
+    let data: Vec<u8> = (0..batch_size * 2).flat_map(|_| value.to_le_bytes()).collect();
     InferJob {
         inputs: vec![Tensor {
             name: "x".into(),
             datatype: DataType::Fp32,
-            shape: vec![i64::from(rows), 2],
+            shape: vec![i64::from(batch_size), 2],
             data: Bytes::from(data),
         }],
-        rows,
+        batch_size,
         outputs: vec![],
         priority: 0,
         timeout: None,
@@ -350,9 +350,10 @@ async fn requests_asking_for_different_outputs_share_a_batch_and_get_their_own()
     )
     .expect("start");
     let scheduler = Arc::new(scheduler);
-    let ask = |rows: u32, value: f32, outputs: &[&str]| {
+    let ask = |batch_size: u32, value: f32, outputs: &[&str]| {
         let s = scheduler.clone();
-        let job = InferJob { outputs: outputs.iter().map(|o| o.to_string()).collect(), ..job(rows, value) };
+        let job =
+            InferJob { outputs: outputs.iter().map(|o| o.to_string()).collect(), ..job(batch_size, value) };
         tokio::spawn(async move { s.infer(job).await })
     };
     let a = ask(1, 1.0, &["y"]);

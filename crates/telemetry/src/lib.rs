@@ -18,7 +18,8 @@
 //!   context over gRPC metadata.
 //!
 //! This crate owns no statistics, no model state and no gRPC service: it renders what its
-//! callers own. It depends on no other Tern crate.
+//! callers own. Of Tern's crates it depends only on `tern-core`, for the vocabulary it labels
+//! with ([`tern_core::FailureReason`], [`tern_core::ModelState`]).
 //!
 //! Wiring, in a binary:
 //! ```no_run
@@ -48,8 +49,8 @@ pub use metrics::{
     HealthCheck, MODEL_LOAD_BUCKETS_S, Metrics, RequestLatency, process_resident_memory_bytes,
 };
 pub use model::{
-    BATCH_SIZE_BUCKETS, FailureReason, ModelCollector, ModelReadiness, ModelSample, ModelSampler,
-    ModelStateSample, render as render_model_families,
+    BATCH_SIZE_BUCKETS, ModelCollector, ModelSample, ModelSampler, ModelStateSample,
+    render as render_model_families,
 };
 pub use propagation::{
     TRACE_ID_FIELD, extract_context, inject_context, inject_span_context, set_parent_from_metadata,
@@ -85,9 +86,9 @@ mod tests {
             success_count: 853_838,
             success_ns: 1_987_547_631_999,
             failures: vec![
-                (FailureReason::Backend, 2),
-                (FailureReason::Rejected, 3),
-                (FailureReason::Backend, 1),
+                (tern_core::FailureReason::Backend, 2),
+                (tern_core::FailureReason::Rejected, 3),
+                (tern_core::FailureReason::Backend, 1),
             ],
             fail_ns: 5_000,
             queue_ns: 894_966_972_000,
@@ -109,7 +110,7 @@ mod tests {
             .map(|s| ModelStateSample {
                 model: s.model.clone(),
                 version: s.version.clone(),
-                state: ModelReadiness::Ready,
+                state: tern_core::ModelState::Ready,
             })
             .collect::<Vec<_>>();
         struct Fixed(Vec<ModelSample>, Vec<ModelStateSample>);

@@ -9,45 +9,9 @@ use std::sync::{Arc, PoisonError, RwLock};
 
 use prometheus::core::{Collector, Desc};
 use prometheus::proto::{self, LabelPair, MetricFamily, MetricType};
+use tern_core::{FailureReason, ModelState};
 
 use crate::names::{self, Family, LABEL_MODEL, LABEL_REASON, LABEL_STATE, LABEL_VERSION};
-
-// === FailureReason ===
-
-/// Why a request failed, as Triton labels `nv_inference_request_failure{reason}`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub enum FailureReason {
-    /// Refused before execution: queue full, queue timeout, admission.
-    Rejected,
-    /// Cancelled by the client or by the server (deadline, shutdown).
-    Canceled,
-    /// The backend (ONNX Runtime) failed executing it.
-    Backend,
-    /// Anything else (validation after enqueue, internal errors).
-    Other,
-}
-
-impl FailureReason {
-    /// All reasons, in Triton's order; every model exports all four, zero or not.
-    pub const ALL: [FailureReason; 4] =
-        [FailureReason::Other, FailureReason::Backend, FailureReason::Canceled, FailureReason::Rejected];
-
-    /// The label value Triton uses.
-    pub const fn as_str(self) -> &'static str {
-        match self {
-            FailureReason::Rejected => "REJECTED",
-            FailureReason::Canceled => "CANCELED",
-            FailureReason::Backend => "BACKEND",
-            FailureReason::Other => "OTHER",
-        }
-    }
-}
-
-impl std::fmt::Display for FailureReason {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
 
 // === ModelSample ===
 
@@ -87,43 +51,12 @@ impl ModelSample {
     }
 }
 
-/// A model version's readiness, as Triton's repository index names them.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum ModelReadiness {
-    Unknown,
-    Ready,
-    Unavailable,
-    Loading,
-    Unloading,
-}
-
-impl ModelReadiness {
-    pub const ALL: [ModelReadiness; 5] = [
-        ModelReadiness::Unknown,
-        ModelReadiness::Ready,
-        ModelReadiness::Unavailable,
-        ModelReadiness::Loading,
-        ModelReadiness::Unloading,
-    ];
-
-    /// The `state` label value (Triton's `ModelReadyState` names).
-    pub const fn as_str(self) -> &'static str {
-        match self {
-            ModelReadiness::Unknown => "UNKNOWN",
-            ModelReadiness::Ready => "READY",
-            ModelReadiness::Unavailable => "UNAVAILABLE",
-            ModelReadiness::Loading => "LOADING",
-            ModelReadiness::Unloading => "UNLOADING",
-        }
-    }
-}
-
 /// One model version's readiness, for `tern_model_state`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ModelStateSample {
     pub model: String,
     pub version: String,
-    pub state: ModelReadiness,
+    pub state: ModelState,
 }
 
 /// The owner of per-model statistics, asked on every scrape. Must be cheap (atomic loads).
@@ -265,7 +198,7 @@ pub fn render(samples: &[ModelSample], states: &[ModelStateSample]) -> Vec<Metri
     let states = states
         .iter()
         .flat_map(|s| {
-            ModelReadiness::ALL.iter().map(move |&state| {
+            ModelState::ALL.iter().map(move |&state| {
                 let labels = labels(&[
                     (LABEL_MODEL, &s.model),
                     (LABEL_STATE, state.as_str()),

@@ -9,11 +9,11 @@
 pub const LABEL_MODEL: &str = "model";
 /// Label: model version, as a decimal string ("1").
 pub const LABEL_VERSION: &str = "version";
-/// Label: failure reason (see [`crate::FailureReason`]).
+/// Label: failure reason (see [`tern_core::FailureReason`]).
 pub const LABEL_REASON: &str = "reason";
 /// Label: NVML's GPU UUID ("GPU-8b0c...").
 pub const LABEL_GPU_UUID: &str = "gpu_uuid";
-/// Label: model readiness state (see [`crate::ModelReadiness`]).
+/// Label: model readiness state (see [`tern_core::ModelState`]).
 pub const LABEL_STATE: &str = "state";
 
 /// One exported family: what a dashboard or alert rule can rely on.

@@ -1,0 +1,384 @@
+use super::*;
+use crate::parse_config;
+use tern_core::DataType;
+use tern_proto::inference::ModelTensorReshape;
+
+fn spec(name: &str, datatype: DataType, dims: &[i64]) -> TensorSpec {
+    TensorSpec { name: name.to_owned(), datatype, dims: dims.to_vec() }
+}
+
+fn resnet() -> ModelSignature {
+    ModelSignature {
+        inputs: vec![spec("data", DataType::Fp32, &[-1, 3, 224, 224])],
+        outputs: vec![spec("prob", DataType::Fp32, &[-1, 1000])],
+    }
+}
+
+/// A completed config for [`resnet`], with `extra` appended to its text.
+fn resnet_config(extra: &str) -> ModelConfig {
+    let text = format!(
+        r#"
+        name: "m"
+        platform: "onnxruntime_onnx"
+        backend: "onnxruntime"
+        max_batch_size: 8
+        input [ {{ name: "data" data_type: TYPE_FP32 dims: [ 3, 224, 224 ] }} ]
+        output [ {{ name: "prob" data_type: TYPE_FP32 dims: [ 1000 ] }} ]
+        {extra}
+        "#
+    );
+    parse_config(&text).unwrap_or_else(|err| panic!("test config does not parse: {err}"))
+}
+
+fn message(config: &ModelConfig, signature: &ModelSignature) -> String {
+    match validate(config, signature) {
+        Ok(()) => "ok".to_owned(),
+        Err(err) => err.to_string(),
+    }
+}
+
+#[test]
+fn numbers_that_size_memory_are_bounded() {
+    // max_batch_size near 2^31 once sized a statistics vector of ~100 GB (issue 17).
+    let mut huge = resnet_config("");
+    huge.max_batch_size = i32::MAX;
+    assert_eq!(message(&huge, &resnet()), "model 'm': max_batch_size 2147483647 is over the limit of 65536");
+    let queue = resnet_config("dynamic_batching { default_queue_policy { max_queue_size: 4000000000 } }");
+    assert_eq!(
+        message(&queue, &resnet()),
+        "model 'm': dynamic_batching.default_queue_policy.max_queue_size 4000000000 is over the limit of 65536"
+    );
+    let instances = resnet_config("instance_group [ { name: \"g\" count: 100000 kind: KIND_CPU } ]");
+    assert_eq!(
+        message(&instances, &resnet()),
+        "model 'm': instance_group 'g' count 100000 is over the limit of 256"
+    );
+}
+
+#[test]
+fn valid_configs() {
+    assert_eq!(message(&resnet_config(""), &resnet()), "ok");
+    let dynamic = resnet_config("dynamic_batching { preferred_batch_size: [ 4, 8 ] }");
+    assert_eq!(message(&dynamic, &resnet()), "ok");
+    // -1 on either side matches anything.
+    let mut wildcard = resnet_config("");
+    wildcard.input[0].dims = vec![3, -1, -1];
+    assert_eq!(message(&wildcard, &resnet()), "ok");
+    let symbolic = ModelSignature {
+        inputs: vec![spec("data", DataType::Fp32, &[-1, 3, -1, -1])],
+        outputs: vec![spec("prob", DataType::Fp32, &[-1, -1])],
+    };
+    assert_eq!(message(&resnet_config(""), &symbolic), "ok");
+    // Unbatched: the config's dims are the model's full shape.
+    let mut unbatched = resnet_config("");
+    unbatched.max_batch_size = 0;
+    unbatched.input[0].dims = vec![-1, 3, 224, 224];
+    unbatched.output[0].dims = vec![-1, 1000];
+    assert_eq!(message(&unbatched, &resnet()), "ok");
+    // Model outputs may be left out of the config.
+    let mut fewer_outputs = resnet_config("");
+    fewer_outputs.output.clear();
+    assert_eq!(message(&fewer_outputs, &resnet()), "ok");
+}
+
+#[test]
+fn datatype_mismatch() {
+    let signature = ModelSignature { inputs: vec![spec("x", DataType::Int64, &[-1, 3])], outputs: vec![] };
+    let config = parse_config(
+        r#"name: "m" max_batch_size: 4
+           input [ { name: "x" data_type: TYPE_FP32 dims: [ 3 ] } ]"#,
+    )
+    .unwrap_or_default();
+    assert_eq!(
+        message(&config, &signature),
+        "model 'm': input 'x': data_type TYPE_FP32 in config.pbtxt does not match \
+         TYPE_INT64 in the model file"
+    );
+    assert!(matches!(
+        validate(&config, &signature),
+        Err(RepositoryError::DataTypeMismatch { kind: TensorKind::Input, .. })
+    ));
+}
+
+#[test]
+fn string_is_bytes() {
+    let signature = ModelSignature {
+        inputs: vec![spec("text", DataType::Bytes, &[-1])],
+        outputs: vec![spec("ids", DataType::Int32, &[-1])],
+    };
+    let config = parse_config(
+        r#"name: "m"
+           input [ { name: "text" data_type: TYPE_STRING dims: [ -1 ] } ]
+           output [ { name: "ids" data_type: TYPE_INT32 dims: [ -1 ] } ]"#,
+    )
+    .unwrap_or_default();
+    assert_eq!(message(&config, &signature), "ok");
+}
+
+#[test]
+fn dims_mismatch() {
+    let mut config = resnet_config("");
+    config.input[0].dims = vec![3, 224, 225];
+    assert_eq!(
+        message(&config, &resnet()),
+        "model 'm': input 'data': dims [3,224,225] in config.pbtxt do not match \
+         [3,224,224] in the model file (shape [-1,3,224,224] without its batch dimension, \
+         as max_batch_size 8 > 0)"
+    );
+    // The batch dimension written into dims while max_batch_size > 0.
+    let mut config = resnet_config("");
+    config.output[0].dims = vec![-1, 1000];
+    assert_eq!(
+        message(&config, &resnet()),
+        "model 'm': output 'prob': dims [-1,1000] in config.pbtxt do not match [1000] in \
+         the model file (shape [-1,1000] without its batch dimension, as max_batch_size 8 \
+         > 0)"
+    );
+    // Unbatched: compared with the full shape.
+    let mut config = resnet_config("");
+    config.max_batch_size = 0;
+    assert_eq!(
+        message(&config, &resnet()),
+        "model 'm': input 'data': dims [3,224,224] in config.pbtxt do not match \
+         [-1,3,224,224] in the model file"
+    );
+}
+
+#[test]
+fn fixed_batch_dimension() {
+    let signature = ModelSignature {
+        inputs: vec![spec("data", DataType::Fp32, &[1, 3, 224, 224])],
+        outputs: vec![spec("prob", DataType::Fp32, &[-1, 1000])],
+    };
+    assert_eq!(
+        message(&resnet_config(""), &signature),
+        "model 'm': max_batch_size 8 > 0 but input 'data' has a fixed batch dimension 1 in \
+         the model file; set max_batch_size: 0 or re-export with a dynamic batch dimension"
+    );
+    let scalar = ModelSignature {
+        inputs: vec![spec("data", DataType::Fp32, &[-1, 3, 224, 224])],
+        outputs: vec![spec("prob", DataType::Fp32, &[])],
+    };
+    assert_eq!(
+        message(&resnet_config(""), &scalar),
+        "model 'm': max_batch_size 8 > 0 but output 'prob' is a scalar in the model file, so \
+         it has no batch dimension; set max_batch_size: 0"
+    );
+}
+
+#[test]
+fn reshape_is_compared_instead_of_dims() {
+    let signature = ModelSignature {
+        inputs: vec![spec("data", DataType::Fp32, &[-1, 1, 3, 224, 224])],
+        outputs: vec![spec("prob", DataType::Fp32, &[-1])],
+    };
+    let mut config = resnet_config("");
+    config.input[0].reshape = Some(ModelTensorReshape { shape: vec![1, 3, 224, 224] });
+    config.output[0].dims = vec![1];
+    config.output[0].reshape = Some(ModelTensorReshape { shape: vec![] });
+    assert_eq!(message(&config, &signature), "ok");
+
+    config.input[0].reshape = Some(ModelTensorReshape { shape: vec![3, 1, 224, 224] });
+    assert_eq!(
+        message(&config, &signature),
+        "model 'm': input 'data': reshape.shape [3,1,224,224] in config.pbtxt do not match \
+         [1,3,224,224] in the model file (shape [-1,1,3,224,224] without its batch \
+         dimension, as max_batch_size 8 > 0)"
+    );
+}
+
+#[test]
+fn reshape_element_count() {
+    let mut config = resnet_config("");
+    config.input[0].reshape = Some(ModelTensorReshape { shape: vec![3, 224, 225] });
+    assert_eq!(
+        message(&config, &resnet()),
+        "model 'm': input 'data': dims [3,224,224] and reshape.shape [3,224,225] have \
+         different element counts"
+    );
+    assert!(same_element_count(&[2, 4, -1, 6], &[8, -1, 1, 6]));
+    assert!(!same_element_count(&[2, 4, -1, 6], &[8, -1, 2, 3, 2]));
+    assert!(!same_element_count(&[-1, 4], &[4]));
+    assert!(same_element_count(&[1], &[]));
+    assert!(!same_element_count(&[2], &[]));
+    assert!(!same_element_count(&[i64::MAX, 4], &[4, i64::MAX]));
+
+    let mut empty_unbatched = resnet_config("");
+    empty_unbatched.max_batch_size = 0;
+    empty_unbatched.output[0].dims = vec![1];
+    empty_unbatched.output[0].reshape = Some(ModelTensorReshape { shape: vec![] });
+    assert_eq!(
+        message(&empty_unbatched, &resnet()),
+        "model 'm': output 'prob': reshape.shape is empty, which is only allowed when \
+         max_batch_size > 0 (scalar tensors without a batch dimension are not supported)"
+    );
+}
+
+#[test]
+fn scalar_in_unbatched_model() {
+    let signature = ModelSignature {
+        inputs: vec![spec("x", DataType::Fp32, &[])],
+        outputs: vec![spec("y", DataType::Fp32, &[])],
+    };
+    let config = parse_config(
+        r#"name: "m"
+           input [ { name: "x" data_type: TYPE_FP32 dims: [ 1 ] } ]
+           output [ { name: "y" data_type: TYPE_FP32 dims: [ 2 ] } ]"#,
+    )
+    .unwrap_or_default();
+    assert_eq!(
+        message(&config, &signature),
+        "model 'm': output 'y': dims [2] in config.pbtxt do not match the model file, where \
+         it is a scalar; write dims: [ 1 ]"
+    );
+}
+
+#[test]
+fn negative_max_batch_size() {
+    let mut config = resnet_config("");
+    config.max_batch_size = -1;
+    assert_eq!(message(&config, &resnet()), "model 'm': max_batch_size -1 is invalid: it must be >= 0");
+}
+
+#[test]
+fn unknown_and_missing_tensors() {
+    let mut config = resnet_config("");
+    config.input[0].name = "image".to_owned();
+    let mut extra = config.input[0].clone();
+    extra.name = "mask".to_owned();
+    config.input.push(extra);
+    assert_eq!(
+        message(&config, &resnet()),
+        "model 'm': config.pbtxt lists inputs 'image', 'mask' that the model file does not \
+         have (its inputs: 'data')"
+    );
+
+    let mut config = resnet_config("");
+    config.output[0].name = "scores".to_owned();
+    assert_eq!(
+        message(&config, &resnet()),
+        "model 'm': config.pbtxt lists output 'scores' that the model file does not have \
+         (its outputs: 'prob')"
+    );
+
+    let two_inputs = ModelSignature {
+        inputs: vec![
+            spec("data", DataType::Fp32, &[-1, 3, 224, 224]),
+            spec("mask", DataType::Bool, &[-1, 224, 224]),
+        ],
+        outputs: resnet().outputs,
+    };
+    assert_eq!(
+        message(&resnet_config(""), &two_inputs),
+        "model 'm': the model file's input 'mask' is missing from config.pbtxt; every model \
+         input must be listed"
+    );
+}
+
+#[test]
+fn duplicate_names() {
+    let mut config = resnet_config("");
+    config.output.push(config.output[0].clone());
+    assert_eq!(
+        message(&config, &resnet()),
+        "model 'm': output 'prob' is listed more than once in config.pbtxt"
+    );
+}
+
+#[test]
+fn bad_dims_values() {
+    for (dims, shown, bad) in [(vec![3, 0, 224], "[3,0,224]", 0), (vec![3, -2, 224], "[3,-2,224]", -2)] {
+        let mut config = resnet_config("");
+        config.input[0].dims = dims;
+        assert_eq!(
+            message(&config, &resnet()),
+            format!(
+                "model 'm': input 'data': dims {shown} has {bad}; every dimension must be \
+                 >= 1, or -1 for a variable size"
+            )
+        );
+    }
+    let mut config = resnet_config("");
+    config.output[0].dims.clear();
+    assert_eq!(
+        message(&config, &resnet()),
+        "model 'm': output 'prob': dims must be given (use dims: [ 1 ] with reshape: { \
+         shape: [ ] } for a scalar)"
+    );
+}
+
+#[test]
+fn missing_data_type() {
+    let mut config = resnet_config("");
+    config.input[0].data_type = ConfigType::TypeInvalid as i32;
+    assert_eq!(
+        message(&config, &resnet()),
+        "model 'm': input 'data': data_type must be given (it is TYPE_INVALID)"
+    );
+    config.input[0].data_type = 99;
+    assert_eq!(message(&config, &resnet()), "model 'm': input 'data': data_type 99 is not a known type");
+}
+
+#[test]
+fn batching_settings() {
+    let config = resnet_config("dynamic_batching { preferred_batch_size: [ 4, 16 ] }");
+    assert_eq!(
+        message(&config, &resnet()),
+        "model 'm': dynamic_batching.preferred_batch_size 16 is invalid: it must be in \
+         1..=8 (max_batch_size)"
+    );
+    let config = resnet_config("dynamic_batching { priority_levels: 2 }");
+    assert_eq!(
+        message(&config, &resnet()),
+        "model 'm': dynamic_batching.default_priority_level 0 must be in 1..=2 \
+         (priority_levels)"
+    );
+    let config = resnet_config(
+        "dynamic_batching { priority_levels: 2 default_priority_level: 1 \
+         priority_queue_policy { key: 3 value: { } } }",
+    );
+    assert_eq!(
+        message(&config, &resnet()),
+        "model 'm': dynamic_batching.priority_queue_policy has level 3, outside 1..=2 \
+         (priority_levels)"
+    );
+    let config = resnet_config("ensemble_scheduling { }");
+    assert_eq!(
+        message(&config, &resnet()),
+        "model 'm': ensemble_scheduling is not supported; Tern serves ONNX models"
+    );
+}
+
+#[test]
+fn optional_inputs_need_no_batching() {
+    let mut config = resnet_config("");
+    config.input[0].optional = true;
+    assert_eq!(
+        message(&config, &resnet()),
+        "model 'm': input 'data': optional inputs are not supported when max_batch_size > 0"
+    );
+}
+
+#[test]
+fn other_fields() {
+    let mut config = resnet_config("");
+    config.name.clear();
+    assert_eq!(message(&config, &resnet()), "model '': the config must give the model's 'name'");
+    let mut config = resnet_config("");
+    config.backend = "pytorch".to_owned();
+    assert!(matches!(validate(&config, &resnet()), Err(RepositoryError::UnsupportedBackend { .. })));
+    for bad in ["../model.onnx", "a/model.onnx", "/model.onnx", "..", "a\\b"] {
+        let mut config = resnet_config("");
+        config.default_model_filename = bad.to_owned();
+        assert_eq!(
+            message(&config, &resnet()),
+            format!(
+                "model 'm': default_model_filename '{bad}' must be a file name inside the \
+                 version directory, without path separators"
+            )
+        );
+    }
+    let mut config = resnet_config("");
+    config.default_model_filename = "resnet.v2.onnx".to_owned();
+    assert_eq!(message(&config, &resnet()), "ok");
+}
