@@ -1,12 +1,13 @@
-//! Loading one model version: ONNX Runtime sessions for its instances, the config completed
-//! from the model file, and a scheduler in front. Runs on a blocking thread; never panics on
-//! what a file says.
+//! Loading one model version: its model file (decrypted when encrypted), the config completed
+//! from the model's signature, the instances the runtime places and opens, warmup, and a
+//! scheduler in front. Runs on a blocking thread; never panics on what a file says.
 
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use tern_core::{DataType, IoSpec, ModelIo, Tensor};
+use tern_backend::{BackendFactory, LoadTarget};
+use tern_core::{IoSpec, ModelIo};
 use tern_proto::inference::ModelConfig;
 use tern_repository::ModelSource;
 use tern_scheduler::{Scheduler, SchedulerConfig};
@@ -32,33 +33,28 @@ pub struct LoadedModel {
 #[derive(Clone)]
 pub struct LoadOptions {
     pub strict_model_config: bool,
-    /// Load KIND_GPU instances on the CPU when no GPU can take them (with a warning).
-    pub allow_cpu_fallback: bool,
+    /// Makes the instances of each version (the runtime: devices, threads, sessions).
+    pub backend: Arc<dyn BackendFactory>,
     /// Decrypts `model.onnx.enc` files (`--model-key-file` / `TERN_MODEL_KEY`).
     pub model_key: Option<Arc<tern_crypto::ModelKey>>,
-    /// `--accelerator-cache-dir`: where TensorRT caches may be written.
-    pub accelerator_cache_dir: Option<PathBuf>,
-    /// The operator's repositories: a model directory inside one may hold accelerator caches
-    /// (an uploaded model's directory, written by a client, may not).
+    /// The operator's repositories: a model directory inside one is trusted with runtime
+    /// caches (an uploaded model's directory, written by a client, is not).
     pub model_repositories: Vec<PathBuf>,
 }
 
 impl LoadOptions {
-    /// What `source`'s execution accelerator parameters may touch.
-    fn accelerator_scope(&self, source: &ModelSource, encrypted: bool) -> tern_backend_ort::AcceleratorScope {
+    /// What the runtime is told about version `v` of `source`.
+    fn target(&self, source: &ModelSource, v: u64, encrypted: bool) -> LoadTarget {
         // A scan names a repository's model `<repository>/<name>`; an upload lives elsewhere.
         let in_repository = self.model_repositories.iter().any(|r| r.join(&source.name) == source.dir);
-        tern_backend_ort::AcceleratorScope {
+        LoadTarget {
             model: source.name.clone(),
-            model_dir: in_repository.then(|| source.dir.clone()),
-            cache_dir: self.accelerator_cache_dir.clone(),
+            version: v,
+            trusted_dir: in_repository.then(|| source.dir.clone()),
             encrypted,
         }
     }
 }
-
-/// Triton's default instance count for ONNX Runtime models on CPU.
-const DEFAULT_CPU_INSTANCES: usize = 2;
 
 /// Loads `version` of the model in `source` with `config` (config.pbtxt or an override; `None`
 /// for auto-complete from the model file).
@@ -79,106 +75,57 @@ pub fn load_version(
     let file = tern_repository::find_model_file(source, &base, v)
         .map_err(|e| e.to_string())?
         .ok_or_else(|| format!("model '{name}' version {v}: model file {} not found", path.display()))?;
-    // Accelerator parameters reach native code (ORT's providers): checked before anything
-    // is decrypted or any session is made, on every node whether it has a GPU or not.
-    let scope = options.accelerator_scope(source, matches!(file, tern_repository::ModelFile::Encrypted(_)));
-    let base_settings = tern_backend_ort::session_settings_for(&base, &scope)
-        .map_err(|e| format!("model '{name}' version {v}: {e}"))?;
-    // Encrypted files are decrypted here, in memory, for the sessions of this load only.
+    let in_version = |e: tern_backend::BackendError| format!("model '{name}' version {v}: {e}");
+    // The runtime checks what the config asks of it before anything is decrypted or opened.
+    let target = options.target(source, v, matches!(file, tern_repository::ModelFile::Encrypted(_)));
+    let mut loader = options.backend.begin(&target, &base).map_err(in_version)?;
+    // Encrypted files are decrypted here, in memory, for the instances of this load only.
     let model = crate::encrypted::open_model(&file, options.model_key.as_deref(), &name, v)?;
-    {
-        // The first session reads the model's signature for auto-complete; it is kept as the
-        // first instance when the plan puts that instance on the CPU with the same settings.
-        let threads_given = base_settings.intra_op_threads.is_some();
-        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-        let load = |settings: &tern_backend_ort::SessionSettings| match &model {
-            crate::encrypted::ModelBytes::File(path) => tern_backend_ort::OrtBackend::load(path, settings)
-                .map_err(|e| format!("model '{name}' version {v}: {e}")),
-            crate::encrypted::ModelBytes::Memory(bytes) => {
-                tern_backend_ort::OrtBackend::load_from_memory(bytes, settings).map_err(|e| {
-                    format!(
-                        "model '{name}' version {v}: {} (decrypted in memory): {e}",
-                        file.path().display()
-                    )
-                })
-            }
-        };
-        let mut probe_settings = base_settings.clone();
-        if !threads_given {
-            let guess =
-                if base.instance_group.is_empty() { DEFAULT_CPU_INSTANCES } else { instance_count(&base) };
-            probe_settings.intra_op_threads = Some((cores / guess).max(1));
-        }
-        let first = load(&probe_settings)?;
-        let signature = first.signature();
-        let mut config =
-            tern_repository::auto_complete(&name, given, &signature, options.strict_model_config)
-                .map_err(|e| e.to_string())?;
-        tern_repository::validate(&config, &signature).map_err(|e| e.to_string())?;
-        let labels = tern_repository::load_labels(&source.dir, &config).map_err(|e| e.to_string())?;
-        let io = model_io(&config, &labels)?;
+    let opening = |e: tern_backend::BackendError| match &model {
+        crate::encrypted::ModelBytes::File(_) => in_version(e),
+        crate::encrypted::ModelBytes::Memory(_) => format!(
+            "model '{name}' version {v}: {} (decrypted in memory): {e}",
+            file.path().display()
+        ),
+    };
+    let signature = loader.signature(model.bytes()).map_err(opening)?;
+    let mut config = tern_repository::auto_complete(&name, given, &signature, options.strict_model_config)
+        .map_err(|e| e.to_string())?;
+    tern_repository::validate(&config, &signature).map_err(|e| e.to_string())?;
+    let labels = tern_repository::load_labels(&source.dir, &config).map_err(|e| e.to_string())?;
+    let io = model_io(&config, &labels)?;
 
-        // Place the instances (CPU, or GPUs through the CUDA / TensorRT providers), then report
-        // the groups as placed, as Triton does. Unless the config sets intra-op threads, the
-        // cores are divided among the CPU instances so they do not oversubscribe the machine.
-        let mut plans = tern_backend_ort::instance_plan(&config, &base_settings, options.allow_cpu_fallback)
-            .map_err(|e| format!("model '{name}' version {v}: {e}"))?;
-        config.instance_group = tern_backend_ort::placed_instance_groups(&config, &plans);
-        let cpu_instances = plans.iter().filter(|p| p.device == tern_backend_ort::Device::Cpu).count();
-        if !threads_given && cpu_instances > 0 {
-            for plan in plans.iter_mut().filter(|p| p.device == tern_backend_ort::Device::Cpu) {
-                plan.settings.intra_op_threads = Some((cores / cpu_instances).max(1));
-            }
+    // The runtime places the instances; the config reports the groups as placed, as Triton does.
+    let placement = loader.plan(&config).map_err(in_version)?;
+    config.instance_group = placement.instance_groups;
+    let mut backends: Vec<Box<dyn tern_backend::Backend>> = Vec::with_capacity(placement.instances.len());
+    for (index, instance) in placement.instances.iter().enumerate() {
+        if instance.fallback {
+            tracing::warn!(instance = %instance.label, "instance runs on a fallback device (--allow-cpu-fallback)");
         }
-        let mut first = Some(first);
-        let mut backends: Vec<Box<dyn tern_backend::Backend>> = Vec::with_capacity(plans.len());
-        for plan in &plans {
-            if plan.fallback {
-                tracing::warn!(instance = %plan.label, "instance runs on a fallback device (--allow-cpu-fallback)");
-            }
-            let backend = match first.take_if(|_| plan.settings == probe_settings) {
-                Some(b) => b,
-                None => load(&plan.settings)?,
-            };
-            backends.push(Box::new(backend));
-        }
-        drop(first);
-        // model_warmup: every instance runs the samples before the version is READY. One
-        // sample's tensors exist at a time. What a request naming no output runs: the config's
-        // outputs, not every model output.
-        let outputs: Vec<String> = config.output.iter().map(|o| o.name.clone()).collect();
-        for warmup in &config.model_warmup {
-            let inputs = warmup_sample(&config, &source.dir, warmup)?;
-            for backend in &mut backends {
-                for _ in 0..warmup.count.max(1) {
-                    backend.infer(inputs.clone(), &outputs).map_err(|e| {
-                        format!("model '{name}' version {v}: warmup '{}' failed: {e}", warmup.name)
-                    })?;
-                }
-            }
-        }
-        if !config.model_warmup.is_empty() {
-            tracing::info!(version = v, samples = config.model_warmup.len(), "warmup done");
-        }
-        let count = backends.len();
-        let placement: Vec<&str> = plans.iter().map(|p| p.label.as_str()).collect();
-        let scheduling = SchedulerConfig::from_model_config(&config);
-        let dynamic_batching = scheduling.dynamic;
-        let scheduler = Scheduler::start(name.clone(), &format!("{name}-{v}"), scheduling, backends, runtime)
-            .map_err(|e| format!("model '{name}': cannot start instance thread: {e}"))?;
-        tracing::info!(version = v, instances = count, placement = ?placement, dynamic_batching, "loaded");
-        let memory_bytes = version_dir_bytes(file.path()) * plans.len().max(1) as u64;
-        Ok(LoadedModel {
-            name: name.clone(),
-            version: v,
-            version_str: v.to_string(),
-            config,
-            io,
-            scheduler,
-            latency: std::sync::OnceLock::new(),
-            memory_bytes,
-        })
+        backends.push(loader.instance(index, model.bytes()).map_err(opening)?);
     }
+    drop(loader);
+    drop(model);
+    crate::warmup::run(&config, &source.dir, &mut backends, &name, v)?;
+    let count = backends.len();
+    let placement: Vec<&str> = placement.instances.iter().map(|p| p.label.as_str()).collect();
+    let scheduling = SchedulerConfig::from_model_config(&config);
+    let dynamic_batching = scheduling.dynamic;
+    let scheduler = Scheduler::start(name.clone(), &format!("{name}-{v}"), scheduling, backends, runtime)
+        .map_err(|e| format!("model '{name}': cannot start instance thread: {e}"))?;
+    tracing::info!(version = v, instances = count, placement = ?placement, dynamic_batching, "loaded");
+    let memory_bytes = version_dir_bytes(file.path()) * count.max(1) as u64;
+    Ok(LoadedModel {
+        name: name.clone(),
+        version: v,
+        version_str: v.to_string(),
+        config,
+        io,
+        scheduler,
+        latency: std::sync::OnceLock::new(),
+        memory_bytes,
+    })
 }
 
 type VersionResults = Vec<(u64, Result<LoadedModel, String>)>;
@@ -216,83 +163,6 @@ fn version_dir_bytes(model_file: &std::path::Path) -> u64 {
         .filter(|m| m.is_file())
         .map(|m| m.len())
         .sum()
-}
-
-/// Bytes of one warmup sample's inputs, all together, at most.
-const MAX_WARMUP_SAMPLE_BYTES: usize = 512 << 20;
-
-/// The inputs of one `model_warmup` sample: zeros, random values, or a file from the model's
-/// `warmup/` directory (Triton's layout), with the batch dimension when the model batches.
-fn warmup_sample(
-    config: &ModelConfig,
-    dir: &std::path::Path,
-    w: &tern_proto::inference::ModelWarmup,
-) -> Result<Vec<Tensor>, String> {
-    use tern_proto::inference::model_warmup::input::InputDataType;
-    let model = &config.name;
-    let mut total = 0usize;
-    let mut inputs = Vec::new();
-    for (name, input) in &w.inputs {
-        let datatype = DataType::from_config(input.data_type).ok_or_else(|| {
-            format!("model '{model}': warmup '{}': input '{name}' has no valid data_type", w.name)
-        })?;
-        let mut shape = input.dims.clone();
-        if config.max_batch_size > 0 {
-            shape.insert(0, i64::from(w.batch_size.max(1)));
-        }
-        let elements =
-            tern_core::request::element_count(&shape).filter(|&n| n <= 1 << 28).ok_or_else(|| {
-                format!("model '{model}': warmup '{}': input '{name}' has an invalid shape", w.name)
-            })? as usize;
-        // Checked before anything is allocated or read (BYTES elements take 8 bytes here).
-        let bytes = match &input.input_data_type {
-            Some(InputDataType::InputDataFile(file)) => {
-                if tern_repository::validate_model_name(file).is_err() {
-                    return Err(format!("model '{model}': warmup file '{file}' must be a plain file name"));
-                }
-                std::fs::metadata(dir.join("warmup").join(file))
-                    .map_or(0, |m| usize::try_from(m.len()).unwrap_or(usize::MAX))
-            }
-            _ => elements.saturating_mul(datatype.element_size().unwrap_or(8)),
-        };
-        total = total.saturating_add(bytes);
-        if total > MAX_WARMUP_SAMPLE_BYTES {
-            return Err(format!(
-                "model '{model}': warmup '{}': its inputs take over {} MiB, the limit for one sample",
-                w.name,
-                MAX_WARMUP_SAMPLE_BYTES >> 20
-            ));
-        }
-        let data: Vec<u8> = match (&input.input_data_type, datatype.element_size()) {
-            (Some(InputDataType::InputDataFile(file)), _) => std::fs::read(dir.join("warmup").join(file))
-                .map_err(|e| format!("model '{model}': warmup file '{file}': {e}"))?,
-            // BYTES: each element an empty string (zeros) or 4 random bytes.
-            (Some(InputDataType::RandomData(true)), None) => (0..elements)
-                .flat_map(|i| [4u8, 0, 0, 0].into_iter().chain((i as u32).to_le_bytes()))
-                .collect(),
-            (_, None) => vec![0u8; elements * 4],
-            (Some(InputDataType::RandomData(true)), Some(size)) if datatype == DataType::Fp32 => {
-                // Random but finite: floats in [0, 1) from a small LCG.
-                let mut x = 0x2545_f491u32;
-                let _ = size;
-                (0..elements)
-                    .flat_map(|_| {
-                        x = x.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
-                        ((x >> 8) as f32 / (1u32 << 24) as f32).to_le_bytes()
-                    })
-                    .collect()
-            }
-            (_, Some(size)) => vec![0u8; elements * size],
-        };
-        inputs.push(Tensor { name: name.clone(), datatype, shape, data: bytes::Bytes::from(data) });
-    }
-    Ok(inputs)
-}
-
-/// Instances the config asks for (every group's count; at least one).
-fn instance_count(config: &ModelConfig) -> usize {
-    let n: i64 = config.instance_group.iter().map(|g| i64::from(g.count.max(1))).sum();
-    usize::try_from(n).unwrap_or(1).clamp(1, 64)
 }
 
 fn model_io(config: &ModelConfig, labels: &HashMap<String, Arc<Vec<String>>>) -> Result<ModelIo, String> {
@@ -345,20 +215,18 @@ mod tests {
     }
 
     #[test]
-    fn only_a_repository_model_directory_may_hold_accelerator_caches() {
+    fn only_a_repository_model_directory_is_trusted_with_runtime_caches() {
         let options = LoadOptions {
             strict_model_config: false,
-            allow_cpu_fallback: false,
+            backend: Arc::new(crate::tests::fake::FakeFactory::default()),
             model_key: None,
-            accelerator_cache_dir: Some(PathBuf::from("/var/cache/tern")),
             model_repositories: vec![PathBuf::from("/models"), PathBuf::from("/more")],
         };
-        let scope = options.accelerator_scope(&source("/more/m"), true);
-        assert_eq!(scope.model_dir, Some(PathBuf::from("/more/m")));
-        assert_eq!((scope.model.as_str(), scope.encrypted), ("m", true));
-        assert_eq!(scope.cache_dir, Some(PathBuf::from("/var/cache/tern")));
-        // An upload lives in a temporary directory the client filled: not a root.
-        assert_eq!(options.accelerator_scope(&source("/tmp/tern-upload-x/m"), false).model_dir, None);
-        assert_eq!(options.accelerator_scope(&source("/models/m/1"), false).model_dir, None);
+        let target = options.target(&source("/more/m"), 3, true);
+        assert_eq!(target.trusted_dir, Some(PathBuf::from("/more/m")));
+        assert_eq!((target.model.as_str(), target.version, target.encrypted), ("m", 3, true));
+        // An upload lives in a temporary directory the client filled: not trusted.
+        assert_eq!(options.target(&source("/tmp/tern-upload-x/m"), 1, false).trusted_dir, None);
+        assert_eq!(options.target(&source("/models/m/1"), 1, false).trusted_dir, None);
     }
 }

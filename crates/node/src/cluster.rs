@@ -14,7 +14,7 @@ use tonic::service::interceptor::InterceptedService;
 use tonic::transport::{Channel, Endpoint};
 use tonic::{Request, Response, Status};
 
-use crate::manager::ControlMode;
+use tern_lifecycle::ControlMode;
 use crate::service::NodeState;
 
 /// How this node presents itself to routers.

@@ -1,0 +1,83 @@
+//! Loads in progress, by model name, that a caller asking for the same load joins instead of
+//! loading again: two clients (or routers lazy-loading for their clients) that load one model
+//! at once get one load, beside the serving version once, and both see its result. Names are
+//! forgotten when their load ends, so the map stays as small as the loads running.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::{Mutex, PoisonError};
+
+use tern_core::RequestError;
+use tokio::sync::watch;
+
+type Outcome = Option<Result<(), RequestError>>;
+
+/// The loads running now.
+#[derive(Default)]
+pub struct Flights {
+    map: Mutex<HashMap<String, watch::Receiver<Outcome>>>,
+}
+
+enum Role {
+    Leader(watch::Sender<Outcome>),
+    Follower(watch::Receiver<Outcome>),
+}
+
+impl Flights {
+    /// Runs `load` for `name`, or waits for the one already running and answers its result.
+    /// A follower whose leader was cancelled before it finished loads itself.
+    pub async fn join<F>(&self, name: &str, load: impl Fn() -> F) -> Result<(), RequestError>
+    where
+        F: Future<Output = Result<(), RequestError>>,
+    {
+        loop {
+            let role = {
+                let mut map = self.map.lock().unwrap_or_else(PoisonError::into_inner);
+                match map.get(name) {
+                    Some(rx) => Role::Follower(rx.clone()),
+                    None => {
+                        let (tx, rx) = watch::channel(None);
+                        map.insert(name.to_owned(), rx);
+                        Role::Leader(tx)
+                    }
+                }
+            };
+            match role {
+                Role::Follower(mut rx) => {
+                    let done = rx.wait_for(Option::is_some).await.ok().and_then(|r| r.clone());
+                    if let Some(result) = done {
+                        return result;
+                    }
+                }
+                Role::Leader(tx) => {
+                    // Forgets the name when the load ends, also when the caller is cancelled.
+                    let _entry = Entry { flights: self, name, tx: &tx };
+                    let result = load().await;
+                    tx.send_replace(Some(result.clone()));
+                    return result;
+                }
+            }
+        }
+    }
+
+    /// Names with a load running now.
+    pub fn len(&self) -> usize {
+        self.map.lock().unwrap_or_else(PoisonError::into_inner).len()
+    }
+}
+
+/// Removes the leader's name from the map when dropped.
+struct Entry<'a> {
+    flights: &'a Flights,
+    name: &'a str,
+    tx: &'a watch::Sender<Outcome>,
+}
+
+impl Drop for Entry<'_> {
+    fn drop(&mut self) {
+        let mut map = self.flights.map.lock().unwrap_or_else(PoisonError::into_inner);
+        if map.get(self.name).is_some_and(|rx| rx.same_channel(&self.tx.subscribe())) {
+            map.remove(self.name);
+        }
+    }
+}
