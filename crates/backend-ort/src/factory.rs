@@ -144,7 +144,8 @@ mod tests {
     use tern_proto::inference::model_optimization_policy::execution_accelerators::Accelerator;
 
     #[test]
-    fn accelerator_paths_may_lie_only_in_a_trusted_model_directory() -> Result<(), Box<dyn std::error::Error>> {
+    fn accelerator_paths_may_lie_only_in_a_trusted_model_directory() -> Result<(), Box<dyn std::error::Error>>
+    {
         // A TensorRT engine cache inside the model directory: allowed only when the lifecycle
         // says the directory is the operator's (not a client's upload).
         let dir = tempfile::tempdir()?;

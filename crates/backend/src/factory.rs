@@ -60,8 +60,11 @@ pub trait BackendFactory: Send + Sync + 'static {
     /// Starts loading `target` with `config` as given (config.pbtxt or a client's override,
     /// before auto-complete): checks what the config asks of this runtime before the model
     /// file is read or decrypted.
-    fn begin(&self, target: &LoadTarget, config: &ModelConfig)
-    -> Result<Box<dyn VersionLoader>, BackendError>;
+    fn begin(
+        &self,
+        target: &LoadTarget,
+        config: &ModelConfig,
+    ) -> Result<Box<dyn VersionLoader>, BackendError>;
 
     /// Called once unloaded versions' instances are gone: hand the memory they freed back to
     /// the OS where the runtime's allocator keeps it. Does nothing by default.

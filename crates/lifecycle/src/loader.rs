@@ -83,10 +83,9 @@ pub fn load_version(
     let model = crate::encrypted::open_model(&file, options.model_key.as_deref(), &name, v)?;
     let opening = |e: tern_backend::BackendError| match &model {
         crate::encrypted::ModelBytes::File(_) => in_version(e),
-        crate::encrypted::ModelBytes::Memory(_) => format!(
-            "model '{name}' version {v}: {} (decrypted in memory): {e}",
-            file.path().display()
-        ),
+        crate::encrypted::ModelBytes::Memory(_) => {
+            format!("model '{name}' version {v}: {} (decrypted in memory): {e}", file.path().display())
+        }
     };
     let signature = loader.signature(model.bytes()).map_err(opening)?;
     let mut config = tern_repository::auto_complete(&name, given, &signature, options.strict_model_config)

@@ -21,8 +21,8 @@ use tern_repository::ScannedModel;
 
 pub use crate::loader::{LoadOptions, LoadedModel};
 use crate::locks::ModelLocks;
-pub use crate::table::{IndexRow, ModelEntry, VersionState};
 use crate::table::UNLOADED;
+pub use crate::table::{IndexRow, ModelEntry, VersionState};
 
 mod reload;
 

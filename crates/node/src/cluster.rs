@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
+use tern_lifecycle::ControlMode;
 use tern_proto::cluster::{
     self as pb, NodeStatus, membership_client::MembershipClient, node_control_server::NodeControl,
 };
@@ -14,7 +15,6 @@ use tonic::service::interceptor::InterceptedService;
 use tonic::transport::{Channel, Endpoint};
 use tonic::{Request, Response, Status};
 
-use tern_lifecycle::ControlMode;
 use crate::service::NodeState;
 
 /// How this node presents itself to routers.

@@ -3,9 +3,9 @@
 //!
 //! Layout: [`config`] (flags, validated before binding), `tern_lifecycle` (the model table and
 //! loading, through the ONNX Runtime factory), [`service`] (the gRPC service), and [`run`] which
-//! composes them. The node owns no
-//! protocol types (tern-proto), no codec (tern-core), no config parsing (tern-repository) and
-//! no ONNX Runtime code (tern-backend-ort).
+//! composes them. The node owns no protocol types (tern-proto), no codec (tern-core), no config
+//! parsing (tern-repository), no model lifecycle (tern-lifecycle) and no ONNX Runtime code
+//! (tern-backend-ort).
 
 pub mod cluster;
 pub mod config;
@@ -16,12 +16,12 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
+use tern_lifecycle::{ControlMode, LoadOptions, ModelManager};
 use tern_proto::inference::grpc_inference_service_server::GrpcInferenceServiceServer;
 use tokio::net::TcpListener;
 use tonic::codec::CompressionEncoding;
 
 pub use config::Config;
-use tern_lifecycle::{ControlMode, LoadOptions, ModelManager};
 use service::{NodeService, NodeState};
 
 /// Loads the models, then serves on `listener` until `shutdown` resolves; in-flight requests

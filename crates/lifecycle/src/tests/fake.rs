@@ -94,7 +94,9 @@ pub fn signature() -> ModelSignature {
 impl VersionLoader for FakeLoader {
     fn signature(&mut self, model: ModelBytes<'_>) -> Result<ModelSignature, BackendError> {
         let text = match model {
-            ModelBytes::File(path) => std::fs::read_to_string(path).map_err(|e| BackendError::Load(e.to_string()))?,
+            ModelBytes::File(path) => {
+                std::fs::read_to_string(path).map_err(|e| BackendError::Load(e.to_string()))?
+            }
             ModelBytes::Memory(bytes) => String::from_utf8_lossy(bytes).into_owned(),
         };
         self.generation =
@@ -104,9 +106,8 @@ impl VersionLoader for FakeLoader {
 
     fn plan(&mut self, config: &ModelConfig) -> Result<Placement, BackendError> {
         let count: i32 = config.instance_group.iter().map(|g| g.count.max(1)).sum();
-        let instances = (0..count.max(1))
-            .map(|_| PlacedInstance { label: "FAKE".into(), fallback: false })
-            .collect();
+        let instances =
+            (0..count.max(1)).map(|_| PlacedInstance { label: "FAKE".into(), fallback: false }).collect();
         Ok(Placement { instance_groups: config.instance_group.clone(), instances })
     }
 

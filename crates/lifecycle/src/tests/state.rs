@@ -166,7 +166,8 @@ async fn a_failed_reload_keeps_the_old_version_serving_and_reports_why() -> Test
     let (state, reason) = h.row("m");
     assert_eq!(state, "READY");
     assert!(
-        reason.contains("reload failed, serving the previous load") && reason.contains("out of device memory"),
+        reason.contains("reload failed, serving the previous load")
+            && reason.contains("out of device memory"),
         "{reason}"
     );
     assert_eq!(h.alive(), 2, "nothing of the failed load is left");
@@ -194,8 +195,10 @@ async fn an_unload_lets_the_request_in_flight_finish_then_frees_the_model() -> T
             (served, Instant::now())
         }
     });
-    eventually("the request runs on an instance", || h.fake.runtime.request_gate.waiting.load(Ordering::SeqCst) == 1)
-        .await?;
+    eventually("the request runs on an instance", || {
+        h.fake.runtime.request_gate.waiting.load(Ordering::SeqCst) == 1
+    })
+    .await?;
     let unload = tokio::spawn({
         let manager = h.manager.clone();
         async move { manager.unload("m").await.map(|()| Instant::now()) }
@@ -230,7 +233,8 @@ async fn concurrent_loads_of_one_model_share_one_load_and_its_result() -> TestRe
         let manager = h.manager.clone();
         let runtime = h.fake.runtime.clone();
         async move {
-            eventually("the first load runs", || runtime.load_gate.waiting.load(Ordering::SeqCst) == 1).await?;
+            eventually("the first load runs", || runtime.load_gate.waiting.load(Ordering::SeqCst) == 1)
+                .await?;
             let second = tokio::spawn(async move { manager.load(name, None, Vec::new()).await });
             // The second caller has arrived while the first load is held.
             tokio::time::sleep(Duration::from_millis(100)).await;

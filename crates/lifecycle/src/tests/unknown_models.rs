@@ -54,6 +54,10 @@ async fn unknown_names_cost_no_scan_and_leave_nothing_behind() -> Result<(), Box
     let known =
         manager.load("model_07", None, Vec::new()).await.err().map(|e| e.to_string()).unwrap_or_default();
     assert!(known.contains("model_07") && !known.contains("failed to poll"), "{known}");
-    assert_eq!(factory.runtime.loads.load(std::sync::atomic::Ordering::SeqCst), 0, "no model file: no runtime");
+    assert_eq!(
+        factory.runtime.loads.load(std::sync::atomic::Ordering::SeqCst),
+        0,
+        "no model file: no runtime"
+    );
     Ok(())
 }
