@@ -109,6 +109,11 @@ impl ModelManager {
         self.flights.len()
     }
 
+    /// Callers waiting now for a repository load another caller of the same model runs.
+    pub fn loads_joined(&self) -> usize {
+        self.flights.joined()
+    }
+
     /// The node is shutting down: from now on it reports not ready and refuses loads and
     /// unloads, as Triton once exiting (server.cc: IsReady answers "Server exiting"; LoadModel
     /// and UnloadModel "Server not ready"). Requests keep being served until the node closes.

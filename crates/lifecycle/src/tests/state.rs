@@ -235,9 +235,11 @@ async fn concurrent_loads_of_one_model_share_one_load_and_its_result() -> TestRe
         async move {
             eventually("the first load runs", || runtime.load_gate.waiting.load(Ordering::SeqCst) == 1)
                 .await?;
-            let second = tokio::spawn(async move { manager.load(name, None, Vec::new()).await });
-            // The second caller has arrived while the first load is held.
-            tokio::time::sleep(Duration::from_millis(100)).await;
+            let second = tokio::spawn({
+                let manager = manager.clone();
+                async move { manager.load(name, None, Vec::new()).await }
+            });
+            eventually("the second caller joins the held load", || manager.loads_joined() == 1).await?;
             runtime.load_gate.open();
             let results = (first.await?, second.await?);
             Ok::<_, Box<dyn std::error::Error>>(results)
@@ -258,6 +260,6 @@ async fn concurrent_loads_of_one_model_share_one_load_and_its_result() -> TestRe
     assert!(first.contains("fake: cannot open"), "{first}");
     assert_eq!(second.err().map(|e| e.to_string()).unwrap_or_default(), first);
     assert_eq!(h.loads(), 2, "one load of 'n'");
-    assert_eq!(h.manager.loads_in_flight(), 0);
+    assert_eq!((h.manager.loads_in_flight(), h.manager.loads_joined()), (0, 0));
     Ok(())
 }
