@@ -13,6 +13,9 @@
 //! - [`placement`]: [`instance_plan`], one [`InstancePlan`] (settings + [`Device`]) per session
 //!   from `instance_group` (KIND_GPU / KIND_CPU / KIND_AUTO, `count`, `gpus`), with the GPU
 //!   probe and the CPU fallback.
+//! - [`factory`]: [`OrtFactory`], the [`tern_backend::BackendFactory`] the model lifecycle
+//!   loads versions through: settings checked before decrypting, instances placed, cores
+//!   divided among the CPU instances.
 //! - `backend`: [`OrtBackend`], one ORT session; `infer` validates the request against the
 //!   model's signature, runs, and hands the outputs back as [`tern_core::Tensor`]s.
 //! - `convert`: datatype mapping and the byte-level moves in and out of ORT tensors.
@@ -35,6 +38,7 @@
 pub mod accelerators;
 mod backend;
 mod convert;
+pub mod factory;
 mod ffi;
 pub mod placement;
 pub mod runtime;
@@ -44,6 +48,7 @@ use std::path::PathBuf;
 
 pub use accelerators::{AcceleratorScope, Device, GpuSettings, TensorRtOptions, TensorRtPrecision};
 pub use backend::OrtBackend;
+pub use factory::OrtFactory;
 pub use ffi::release_freed_memory;
 pub use placement::{
     GpuSupport, GpuUnusable, InstancePlan, instance_plan, placed_instance_groups, plan_instances,

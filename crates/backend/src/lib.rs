@@ -2,10 +2,14 @@
 //! driven by exactly one OS thread (ONNX Runtime's `Session::run` takes `&mut self`, and a
 //! blocking call must not stall the async runtime); [`run`] executes one [`BatchJob`] on it:
 //! batch assembly, the model, the split back per request, with Triton's timings. The threads
-//! themselves belong to the scheduler, which forms batches on them. This crate knows nothing of
+//! themselves belong to the scheduler, which forms batches on them. [`BackendFactory`] is how
+//! the model lifecycle gets backends without knowing the runtime. This crate knows nothing of
 //! gRPC, queues or ONNX.
 
 pub mod batch;
+pub mod factory;
+
+pub use factory::{BackendFactory, LoadTarget, ModelBytes, PlacedInstance, Placement, VersionLoader};
 
 use tern_core::Tensor;
 

@@ -8,6 +8,7 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use tern_core::ModelState;
+use tern_lifecycle::ControlMode;
 use tern_proto::cluster::{
     self as pb, NodeStatus, membership_client::MembershipClient, node_control_server::NodeControl,
 };
@@ -15,7 +16,6 @@ use tonic::service::interceptor::InterceptedService;
 use tonic::transport::{Channel, Endpoint};
 use tonic::{Request, Response, Status};
 
-use crate::manager::ControlMode;
 use crate::service::NodeState;
 
 /// How this node presents itself to routers.

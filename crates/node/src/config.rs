@@ -24,8 +24,8 @@ pub struct Config {
 
     /// How models are loaded: `none` (all at start), `poll` (all at start, then follow the
     /// repositories), `explicit` (`--load-model` at start, then the repository API).
-    #[arg(long, value_enum, default_value_t = crate::manager::ControlMode::None)]
-    pub model_control_mode: crate::manager::ControlMode,
+    #[arg(long, value_enum, default_value_t = tern_lifecycle::ControlMode::None)]
+    pub model_control_mode: tern_lifecycle::ControlMode,
 
     /// Seconds between repository polls in `poll` mode.
     #[arg(long, default_value_t = 15)]
@@ -120,7 +120,7 @@ pub struct Config {
     pub auth: tern_gate::AuthArgs,
 
     #[command(flatten)]
-    pub model_key: crate::encrypted::ModelKeyConfig,
+    pub model_key: tern_lifecycle::ModelKeyConfig,
 
     #[command(flatten)]
     pub limits: crate::limits::LimitsConfig,
@@ -151,7 +151,7 @@ impl Config {
         if self.repository_poll_secs == 0 {
             return Err("--repository-poll-secs must be at least 1".into());
         }
-        if !self.load_models.is_empty() && self.model_control_mode != crate::manager::ControlMode::Explicit {
+        if !self.load_models.is_empty() && self.model_control_mode != tern_lifecycle::ControlMode::Explicit {
             return Err("--load-model needs --model-control-mode=explicit".into());
         }
         if self.heartbeat_interval_ms == 0 {

@@ -1,19 +1,15 @@
 //! tern-node: loads a Triton-layout model repository and serves it over Triton's gRPC
 //! protocol (KServe v2), with the standard gRPC health and reflection services beside it.
 //!
-//! Layout: [`config`] (flags, validated before binding), [`manager`] (the model table and
-//! loading), [`service`] (the gRPC service), and [`run`] which composes them. The node owns no
-//! protocol types (tern-proto), no codec (tern-core), no config parsing (tern-repository) and
-//! no ONNX Runtime code (tern-backend-ort).
+//! Layout: [`config`] (flags, validated before binding), `tern_lifecycle` (the model table and
+//! loading, through the ONNX Runtime factory), [`service`] (the gRPC service), and [`run`] which
+//! composes them. The node owns no protocol types (tern-proto), no codec (tern-core), no config
+//! parsing (tern-repository), no model lifecycle (tern-lifecycle) and no ONNX Runtime code
+//! (tern-backend-ort).
 
 pub mod cluster;
 pub mod config;
-pub mod encrypted;
-mod files;
 pub mod limits;
-pub mod loader;
-mod locks;
-pub mod manager;
 pub mod service;
 
 use std::future::Future;
@@ -21,12 +17,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tern_core::ModelState;
+use tern_lifecycle::{ControlMode, LoadOptions, ModelManager};
 use tern_proto::inference::grpc_inference_service_server::GrpcInferenceServiceServer;
 use tokio::net::TcpListener;
 use tonic::codec::CompressionEncoding;
 
 pub use config::Config;
-use manager::{ControlMode, LoadOptions, ModelManager};
 use service::{NodeService, NodeState};
 
 /// Loads the models, then serves on `listener` until `shutdown` resolves; in-flight requests
@@ -71,8 +67,10 @@ pub async fn run_with(
         config.model_repositories.clone(),
         LoadOptions {
             strict_model_config: config.strict_model_config,
-            allow_cpu_fallback: config.allow_cpu_fallback,
-            accelerator_cache_dir: config.accelerator_cache_dir.clone(),
+            backend: Arc::new(tern_backend_ort::OrtFactory {
+                allow_cpu_fallback: config.allow_cpu_fallback,
+                accelerator_cache_dir: config.accelerator_cache_dir.clone(),
+            }),
             model_repositories: config.model_repositories.clone(),
             model_key: config.model_key.load().map_err(anyhow::Error::msg)?,
         },

@@ -13,7 +13,7 @@ use tracing::Instrument;
 use tern_gate::{authorize_model, may_see_model, principal};
 use tern_scheduler::{InferJob, StatsSnapshot};
 
-use crate::manager::{ControlMode, ModelManager};
+use tern_lifecycle::{ControlMode, ModelManager};
 
 /// Extensions this node really implements (ServerMetadata lists only these).
 pub const EXTENSIONS: &[&str] =
@@ -92,7 +92,7 @@ impl NodeService {
 
     async fn infer_on(
         &self,
-        model: &crate::manager::LoadedModel,
+        model: &tern_lifecycle::LoadedModel,
         req: pb::ModelInferRequest,
         started: std::time::Instant,
     ) -> Result<pb::ModelInferResponse, RequestError> {

@@ -8,11 +8,11 @@
 //! unloads of one model are serialized (a per-model async mutex); different models load in
 //! parallel, at most `--model-load-thread-count` at a time.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use tern_core::RequestError;
@@ -21,9 +21,10 @@ use tern_repository::ScannedModel;
 
 pub use crate::loader::{LoadOptions, LoadedModel};
 use crate::locks::ModelLocks;
+use crate::table::UNLOADED;
+pub use crate::table::{IndexRow, ModelEntry, VersionState};
 
-/// Triton's `VersionState` reason for a version unloaded on purpose.
-const UNLOADED: &str = "unloaded";
+mod reload;
 
 /// Triton's `--model-control-mode`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -34,60 +35,6 @@ pub enum ControlMode {
     Poll,
     /// Load only `--load-model` at start; the repository API loads and unloads.
     Explicit,
-}
-
-/// Where one version of a model stands.
-#[derive(Clone)]
-pub enum VersionState {
-    Ready(Arc<LoadedModel>),
-    /// Failed to load, or unloaded; the reason is logged and shown by RepositoryIndex.
-    Unavailable(String),
-}
-
-/// One model: its versions, and why the model as a whole is not serving when that is so.
-#[derive(Clone, Default)]
-pub struct ModelEntry {
-    pub versions: BTreeMap<u64, VersionState>,
-    /// A failure not tied to one version (bad config, no version, failed reload).
-    pub reason: Option<String>,
-    /// What the model directory looked like when it was loaded (poll mode compares).
-    fingerprint: u64,
-}
-
-impl ModelEntry {
-    fn failed(reason: String) -> ModelEntry {
-        ModelEntry { reason: Some(reason), ..ModelEntry::default() }
-    }
-
-    fn ready(&self) -> impl DoubleEndedIterator<Item = &Arc<LoadedModel>> {
-        self.versions.values().filter_map(|s| match s {
-            VersionState::Ready(m) => Some(m),
-            VersionState::Unavailable(_) => None,
-        })
-    }
-
-    /// Whether this model lets a strict-readiness server be ready, as Triton's
-    /// `InferenceServer::IsReady` (server.cc) decides: a model with no version is not; every
-    /// version must be READY or unavailable because it was unloaded ("unloaded"). A failed
-    /// reload that kept its previous load serving keeps that version READY, so it is ready,
-    /// as in Triton. Where Triton keeps a never-loaded version's failure after an unload,
-    /// Tern's unload replaces it with "unloaded" (issue 17: a failed load makes the node not
-    /// ready only until that model is loaded, unloaded or removed).
-    fn lets_server_be_ready(&self) -> bool {
-        !self.versions.is_empty()
-            && self.versions.values().all(|s| match s {
-                VersionState::Ready(_) => true,
-                VersionState::Unavailable(reason) => reason == UNLOADED,
-            })
-    }
-}
-
-/// One row of the repository index.
-pub struct IndexRow {
-    pub name: String,
-    pub version: String,
-    pub state: &'static str,
-    pub reason: String,
 }
 
 /// Every model the node knows, by name.
@@ -101,6 +48,8 @@ pub struct ModelManager {
     load_limit: Arc<tokio::sync::Semaphore>,
     /// One load or unload at a time per model; names are forgotten when unused.
     model_locks: ModelLocks,
+    /// Repository loads running now, which a load of the same model joins.
+    flights: crate::flight::Flights,
     /// Models loaded from `file:` parameters live in temporary repositories owned here.
     uploads: Mutex<HashMap<String, tempfile::TempDir>>,
     /// How long an unload waits for the requests in flight.
@@ -128,6 +77,7 @@ impl ModelManager {
             runtime: tokio::runtime::Handle::current(),
             load_limit: Arc::new(tokio::sync::Semaphore::new(parallel.max(1))),
             model_locks: ModelLocks::default(),
+            flights: crate::flight::Flights::default(),
             uploads: Mutex::new(HashMap::new()),
             drain_timeout,
             draining: AtomicBool::new(false),
@@ -152,6 +102,16 @@ impl ModelManager {
     /// Names with a per-model lock now (held or waited for).
     pub fn model_locks_in_use(&self) -> usize {
         self.model_locks.len()
+    }
+
+    /// Names with a repository load running now.
+    pub fn loads_in_flight(&self) -> usize {
+        self.flights.len()
+    }
+
+    /// Callers waiting now for a repository load another caller of the same model runs.
+    pub fn loads_joined(&self) -> usize {
+        self.flights.joined()
     }
 
     /// The node is shutting down: from now on it reports not ready and refuses loads and
@@ -236,6 +196,20 @@ impl ModelManager {
             tern_repository::check_bounds(name, config)
                 .map_err(|e| RequestError::InvalidArgument(format!("'config' parameter: {e}")))?;
         }
+        if override_config.is_none() && files.is_empty() {
+            // The same load from the repositories, asked for while one runs, joins it.
+            return self.flights.join(name, || self.load_from(name, None, Vec::new())).await;
+        }
+        self.load_from(name, override_config, files).await
+    }
+
+    /// [`Self::load`] once its arguments are checked.
+    async fn load_from(
+        &self,
+        name: &str,
+        override_config: Option<ModelConfig>,
+        files: Vec<(String, Vec<u8>)>,
+    ) -> Result<(), RequestError> {
         let item = if files.is_empty() {
             self.scan_one(name).await?
         } else {
@@ -438,197 +412,4 @@ impl ModelManager {
     pub fn clear(&self) {
         self.table.store(Arc::new(HashMap::new()));
     }
-
-    // === lifecycle internals ===
-
-    /// Replaces (or removes) one model's entry; readers see the old or the new table, whole.
-    fn store(&self, name: &str, entry: Option<ModelEntry>) {
-        self.table.rcu(|table| {
-            let mut table = HashMap::clone(table);
-            match &entry {
-                Some(e) => table.insert(name.to_string(), e.clone()),
-                None => table.remove(name),
-            };
-            table
-        });
-    }
-
-    /// The one model directory `name` (Triton polls only the model a load names): a `stat`
-    /// per repository, on a blocking thread; never a scan of every model.
-    async fn scan_one(&self, name: &str) -> Result<ScannedModel, RequestError> {
-        let repositories = self.repositories.clone();
-        let owned = name.to_string();
-        let found = tokio::task::spawn_blocking(move || tern_repository::scan_model(&repositories, &owned))
-            .await
-            .map_err(|e| RequestError::Internal(format!("model '{name}': repository lookup failed: {e}")))?;
-        // Triton's status and wording for a model no repository holds.
-        found.ok_or_else(|| {
-            RequestError::Internal(format!("failed to load '{name}', failed to poll from model repository"))
-        })
-    }
-
-    /// Writes `file:` parameters into a temporary repository (on a blocking thread); the
-    /// override config decides the rest.
-    async fn write_upload(
-        &self,
-        name: &str,
-        files: Vec<(String, Vec<u8>)>,
-    ) -> Result<ScannedModel, RequestError> {
-        let owned = name.to_string();
-        let (dir, item) =
-            tokio::task::spawn_blocking(move || crate::files::write_upload(&owned, files)).await.map_err(
-                |e| RequestError::Internal(format!("model '{name}': writing its files failed: {e}")),
-            )??;
-        if let Ok(mut uploads) = self.uploads.lock() {
-            uploads.insert(name.to_string(), dir);
-        }
-        Ok(item)
-    }
-
-    /// [`crate::files::fingerprint`] on a blocking thread.
-    async fn fingerprint(&self, name: &str) -> u64 {
-        let repositories = self.repositories.clone();
-        let name = name.to_string();
-        tokio::task::spawn_blocking(move || crate::files::fingerprint(&repositories, &name))
-            .await
-            .unwrap_or(0)
-    }
-
-    /// Loads the versions the policy selects beside whatever serves now, then swaps the entry
-    /// in whole. A version that fails to load keeps its old ready instance if it had one.
-    async fn apply(
-        &self,
-        name: &str,
-        item: ScannedModel,
-        override_config: Option<ModelConfig>,
-    ) -> Result<ModelEntry, RequestError> {
-        let _guard = self.model_locks.lock(name).await;
-        let _permit = self.load_limit.acquire().await.map_err(|e| RequestError::Internal(e.to_string()))?;
-        let started = Instant::now();
-        let fp = self.fingerprint(name).await;
-        let source = match item.into_result() {
-            Ok(source) => source,
-            Err(e) => {
-                let reason = e.to_string();
-                tracing::error!(model = %name, %reason, "model failed to load");
-                let entry = self.merge_failure(name, reason, fp);
-                return Ok(entry);
-            }
-        };
-        let options = self.options.clone();
-        let runtime = self.runtime.clone();
-        // Memory estimate: the RSS growth over the load (approximate when loads overlap).
-        let rss_before = tern_telemetry::process_resident_memory_bytes();
-        let loaded = tokio::task::spawn_blocking(move || {
-            crate::loader::load_versions(&source, override_config, &options, &runtime)
-        })
-        .await
-        .map_err(|e| RequestError::Internal(format!("model '{name}': loading panicked: {e}")))?;
-        let old = self.table.load().get(name).cloned().unwrap_or_default();
-        let mut entry = ModelEntry { versions: BTreeMap::new(), reason: None, fingerprint: fp };
-        match loaded {
-            Err(reason) => {
-                tracing::error!(model = %name, %reason, "model failed to load");
-                self.metrics.model_load_failed(name, "");
-                entry = self.merge_failure(name, reason, fp);
-            }
-            Ok(versions) => {
-                for (v, result) in versions {
-                    let state = match result {
-                        Ok(model) => VersionState::Ready(Arc::new(model)),
-                        Err(reason) => {
-                            tracing::error!(model = %name, version = v, %reason, "version failed to load");
-                            match old.versions.get(&v) {
-                                Some(VersionState::Ready(m)) => {
-                                    entry.reason =
-                                        Some(format!("reload failed, serving the previous load: {reason}"));
-                                    VersionState::Ready(m.clone())
-                                }
-                                _ => VersionState::Unavailable(reason),
-                            }
-                        }
-                    };
-                    entry.versions.insert(v, state);
-                }
-                if entry.versions.is_empty() {
-                    entry.reason =
-                        Some(format!("model '{name}': the version policy selects no version directory"));
-                }
-                let ready =
-                    entry.versions.values().filter(|s| matches!(s, VersionState::Ready(_))).count().max(1);
-                let grown = rss_before
-                    .zip(tern_telemetry::process_resident_memory_bytes())
-                    .map(|(before, after)| after.saturating_sub(before) / ready as u64);
-                for (v, state) in &entry.versions {
-                    match state {
-                        VersionState::Ready(_) => {
-                            self.metrics.model_loaded(name, &v.to_string(), started.elapsed(), grown);
-                            tracing::info!(model = %name, version = v, elapsed_ms = started.elapsed().as_millis() as u64, "model ready");
-                        }
-                        VersionState::Unavailable(_) => self.metrics.model_load_failed(name, &v.to_string()),
-                    }
-                }
-                self.store(name, Some(entry.clone()));
-            }
-        }
-        // Versions no longer served wait for their requests in flight (our own handles on them
-        // must go first, or the wait would count them).
-        let retired = ModelEntry { versions: retired(&old, &entry), ..ModelEntry::default() };
-        drop(old);
-        self.drain(retired).await;
-        Ok(entry)
-    }
-
-    /// A failed (re)load: the old ready versions keep serving, with the reason attached.
-    fn merge_failure(&self, name: &str, reason: String, fp: u64) -> ModelEntry {
-        let old = self.table.load().get(name).cloned();
-        let entry = match old {
-            Some(old) if old.ready().next().is_some() => ModelEntry {
-                reason: Some(format!("reload failed, serving the previous load: {reason}")),
-                fingerprint: fp,
-                ..old
-            },
-            _ => ModelEntry { reason: Some(reason), fingerprint: fp, ..ModelEntry::default() },
-        };
-        self.store(name, Some(entry.clone()));
-        entry
-    }
-
-    /// Waits (bounded) until no request holds the versions of `old`, lets them drop, waits for
-    /// their instance threads to free the sessions, and hands the freed memory back to the OS.
-    async fn drain(&self, old: ModelEntry) {
-        let models: Vec<Arc<LoadedModel>> = old.ready().cloned().collect();
-        drop(old);
-        if models.is_empty() {
-            return;
-        }
-        let deadline = Instant::now() + self.drain_timeout;
-        for m in &models {
-            while Arc::strong_count(m) > 1 && Instant::now() < deadline {
-                tokio::time::sleep(Duration::from_millis(10)).await;
-            }
-        }
-        if models.iter().any(|m| Arc::strong_count(m) > 1) {
-            tracing::warn!("drain timeout: requests still hold an unloaded model; it is freed when they end");
-        }
-        let finished: Vec<_> = models.iter().map(|m| m.scheduler.finished()).collect();
-        drop(models);
-        let all = futures::future::join_all(finished.into_iter().map(|f| f.wait()));
-        if tokio::time::timeout_at(deadline.into(), all).await.is_ok() {
-            let _ = tokio::task::spawn_blocking(tern_backend_ort::release_freed_memory).await;
-        }
-    }
-}
-
-/// Ready versions of `old` that `new` no longer serves.
-fn retired(old: &ModelEntry, new: &ModelEntry) -> BTreeMap<u64, VersionState> {
-    old.versions
-        .iter()
-        .filter(|(v, state)| match (state, new.versions.get(v)) {
-            (VersionState::Ready(o), Some(VersionState::Ready(n))) => !Arc::ptr_eq(o, n),
-            (VersionState::Ready(_), _) => true,
-            _ => false,
-        })
-        .map(|(v, s)| (*v, s.clone()))
-        .collect()
 }

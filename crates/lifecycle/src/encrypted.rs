@@ -1,4 +1,4 @@
-//! Encrypted models at rest: the key flags, and reading a version's model file as ONNX Runtime
+//! Encrypted models at rest: the key flags, and reading a version's model file as a runtime
 //! will take it: a path for a plain file, or bytes decrypted in memory for `model.onnx.enc`
 //! (never written to disk in the clear). The format and the cipher are tern-crypto's.
 
@@ -31,12 +31,22 @@ impl ModelKeyConfig {
     }
 }
 
-/// A model as ONNX Runtime will read it.
+/// A model as a runtime will read it.
 pub enum ModelBytes {
-    /// ONNX Runtime reads the file itself (and any external data beside it).
+    /// The runtime reads the file itself (and any external data beside it).
     File(PathBuf),
     /// Decrypted in memory; cleared when dropped.
     Memory(Zeroizing<Vec<u8>>),
+}
+
+impl ModelBytes {
+    /// Lent to the runtime's factory for one call.
+    pub fn bytes(&self) -> tern_backend::ModelBytes<'_> {
+        match self {
+            ModelBytes::File(path) => tern_backend::ModelBytes::File(path),
+            ModelBytes::Memory(clear) => tern_backend::ModelBytes::Memory(clear),
+        }
+    }
 }
 
 /// Opens `file` of `model` version `version`: decrypts an encrypted file with `key`. Every

@@ -1,0 +1,231 @@
+//! Loading one model version: its model file (decrypted when encrypted), the config completed
+//! from the model's signature, the instances the runtime places and opens, warmup, and a
+//! scheduler in front. Runs on a blocking thread; never panics on what a file says.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use tern_backend::{BackendFactory, LoadTarget};
+use tern_core::{IoSpec, ModelIo};
+use tern_proto::inference::ModelConfig;
+use tern_repository::ModelSource;
+use tern_scheduler::{Scheduler, SchedulerConfig};
+
+/// A model version that is loaded and serving.
+pub struct LoadedModel {
+    pub name: String,
+    pub version: u64,
+    pub version_str: String,
+    /// The completed config (after auto-complete), as ModelConfig returns it.
+    pub config: ModelConfig,
+    pub io: ModelIo,
+    /// Queues and batches requests for this version's instances; owns its statistics.
+    pub scheduler: Scheduler,
+    /// This version's latency histogram series, looked up once rather than per request.
+    pub latency: std::sync::OnceLock<tern_telemetry::RequestLatency>,
+    /// Memory estimate for placement: the model file (and files beside it in the version
+    /// directory, such as external weights) times the number of instances holding a session.
+    pub memory_bytes: u64,
+}
+
+/// What a load needs besides the model itself.
+#[derive(Clone)]
+pub struct LoadOptions {
+    pub strict_model_config: bool,
+    /// Makes the instances of each version (the runtime: devices, threads, sessions).
+    pub backend: Arc<dyn BackendFactory>,
+    /// Decrypts `model.onnx.enc` files (`--model-key-file` / `TERN_MODEL_KEY`).
+    pub model_key: Option<Arc<tern_crypto::ModelKey>>,
+    /// The operator's repositories: a model directory inside one is trusted with runtime
+    /// caches (an uploaded model's directory, written by a client, is not).
+    pub model_repositories: Vec<PathBuf>,
+}
+
+impl LoadOptions {
+    /// What the runtime is told about version `v` of `source`.
+    fn target(&self, source: &ModelSource, v: u64, encrypted: bool) -> LoadTarget {
+        // A scan names a repository's model `<repository>/<name>`; an upload lives elsewhere.
+        let in_repository = self.model_repositories.iter().any(|r| r.join(&source.name) == source.dir);
+        LoadTarget {
+            model: source.name.clone(),
+            version: v,
+            trusted_dir: in_repository.then(|| source.dir.clone()),
+            encrypted,
+        }
+    }
+}
+
+/// Loads `version` of the model in `source` with `config` (config.pbtxt or an override; `None`
+/// for auto-complete from the model file).
+pub fn load_version(
+    source: &ModelSource,
+    given: Option<ModelConfig>,
+    v: u64,
+    options: &LoadOptions,
+    runtime: &tokio::runtime::Handle,
+) -> Result<LoadedModel, String> {
+    let name = source.name.clone();
+    let span = tracing::info_span!("load", model = %name, version = v);
+    let _enter = span.enter();
+    let base = given.clone().unwrap_or_default();
+    // Before any session exists (validate checks again after auto-complete).
+    tern_repository::check_bounds(&name, &base).map_err(|e| e.to_string())?;
+    let path = tern_repository::model_file_path(source, &base, v);
+    let file = tern_repository::find_model_file(source, &base, v)
+        .map_err(|e| e.to_string())?
+        .ok_or_else(|| format!("model '{name}' version {v}: model file {} not found", path.display()))?;
+    let in_version = |e: tern_backend::BackendError| format!("model '{name}' version {v}: {e}");
+    // The runtime checks what the config asks of it before anything is decrypted or opened.
+    let target = options.target(source, v, matches!(file, tern_repository::ModelFile::Encrypted(_)));
+    let mut loader = options.backend.begin(&target, &base).map_err(in_version)?;
+    // Encrypted files are decrypted here, in memory, for the instances of this load only.
+    let model = crate::encrypted::open_model(&file, options.model_key.as_deref(), &name, v)?;
+    let opening = |e: tern_backend::BackendError| match &model {
+        crate::encrypted::ModelBytes::File(_) => in_version(e),
+        crate::encrypted::ModelBytes::Memory(_) => {
+            format!("model '{name}' version {v}: {} (decrypted in memory): {e}", file.path().display())
+        }
+    };
+    let signature = loader.signature(model.bytes()).map_err(opening)?;
+    let mut config = tern_repository::auto_complete(&name, given, &signature, options.strict_model_config)
+        .map_err(|e| e.to_string())?;
+    tern_repository::validate(&config, &signature).map_err(|e| e.to_string())?;
+    let labels = tern_repository::load_labels(&source.dir, &config).map_err(|e| e.to_string())?;
+    let io = model_io(&config, &labels)?;
+
+    // The runtime places the instances; the config reports the groups as placed, as Triton does.
+    let placement = loader.plan(&config).map_err(in_version)?;
+    config.instance_group = placement.instance_groups;
+    let mut backends: Vec<Box<dyn tern_backend::Backend>> = Vec::with_capacity(placement.instances.len());
+    for (index, instance) in placement.instances.iter().enumerate() {
+        if instance.fallback {
+            tracing::warn!(instance = %instance.label, "instance runs on a fallback device (--allow-cpu-fallback)");
+        }
+        backends.push(loader.instance(index, model.bytes()).map_err(opening)?);
+    }
+    drop(loader);
+    drop(model);
+    crate::warmup::run(&config, &source.dir, &mut backends, &name, v)?;
+    let count = backends.len();
+    let placement: Vec<&str> = placement.instances.iter().map(|p| p.label.as_str()).collect();
+    let scheduling = SchedulerConfig::from_model_config(&config);
+    let dynamic_batching = scheduling.dynamic;
+    let scheduler = Scheduler::start(name.clone(), &format!("{name}-{v}"), scheduling, backends, runtime)
+        .map_err(|e| format!("model '{name}': cannot start instance thread: {e}"))?;
+    tracing::info!(version = v, instances = count, placement = ?placement, dynamic_batching, "loaded");
+    let memory_bytes = version_dir_bytes(file.path()) * count.max(1) as u64;
+    Ok(LoadedModel {
+        name: name.clone(),
+        version: v,
+        version_str: v.to_string(),
+        config,
+        io,
+        scheduler,
+        latency: std::sync::OnceLock::new(),
+        memory_bytes,
+    })
+}
+
+type VersionResults = Vec<(u64, Result<LoadedModel, String>)>;
+
+/// Loads every version `source`'s version policy selects, each on its own result.
+pub(crate) fn load_versions(
+    source: &ModelSource,
+    override_config: Option<ModelConfig>,
+    options: &LoadOptions,
+    runtime: &tokio::runtime::Handle,
+) -> Result<VersionResults, String> {
+    let given = override_config.or_else(|| source.config.clone());
+    let base = given.clone().unwrap_or_default();
+    let versions = tern_repository::select_versions(source, &base);
+    if versions.is_empty() {
+        return Err(format!(
+            "model '{}': no version directory holds '{}'",
+            source.name,
+            tern_repository::model_file_path(source, &base, 1)
+                .file_name()
+                .map_or_else(|| "model.onnx".to_string(), |f| f.to_string_lossy().into_owned())
+        ));
+    }
+    Ok(versions.into_iter().map(|v| (v, load_version(source, given.clone(), v, options, runtime))).collect())
+}
+
+/// Bytes of the files in the directory holding `model_file` (one level: the model and its
+/// external data). Deterministic, unlike resident-memory growth, so placement can rely on it.
+fn version_dir_bytes(model_file: &std::path::Path) -> u64 {
+    let Some(dir) = model_file.parent() else { return 0 };
+    let Ok(entries) = std::fs::read_dir(dir) else { return 0 };
+    entries
+        .filter_map(Result::ok)
+        .filter_map(|e| e.metadata().ok())
+        .filter(|m| m.is_file())
+        .map(|m| m.len())
+        .sum()
+}
+
+fn model_io(config: &ModelConfig, labels: &HashMap<String, Arc<Vec<String>>>) -> Result<ModelIo, String> {
+    let dt = |name: &str, v: i32| {
+        tern_core::DataType::from_config(v)
+            .ok_or_else(|| format!("model '{}': tensor '{name}': invalid data_type {v}", config.name))
+    };
+    let inputs = config
+        .input
+        .iter()
+        .map(|i| {
+            Ok(IoSpec {
+                name: i.name.clone(),
+                datatype: dt(&i.name, i.data_type)?,
+                dims: i.dims.clone(),
+                reshape: i.reshape.as_ref().map(|r| r.shape.clone()),
+                optional: i.optional,
+                labels: None,
+            })
+        })
+        .collect::<Result<_, String>>()?;
+    let outputs = config
+        .output
+        .iter()
+        .map(|o| {
+            Ok(IoSpec {
+                name: o.name.clone(),
+                datatype: dt(&o.name, o.data_type)?,
+                dims: o.dims.clone(),
+                reshape: o.reshape.as_ref().map(|r| r.shape.clone()),
+                optional: false,
+                labels: labels.get(&o.name).cloned(),
+            })
+        })
+        .collect::<Result<_, String>>()?;
+    Ok(ModelIo {
+        model: config.name.clone(),
+        max_batch_size: u32::try_from(config.max_batch_size).unwrap_or(0),
+        inputs,
+        outputs,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn source(dir: &str) -> ModelSource {
+        ModelSource { name: "m".into(), dir: PathBuf::from(dir), config: None, versions: vec![1] }
+    }
+
+    #[test]
+    fn only_a_repository_model_directory_is_trusted_with_runtime_caches() {
+        let options = LoadOptions {
+            strict_model_config: false,
+            backend: Arc::new(crate::tests::fake::FakeFactory::default()),
+            model_key: None,
+            model_repositories: vec![PathBuf::from("/models"), PathBuf::from("/more")],
+        };
+        let target = options.target(&source("/more/m"), 3, true);
+        assert_eq!(target.trusted_dir, Some(PathBuf::from("/more/m")));
+        assert_eq!((target.model.as_str(), target.version, target.encrypted), ("m", 3, true));
+        // An upload lives in a temporary directory the client filled: not trusted.
+        assert_eq!(options.target(&source("/tmp/tern-upload-x/m"), 1, false).trusted_dir, None);
+        assert_eq!(options.target(&source("/models/m/1"), 1, false).trusted_dir, None);
+    }
+}

@@ -1,0 +1,6 @@
+//! The lifecycle's state machine, run on real tokio runtimes against real repositories on disk,
+//! with [`fake::FakeFactory`] in place of a runtime.
+
+pub mod fake;
+mod state;
+mod unknown_models;
