@@ -5,8 +5,8 @@
 pub mod codec;
 mod datatype;
 mod error;
-pub mod limits;
 pub mod request;
+pub mod shape_limits;
 pub mod signature;
 mod tensor;
 

@@ -1,0 +1,78 @@
+//! The part of Triton's GRPCInferenceService that tern-node and tern-router answer alike:
+//! ServerMetadata (name, version, [`EXTENSIONS`]) and the RPCs neither implements, which answer
+//! UNIMPLEMENTED naming the RPC ([`triton_unimplemented_rpcs!`]).
+
+pub use tern_proto::inference as pb;
+pub use tonic;
+
+/// Extensions Tern really implements (ServerMetadata lists only these); the router serves
+/// those of its nodes, since it forwards to them.
+pub const EXTENSIONS: &[&str] =
+    &["classification", "model_configuration", "model_repository", "schedule_policy", "statistics"];
+
+/// ServerMetadata's answer for a server named `name` (`--server-name`).
+pub fn server_metadata(name: &str) -> pb::ServerMetadataResponse {
+    pb::ServerMetadataResponse {
+        name: name.to_string(),
+        version: env!("CARGO_PKG_VERSION").to_string(),
+        extensions: EXTENSIONS.iter().map(|s| s.to_string()).collect(),
+    }
+}
+
+/// UNIMPLEMENTED for `rpc`: "`rpc` is not implemented by `by`".
+pub fn unimplemented<T>(rpc: &str, by: &str) -> Result<tonic::Response<T>, tonic::Status> {
+    Err(tonic::Status::unimplemented(format!("{rpc} is not implemented by {by}")))
+}
+
+/// The GRPCInferenceService methods Tern does not implement (shared memory, trace and log
+/// settings), for use inside `#[tonic::async_trait] impl GrpcInferenceService for ...`; each
+/// answers [`unimplemented`] with `by` ("the Tern router"). Written in the form async_trait
+/// gives trait methods, since the attribute runs before this macro expands.
+#[macro_export]
+macro_rules! triton_unimplemented_rpcs {
+    ($by:expr) => {
+        $crate::triton_unimplemented_rpcs!(@each $by;
+            system_shared_memory_status SystemSharedMemoryStatus
+                SystemSharedMemoryStatusRequest SystemSharedMemoryStatusResponse;
+            system_shared_memory_register SystemSharedMemoryRegister
+                SystemSharedMemoryRegisterRequest SystemSharedMemoryRegisterResponse;
+            system_shared_memory_unregister SystemSharedMemoryUnregister
+                SystemSharedMemoryUnregisterRequest SystemSharedMemoryUnregisterResponse;
+            cuda_shared_memory_status CudaSharedMemoryStatus
+                CudaSharedMemoryStatusRequest CudaSharedMemoryStatusResponse;
+            cuda_shared_memory_register CudaSharedMemoryRegister
+                CudaSharedMemoryRegisterRequest CudaSharedMemoryRegisterResponse;
+            cuda_shared_memory_unregister CudaSharedMemoryUnregister
+                CudaSharedMemoryUnregisterRequest CudaSharedMemoryUnregisterResponse;
+            trace_setting TraceSetting TraceSettingRequest TraceSettingResponse;
+            log_settings LogSettings LogSettingsRequest LogSettingsResponse;
+        );
+    };
+    (@each $by:expr; $($method:ident $rpc:ident $req:ident $resp:ident;)*) => {
+        $(
+            fn $method<'life0, 'async_trait>(
+                &'life0 self,
+                _request: $crate::triton::tonic::Request<$crate::triton::pb::$req>,
+            ) -> ::std::pin::Pin<
+                ::std::boxed::Box<
+                    dyn ::std::future::Future<
+                            Output = ::std::result::Result<
+                                $crate::triton::tonic::Response<$crate::triton::pb::$resp>,
+                                $crate::triton::tonic::Status,
+                            >,
+                        > + ::std::marker::Send
+                        + 'async_trait,
+                >,
+            >
+            where
+                'life0: 'async_trait,
+                Self: 'async_trait,
+            {
+                ::std::boxed::Box::pin(::std::future::ready($crate::triton::unimplemented(
+                    stringify!($rpc),
+                    $by,
+                )))
+            }
+        )*
+    };
+}
