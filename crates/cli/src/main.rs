@@ -40,7 +40,7 @@ enum Command {
 
 fn main() -> std::process::ExitCode {
     match Cli::parse().command {
-        Command::Serve(config) => tern_edge::main(serve::Serve(*config)),
+        Command::Serve(config) => tern_edge::main!(serve::Serve(*config)),
         Command::Cluster(args) => cluster::main(args),
         Command::Model { command } => model::main(command),
         Command::Token { command } => token::main(command),

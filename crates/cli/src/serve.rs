@@ -6,7 +6,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-/// `tern serve`'s process: [`tern_edge::main`] with tern-node's flags.
+/// `tern serve`'s process: [`tern_edge::main!`] with tern-node's flags.
 #[derive(Debug)]
 pub struct Serve(pub tern_node::Config);
 

@@ -1,7 +1,7 @@
 //! tern-edge: the serving edge tern-node, tern-router and `tern serve` share, everything
 //! between a socket and a service's own work:
 //!
-//! - the process: [`main`] (flags → logging → validation before bind → runtime → bind → serve
+//! - the process: [`main!`] (flags → logging → validation before bind → runtime → bind → serve
 //!   → exit code), [`server_runtime`], [`shutdown_signal`] ([`process`]);
 //! - TLS ([`tls`]: server configuration with certificate reload, the TLS accept loop, client
 //!   configuration; [`client_tls`]: the client flags toward another Tern server);
@@ -33,5 +33,5 @@ pub use auth::{
 pub use client_tls::{ClientTlsArgs, ClientTlsFlags, ClientTlsPeer, Flag};
 pub use credential::{Credential, InternalToken};
 pub use grpc::FrontDoor;
-pub use process::{Runtime, Server, main, server_runtime, shutdown_signal};
+pub use process::{Runtime, Server, server_runtime, shutdown_signal};
 pub use tokens::{Grant, Group, Groups, Models, TokenTable, hash_token, new_token};

@@ -70,7 +70,7 @@ pub fn server_runtime() -> std::io::Result<tokio::runtime::Runtime> {
 /// The shutdown signal handed to [`Server::serve`].
 pub type Shutdown = Pin<Box<dyn Future<Output = ()> + Send + 'static>>;
 
-/// A serving binary's configuration, as [`main`] drives it.
+/// A serving binary's configuration, as [`run_main`] drives it.
 pub trait Server: Sized {
     /// The process's name in logs (`service.name`) and in errors printed before logging is up.
     const NAME: &'static str;
@@ -85,14 +85,27 @@ pub trait Server: Sized {
     fn prepare(&self) -> Result<(), String> {
         Ok(())
     }
-    /// The client-facing gRPC address [`main`] binds.
+    /// The client-facing gRPC address [`run_main`] binds.
     fn grpc_addr(&self) -> SocketAddr;
     /// Serves on `listener` until `shutdown`, then drains.
     fn serve(self, listener: TcpListener, shutdown: Shutdown) -> impl Future<Output = anyhow::Result<()>>;
 }
 
-/// Runs `config`'s server to its exit code (see the module's header for the codes).
-pub fn main<S: Server>(mut config: S) -> ExitCode {
+/// A binary's `main`: `tern_edge::main!(Config::parse())` runs [`run_main`] with the error
+/// lines logged from the binary's own crate, so they keep its log target (`tern_node`, ...).
+#[macro_export]
+macro_rules! main {
+    ($config:expr) => {
+        $crate::process::run_main($config, |message| $crate::process::tracing::error!("{message}"))
+    };
+}
+
+#[doc(hidden)]
+pub use ::tracing;
+
+/// Runs `config`'s server to its exit code (see the module's header for the codes); `error`
+/// logs a line (see [`main!`](crate::main!)).
+pub fn run_main<S: Server>(mut config: S, error: fn(&str)) -> ExitCode {
     config.tracing().service_name = S::NAME.into();
     let _tracing = match tern_telemetry::init_tracing(config.tracing()) {
         Ok(guard) => guard,
@@ -102,17 +115,17 @@ pub fn main<S: Server>(mut config: S) -> ExitCode {
         }
     };
     if let Err(e) = config.validate() {
-        tracing::error!("invalid configuration: {e}");
+        error(&format!("invalid configuration: {e}"));
         return ExitCode::from(2);
     }
     if let Err(e) = config.prepare() {
-        tracing::error!("{e}");
+        error(&e);
         return ExitCode::from(1);
     }
     let runtime = match S::RUNTIME.build() {
         Ok(rt) => rt,
         Err(e) => {
-            tracing::error!("cannot start the async runtime: {e}");
+            error(&format!("cannot start the async runtime: {e}"));
             return ExitCode::from(1);
         }
     };
@@ -123,7 +136,7 @@ pub fn main<S: Server>(mut config: S) -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            tracing::error!("{e:#}");
+            error(&format!("{e:#}"));
             ExitCode::from(1)
         }
     }

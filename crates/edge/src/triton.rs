@@ -1,6 +1,8 @@
 //! The part of Triton's GRPCInferenceService that tern-node and tern-router answer alike:
-//! ServerMetadata (name, version, [`EXTENSIONS`]) and the RPCs neither implements, which answer
-//! UNIMPLEMENTED naming the RPC ([`triton_unimplemented_rpcs!`]).
+//! ServerLive, ServerMetadata (name, version, [`EXTENSIONS`]) and the RPCs neither implements,
+//! which answer UNIMPLEMENTED naming the RPC ([`triton_common_rpcs!`]).
+
+use std::pin::Pin;
 
 pub use tern_proto::inference as pb;
 pub use tonic;
@@ -9,6 +11,10 @@ pub use tonic;
 /// those of its nodes, since it forwards to them.
 pub const EXTENSIONS: &[&str] =
     &["classification", "model_configuration", "model_repository", "schedule_policy", "statistics"];
+
+/// The response stream of ModelStreamInfer.
+pub type StreamInferStream =
+    Pin<Box<dyn futures::Stream<Item = Result<pb::ModelStreamInferResponse, tonic::Status>> + Send>>;
 
 /// ServerMetadata's answer for a server named `name` (`--server-name`).
 pub fn server_metadata(name: &str) -> pb::ServerMetadataResponse {
@@ -24,14 +30,37 @@ pub fn unimplemented<T>(rpc: &str, by: &str) -> Result<tonic::Response<T>, tonic
     Err(tonic::Status::unimplemented(format!("{rpc} is not implemented by {by}")))
 }
 
-/// The GRPCInferenceService methods Tern does not implement (shared memory, trace and log
-/// settings), for use inside `#[tonic::async_trait] impl GrpcInferenceService for ...`; each
-/// answers [`unimplemented`] with `by` ("the Tern router"). Written in the form async_trait
-/// gives trait methods, since the attribute runs before this macro expands.
+/// The GRPCInferenceService methods node and router answer alike, for use inside
+/// `#[tonic::async_trait] impl GrpcInferenceService for ...`: ServerLive (live while the process
+/// serves at all), and those Tern does not implement (shared memory, trace and log settings),
+/// each answering [`unimplemented`] with `by` ("the Tern router"). Written in the form
+/// async_trait gives trait methods, since the attribute runs before this macro expands.
 #[macro_export]
-macro_rules! triton_unimplemented_rpcs {
+macro_rules! triton_common_rpcs {
     ($by:expr) => {
-        $crate::triton_unimplemented_rpcs!(@each $by;
+        fn server_live<'life0, 'async_trait>(
+            &'life0 self,
+            _request: $crate::triton::tonic::Request<$crate::triton::pb::ServerLiveRequest>,
+        ) -> ::std::pin::Pin<
+            ::std::boxed::Box<
+                dyn ::std::future::Future<
+                        Output = ::std::result::Result<
+                            $crate::triton::tonic::Response<$crate::triton::pb::ServerLiveResponse>,
+                            $crate::triton::tonic::Status,
+                        >,
+                    > + ::std::marker::Send
+                    + 'async_trait,
+            >,
+        >
+        where
+            'life0: 'async_trait,
+            Self: 'async_trait,
+        {
+            ::std::boxed::Box::pin(::std::future::ready(::std::result::Result::Ok(
+                $crate::triton::tonic::Response::new($crate::triton::pb::ServerLiveResponse { live: true }),
+            )))
+        }
+        $crate::triton_common_rpcs!(@each $by;
             system_shared_memory_status SystemSharedMemoryStatus
                 SystemSharedMemoryStatusRequest SystemSharedMemoryStatusResponse;
             system_shared_memory_register SystemSharedMemoryRegister

@@ -39,7 +39,7 @@ pub async fn run(
     run_with(config, listener, shutdown, metrics, Announce::Public).await
 }
 
-/// tern-node's process: [`tern_edge::main`] with ONNX Runtime loaded before the runtime starts.
+/// tern-node's process: [`tern_edge::main!`] with ONNX Runtime loaded before the runtime starts.
 impl tern_edge::Server for Config {
     const NAME: &'static str = "tern-node";
     const RUNTIME: tern_edge::Runtime = tern_edge::Runtime::Batching;

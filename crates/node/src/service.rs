@@ -1,10 +1,9 @@
 //! The KServe v2 / Triton gRPC service of a node: health, metadata, config, inference (unary
 //! and streaming). RPCs not implemented yet answer UNIMPLEMENTED saying so.
 
-use std::pin::Pin;
 use std::sync::Arc;
 
-use futures::{Stream, StreamExt};
+use futures::StreamExt;
 use tern_core::{DataType, RequestError, Tensor, classify, validate_request};
 use tern_proto::inference::{self as pb, grpc_inference_service_server::GrpcInferenceService};
 use tonic::{Request, Response, Status, Streaming};
@@ -218,17 +217,8 @@ fn request_span(req: &pb::ModelInferRequest) -> tracing::Span {
     )
 }
 
-type StreamResult = Pin<Box<dyn Stream<Item = Result<pb::ModelStreamInferResponse, Status>> + Send>>;
-
 #[tonic::async_trait]
 impl GrpcInferenceService for NodeService {
-    async fn server_live(
-        &self,
-        _: Request<pb::ServerLiveRequest>,
-    ) -> Result<Response<pb::ServerLiveResponse>, Status> {
-        Ok(Response::new(pb::ServerLiveResponse { live: true }))
-    }
-
     async fn server_ready(
         &self,
         _: Request<pb::ServerReadyRequest>,
@@ -297,7 +287,7 @@ impl GrpcInferenceService for NodeService {
         Ok(Response::new(response))
     }
 
-    type ModelStreamInferStream = StreamResult;
+    type ModelStreamInferStream = tern_edge::triton::StreamInferStream;
 
     async fn model_stream_infer(
         &self,
@@ -453,5 +443,5 @@ impl GrpcInferenceService for NodeService {
         Ok(Response::new(pb::RepositoryModelUnloadResponse {}))
     }
 
-    tern_edge::triton_unimplemented_rpcs!("this Tern node yet");
+    tern_edge::triton_common_rpcs!("this Tern node yet");
 }

@@ -166,7 +166,7 @@ impl Router {
     }
 }
 
-/// tern-router's process: [`tern_edge::main`] on tokio's default runtime.
+/// tern-router's process: [`tern_edge::main!`] on tokio's default runtime.
 impl tern_edge::Server for Config {
     const NAME: &'static str = "tern-router";
     const RUNTIME: tern_edge::Runtime = tern_edge::Runtime::Default;

@@ -80,17 +80,8 @@ impl RouterService {
 /// UNIMPLEMENTED for what the router does not implement.
 const UNIMPLEMENTED_BY: &str = "the Tern router";
 
-type StreamResult = Pin<Box<dyn Stream<Item = Result<pb::ModelStreamInferResponse, Status>> + Send>>;
-
 #[tonic::async_trait]
 impl GrpcInferenceService for RouterService {
-    async fn server_live(
-        &self,
-        _: Request<pb::ServerLiveRequest>,
-    ) -> Result<Response<pb::ServerLiveResponse>, Status> {
-        Ok(Response::new(pb::ServerLiveResponse { live: true }))
-    }
-
     async fn server_ready(
         &self,
         _: Request<pb::ServerReadyRequest>,
@@ -148,7 +139,7 @@ impl GrpcInferenceService for RouterService {
         Ok(Response::from_parts(metadata, decoded, extensions))
     }
 
-    type ModelStreamInferStream = StreamResult;
+    type ModelStreamInferStream = tern_edge::triton::StreamInferStream;
 
     async fn model_stream_infer(
         &self,
@@ -262,7 +253,7 @@ impl GrpcInferenceService for RouterService {
         Ok(Response::new(pb::RepositoryModelUnloadResponse {}))
     }
 
-    tern_edge::triton_unimplemented_rpcs!(UNIMPLEMENTED_BY);
+    tern_edge::triton_common_rpcs!(UNIMPLEMENTED_BY);
 }
 
 /// GRPCInferenceService as served: ModelInfer and ModelStreamInfer as raw bytes, every other
