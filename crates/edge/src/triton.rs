@@ -105,3 +105,26 @@ macro_rules! triton_common_rpcs {
         )*
     };
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn metadata_and_unimplemented_answers() {
+        let metadata = server_metadata("triton");
+        assert_eq!(metadata.name, "triton");
+        assert_eq!(metadata.version, env!("CARGO_PKG_VERSION"));
+        assert_eq!(metadata.extensions, EXTENSIONS);
+        let status = unimplemented::<()>("TraceSetting", "the Tern router")
+            .err()
+            .map(|s| (s.code(), s.message().to_owned()));
+        assert_eq!(
+            status,
+            Some((
+                tonic::Code::Unimplemented,
+                "TraceSetting is not implemented by the Tern router".to_owned()
+            ))
+        );
+    }
+}
