@@ -1,5 +1,5 @@
 //! The node's request path before the queue: prost decode of a `ModelInferRequest`, then the
-//! size limits and validation the node's service applies (`tern_core::limits::check_request`,
+//! size limits and validation the node's service applies (`tern_core::shape_limits::check_request`,
 //! `tern_core::validate_request`), for a tiny model and a resnet-sized input; and the BYTES
 //! codec (framing, validation, element iteration) at two sizes.
 //!
@@ -10,7 +10,7 @@ use std::hint::black_box;
 use bytes::Bytes;
 use criterion::{BatchSize, Criterion, Throughput, criterion_group, criterion_main};
 use prost::Message;
-use tern_core::limits::{RequestLimits, check_request};
+use tern_core::shape_limits::{RequestLimits, check_request};
 use tern_core::{DataType, IoSpec, ModelIo, codec, validate_request};
 use tern_proto::inference::ModelInferRequest;
 use tern_proto::inference::model_infer_request::{InferInputTensor, InferRequestedOutputTensor};

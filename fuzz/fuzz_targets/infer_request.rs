@@ -4,7 +4,7 @@
 
 use libfuzzer_sys::fuzz_target;
 use prost::Message;
-use tern_core::limits::{RequestLimits, check_request};
+use tern_core::shape_limits::{RequestLimits, check_request};
 use tern_core::{DataType, IoSpec, ModelIo, validate_request};
 use tern_proto::inference::ModelInferRequest;
 

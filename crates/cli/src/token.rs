@@ -1,4 +1,4 @@
-//! `tern token`: bearer tokens for `--auth-token-file` (format: tern-gate's `tokens` module).
+//! `tern token`: bearer tokens for `--auth-token-file` (format: tern-edge's `tokens` module).
 //!
 //! - `tern token new NAME OUT --groups G [--models M]`: a new random token written to OUT (a
 //!   new file, mode 0600; `-` prints it), and its token-file line on stdout.
@@ -47,9 +47,9 @@ fn run(command: TokenCommand) -> Result<(), String> {
     match command {
         TokenCommand::New { name, out, groups, models } => {
             // The line must parse as the server will parse it.
-            let token = tern_gate::new_token()?;
-            let line = format!("{name} {} groups={groups} models={models}", tern_gate::hash_token(&token));
-            tern_gate::TokenTable::parse(&line, "the new line")?;
+            let token = tern_edge::new_token()?;
+            let line = format!("{name} {} groups={groups} models={models}", tern_edge::hash_token(&token));
+            tern_edge::TokenTable::parse(&line, "the new line")?;
             if out == Path::new("-") {
                 println!("{token}");
             } else {
@@ -79,7 +79,7 @@ fn run(command: TokenCommand) -> Result<(), String> {
             if token.is_empty() {
                 return Err("no token given".into());
             }
-            println!("{}", tern_gate::hash_token(token));
+            println!("{}", tern_edge::hash_token(token));
             Ok(())
         }
     }

@@ -6,9 +6,9 @@ pub mod codec;
 mod datatype;
 mod error;
 mod failure;
-pub mod limits;
 mod model_state;
 pub mod request;
+pub mod shape_limits;
 pub mod signature;
 mod tensor;
 

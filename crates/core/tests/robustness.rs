@@ -8,7 +8,7 @@
 use std::path::PathBuf;
 
 use prost::Message;
-use tern_core::limits::{RequestLimits, check_request};
+use tern_core::shape_limits::{RequestLimits, check_request};
 use tern_core::{DataType, IoSpec, ModelIo, codec, validate_request};
 use tern_proto::inference::{InferTensorContents, ModelInferRequest};
 

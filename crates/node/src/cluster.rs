@@ -42,7 +42,7 @@ pub struct Sessions(std::sync::Mutex<std::collections::HashMap<String, String>>)
 impl Sessions {
     /// A fresh secret for the registration with `router`, replacing the previous one.
     fn renew(&self, router: &str) -> Result<String, String> {
-        let secret = tern_gate::new_token()?;
+        let secret = tern_edge::new_token()?;
         self.0
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
@@ -176,7 +176,7 @@ pub async fn heartbeat_agent(
     state: Arc<NodeState>,
     identity: ClusterIdentity,
     interval: Duration,
-    credential: tern_gate::Credential,
+    credential: tern_edge::Credential,
     tls: Option<tonic::transport::ClientTlsConfig>,
 ) {
     let scheme = if tls.is_some() { "https" } else { "http" };
@@ -263,7 +263,7 @@ pub async fn heartbeat_agent(
 
 /// One register or heartbeat call; `Ok(false)`: the router forgot us (register next time).
 async fn beat(
-    client: &mut MembershipClient<InterceptedService<Channel, tern_gate::Credential>>,
+    client: &mut MembershipClient<InterceptedService<Channel, tern_edge::Credential>>,
     status: NodeStatus,
     session: &str,
     registered: bool,

@@ -95,21 +95,8 @@ pub struct Config {
     #[arg(long, default_value_t = 1000, value_name = "MS")]
     pub heartbeat_interval_ms: u64,
 
-    /// Register with --router-address routers over TLS, verifying them with this PEM CA.
-    #[arg(long, value_name = "PEM")]
-    pub router_tls_ca: Option<PathBuf>,
-
-    /// Client certificate (PEM) presented to routers that require mutual TLS.
-    #[arg(long, value_name = "PEM", requires = "router_tls_key")]
-    pub router_tls_cert: Option<PathBuf>,
-
-    /// Private key (PEM) of --router-tls-cert.
-    #[arg(long, value_name = "PEM", requires = "router_tls_cert")]
-    pub router_tls_key: Option<PathBuf>,
-
-    /// Name to verify in router certificates instead of the host of --router-address.
-    #[arg(long, value_name = "NAME")]
-    pub router_tls_domain: Option<String>,
+    #[command(flatten)]
+    pub router_tls: tern_edge::ClientTlsArgs<Routers>,
 
     /// File holding the token this node presents to --router-address routers (one their
     /// --cluster-token-file grants the `cluster` group); re-read when it changes.
@@ -117,16 +104,16 @@ pub struct Config {
     pub router_token_file: Option<PathBuf>,
 
     #[command(flatten)]
-    pub auth: tern_gate::AuthArgs,
+    pub auth: tern_edge::AuthArgs,
 
     #[command(flatten)]
     pub model_key: tern_lifecycle::ModelKeyConfig,
 
     #[command(flatten)]
-    pub limits: crate::limits::LimitsConfig,
+    pub limits: crate::request_limits::LimitsConfig,
 
     #[command(flatten)]
-    pub tls: tern_tls::TlsArgs,
+    pub tls: tern_edge::tls::TlsArgs,
 
     #[command(flatten)]
     pub metrics: tern_telemetry::MetricsConfig,
@@ -174,16 +161,32 @@ impl Config {
 
     /// TLS toward routers, from --router-tls-*.
     pub fn router_tls(&self) -> Result<Option<tonic::transport::ClientTlsConfig>, String> {
-        tern_tls::client_config_from_flags(
-            "router",
-            self.router_tls_ca.as_deref(),
-            self.router_tls_cert.as_deref(),
-            self.router_tls_key.as_deref(),
-            self.router_tls_domain.as_deref(),
-        )
+        self.router_tls.config()
     }
 
     pub fn grpc_addr(&self) -> SocketAddr {
         SocketAddr::new(self.grpc_address, self.grpc_port)
     }
+}
+
+/// The node's client TLS flags toward --router-address routers (`--router-tls-*`).
+#[derive(Debug, Clone, Copy)]
+pub struct Routers;
+
+impl tern_edge::ClientTlsPeer for Routers {
+    const FLAGS: tern_edge::ClientTlsFlags = tern_edge::ClientTlsFlags {
+        ca: tern_edge::Flag {
+            long: "router-tls-ca",
+            help: "Register with --router-address routers over TLS, verifying them with this PEM CA",
+        },
+        cert: tern_edge::Flag {
+            long: "router-tls-cert",
+            help: "Client certificate (PEM) presented to routers that require mutual TLS",
+        },
+        key: tern_edge::Flag { long: "router-tls-key", help: "Private key (PEM) of --router-tls-cert" },
+        domain: Some(tern_edge::Flag {
+            long: "router-tls-domain",
+            help: "Name to verify in router certificates instead of the host of --router-address",
+        }),
+    };
 }

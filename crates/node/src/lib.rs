@@ -9,7 +9,7 @@
 
 pub mod cluster;
 pub mod config;
-pub mod limits;
+pub mod request_limits;
 pub mod service;
 
 use std::future::Future;
@@ -36,6 +36,44 @@ pub async fn run(
     run_with(config, listener, shutdown, metrics, Announce::Public).await
 }
 
+/// tern-node's process: [`tern_edge::main!`] with ONNX Runtime loaded before the runtime starts.
+impl tern_edge::Server for Config {
+    const NAME: &'static str = "tern-node";
+    const RUNTIME: tern_edge::Runtime = tern_edge::Runtime::Batching;
+
+    fn tracing(&mut self) -> &mut tern_telemetry::TracingConfig {
+        &mut self.tracing
+    }
+
+    fn validate(&self) -> Result<(), String> {
+        Config::validate(self)
+    }
+
+    fn prepare(&self) -> Result<(), String> {
+        load_onnxruntime(self)
+    }
+
+    fn grpc_addr(&self) -> std::net::SocketAddr {
+        Config::grpc_addr(self)
+    }
+
+    async fn serve(
+        self,
+        listener: TcpListener,
+        shutdown: tern_edge::process::Shutdown,
+    ) -> anyhow::Result<()> {
+        run(self, listener, shutdown).await
+    }
+}
+
+/// Loads ONNX Runtime (`--onnxruntime-lib`, or ORT_DYLIB_PATH) and logs its version.
+pub fn load_onnxruntime(config: &Config) -> Result<(), String> {
+    let info =
+        tern_backend_ort::init_runtime(config.onnxruntime_lib.as_deref()).map_err(|e| e.to_string())?;
+    tracing::info!(onnxruntime = ?info, "ONNX Runtime loaded");
+    Ok(())
+}
+
 /// How the node announces itself once serving.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Announce {
@@ -54,12 +92,12 @@ pub async fn run_with(
     announce: Announce,
 ) -> anyhow::Result<()> {
     let tls = config.tls.server().map_err(anyhow::Error::msg)?;
-    let auth = tern_gate::AuthLayer { auth: config.auth.authenticator().map_err(anyhow::Error::msg)? };
+    let auth = tern_edge::AuthLayer { auth: config.auth.authenticator().map_err(anyhow::Error::msg)? };
     let router_credential = match &config.router_token_file {
         Some(path) => {
-            tern_gate::Credential::from_file(path).map_err(|e| anyhow::anyhow!("--router-token-file: {e}"))?
+            tern_edge::Credential::from_file(path).map_err(|e| anyhow::anyhow!("--router-token-file: {e}"))?
         }
-        None => tern_gate::Credential::none(),
+        None => tern_edge::Credential::none(),
     };
     let router_tls = config.router_tls().map_err(anyhow::Error::msg)?;
     let models = Arc::new(ModelManager::new(
@@ -106,13 +144,13 @@ pub async fn run_with(
         metrics: metrics.clone(),
         in_flight: Default::default(),
         limits: config.limits.limits(),
-        pending: limits::PendingBytes::new(config.limits.max_pending_request_bytes),
+        pending: request_limits::PendingBytes::new(config.limits.max_pending_request_bytes),
     });
     metrics.set_model_sampler(Arc::new(NodeSampler(state.clone())));
     let ready_state = state.clone();
     metrics.set_readiness(Arc::new(move || ready_state.models.server_ready(ready_state.strict_readiness)));
     let metrics_tls = config.tls.metrics_server().map_err(anyhow::Error::msg)?;
-    let metrics_endpoint = tern_gate::metrics_endpoint::MetricsEndpoint::start(
+    let metrics_endpoint = tern_edge::metrics_endpoint::MetricsEndpoint::start(
         &config.metrics,
         metrics.clone(),
         auth.clone(),
@@ -130,10 +168,7 @@ pub async fn run_with(
 
     let (health_reporter, health) = tonic_health::server::health_reporter();
     health_reporter.set_serving::<GrpcInferenceServiceServer<NodeService>>().await;
-    let reflection = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(tern_proto::FILE_DESCRIPTOR_SET)
-        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-        .build_v1()?;
+    let reflection = tern_edge::grpc::reflection()?;
 
     let addr = listener.local_addr()?;
     let identity = cluster::ClusterIdentity {
@@ -177,12 +212,8 @@ pub async fn run_with(
     // then shows every model UNLOADING), still serving while requests are in flight, so routers
     // and Kubernetes stop sending before the listener closes; then stop accepting. The exit
     // timeout bounds both together.
-    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<tokio::time::Instant>();
-    let exit_timeout = Duration::from_secs(config.exit_timeout_secs);
     let drain_state = state.clone();
-    let signal = async move {
-        shutdown.await;
-        let deadline = tokio::time::Instant::now() + exit_timeout;
+    let before_close = move |deadline: tokio::time::Instant| async move {
         drain_state.models.begin_drain();
         health_reporter.set_not_serving::<GrpcInferenceServiceServer<NodeService>>().await;
         health_reporter.set_service_status("", tonic_health::ServingStatus::NotServing).await;
@@ -192,44 +223,16 @@ pub async fn run_with(
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
         tracing::info!("no request in flight: closing, no new connections");
-        let _ = stop_tx.send(deadline);
     };
-    // Limits, then authentication: both before any work for the request.
-    let routes = config
-        .limits
-        .transport
-        .apply(tonic::transport::Server::builder())
-        .layer(config.limits.transport.layer())
-        .layer(auth)
+    let front = tern_edge::FrontDoor { tls, auth, limits: config.limits.transport.clone() };
+    let routes = front
+        .server()
         .add_service(inference)
         .add_service(node_control)
         .add_service(health)
         .add_service(reflection);
-    // Nagle's algorithm would hold small responses back ~40 ms; `Server::tcp_nodelay` does not
-    // apply to an incoming stream we hand over, so set it on the accepted sockets (tern_tls
-    // does the same for TLS connections).
-    let server: std::pin::Pin<Box<dyn Future<Output = Result<(), tonic::transport::Error>> + Send>> =
-        match tls {
-            Some(tls) => {
-                Box::pin(routes.serve_with_incoming_shutdown(tern_tls::incoming(listener, tls), signal))
-            }
-            None => {
-                let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
-                Box::pin(routes.serve_with_incoming_shutdown(incoming, signal))
-            }
-        };
-    tokio::pin!(server);
-    tokio::select! {
-        result = &mut server => result?,
-        _ = async {
-            match stop_rx.await {
-                Ok(deadline) => tokio::time::sleep_until(deadline).await,
-                Err(_) => std::future::pending().await,
-            }
-        } => {
-            tracing::warn!(timeout_secs = config.exit_timeout_secs, "exit timeout reached with requests still in flight");
-        }
-    }
+    let exit_timeout = Duration::from_secs(config.exit_timeout_secs);
+    tern_edge::grpc::serve(routes, listener, front.tls, shutdown, exit_timeout, before_close).await?;
     if let Some(task) = poll_task {
         task.abort();
     }
@@ -293,41 +296,4 @@ impl tern_telemetry::ModelSampler for NodeSampler {
             })
             .collect()
     }
-}
-
-/// Resolves on SIGTERM or SIGINT.
-pub async fn shutdown_signal() {
-    let ctrl_c = async {
-        let _ = tokio::signal::ctrl_c().await;
-    };
-    #[cfg(unix)]
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
-        }
-    };
-    #[cfg(not(unix))]
-    let term = std::future::pending::<()>();
-    tokio::select! { _ = ctrl_c => {}, _ = term => {} }
-}
-
-/// The async runtime a serving process runs on: tokio's multi-threaded runtime, with the
-/// worker's LIFO slot off when the build allows it (`--cfg tokio_unstable`, set in
-/// `.cargo/config.toml`).
-///
-/// Why: a task woken from a worker normally runs next, before the tasks already queued. When a
-/// batch's answers wake the callers' tasks, the first caller to answer wakes its connection's
-/// task, which would then run at once and flush that one response alone. Without the slot, the
-/// connection's task queues behind the other callers and flushes all their responses in one
-/// write (see benches/RESULTS.md, "Tiny-model profile"). tern-router keeps tokio's default: it
-/// forms no batches, and without the slot it measured 60 µs slower at concurrency 1.
-pub fn server_runtime() -> std::io::Result<tokio::runtime::Runtime> {
-    let mut builder = tokio::runtime::Builder::new_multi_thread();
-    builder.enable_all();
-    #[cfg(tokio_unstable)]
-    builder.disable_lifo_slot();
-    builder.build()
 }

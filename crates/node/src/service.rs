@@ -1,23 +1,18 @@
 //! The KServe v2 / Triton gRPC service of a node: health, metadata, config, inference (unary
 //! and streaming). RPCs not implemented yet answer UNIMPLEMENTED saying so.
 
-use std::pin::Pin;
 use std::sync::Arc;
 
-use futures::{Stream, StreamExt};
+use futures::StreamExt;
 use tern_core::{DataType, FailureReason, ModelState, RequestError, Tensor, classify, validate_request};
 use tern_proto::inference::{self as pb, grpc_inference_service_server::GrpcInferenceService};
 use tonic::{Request, Response, Status, Streaming};
 use tracing::Instrument;
 
-use tern_gate::{authorize_model, may_see_model, principal};
+use tern_edge::{authorize_model, may_see_model, principal};
 use tern_scheduler::{InferJob, StatsSnapshot};
 
 use tern_lifecycle::{ControlMode, ModelManager};
-
-/// Extensions this node really implements (ServerMetadata lists only these).
-pub const EXTENSIONS: &[&str] =
-    &["classification", "model_configuration", "model_repository", "schedule_policy", "statistics"];
 
 /// How many requests of one stream run at once; responses keep the requests' order.
 const STREAM_CONCURRENCY: usize = 64;
@@ -32,9 +27,9 @@ pub struct NodeState {
     /// Inference requests being served now (reported to routers in heartbeats).
     pub in_flight: std::sync::atomic::AtomicU64,
     /// Size limits on requests and responses (`--max-tensor-bytes`, ...).
-    pub limits: crate::limits::Limits,
+    pub limits: crate::request_limits::Limits,
     /// Bytes of requests held now, against `--max-pending-request-bytes`.
-    pub pending: crate::limits::PendingBytes,
+    pub pending: crate::request_limits::PendingBytes,
 }
 
 /// Counts one request in [`NodeState::in_flight`] while alive (also when the request is
@@ -96,7 +91,7 @@ impl NodeService {
         req: pb::ModelInferRequest,
         started: std::time::Instant,
     ) -> Result<pb::ModelInferResponse, RequestError> {
-        let request = tern_core::limits::check_request(&req, &self.state.limits.request)
+        let request = tern_core::shape_limits::check_request(&req, &self.state.limits.request)
             .and_then(|()| validate_request(&model.io, req))
             .inspect_err(|_| {
                 model.scheduler.stats().record_failure(FailureReason::Other, started.elapsed());
@@ -222,21 +217,8 @@ fn request_span(req: &pb::ModelInferRequest) -> tracing::Span {
     )
 }
 
-fn unimplemented<T>(what: &str) -> Result<Response<T>, Status> {
-    Err(Status::unimplemented(format!("{what} is not implemented by this Tern node yet")))
-}
-
-type StreamResult = Pin<Box<dyn Stream<Item = Result<pb::ModelStreamInferResponse, Status>> + Send>>;
-
 #[tonic::async_trait]
 impl GrpcInferenceService for NodeService {
-    async fn server_live(
-        &self,
-        _: Request<pb::ServerLiveRequest>,
-    ) -> Result<Response<pb::ServerLiveResponse>, Status> {
-        Ok(Response::new(pb::ServerLiveResponse { live: true }))
-    }
-
     async fn server_ready(
         &self,
         _: Request<pb::ServerReadyRequest>,
@@ -265,11 +247,7 @@ impl GrpcInferenceService for NodeService {
         &self,
         _: Request<pb::ServerMetadataRequest>,
     ) -> Result<Response<pb::ServerMetadataResponse>, Status> {
-        Ok(Response::new(pb::ServerMetadataResponse {
-            name: self.state.server_name.clone(),
-            version: env!("CARGO_PKG_VERSION").to_string(),
-            extensions: EXTENSIONS.iter().map(|s| s.to_string()).collect(),
-        }))
+        Ok(Response::new(tern_edge::triton::server_metadata(&self.state.server_name)))
     }
 
     async fn model_metadata(
@@ -309,7 +287,7 @@ impl GrpcInferenceService for NodeService {
         Ok(Response::new(response))
     }
 
-    type ModelStreamInferStream = StreamResult;
+    type ModelStreamInferStream = tern_edge::triton::StreamInferStream;
 
     async fn model_stream_infer(
         &self,
@@ -329,7 +307,7 @@ impl GrpcInferenceService for NodeService {
                 };
                 tern_telemetry::set_parent_from_metadata(&span, &metadata);
                 async move {
-                    let req = msg.map_err(crate::limits::message_status)?;
+                    let req = msg.map_err(crate::request_limits::message_status)?;
                     let (model_name, id) = (req.model_name.clone(), req.id.clone());
                     let result = match authorize_model(caller.as_ref(), &model_name) {
                         Ok(()) => service.infer(req).await.map_err(|e| e.to_string()),
@@ -465,59 +443,5 @@ impl GrpcInferenceService for NodeService {
         Ok(Response::new(pb::RepositoryModelUnloadResponse {}))
     }
 
-    async fn system_shared_memory_status(
-        &self,
-        _: Request<pb::SystemSharedMemoryStatusRequest>,
-    ) -> Result<Response<pb::SystemSharedMemoryStatusResponse>, Status> {
-        unimplemented("SystemSharedMemoryStatus")
-    }
-
-    async fn system_shared_memory_register(
-        &self,
-        _: Request<pb::SystemSharedMemoryRegisterRequest>,
-    ) -> Result<Response<pb::SystemSharedMemoryRegisterResponse>, Status> {
-        unimplemented("SystemSharedMemoryRegister")
-    }
-
-    async fn system_shared_memory_unregister(
-        &self,
-        _: Request<pb::SystemSharedMemoryUnregisterRequest>,
-    ) -> Result<Response<pb::SystemSharedMemoryUnregisterResponse>, Status> {
-        unimplemented("SystemSharedMemoryUnregister")
-    }
-
-    async fn cuda_shared_memory_status(
-        &self,
-        _: Request<pb::CudaSharedMemoryStatusRequest>,
-    ) -> Result<Response<pb::CudaSharedMemoryStatusResponse>, Status> {
-        unimplemented("CudaSharedMemoryStatus")
-    }
-
-    async fn cuda_shared_memory_register(
-        &self,
-        _: Request<pb::CudaSharedMemoryRegisterRequest>,
-    ) -> Result<Response<pb::CudaSharedMemoryRegisterResponse>, Status> {
-        unimplemented("CudaSharedMemoryRegister")
-    }
-
-    async fn cuda_shared_memory_unregister(
-        &self,
-        _: Request<pb::CudaSharedMemoryUnregisterRequest>,
-    ) -> Result<Response<pb::CudaSharedMemoryUnregisterResponse>, Status> {
-        unimplemented("CudaSharedMemoryUnregister")
-    }
-
-    async fn trace_setting(
-        &self,
-        _: Request<pb::TraceSettingRequest>,
-    ) -> Result<Response<pb::TraceSettingResponse>, Status> {
-        unimplemented("TraceSetting")
-    }
-
-    async fn log_settings(
-        &self,
-        _: Request<pb::LogSettingsRequest>,
-    ) -> Result<Response<pb::LogSettingsResponse>, Status> {
-        unimplemented("LogSettings")
-    }
+    tern_edge::triton_common_rpcs!("this Tern node yet");
 }

@@ -93,21 +93,8 @@ pub struct Config {
     #[arg(long, default_value_t = 30)]
     pub exit_timeout_secs: u64,
 
-    /// Connect to nodes over TLS, verifying their certificates with this PEM CA.
-    #[arg(long, value_name = "PEM")]
-    pub node_tls_ca: Option<std::path::PathBuf>,
-
-    /// Client certificate (PEM) the router presents to nodes that require mutual TLS.
-    #[arg(long, value_name = "PEM", requires = "node_tls_key")]
-    pub node_tls_cert: Option<std::path::PathBuf>,
-
-    /// Private key (PEM) of --node-tls-cert.
-    #[arg(long, value_name = "PEM", requires = "node_tls_cert")]
-    pub node_tls_key: Option<std::path::PathBuf>,
-
-    /// Name to verify in node certificates instead of the host of each node's address.
-    #[arg(long, value_name = "NAME")]
-    pub node_tls_domain: Option<String>,
+    #[command(flatten)]
+    pub node_tls: tern_edge::ClientTlsArgs<Nodes>,
 
     /// File holding the token the router presents to nodes that require bearer tokens (one
     /// with the groups the router uses: cluster, health, metadata, inference, model-config,
@@ -119,19 +106,41 @@ pub struct Config {
     pub control: crate::control::ControlPlaneArgs,
 
     #[command(flatten)]
-    pub auth: tern_gate::AuthArgs,
+    pub auth: tern_edge::AuthArgs,
 
     #[command(flatten)]
-    pub limits: tern_gate::limits::TransportLimits,
+    pub limits: tern_edge::transport_limits::TransportLimits,
 
     #[command(flatten)]
-    pub tls: tern_tls::TlsArgs,
+    pub tls: tern_edge::tls::TlsArgs,
 
     #[command(flatten)]
     pub metrics: tern_telemetry::MetricsConfig,
 
     #[command(flatten)]
     pub tracing: tern_telemetry::TracingConfig,
+}
+
+/// The router's client TLS flags toward its nodes (`--node-tls-*`).
+#[derive(Debug, Clone, Copy)]
+pub struct Nodes;
+
+impl tern_edge::ClientTlsPeer for Nodes {
+    const FLAGS: tern_edge::ClientTlsFlags = tern_edge::ClientTlsFlags {
+        ca: tern_edge::Flag {
+            long: "node-tls-ca",
+            help: "Connect to nodes over TLS, verifying their certificates with this PEM CA",
+        },
+        cert: tern_edge::Flag {
+            long: "node-tls-cert",
+            help: "Client certificate (PEM) the router presents to nodes that require mutual TLS",
+        },
+        key: tern_edge::Flag { long: "node-tls-key", help: "Private key (PEM) of --node-tls-cert" },
+        domain: Some(tern_edge::Flag {
+            long: "node-tls-domain",
+            help: "Name to verify in node certificates instead of the host of each node's address",
+        }),
+    };
 }
 
 fn parse_model_replicas(s: &str) -> Result<(String, usize), String> {
@@ -191,24 +200,18 @@ impl Config {
     }
 
     /// The token presented to nodes, from --node-token-file.
-    pub fn node_credential(&self) -> Result<tern_gate::Credential, String> {
+    pub fn node_credential(&self) -> Result<tern_edge::Credential, String> {
         match &self.node_token_file {
             Some(path) => {
-                tern_gate::Credential::from_file(path).map_err(|e| format!("--node-token-file: {e}"))
+                tern_edge::Credential::from_file(path).map_err(|e| format!("--node-token-file: {e}"))
             }
-            None => Ok(tern_gate::Credential::none()),
+            None => Ok(tern_edge::Credential::none()),
         }
     }
 
     /// TLS toward nodes, from --node-tls-*.
     pub fn node_tls(&self) -> Result<Option<tonic::transport::ClientTlsConfig>, String> {
-        tern_tls::client_config_from_flags(
-            "node",
-            self.node_tls_ca.as_deref(),
-            self.node_tls_cert.as_deref(),
-            self.node_tls_key.as_deref(),
-            self.node_tls_domain.as_deref(),
-        )
+        self.node_tls.config()
     }
 
     /// The cluster settings derived from the flags.
@@ -229,7 +232,7 @@ impl Config {
             router_id: self.router_id.clone().unwrap_or_else(default_router_id),
             index_holders: true,
             node_tls: None,
-            node_credential: tern_gate::Credential::none(),
+            node_credential: tern_edge::Credential::none(),
         }
     }
 }
@@ -264,7 +267,7 @@ pub struct ClusterSettings {
     /// TLS toward nodes (`https`), or plaintext.
     pub node_tls: Option<tonic::transport::ClientTlsConfig>,
     /// The token presented to nodes (`--node-token-file`).
-    pub node_credential: tern_gate::Credential,
+    pub node_credential: tern_edge::Credential,
 }
 
 impl ClusterSettings {

@@ -73,8 +73,8 @@ impl Default for ControlPlaneArgs {
 /// What the control-plane listener checks before any work: TLS (perhaps mutual) and tokens.
 #[derive(Debug, Clone)]
 pub struct ControlFront {
-    pub tls: Option<Arc<tern_tls::rustls::ServerConfig>>,
-    pub auth: tern_gate::AuthLayer,
+    pub tls: Option<Arc<tern_edge::tls::rustls::ServerConfig>>,
+    pub auth: tern_edge::AuthLayer,
 }
 
 impl ControlPlaneArgs {
@@ -113,7 +113,7 @@ impl ControlPlaneArgs {
         let tls = match (&self.cluster_tls_cert, &self.cluster_tls_key) {
             (Some(cert), Some(key)) => {
                 // The server TLS builder is shared with the client port's; its flags differ.
-                let args = tern_tls::TlsArgs {
+                let args = tern_edge::tls::TlsArgs {
                     grpc_use_ssl: true,
                     grpc_use_ssl_mutual: self.cluster_tls_ca.is_some(),
                     grpc_server_cert: Some(cert.clone()),
@@ -127,15 +127,15 @@ impl ControlPlaneArgs {
         };
         let auth = match &self.cluster_token_file {
             Some(path) => {
-                let nothing_public = tern_gate::Groups::parse("none")?;
+                let nothing_public = tern_edge::Groups::parse("none")?;
                 Some(
-                    tern_gate::Authenticator::from_file(path, nothing_public, None)
+                    tern_edge::Authenticator::from_file(path, nothing_public, None)
                         .map_err(|e| format!("--cluster-token-file: {e}"))?,
                 )
             }
             None => None,
         };
-        Ok(Some(ControlFront { tls, auth: tern_gate::AuthLayer { auth } }))
+        Ok(Some(ControlFront { tls, auth: tern_edge::AuthLayer { auth } }))
     }
 }
 
@@ -155,7 +155,9 @@ pub async fn serve(
         .layer(front.auth)
         .add_service(membership);
     match front.tls {
-        Some(tls) => routes.serve_with_incoming_shutdown(tern_tls::incoming(listener, tls), shutdown).await,
+        Some(tls) => {
+            routes.serve_with_incoming_shutdown(tern_edge::tls::incoming(listener, tls), shutdown).await
+        }
         None => {
             let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
             routes.serve_with_incoming_shutdown(incoming, shutdown).await

@@ -148,7 +148,7 @@ impl Forwarder {
         &self,
         metadata: MetadataMap,
         body: Bytes,
-        caller: Option<&tern_gate::Principal>,
+        caller: Option<&tern_edge::Principal>,
     ) -> Result<Response<Bytes>, Status> {
         let head = InferHead::parse(&body)?;
         self.infer_parsed(&head, metadata, body, caller).await
@@ -160,9 +160,9 @@ impl Forwarder {
         head: &InferHead,
         metadata: MetadataMap,
         body: Bytes,
-        caller: Option<&tern_gate::Principal>,
+        caller: Option<&tern_edge::Principal>,
     ) -> Result<Response<Bytes>, Status> {
-        let result = match tern_gate::authorize_model(caller, &head.model_name) {
+        let result = match tern_edge::authorize_model(caller, &head.model_name) {
             Ok(()) => self.infer_head(head, forwardable(metadata), body, caller).await,
             Err(denied) => Err(denied),
         };
@@ -176,7 +176,7 @@ impl Forwarder {
         head: &InferHead,
         metadata: MetadataMap,
         body: Bytes,
-        caller: Option<&tern_gate::Principal>,
+        caller: Option<&tern_edge::Principal>,
     ) -> Result<Response<Bytes>, Status> {
         let model = head.model_name.as_str();
         let sequence = head.sequence().map(|s| (model.to_string(), s));
@@ -273,7 +273,7 @@ impl Forwarder {
         head: &InferHead,
         sequence: Option<&(String, SequenceId)>,
         tried: &[Arc<Node>],
-        caller: Option<&tern_gate::Principal>,
+        caller: Option<&tern_edge::Principal>,
     ) -> Result<Target, Status> {
         let model = head.model_name.as_str();
         let untried = |n: &Arc<Node>| !tried.iter().any(|t| Arc::ptr_eq(t, n));
@@ -314,8 +314,8 @@ impl Forwarder {
                 return authority();
             }
             // A lazy load is a model load: only for callers that may load models.
-            if let Some(tern_gate::Principal(grant)) =
-                caller.filter(|p| !p.0.groups.contains(tern_gate::Group::ModelRepository))
+            if let Some(tern_edge::Principal(grant)) =
+                caller.filter(|p| !p.0.groups.contains(tern_edge::Group::ModelRepository))
             {
                 return Err(Status::unavailable(format!(
                     "model '{model}' is not loaded on any node, and token '{}' may not load models (that needs the model-repository group); ask an operator to load it",
@@ -340,7 +340,7 @@ impl Forwarder {
         &self,
         model: &str,
         version: &str,
-        caller: Option<&tern_gate::Principal>,
+        caller: Option<&tern_edge::Principal>,
     ) -> Result<Arc<Node>, Status> {
         let head = InferHead {
             model_name: model.to_string(),

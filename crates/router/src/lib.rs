@@ -41,12 +41,7 @@ pub struct Router {
 }
 
 /// What the router's gRPC server checks before any work: TLS, tokens, transport limits.
-#[derive(Debug, Clone, Default)]
-pub struct FrontDoor {
-    pub tls: Option<Arc<tern_tls::rustls::ServerConfig>>,
-    pub auth: tern_gate::AuthLayer,
-    pub limits: tern_gate::limits::TransportLimits,
-}
+pub use tern_edge::FrontDoor;
 
 /// Where nodes come from besides registration.
 #[derive(Debug, Clone, Default)]
@@ -156,49 +151,44 @@ impl Router {
                 }
             }
         });
-        let reflection = tonic_reflection::server::Builder::configure()
-            .register_encoded_file_descriptor_set(tern_proto::FILE_DESCRIPTOR_SET)
-            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-            .build_v1()?;
+        let reflection = tern_edge::grpc::reflection()?;
 
-        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-        let signal = async move {
-            shutdown.await;
+        let routes = front.server().add_service(inference).add_service(health).add_service(reflection);
+        let before_close = |_deadline| async {
             tracing::info!("shutting down: no new connections, finishing in-flight requests");
-            let _ = stop_tx.send(());
         };
-        // Limits, then authentication: both before any work for the request.
-        let routes = front
-            .limits
-            .apply(tonic::transport::Server::builder())
-            .layer(front.limits.layer())
-            .layer(front.auth)
-            .add_service(inference)
-            .add_service(health)
-            .add_service(reflection);
-        let server: std::pin::Pin<Box<dyn Future<Output = Result<(), tonic::transport::Error>> + Send>> =
-            match front.tls {
-                Some(tls) => {
-                    Box::pin(routes.serve_with_incoming_shutdown(tern_tls::incoming(listener, tls), signal))
-                }
-                None => {
-                    let incoming =
-                        tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
-                    Box::pin(routes.serve_with_incoming_shutdown(incoming, signal))
-                }
-            };
-        tokio::pin!(server);
-        tokio::select! {
-            result = &mut server => result?,
-            _ = async { let _ = stop_rx.await; tokio::time::sleep(exit_timeout).await } => {
-                tracing::warn!(timeout_secs = exit_timeout.as_secs(), "exit timeout reached with requests still in flight");
-            }
-        }
+        tern_edge::grpc::serve(routes, listener, front.tls, shutdown, exit_timeout, before_close).await?;
         health_task.abort();
         for task in self.tasks {
             task.abort();
         }
         Ok(())
+    }
+}
+
+/// tern-router's process: [`tern_edge::main!`] on tokio's default runtime.
+impl tern_edge::Server for Config {
+    const NAME: &'static str = "tern-router";
+    const RUNTIME: tern_edge::Runtime = tern_edge::Runtime::Default;
+
+    fn tracing(&mut self) -> &mut tern_telemetry::TracingConfig {
+        &mut self.tracing
+    }
+
+    fn validate(&self) -> Result<(), String> {
+        Config::validate(self)
+    }
+
+    fn grpc_addr(&self) -> std::net::SocketAddr {
+        Config::grpc_addr(self)
+    }
+
+    async fn serve(
+        self,
+        listener: TcpListener,
+        shutdown: tern_edge::process::Shutdown,
+    ) -> anyhow::Result<()> {
+        run(self, listener, shutdown).await
     }
 }
 
@@ -211,7 +201,7 @@ pub async fn run(
     let metrics = Arc::new(tern_telemetry::Metrics::new(&config.metrics)?);
     let front = FrontDoor {
         tls: config.tls.server().map_err(anyhow::Error::msg)?,
-        auth: tern_gate::AuthLayer { auth: config.auth.authenticator().map_err(anyhow::Error::msg)? },
+        auth: tern_edge::AuthLayer { auth: config.auth.authenticator().map_err(anyhow::Error::msg)? },
         limits: config.limits.clone(),
     };
     let mut settings = config.cluster();
@@ -253,7 +243,7 @@ pub async fn run(
         let _ = stop_tx.send(true);
     };
     let metrics_tls = config.tls.metrics_server().map_err(anyhow::Error::msg)?;
-    let metrics_endpoint = tern_gate::metrics_endpoint::MetricsEndpoint::start(
+    let metrics_endpoint = tern_edge::metrics_endpoint::MetricsEndpoint::start(
         &config.metrics,
         metrics.clone(),
         front.auth.clone(),
@@ -280,23 +270,4 @@ pub async fn run(
     metrics_endpoint.stop().await;
     tracing::info!("tern-router stopped");
     Ok(())
-}
-
-/// Resolves on SIGTERM or SIGINT.
-pub async fn shutdown_signal() {
-    let ctrl_c = async {
-        let _ = tokio::signal::ctrl_c().await;
-    };
-    #[cfg(unix)]
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
-        }
-    };
-    #[cfg(not(unix))]
-    let term = std::future::pending::<()>();
-    tokio::select! { _ = ctrl_c => {}, _ = term => {} }
 }

@@ -30,7 +30,7 @@ pub const MAX_MESSAGE_SIZE: usize = i32::MAX as usize;
 pub const MAX_REGISTERED_NODES: usize = 1024;
 
 /// A connection to a node that presents the router's token (`--node-token-file`), if any.
-pub type NodeChannel = InterceptedService<Channel, tern_gate::Credential>;
+pub type NodeChannel = InterceptedService<Channel, tern_edge::Credential>;
 
 /// How the router found a node.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -59,7 +59,7 @@ pub struct Node {
     pub addr: String,
     pub source: Source,
     channels: Vec<Channel>,
-    credential: tern_gate::Credential,
+    credential: tern_edge::Credential,
     next_channel: AtomicUsize,
     /// Requests the router has outstanding on this node (the balancer's load signal).
     pub outstanding: AtomicU64,
@@ -97,7 +97,7 @@ impl Node {
         source: Source,
         connections: usize,
         tls: Option<&tonic::transport::ClientTlsConfig>,
-        credential: tern_gate::Credential,
+        credential: tern_edge::Credential,
     ) -> Result<Node, String> {
         let scheme = if tls.is_some() { "https" } else { "http" };
         let mut endpoint = Endpoint::from_shared(format!("{scheme}://{addr}"))
@@ -254,7 +254,7 @@ pub struct Cluster {
     heartbeat_timeout: Duration,
     upstream_connections: usize,
     tls: Option<tonic::transport::ClientTlsConfig>,
-    credential: tern_gate::Credential,
+    credential: tern_edge::Credential,
     nodes: RwLock<HashMap<String, Arc<Node>>>,
     view: ArcSwap<RoutingView>,
     metrics: Arc<RouterMetrics>,
@@ -267,7 +267,7 @@ impl Cluster {
         heartbeat_timeout: Duration,
         upstream_connections: usize,
         tls: Option<tonic::transport::ClientTlsConfig>,
-        credential: tern_gate::Credential,
+        credential: tern_edge::Credential,
         metrics: Arc<RouterMetrics>,
     ) -> Cluster {
         Cluster {
@@ -484,7 +484,7 @@ mod tests {
             Duration::from_millis(200),
             1,
             None,
-            tern_gate::Credential::none(),
+            tern_edge::Credential::none(),
             Arc::new(RouterMetrics::unregistered()),
         );
         let a = cluster.upsert("127.0.0.1:1", Source::Static).expect("a");
@@ -530,7 +530,7 @@ mod tests {
             Duration::from_secs(1),
             1,
             None,
-            tern_gate::Credential::none(),
+            tern_edge::Credential::none(),
             Arc::new(RouterMetrics::unregistered()),
         );
         let node = cluster.upsert("127.0.0.1:1", Source::Registered).expect("node");

@@ -23,11 +23,7 @@ use crate::forward::{Forwarder, INFER_PATH, STREAM_INFER_PATH, retryable, transp
 use crate::nodes::{Cluster, Node};
 use crate::placement::Placement;
 use crate::raw::{InferHead, RawCodec, RawMessage, stream_error, stream_response};
-use tern_gate::{authorize_model, may_see_model, principal};
-
-/// Extensions the router serves (those of tern-node: the router forwards to nodes).
-pub const EXTENSIONS: &[&str] =
-    &["classification", "model_configuration", "model_repository", "schedule_policy", "statistics"];
+use tern_edge::{authorize_model, may_see_model, principal};
 
 /// Requests of one stream in flight at once; responses keep the requests' order, as a node's.
 const STREAM_CONCURRENCY: usize = 64;
@@ -47,7 +43,7 @@ impl RouterState {
         &self,
         model: &str,
         version: &str,
-        caller: Option<&tern_gate::Principal>,
+        caller: Option<&tern_edge::Principal>,
         f: F,
     ) -> Result<T, Status>
     where
@@ -82,21 +78,11 @@ impl RouterService {
     }
 }
 
-fn unimplemented<T>(what: &str) -> Result<Response<T>, Status> {
-    Err(Status::unimplemented(format!("{what} is not implemented by the Tern router")))
-}
-
-type StreamResult = Pin<Box<dyn Stream<Item = Result<pb::ModelStreamInferResponse, Status>> + Send>>;
+/// UNIMPLEMENTED for what the router does not implement.
+const UNIMPLEMENTED_BY: &str = "the Tern router";
 
 #[tonic::async_trait]
 impl GrpcInferenceService for RouterService {
-    async fn server_live(
-        &self,
-        _: Request<pb::ServerLiveRequest>,
-    ) -> Result<Response<pb::ServerLiveResponse>, Status> {
-        Ok(Response::new(pb::ServerLiveResponse { live: true }))
-    }
-
     async fn server_ready(
         &self,
         _: Request<pb::ServerReadyRequest>,
@@ -119,11 +105,7 @@ impl GrpcInferenceService for RouterService {
         &self,
         _: Request<pb::ServerMetadataRequest>,
     ) -> Result<Response<pb::ServerMetadataResponse>, Status> {
-        Ok(Response::new(pb::ServerMetadataResponse {
-            name: self.state.server_name.clone(),
-            version: env!("CARGO_PKG_VERSION").to_string(),
-            extensions: EXTENSIONS.iter().map(|s| s.to_string()).collect(),
-        }))
+        Ok(Response::new(tern_edge::triton::server_metadata(&self.state.server_name)))
     }
 
     async fn model_metadata(
@@ -149,7 +131,7 @@ impl GrpcInferenceService for RouterService {
     ) -> Result<Response<pb::ModelInferResponse>, Status> {
         // Not reached: InferenceRoutes forwards ModelInfer as bytes. Kept correct regardless.
         let (metadata, extensions, message) = req.into_parts();
-        let caller = extensions.get::<tern_gate::Principal>();
+        let caller = extensions.get::<tern_edge::Principal>();
         let reply =
             self.state.forwarder.infer(metadata, Bytes::from(message.encode_to_vec()), caller).await?;
         let (metadata, bytes, extensions) = reply.into_parts();
@@ -158,14 +140,14 @@ impl GrpcInferenceService for RouterService {
         Ok(Response::from_parts(metadata, decoded, extensions))
     }
 
-    type ModelStreamInferStream = StreamResult;
+    type ModelStreamInferStream = tern_edge::triton::StreamInferStream;
 
     async fn model_stream_infer(
         &self,
         _: Request<Streaming<pb::ModelInferRequest>>,
     ) -> Result<Response<Self::ModelStreamInferStream>, Status> {
         // Not reached: InferenceRoutes serves ModelStreamInfer as bytes.
-        unimplemented("ModelStreamInfer with decoded messages")
+        tern_edge::triton::unimplemented("ModelStreamInfer with decoded messages", UNIMPLEMENTED_BY)
     }
 
     async fn model_config(
@@ -272,61 +254,7 @@ impl GrpcInferenceService for RouterService {
         Ok(Response::new(pb::RepositoryModelUnloadResponse {}))
     }
 
-    async fn system_shared_memory_status(
-        &self,
-        _: Request<pb::SystemSharedMemoryStatusRequest>,
-    ) -> Result<Response<pb::SystemSharedMemoryStatusResponse>, Status> {
-        unimplemented("SystemSharedMemoryStatus")
-    }
-
-    async fn system_shared_memory_register(
-        &self,
-        _: Request<pb::SystemSharedMemoryRegisterRequest>,
-    ) -> Result<Response<pb::SystemSharedMemoryRegisterResponse>, Status> {
-        unimplemented("SystemSharedMemoryRegister")
-    }
-
-    async fn system_shared_memory_unregister(
-        &self,
-        _: Request<pb::SystemSharedMemoryUnregisterRequest>,
-    ) -> Result<Response<pb::SystemSharedMemoryUnregisterResponse>, Status> {
-        unimplemented("SystemSharedMemoryUnregister")
-    }
-
-    async fn cuda_shared_memory_status(
-        &self,
-        _: Request<pb::CudaSharedMemoryStatusRequest>,
-    ) -> Result<Response<pb::CudaSharedMemoryStatusResponse>, Status> {
-        unimplemented("CudaSharedMemoryStatus")
-    }
-
-    async fn cuda_shared_memory_register(
-        &self,
-        _: Request<pb::CudaSharedMemoryRegisterRequest>,
-    ) -> Result<Response<pb::CudaSharedMemoryRegisterResponse>, Status> {
-        unimplemented("CudaSharedMemoryRegister")
-    }
-
-    async fn cuda_shared_memory_unregister(
-        &self,
-        _: Request<pb::CudaSharedMemoryUnregisterRequest>,
-    ) -> Result<Response<pb::CudaSharedMemoryUnregisterResponse>, Status> {
-        unimplemented("CudaSharedMemoryUnregister")
-    }
-
-    async fn trace_setting(
-        &self,
-        _: Request<pb::TraceSettingRequest>,
-    ) -> Result<Response<pb::TraceSettingResponse>, Status> {
-        unimplemented("TraceSetting")
-    }
-
-    async fn log_settings(
-        &self,
-        _: Request<pb::LogSettingsRequest>,
-    ) -> Result<Response<pb::LogSettingsResponse>, Status> {
-        unimplemented("LogSettings")
-    }
+    tern_edge::triton_common_rpcs!(UNIMPLEMENTED_BY);
 }
 
 /// GRPCInferenceService as served: ModelInfer and ModelStreamInfer as raw bytes, every other
@@ -408,7 +336,7 @@ impl tonic::server::UnaryService<Bytes> for UnaryInfer {
         let forwarder = self.0.clone();
         Box::pin(async move {
             let (metadata, extensions, body) = request.into_parts();
-            let reply = forwarder.infer(metadata, body, extensions.get::<tern_gate::Principal>()).await?;
+            let reply = forwarder.infer(metadata, body, extensions.get::<tern_edge::Principal>()).await?;
             Ok(reply.map(RawMessage::from))
         })
     }
@@ -430,7 +358,7 @@ impl tonic::server::StreamingService<Bytes> for StreamInfer {
         let forwarder = self.0.clone();
         Box::pin(async move {
             let (metadata, extensions, messages) = request.into_parts();
-            let caller = extensions.get::<tern_gate::Principal>().cloned();
+            let caller = extensions.get::<tern_edge::Principal>().cloned();
             let responses = messages
                 .map(move |message| {
                     let forwarder = forwarder.clone();
@@ -453,7 +381,7 @@ impl tonic::server::StreamingService<Bytes> for StreamInfer {
                             }
                             // The client's stream broke (or sent a message over the limit):
                             // end ours with its status, as a node does.
-                            Err(e) => Err(tern_gate::limits::message_status(e)),
+                            Err(e) => Err(tern_edge::transport_limits::message_status(e)),
                         }
                     }
                 })

@@ -27,10 +27,7 @@ where
     L::Addr: std::fmt::Debug,
 {
     // The first reading before the first scrape can arrive, so no scrape shows zeros.
-    let first = metrics.clone();
-    if tokio::task::spawn_blocking(move || first.refresh_resources()).await.is_err() {
-        tracing::warn!("resource metrics refresh panicked");
-    }
+    first_resource_reading(metrics.clone()).await;
     let poller = tokio::spawn(resource_task(metrics));
     let result = axum::serve(listener, routes).with_graceful_shutdown(shutdown).await;
     poller.abort();
@@ -76,9 +73,17 @@ fn health(check: Option<HealthCheck>, unset: StatusCode) -> StatusCode {
     }
 }
 
+/// Reads CPU, memory and GPU once (on a blocking thread): before a metrics server accepts its
+/// first scrape, so no scrape shows zeros.
+pub async fn first_resource_reading(metrics: Arc<Metrics>) {
+    if tokio::task::spawn_blocking(move || metrics.refresh_resources()).await.is_err() {
+        tracing::warn!("resource metrics refresh panicked");
+    }
+}
+
 /// Refreshes resource readings every interval after the first (the first CPU utilization
-/// needs two readings, so it reads 0 until the second, as Triton's).
-async fn resource_task(metrics: Arc<Metrics>) {
+/// needs two readings, so it reads 0 until the second, as Triton's). Runs until aborted.
+pub async fn resource_task(metrics: Arc<Metrics>) {
     let every = metrics.settings().interval;
     let mut interval = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
     interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);

@@ -181,7 +181,7 @@ mod tests {
             Duration::from_secs(1),
             1,
             None,
-            tern_gate::Credential::none(),
+            tern_edge::Credential::none(),
             metrics.clone(),
         ));
         let settings = crate::Config::try_parse_from(["tern-router"]).expect("defaults").cluster();

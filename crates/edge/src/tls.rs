@@ -315,24 +315,6 @@ fn accept_loop<T: Send + 'static>(
     });
 }
 
-/// Client TLS from a server's `--<prefix>-tls-ca`, `-cert`, `-key` and `-domain` flags
-/// (router -> node: `node`; node -> router: `router`): `None` without a CA.
-pub fn client_config_from_flags(
-    prefix: &str,
-    ca: Option<&Path>,
-    cert: Option<&Path>,
-    key: Option<&Path>,
-    domain: Option<&str>,
-) -> Result<Option<tonic::transport::ClientTlsConfig>, String> {
-    let Some(ca) = ca else {
-        if cert.is_some() {
-            return Err(format!("--{prefix}-tls-cert needs --{prefix}-tls-ca"));
-        }
-        return Ok(None);
-    };
-    client_config(ca, cert.zip(key), domain).map(Some)
-}
-
 /// Client TLS toward another Tern server: the CA that signs its certificate, and optionally
 /// our own certificate for servers that require mutual TLS.
 pub fn client_config(

@@ -1,7 +1,7 @@
 //! Limits on what clients may send to a node: the transport limits every Tern server shares
-//! ([`tern_gate::limits`]: message size, streams per connection, header size) and the node's
+//! ([`tern_edge::limits`]: message size, streams per connection, header size) and the node's
 //! own, on what a request's shapes claim (`--max-tensor-bytes`, `--max-request-bytes`), checked
-//! by [`tern_core::limits::check_request`] before anything is sized from them, and on the
+//! by [`tern_core::shape_limits::check_request`] before anything is sized from them, and on the
 //! bytes of all requests it holds at once (`--max-pending-request-bytes`, [`PendingBytes`]).
 //! Every limit that is hit answers RESOURCE_EXHAUSTED or INVALID_ARGUMENT with a message naming
 //! the flag.
@@ -9,8 +9,8 @@
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
 use tern_core::RequestError;
-use tern_core::limits::RequestLimits;
-pub use tern_gate::limits::{DEFAULT_MAX_MESSAGE_SIZE, TransportLimits, message_status};
+use tern_core::shape_limits::RequestLimits;
+pub use tern_edge::transport_limits::{DEFAULT_MAX_MESSAGE_SIZE, TransportLimits, message_status};
 
 /// The limit flags of tern-node (and `tern serve`).
 #[derive(Debug, Clone, clap::Args)]

@@ -1,0 +1,130 @@
+//! The part of Triton's GRPCInferenceService that tern-node and tern-router answer alike:
+//! ServerLive, ServerMetadata (name, version, [`EXTENSIONS`]) and the RPCs neither implements,
+//! which answer UNIMPLEMENTED naming the RPC ([`triton_common_rpcs!`]).
+
+use std::pin::Pin;
+
+pub use tern_proto::inference as pb;
+pub use tonic;
+
+/// Extensions Tern really implements (ServerMetadata lists only these); the router serves
+/// those of its nodes, since it forwards to them.
+pub const EXTENSIONS: &[&str] =
+    &["classification", "model_configuration", "model_repository", "schedule_policy", "statistics"];
+
+/// The response stream of ModelStreamInfer.
+pub type StreamInferStream =
+    Pin<Box<dyn futures::Stream<Item = Result<pb::ModelStreamInferResponse, tonic::Status>> + Send>>;
+
+/// ServerMetadata's answer for a server named `name` (`--server-name`).
+pub fn server_metadata(name: &str) -> pb::ServerMetadataResponse {
+    pb::ServerMetadataResponse {
+        name: name.to_string(),
+        version: env!("CARGO_PKG_VERSION").to_string(),
+        extensions: EXTENSIONS.iter().map(|s| s.to_string()).collect(),
+    }
+}
+
+/// UNIMPLEMENTED for `rpc`: "`rpc` is not implemented by `by`".
+pub fn unimplemented<T>(rpc: &str, by: &str) -> Result<tonic::Response<T>, tonic::Status> {
+    Err(tonic::Status::unimplemented(format!("{rpc} is not implemented by {by}")))
+}
+
+/// The GRPCInferenceService methods node and router answer alike, for use inside
+/// `#[tonic::async_trait] impl GrpcInferenceService for ...`: ServerLive (live while the process
+/// serves at all), and those Tern does not implement (shared memory, trace and log settings),
+/// each answering [`unimplemented`] with `by` ("the Tern router"). Written in the form
+/// async_trait gives trait methods, since the attribute runs before this macro expands.
+#[macro_export]
+macro_rules! triton_common_rpcs {
+    ($by:expr) => {
+        fn server_live<'life0, 'async_trait>(
+            &'life0 self,
+            _request: $crate::triton::tonic::Request<$crate::triton::pb::ServerLiveRequest>,
+        ) -> ::std::pin::Pin<
+            ::std::boxed::Box<
+                dyn ::std::future::Future<
+                        Output = ::std::result::Result<
+                            $crate::triton::tonic::Response<$crate::triton::pb::ServerLiveResponse>,
+                            $crate::triton::tonic::Status,
+                        >,
+                    > + ::std::marker::Send
+                    + 'async_trait,
+            >,
+        >
+        where
+            'life0: 'async_trait,
+            Self: 'async_trait,
+        {
+            ::std::boxed::Box::pin(::std::future::ready(::std::result::Result::Ok(
+                $crate::triton::tonic::Response::new($crate::triton::pb::ServerLiveResponse { live: true }),
+            )))
+        }
+        $crate::triton_common_rpcs!(@each $by;
+            system_shared_memory_status SystemSharedMemoryStatus
+                SystemSharedMemoryStatusRequest SystemSharedMemoryStatusResponse;
+            system_shared_memory_register SystemSharedMemoryRegister
+                SystemSharedMemoryRegisterRequest SystemSharedMemoryRegisterResponse;
+            system_shared_memory_unregister SystemSharedMemoryUnregister
+                SystemSharedMemoryUnregisterRequest SystemSharedMemoryUnregisterResponse;
+            cuda_shared_memory_status CudaSharedMemoryStatus
+                CudaSharedMemoryStatusRequest CudaSharedMemoryStatusResponse;
+            cuda_shared_memory_register CudaSharedMemoryRegister
+                CudaSharedMemoryRegisterRequest CudaSharedMemoryRegisterResponse;
+            cuda_shared_memory_unregister CudaSharedMemoryUnregister
+                CudaSharedMemoryUnregisterRequest CudaSharedMemoryUnregisterResponse;
+            trace_setting TraceSetting TraceSettingRequest TraceSettingResponse;
+            log_settings LogSettings LogSettingsRequest LogSettingsResponse;
+        );
+    };
+    (@each $by:expr; $($method:ident $rpc:ident $req:ident $resp:ident;)*) => {
+        $(
+            fn $method<'life0, 'async_trait>(
+                &'life0 self,
+                _request: $crate::triton::tonic::Request<$crate::triton::pb::$req>,
+            ) -> ::std::pin::Pin<
+                ::std::boxed::Box<
+                    dyn ::std::future::Future<
+                            Output = ::std::result::Result<
+                                $crate::triton::tonic::Response<$crate::triton::pb::$resp>,
+                                $crate::triton::tonic::Status,
+                            >,
+                        > + ::std::marker::Send
+                        + 'async_trait,
+                >,
+            >
+            where
+                'life0: 'async_trait,
+                Self: 'async_trait,
+            {
+                ::std::boxed::Box::pin(::std::future::ready($crate::triton::unimplemented(
+                    stringify!($rpc),
+                    $by,
+                )))
+            }
+        )*
+    };
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn metadata_and_unimplemented_answers() {
+        let metadata = server_metadata("triton");
+        assert_eq!(metadata.name, "triton");
+        assert_eq!(metadata.version, env!("CARGO_PKG_VERSION"));
+        assert_eq!(metadata.extensions, EXTENSIONS);
+        let status = unimplemented::<()>("TraceSetting", "the Tern router")
+            .err()
+            .map(|s| (s.code(), s.message().to_owned()));
+        assert_eq!(
+            status,
+            Some((
+                tonic::Code::Unimplemented,
+                "TraceSetting is not implemented by the Tern router".to_owned()
+            ))
+        );
+    }
+}
