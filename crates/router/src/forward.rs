@@ -74,60 +74,52 @@ impl Forwarder {
         caller: Option<&tern_gate::Principal>,
     ) -> Result<Response<Bytes>, ClientError> {
         let span = route_span(&head.model_name, &head.model_version, &metadata);
-        let result = match tern_gate::authorize_model(caller, &head.model_name) {
-            Ok(()) => {
-                self.infer_head(head, forwardable(metadata), body, caller).instrument(span.clone()).await
+        let result = async {
+            tern_gate::authorize_model(caller, &head.model_name)
+                .map_err(|denied| ClientError::router(denied.code(), denied.message()))?;
+            let metadata = forwardable(metadata);
+            let model = head.model_name.as_str();
+            let sequence = head.sequence().map(|s| (model.to_string(), s));
+            if let Some(key) = &sequence {
+                self.admit_sequence(key)?;
             }
-            Err(denied) => Err(ClientError::router(denied.code(), denied.message())),
-        };
+            let route = Route {
+                model,
+                version: &head.model_version,
+                sequence: sequence.as_ref(),
+                caller,
+                retries: self.placement.settings().max_retries,
+                inference: true,
+            };
+            let (response, node) = self
+                .forward(&route, |node| {
+                    let (metadata, body) = (metadata.clone(), RawMessage::from(body.clone()));
+                    async move {
+                        let started = Instant::now();
+                        let outstanding = node.begin(model);
+                        let result = node.client().infer_raw(metadata, body).await;
+                        drop(outstanding);
+                        self.metrics.upstream(&node.addr, started.elapsed());
+                        result
+                    }
+                })
+                .await?;
+            if let Some(key) = &sequence {
+                if head.sequence_end() {
+                    self.sequences.remove(key);
+                } else {
+                    self.sequences.insert(key.clone(), (node, self.cluster.now_ms()));
+                }
+            }
+            let (meta, reply, ext) = response.into_parts();
+            Ok(Response::from_parts(forwardable(meta), reply, ext))
+        }
+        .instrument(span.clone())
+        .await;
         record_outcome(&span, &result);
         let code = result.as_ref().map_or_else(ClientError::code, |_| Code::Ok);
         self.metrics.request(self.cluster.metric_label(&head.model_name), code);
         result
-    }
-
-    async fn infer_head(
-        &self,
-        head: &InferHead,
-        metadata: MetadataMap,
-        body: Bytes,
-        caller: Option<&tern_gate::Principal>,
-    ) -> Result<Response<Bytes>, ClientError> {
-        let model = head.model_name.as_str();
-        let sequence = head.sequence().map(|s| (model.to_string(), s));
-        if let Some(key) = &sequence {
-            self.admit_sequence(key)?;
-        }
-        let route = Route {
-            model,
-            version: &head.model_version,
-            sequence: sequence.as_ref(),
-            caller,
-            retries: self.placement.settings().max_retries,
-            inference: true,
-        };
-        let (response, node) = self
-            .forward(&route, |node| {
-                let (metadata, body) = (metadata.clone(), RawMessage::from(body.clone()));
-                async move {
-                    let started = Instant::now();
-                    let outstanding = node.begin(model);
-                    let result = node.client().infer_raw(metadata, body).await;
-                    drop(outstanding);
-                    self.metrics.upstream(&node.addr, started.elapsed());
-                    result
-                }
-            })
-            .await?;
-        if let Some(key) = &sequence {
-            if head.sequence_end() {
-                self.sequences.remove(key);
-            } else {
-                self.sequences.insert(key.clone(), (node, self.cluster.now_ms()));
-            }
-        }
-        let (meta, reply, ext) = response.into_parts();
-        Ok(Response::from_parts(forwardable(meta), reply, ext))
     }
 
     /// Refuses a new sequence when the sequence table is full even after expiring idle ones.
