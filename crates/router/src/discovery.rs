@@ -5,12 +5,11 @@ use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use tern_proto::cluster::{
-    self as pb, NodeStatus, membership_server::Membership, node_control_client::NodeControlClient,
-};
+use tern_proto::cluster::{self as pb, NodeStatus, membership_server::Membership};
 use tern_proto::inference as ipb;
 use tonic::{Code, Request, Response, Status};
 
+use crate::error::ClientError;
 use crate::nodes::{Cluster, Node, Registration, Source};
 
 /// Registered nodes silent for this long are forgotten (they re-register when they return).
@@ -18,31 +17,22 @@ const FORGET_AFTER: Duration = Duration::from_secs(60);
 
 /// Asks `node` for its status: tern-node's NodeControl.Status, or for a server without it
 /// (Triton itself) ServerReady plus the repository index.
-pub async fn fetch_status(node: &Node, timeout: Duration) -> Result<NodeStatus, Status> {
-    let mut control = NodeControlClient::new(node.channel());
-    let mut request = Request::new(pb::NodeStatusRequest::default());
-    request.set_timeout(timeout);
-    match control.status(request).await {
-        Ok(reply) => Ok(reply.into_inner()),
+pub async fn fetch_status(node: &Node, timeout: Duration) -> Result<NodeStatus, ClientError> {
+    match node.client().node_status(pb::NodeStatusRequest::default(), timeout).await {
         Err(e) if e.code() == Code::Unimplemented => triton_status(node, timeout).await,
-        Err(e) => Err(e),
+        other => other,
     }
 }
 
-async fn triton_status(node: &Node, timeout: Duration) -> Result<NodeStatus, Status> {
-    let mut client = node.client();
-    let mut ready = Request::new(ipb::ServerReadyRequest {});
-    ready.set_timeout(timeout);
-    if !client.server_ready(ready).await?.into_inner().ready {
-        return Err(Status::unavailable(format!("node {} is not ready", node.addr)));
+async fn triton_status(node: &Node, timeout: Duration) -> Result<NodeStatus, ClientError> {
+    let client = node.client();
+    if !client.server_ready(timeout).await? {
+        return Err(ClientError::unavailable(format!("node {} is not ready", node.addr)));
     }
-    let mut index =
-        Request::new(ipb::RepositoryIndexRequest { repository_name: String::new(), ready: false });
-    index.set_timeout(timeout);
+    let index = ipb::RepositoryIndexRequest { repository_name: String::new(), ready: false };
     let models = client
-        .repository_index(index)
+        .repository_index(index, Some(timeout))
         .await?
-        .into_inner()
         .models
         .into_iter()
         .map(|m| pb::ModelReplica {
@@ -62,7 +52,7 @@ async fn triton_status(node: &Node, timeout: Duration) -> Result<NodeStatus, Sta
 }
 
 /// Polls `node` now and records the result (placement calls this right after a load).
-pub async fn refresh(cluster: &Cluster, node: &Node) -> Result<(), Status> {
+pub async fn refresh(cluster: &Cluster, node: &Node) -> Result<(), ClientError> {
     let status = fetch_status(node, Duration::from_secs(2)).await?;
     cluster.record_status(node, status);
     Ok(())
@@ -178,11 +168,10 @@ impl MembershipService {
             .cluster
             .probe(addr)
             .map_err(|e| Status::invalid_argument(format!("status.grpc_address: {e}")))?;
-        let mut control = NodeControlClient::new(probe.channel());
-        let mut request = Request::new(pb::NodeStatusRequest { confirm_session: session.to_string() });
-        request.set_timeout(VERIFY_TIMEOUT);
-        let answered = match tokio::time::timeout(VERIFY_TIMEOUT, control.status(request)).await {
-            Ok(Ok(reply)) => reply.into_inner(),
+        let request = pb::NodeStatusRequest { confirm_session: session.to_string() };
+        let status = probe.client().node_status(request, VERIFY_TIMEOUT);
+        let answered = match tokio::time::timeout(VERIFY_TIMEOUT, status).await {
+            Ok(Ok(reply)) => reply,
             Ok(Err(e)) => {
                 return Err(Status::failed_precondition(format!(
                     "registration refused: the router could not confirm a Tern node at {addr} \

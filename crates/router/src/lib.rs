@@ -3,19 +3,23 @@
 //! Layout: [`config`] (flags), [`nodes`] (membership, health, the routing view),
 //! [`discovery`] (registration, static and DNS nodes, status polls), [`control`] (the
 //! control plane's own authenticated listener), [`placement`] (which node
-//! loads which model), [`forward`] (balancing, forwarding, retries), [`raw`] (inference
+//! loads which model), [`client`] (talking to a node, [`error`] its failures), [`retry`]
+//! (replica choice and retries), [`forward`] (the inference path), [`raw`] (inference
 //! messages as bytes), [`aggregate`] (cluster-wide statistics and index), [`service`] (the gRPC
 //! services) and [`Router`], which composes them. The router never links ONNX Runtime.
 
 pub mod aggregate;
+pub mod client;
 pub mod config;
 pub mod control;
 pub mod discovery;
+pub mod error;
 pub mod forward;
 pub mod metrics;
 pub mod nodes;
 pub mod placement;
 pub mod raw;
+pub mod retry;
 pub mod service;
 
 use std::future::Future;

@@ -5,32 +5,19 @@
 //! than the heartbeat timeout and no request has found it unreachable since.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, PoisonError, RwLock};
 use std::time::{Duration, Instant};
 
 use arc_swap::{ArcSwap, ArcSwapOption};
-use bytes::Bytes;
 use dashmap::DashMap;
-use tern_core::ModelState;
 use tern_proto::cluster::NodeStatus;
-use tern_proto::inference::grpc_inference_service_client::GrpcInferenceServiceClient;
-use tonic::service::interceptor::InterceptedService;
-use tonic::transport::{Channel, Endpoint};
-use tonic::{Request, Response, Status};
 
+use crate::client::NodeClient;
 use crate::metrics::RouterMetrics;
-use crate::raw::{RawCodec, RawMessage};
-
-/// Triton accepts messages up to 2 GiB; so do nodes. (The router's own limit on what clients
-/// send is --grpc-max-message-size; nodes keep theirs.)
-pub const MAX_MESSAGE_SIZE: usize = i32::MAX as usize;
 
 /// Registered nodes a router keeps at most: registrations beyond it are refused.
 pub const MAX_REGISTERED_NODES: usize = 1024;
-
-/// A connection to a node that presents the router's token (`--node-token-file`), if any.
-pub type NodeChannel = InterceptedService<Channel, tern_edge::Credential>;
 
 /// How the router found a node.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -58,9 +45,7 @@ pub struct Node {
     /// host:port of the node's gRPC server: the node's key.
     pub addr: String,
     pub source: Source,
-    channels: Vec<Channel>,
-    credential: tern_edge::Credential,
-    next_channel: AtomicUsize,
+    client: NodeClient,
     /// Requests the router has outstanding on this node (the balancer's load signal).
     pub outstanding: AtomicU64,
     /// The same by model, while any is outstanding (queued or executing on the node): eviction
@@ -99,26 +84,11 @@ impl Node {
         tls: Option<&tonic::transport::ClientTlsConfig>,
         credential: tern_edge::Credential,
     ) -> Result<Node, String> {
-        let scheme = if tls.is_some() { "https" } else { "http" };
-        let mut endpoint = Endpoint::from_shared(format!("{scheme}://{addr}"))
-            .map_err(|e| format!("node address {addr}: {e}"))?;
-        if let Some(tls) = tls {
-            endpoint = endpoint.tls_config(tls.clone()).map_err(|e| format!("node {addr}: TLS: {e}"))?;
-        }
-        let endpoint = endpoint
-            .connect_timeout(Duration::from_secs(1))
-            .tcp_nodelay(true)
-            .http2_keep_alive_interval(Duration::from_secs(5))
-            .keep_alive_timeout(Duration::from_secs(3))
-            .keep_alive_while_idle(true)
-            .http2_adaptive_window(true);
-        let channels = (0..connections.max(1)).map(|_| endpoint.connect_lazy()).collect();
+        let client = NodeClient::connect(addr, connections, tls, credential)?;
         Ok(Node {
             addr: addr.to_string(),
             source,
-            channels,
-            credential,
-            next_channel: AtomicUsize::new(0),
+            client,
             outstanding: AtomicU64::new(0),
             per_model: DashMap::new(),
             status: ArcSwapOption::empty(),
@@ -142,30 +112,9 @@ impl Node {
         })
     }
 
-    /// One of the node's connections, in turn.
-    pub fn channel(&self) -> NodeChannel {
-        let i = self.next_channel.fetch_add(1, Ordering::Relaxed) % self.channels.len();
-        InterceptedService::new(self.channels[i].clone(), self.credential.clone())
-    }
-
-    /// The typed inference client (metadata, config, repository, statistics).
-    pub fn client(&self) -> GrpcInferenceServiceClient<NodeChannel> {
-        GrpcInferenceServiceClient::new(self.channel())
-            .max_decoding_message_size(MAX_MESSAGE_SIZE)
-            .max_encoding_message_size(MAX_MESSAGE_SIZE)
-    }
-
-    /// Sends an already encoded message to `path` and returns the encoded reply, untouched.
-    pub async fn unary_raw(
-        &self,
-        path: &'static str,
-        request: Request<RawMessage>,
-    ) -> Result<Response<Bytes>, Status> {
-        let mut grpc = tonic::client::Grpc::new(self.channel())
-            .max_decoding_message_size(MAX_MESSAGE_SIZE)
-            .max_encoding_message_size(MAX_MESSAGE_SIZE);
-        grpc.ready().await.map_err(|e| Status::unavailable(format!("node {}: {e}", self.addr)))?;
-        grpc.unary(request, http::uri::PathAndQuery::from_static(path), RawCodec).await
+    /// The node's connections: what the router asks it.
+    pub fn client(&self) -> &NodeClient {
+        &self.client
     }
 
     pub fn status(&self) -> Option<Arc<NodeStatus>> {
@@ -424,14 +373,14 @@ impl Cluster {
             if let Some(status) = node.status() {
                 for m in &status.models {
                     let routes = view.models.entry(m.name.clone()).or_default();
-                    match ModelState::parse(&m.state) {
-                        Some(ModelState::Ready) => {
+                    match m.state.as_str() {
+                        "READY" => {
                             if !routes.ready.iter().any(|n| Arc::ptr_eq(n, &node)) {
                                 routes.ready.push(node.clone());
                             }
                             routes.versions.entry(m.version.clone()).or_default().push(node.clone());
                         }
-                        Some(ModelState::Loading) => routes.loading.push(node.clone()),
+                        "LOADING" => routes.loading.push(node.clone()),
                         _ => {}
                     }
                 }

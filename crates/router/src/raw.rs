@@ -13,6 +13,8 @@ use tern_proto::inference::infer_parameter::ParameterChoice;
 use tonic::Status;
 use tonic::codec::{Codec, DecodeBuf, Decoder, EncodeBuf, Encoder};
 
+use crate::error::ClientError;
+
 /// The fields of ModelInferRequest (grpc_service.proto) the router routes on, with the same
 /// field numbers. prost skips the other fields (inputs, outputs, raw_input_contents) without
 /// decoding them: they are length-delimited, so skipping is a pointer move.
@@ -37,9 +39,10 @@ pub enum SequenceId {
 
 impl InferHead {
     /// Reads the head of an encoded ModelInferRequest.
-    pub fn parse(message: &Bytes) -> Result<InferHead, Status> {
-        <InferHead as prost::Message>::decode(message.clone())
-            .map_err(|e| Status::invalid_argument(format!("malformed ModelInferRequest: {e}")))
+    pub fn parse(message: &Bytes) -> Result<InferHead, ClientError> {
+        <InferHead as prost::Message>::decode(message.clone()).map_err(|e| {
+            ClientError::router(tonic::Code::InvalidArgument, format!("malformed ModelInferRequest: {e}"))
+        })
     }
 
     /// The request's sequence, if it carries a non-zero `sequence_id` (0 means none in Triton).

@@ -17,12 +17,15 @@ use tern_proto::inference::{self as pb, grpc_inference_service_server::GrpcInfer
 use tonic::codec::CompressionEncoding;
 use tonic::server::NamedService;
 use tonic::{Request, Response, Status, Streaming};
+use tracing::Instrument;
 
 use crate::aggregate::{merge_index, merge_statistics};
-use crate::forward::{Forwarder, INFER_PATH, STREAM_INFER_PATH, retryable, transport_failure};
+use crate::error::ClientError;
+use crate::forward::{Forwarder, INFER_PATH, STREAM_INFER_PATH};
 use crate::nodes::{Cluster, Node};
 use crate::placement::Placement;
 use crate::raw::{InferHead, RawCodec, RawMessage, stream_error, stream_response};
+use crate::retry::{Route, record_outcome, route_span};
 use tern_edge::{authorize_model, may_see_model, principal};
 
 /// Requests of one stream in flight at once; responses keep the requests' order, as a node's.
@@ -37,33 +40,26 @@ pub struct RouterState {
 }
 
 impl RouterState {
-    /// Calls `f` on a node for `model` (placed lazily if `caller` may load models); a node found
-    /// unreachable is marked and another tried (metadata reads may run twice).
+    /// Calls `f` on a node for `model` (placed lazily if `caller` may load models), under the
+    /// request's `route` span; a node that could not answer is retried once on another (reads
+    /// may run twice).
     async fn on_model<T, F, Fut>(
         &self,
         model: &str,
         version: &str,
+        metadata: &tonic::metadata::MetadataMap,
         caller: Option<&tern_edge::Principal>,
         f: F,
     ) -> Result<T, Status>
     where
         F: Fn(Arc<Node>) -> Fut,
-        Fut: std::future::Future<Output = Result<T, Status>>,
+        Fut: std::future::Future<Output = Result<T, ClientError>>,
     {
-        let mut last = None;
-        for _ in 0..2 {
-            let node = self.forwarder.node_for(model, version, caller).await?;
-            match f(node.clone()).await {
-                Err(e) if retryable(&e) => {
-                    if transport_failure(&e) {
-                        self.cluster.mark_suspect(&node, e.message());
-                    }
-                    last = Some(e);
-                }
-                other => return other,
-            }
-        }
-        Err(last.unwrap_or_else(|| Status::unavailable(format!("model '{model}': no node answered"))))
+        let span = route_span(model, version, metadata);
+        let route = Route { model, version, sequence: None, caller, retries: 1, inference: false };
+        let result = self.forwarder.forward(&route, f).instrument(span.clone()).await.map(|(reply, _)| reply);
+        record_outcome(&span, &result);
+        Ok(result?)
     }
 }
 
@@ -114,15 +110,15 @@ impl GrpcInferenceService for RouterService {
     ) -> Result<Response<pb::ModelMetadataResponse>, Status> {
         let caller = principal(&req).cloned();
         authorize_model(caller.as_ref(), &req.get_ref().name)?;
-        let req = req.into_inner();
+        let (metadata, _, req) = req.into_parts();
         let reply = self
             .state
-            .on_model(&req.name, &req.version, caller.as_ref(), |node| {
+            .on_model(&req.name, &req.version, &metadata, caller.as_ref(), |node| {
                 let req = req.clone();
                 async move { node.client().model_metadata(req).await }
             })
             .await?;
-        Ok(Response::new(reply.into_inner()))
+        Ok(Response::new(reply))
     }
 
     async fn model_infer(
@@ -156,15 +152,15 @@ impl GrpcInferenceService for RouterService {
     ) -> Result<Response<pb::ModelConfigResponse>, Status> {
         let caller = principal(&req).cloned();
         authorize_model(caller.as_ref(), &req.get_ref().name)?;
-        let req = req.into_inner();
+        let (metadata, _, req) = req.into_parts();
         let reply = self
             .state
-            .on_model(&req.name, &req.version, caller.as_ref(), |node| {
+            .on_model(&req.name, &req.version, &metadata, caller.as_ref(), |node| {
                 let req = req.clone();
                 async move { node.client().model_config(req).await }
             })
             .await?;
-        Ok(Response::new(reply.into_inner()))
+        Ok(Response::new(reply))
     }
 
     async fn model_statistics(
@@ -182,7 +178,7 @@ impl GrpcInferenceService for RouterService {
         }
         let calls = view.healthy.iter().map(|node| {
             let req = req.clone();
-            async move { node.client().model_statistics(req).await.map(|r| r.into_inner().model_stats) }
+            async move { node.client().model_statistics(req).await.map(|r| r.model_stats) }
         });
         let results = futures::future::join_all(calls).await;
         let mut first_error = None;
@@ -199,7 +195,7 @@ impl GrpcInferenceService for RouterService {
         merged.retain(|m| may_see_model(caller.as_ref(), &m.name));
         // A named model nobody serves: the nodes' error (NOT_FOUND), as a single server's.
         if let Some(e) = first_error.filter(|_| merged.is_empty() && !req.name.is_empty()) {
-            return Err(e);
+            return Err(e.into());
         }
         Ok(Response::new(pb::ModelStatisticsResponse { model_stats: merged }))
     }
@@ -211,13 +207,10 @@ impl GrpcInferenceService for RouterService {
         let caller = principal(&req).cloned();
         let req = req.into_inner();
         let view = self.state.cluster.view();
-        let calls =
-            view.healthy.iter().map(|node| {
-                let req = pb::RepositoryIndexRequest { ready: false, ..req.clone() };
-                async move {
-                    (node.id(), node.client().repository_index(req).await.map(|r| r.into_inner().models))
-                }
-            });
+        let calls = view.healthy.iter().map(|node| {
+            let req = pb::RepositoryIndexRequest { ready: false, ..req.clone() };
+            async move { (node.id(), node.client().repository_index(req, None).await.map(|r| r.models)) }
+        });
         let mut per_node = Vec::new();
         for (id, result) in futures::future::join_all(calls).await {
             match result {

@@ -11,11 +11,13 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tokio::sync::watch;
-use tonic::{Code, Status};
+use tonic::Code;
+
+use crate::error::ClientError;
 
 use super::{MAX_LAZY_LOADS, MAX_UNKNOWN_MODELS, Placement, UNKNOWN_MODEL_TTL, bounded, is_unknown_model};
 
-/// How a lazy load ended (`Status` is not `Clone`: its code and message).
+/// How a lazy load ended (`ClientError` is not `Clone`: its code and message).
 type Outcome = Result<(), (Code, String)>;
 
 /// The requests waiting for one model's lazy load: each holds a receiver.
@@ -36,7 +38,7 @@ impl Drop for LazyEntry {
 impl Placement {
     /// Makes `model` served somewhere, loading it on one node if none holds it; waits up to
     /// the lazy-load timeout. Callers check [`Self::lazy_refusal`] first.
-    pub async fn lazy_load(self: &Arc<Self>, model: &str) -> Result<(), Status> {
+    pub async fn lazy_load(self: &Arc<Self>, model: &str) -> Result<(), ClientError> {
         if let Some(answer) = self.known_unknown(model) {
             return Err(answer);
         }
@@ -58,8 +60,8 @@ impl Placement {
                 self.metrics.lazy_load(started.elapsed());
                 Ok(())
             }
-            Some(Err((code, message))) => Err(Status::new(code, message)),
-            None => Err(Status::unavailable(format!(
+            Some(Err((code, message))) => Err(ClientError::router(code, message)),
+            None => Err(ClientError::unavailable(format!(
                 "model '{model}' could not be loaded within {} s (--lazy-load-timeout-secs)",
                 timeout.as_secs()
             ))),
@@ -67,12 +69,12 @@ impl Placement {
     }
 
     /// The waiters of `model`'s lazy load in progress, or of a new one started now.
-    fn join_or_start(self: &Arc<Self>, model: &str) -> Result<Waiters, Status> {
+    fn join_or_start(self: &Arc<Self>, model: &str) -> Result<Waiters, ClientError> {
         if let Some(waiters) = self.lazy.get(model) {
             return Ok(waiters.clone());
         }
         if self.lazy.len() >= MAX_LAZY_LOADS {
-            return Err(Status::unavailable(format!(
+            return Err(ClientError::unavailable(format!(
                 "model '{model}' is not loaded on any node, and {MAX_LAZY_LOADS} other models are being loaded now; retry shortly"
             )));
         }
@@ -90,7 +92,7 @@ impl Placement {
             let timeout = this.settings.lazy_load_timeout;
             let result =
                 tokio::time::timeout(timeout, this.lazy_load_inner(model)).await.unwrap_or_else(|_| {
-                    Err(Status::unavailable(format!(
+                    Err(ClientError::unavailable(format!(
                         "model '{model}' could not be loaded within {} s (--lazy-load-timeout-secs)",
                         timeout.as_secs()
                     )))
@@ -105,7 +107,7 @@ impl Placement {
         Ok(waiters)
     }
 
-    async fn lazy_load_inner(self: &Arc<Self>, model: &str) -> Result<(), Status> {
+    async fn lazy_load_inner(self: &Arc<Self>, model: &str) -> Result<(), ClientError> {
         loop {
             let view = self.cluster.view();
             if !view.candidates(model, "").is_empty() {
@@ -125,7 +127,7 @@ impl Placement {
                 Ok(()) => {
                     if self.cluster.view().candidates(model, "").is_empty() {
                         // Loaded but not READY (every version failed): the node says why.
-                        return Err(Status::unavailable(format!(
+                        return Err(ClientError::unavailable(format!(
                             "model '{model}' loaded on node {} but no version is ready",
                             node.addr
                         )));
@@ -145,7 +147,7 @@ impl Placement {
     }
 
     /// Remembers that the nodes refused `model`'s name (`answer`), for [`UNKNOWN_MODEL_TTL`].
-    pub(super) fn remember_unknown(&self, model: &str, answer: &Status) {
+    pub(super) fn remember_unknown(&self, model: &str, answer: &ClientError) {
         let value = (self.cluster.now_ms(), answer.code(), answer.message().to_string());
         let now = value.0;
         bounded::insert(
@@ -160,11 +162,11 @@ impl Placement {
     }
 
     /// The nodes' recent answer for a name they do not have, if there is one.
-    fn known_unknown(&self, model: &str) -> Option<Status> {
+    fn known_unknown(&self, model: &str) -> Option<ClientError> {
         let entry = self.unknown.get(model)?;
         let (when, code, message) = entry.value();
         let fresh = self.cluster.now_ms().saturating_sub(*when) < UNKNOWN_MODEL_TTL.as_millis() as u64;
-        fresh.then(|| Status::new(*code, message.clone()))
+        fresh.then(|| ClientError::router(*code, message.clone()))
     }
 }
 

@@ -27,10 +27,11 @@ use std::time::{Duration, Instant};
 use dashmap::DashMap;
 use tern_proto::inference as pb;
 use tokio::task::JoinHandle;
-use tonic::{Code, Status};
+use tonic::Code;
 
 use crate::config::ClusterSettings;
 use crate::discovery::refresh;
+use crate::error::ClientError;
 use crate::metrics::RouterMetrics;
 use crate::nodes::{Cluster, Node};
 pub use bounded::{MAX_FAILED_LOADS, MAX_LAZY_LOADS, MAX_UNKNOWN_MODELS, UNKNOWN_MODEL_TTL};
@@ -219,9 +220,12 @@ impl Placement {
         node: &Arc<Node>,
         model: &str,
         parameters: HashMap<String, pb::ModelRepositoryParameter>,
-    ) -> Result<(), Status> {
+    ) -> Result<(), ClientError> {
         self.start_load(node.clone(), model.to_string(), parameters).await.unwrap_or_else(|e| {
-            Err(Status::internal(format!("model '{model}': loading on node {} failed: {e}", node.addr)))
+            Err(ClientError::router(
+                Code::Internal,
+                format!("model '{model}': loading on node {} failed: {e}", node.addr),
+            ))
         })
     }
 
@@ -231,7 +235,7 @@ impl Placement {
         node: Arc<Node>,
         model: String,
         parameters: HashMap<String, pb::ModelRepositoryParameter>,
-    ) -> JoinHandle<Result<(), Status>> {
+    ) -> JoinHandle<Result<(), ClientError>> {
         let mark = LoadingMark::new(self, &model, &node.addr);
         let this = self.clone();
         tokio::spawn(async move {
@@ -241,7 +245,7 @@ impl Placement {
                 parameters,
             };
             let started = Instant::now();
-            let result = node.client().repository_model_load(request).await;
+            let result = node.client().load(request).await;
             let _ = refresh(&this.cluster, &node).await;
             drop(mark);
             let key = (model, node.addr.clone());
@@ -272,39 +276,42 @@ impl Placement {
                 }
             }
             this.metrics.placement(this.cluster.metric_label(model), result.is_ok());
-            result.map(|_| ())
+            result
         })
     }
 
-    async fn unload_on(&self, node: &Arc<Node>, model: &str) -> Result<(), Status> {
+    async fn unload_on(&self, node: &Arc<Node>, model: &str) -> Result<(), ClientError> {
         let request = pb::RepositoryModelUnloadRequest {
             repository_name: String::new(),
             model_name: model.to_string(),
             parameters: HashMap::new(),
         };
-        let result = node.client().repository_model_unload(request).await;
+        let result = node.client().unload(request).await;
         let _ = refresh(&self.cluster, node).await;
-        result.map(|_| ())
+        result
     }
 
-    fn no_node_for(&self, model: &str) -> Status {
+    fn no_node_for(&self, model: &str) -> ClientError {
         let view = self.cluster.view();
         if view.healthy.is_empty() {
-            return Status::unavailable(format!("model '{model}': no node of the cluster is healthy"));
+            return ClientError::unavailable(format!("model '{model}': no node of the cluster is healthy"));
         }
         let explicit =
             view.healthy.iter().filter(|n| n.status().is_some_and(|s| s.explicit_model_control)).count();
         if explicit == 0 {
-            return Status::unavailable(format!(
+            return ClientError::unavailable(format!(
                 "model '{model}' is not loaded on any node, and no node accepts placement ({} healthy, none in explicit model control mode)",
                 view.healthy.len()
             ));
         }
         // Not UNAVAILABLE: the request path then lets a node answer for the model.
-        Status::failed_precondition(format!(
-            "model '{model}': every node that could load it failed to within the last {} s",
-            FAILED_LOAD_BACKOFF.as_secs()
-        ))
+        ClientError::router(
+            Code::FailedPrecondition,
+            format!(
+                "model '{model}': every node that could load it failed to within the last {} s",
+                FAILED_LOAD_BACKOFF.as_secs()
+            ),
+        )
     }
 
     /// RepositoryModelLoad through the router: pins the model and (re)loads it on its holders
@@ -314,13 +321,13 @@ impl Placement {
         self: &Arc<Self>,
         model: &str,
         parameters: HashMap<String, pb::ModelRepositoryParameter>,
-    ) -> Result<(), Status> {
+    ) -> Result<(), ClientError> {
         self.unloaded.write().unwrap_or_else(PoisonError::into_inner).remove(model);
         let view = self.cluster.view();
         let (placeable, _) = self.snapshot();
         if placeable.is_empty() {
             let Some(node) = view.healthy.first() else {
-                return Err(Status::unavailable(format!(
+                return Err(ClientError::unavailable(format!(
                     "model '{model}': no node of the cluster is healthy"
                 )));
             };
@@ -329,8 +336,7 @@ impl Placement {
                 model_name: model.to_string(),
                 parameters,
             };
-            node.client().repository_model_load(request).await?;
-            return Ok(());
+            return node.client().load(request).await;
         }
         self.pinned.write().unwrap_or_else(PoisonError::into_inner).insert(model.to_string());
         let holders: Vec<Arc<Node>> = placeable
@@ -367,7 +373,7 @@ impl Placement {
 
     /// RepositoryModelUnload through the router: unpins the model, unloads it everywhere, and
     /// stops lazy loading of it until it is loaded again.
-    pub async fn unload_explicit(&self, model: &str) -> Result<(), Status> {
+    pub async fn unload_explicit(&self, model: &str) -> Result<(), ClientError> {
         let was_pinned = self.pinned.write().unwrap_or_else(PoisonError::into_inner).remove(model);
         // A name no node knows has nothing to stop (and must not grow the set).
         if was_pinned || self.cluster.knows_model(model) {
@@ -386,7 +392,9 @@ impl Placement {
             holders.extend(view.healthy.first().cloned());
         }
         if holders.is_empty() {
-            return Err(Status::unavailable(format!("model '{model}': no node of the cluster is healthy")));
+            return Err(ClientError::unavailable(format!(
+                "model '{model}': no node of the cluster is healthy"
+            )));
         }
         let results = futures::future::join_all(holders.iter().map(|n| self.unload_on(n, model))).await;
         let ok = results.iter().filter(|r| r.is_ok()).count();
@@ -523,7 +531,7 @@ impl Placement {
 /// A node says "no such model" as Triton does, INTERNAL "failed to load '<name>', failed to
 /// poll from model repository" (core src/model_repository_manager.cc,
 /// ModelRepositoryManager::LoadUnloadModel); NOT_FOUND is accepted too.
-fn is_unknown_model(status: &Status) -> bool {
+fn is_unknown_model(status: &ClientError) -> bool {
     match status.code() {
         Code::NotFound | Code::InvalidArgument => true,
         Code::Internal => status.message().ends_with("failed to poll from model repository"),

@@ -1,0 +1,184 @@
+//! A request through the router, traced end to end: a real tern-node and a real tern-router in
+//! this process, both exporting to an OTLP collector (a tonic TraceService server from the
+//! opentelemetry-proto definitions) on loopback. The router's `route` span continues the
+//! client's `traceparent`, and the node's `infer` span is the child of the router's span (the
+//! router sends its own span's context to the node, not the client's).
+//!
+//! Its own test binary: tracing is set up once per process.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use clap::Parser;
+use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::{
+    TraceService, TraceServiceServer,
+};
+use opentelemetry_proto::tonic::collector::trace::v1::{
+    ExportTraceServiceRequest, ExportTraceServiceResponse,
+};
+use opentelemetry_proto::tonic::common::v1::any_value::Value;
+use opentelemetry_proto::tonic::trace::v1::Span;
+use tern_proto::inference::grpc_inference_service_client::GrpcInferenceServiceClient;
+use tern_proto::inference::{self as pb, model_infer_request::InferInputTensor};
+use tern_tests::{TempRepo, TestNode};
+use tokio::sync::mpsc;
+
+struct Collector(mpsc::UnboundedSender<ExportTraceServiceRequest>);
+
+#[tonic::async_trait]
+impl TraceService for Collector {
+    async fn export(
+        &self,
+        request: tonic::Request<ExportTraceServiceRequest>,
+    ) -> Result<tonic::Response<ExportTraceServiceResponse>, tonic::Status> {
+        let _ = self.0.send(request.into_inner());
+        Ok(tonic::Response::new(ExportTraceServiceResponse { partial_success: None }))
+    }
+}
+
+const CLIENT_TRACE: &str = "5b8efff798038103d269b633813fc60c";
+const CLIENT_SPAN: &str = "eee19b7ec3c1b174";
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn attribute(span: &Span, key: &str) -> Option<String> {
+    let value = span.attributes.iter().find(|a| a.key == key)?.value.as_ref()?.value.clone()?;
+    Some(match value {
+        Value::StringValue(s) => s,
+        Value::IntValue(i) => i.to_string(),
+        other => format!("{other:?}"),
+    })
+}
+
+fn tiny_add_request() -> pb::ModelInferRequest {
+    let row = Bytes::from([1.0f32; 16].iter().flat_map(|v| v.to_le_bytes()).collect::<Vec<u8>>());
+    let input = |name: &str| InferInputTensor {
+        name: name.into(),
+        datatype: "FP32".into(),
+        shape: vec![1, 16],
+        ..Default::default()
+    };
+    pb::ModelInferRequest {
+        model_name: "tiny_add".into(),
+        inputs: vec![input("INPUT0"), input("INPUT1")],
+        raw_input_contents: vec![row.clone(), row],
+        ..Default::default()
+    }
+}
+
+fn traced<T>(message: T) -> anyhow::Result<tonic::Request<T>> {
+    let mut req = tonic::Request::new(message);
+    req.metadata_mut().insert("traceparent", format!("00-{CLIENT_TRACE}-{CLIENT_SPAN}-01").parse()?);
+    Ok(req)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_nodes_span_is_a_child_of_the_routers_span() -> anyhow::Result<()> {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?;
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let collector = tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(TraceServiceServer::new(Collector(tx)))
+            .serve_with_incoming(tonic::transport::server::TcpIncoming::from(listener)),
+    );
+    let cfg = tern_telemetry::TracingConfig {
+        trace_otlp_endpoint: Some(format!("http://{addr}")),
+        service_name: "tern-cluster".into(),
+        ..Default::default()
+    };
+    let guard = tern_telemetry::init_tracing(&cfg)?;
+
+    let repo = TempRepo::new()?.with_example("tiny_add")?;
+    let node = TestNode::start(repo.path(), &[]).await?;
+    let node_addr = node.addr.to_string();
+    let config = tern_router::Config::try_parse_from([
+        "tern-router",
+        "--grpc-address",
+        "127.0.0.1",
+        "--grpc-port",
+        "0",
+        "--metrics-address",
+        "127.0.0.1",
+        "--metrics-port",
+        "0",
+        "--health-interval-ms",
+        "100",
+        "--exit-timeout-secs",
+        "5",
+        "--node",
+        &node_addr,
+    ])?;
+    config.validate().map_err(anyhow::Error::msg)?;
+    let router_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let router_addr = router_listener.local_addr()?;
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let router = tokio::spawn(tern_router::run(config, router_listener, async {
+        let _ = stop_rx.await;
+    }));
+    let channel = tonic::transport::Channel::from_shared(format!("http://{router_addr}"))?.connect().await?;
+    let mut client = GrpcInferenceServiceClient::new(channel);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let ready = client
+            .model_ready(pb::ModelReadyRequest { name: "tiny_add".into(), version: String::new() })
+            .await
+            .is_ok_and(|r| r.into_inner().ready);
+        if ready {
+            break;
+        }
+        anyhow::ensure!(tokio::time::Instant::now() < deadline, "the router never saw tiny_add ready");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    // One unary request and one stream request, both under the client's trace.
+    client.model_infer(traced(tiny_add_request())?).await?;
+    let stream = tokio_stream::iter([tiny_add_request()]);
+    let mut replies = client.model_stream_infer(traced(stream)?).await?.into_inner();
+    let reply = replies.message().await?.expect("one stream response");
+    assert_eq!(reply.error_message, "", "the stream request succeeded");
+
+    let _ = stop_tx.send(());
+    tokio::time::timeout(Duration::from_secs(30), router).await???;
+    node.stop().await?;
+    // Dropping the guard flushes the exporter (blocking: off the async workers).
+    tokio::task::spawn_blocking(move || drop(guard)).await?;
+
+    let mut spans: Vec<Span> = Vec::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    let count = |spans: &[Span], name: &str| spans.iter().filter(|s| s.name == name).count();
+    while count(&spans, "route") < 2 || count(&spans, "infer") < 2 {
+        let Ok(Some(batch)) = tokio::time::timeout_at(deadline, rx.recv()).await else {
+            let names: Vec<&str> = spans.iter().map(|s| s.name.as_str()).collect();
+            anyhow::bail!("collector got only {names:?}");
+        };
+        for rs in batch.resource_spans {
+            spans.extend(rs.scope_spans.into_iter().flat_map(|ss| ss.spans));
+        }
+    }
+    let routes: Vec<&Span> = spans.iter().filter(|s| s.name == "route").collect();
+    let infers: Vec<&Span> = spans.iter().filter(|s| s.name == "infer").collect();
+    for route in &routes {
+        assert_eq!(hex(&route.trace_id), CLIENT_TRACE, "the router continues the client's trace");
+        assert_eq!(hex(&route.parent_span_id), CLIENT_SPAN, "the router's span is the client's child");
+        assert_eq!(attribute(route, "model").as_deref(), Some("tiny_add"));
+        assert_eq!(attribute(route, "node").as_deref(), Some(node_addr.as_str()));
+        assert_eq!(attribute(route, "attempts").as_deref(), Some("1"));
+        assert_eq!(attribute(route, "outcome").as_deref(), Some("OK"));
+    }
+    for infer in &infers {
+        assert_eq!(hex(&infer.trace_id), CLIENT_TRACE, "the node continues the same trace");
+        assert_ne!(hex(&infer.parent_span_id), CLIENT_SPAN, "the node's parent is not the client");
+        assert!(
+            routes.iter().any(|r| r.span_id == infer.parent_span_id),
+            "the node's span is a child of a router span: parent {} among {:?}",
+            hex(&infer.parent_span_id),
+            routes.iter().map(|r| hex(&r.span_id)).collect::<Vec<_>>()
+        );
+    }
+    assert_ne!(infers[0].parent_span_id, infers[1].parent_span_id, "one router span per request");
+    collector.abort();
+    Ok(())
+}
