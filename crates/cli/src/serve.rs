@@ -23,7 +23,12 @@ impl tern_edge::Server for Serve {
     }
 
     fn prepare(&self) -> Result<(), String> {
-        tern_node::load_onnxruntime(&self.0)
+        // Logged here rather than by tern_node::load_onnxruntime: `tern`'s lines keep the
+        // target `tern`, as before the subcommands moved into modules.
+        let info =
+            tern_backend_ort::init_runtime(self.0.onnxruntime_lib.as_deref()).map_err(|e| e.to_string())?;
+        tracing::info!(target: "tern", onnxruntime = ?info, "ONNX Runtime loaded");
+        Ok(())
     }
 
     fn grpc_addr(&self) -> std::net::SocketAddr {
@@ -137,13 +142,13 @@ async fn serve(
     }
     let metrics_addr =
         if config.metrics.allow_metrics { config.metrics.metrics_addr().to_string() } else { "off".into() };
-    tracing::info!(node = %node_addr, "tern ready grpc={} metrics={metrics_addr}", public.local_addr()?);
+    tracing::info!(target: "tern", node = %node_addr, "tern ready grpc={} metrics={metrics_addr}", public.local_addr()?);
     router.serve(public, front, shutdown, exit_timeout).await?;
     let _ = node_stop_tx.send(());
     match node.await {
         Ok(result) => result?,
         Err(e) => anyhow::bail!("the node task failed: {e}"),
     }
-    tracing::info!("tern stopped");
+    tracing::info!(target: "tern", "tern stopped");
     Ok(())
 }
