@@ -5,7 +5,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
-use tern_telemetry::{FailureReason, Metrics, MetricsConfig, ModelSample};
+use tern_core::FailureReason;
+use tern_telemetry::{Metrics, MetricsConfig, ModelSample};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 

@@ -252,7 +252,7 @@ fn classifying_bytes_is_refused_with_the_same_message() {
         name: "text".into(),
         datatype: DataType::Bytes,
         shape: vec![1],
-        data: codec::encode_bytes_elements(&["a"]),
+        data: codec::encode_bytes_elements(["a"]),
     };
     let e = classify(&t, 1, false, None).expect_err("BYTES has no scores");
     assert_eq!(e, ClassifyError::NotNumeric { output: "text".into() });
