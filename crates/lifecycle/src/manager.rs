@@ -15,7 +15,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
-use tern_core::RequestError;
+use tern_core::{ModelState, RequestError};
 use tern_proto::inference::ModelConfig;
 use tern_repository::ScannedModel;
 
@@ -376,14 +376,16 @@ impl ModelManager {
                 rows.push(IndexRow {
                     name: name.clone(),
                     version: String::new(),
-                    state: "UNAVAILABLE",
+                    state: Some(ModelState::Unavailable),
                     reason: entry.reason.clone().unwrap_or_default(),
                 });
             }
             for (v, state) in &entry.versions {
                 let (state, reason) = match state {
-                    VersionState::Ready(_) => ("READY", entry.reason.clone().unwrap_or_default()),
-                    VersionState::Unavailable(r) => ("UNAVAILABLE", r.clone()),
+                    VersionState::Ready(_) => {
+                        (Some(ModelState::Ready), entry.reason.clone().unwrap_or_default())
+                    }
+                    VersionState::Unavailable(r) => (Some(ModelState::Unavailable), r.clone()),
                 };
                 rows.push(IndexRow { name: name.clone(), version: v.to_string(), state, reason });
             }
@@ -401,7 +403,7 @@ impl ModelManager {
         let table = self.table.load();
         if let Ok(Ok(names)) = names {
             for name in names.into_iter().filter(|n| !table.contains_key(n)) {
-                rows.push(IndexRow { name, version: String::new(), state: "", reason: String::new() });
+                rows.push(IndexRow { name, version: String::new(), state: None, reason: String::new() });
             }
             rows.sort_by(|a, b| a.name.cmp(&b.name));
         }

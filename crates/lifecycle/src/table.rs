@@ -4,6 +4,8 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
+use tern_core::ModelState;
+
 use crate::loader::LoadedModel;
 
 /// Triton's `VersionState` reason for a version unloaded on purpose.
@@ -59,7 +61,8 @@ impl ModelEntry {
 pub struct IndexRow {
     pub name: String,
     pub version: String,
-    pub state: &'static str,
+    /// `None` for a model listed by name only (never loaded), whose state Triton leaves empty.
+    pub state: Option<ModelState>,
     pub reason: String,
 }
 

@@ -70,10 +70,10 @@ pub fn node_status(state: &NodeState, identity: &ClusterIdentity, advertised: &s
         .map(|row| pb::ModelReplica {
             name: row.name,
             version: row.version,
-            state: if draining && row.state == ModelState::Ready.as_str() {
+            state: if draining && row.state == Some(ModelState::Ready) {
                 ModelState::Unloading.as_str().into()
             } else {
-                row.state.to_string()
+                row.state.map_or("", ModelState::as_str).to_string()
             },
             reason: if draining { "the node is shutting down".into() } else { row.reason },
             memory_bytes: 0,

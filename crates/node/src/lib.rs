@@ -288,7 +288,7 @@ impl tern_telemetry::ModelSampler for NodeSampler {
             .map(|row| tern_telemetry::ModelStateSample {
                 model: row.name,
                 version: row.version,
-                state: if row.state == ModelState::Ready.as_str() {
+                state: if row.state == Some(ModelState::Ready) {
                     ModelState::Ready
                 } else {
                     ModelState::Unavailable

@@ -393,12 +393,12 @@ impl GrpcInferenceService for NodeService {
             .repository_index()
             .await
             .into_iter()
-            .filter(|row| !ready_only || row.state == ModelState::Ready.as_str())
+            .filter(|row| !ready_only || row.state == Some(ModelState::Ready))
             .filter(|row| may_see_model(caller.as_ref(), &row.name))
             .map(|row| pb::repository_index_response::ModelIndex {
                 name: row.name,
                 version: row.version,
-                state: row.state.into(),
+                state: row.state.map_or("", ModelState::as_str).into(),
                 reason: row.reason,
             })
             .collect();

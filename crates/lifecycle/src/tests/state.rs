@@ -79,7 +79,8 @@ impl Harness {
     fn row(&self, name: &str) -> (String, String) {
         let rows = self.manager.index();
         let row = rows.iter().find(|r| r.name == name && r.version == "1");
-        row.map(|r| (r.state.to_string(), r.reason.clone())).unwrap_or_default()
+        row.map(|r| (r.state.map_or("", tern_core::ModelState::as_str).to_string(), r.reason.clone()))
+            .unwrap_or_default()
     }
 }
 
