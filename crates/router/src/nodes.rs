@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 
 use arc_swap::{ArcSwap, ArcSwapOption};
 use dashmap::DashMap;
+use tern_core::ModelState;
 use tern_proto::cluster::NodeStatus;
 
 use crate::client::NodeClient;
@@ -373,14 +374,14 @@ impl Cluster {
             if let Some(status) = node.status() {
                 for m in &status.models {
                     let routes = view.models.entry(m.name.clone()).or_default();
-                    match m.state.as_str() {
-                        "READY" => {
+                    match ModelState::parse(&m.state) {
+                        Some(ModelState::Ready) => {
                             if !routes.ready.iter().any(|n| Arc::ptr_eq(n, &node)) {
                                 routes.ready.push(node.clone());
                             }
                             routes.versions.entry(m.version.clone()).or_default().push(node.clone());
                         }
-                        "LOADING" => routes.loading.push(node.clone()),
+                        Some(ModelState::Loading) => routes.loading.push(node.clone()),
                         _ => {}
                     }
                 }

@@ -25,6 +25,7 @@ use std::sync::{Arc, PoisonError, RwLock};
 use std::time::{Duration, Instant};
 
 use dashmap::DashMap;
+use tern_core::ModelState;
 use tern_proto::inference as pb;
 use tokio::task::JoinHandle;
 use tonic::Code;
@@ -167,7 +168,7 @@ impl Placement {
                 if let Some(size) = (m.memory_bytes > 0).then_some(m.memory_bytes) {
                     self.sizes.insert(m.name.clone(), size);
                 }
-                if matches!(m.state.as_str(), "READY" | "LOADING") {
+                if matches!(ModelState::parse(&m.state), Some(ModelState::Ready | ModelState::Loading)) {
                     load.models.insert(m.name.clone());
                 }
             }
@@ -492,7 +493,7 @@ impl Placement {
             }
             let pinned = self.pinned.read().unwrap_or_else(PoisonError::into_inner).clone();
             let mut residents: HashMap<&str, Resident> = HashMap::new();
-            for m in status.models.iter().filter(|m| m.state == "READY") {
+            for m in status.models.iter().filter(|m| m.state == ModelState::Ready.as_str()) {
                 let r = residents.entry(m.name.as_str()).or_insert_with(|| Resident {
                     model: m.name.clone(),
                     bytes: 0,
