@@ -113,6 +113,10 @@ impl TestNode {
                 "127.0.0.1",
                 "--metrics-port",
                 "0",
+                "--http-address",
+                "127.0.0.1",
+                "--http-port",
+                "0",
                 "--exit-timeout-secs",
                 "10",
             ]
