@@ -243,3 +243,65 @@ def test_perf_analyzer_http(request, server, kind, tmp_path):
     proc = run_pa_http(addr, "identity_string", tmp_path / "str.csv",
                        ["--concurrency-range", "2", "--measurement-interval", "1000", "--string-length", "12"])
     check_success(proc, tmp_path / "str.csv")
+
+
+# --- TLS and metrics, shared with gRPC ------------------------------------------------------
+
+
+def test_https_with_the_grpc_certificate(model_repo, tmp_path):
+    """`--grpc-use-ssl` covers the HTTP port too: HTTPS with the same certificate, plaintext refused."""
+    import ssl
+
+    from test_tls import Pki
+
+    pki = Pki(tmp_path)
+    srv = TernServer([model_repo], pki.server_args(), log_dir=tmp_path, label="http-tls").start()
+    try:
+        context = ssl.create_default_context(cafile=str(pki.ca_path))
+        host, port = srv.http_addr.rsplit(":", 1)
+        conn = http.client.HTTPSConnection(host, int(port), context=context, timeout=10)
+        conn.request("GET", "/v2/models/tiny_add")
+        r = conn.getresponse()
+        assert r.status == 200 and json.loads(r.read())["name"] == "tiny_add"
+        conn.close()
+        with pytest.raises((http.client.HTTPException, ConnectionError, OSError)):
+            post(srv.http_addr, "/v2/models/tiny_add/infer", b"{}", timeout=5)
+        c = httpclient.InferenceServerClient(srv.http_addr, ssl=True,
+                                             ssl_options={"ca_certs": str(pki.ca_path)})
+        assert c.is_model_ready("tiny_add")
+        c.close()
+    finally:
+        srv.stop()
+
+
+def test_metrics_count_each_http_request_once(server):
+    import re
+    import urllib.request
+
+    import tritonclient.grpc as grpcclient
+
+    addr = next(m.group(1) for line in server.lines if (m := re.search(r"metrics=([0-9.]+:\d+)", line)))
+    addr = addr.replace("0.0.0.0", "127.0.0.1")
+
+    def success() -> float:
+        with urllib.request.urlopen(f"http://{addr}/metrics", timeout=10) as r:
+            text = r.read().decode()
+        return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+                   if line.startswith("nv_inference_request_success{") and 'model="add_int16"' in line)
+
+    before = success()
+    ones = {"name": "INPUT0", "shape": [1, 16], "datatype": "INT16", "data": [1] * 16}
+    body = json.dumps({"inputs": [ones, dict(ones, name="INPUT1")]}).encode()
+    for _ in range(3):
+        status, reply, _ = post(server.http_addr, "/v2/models/add_int16/infer", body)
+        assert status == 200, reply
+    g = grpcclient.InferenceServerClient(server.url)
+    inputs = []
+    for name in ("INPUT0", "INPUT1"):
+        i = grpcclient.InferInput(name, [1, 16], "INT16")
+        i.set_data_from_numpy(np.ones((1, 16), np.int16))
+        inputs.append(i)
+    g.infer("add_int16", inputs)
+    g.infer("add_int16", inputs)
+    wait_until(lambda: success() >= before + 5, 10, "five counted requests")
+    assert success() == before + 5
