@@ -180,7 +180,10 @@ pub async fn run_with(
     let ready_models = state.models.all_ready_models().len();
     match announce {
         Announce::Public => {
-            tracing::info!(models = ready_models, "tern-node ready grpc={addr} http={http_addr} metrics={metrics_addr}")
+            tracing::info!(
+                models = ready_models,
+                "tern-node ready grpc={addr} http={http_addr} metrics={metrics_addr}"
+            )
         }
         Announce::Embedded => {
             tracing::info!(models = ready_models, address = %addr, http = %http_addr, metrics = %metrics_addr, "embedded node serving")

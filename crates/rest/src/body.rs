@@ -79,7 +79,9 @@ fn decompress(coding: Coding, compressed: &[u8], limit: usize) -> Result<Bytes, 
         Coding::Gzip => flate2::read::GzDecoder::new(compressed).take(bound).read_to_end(&mut out),
         Coding::Deflate => flate2::read::ZlibDecoder::new(compressed).take(bound).read_to_end(&mut out),
     };
-    result.map_err(|e| RestError::bad_request(format!("cannot decompress the {} request body: {e}", coding.name())))?;
+    result.map_err(|e| {
+        RestError::bad_request(format!("cannot decompress the {} request body: {e}", coding.name()))
+    })?;
     if out.len() > limit {
         return Err(over_limit(format!("more than {limit} (decompressed)"), limit));
     }
@@ -144,7 +146,10 @@ impl http_body::Body for Chunks {
     type Data = Bytes;
     type Error = Infallible;
 
-    fn poll_frame(mut self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        _: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
         let next = self.chunks.pop_front();
         if let Some(chunk) = &next {
             self.remaining -= chunk.len() as u64;

@@ -103,7 +103,8 @@ mod tests {
 
     #[test]
     fn error_body_is_a_json_object_with_the_message() {
-        let body: serde_json::Value = serde_json::from_slice(&error_json("input 'X': \"bad\"")).expect("json");
+        let body: serde_json::Value =
+            serde_json::from_slice(&error_json("input 'X': \"bad\"")).expect("json");
         assert_eq!(body["error"], "input 'X': \"bad\"");
     }
 }

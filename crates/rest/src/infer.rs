@@ -70,17 +70,18 @@ pub fn parse_request(
     let json = body.slice(..header_len);
     let mut binary = body.slice(header_len..);
     // Malformed JSON is the client's error: 400 (Triton answers 500 here).
-    let request: RequestJson = serde_json::from_slice(&json)
-        .map_err(|e| RestError::bad_request(format!("malformed inference request JSON for model '{model}': {e}")))?;
+    let request: RequestJson = serde_json::from_slice(&json).map_err(|e| {
+        RestError::bad_request(format!("malformed inference request JSON for model '{model}': {e}"))
+    })?;
 
     let mut kinds = OutputKinds::default();
     let mut parameters = HashMap::new();
     for (key, value) in request.parameters.unwrap_or_default() {
         match key.as_str() {
             "binary_data_output" => {
-                kinds.default_binary = value
-                    .as_bool()
-                    .ok_or_else(|| RestError::bad_request("Unable to parse 'binary_data_output': want true or false"))?;
+                kinds.default_binary = value.as_bool().ok_or_else(|| {
+                    RestError::bad_request("Unable to parse 'binary_data_output': want true or false")
+                })?;
             }
             k if k.starts_with("triton_") => {
                 return Err(RestError::bad_request(
@@ -279,7 +280,10 @@ pub struct ResponseBody {
 }
 
 /// Builds the HTTP response of `response` with outputs returned as `kinds` asks.
-pub fn build_response(response: pb::ModelInferResponse, kinds: &OutputKinds) -> Result<ResponseBody, RestError> {
+pub fn build_response(
+    response: pb::ModelInferResponse,
+    kinds: &OutputKinds,
+) -> Result<ResponseBody, RestError> {
     let model = &response.model_name;
     if response.raw_output_contents.len() != response.outputs.len() {
         return Err(RestError::internal(format!(
@@ -311,11 +315,16 @@ pub fn build_response(response: pb::ModelInferResponse, kinds: &OutputKinds) -> 
             }
         } else {
             let dtype = DType::parse(&output.datatype).ok_or_else(|| {
-                RestError::internal(format!("output '{}' has unknown datatype '{}'", output.name, output.datatype))
+                RestError::internal(format!(
+                    "output '{}' has unknown datatype '{}'",
+                    output.name, output.datatype
+                ))
             })?;
-            let elements = output.shape.iter().try_fold(1usize, |n, &d| n.checked_mul(usize::try_from(d).ok()?));
-            let elements = elements
-                .ok_or_else(|| RestError::internal(format!("output '{}' has an invalid shape", output.name)))?;
+            let elements =
+                output.shape.iter().try_fold(1usize, |n, &d| n.checked_mul(usize::try_from(d).ok()?));
+            let elements = elements.ok_or_else(|| {
+                RestError::internal(format!("output '{}' has an invalid shape", output.name))
+            })?;
             let data = raw_to_json(&output.name, dtype, &raw, elements).map_err(RestError::bad_request)?;
             o.insert("data".into(), Value::Array(data));
         }
@@ -358,10 +367,14 @@ mod tests {
 
     #[test]
     fn truncated_and_extra_binary_data_name_the_input() {
-        let json = r#"{"inputs":[{"name":"A","shape":[2],"datatype":"INT32","parameters":{"binary_data_size":8}}]}"#;
+        let json =
+            r#"{"inputs":[{"name":"A","shape":[2],"datatype":"INT32","parameters":{"binary_data_size":8}}]}"#;
         let (b, n) = body(json, &[1, 0, 0]);
         let e = parse_request("m", "", b, n, 1 << 20).expect_err("short");
-        assert!(e.message.contains("input 'A'") && e.message.contains("expecting 5 additional bytes"), "{e:?}");
+        assert!(
+            e.message.contains("input 'A'") && e.message.contains("expecting 5 additional bytes"),
+            "{e:?}"
+        );
         let (b, n) = body(json, &[0; 9]);
         let e = parse_request("m", "", b, n, 1 << 20).expect_err("long");
         assert!(e.message.contains("unexpected additional input data"), "{e:?}");
@@ -400,7 +413,10 @@ mod tests {
                     ..Default::default()
                 },
             ],
-            raw_output_contents: vec![Bytes::from_static(&[1, 0, 0, 0, 2, 0, 0, 0]), Bytes::from_static(&[9, 0, 0, 0])],
+            raw_output_contents: vec![
+                Bytes::from_static(&[1, 0, 0, 0, 2, 0, 0, 0]),
+                Bytes::from_static(&[9, 0, 0, 0]),
+            ],
             ..Default::default()
         };
         let kinds = OutputKinds { default_binary: false, binary: [("B".to_string(), true)].into() };

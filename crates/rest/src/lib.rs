@@ -50,7 +50,12 @@ pub struct HttpArgs {
 
 impl Default for HttpArgs {
     fn default() -> Self {
-        HttpArgs { allow_http: true, http_address: [0, 0, 0, 0].into(), http_port: 8000, http_thread_count: None }
+        HttpArgs {
+            allow_http: true,
+            http_address: [0, 0, 0, 0].into(),
+            http_port: 8000,
+            http_thread_count: None,
+        }
     }
 }
 
@@ -109,7 +114,8 @@ impl HttpEndpoint {
         let app = routes::app(Arc::new(service), front.auth.clone(), front.max_body);
         let task = match front.tls {
             Some(tls) => {
-                let listener = tern_tls::TlsListener::new(listener, tls).map_err(|e| format!("HTTP TLS: {e}"))?;
+                let listener =
+                    tern_tls::TlsListener::new(listener, tls).map_err(|e| format!("HTTP TLS: {e}"))?;
                 tokio::spawn(serve(listener, app, shutdown))
             }
             None => tokio::spawn(serve(NoDelay(listener), app, shutdown)),
@@ -131,7 +137,11 @@ impl HttpEndpoint {
     }
 }
 
-async fn serve<L>(listener: L, app: axum::Router, shutdown: impl Future<Output = ()> + Send + 'static) -> std::io::Result<()>
+async fn serve<L>(
+    listener: L,
+    app: axum::Router,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()>
 where
     L: axum::serve::Listener,
     L::Addr: std::fmt::Debug,

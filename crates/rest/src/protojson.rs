@@ -18,7 +18,11 @@ fn pool() -> Result<&'static DescriptorPool, RestError> {
 }
 
 /// `message` (of protobuf type `type_name`, e.g. `inference.ModelConfig`) as JSON.
-pub fn to_json<M: prost::Message>(message: &M, type_name: &str, skip_defaults: bool) -> Result<Value, RestError> {
+pub fn to_json<M: prost::Message>(
+    message: &M,
+    type_name: &str,
+    skip_defaults: bool,
+) -> Result<Value, RestError> {
     let descriptor = pool()?
         .get_message_by_name(type_name)
         .ok_or_else(|| RestError::internal(format!("no descriptor for {type_name}")))?;

@@ -54,7 +54,8 @@ fn decode_segment(s: &str) -> Result<String, RestError> {
     while i < bytes.len() {
         if bytes[i] == b'%' {
             let hex = s.get(i + 1..i + 3).and_then(|h| u8::from_str_radix(h, 16).ok());
-            let byte = hex.ok_or_else(|| RestError::bad_request(format!("malformed %-escape in path segment '{s}'")))?;
+            let byte = hex
+                .ok_or_else(|| RestError::bad_request(format!("malformed %-escape in path segment '{s}'")))?;
             out.push(byte);
             i += 3;
         } else {
@@ -109,14 +110,18 @@ async fn route<T: GrpcInferenceService>(
             Ok(if ok { StatusCode::OK } else { StatusCode::BAD_REQUEST }.into_response())
         }
         ["models", "stats"] => stats(s, method, headers, "", "").await,
-        ["models", name, "versions", version, tail @ ..] => model_route(s, method, headers, name, version, tail, body).await,
+        ["models", name, "versions", version, tail @ ..] => {
+            model_route(s, method, headers, name, version, tail, body).await
+        }
         ["models", name, tail @ ..] => model_route(s, method, headers, name, "", tail, body).await,
         ["repository", "index"] => {
             want(method, &Method::POST)?;
             let options = read_json_object(headers, body, s.max_body).await?;
             let ready = match options.get("ready") {
                 None => false,
-                Some(v) => v.as_bool().ok_or_else(|| RestError::bad_request("Unable to parse 'ready': want true or false"))?,
+                Some(v) => v
+                    .as_bool()
+                    .ok_or_else(|| RestError::bad_request("Unable to parse 'ready': want true or false"))?,
             };
             let request = pb::RepositoryIndexRequest { repository_name: String::new(), ready };
             let r = call(s, "RepositoryIndex", headers, request, |svc, req| async move {
@@ -132,13 +137,18 @@ async fn route<T: GrpcInferenceService>(
             let parameters = repository_parameters(name, &options)?;
             let model_name = name.to_string();
             if *action == "load" {
-                let request = pb::RepositoryModelLoadRequest { repository_name: String::new(), model_name, parameters };
+                let request =
+                    pb::RepositoryModelLoadRequest { repository_name: String::new(), model_name, parameters };
                 call(s, "RepositoryModelLoad", headers, request, |svc, req| async move {
                     svc.repository_model_load(req).await
                 })
                 .await?;
             } else {
-                let request = pb::RepositoryModelUnloadRequest { repository_name: String::new(), model_name, parameters };
+                let request = pb::RepositoryModelUnloadRequest {
+                    repository_name: String::new(),
+                    model_name,
+                    parameters,
+                };
                 call(s, "RepositoryModelUnload", headers, request, |svc, req| async move {
                     svc.repository_model_unload(req).await
                 })
@@ -176,7 +186,8 @@ async fn model_route<T: GrpcInferenceService>(
             want(method, &Method::GET)?;
             let request = pb::ModelReadyRequest { name: name_s, version: version_s };
             let r =
-                call(s, "ModelReady", headers, request, |svc, req| async move { svc.model_ready(req).await }).await?;
+                call(s, "ModelReady", headers, request, |svc, req| async move { svc.model_ready(req).await })
+                    .await?;
             if r.ready {
                 Ok(StatusCode::OK.into_response())
             } else {
@@ -188,7 +199,14 @@ async fn model_route<T: GrpcInferenceService>(
             want(method, &Method::GET)?;
             let request = pb::ModelConfigRequest { name: name_s, version: version_s };
             let r =
-                call(s, "ModelConfig", headers, request, |svc, req| async move { svc.model_config(req).await }).await?;
+                call(
+                    s,
+                    "ModelConfig",
+                    headers,
+                    request,
+                    |svc, req| async move { svc.model_config(req).await },
+                )
+                .await?;
             json(to_json(&r.config.unwrap_or_default(), "inference.ModelConfig", false)?)
         }
         ["stats"] => stats(s, method, headers, name, version).await,
@@ -211,7 +229,14 @@ async fn stats<T: GrpcInferenceService>(
     want(method, &Method::GET)?;
     let request = pb::ModelStatisticsRequest { name: name.to_string(), version: version.to_string() };
     let r =
-        call(s, "ModelStatistics", headers, request, |svc, req| async move { svc.model_statistics(req).await }).await?;
+        call(
+            s,
+            "ModelStatistics",
+            headers,
+            request,
+            |svc, req| async move { svc.model_statistics(req).await },
+        )
+        .await?;
     json(to_json(&r, "inference.ModelStatisticsResponse", false)?)
 }
 
@@ -228,7 +253,9 @@ async fn infer_route<T: GrpcInferenceService>(
         Some(v) => {
             let text = v.to_str().unwrap_or("<not text>");
             let n = text.trim().parse::<usize>().map_err(|_| {
-                RestError::bad_request(format!("Unable to parse Inference-Header-Content-Length, got: {text}"))
+                RestError::bad_request(format!(
+                    "Unable to parse Inference-Header-Content-Length, got: {text}"
+                ))
             })?;
             if n > body.len() {
                 return Err(RestError::bad_request(format!(
@@ -242,7 +269,8 @@ async fn infer_route<T: GrpcInferenceService>(
         }
     };
     let (request, kinds) = infer::parse_request(name, version, body, header_len, s.max_body)?;
-    let response = call(s, "ModelInfer", headers, request, |svc, req| async move { svc.model_infer(req).await }).await?;
+    let response =
+        call(s, "ModelInfer", headers, request, |svc, req| async move { svc.model_infer(req).await }).await?;
     let out = infer::build_response(response, &kinds)?;
     let has_binary = !out.binary.is_empty();
     let header_len = out.header.len();
@@ -314,7 +342,11 @@ fn json(value: Value) -> Result<Response, RestError> {
 }
 
 /// An optional JSON object body (empty means `{}`).
-async fn read_json_object(headers: &HeaderMap, body: Body, limit: usize) -> Result<Map<String, Value>, RestError> {
+async fn read_json_object(
+    headers: &HeaderMap,
+    body: Body,
+    limit: usize,
+) -> Result<Map<String, Value>, RestError> {
     let bytes = body::read(headers, body, limit).await?;
     if bytes.iter().all(u8::is_ascii_whitespace) {
         return Ok(Map::new());
@@ -335,11 +367,12 @@ fn repository_parameters(
     use pb::model_repository_parameter::ParameterChoice as C;
     let mut out = HashMap::new();
     let Some(params) = options.get("parameters") else { return Ok(out) };
-    let params = params
-        .as_object()
-        .ok_or_else(|| RestError::bad_request(format!("model '{model}': 'parameters' must be a JSON object")))?;
+    let params = params.as_object().ok_or_else(|| {
+        RestError::bad_request(format!("model '{model}': 'parameters' must be a JSON object"))
+    })?;
     for (key, value) in params {
-        let bad = |want: &str| RestError::bad_request(format!("model '{model}': Unable to parse '{key}': {want}"));
+        let bad =
+            |want: &str| RestError::bad_request(format!("model '{model}': Unable to parse '{key}': {want}"));
         let choice = if key.starts_with("file:") {
             let text = value.as_str().ok_or_else(|| bad("want base64 file content"))?;
             let bytes = base64::engine::general_purpose::STANDARD
@@ -372,13 +405,16 @@ async fn trace_setting<T: GrpcInferenceService>(
     let mut settings = HashMap::new();
     if method == Method::POST {
         for (key, value) in read_json_object(headers, body, s.max_body).await? {
-            let bad = || RestError::bad_request(format!("Unable to parse '{key}': want a string or a list of strings"));
+            let bad = || {
+                RestError::bad_request(format!("Unable to parse '{key}': want a string or a list of strings"))
+            };
             let values = match value {
                 Value::Null => Vec::new(),
                 Value::String(v) => vec![v],
-                Value::Array(items) => {
-                    items.into_iter().map(|v| v.as_str().map(str::to_owned).ok_or_else(bad)).collect::<Result<_, _>>()?
-                }
+                Value::Array(items) => items
+                    .into_iter()
+                    .map(|v| v.as_str().map(str::to_owned).ok_or_else(bad))
+                    .collect::<Result<_, _>>()?,
                 _ => return Err(bad()),
             };
             settings.insert(key, SettingValue { value: values });
@@ -387,7 +423,8 @@ async fn trace_setting<T: GrpcInferenceService>(
         want(method, &Method::GET)?;
     }
     let request = pb::TraceSettingRequest { settings, model_name: model.to_string() };
-    let r = call(s, "TraceSetting", headers, request, |svc, req| async move { svc.trace_setting(req).await }).await?;
+    let r = call(s, "TraceSetting", headers, request, |svc, req| async move { svc.trace_setting(req).await })
+        .await?;
     let out: Map<String, Value> = r
         .settings
         .into_iter()
@@ -415,12 +452,18 @@ async fn log_settings<T: GrpcInferenceService>(
             let choice = match value {
                 Value::Bool(b) => C::BoolParam(b),
                 Value::String(v) => C::StringParam(v),
-                Value::Number(n) => C::Uint32Param(
-                    n.as_u64().and_then(|n| u32::try_from(n).ok()).ok_or_else(|| {
-                        RestError::bad_request(format!("Unable to parse '{key}': want an unsigned 32-bit integer"))
-                    })?,
-                ),
-                _ => return Err(RestError::bad_request(format!("Unable to parse '{key}': want a bool, integer or string"))),
+                Value::Number(n) => {
+                    C::Uint32Param(n.as_u64().and_then(|n| u32::try_from(n).ok()).ok_or_else(|| {
+                        RestError::bad_request(format!(
+                            "Unable to parse '{key}': want an unsigned 32-bit integer"
+                        ))
+                    })?)
+                }
+                _ => {
+                    return Err(RestError::bad_request(format!(
+                        "Unable to parse '{key}': want a bool, integer or string"
+                    )));
+                }
             };
             settings.insert(key, SettingValue { parameter_choice: Some(choice) });
         }
@@ -428,7 +471,8 @@ async fn log_settings<T: GrpcInferenceService>(
         want(method, &Method::GET)?;
     }
     let request = pb::LogSettingsRequest { settings };
-    let r = call(s, "LogSettings", headers, request, |svc, req| async move { svc.log_settings(req).await }).await?;
+    let r = call(s, "LogSettings", headers, request, |svc, req| async move { svc.log_settings(req).await })
+        .await?;
     use pb::log_settings_response::setting_value::ParameterChoice as R;
     let out: Map<String, Value> = r
         .settings
@@ -467,7 +511,8 @@ mod tests {
         use pb::model_repository_parameter::ParameterChoice as C;
         assert_eq!(params["file:1/model.onnx"].parameter_choice, Some(C::BytesParam(vec![0, 1, 2])));
         assert!(matches!(params["config"].parameter_choice, Some(C::StringParam(_))));
-        let bad: Map<String, Value> = serde_json::from_str(r#"{"parameters":{"file:x":"!!"}}"#).expect("json");
+        let bad: Map<String, Value> =
+            serde_json::from_str(r#"{"parameters":{"file:x":"!!"}}"#).expect("json");
         let e = repository_parameters("m", &bad).expect_err("base64");
         assert!(e.message.contains("'file:x'"), "{e:?}");
     }

@@ -62,7 +62,13 @@ impl DType {
 
 /// Converts `data` of input `name` to raw bytes: exactly `elements` elements, at most `limit`
 /// bytes. The error names the input and the element at fault.
-pub fn json_to_raw(name: &str, dtype: DType, data: &Value, elements: usize, limit: usize) -> Result<Vec<u8>, String> {
+pub fn json_to_raw(
+    name: &str,
+    dtype: DType,
+    data: &Value,
+    elements: usize,
+    limit: usize,
+) -> Result<Vec<u8>, String> {
     match dtype {
         DType::F16 | DType::BF16 => {
             let t = if dtype == DType::F16 { "FP16" } else { "BF16" };
@@ -106,9 +112,7 @@ pub fn json_to_raw(name: &str, dtype: DType, data: &Value, elements: usize, limi
         }
     }
     if count != elements {
-        return Err(format!(
-            "input '{name}': 'data' has {count} elements but its shape needs {elements}"
-        ));
+        return Err(format!("input '{name}': 'data' has {count} elements but its shape needs {elements}"));
     }
     Ok(out)
 }
