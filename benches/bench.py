@@ -284,7 +284,7 @@ class Server:
         self._stats_client = None
         if kind.startswith("tern"):
             cmd = [str(NODE), "--model-repository", str(repo), "--grpc-address", "127.0.0.1", "--grpc-port", "0",
-                   "--metrics-address", "127.0.0.1", "--metrics-port", "0",
+                   "--metrics-address", "127.0.0.1", "--metrics-port", "0", "--allow-http", "false",
                    "--metrics-config", "latency_buckets_us=" + ",".join(str(b) for b in LAT_BUCKETS)]
             env = dict(os.environ, ORT_DYLIB_PATH=str(ORT_LIB))
             commands.append(f"ORT_DYLIB_PATH={rel(ORT_LIB)} " + " ".join(shlex.quote(rel(c)) for c in cmd))
@@ -314,7 +314,7 @@ class Server:
                 raise RuntimeError(f"{self.kind} exited: see {logpath}")
             text = logpath.read_text(errors="replace")
             if self.kind.startswith("tern"):
-                m = re.search(r"tern-node ready grpc=([0-9.]+:\d+) metrics=([0-9.]+:\d+)", text)
+                m = re.search(r"tern-node ready grpc=([0-9.]+:\d+) (?:http=\S+ )?metrics=([0-9.]+:\d+)", text)
                 if m:
                     self.metrics_url = f"http://{m.group(2)}/metrics"
                     return m.group(1)
