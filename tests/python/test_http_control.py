@@ -311,3 +311,18 @@ def test_metrics_count_each_http_request_once(server):
     g.infer("add_int16", inputs)
     wait_until(lambda: success() >= before + 5, 10, "five counted requests")
     assert success() == before + 5
+
+
+def test_allow_http_false_and_thread_count_flag(model_repo, tmp_path):
+    """`--allow-http false` serves no HTTP and says `http=off`; `--http-thread-count` is accepted."""
+    repo = copy_models(model_repo, tmp_path / "repo", ["tiny_add"])
+    srv = TernServer([repo], ["--allow-http", "false", "--http-thread-count", "4"], log_dir=tmp_path,
+                     label="http-off").start()
+    try:
+        ready = next(line for line in srv.lines if srv.ready_mark in line)
+        assert "http=off" in ready and srv.http_addr is None, ready
+    finally:
+        srv.stop()
+    bad = subprocess.run([str(TernServer([repo]).binary()), "--model-repository", str(repo), "--http-thread-count", "0"],
+                         capture_output=True, text=True, timeout=60)
+    assert bad.returncode != 0 and "--http-thread-count" in bad.stdout + bad.stderr, bad.stdout + bad.stderr
