@@ -44,7 +44,7 @@ def main() -> int:
     env.setdefault("ORT_DYLIB_PATH", str(ROOT / ".tern/onnxruntime/libonnxruntime.so.1.31.1"))
     node = subprocess.Popen(
         [str(ROOT / "target/release/tern-node"), "--model-repository", str(repo), "--grpc-address", "127.0.0.1",
-         "--grpc-port", "0", "--metrics-port", "0", "--model-control-mode", "explicit"],
+         "--grpc-port", "0", "--metrics-port", "0", "--allow-http", "false", "--model-control-mode", "explicit"],
         stderr=subprocess.PIPE, text=True, env=env)
     try:
         addr = None

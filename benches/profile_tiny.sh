@@ -16,7 +16,7 @@ if [ -z "${REPO:-}" ]; then REPO=$tmp/repo; mkdir -p "$REPO"; cp -r examples/mod
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 port=$(free_port); mport=$(free_port)
 "$NODE" --model-repository "$REPO" --grpc-address 127.0.0.1 --grpc-port "$port" \
-  --metrics-address 127.0.0.1 --metrics-port "$mport" >"$tmp/node.log" 2>&1 &
+  --metrics-address 127.0.0.1 --metrics-port "$mport" --allow-http false >"$tmp/node.log" 2>&1 &
 node=$!
 trap 'kill $node 2>/dev/null || true; wait $node 2>/dev/null || true; rm -rf "$tmp"' EXIT
 for _ in $(seq 1 300); do grep -q "tern-node ready" "$tmp/node.log" && break; sleep 0.1; done

@@ -82,9 +82,10 @@ def main():
     procs = []
     try:
         procs.append(start([str(REL / "tern-node"), "--model-repository", str(repo), "--grpc-address", "127.0.0.1",
-                            "--grpc-port", str(node_port), "--metrics-port", "0"], "tern-node ready", tmp / "node.log"))
+                            "--grpc-port", str(node_port), "--metrics-port", "0", "--allow-http", "false"], "tern-node ready", tmp / "node.log"))
         procs.append(start([str(REL / "tern-router"), "--grpc-address", "127.0.0.1", "--grpc-port", str(router_port),
-                            "--metrics-port", "0", "--node", f"127.0.0.1:{node_port}"], "tern-router ready",
+                            "--metrics-port", "0", "--allow-http", "false", "--node", f"127.0.0.1:{node_port}"],
+                           "tern-router ready",
                            tmp / "router.log"))
         # The router has found the node once it answers ServerReady true.
         sys.path.insert(0, str(ROOT / "tests" / "python"))
@@ -108,7 +109,7 @@ def main():
             p.wait(30)
         procs.clear()
         procs.append(start([str(REL / "tern"), "serve", "--model-repository", str(repo), "--grpc-address", "127.0.0.1",
-                            "--grpc-port", str(serve_port), "--metrics-port", "0"], "tern ready", tmp / "serve.log"))
+                            "--grpc-port", str(serve_port), "--metrics-port", "0", "--allow-http", "false"], "tern ready", tmp / "serve.log"))
         for model, conc in CASES:
             for rnd in range(args.rounds):
                 tput, p50, p99 = perf(f"127.0.0.1:{serve_port}", model, conc, args.window_ms,

@@ -169,6 +169,7 @@ def main():
     ap.add_argument("--model-repository", default=str(ROOT / "examples" / "model_repository"))
     ap.add_argument("--grpc-port", type=int, default=8001, help="router and nodes (each on its own address)")
     ap.add_argument("--metrics-port", type=int, default=8002)
+    ap.add_argument("--http-port", type=int, default=8000, help="HTTP/REST of router and nodes")
     ap.add_argument("--prometheus-port", type=int, default=9090)
     ap.add_argument("--replicas", type=int, default=2)
     ap.add_argument("--smoke", action="store_true", help="free ports, check end to end, stop")
@@ -181,9 +182,10 @@ def main():
     if args.smoke:
         args.grpc_port = free_port_on_all(["127.0.0.1", *NODE_IPS])
         args.metrics_port = free_port_on_all(["127.0.0.1", *NODE_IPS])
+        args.http_port = free_port_on_all(["127.0.0.1", *NODE_IPS])
         args.prometheus_port = free_port_on_all(["127.0.0.1"])
     for ip in ["127.0.0.1", *NODE_IPS]:
-        for port in (args.grpc_port, args.metrics_port):
+        for port in (args.grpc_port, args.metrics_port, args.http_port):
             if not port_free(ip, port):
                 sys.exit(f"cluster: {ip}:{port} is in use (stop what holds it, or pass other ports)")
     work = Path(tempfile.mkdtemp(prefix="tern-cluster-"))
@@ -194,12 +196,14 @@ def main():
         procs.append(Proc("router", [str(REL / "tern-router"), "--grpc-address", "127.0.0.1",
                                      "--grpc-port", str(args.grpc_port), "--metrics-address", "127.0.0.1",
                                      "--metrics-port", str(args.metrics_port), "--replicas", str(args.replicas),
+                                     "--http-address", "127.0.0.1", "--http-port", str(args.http_port),
                                      *sum((["--node", n] for n in nodes), [])], "tern-router ready", work))
         for i, ip in enumerate(NODE_IPS):
             procs.append(Proc(f"node-{i}", [str(REL / "tern-node"), "--model-repository", args.model_repository,
                                             "--model-control-mode", "explicit", "--node-id", f"tern-node-{i}",
                                             "--grpc-address", ip, "--grpc-port", str(args.grpc_port),
-                                            "--metrics-address", ip, "--metrics-port", str(args.metrics_port)],
+                                            "--metrics-address", ip, "--metrics-port", str(args.metrics_port),
+                                            "--http-address", ip, "--http-port", str(args.http_port)],
                               "tern-node ready", work))
         for p in procs:
             p.wait_ready()

@@ -216,7 +216,7 @@ CFG
   mport=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
   NODE_LOG=$RESULTS_DIR/node.log
   "$NODE_BIN" --model-repository "$repo" --grpc-address 127.0.0.1 --grpc-port "$port" \
-    --metrics-port "$mport" >"$NODE_LOG" 2>&1 &
+    --metrics-port "$mport" --allow-http false >"$NODE_LOG" 2>&1 &
   node_pid=$!
   for _ in $(seq 1 1800); do grep -q "tern-node ready" "$NODE_LOG" && break; kill -0 "$node_pid" 2>/dev/null || break; sleep 0.1; done
   if grep -q "tern-node ready" "$NODE_LOG"; then

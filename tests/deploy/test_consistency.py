@@ -108,6 +108,25 @@ def check_health_probe(probe: dict, flags: dict, c: dict, path: str, grpc_servic
         assert probe["tcpSocket"]["port"] in ("grpc", grpc)
 
 
+def check_http_readiness(probe: dict, flags: dict, c: dict):
+    """Readiness is Triton's HTTP /v2/health/ready on the HTTP port (8000): every model loaded
+    on a node, a node able to serve behind a router. With --grpc-use-ssl the HTTP port speaks
+    HTTPS too (the kubelet does not verify the certificate)."""
+    assert flags.get("--allow-http", "true") == "true"
+    http = int(flags["--http-port"])
+    assert http == 8000, "Triton's HTTP port"
+    assert named_port(c, "http") == http
+    if flags.get("--grpc-use-ssl-mutual", "false") == "true":
+        # The kubelet has no client certificate: the metrics port's /v2/health/ready twin.
+        check_health_probe(probe, flags, c, "/v2/health/ready")
+        return
+    assert probe_action(probe) == "httpGet", probe
+    get = probe["httpGet"]
+    assert get["port"] in ("http", http) and get["path"] == "/v2/health/ready", get
+    tls = flags.get("--grpc-use-ssl", "false") == "true"
+    assert get.get("scheme", "HTTP") == ("HTTPS" if tls else "HTTP"), "scheme must follow --grpc-use-ssl"
+
+
 # --- each source in itself --------------------------------------------------------------------
 
 
@@ -120,12 +139,10 @@ def test_node_ports_and_probes(source):
     assert named_port(c, "grpc") == grpc
     for probe in ("startupProbe", "livenessProbe"):
         check_health_probe(c[probe], flags, c, "/v2/health/live")
-    ready = c["readinessProbe"]
-    check_health_probe(ready, flags, c, "/v2/health/ready")
+    check_http_readiness(c["readinessProbe"], flags, c)
     if flags.get("--allow-metrics", "true") == "true":
         metrics = int(flags["--metrics-port"])
         assert named_port(c, "metrics") == metrics
-        assert probe_action(ready) == "httpGet", "readiness: every model loaded (/v2/health/ready)"
     else:
         assert named_port(c, "metrics") is None
 
@@ -211,14 +228,14 @@ def test_router_service_hpa_pdb(source):
     flags = flags_of(objs, c)
     grpc, metrics = int(flags["--grpc-port"]), int(flags["--metrics-port"])
     assert named_port(c, "grpc") == grpc and named_port(c, "metrics") == metrics
-    # Readiness: a node can serve (gRPC health of inference.GRPCInferenceService, or the
-    # router's /v2/health/ready, which follows the same check).
-    check_health_probe(c["readinessProbe"], flags, c, "/v2/health/ready", "inference.GRPCInferenceService")
+    # Readiness: a node can serve (the router's HTTP /v2/health/ready).
+    check_http_readiness(c["readinessProbe"], flags, c)
     check_health_probe(c["livenessProbe"], flags, c, "/v2/health/live")
     svc = find(objs, "Service", dep["metadata"]["name"])
     assert selects(svc["spec"]["selector"], pod_labels(dep))
     assert {(p["name"], p["port"], p["targetPort"]) for p in svc["spec"]["ports"]} == {
         ("grpc", grpc, "grpc"),
+        ("http", int(flags["--http-port"]), "http"),
         ("metrics", metrics, "metrics"),
     }
     hpa = find(objs, "HorizontalPodAutoscaler")

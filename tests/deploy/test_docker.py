@@ -214,7 +214,7 @@ def test_runtime_matches_manifests(name):
     values = yaml.safe_load((CHART / "values.yaml").read_text())
     ports = values["ports"]
     exposed = {int(p) for c in get("EXPOSE") for p in c.value}
-    assert exposed == {ports["grpc"], ports["metrics"]}
+    assert exposed == {ports["grpc"], ports["http"], ports["metrics"]}
     (user,) = get("USER")
     uid = int(user.value[0].split(":")[0])
     assert uid != 0 and uid == values["podSecurityContext"]["runAsUser"]

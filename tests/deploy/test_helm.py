@@ -96,8 +96,8 @@ def test_minimal_render_without_router_and_metrics():
     sts = find(objs, "StatefulSet")
     pod = sts["spec"]["template"]["spec"]
     c = pod["containers"][0]
-    assert [p["name"] for p in c["ports"]] == ["grpc"]
-    assert "grpc" in c["readinessProbe"], "without metrics, readiness goes through gRPC health"
+    assert [p["name"] for p in c["ports"]] == ["grpc", "http"]
+    assert c["readinessProbe"]["httpGet"]["port"] == "http", "readiness: /v2/health/ready on the HTTP port"
     assert [v for v in pod["volumes"] if v["name"] == "models"][0]["hostPath"]["path"] == "/data/models"
     assert pod["serviceAccountName"] == "default"
     policy = find(objs, "NetworkPolicy")

@@ -41,8 +41,9 @@ def test_node_starts_with_manifest_args(source, model_repo, secrets, tmp_path):
     objs = SOURCES[source]()
     sts = find(objs, "StatefulSet")
     c = container(sts, "tern-node")
-    ports = {"grpc": free_port(), "metrics": free_port()}
-    local = {"--model-repository": str(model_repo), "--grpc-port": str(ports["grpc"]), "--metrics-port": str(ports["metrics"])}
+    ports = {"grpc": free_port(), "http": free_port(), "metrics": free_port()}
+    local = {"--model-repository": str(model_repo), "--grpc-port": str(ports["grpc"]), "--http-port": str(ports["http"]),
+             "--metrics-port": str(ports["metrics"])}
     args = local_args(objs, sts, c, secrets, tmp_path, local)
     flags = dict(a.split("=", 1) if "=" in a else (a, None) for a in args)
     metrics_on = flags.get("--allow-metrics", "true") == "true"

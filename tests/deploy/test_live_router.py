@@ -89,17 +89,18 @@ def test_router_serves_through_node_with_manifest_args(source, model_repo, secre
     sts, dep = find(objs, "StatefulSet"), find(objs, "Deployment")
     nc, rc = container(sts, "tern-node"), container(dep, "tern-router")
 
-    router_ports = {"grpc": free_port(), "metrics": free_port()}
+    router_ports = {"grpc": free_port(), "http": free_port(), "metrics": free_port()}
     router_args = local_args(objs, dep, rc, secrets, tmp_path, {
         "--grpc-port": str(router_ports["grpc"]), "--metrics-port": str(router_ports["metrics"]),
+        "--http-port": str(router_ports["http"]),
     })
     flags = _flags(router_args)
     service, dns_port = flags["--node-dns"].rsplit(":", 1)
     pod_ip = free_loopback_address(int(dns_port))
-    node_ports = {"grpc": int(dns_port), "metrics": free_port()}
+    node_ports = {"grpc": int(dns_port), "http": free_port(), "metrics": free_port()}
     node_args = local_args(objs, sts, nc, secrets, tmp_path, {
         "--model-repository": str(model_repo), "--grpc-port": dns_port,
-        "--metrics-port": str(node_ports["metrics"]),
+        "--metrics-port": str(node_ports["metrics"]), "--http-port": str(node_ports["http"]),
     }) + [f"--grpc-address={pod_ip}"]
     node_flags = _flags(node_args)
     assert node_flags.get("--model-control-mode") == "explicit", "routers place models only on explicit nodes"

@@ -135,14 +135,14 @@ def _probes(c):
     "values,node_expect,router_expect",
     [
         ({}, {"startupProbe": "grpc", "livenessProbe": "grpc", "readinessProbe": "httpGet"},
-         {"livenessProbe": "grpc", "readinessProbe": "grpc"}),
+         {"livenessProbe": "grpc", "readinessProbe": "httpGet"}),
         ({"tls": {"enabled": True}}, {"startupProbe": "httpGet", "livenessProbe": "httpGet", "readinessProbe": "httpGet"},
          {"livenessProbe": "httpGet", "readinessProbe": "httpGet"}),
         ({"tls": {"enabled": True}, "metrics": {"enabled": False}},
-         {"startupProbe": "tcpSocket", "livenessProbe": "tcpSocket", "readinessProbe": "tcpSocket"},
+         {"startupProbe": "tcpSocket", "livenessProbe": "tcpSocket", "readinessProbe": "httpGet"},
          {"livenessProbe": "httpGet", "readinessProbe": "httpGet"}),
-        ({"metrics": {"enabled": False}}, {"startupProbe": "grpc", "livenessProbe": "grpc", "readinessProbe": "grpc"},
-         {"livenessProbe": "grpc", "readinessProbe": "grpc"}),
+        ({"metrics": {"enabled": False}}, {"startupProbe": "grpc", "livenessProbe": "grpc", "readinessProbe": "httpGet"},
+         {"livenessProbe": "grpc", "readinessProbe": "httpGet"}),
     ],
     ids=["plain", "tls", "tls-no-metrics", "plain-no-metrics"],
 )
@@ -153,7 +153,11 @@ def test_probe_kinds(values, node_expect, router_expect):
         got = {name: next(k for k in ("grpc", "httpGet", "tcpSocket") if k in p) for name, p in _probes(w[component][1]).items()}
         assert got == expect, component
         for p in _probes(w[component][1]).values():
-            if "httpGet" in p:
+            if "httpGet" in p and p["httpGet"]["port"] == "http":
+                # Readiness on the HTTP port, which speaks HTTPS with TLS.
+                tls = values.get("tls", {}).get("enabled", False)
+                assert p["httpGet"].get("scheme", "HTTP") == ("HTTPS" if tls else "HTTP")
+            elif "httpGet" in p:
                 assert p["httpGet"].get("scheme", "HTTP") == "HTTP", "metrics stay HTTP without tls.metrics"
             if "tcpSocket" in p:
                 assert p["tcpSocket"]["port"] == "grpc"
@@ -164,8 +168,8 @@ def test_probe_paths_with_tls():
     node, router = w["node"][1], w["router"][1]
     assert node["startupProbe"]["httpGet"] == {"path": "/v2/health/live", "port": "metrics", "scheme": "HTTPS"}
     assert node["livenessProbe"]["httpGet"] == node["startupProbe"]["httpGet"]
-    assert node["readinessProbe"]["httpGet"] == {"path": "/v2/health/ready", "port": "metrics", "scheme": "HTTPS"}
-    assert router["readinessProbe"]["httpGet"] == {"path": "/v2/health/ready", "port": "metrics", "scheme": "HTTPS"}
+    assert node["readinessProbe"]["httpGet"] == {"path": "/v2/health/ready", "port": "http", "scheme": "HTTPS"}
+    assert router["readinessProbe"]["httpGet"] == {"path": "/v2/health/ready", "port": "http", "scheme": "HTTPS"}
     assert router["livenessProbe"]["httpGet"] == {"path": "/v2/health/live", "port": "metrics", "scheme": "HTTPS"}
     # Thresholds as without TLS: only the action changes.
     plain = workloads(objects({}))

@@ -63,6 +63,7 @@ class RouterProc(TernServer):
         super().__init__([], extra_args=extra_args, log_dir=log_dir, label=label)
         self.grpc_port = free_port()
         self.metrics_port = free_port()
+        self.http_port = free_port()
         # The control plane's port; it listens only with --cluster-token-file / --cluster-tls-ca.
         self.cluster_port = free_port()
 
@@ -71,7 +72,8 @@ class RouterProc(TernServer):
 
     def command(self) -> list[str]:
         cmd = [str(self.binary()), "--grpc-address", "127.0.0.1", "--grpc-port", str(self.grpc_port),
-               "--metrics-address", "127.0.0.1", "--metrics-port", str(self.metrics_port)]
+               "--metrics-address", "127.0.0.1", "--metrics-port", str(self.metrics_port),
+               "--http-address", "127.0.0.1", "--http-port", str(self.http_port)]
         if any(a in ("--cluster-token-file", "--cluster-tls-ca") for a in self.extra_args):
             cmd += ["--cluster-address", "127.0.0.1", "--cluster-port", str(self.cluster_port)]
         return cmd + list(self.extra_args)
@@ -93,13 +95,15 @@ class NodeProc(TernServer):
     def __init__(self, repo, extra_args=(), log_dir=None, label="node"):
         super().__init__([repo], extra_args=extra_args, log_dir=log_dir, label=label)
         self.grpc_port = free_port()
+        self.http_port = free_port()
 
     def command(self) -> list[str]:
         cmd = [str(self.binary())]
         for r in self.repos:
             cmd += ["--model-repository", str(r)]
         return cmd + ["--grpc-address", "127.0.0.1", "--grpc-port", str(self.grpc_port),
-                      "--metrics-port", "0", *self.extra_args]
+                      "--metrics-port", "0", "--http-address", "127.0.0.1", "--http-port", str(self.http_port),
+                      *self.extra_args]
 
     @property
     def addr(self) -> str:

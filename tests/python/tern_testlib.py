@@ -35,6 +35,8 @@ LIGHT_DIR = None  # filled lazily (needs onnx)
 READY_MARK = os.environ.get("TERN_READY_MARK", "tern-node ready")
 # `grpc=ADDR` in text logs; in JSON logs either inside the message or as a field "grpc": "ADDR".
 GRPC_ADDR_RE = re.compile(r'grpc(?:=|"\s*:\s*")([0-9.]+:\d+)')
+# `http=ADDR` (or `http=off`) likewise: the HTTP/REST port.
+HTTP_ADDR_RE = re.compile(r'http(?:=|"\s*:\s*")([0-9.]+:\d+)')
 ANSI_RE = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
 START_TIMEOUT_S = 120.0
 STOP_TIMEOUT_S = 30.0
@@ -159,6 +161,7 @@ class TernServer:
         self.log_dir = Path(log_dir) if log_dir else Path(tempfile.mkdtemp(prefix="tern-log-"))
         self.proc: subprocess.Popen | None = None
         self.grpc_addr: str | None = None
+        self.http_addr: str | None = None
         self.lines: list[str] = []
         self.restarts = 0
         self._ready = threading.Event()
@@ -171,7 +174,7 @@ class TernServer:
         cmd = [str(self.binary())]
         for r in self.repos:
             cmd += ["--model-repository", str(r)]
-        cmd += ["--grpc-port", "0", "--metrics-port", "0"]
+        cmd += ["--grpc-port", "0", "--metrics-port", "0", "--http-port", "0"]
         return cmd + self.extra_args
 
     def start(self, timeout: float = START_TIMEOUT_S) -> "TernServer":
@@ -183,6 +186,7 @@ class TernServer:
             )
         self.lines = []
         self.grpc_addr = None
+        self.http_addr = None
         self._ready.clear()
         log_path = self.log_dir / f"{self.label}-{self.restarts}.log"
         self._log_file = open(log_path, "w", encoding="utf-8", errors="replace")
@@ -221,6 +225,10 @@ class TernServer:
                     host, port = m.group(1).rsplit(":", 1)
                     # A wildcard bind is reached through loopback.
                     self.grpc_addr = f"{'127.0.0.1' if host == '0.0.0.0' else host}:{port}"
+                h = HTTP_ADDR_RE.search(line)
+                if h and self.http_addr is None:
+                    host, port = h.group(1).rsplit(":", 1)
+                    self.http_addr = f"{'127.0.0.1' if host == '0.0.0.0' else host}:{port}"
                 if self.ready_mark in line and self.grpc_addr is not None:
                     self._ready.set()
         proc.stdout.close()

@@ -80,7 +80,8 @@ class Node(TernServer):
 
     def command(self):
         return [str(self.binary()), "--model-repository", str(self.repos[0]), "--grpc-address", "127.0.0.1",
-                "--grpc-port", "0", "--metrics-port", str(self.metrics_port), *self.extra_args]
+                "--grpc-port", "0", "--metrics-port", str(self.metrics_port), "--http-port", "0",
+                *self.extra_args]
 
 
 class RealNode(Node):
@@ -279,7 +280,7 @@ def test_tern_serve_tokens(model_repo, tmp_path):
 
         def command(self):
             return [str(TERN), "serve", "--model-repository", str(model_repo), "--grpc-port", "0",
-                    "--metrics-port", "0", *EXPLICIT, "--auth-token-file", str(tokens.path)]
+                    "--metrics-port", "0", "--http-port", "0", *EXPLICIT, "--auth-token-file", str(tokens.path)]
 
     serve = Serve([model_repo], log_dir=tmp_path, label="tern-serve-auth").start()
     try:

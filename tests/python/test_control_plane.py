@@ -111,7 +111,8 @@ def test_router_without_a_node_proof_has_no_control_plane(tmp_path):
     finally:
         router.stop()
     # Asking for a control-plane port without saying how nodes prove themselves is refused.
-    bad = subprocess.run([str(router.binary()), "--grpc-port", "0", "--metrics-port", "0", "--cluster-port", "0"],
+    bad = subprocess.run([str(router.binary()), "--grpc-port", "0", "--metrics-port", "0", "--http-port", "0",
+                          "--cluster-port", "0"],
                          capture_output=True, text=True, timeout=30)
     assert bad.returncode != 0
     assert "--cluster-token-file" in bad.stderr + bad.stdout, bad.stderr
@@ -126,7 +127,7 @@ def test_tern_serve_exposes_no_control_plane(model_repo, tmp_path):
 
         def command(self):
             return [str(TERN), "serve", *[a for r in self.repos for a in ("--model-repository", str(r))],
-                    "--grpc-address", "127.0.0.1", "--grpc-port", "0", "--metrics-port", "0",
+                    "--grpc-address", "127.0.0.1", "--grpc-port", "0", "--metrics-port", "0", "--http-port", "0",
                     *self.extra_args]
 
     srv = Serve([model_repo], log_dir=tmp_path, label="serve")

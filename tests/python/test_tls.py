@@ -185,7 +185,7 @@ def test_tern_serve_tls(model_repo, pki, tmp_path):
 
         def command(self):
             return [str(self.binary()), "serve", "--model-repository", str(model_repo), "--grpc-port", "0",
-                    "--metrics-port", "0", *pki.server_args()]
+                    "--metrics-port", "0", "--http-port", "0", *pki.server_args()]
 
     serve = Serve([model_repo], log_dir=tmp_path, label="tern-serve-tls").start()
     try:
@@ -198,7 +198,7 @@ def test_bad_certificate_fails_start_naming_the_file(model_repo, tmp_path):
     bad = tmp_path / "bad.pem"
     bad.write_text("not a certificate")
     proc = subprocess.run([str(ROOT / "target/release/tern-node"), "--model-repository", str(model_repo),
-                           "--grpc-port", "0", "--metrics-port", "0", "--grpc-use-ssl", "true",
+                           "--grpc-port", "0", "--metrics-port", "0", "--http-port", "0", "--grpc-use-ssl", "true",
                            "--grpc-server-cert", str(bad), "--grpc-server-key", str(bad)],
                           capture_output=True, text=True, timeout=60,
                           env={"ORT_DYLIB_PATH": str(ROOT / ".tern/onnxruntime/libonnxruntime.so.1.31.1"),
@@ -227,7 +227,8 @@ def test_metrics_over_https(model_repo, pki, tmp_path):
 
             def command(self):
                 return [str(binary), *sub, "--model-repository", str(model_repo), "--grpc-port", "0",
-                        "--metrics-port", str(port), *pki.server_args(), "--metrics-use-ssl", "true"]
+                        "--metrics-port", str(port), "--http-port", "0", *pki.server_args(),
+                        "--metrics-use-ssl", "true"]
 
         srv = Server([model_repo], log_dir=tmp_path, label=label).start()
         try:

@@ -113,11 +113,17 @@ impl TestNode {
                 "127.0.0.1",
                 "--metrics-port",
                 "0",
+                "--http-address",
+                "127.0.0.1",
                 "--exit-timeout-secs",
                 "10",
             ]
             .map(String::from),
         );
+        // HTTP on a free port unless the test names one (clap takes each flag once).
+        if !extra_flags.contains(&"--http-port") {
+            args.extend(["--http-port", "0"].map(String::from));
+        }
         args.extend(extra_flags.iter().map(|s| s.to_string()));
         let config = tern_node::Config::try_parse_from(args)?;
         config.validate().map_err(anyhow::Error::msg)?;

@@ -102,6 +102,8 @@ async fn serve(
     let (node_stop_tx, node_stop_rx) = tokio::sync::oneshot::channel::<()>();
     let mut node_config = config.clone();
     node_config.router_addresses.clear();
+    // The router's HTTP port is the public one; the embedded node serves gRPC to it only.
+    node_config.http.allow_http = false;
     // gRPC TLS is the router's (the clients' port); the node's metrics endpoint keeps
     // --metrics-use-ssl.
     node_config.tls = tern_edge::tls::TlsArgs {
@@ -142,8 +144,21 @@ async fn serve(
     }
     let metrics_addr =
         if config.metrics.allow_metrics { config.metrics.metrics_addr().to_string() } else { "off".into() };
-    tracing::info!(target: "tern", node = %node_addr, "tern ready grpc={} metrics={metrics_addr}", public.local_addr()?);
+    // HTTP/REST (Triton's port 8000): the router's service behind the same TLS, tokens and limits.
+    let http = tern_rest::HttpEndpoint::start(
+        &config.http,
+        router.inference_service(),
+        tern_rest::Front {
+            tls: front.tls.clone(),
+            auth: front.auth.auth.clone(),
+            max_body: front.limits.grpc_max_message_size,
+        },
+    )
+    .await
+    .map_err(anyhow::Error::msg)?;
+    tracing::info!(target: "tern", node = %node_addr, "tern ready grpc={} http={} metrics={metrics_addr}", public.local_addr()?, http.addr);
     router.serve(public, front, shutdown, exit_timeout).await?;
+    http.stop().await;
     let _ = node_stop_tx.send(());
     match node.await {
         Ok(result) => result?,

@@ -5,6 +5,7 @@
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
@@ -24,9 +25,41 @@ pub async fn serve_http(
             let listener = TlsListener::new(listener, tls)?;
             axum::serve(listener, routes).with_graceful_shutdown(shutdown).await
         }
-        None => axum::serve(listener, routes).with_graceful_shutdown(shutdown).await,
+        None => axum::serve(NoDelay(listener), routes).with_graceful_shutdown(shutdown).await,
     }
 }
+
+/// A TCP listener whose connections have Nagle's algorithm off (small responses would
+/// otherwise wait ~40 ms for the client's delayed ACK).
+struct NoDelay(TcpListener);
+
+impl axum::serve::Listener for NoDelay {
+    type Io = tokio::net::TcpStream;
+    type Addr = SocketAddr;
+
+    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
+        loop {
+            match self.0.accept().await {
+                Ok((stream, addr)) => {
+                    let _ = stream.set_nodelay(true);
+                    return (stream, addr);
+                }
+                Err(e) => {
+                    // Out of file descriptors and the like: wait, as axum's own listener does.
+                    tracing::warn!(error = %e, "HTTP accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            }
+        }
+    }
+
+    fn local_addr(&self) -> std::io::Result<Self::Addr> {
+        self.0.local_addr()
+    }
+}
+
+/// How long [`HttpEndpoint::stop`] waits for open connections before closing them.
+const STOP_WAIT: Duration = Duration::from_secs(5);
 
 /// [`serve_http`] on a task of its own, stopped (and drained) by [`HttpEndpoint::stop`].
 pub struct HttpEndpoint {
@@ -56,13 +89,19 @@ impl HttpEndpoint {
         self.addr
     }
 
-    /// Stops accepting and waits for open connections to finish.
+    /// Stops accepting and waits (a few seconds at most) for open connections to finish.
     pub async fn stop(mut self) {
         if let Some(stop) = self.stop.take() {
             let _ = stop.send(());
         }
         if let Some(task) = self.task.take() {
-            match task.await {
+            let abort = task.abort_handle();
+            let Ok(joined) = tokio::time::timeout(STOP_WAIT, task).await else {
+                abort.abort();
+                tracing::warn!(address = %self.addr, "HTTP connections still open after {STOP_WAIT:?}; closed");
+                return;
+            };
+            match joined {
                 Ok(Ok(())) => {}
                 Ok(Err(e)) => {
                     tracing::warn!(address = %self.addr, error = %e, "HTTP server stopped with an error")

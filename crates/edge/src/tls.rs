@@ -285,7 +285,11 @@ fn accept_loop<T: Send + 'static>(
         loop {
             let Ok(permit) = permits.clone().acquire_owned().await else { return };
             let (tcp, peer) = match listener.accept().await {
-                Ok(c) => c,
+                Ok(c) => {
+                    // Small answers must not wait for the peer's delayed ACK (Nagle).
+                    let _ = c.0.set_nodelay(true);
+                    c
+                }
                 Err(e) => {
                     tracing::warn!(error = %e, "accept failed");
                     tokio::time::sleep(Duration::from_millis(50)).await;

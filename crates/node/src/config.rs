@@ -116,6 +116,9 @@ pub struct Config {
     pub tls: tern_edge::tls::TlsArgs,
 
     #[command(flatten)]
+    pub http: tern_rest::HttpArgs,
+
+    #[command(flatten)]
     pub metrics: tern_telemetry::MetricsConfig,
 
     #[command(flatten)]
@@ -132,6 +135,7 @@ impl Config {
         }
         self.metrics.settings().map_err(|e| e.to_string())?;
         self.tracing.otlp().map_err(|e| e.to_string())?;
+        self.http.validate()?;
         if let Some(dir) = self.accelerator_cache_dir.as_ref().filter(|d| !d.is_dir()) {
             return Err(format!("--accelerator-cache-dir {}: not a directory", dir.display()));
         }

@@ -77,7 +77,7 @@ pub fn load_onnxruntime(config: &Config) -> Result<(), String> {
 /// How the node announces itself once serving.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Announce {
-    /// `tern-node ready grpc=ADDR metrics=ADDR`: the line scripts and tests wait for.
+    /// `tern-node ready grpc=ADDR http=ADDR|off metrics=ADDR`: the line scripts and tests wait for.
     Public,
     /// A node inside another server (`tern serve`): a quieter line without `grpc=`.
     Embedded,
@@ -160,6 +160,20 @@ pub async fn run_with(
     .map_err(anyhow::Error::msg)?;
     let metrics_addr = metrics_endpoint.addr.clone();
 
+    // HTTP/REST (Triton's port 8000): the same service behind the same TLS, tokens and limits.
+    let http = tern_rest::HttpEndpoint::start(
+        &config.http,
+        NodeService::new(state.clone()),
+        tern_rest::Front {
+            tls: tls.clone(),
+            auth: auth.auth.clone(),
+            max_body: config.limits.transport.grpc_max_message_size,
+        },
+    )
+    .await
+    .map_err(anyhow::Error::msg)?;
+    let http_addr = http.addr.clone();
+
     let inference = GrpcInferenceServiceServer::new(NodeService::new(state.clone()))
         .accept_compressed(CompressionEncoding::Gzip)
         .accept_compressed(CompressionEncoding::Deflate)
@@ -200,10 +214,13 @@ pub async fn run_with(
     let ready_models = state.models.all_ready_models().len();
     match announce {
         Announce::Public => {
-            tracing::info!(models = ready_models, "tern-node ready grpc={addr} metrics={metrics_addr}")
+            tracing::info!(
+                models = ready_models,
+                "tern-node ready grpc={addr} http={http_addr} metrics={metrics_addr}"
+            )
         }
         Announce::Embedded => {
-            tracing::info!(models = ready_models, address = %addr, metrics = %metrics_addr, "embedded node serving")
+            tracing::info!(models = ready_models, address = %addr, http = %http_addr, metrics = %metrics_addr, "embedded node serving")
         }
     }
 
@@ -239,6 +256,7 @@ pub async fn run_with(
     for agent in agents {
         agent.abort();
     }
+    http.stop().await;
     metrics_endpoint.stop().await;
     state.models.clear();
     tracing::info!("tern-node stopped");

@@ -115,6 +115,9 @@ pub struct Config {
     pub tls: tern_edge::tls::TlsArgs,
 
     #[command(flatten)]
+    pub http: tern_rest::HttpArgs,
+
+    #[command(flatten)]
     pub metrics: tern_telemetry::MetricsConfig,
 
     #[command(flatten)]
@@ -162,6 +165,7 @@ fn has_port(addr: &str) -> bool {
 impl Config {
     /// Checks what can be checked before binding.
     pub fn validate(&self) -> Result<(), String> {
+        self.http.validate()?;
         self.metrics.settings().map_err(|e| e.to_string())?;
         self.tracing.otlp().map_err(|e| e.to_string())?;
         for node in &self.nodes {

@@ -115,6 +115,11 @@ impl Router {
         Arc::new(move || cluster.ready())
     }
 
+    /// The client-facing inference service, for the HTTP front end (tern-rest).
+    pub fn inference_service(&self) -> service::RouterService {
+        service::RouterService::new(self.state.clone())
+    }
+
     /// The Membership service, for the control-plane listener ([`control::serve`]). The
     /// client port never serves it.
     pub fn membership(&self) -> MembershipService {
@@ -256,12 +261,25 @@ pub async fn run(
     .await
     .map_err(anyhow::Error::msg)?;
     let metrics_addr = metrics_endpoint.addr.clone();
+    // HTTP/REST (Triton's port 8000): the same service behind the same TLS, tokens and limits.
+    let http = tern_rest::HttpEndpoint::start(
+        &config.http,
+        router.inference_service(),
+        tern_rest::Front {
+            tls: front.tls.clone(),
+            auth: front.auth.auth.clone(),
+            max_body: front.limits.grpc_max_message_size,
+        },
+    )
+    .await
+    .map_err(anyhow::Error::msg)?;
+    let http_addr = http.addr.clone();
     let addr = listener.local_addr()?;
     let cluster_addr = control.as_ref().map_or_else(|| "off".to_string(), |(a, _)| a.clone());
     tracing::info!(
         nodes = config.nodes.len(),
         node_dns = config.node_dns.len(),
-        "tern-router ready grpc={addr} metrics={metrics_addr} cluster={cluster_addr}"
+        "tern-router ready grpc={addr} http={http_addr} metrics={metrics_addr} cluster={cluster_addr}"
     );
     router.serve(listener, front, shutdown, Duration::from_secs(config.exit_timeout_secs)).await?;
     if let Some((_, task)) = control {
@@ -271,6 +289,7 @@ pub async fn run(
             Err(e) => tracing::warn!(error = %e, "control-plane task failed"),
         }
     }
+    http.stop().await;
     metrics_endpoint.stop().await;
     tracing::info!("tern-router stopped");
     Ok(())
