@@ -7,6 +7,7 @@ VENV_PY := $(ROOT)/.venv/bin/python
 export ORT_DYLIB_PATH ?= $(ROOT)/.tern/onnxruntime/libonnxruntime.so.1.31.1
 MODEL_REPO ?= $(ROOT)/examples/model_repository
 GRPC_PORT ?= 8001
+HTTP_PORT ?= 8000
 METRICS_PORT ?= 8002
 CARGO_FLAGS ?= --release --locked
 
@@ -21,11 +22,11 @@ build: setup
 examples: setup
 	$(VENV_PY) examples/build_model_repository.py $(MODEL_REPO)
 
-## Serve the example model repository on the default ports (gRPC 8001) with `tern serve`
+## Serve the example model repository on the default ports (HTTP 8000, gRPC 8001) with `tern serve`
 ## (router and node in one process; the single-machine default).
 serve: build examples
-	@echo "tern: gRPC on 127.0.0.1:$(GRPC_PORT) — try: .venv/bin/python -c \"import tritonclient.grpc as g; print(g.InferenceServerClient('127.0.0.1:$(GRPC_PORT)').get_model_repository_index())\""
-	$(ROOT)/target/release/tern serve --model-repository $(MODEL_REPO) --grpc-port $(GRPC_PORT) --metrics-port $(METRICS_PORT)
+	@echo "tern: HTTP on 127.0.0.1:$(HTTP_PORT) (try: curl -i 127.0.0.1:$(HTTP_PORT)/v2/health/ready), gRPC on 127.0.0.1:$(GRPC_PORT) — try: .venv/bin/python -c \"import tritonclient.grpc as g; print(g.InferenceServerClient('127.0.0.1:$(GRPC_PORT)').get_model_repository_index())\""
+	$(ROOT)/target/release/tern serve --model-repository $(MODEL_REPO) --grpc-port $(GRPC_PORT) --http-port $(HTTP_PORT) --metrics-port $(METRICS_PORT)
 
 ## The whole test suite: Rust unit and integration tests, then end-to-end tests with the real
 ## tritonclient and perf_analyzer against the real tern-node binary.
