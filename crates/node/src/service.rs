@@ -243,13 +243,6 @@ impl GrpcInferenceService for NodeService {
         Ok(Response::new(pb::ModelReadyResponse { ready }))
     }
 
-    async fn server_metadata(
-        &self,
-        _: Request<pb::ServerMetadataRequest>,
-    ) -> Result<Response<pb::ServerMetadataResponse>, Status> {
-        Ok(Response::new(tern_edge::triton::server_metadata(&self.state.server_name)))
-    }
-
     async fn model_metadata(
         &self,
         req: Request<pb::ModelMetadataRequest>,
@@ -443,5 +436,5 @@ impl GrpcInferenceService for NodeService {
         Ok(Response::new(pb::RepositoryModelUnloadResponse {}))
     }
 
-    tern_edge::triton_common_rpcs!("this Tern node yet");
+    tern_edge::triton_common_rpcs!("this Tern node yet", server_name: state.server_name);
 }
