@@ -25,6 +25,19 @@ pub fn server_metadata(name: &str) -> pb::ServerMetadataResponse {
     }
 }
 
+/// ModelReady's answer: `ready(name, version)`, asked only for a model the caller may see. One
+/// the token may not see answers as one that does not exist (not PERMISSION_DENIED, which would
+/// say the name is worth trying with another token).
+pub fn model_ready(
+    req: tonic::Request<pb::ModelReadyRequest>,
+    ready: impl FnOnce(&str, &str) -> bool,
+) -> Result<tonic::Response<pb::ModelReadyResponse>, tonic::Status> {
+    let visible = crate::may_see_model(crate::principal(&req), &req.get_ref().name);
+    let req = req.into_inner();
+    let ready = visible && ready(&req.name, &req.version);
+    Ok(tonic::Response::new(pb::ModelReadyResponse { ready }))
+}
+
 /// UNIMPLEMENTED for `rpc`: "`rpc` is not implemented by `by`".
 pub fn unimplemented<T>(rpc: &str, by: &str) -> Result<tonic::Response<T>, tonic::Status> {
     Err(tonic::Status::unimplemented(format!("{rpc} is not implemented by {by}")))

@@ -112,11 +112,9 @@ impl GrpcInferenceService for RouterService {
         &self,
         req: Request<pb::ModelReadyRequest>,
     ) -> Result<Response<pb::ModelReadyResponse>, Status> {
-        // A model the token may not see answers as one that does not exist.
-        let visible = may_see_model(principal(&req), &req.get_ref().name);
-        let req = req.into_inner();
-        let ready = visible && !self.state.cluster.view().candidates(&req.name, &req.version).is_empty();
-        Ok(Response::new(pb::ModelReadyResponse { ready }))
+        tern_edge::triton::model_ready(req, |name, version| {
+            !self.state.cluster.view().candidates(name, version).is_empty()
+        })
     }
 
     async fn model_metadata(
