@@ -145,17 +145,9 @@ async fn serve(
     let metrics_addr =
         if config.metrics.allow_metrics { config.metrics.metrics_addr().to_string() } else { "off".into() };
     // HTTP/REST (Triton's port 8000): the router's service behind the same TLS, tokens and limits.
-    let http = tern_rest::HttpEndpoint::start(
-        &config.http,
-        router.inference_service(),
-        tern_rest::Front {
-            tls: front.tls.clone(),
-            auth: front.auth.auth.clone(),
-            max_body: front.limits.grpc_max_message_size,
-        },
-    )
-    .await
-    .map_err(anyhow::Error::msg)?;
+    let http = tern_rest::HttpEndpoint::start(&config.http, router.inference_service(), (&front).into())
+        .await
+        .map_err(anyhow::Error::msg)?;
     tracing::info!(target: "tern", node = %node_addr, "tern ready grpc={} http={} metrics={metrics_addr}", public.local_addr()?, http.addr);
     router.serve(public, front, shutdown, exit_timeout).await?;
     http.stop().await;

@@ -17,13 +17,16 @@ pub struct MetricsEndpoint {
 }
 
 impl MetricsEndpoint {
-    /// Binds `config`'s address and serves there until [`MetricsEndpoint::stop`].
+    /// Binds `config`'s address and serves there (over HTTPS with `tls`' --metrics-use-ssl)
+    /// until [`MetricsEndpoint::stop`].
     pub async fn start(
         config: &tern_telemetry::MetricsConfig,
         metrics: Arc<tern_telemetry::Metrics>,
         auth: crate::AuthLayer,
-        tls: Option<Arc<crate::tls::rustls::ServerConfig>>,
+        tls: &crate::tls::TlsArgs,
     ) -> Result<MetricsEndpoint, String> {
+        // Checked even with metrics off: a bad --metrics-use-ssl setup is an error regardless.
+        let tls = tls.metrics_server()?;
         if !config.allow_metrics {
             return Ok(MetricsEndpoint { addr: "off".into(), server: None });
         }

@@ -25,6 +25,19 @@ pub fn server_metadata(name: &str) -> pb::ServerMetadataResponse {
     }
 }
 
+/// ModelReady's answer: `ready(name, version)`, asked only for a model the caller may see. One
+/// the token may not see answers as one that does not exist (not PERMISSION_DENIED, which would
+/// say the name is worth trying with another token).
+pub fn model_ready(
+    req: tonic::Request<pb::ModelReadyRequest>,
+    ready: impl FnOnce(&str, &str) -> bool,
+) -> Result<tonic::Response<pb::ModelReadyResponse>, tonic::Status> {
+    let visible = crate::may_see_model(crate::principal(&req), &req.get_ref().name);
+    let req = req.into_inner();
+    let ready = visible && ready(&req.name, &req.version);
+    Ok(tonic::Response::new(pb::ModelReadyResponse { ready }))
+}
+
 /// UNIMPLEMENTED for `rpc`: "`rpc` is not implemented by `by`".
 pub fn unimplemented<T>(rpc: &str, by: &str) -> Result<tonic::Response<T>, tonic::Status> {
     Err(tonic::Status::unimplemented(format!("{rpc} is not implemented by {by}")))
@@ -32,34 +45,23 @@ pub fn unimplemented<T>(rpc: &str, by: &str) -> Result<tonic::Response<T>, tonic
 
 /// The GRPCInferenceService methods node and router answer alike, for use inside
 /// `#[tonic::async_trait] impl GrpcInferenceService for ...`: ServerLive (live while the process
-/// serves at all), and those Tern does not implement (shared memory, trace and log settings),
-/// each answering [`unimplemented`] with `by` ("the Tern router"). Written in the form
-/// async_trait gives trait methods, since the attribute runs before this macro expands.
+/// serves at all), ServerMetadata ([`server_metadata`] of the server name at `self.$field...`),
+/// and those Tern does not implement (shared memory, trace and log settings), each answering
+/// [`unimplemented`] with `by` ("the Tern router"). Written in the form async_trait gives trait
+/// methods, since the attribute runs before this macro expands.
 #[macro_export]
 macro_rules! triton_common_rpcs {
-    ($by:expr) => {
-        fn server_live<'life0, 'async_trait>(
-            &'life0 self,
-            _request: $crate::triton::tonic::Request<$crate::triton::pb::ServerLiveRequest>,
-        ) -> ::std::pin::Pin<
-            ::std::boxed::Box<
-                dyn ::std::future::Future<
-                        Output = ::std::result::Result<
-                            $crate::triton::tonic::Response<$crate::triton::pb::ServerLiveResponse>,
-                            $crate::triton::tonic::Status,
-                        >,
-                    > + ::std::marker::Send
-                    + 'async_trait,
-            >,
-        >
-        where
-            'life0: 'async_trait,
-            Self: 'async_trait,
-        {
-            ::std::boxed::Box::pin(::std::future::ready(::std::result::Result::Ok(
-                $crate::triton::tonic::Response::new($crate::triton::pb::ServerLiveResponse { live: true }),
-            )))
-        }
+    ($by:expr, server_name: $($field:ident).+) => {
+        $crate::triton_common_rpcs!(@fn server_live ServerLiveRequest ServerLiveResponse, _this =>
+            ::std::result::Result::Ok($crate::triton::tonic::Response::new(
+                $crate::triton::pb::ServerLiveResponse { live: true },
+            ))
+        );
+        $crate::triton_common_rpcs!(@fn server_metadata ServerMetadataRequest ServerMetadataResponse, this =>
+            ::std::result::Result::Ok($crate::triton::tonic::Response::new(
+                $crate::triton::server_metadata(&this $(.$field)+),
+            ))
+        );
         $crate::triton_common_rpcs!(@each $by;
             system_shared_memory_status SystemSharedMemoryStatus
                 SystemSharedMemoryStatusRequest SystemSharedMemoryStatusResponse;
@@ -79,30 +81,34 @@ macro_rules! triton_common_rpcs {
     };
     (@each $by:expr; $($method:ident $rpc:ident $req:ident $resp:ident;)*) => {
         $(
-            fn $method<'life0, 'async_trait>(
-                &'life0 self,
-                _request: $crate::triton::tonic::Request<$crate::triton::pb::$req>,
-            ) -> ::std::pin::Pin<
-                ::std::boxed::Box<
-                    dyn ::std::future::Future<
-                            Output = ::std::result::Result<
-                                $crate::triton::tonic::Response<$crate::triton::pb::$resp>,
-                                $crate::triton::tonic::Status,
-                            >,
-                        > + ::std::marker::Send
-                        + 'async_trait,
-                >,
-            >
-            where
-                'life0: 'async_trait,
-                Self: 'async_trait,
-            {
-                ::std::boxed::Box::pin(::std::future::ready($crate::triton::unimplemented(
-                    stringify!($rpc),
-                    $by,
-                )))
-            }
+            $crate::triton_common_rpcs!(@fn $method $req $resp, _this =>
+                $crate::triton::unimplemented(stringify!($rpc), $by)
+            );
         )*
+    };
+    // One trait method answering `$answer` at once, with `self` bound to `$this`.
+    (@fn $method:ident $req:ident $resp:ident, $this:ident => $answer:expr) => {
+        fn $method<'life0, 'async_trait>(
+            &'life0 self,
+            _request: $crate::triton::tonic::Request<$crate::triton::pb::$req>,
+        ) -> ::std::pin::Pin<
+            ::std::boxed::Box<
+                dyn ::std::future::Future<
+                        Output = ::std::result::Result<
+                            $crate::triton::tonic::Response<$crate::triton::pb::$resp>,
+                            $crate::triton::tonic::Status,
+                        >,
+                    > + ::std::marker::Send
+                    + 'async_trait,
+            >,
+        >
+        where
+            'life0: 'async_trait,
+            Self: 'async_trait,
+        {
+            let $this = self;
+            ::std::boxed::Box::pin(::std::future::ready($answer))
+        }
     };
 }
 

@@ -91,8 +91,11 @@ pub async fn run_with(
     metrics: Arc<tern_telemetry::Metrics>,
     announce: Announce,
 ) -> anyhow::Result<()> {
-    let tls = config.tls.server().map_err(anyhow::Error::msg)?;
-    let auth = tern_edge::AuthLayer { auth: config.auth.authenticator().map_err(anyhow::Error::msg)? };
+    let front = tern_edge::FrontDoor {
+        tls: config.tls.server().map_err(anyhow::Error::msg)?,
+        auth: tern_edge::AuthLayer { auth: config.auth.authenticator().map_err(anyhow::Error::msg)? },
+        limits: config.limits.transport.clone(),
+    };
     let router_credential = match &config.router_token_file {
         Some(path) => {
             tern_edge::Credential::from_file(path).map_err(|e| anyhow::anyhow!("--router-token-file: {e}"))?
@@ -149,29 +152,20 @@ pub async fn run_with(
     metrics.set_model_sampler(Arc::new(NodeSampler(state.clone())));
     let ready_state = state.clone();
     metrics.set_readiness(Arc::new(move || ready_state.models.server_ready(ready_state.strict_readiness)));
-    let metrics_tls = config.tls.metrics_server().map_err(anyhow::Error::msg)?;
     let metrics_endpoint = tern_edge::metrics_endpoint::MetricsEndpoint::start(
         &config.metrics,
         metrics.clone(),
-        auth.clone(),
-        metrics_tls,
+        front.auth.clone(),
+        &config.tls,
     )
     .await
     .map_err(anyhow::Error::msg)?;
     let metrics_addr = metrics_endpoint.addr.clone();
 
     // HTTP/REST (Triton's port 8000): the same service behind the same TLS, tokens and limits.
-    let http = tern_rest::HttpEndpoint::start(
-        &config.http,
-        NodeService::new(state.clone()),
-        tern_rest::Front {
-            tls: tls.clone(),
-            auth: auth.auth.clone(),
-            max_body: config.limits.transport.grpc_max_message_size,
-        },
-    )
-    .await
-    .map_err(anyhow::Error::msg)?;
+    let http = tern_rest::HttpEndpoint::start(&config.http, NodeService::new(state.clone()), (&front).into())
+        .await
+        .map_err(anyhow::Error::msg)?;
     let http_addr = http.addr.clone();
 
     let inference = GrpcInferenceServiceServer::new(NodeService::new(state.clone()))
@@ -241,7 +235,6 @@ pub async fn run_with(
         }
         tracing::info!("no request in flight: closing, no new connections");
     };
-    let front = tern_edge::FrontDoor { tls, auth, limits: config.limits.transport.clone() };
     let routes = front
         .server()
         .add_service(inference)

@@ -235,19 +235,7 @@ impl GrpcInferenceService for NodeService {
         &self,
         req: Request<pb::ModelReadyRequest>,
     ) -> Result<Response<pb::ModelReadyResponse>, Status> {
-        // A model the token may not see answers as one that does not exist (not PERMISSION_DENIED,
-        // which would say the name is worth trying with another token).
-        let visible = may_see_model(principal(&req), &req.get_ref().name);
-        let req = req.into_inner();
-        let ready = visible && self.state.models.get(&req.name, &req.version).is_ok();
-        Ok(Response::new(pb::ModelReadyResponse { ready }))
-    }
-
-    async fn server_metadata(
-        &self,
-        _: Request<pb::ServerMetadataRequest>,
-    ) -> Result<Response<pb::ServerMetadataResponse>, Status> {
-        Ok(Response::new(tern_edge::triton::server_metadata(&self.state.server_name)))
+        tern_edge::triton::model_ready(req, |name, version| self.state.models.get(name, version).is_ok())
     }
 
     async fn model_metadata(
@@ -443,5 +431,5 @@ impl GrpcInferenceService for NodeService {
         Ok(Response::new(pb::RepositoryModelUnloadResponse {}))
     }
 
-    tern_edge::triton_common_rpcs!("this Tern node yet");
+    tern_edge::triton_common_rpcs!("this Tern node yet", server_name: state.server_name);
 }

@@ -79,6 +79,17 @@ pub struct Front {
     pub max_body: usize,
 }
 
+impl From<&tern_edge::FrontDoor> for Front {
+    /// The gRPC server's TLS, tokens and --grpc-max-message-size.
+    fn from(door: &tern_edge::FrontDoor) -> Front {
+        Front {
+            tls: door.tls.clone(),
+            auth: door.auth.auth.clone(),
+            max_body: door.limits.grpc_max_message_size,
+        }
+    }
+}
+
 /// A running HTTP endpoint (or none, with `--allow-http false`), served by the edge's HTTP
 /// server ([`tern_edge::http::HttpEndpoint`]).
 pub struct HttpEndpoint {

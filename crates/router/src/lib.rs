@@ -251,28 +251,19 @@ pub async fn run(
         shutdown.await;
         let _ = stop_tx.send(true);
     };
-    let metrics_tls = config.tls.metrics_server().map_err(anyhow::Error::msg)?;
     let metrics_endpoint = tern_edge::metrics_endpoint::MetricsEndpoint::start(
         &config.metrics,
         metrics.clone(),
         front.auth.clone(),
-        metrics_tls,
+        &config.tls,
     )
     .await
     .map_err(anyhow::Error::msg)?;
     let metrics_addr = metrics_endpoint.addr.clone();
     // HTTP/REST (Triton's port 8000): the same service behind the same TLS, tokens and limits.
-    let http = tern_rest::HttpEndpoint::start(
-        &config.http,
-        router.inference_service(),
-        tern_rest::Front {
-            tls: front.tls.clone(),
-            auth: front.auth.auth.clone(),
-            max_body: front.limits.grpc_max_message_size,
-        },
-    )
-    .await
-    .map_err(anyhow::Error::msg)?;
+    let http = tern_rest::HttpEndpoint::start(&config.http, router.inference_service(), (&front).into())
+        .await
+        .map_err(anyhow::Error::msg)?;
     let http_addr = http.addr.clone();
     let addr = listener.local_addr()?;
     let cluster_addr = control.as_ref().map_or_else(|| "off".to_string(), |(a, _)| a.clone());

@@ -61,6 +61,28 @@ impl RouterState {
         record_outcome(&span, &result);
         Ok(result?)
     }
+
+    /// ModelMetadata and ModelConfig: `ask` one replica of the model `key` names (name,
+    /// version), once the caller may see it, through [`RouterState::on_model`].
+    async fn ask_replica<R, T, F, Fut>(
+        &self,
+        req: Request<R>,
+        key: fn(&R) -> (&String, &String),
+        ask: F,
+    ) -> Result<Response<T>, Status>
+    where
+        R: Clone,
+        F: Fn(Arc<Node>, R) -> Fut,
+        Fut: std::future::Future<Output = Result<T, ClientError>>,
+    {
+        let caller = principal(&req).cloned();
+        authorize_model(caller.as_ref(), key(req.get_ref()).0)?;
+        let (metadata, _, req) = req.into_parts();
+        let (name, version) = key(&req);
+        let reply =
+            self.on_model(name, version, &metadata, caller.as_ref(), |node| ask(node, req.clone())).await?;
+        Ok(Response::new(reply))
+    }
 }
 
 #[derive(Clone)]
@@ -90,35 +112,17 @@ impl GrpcInferenceService for RouterService {
         &self,
         req: Request<pb::ModelReadyRequest>,
     ) -> Result<Response<pb::ModelReadyResponse>, Status> {
-        // A model the token may not see answers as one that does not exist.
-        let visible = may_see_model(principal(&req), &req.get_ref().name);
-        let req = req.into_inner();
-        let ready = visible && !self.state.cluster.view().candidates(&req.name, &req.version).is_empty();
-        Ok(Response::new(pb::ModelReadyResponse { ready }))
-    }
-
-    async fn server_metadata(
-        &self,
-        _: Request<pb::ServerMetadataRequest>,
-    ) -> Result<Response<pb::ServerMetadataResponse>, Status> {
-        Ok(Response::new(tern_edge::triton::server_metadata(&self.state.server_name)))
+        tern_edge::triton::model_ready(req, |name, version| {
+            !self.state.cluster.view().candidates(name, version).is_empty()
+        })
     }
 
     async fn model_metadata(
         &self,
         req: Request<pb::ModelMetadataRequest>,
     ) -> Result<Response<pb::ModelMetadataResponse>, Status> {
-        let caller = principal(&req).cloned();
-        authorize_model(caller.as_ref(), &req.get_ref().name)?;
-        let (metadata, _, req) = req.into_parts();
-        let reply = self
-            .state
-            .on_model(&req.name, &req.version, &metadata, caller.as_ref(), |node| {
-                let req = req.clone();
-                async move { node.client().model_metadata(req).await }
-            })
-            .await?;
-        Ok(Response::new(reply))
+        let ask = |node: Arc<Node>, req| async move { node.client().model_metadata(req).await };
+        self.state.ask_replica(req, |r| (&r.name, &r.version), ask).await
     }
 
     async fn model_infer(
@@ -150,17 +154,8 @@ impl GrpcInferenceService for RouterService {
         &self,
         req: Request<pb::ModelConfigRequest>,
     ) -> Result<Response<pb::ModelConfigResponse>, Status> {
-        let caller = principal(&req).cloned();
-        authorize_model(caller.as_ref(), &req.get_ref().name)?;
-        let (metadata, _, req) = req.into_parts();
-        let reply = self
-            .state
-            .on_model(&req.name, &req.version, &metadata, caller.as_ref(), |node| {
-                let req = req.clone();
-                async move { node.client().model_config(req).await }
-            })
-            .await?;
-        Ok(Response::new(reply))
+        let ask = |node: Arc<Node>, req| async move { node.client().model_config(req).await };
+        self.state.ask_replica(req, |r| (&r.name, &r.version), ask).await
     }
 
     async fn model_statistics(
@@ -247,7 +242,7 @@ impl GrpcInferenceService for RouterService {
         Ok(Response::new(pb::RepositoryModelUnloadResponse {}))
     }
 
-    tern_edge::triton_common_rpcs!(UNIMPLEMENTED_BY);
+    tern_edge::triton_common_rpcs!(UNIMPLEMENTED_BY, server_name: state.server_name);
 }
 
 /// GRPCInferenceService as served: ModelInfer and ModelStreamInfer as raw bytes, every other

@@ -214,36 +214,16 @@ fn complete_from_signature(
         complete_max_batch_size(config, signature)?;
         let max_batch_size = config.max_batch_size;
         if !has_inputs {
-            config.input = signature
-                .inputs
-                .iter()
-                .map(|spec| {
-                    let (dims, reshape) = config_dims(spec, max_batch_size);
-                    ModelInput {
-                        name: spec.name.clone(),
-                        data_type: spec.datatype.to_config() as i32,
-                        dims,
-                        reshape,
-                        ..Default::default()
-                    }
-                })
-                .collect();
+            config.input =
+                config_tensors(&signature.inputs, max_batch_size, |name, data_type, dims, reshape| {
+                    ModelInput { name, data_type, dims, reshape, ..Default::default() }
+                });
         }
         if !has_outputs {
-            config.output = signature
-                .outputs
-                .iter()
-                .map(|spec| {
-                    let (dims, reshape) = config_dims(spec, max_batch_size);
-                    ModelOutput {
-                        name: spec.name.clone(),
-                        data_type: spec.datatype.to_config() as i32,
-                        dims,
-                        reshape,
-                        ..Default::default()
-                    }
-                })
-                .collect();
+            config.output =
+                config_tensors(&signature.outputs, max_batch_size, |name, data_type, dims, reshape| {
+                    ModelOutput { name, data_type, dims, reshape, ..Default::default() }
+                });
         }
     }
 
@@ -299,6 +279,22 @@ fn complete_max_batch_size(
         // max_batch_size 0 stays; a negative one is for validation to report.
         Some(_) => Ok(()),
     }
+}
+
+/// Config entries for the model's own tensors `specs`, each built by
+/// `entry(name, data_type, dims, reshape)` (a ModelInput or a ModelOutput).
+fn config_tensors<T>(
+    specs: &[TensorSpec],
+    max_batch_size: i32,
+    entry: impl Fn(String, i32, Vec<i64>, Option<ModelTensorReshape>) -> T,
+) -> Vec<T> {
+    specs
+        .iter()
+        .map(|spec| {
+            let (dims, reshape) = config_dims(spec, max_batch_size);
+            entry(spec.name.clone(), spec.datatype.to_config() as i32, dims, reshape)
+        })
+        .collect()
 }
 
 /// A model tensor's shape as config.pbtxt writes it: without the batch dimension when
