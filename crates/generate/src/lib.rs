@@ -132,8 +132,15 @@ pub enum GenEvent {
     /// token in the middle of a UTF-8 character, or text held back because it may begin a stop
     /// string) and is then carried by a later event; concatenating every `text` gives the
     /// output exactly.
-    Token { id: u32, text: String },
-    Finished { reason: FinishReason, prompt_tokens: u32, generated_tokens: u32 },
+    Token {
+        id: u32,
+        text: String,
+    },
+    Finished {
+        reason: FinishReason,
+        prompt_tokens: u32,
+        generated_tokens: u32,
+    },
     Failed(GenError),
 }
 
