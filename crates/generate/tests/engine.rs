@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use common::{Outcome, collect, engine, next_event, options, prompt};
+use common::{Outcome, collect, collect_from, engine, next_event, options, prompt};
 use tern_generate::{
     EngineOptions, FinishReason, GenError, GenEvent, GenerateRequest, Prompt, SamplingParams,
 };
@@ -69,44 +69,28 @@ async fn batched(requests: &[GenerateRequest]) -> Vec<Outcome> {
         let mut generation = e.submit(r.clone()).expect("admitted");
         let seen = tokens_seen.clone();
         tasks.push(tokio::spawn(async move {
-            // Count tokens as they come, then hand the rest to `collect`.
-            let mut head = Vec::new();
-            while head.len() < 2 {
+            // Count the first tokens as they come (the next group waits for them), then read on.
+            let mut head =
+                Outcome { ids: Vec::new(), texts: Vec::new(), end: Err(GenError::Internal("no end".into())) };
+            while head.ids.len() < 2 {
                 match next_event(&mut generation).await {
-                    Some(event @ GenEvent::Token { .. }) => {
+                    Some(GenEvent::Token { id, text }) => {
                         seen.fetch_add(1, Ordering::Relaxed);
-                        head.push(event);
+                        head.ids.push(id);
+                        head.texts.push(text);
                     }
-                    Some(other) => {
-                        head.push(other);
-                        break;
+                    Some(GenEvent::Finished { reason, prompt_tokens, generated_tokens }) => {
+                        head.end = Ok((reason, prompt_tokens, generated_tokens));
+                        return head;
                     }
-                    None => break,
+                    Some(GenEvent::Failed(e)) => {
+                        head.end = Err(e);
+                        return head;
+                    }
+                    None => panic!("the channel closed without Finished or Failed"),
                 }
             }
-            let finished_early = head.iter().any(|e| !matches!(e, GenEvent::Token { .. }));
-            let mut out = if finished_early {
-                Outcome { ids: Vec::new(), texts: Vec::new(), end: Err(GenError::Internal("x".into())) }
-            } else {
-                collect(generation).await
-            };
-            let mut ids = Vec::new();
-            let mut texts = Vec::new();
-            for event in head {
-                match event {
-                    GenEvent::Token { id, text } => {
-                        ids.push(id);
-                        texts.push(text);
-                    }
-                    GenEvent::Finished { reason, prompt_tokens, generated_tokens } => {
-                        out.end = Ok((reason, prompt_tokens, generated_tokens))
-                    }
-                    GenEvent::Failed(e) => out.end = Err(e),
-                }
-            }
-            ids.extend(out.ids);
-            texts.extend(out.texts);
-            Outcome { ids, texts, end: out.end }
+            collect_from(generation, head).await
         }));
     }
     let mut out = Vec::new();
@@ -303,7 +287,7 @@ async fn kv_budget_queues_then_refuses() {
     drop(probe);
     // Room for two sequences of 10 + 30 tokens at once, not three.
     let budget = 2 * 40 * per_token + per_token;
-    let e = engine(EngineOptions { kv_budget_bytes: budget, max_queue: 4, ..options(16) });
+    let e = engine(EngineOptions { kv_budget_bytes: budget, max_queue: 6, ..options(16) });
     let request = |i: u32| GenerateRequest { ignore_eos: true, ..greedy(prompt(10, i), 30) };
 
     let generations: Vec<_> = (0..6).map(|i| e.submit(request(i)).expect("admitted")).collect();
@@ -336,7 +320,7 @@ async fn kv_budget_queues_then_refuses() {
     let GenError::ResourceExhausted(message) = &err else { panic!("{err:?}") };
     assert!(message.contains("budget") && message.contains(&budget.to_string()), "{message}");
 
-    // The queue is bounded: with two running and four waiting, the next is refused.
+    // The queue is bounded: with two running and six waiting, the next is refused.
     let long = |i: u32| GenerateRequest { ignore_eos: true, ..greedy(prompt(10, i), 30) };
     let mut held = Vec::new();
     let mut refused = None;
@@ -353,7 +337,7 @@ async fn kv_budget_queues_then_refuses() {
         panic!("the queue took {} requests", held.len())
     };
     assert!(message.contains("queue is full"), "{message}");
-    assert!(held.len() <= 2 + 4, "{}", held.len());
+    assert!(held.len() <= 2 + 6, "{}", held.len());
     drop(held);
 }
 

@@ -94,9 +94,13 @@ pub async fn next_event(generation: &mut Generation) -> Option<GenEvent> {
 }
 
 /// Reads a generation to its end, checking the event order.
-pub async fn collect(mut generation: Generation) -> Outcome {
-    let mut out =
-        Outcome { ids: Vec::new(), texts: Vec::new(), end: Err(GenError::Internal("no end".into())) };
+pub async fn collect(generation: Generation) -> Outcome {
+    let out = Outcome { ids: Vec::new(), texts: Vec::new(), end: Err(GenError::Internal("no end".into())) };
+    collect_from(generation, out).await
+}
+
+/// [`collect`] for a generation whose first tokens are already in `out`.
+pub async fn collect_from(mut generation: Generation, mut out: Outcome) -> Outcome {
     loop {
         match next_event(&mut generation).await {
             Some(GenEvent::Token { id, text }) => {
