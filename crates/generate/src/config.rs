@@ -346,31 +346,31 @@ mod tests {
 
     #[test]
     fn errors_name_the_field() {
-        let e =
-            GenAiConfig::parse(&MINIMAL.replace("\"vocab_size\": 100", "\"vocab_size\": -5")).unwrap_err();
+        let e = GenAiConfig::parse(&MINIMAL.replace("\"vocab_size\": 100", "\"vocab_size\": -5"))
+            .expect_err("refused");
         assert!(e.contains("model.vocab_size"), "{e}");
         let e = GenAiConfig::parse(
             &MINIMAL.replace("\"num_hidden_layers\": 2", "\"num_hidden_layers\": 1000000"),
         )
-        .unwrap_err();
+        .expect_err("refused");
         assert!(e.contains("model.decoder.num_hidden_layers"), "{e}");
-        let e = GenAiConfig::parse(&MINIMAL.replace("[2, 3]", "[2, 300]")).unwrap_err();
+        let e = GenAiConfig::parse(&MINIMAL.replace("[2, 3]", "[2, 300]")).expect_err("refused");
         assert!(e.contains("model.eos_token_id"), "{e}");
-        let e = GenAiConfig::parse(&MINIMAL.replace("\"llama\"", "\"gpt2\"")).unwrap_err();
+        let e = GenAiConfig::parse(&MINIMAL.replace("\"llama\"", "\"gpt2\"")).expect_err("refused");
         assert!(e.contains("gpt2"), "{e}");
         let e =
             GenAiConfig::parse(&MINIMAL.replace(
                 "\"hidden_size\": 32",
                 "\"hidden_size\": 32, \"inputs\": {\"past_key_names\": \"k\"}",
             ))
-            .unwrap_err();
+            .expect_err("refused");
         assert!(e.contains("past_key_names") && e.contains("%d"), "{e}");
         let e =
             GenAiConfig::parse(&MINIMAL.replace(
                 "\"num_hidden_layers\": 2,",
                 "\"filename\": \"../x.onnx\", \"num_hidden_layers\": 2,",
             ))
-            .unwrap_err();
+            .expect_err("refused");
         assert!(e.contains("model.decoder.filename"), "{e}");
     }
 }

@@ -359,11 +359,11 @@ fn iteration(parts: &mut EngineParts, batch: &mut Batch, admitted: Vec<Pending>,
         fail_all(batch, GenError::Internal(format!("rebuilding the batch cache failed: {e}")));
     }
 
-    if !batch.seqs.is_empty() {
-        if let Err(e) = decode(parts, batch, eos) {
-            tracing::error!(error = %e, "decode step failed");
-            fail_all(batch, GenError::Internal(format!("ONNX Runtime failed in a decode step: {e}")));
-        }
+    if !batch.seqs.is_empty()
+        && let Err(e) = decode(parts, batch, eos)
+    {
+        tracing::error!(error = %e, "decode step failed");
+        fail_all(batch, GenError::Internal(format!("ONNX Runtime failed in a decode step: {e}")));
     }
 }
 

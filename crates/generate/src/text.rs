@@ -259,6 +259,71 @@ mod tests {
         assert_eq!(out[0], "abc ");
     }
 
+    /// The example model's tokenizer (byte-level BPE), from `$TERN_EXAMPLES_REPO/tiny_llm/1`.
+    fn example_codec() -> TextCodec {
+        let repo = std::env::var_os("TERN_EXAMPLES_REPO").unwrap_or_else(|| {
+            panic!("TERN_EXAMPLES_REPO is not set: run `make examples` and `make test-rust` (tiny_llm/1)")
+        });
+        let dir = std::path::PathBuf::from(repo).join("tiny_llm/1");
+        match TextCodec::load(&dir, None) {
+            Ok(c) => c,
+            Err(e) => panic!("{e} (run `make examples`)"),
+        }
+    }
+
+    #[test]
+    fn incremental_text_waits_for_whole_characters() {
+        let codec = example_codec();
+        // Byte-level BPE: each byte has a token, so a character can be split across tokens.
+        let bytes = |s: &str| -> Vec<u32> {
+            s.bytes()
+                .map(|b| {
+                    // GPT-2's byte-to-character table: printable bytes map to themselves (as chars),
+                    // the rest to U+0100 onwards.
+                    let printable = (b'!'..=b'~').contains(&b)
+                        || (0xA1..=0xAC).contains(&b)
+                        || (0xAE..=0xFF).contains(&b);
+                    let c = if printable {
+                        char::from(b)
+                    } else {
+                        let others = (0u16..=255)
+                            .filter(|&x| {
+                                let x = x as u8;
+                                !((b'!'..=b'~').contains(&x)
+                                    || (0xA1..=0xAC).contains(&x)
+                                    || (0xAE..=0xFF).contains(&x))
+                            })
+                            .position(|x| x == b as u16)
+                            .expect("a byte");
+                        char::from_u32(256 + others as u32).expect("a char")
+                    };
+                    codec
+                        .tokenizer
+                        .token_to_id(&c.to_string())
+                        .unwrap_or_else(|| panic!("no token for byte {b:#x}"))
+                })
+                .collect()
+        };
+        let prompt = codec.encode("Say:").expect("encodes");
+        let generated: Vec<u32> =
+            [bytes("é"), bytes("日本"), codec.encode("ok ✓").expect("encodes")[1..].to_vec(), bytes("€!")]
+                .concat();
+        let mut tokens = prompt.clone();
+        let mut detok = Detokenizer::new(prompt.len());
+        let mut pieces = Vec::new();
+        for &t in &generated {
+            tokens.push(t);
+            let piece = detok.next(&codec, &tokens);
+            assert!(!piece.contains('\u{FFFD}'), "a partial character leaked: {piece:?}");
+            pieces.push(piece);
+        }
+        pieces.push(detok.flush(&codec, &tokens));
+        assert_eq!(pieces[0], "", "the first byte of é is not text yet");
+        assert_eq!(pieces[1], "é");
+        assert_eq!(pieces.concat(), codec.decode(&generated));
+        assert_eq!(pieces.concat(), "é日本ok ✓€!");
+    }
+
     #[test]
     fn earliest_stop_wins_and_multibyte_is_safe() {
         let (out, stopped) = run(&["zz", "é!"], &["aé", "!zz"]);

@@ -54,8 +54,10 @@ async fn alone(requests: &[GenerateRequest]) -> Vec<Outcome> {
 
 /// Submits the requests in groups of four to one batching engine, each group once the earlier
 /// ones have produced tokens, so sequences join a running batch at different moments.
-async fn batched(requests: &[GenerateRequest]) -> Vec<Outcome> {
+/// Also returns the most sequences the engine reported running at once.
+async fn batched(requests: &[GenerateRequest]) -> (Vec<Outcome>, usize) {
     let e = engine(options(16));
+    let mut most_running = 0;
     let tokens_seen = Arc::new(AtomicUsize::new(0));
     let mut tasks = Vec::new();
     for (i, r) in requests.iter().enumerate() {
@@ -63,6 +65,7 @@ async fn batched(requests: &[GenerateRequest]) -> Vec<Outcome> {
             let want = i * 2;
             let start = Instant::now();
             while tokens_seen.load(Ordering::Relaxed) < want && start.elapsed() < common::PATIENCE {
+                most_running = most_running.max(e.stats().running);
                 tokio::time::sleep(Duration::from_millis(1)).await;
             }
         }
@@ -95,16 +98,18 @@ async fn batched(requests: &[GenerateRequest]) -> Vec<Outcome> {
     }
     let mut out = Vec::new();
     for t in tasks {
+        most_running = most_running.max(e.stats().running);
         out.push(t.await.expect("collector task"));
     }
-    out
+    (out, most_running)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn greedy_batched_equals_unbatched() {
     let requests = sixteen();
     let reference = alone(&requests).await;
-    let together = batched(&requests).await;
+    let (together, most_running) = batched(&requests).await;
+    assert!(most_running >= 4, "the sequences never ran together (at most {most_running} at once)");
     let e = engine(options(1));
     for (i, (a, b)) in reference.iter().zip(&together).enumerate() {
         assert!(!a.ids.is_empty(), "sequence {i} generated nothing");
