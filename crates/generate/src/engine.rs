@@ -72,6 +72,9 @@ pub(crate) struct Pending {
     pub deadline: Option<Instant>,
     pub tx: UnboundedSender<GenEvent>,
     pub cancel: Arc<AtomicBool>,
+    /// The generation's span (a child of the caller's span at submit): the engine's events
+    /// for this sequence (admitted, first token, each token at trace level, end) go in it.
+    pub span: tracing::Span,
 }
 
 impl Pending {
@@ -140,6 +143,10 @@ impl Seq {
 
     fn finish(&mut self, reason: FinishReason) {
         if !self.done {
+            let span = &self.request.span;
+            span.record("finish_reason", reason.as_str());
+            span.record("generated_tokens", self.generated);
+            tracing::debug!(parent: span, reason = reason.as_str(), generated = self.generated, "generation finished");
             let event = GenEvent::Finished {
                 reason,
                 prompt_tokens: self.prompt_len as u32,
@@ -152,6 +159,8 @@ impl Seq {
 
     fn fail(&mut self, error: GenError) {
         if !self.done {
+            self.request.span.record("finish_reason", "failed");
+            tracing::warn!(parent: &self.request.span, error = %error, "generation failed");
             let _ = self.request.tx.send(GenEvent::Failed(error));
             self.done = true;
         }
@@ -253,6 +262,8 @@ fn next_work(shared: &Shared, parts: &EngineParts, batch: &Batch) -> Option<Vec<
         let now = Instant::now();
         q.waiting.retain(|p| match p.expired(now) {
             Some(reason) => {
+                p.span.record("finish_reason", reason.as_str());
+                p.span.record("generated_tokens", 0);
                 let _ = p.tx.send(GenEvent::Finished {
                     reason,
                     prompt_tokens: p.prompt.len() as u32,
@@ -329,6 +340,7 @@ fn iteration(parts: &mut EngineParts, batch: &mut Batch, admitted: Vec<Pending>,
     }
 
     for request in admitted {
+        tracing::debug!(parent: &request.span, running = batch.seqs.len(), "admitted to the batch");
         let seq = Seq::new(request, parts.decoder.vocab);
         batch.joining.push((seq, None));
     }
@@ -382,6 +394,7 @@ fn prefill(decoder: &mut Decoder, seq: &mut Seq, codec: &TextCodec, eos: &[u32])
     let mut first = 0;
     let cache = decoder.step(input, past, |_, logits| first = seq.sampler.sample(logits))?;
     seq.cache_len = n;
+    tracing::debug!(parent: &seq.request.span, prompt_tokens = n, "prefill done, first token");
     seq.accept(first, codec, eos);
     Ok(cache)
 }
@@ -521,6 +534,7 @@ fn decode(parts: &mut EngineParts, batch: &mut Batch, eos: &[u32]) -> Result<(),
         seq.cache_len += 1;
         batch.generated_tokens_total += 1;
         // `max_new` is already clamped to the context: `accept` ends the sequence there.
+        tracing::trace!(parent: &seq.request.span, token, batch = rows, "token");
         seq.accept(token, &parts.codec, eos);
     }
     tracing::trace!(batch = rows, past, "decode step");

@@ -363,6 +363,7 @@ impl Engine {
         }
 
         let (tx, events) = tokio::sync::mpsc::unbounded_channel();
+        let prompt_len = prompt.len();
         let cancel = Arc::new(AtomicBool::new(false));
         let pending = engine::Pending {
             prompt,
@@ -375,6 +376,13 @@ impl Engine {
             deadline: request.deadline,
             tx,
             cancel: cancel.clone(),
+            span: tracing::info_span!(
+                "generation",
+                prompt_tokens = prompt_len,
+                max_tokens = max_new,
+                generated_tokens = tracing::field::Empty,
+                finish_reason = tracing::field::Empty,
+            ),
         };
         {
             let mut q = self.shared.lock();
