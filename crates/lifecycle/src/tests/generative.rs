@@ -4,7 +4,6 @@
 //! and clear failures.
 
 use std::path::Path;
-use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
