@@ -350,12 +350,6 @@ pub fn response_json(response: &pb::ModelInferResponse) -> Result<Map<String, Va
         if key == FINAL_RESPONSE {
             continue;
         }
-        if matches!(param.parameter_choice, Some(ParameterChoice::BytesParam(_))) {
-            return Err(RestError::new(
-                http::StatusCode::NOT_IMPLEMENTED,
-                format!("Response parameter '{key}' has type 'TRITONSERVER_PARAMETER_BYTES' which is not currently supported"),
-            ));
-        }
         out.insert(key.clone(), parameter_json(param));
     }
     if response.raw_output_contents.len() != response.outputs.len() {
