@@ -96,7 +96,8 @@ impl TestRouter {
     }
 
     async fn client(&self) -> anyhow::Result<GrpcInferenceServiceClient<tonic::transport::Channel>> {
-        let channel = tonic::transport::Channel::from_shared(format!("http://{}", self.addr))?.connect().await?;
+        let channel =
+            tonic::transport::Channel::from_shared(format!("http://{}", self.addr))?.connect().await?;
         Ok(GrpcInferenceServiceClient::new(channel))
     }
 
@@ -170,7 +171,8 @@ async fn http(port: u16, path: &str, body: &str) -> anyhow::Result<(u16, Vec<(St
         let mut out = String::new();
         let mut rest = raw_body;
         loop {
-            let (size, after) = rest.split_once("\r\n").ok_or_else(|| anyhow::anyhow!("bad chunk: {rest:?}"))?;
+            let (size, after) =
+                rest.split_once("\r\n").ok_or_else(|| anyhow::anyhow!("bad chunk: {rest:?}"))?;
             let size = usize::from_str_radix(size.trim(), 16)?;
             if size == 0 {
                 break;
@@ -189,8 +191,10 @@ fn header<'a>(headers: &'a [(String, String)], name: &str) -> Option<&'a str> {
     headers.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str())
 }
 
-/// The generate routes on a plain model, at `port` (a node's or a router's HTTP).
-async fn check_generate_routes(port: u16) -> anyhow::Result<()> {
+/// The generate routes on a plain model, at `port` (a node's or a router's HTTP); `unknown`:
+/// the status of a model nobody serves (the node's NOT_FOUND, the router's UNAVAILABLE when it
+/// cannot place a model), as the metadata route answers it.
+async fn check_generate_routes(port: u16, unknown: u16) -> anyhow::Result<()> {
     let twos = "[2,2,2,2,2,2,2,2,2,2,2,2,2,2,2,2]";
     let body = format!(r#"{{"id":"g1","INPUT0":{twos},"parameters":{{"INPUT1":{twos},"note":"x"}}}}"#);
 
@@ -201,21 +205,22 @@ async fn check_generate_routes(port: u16) -> anyhow::Result<()> {
     assert_eq!(json["id"], "g1");
     assert_eq!(json["model_name"], "tiny_add");
     assert_eq!(json["model_version"], "1");
-    assert_eq!(json["OUTPUT0"], serde_json::json!([4.0; 16]), "{text}");
+    assert_eq!(json["OUTPUT0"], serde_json::json!(vec![4.0; 16]), "{text}");
 
     let (status, headers, text) = http(port, "/v2/models/tiny_add/versions/1/generate_stream", &body).await?;
     assert_eq!(status, 200, "{text}");
     assert_eq!(header(&headers, "content-type"), Some("text/event-stream; charset=utf-8"));
     let events: Vec<&str> = text.split_terminator("\n\n").collect();
     assert_eq!(events.len(), 1, "one event for a plain model: {text:?}");
-    let event = events[0].strip_prefix("data: ").ok_or_else(|| anyhow::anyhow!("not an SSE data line: {text:?}"))?;
+    let event =
+        events[0].strip_prefix("data: ").ok_or_else(|| anyhow::anyhow!("not an SSE data line: {text:?}"))?;
     let json: serde_json::Value = serde_json::from_str(event)?;
-    assert_eq!(json["OUTPUT0"], serde_json::json!([4.0; 16]), "{text}");
+    assert_eq!(json["OUTPUT0"], serde_json::json!(vec![4.0; 16]), "{text}");
 
     // Errors before the stream: JSON with Triton's status.
     for route in ["generate", "generate_stream"] {
         let (status, headers, text) = http(port, &format!("/v2/models/no_such_model/{route}"), &body).await?;
-        assert_eq!(status, 404, "{text}");
+        assert_eq!(status, unknown, "{text}");
         assert_eq!(header(&headers, "content-type"), Some("application/json"));
         let json: serde_json::Value = serde_json::from_str(&text)?;
         assert!(json["error"].as_str().is_some_and(|e| e.contains("no_such_model")), "{text}");
@@ -237,8 +242,8 @@ async fn generate_routes_answer_on_the_node_and_through_the_router() -> anyhow::
     let router_http = free_port()?;
     let router = TestRouter::start(&node, router_http).await?;
 
-    check_generate_routes(node_http).await?;
-    check_generate_routes(router_http).await?;
+    check_generate_routes(node_http, 404).await?;
+    check_generate_routes(router_http, 503).await?;
 
     router.stop().await?;
     node.stop().await?;

@@ -54,7 +54,10 @@ impl<'de> serde::Deserialize<'de> for Fields {
                     let value = if self.0 && key == "parameters" {
                         match map.next_value::<Fields>()?.0 {
                             Some(pairs) => Value::Array(
-                                pairs.into_iter().map(|(k, v)| Value::Array(vec![Value::String(k), v])).collect(),
+                                pairs
+                                    .into_iter()
+                                    .map(|(k, v)| Value::Array(vec![Value::String(k), v]))
+                                    .collect(),
                             ),
                             // Not an object: refused by the caller, whatever it was.
                             None => Value::Null,
@@ -162,7 +165,9 @@ pub fn parse_request(
             }
             "parameters" => {
                 if std::mem::replace(&mut seen_parameters, true) {
-                    return Err(RestError::bad_request("'parameters' is given twice in the generate request"));
+                    return Err(RestError::bad_request(
+                        "'parameters' is given twice in the generate request",
+                    ));
                 }
                 if inputs.iter().any(|i| i.name == "parameters") {
                     return Err(RestError::bad_request(format!(
@@ -172,9 +177,11 @@ pub fn parse_request(
                 let Value::Array(nested) = value else {
                     return Err(RestError::bad_request("Expected JSON object for keyword: 'parameters'"));
                 };
-                for (key, value) in nested.iter().filter_map(|kv| kv.as_array()).filter_map(|kv| {
-                    Some((kv.first()?.as_str()?, kv.get(1)?))
-                }) {
+                for (key, value) in nested
+                    .iter()
+                    .filter_map(|kv| kv.as_array())
+                    .filter_map(|kv| Some((kv.first()?.as_str()?, kv.get(1)?)))
+                {
                     map_field(model, key, value, inputs, &mut request, &mut used, limit, true)?;
                 }
             }
@@ -186,7 +193,16 @@ pub fn parse_request(
         && !request.inputs.iter().any(|i| i.name == STREAM_INPUT)
     {
         let value = Value::Bool(streaming);
-        map_field(model, STREAM_INPUT, &value, std::slice::from_ref(spec), &mut request, &mut used, limit, false)?;
+        map_field(
+            model,
+            STREAM_INPUT,
+            &value,
+            std::slice::from_ref(spec),
+            &mut request,
+            &mut used,
+            limit,
+            false,
+        )?;
     }
     Ok(request)
 }
@@ -223,7 +239,11 @@ fn map_field(
                 )));
             }
         };
-        if request.parameters.insert(key.to_string(), pb::InferParameter { parameter_choice: Some(choice) }).is_some() {
+        if request
+            .parameters
+            .insert(key.to_string(), pb::InferParameter { parameter_choice: Some(choice) })
+            .is_some()
+        {
             return Err(RestError::bad_request(format!(
                 "parameter '{key}' is given twice in the generate request for model '{model}'"
             )));
@@ -250,10 +270,18 @@ fn map_field(
 
 /// A scalar or flat array as input `spec`: its shape (the model's dims with the element count
 /// placed as Triton places it) and raw bytes (at most `limit`).
-fn input_tensor(model: &str, spec: &InputSpec, value: &Value, limit: usize) -> Result<(Vec<i64>, Vec<u8>), RestError> {
+fn input_tensor(
+    model: &str,
+    spec: &InputSpec,
+    value: &Value,
+    limit: usize,
+) -> Result<(Vec<i64>, Vec<u8>), RestError> {
     let name = &spec.name;
     let dtype = DType::parse(&spec.datatype).ok_or_else(|| {
-        RestError::bad_request(format!("input '{name}' has unsupported datatype {} (model '{model}')", spec.datatype))
+        RestError::bad_request(format!(
+            "input '{name}' has unsupported datatype {} (model '{model}')",
+            spec.datatype
+        ))
     })?;
     let elements = match value {
         Value::Array(items) => {
@@ -361,7 +389,10 @@ pub fn response_json(response: &pb::ModelInferResponse) -> Result<Map<String, Va
     }
     for (output, raw) in response.outputs.iter().zip(&response.raw_output_contents) {
         let dtype = DType::parse(&output.datatype).ok_or_else(|| {
-            RestError::internal(format!("output '{}' has unknown datatype '{}'", output.name, output.datatype))
+            RestError::internal(format!(
+                "output '{}' has unknown datatype '{}'",
+                output.name, output.datatype
+            ))
         })?;
         let elements = output
             .shape
@@ -387,9 +418,9 @@ pub fn sse_event(json: &[u8]) -> Bytes {
 
 /// The event of a response, or of the error that converting it met.
 pub fn response_event(response: &pb::ModelInferResponse) -> Bytes {
-    match response_json(response).and_then(|m| {
-        serde_json::to_vec(&Value::Object(m)).map_err(|e| RestError::internal(e.to_string()))
-    }) {
+    match response_json(response)
+        .and_then(|m| serde_json::to_vec(&Value::Object(m)).map_err(|e| RestError::internal(e.to_string())))
+    {
         Ok(json) => sse_event(&json),
         Err(e) => error_event(&e.message),
     }
@@ -449,18 +480,34 @@ mod tests {
 
     #[test]
     fn stream_input_follows_the_route_unless_given() {
-        let r = parse_request("llm", "", br#"{"text_input":"a"}"#, &llm_inputs(), true, 1 << 20).expect("parse");
+        let r =
+            parse_request("llm", "", br#"{"text_input":"a"}"#, &llm_inputs(), true, 1 << 20).expect("parse");
         assert_eq!(input(&r, "stream").1, &[1u8]);
-        let r = parse_request("llm", "", br#"{"text_input":"a","stream":false}"#, &llm_inputs(), true, 1 << 20)
-            .expect("parse");
+        let r =
+            parse_request("llm", "", br#"{"text_input":"a","stream":false}"#, &llm_inputs(), true, 1 << 20)
+                .expect("parse");
         assert_eq!(input(&r, "stream").1, &[0u8]);
-        let r = parse_request("llm", "", br#"{"text_input":"a","parameters":{"stream":true}}"#, &llm_inputs(), false, 1 << 20)
-            .expect("parse");
+        let r = parse_request(
+            "llm",
+            "",
+            br#"{"text_input":"a","parameters":{"stream":true}}"#,
+            &llm_inputs(),
+            false,
+            1 << 20,
+        )
+        .expect("parse");
         assert_eq!(input(&r, "stream").1, &[1u8]);
         assert_eq!(r.inputs.iter().filter(|i| i.name == "stream").count(), 1);
         // A model without a `stream` input gets none.
-        let r = parse_request("m", "", br#"{"INPUT0":[1.0,2.0]}"#, &[spec("INPUT0", "FP32", &[-1, 2])], true, 1 << 20)
-            .expect("parse");
+        let r = parse_request(
+            "m",
+            "",
+            br#"{"INPUT0":[1.0,2.0]}"#,
+            &[spec("INPUT0", "FP32", &[-1, 2])],
+            true,
+            1 << 20,
+        )
+        .expect("parse");
         assert_eq!(r.inputs.len(), 1);
         assert_eq!(input(&r, "INPUT0").0, &[1i64, 2][..]);
     }
@@ -496,8 +543,15 @@ mod tests {
             assert_eq!(e.status, http::StatusCode::BAD_REQUEST, "{body}");
             assert!(e.message.contains(want), "{body}: {e:?}");
         }
-        let e = parse_request("m", "", br#"{"parameters":{}}"#, &[spec("parameters", "INT32", &[1])], false, 1 << 20)
-            .expect_err("nested name");
+        let e = parse_request(
+            "m",
+            "",
+            br#"{"parameters":{}}"#,
+            &[spec("parameters", "INT32", &[1])],
+            false,
+            1 << 20,
+        )
+        .expect_err("nested name");
         assert!(e.message.contains("Keyword 'parameters'"), "{e:?}");
     }
 
@@ -505,7 +559,8 @@ mod tests {
     fn inputs_are_bounded_together() {
         let long = "x".repeat(600);
         let body = json!({"text_input": long, "stop": [long]});
-        let e = parse_request("llm", "", body.to_string().as_bytes(), &llm_inputs(), false, 1000).expect_err("limit");
+        let e = parse_request("llm", "", body.to_string().as_bytes(), &llm_inputs(), false, 1000)
+            .expect_err("limit");
         assert!(e.message.contains("maximum allowed input size"), "{e:?}");
         assert!(parse_request("llm", "", body.to_string().as_bytes(), &llm_inputs(), false, 2000).is_ok());
     }
@@ -530,9 +585,10 @@ mod tests {
             model_name: "llm".into(),
             model_version: "1".into(),
             id: "r1".into(),
-            parameters: [(FINAL_RESPONSE.to_string(), pb::InferParameter {
-                parameter_choice: Some(ParameterChoice::BoolParam(last)),
-            })]
+            parameters: [(
+                FINAL_RESPONSE.to_string(),
+                pb::InferParameter { parameter_choice: Some(ParameterChoice::BoolParam(last)) },
+            )]
             .into(),
             outputs: vec![
                 pb::model_infer_response::InferOutputTensor {
@@ -573,7 +629,9 @@ mod tests {
         // A malformed response becomes an error event, not a panic.
         let mut broken = text_response("a", false);
         broken.raw_output_contents.pop();
-        assert!(std::str::from_utf8(&response_event(&broken)).expect("utf-8").starts_with("data: {\"error\":"));
+        assert!(
+            std::str::from_utf8(&response_event(&broken)).expect("utf-8").starts_with("data: {\"error\":")
+        );
     }
 
     #[test]

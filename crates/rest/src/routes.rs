@@ -364,7 +364,11 @@ fn trace_metadata(headers: &HeaderMap) -> tonic::metadata::MetadataMap {
 }
 
 /// A gRPC request carrying `caller` and the HTTP request's trace context.
-fn grpc_request<M>(message: M, headers: &HeaderMap, caller: Option<tern_edge::Principal>) -> tonic::Request<M> {
+fn grpc_request<M>(
+    message: M,
+    headers: &HeaderMap,
+    caller: Option<tern_edge::Principal>,
+) -> tonic::Request<M> {
     let mut request = tonic::Request::from_parts(trace_metadata(headers), Default::default(), message);
     if let Some(caller) = caller {
         request.extensions_mut().insert(caller);
@@ -437,7 +441,9 @@ async fn generate_route<T: Service>(
             };
             match item {
                 Ok(r) if generate::is_flags_only(&r) => continue,
-                Ok(r) => return Some((Ok::<_, Infallible>(generate::response_event(&r)), (None, Some(rest)))),
+                Ok(r) => {
+                    return Some((Ok::<_, Infallible>(generate::response_event(&r)), (None, Some(rest))));
+                }
                 // Nothing follows an error: the stream (and the generation) ends.
                 Err(status) => return Some((Ok(generate::error_event(status.message())), (None, None))),
             }

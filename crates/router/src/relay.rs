@@ -100,10 +100,8 @@ impl Forwarder {
             .await;
         match asked {
             Ok((reply, _)) => {
-                let decoupled = reply
-                    .config
-                    .and_then(|c| c.model_transaction_policy)
-                    .is_some_and(|p| p.decoupled);
+                let decoupled =
+                    reply.config.and_then(|c| c.model_transaction_policy).is_some_and(|p| p.decoupled);
                 if self.policies.len() >= MAX_POLICIES {
                     self.policies.clear();
                 }
@@ -128,7 +126,8 @@ impl Forwarder {
         let this = self.clone();
         let open = async move {
             let span = route_span(&head.model_name, &head.model_version, &metadata);
-            let opened = this.open_stream(&head, metadata, body, caller.as_ref()).instrument(span.clone()).await;
+            let opened =
+                this.open_stream(&head, metadata, body, caller.as_ref()).instrument(span.clone()).await;
             record_outcome(&span, &opened);
             let code = opened.as_ref().map_or_else(ClientError::code, |_| Code::Ok);
             this.metrics.request(this.cluster.metric_label(&head.model_name), code);
@@ -143,7 +142,9 @@ impl Forwarder {
                     let rest = stream::unfold(Some((upstream, outstanding)), |state| async move {
                         let (mut upstream, outstanding) = state?;
                         match upstream.message().await {
-                            Ok(Some(bytes)) => Some((Relayed::Upstream(bytes), Some((upstream, outstanding)))),
+                            Ok(Some(bytes)) => {
+                                Some((Relayed::Upstream(bytes), Some((upstream, outstanding))))
+                            }
                             Ok(None) => None,
                             Err(status) => Some((Relayed::Failed(ClientError::from(status)), None)),
                         }
@@ -264,12 +265,14 @@ impl StreamRelay {
         let head = match InferHead::parse(&body) {
             Ok(head) => head,
             Err(e) => {
-                let events = [Event::Policy(false), Event::Response(stream_error(e.message(), "", "")), Event::End];
+                let events =
+                    [Event::Policy(false), Event::Response(stream_error(e.message(), "", "")), Event::End];
                 self.running.push(stream::iter(events.map(move |e| (index, e))).boxed());
                 return;
             }
         };
-        let (forwarder, metadata, caller) = (self.forwarder.clone(), self.metadata.clone(), self.caller.clone());
+        let (forwarder, metadata, caller) =
+            (self.forwarder.clone(), self.metadata.clone(), self.caller.clone());
         let request = stream::once(async move {
             let decoupled = forwarder.is_decoupled(&head, caller.as_ref()).await;
             let responses = if decoupled {
@@ -283,10 +286,12 @@ impl StreamRelay {
                     .boxed()
             } else {
                 stream::once(async move {
-                    Event::Response(match forwarder.infer_parsed(&head, metadata, body, caller.as_ref()).await {
-                        Ok(reply) => stream_response(reply.into_inner()),
-                        Err(e) => stream_error(e.message(), &head.model_name, &head.id),
-                    })
+                    Event::Response(
+                        match forwarder.infer_parsed(&head, metadata, body, caller.as_ref()).await {
+                            Ok(reply) => stream_response(reply.into_inner()),
+                            Err(e) => stream_error(e.message(), &head.model_name, &head.id),
+                        },
+                    )
                 })
                 .boxed()
             };
