@@ -11,8 +11,6 @@ pub mod cluster;
 pub mod config;
 pub mod request_limits;
 pub mod service;
-// TEMPORARY (edge helper): removed when the node helper's StreamOne is merged.
-mod tmp_stream_one;
 
 use std::future::Future;
 use std::sync::Arc;
