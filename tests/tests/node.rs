@@ -212,6 +212,16 @@ async fn stream_reports_errors_in_band_and_keeps_going() -> anyhow::Result<()> {
     assert_eq!(got[1].infer_response.as_ref().map(|r| r.id.as_str()), Some("bad"));
     assert!(got[2].error_message.is_empty());
     assert_eq!(got[2].infer_response.as_ref().map(|r| r.id.as_str()), Some("good"));
+    // As Triton (stream_infer_handler.cc): every stream response, a failed one too, carries
+    // `triton_final_response`, true on the one response of a model that is not decoupled.
+    for r in &got {
+        let last = r.infer_response.as_ref().and_then(|r| r.parameters.get("triton_final_response"));
+        assert_eq!(
+            last.and_then(|p| p.parameter_choice.clone()),
+            Some(pb::infer_parameter::ParameterChoice::BoolParam(true)),
+            "{r:?}"
+        );
+    }
     node.stop().await
 }
 

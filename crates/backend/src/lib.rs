@@ -3,13 +3,16 @@
 //! blocking call must not stall the async runtime); [`run`] executes one [`BatchJob`] on it:
 //! batch assembly, the model, the split back per request, with Triton's timings. The threads
 //! themselves belong to the scheduler, which forms batches on them. [`BackendFactory`] is how
-//! the model lifecycle gets backends without knowing the runtime. This crate knows nothing of
+//! the model lifecycle gets backends without knowing the runtime, and [`GenerativeFactory`] how it
+//! gets a generative model's engine. This crate knows nothing of
 //! gRPC, queues or ONNX.
 
 pub mod batch;
 pub mod factory;
+pub mod generative;
 
 pub use factory::{BackendFactory, LoadTarget, ModelBytes, PlacedInstance, Placement, VersionLoader};
+pub use generative::{GenerativeFactory, GenerativeLoad, GenerativeModel};
 
 use tern_core::Tensor;
 

@@ -6,18 +6,20 @@
 //! traffic when it is READY; a failed reload leaves the old one serving), and unloading once
 //! the requests in flight are done.
 //!
-//! It works against [`tern_backend::BackendFactory`] and must never depend on a runtime
+//! It works against [`tern_backend::BackendFactory`] (and, for generative language models,
+//! [`tern_backend::GenerativeFactory`]) and must never depend on a runtime
 //! (`tern-backend-ort`, `ort`): devices, threads and sessions are the factory's business. Nor
 //! does it know gRPC servers; the node composes it with the scheduler and the service.
 //!
 //! Layout: [`manager`] ([`ModelManager`], the table and its operations; version switching in
-//! `manager/reload.rs`), [`table`] (rows and states), [`loader`] (one version), [`warmup`],
+//! `manager/reload.rs`), [`table`] (rows and states), [`loader`] (one version), `generative` (one version of a generative model), [`warmup`],
 //! [`encrypted`], `flight` (concurrent loads of one model share one), `locks` (per-model
 //! locks), `files` (uploads and poll fingerprints).
 
 pub mod encrypted;
 mod files;
 mod flight;
+mod generative;
 pub mod loader;
 mod locks;
 pub mod manager;

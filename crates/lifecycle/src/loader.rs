@@ -24,9 +24,22 @@ pub struct LoadedModel {
     pub scheduler: Scheduler,
     /// This version's latency histogram series, looked up once rather than per request.
     pub latency: std::sync::OnceLock<tern_telemetry::RequestLatency>,
+    /// A generative model's token metrics, looked up once rather than per token.
+    pub generation_metrics: std::sync::OnceLock<tern_telemetry::GenerationMetrics>,
     /// Memory estimate for placement: the model file (and files beside it in the version
     /// directory, such as external weights) times the number of instances holding a session.
     pub memory_bytes: u64,
+    /// The engine of a generative model (decoupled: served over ModelStreamInfer); `None` for
+    /// a model the scheduler's instances run.
+    pub generative: Option<Arc<dyn tern_backend::GenerativeModel>>,
+}
+
+impl LoadedModel {
+    /// Whether the model answers with zero or more responses per request (Triton's
+    /// `model_transaction_policy { decoupled: true }`).
+    pub fn decoupled(&self) -> bool {
+        self.config.model_transaction_policy.as_ref().is_some_and(|p| p.decoupled)
+    }
 }
 
 /// What a load needs besides the model itself.
@@ -40,11 +53,13 @@ pub struct LoadOptions {
     /// The operator's repositories: a model directory inside one is trusted with runtime
     /// caches (an uploaded model's directory, written by a client, is not).
     pub model_repositories: Vec<PathBuf>,
+    /// Starts the engines of generative models; `None`: such models fail to load, saying so.
+    pub generative: Option<Arc<dyn tern_backend::GenerativeFactory>>,
 }
 
 impl LoadOptions {
     /// What the runtime is told about version `v` of `source`.
-    fn target(&self, source: &ModelSource, v: u64, encrypted: bool) -> LoadTarget {
+    pub(crate) fn target(&self, source: &ModelSource, v: u64, encrypted: bool) -> LoadTarget {
         // A scan names a repository's model `<repository>/<name>`; an upload lives elsewhere.
         let in_repository = self.model_repositories.iter().any(|r| r.join(&source.name) == source.dir);
         LoadTarget {
@@ -123,7 +138,9 @@ pub fn load_version(
         io,
         scheduler,
         latency: std::sync::OnceLock::new(),
+        generation_metrics: std::sync::OnceLock::new(),
         memory_bytes,
+        generative: None,
     })
 }
 
@@ -139,6 +156,23 @@ pub(crate) fn load_versions(
     let given = override_config.or_else(|| source.config.clone());
     let base = given.clone().unwrap_or_default();
     let versions = tern_repository::select_versions(source, &base);
+    if tern_repository::is_generative(source, given.as_ref()) {
+        if versions.is_empty() {
+            return Err(format!(
+                "model '{}': no version directory holds '{}'",
+                source.name,
+                tern_repository::GENAI_CONFIG_FILENAME
+            ));
+        }
+        return Ok(versions
+            .into_iter()
+            .map(|v| {
+                let loaded =
+                    crate::generative::load_generative_version(source, given.clone(), v, options, runtime);
+                (v, loaded)
+            })
+            .collect());
+    }
     if versions.is_empty() {
         return Err(format!(
             "model '{}': no version directory holds '{}'",
@@ -164,7 +198,10 @@ fn version_dir_bytes(model_file: &std::path::Path) -> u64 {
         .sum()
 }
 
-fn model_io(config: &ModelConfig, labels: &HashMap<String, Arc<Vec<String>>>) -> Result<ModelIo, String> {
+pub(crate) fn model_io(
+    config: &ModelConfig,
+    labels: &HashMap<String, Arc<Vec<String>>>,
+) -> Result<ModelIo, String> {
     let dt = |name: &str, v: i32| {
         tern_core::DataType::from_config(v)
             .ok_or_else(|| format!("model '{}': tensor '{name}': invalid data_type {v}", config.name))
@@ -220,6 +257,7 @@ mod tests {
             backend: Arc::new(crate::tests::fake::FakeFactory::default()),
             model_key: None,
             model_repositories: vec![PathBuf::from("/models"), PathBuf::from("/more")],
+            generative: None,
         };
         let target = options.target(&source("/more/m"), 3, true);
         assert_eq!(target.trusted_dir, Some(PathBuf::from("/more/m")));

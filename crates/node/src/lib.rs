@@ -1,16 +1,19 @@
 //! tern-node: loads a Triton-layout model repository and serves it over Triton's gRPC
 //! protocol (KServe v2), with the standard gRPC health and reflection services beside it.
 //!
-//! Layout: [`config`] (flags, validated before binding), `tern_lifecycle` (the model table and
-//! loading, through the ONNX Runtime factory), [`service`] (the gRPC service), and [`run`] which
+//! Layout: [`config`] (flags, validated before binding), [`generate`] (generative models: the
+//! engine factory, requests and responses), `tern_lifecycle` (the model table and
+//! loading, through the ONNX Runtime factory), [`service`] (the gRPC service), [`stream`] (ModelStreamInfer and `StreamOne`), and [`run`] which
 //! composes them. The node owns no protocol types (tern-proto), no codec (tern-core), no config
 //! parsing (tern-repository), no model lifecycle (tern-lifecycle) and no ONNX Runtime code
 //! (tern-backend-ort).
 
 pub mod cluster;
 pub mod config;
+pub mod generate;
 pub mod request_limits;
 pub mod service;
+pub mod stream;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -114,6 +117,7 @@ pub async fn run_with(
             }),
             model_repositories: config.model_repositories.clone(),
             model_key: config.model_key.load().map_err(anyhow::Error::msg)?,
+            generative: Some(Arc::new(generate::EngineFactory)),
         },
         config.model_load_thread_count,
         Duration::from_secs(config.exit_timeout_secs),
@@ -287,6 +291,25 @@ impl tern_telemetry::ModelSampler for NodeSampler {
                         .map(|b| (b.batch_size, b.compute_infer.count))
                         .collect(),
                 }
+            })
+            .collect()
+    }
+
+    fn generative(&self) -> Vec<tern_telemetry::GenerativeSample> {
+        self.0
+            .models
+            .all_ready_models()
+            .into_iter()
+            .filter_map(|m| {
+                let s = generate::engine_of(&m)?.stats();
+                Some(tern_telemetry::GenerativeSample {
+                    model: m.name.clone(),
+                    version: m.version_str.clone(),
+                    running: s.running as u64,
+                    waiting: s.waiting as u64,
+                    kv_cache_bytes_in_use: s.kv_bytes_in_use,
+                    kv_cache_budget_bytes: s.kv_budget_bytes,
+                })
             })
             .collect()
     }

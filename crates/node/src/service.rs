@@ -3,7 +3,6 @@
 
 use std::sync::Arc;
 
-use futures::StreamExt;
 use tern_core::{DataType, FailureReason, ModelState, RequestError, Tensor, classify, validate_request};
 use tern_proto::inference::{self as pb, grpc_inference_service_server::GrpcInferenceService};
 use tonic::{Request, Response, Status, Streaming};
@@ -13,9 +12,6 @@ use tern_edge::{authorize_model, may_see_model, principal};
 use tern_scheduler::{InferJob, StatsSnapshot};
 
 use tern_lifecycle::{ControlMode, ModelManager};
-
-/// How many requests of one stream run at once; responses keep the requests' order.
-const STREAM_CONCURRENCY: usize = 64;
 
 /// Shared state behind the service; cloning the service is cheap.
 pub struct NodeState {
@@ -59,6 +55,10 @@ impl NodeService {
         NodeService { state }
     }
 
+    pub(crate) fn state(&self) -> &Arc<NodeState> {
+        &self.state
+    }
+
     /// The repository API changes models only in explicit mode, as in Triton.
     fn explicit_mode_only(&self) -> Result<(), Status> {
         match self.state.control_mode {
@@ -73,10 +73,20 @@ impl NodeService {
     }
 
     /// One inference, from request to response; shared by the unary and streaming RPCs.
-    async fn infer(&self, req: pb::ModelInferRequest) -> Result<pb::ModelInferResponse, RequestError> {
+    pub(crate) async fn infer(
+        &self,
+        req: pb::ModelInferRequest,
+    ) -> Result<pb::ModelInferResponse, RequestError> {
         let started = std::time::Instant::now();
         let _in_flight = InFlight::enter(&self.state.in_flight);
         let model = self.state.models.get(&req.model_name, &req.model_version)?;
+        if model.decoupled() {
+            // Triton's answer (server src/grpc/infer_handler.cc, ModelInferHandler::Execute):
+            // UNSUPPORTED, which its GrpcStatusUtil maps to UNIMPLEMENTED.
+            return Err(RequestError::Unimplemented(
+                "ModelInfer RPC doesn't support models with decoupled transaction policy".into(),
+            ));
+        }
         let result = self.infer_on(&model, req, started).await;
         model
             .latency
@@ -207,7 +217,7 @@ fn statistics_proto(name: &str, version: &str, s: &StatsSnapshot) -> pb::ModelSt
 
 /// One span per request; the scheduler hangs its queue span under it and links the batch
 /// span to it, and `trace_id` shows in the request's log lines once set.
-fn request_span(req: &pb::ModelInferRequest) -> tracing::Span {
+pub(crate) fn request_span(req: &pb::ModelInferRequest) -> tracing::Span {
     tracing::info_span!(
         "infer",
         model = %req.model_name,
@@ -281,46 +291,9 @@ impl GrpcInferenceService for NodeService {
         &self,
         req: Request<Streaming<pb::ModelInferRequest>>,
     ) -> Result<Response<Self::ModelStreamInferStream>, Status> {
-        let service = self.clone();
         let metadata = req.metadata().clone();
         let caller = principal(&req).cloned();
-        let responses = req
-            .into_inner()
-            .map(move |msg| {
-                let service = service.clone();
-                let caller = caller.clone();
-                let span = match &msg {
-                    Ok(r) => request_span(r),
-                    Err(_) => tracing::Span::none(),
-                };
-                tern_telemetry::set_parent_from_metadata(&span, &metadata);
-                async move {
-                    let req = msg.map_err(crate::request_limits::message_status)?;
-                    let (model_name, id) = (req.model_name.clone(), req.id.clone());
-                    let result = match authorize_model(caller.as_ref(), &model_name) {
-                        Ok(()) => service.infer(req).await.map_err(|e| e.to_string()),
-                        Err(denied) => Err(denied.message().to_owned()),
-                    };
-                    // A failed request is reported in the stream, which stays open for the next.
-                    Ok(match result {
-                        Ok(resp) => pb::ModelStreamInferResponse {
-                            error_message: String::new(),
-                            infer_response: Some(resp),
-                        },
-                        Err(e) => pb::ModelStreamInferResponse {
-                            error_message: e,
-                            infer_response: Some(pb::ModelInferResponse {
-                                model_name,
-                                id,
-                                ..Default::default()
-                            }),
-                        },
-                    })
-                }
-                .instrument(span)
-            })
-            .buffered(STREAM_CONCURRENCY);
-        Ok(Response::new(Box::pin(responses)))
+        Ok(Response::new(self.stream_responses(req.into_inner(), metadata, caller)))
     }
 
     async fn model_config(

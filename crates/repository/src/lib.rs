@@ -11,7 +11,9 @@
 //!   config and the model file's [`ModelSignature`](tern_core::ModelSignature) (`--strict-model-config` included);
 //! - [`validate`]: the config on its own and against the model file, with [`check_bounds`]
 //!   on every number that sizes memory, threads or work;
-//! - [`load_labels`]: classification labels of outputs.
+//! - [`load_labels`]: classification labels of outputs;
+//! - generative language models (ONNX Runtime GenAI folders): [`is_generative`],
+//!   [`auto_complete_generative`] and the engine settings [`generative_parameters`].
 //!
 //! Does not own: reading ONNX files (the backend produces the signature), model lifecycle,
 //! polling and hot reload (the node), nor anything on the request path. Everything here is
@@ -20,6 +22,7 @@
 mod bounds;
 mod complete;
 mod error;
+mod generative;
 mod labels;
 mod model_file;
 mod parse;
@@ -34,6 +37,13 @@ pub use complete::{
     DEFAULT_CPU_INSTANCE_COUNT, DEFAULT_MAX_BATCH_SIZE, ONNX_BACKEND, ONNX_PLATFORM, auto_complete,
 };
 pub use error::{RepositoryError, TensorKind, TextPosition};
+pub use generative::{
+    DEFAULT_GEN_MAX_BATCH, DEFAULT_GEN_MAX_QUEUE, DEFAULT_KV_CACHE_BYTES, GENAI_BACKEND,
+    GENAI_CONFIG_FILENAME, GenerativeParameters, KV_CACHE_BYTES_KEY, MAX_BATCH_KEY, MAX_GEN_BATCH,
+    MAX_GEN_QUEUE, MAX_KV_CACHE_BYTES, MAX_QUEUE_KEY, MIN_KV_CACHE_BYTES, auto_complete_generative,
+    generative_input_names, generative_parameters, is_generative, is_generative_config,
+    is_generative_version,
+};
 pub use labels::load_labels;
 pub use model_file::{ENCRYPTED_SUFFIX, ModelFile, check_file_names, find_model_file};
 pub use parse::{config_override_from_json, parse_config};

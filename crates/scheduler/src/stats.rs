@@ -113,6 +113,17 @@ impl ModelStats {
         self.failures[reason_index(reason)].fetch_add(1, Relaxed);
     }
 
+    /// One request a model served outside the scheduler's instances (a generative model's
+    /// engine, which runs many steps for many sequences): a success of `total`, counted as one
+    /// inference and one execution, as Triton counts a decoupled model's request.
+    pub fn record_request(&self, total: Duration) {
+        self.success.add(total);
+        self.execution_count.fetch_add(1, Relaxed);
+        self.inference_count.fetch_add(1, Relaxed);
+        let now_ms = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64);
+        self.last_inference_ms.store(now_ms, Relaxed);
+    }
+
     /// One execution of `batch_size` rows.
     pub(crate) fn record_execution(
         &self,

@@ -46,11 +46,12 @@ mod trace;
 
 pub use config::{DEFAULT_LATENCY_BUCKETS_US, MetricsConfig, MetricsSettings};
 pub use metrics::{
-    HealthCheck, MODEL_LOAD_BUCKETS_S, Metrics, RequestLatency, process_resident_memory_bytes,
+    GenerationMetrics, HealthCheck, ITL_BUCKETS_S, MODEL_LOAD_BUCKETS_S, Metrics, RequestLatency,
+    TTFT_BUCKETS_S, process_resident_memory_bytes,
 };
 pub use model::{
-    BATCH_SIZE_BUCKETS, ModelCollector, ModelSample, ModelSampler, ModelStateSample,
-    render as render_model_families,
+    BATCH_SIZE_BUCKETS, GenerativeSample, ModelCollector, ModelSample, ModelSampler, ModelStateSample,
+    render as render_model_families, render_generative,
 };
 pub use propagation::{
     TRACE_ID_FIELD, extract_context, inject_context, inject_span_context, set_parent_from_metadata,
@@ -309,5 +310,59 @@ mod tests {
             }
         }
         out
+    }
+
+    #[test]
+    fn generative_model_metrics() {
+        let cfg = MetricsConfig { allow_gpu_metrics: false, ..MetricsConfig::default() };
+        let m = Metrics::new(&cfg).expect("metrics");
+        struct Engines;
+        impl ModelSampler for Engines {
+            fn samples(&self) -> Vec<ModelSample> {
+                Vec::new()
+            }
+            fn generative(&self) -> Vec<GenerativeSample> {
+                vec![GenerativeSample {
+                    model: "llm".into(),
+                    version: "1".into(),
+                    running: 3,
+                    waiting: 2,
+                    kv_cache_bytes_in_use: 4096,
+                    kv_cache_budget_bytes: 1 << 20,
+                }]
+            }
+        }
+        m.set_model_sampler(std::sync::Arc::new(Engines));
+        let g = m.generation("llm", "1");
+        g.first_token(Duration::from_millis(30));
+        g.next_token(Duration::from_millis(4));
+        g.next_token(Duration::from_millis(6));
+        g.finished("length", 7);
+        let text = m.render();
+        let got = lines(&text);
+        for expected in [
+            r#"tern_llm_time_to_first_token_seconds_bucket{model="llm",version="1",le="0.02"} 0"#,
+            r#"tern_llm_time_to_first_token_seconds_bucket{model="llm",version="1",le="0.04"} 1"#,
+            r#"tern_llm_time_to_first_token_seconds_count{model="llm",version="1"} 1"#,
+            r#"tern_llm_inter_token_latency_seconds_bucket{model="llm",version="1",le="0.005"} 1"#,
+            r#"tern_llm_inter_token_latency_seconds_count{model="llm",version="1"} 2"#,
+            r#"tern_llm_generation_tokens_total{model="llm",version="1"} 3"#,
+            r#"tern_llm_prompt_tokens_total{model="llm",version="1"} 7"#,
+            r#"tern_llm_request_finished_total{model="llm",reason="length",version="1"} 1"#,
+            r#"tern_llm_num_requests_running{model="llm",version="1"} 3"#,
+            r#"tern_llm_num_requests_waiting{model="llm",version="1"} 2"#,
+            r#"tern_llm_kv_cache_usage_bytes{model="llm",version="1"} 4096"#,
+            r#"tern_llm_kv_cache_budget_bytes{model="llm",version="1"} 1048576"#,
+            "# TYPE tern_llm_num_requests_running gauge",
+            "# TYPE tern_llm_prompt_tokens_total counter",
+        ] {
+            assert!(got.contains(expected), "missing line {expected:?} in:\n{text}");
+        }
+        for (name, (help, kind)) in &families(&text) {
+            let f = names::family_of(name).unwrap_or_else(|| panic!("{name} is not in names::ALL"));
+            assert_eq!((f.help, kind_str(f.kind)), (help.as_str(), kind.as_str()), "{name}");
+        }
+        m.model_unloaded("llm", "1");
+        assert!(!m.render().contains("tern_llm_time_to_first_token_seconds_count{"));
     }
 }

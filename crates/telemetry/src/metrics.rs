@@ -15,6 +15,16 @@ use crate::resource::{self, ResourceMonitor};
 pub const MODEL_LOAD_BUCKETS_S: &[f64] =
     &[0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0];
 
+/// Bucket upper bounds of `tern_llm_time_to_first_token_seconds` (vLLM's).
+pub const TTFT_BUCKETS_S: &[f64] = &[
+    0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0, 20.0, 40.0,
+    80.0,
+];
+/// Bucket upper bounds of `tern_llm_inter_token_latency_seconds` (vLLM's).
+pub const ITL_BUCKETS_S: &[f64] = &[
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.75, 1.0, 2.5, 5.0, 10.0,
+];
+
 /// A health check for `/v2/health/live` and `/v2/health/ready`.
 pub type HealthCheck = Arc<dyn Fn() -> bool + Send + Sync>;
 
@@ -31,6 +41,7 @@ pub struct Metrics {
     model_load_duration: HistogramVec,
     model_load_failures: CounterVec,
     model_memory: GaugeVec,
+    llm: LlmFamilies,
     resources: ResourceMonitor,
     pub(crate) live: RwLock<Option<HealthCheck>>,
     pub(crate) ready: RwLock<Option<HealthCheck>>,
@@ -76,6 +87,7 @@ impl Metrics {
         let build_info = GaugeVec::new(Opts::new(family.name, family.help), family.labels)?;
         registry.register(Box::new(build_info.clone()))?;
         build_info.with_label_values(&[env!("CARGO_PKG_VERSION")]).set(1.0);
+        let llm = LlmFamilies::new(&registry)?;
         let resources = ResourceMonitor::new(&registry, settings.cpu, settings.gpu)?;
         Ok(Metrics {
             registry,
@@ -85,6 +97,7 @@ impl Metrics {
             model_load_duration,
             model_load_failures,
             model_memory,
+            llm,
             resources,
             live: RwLock::new(None),
             ready: RwLock::new(None),
@@ -129,6 +142,21 @@ impl Metrics {
         self.request_latency(model, version).observe(duration);
     }
 
+    /// Cached handles to one generative model version's series: take them once per version,
+    /// record per token without a label lookup.
+    pub fn generation(&self, model: &str, version: &str) -> GenerationMetrics {
+        let l = &self.llm;
+        GenerationMetrics {
+            ttft: l.ttft.with_label_values(&[model, version]),
+            itl: l.itl.with_label_values(&[model, version]),
+            prompt_tokens: l.prompt_tokens.with_label_values(&[model, version]),
+            generation_tokens: l.generation_tokens.with_label_values(&[model, version]),
+            finished: l.finished.clone(),
+            model: model.to_owned(),
+            version: version.to_owned(),
+        }
+    }
+
     // --- model lifecycle ---
 
     /// A model version loaded in `duration`; `memory_bytes` is its estimated footprint.
@@ -153,6 +181,8 @@ impl Metrics {
         if let Some(h) = &self.request_latency {
             let _ = h.remove_label_values(&[model, version]);
         }
+        let _ = self.llm.ttft.remove_label_values(&[model, version]);
+        let _ = self.llm.itl.remove_label_values(&[model, version]);
     }
 
     // --- resources and exposition ---
@@ -187,6 +217,66 @@ impl RequestLatency {
         if let Some(h) = &self.0 {
             h.observe(duration.as_secs_f64() * 1e6);
         }
+    }
+}
+
+/// The families of generative models recorded per event (the gauges come from the model
+/// sampler at scrape time, [`crate::GenerativeSample`]).
+struct LlmFamilies {
+    ttft: HistogramVec,
+    itl: HistogramVec,
+    prompt_tokens: CounterVec,
+    generation_tokens: CounterVec,
+    finished: CounterVec,
+}
+
+impl LlmFamilies {
+    fn new(registry: &Registry) -> prometheus::Result<LlmFamilies> {
+        let counter = |family: &Family| -> prometheus::Result<CounterVec> {
+            let c = CounterVec::new(Opts::new(family.name, family.help), family.labels)?;
+            registry.register(Box::new(c.clone()))?;
+            Ok(c)
+        };
+        Ok(LlmFamilies {
+            ttft: histogram_vec(registry, &names::LLM_TIME_TO_FIRST_TOKEN_SECONDS, TTFT_BUCKETS_S.to_vec())?,
+            itl: histogram_vec(registry, &names::LLM_INTER_TOKEN_LATENCY_SECONDS, ITL_BUCKETS_S.to_vec())?,
+            prompt_tokens: counter(&names::LLM_PROMPT_TOKENS_TOTAL)?,
+            generation_tokens: counter(&names::LLM_GENERATION_TOKENS_TOTAL)?,
+            finished: counter(&names::LLM_REQUEST_FINISHED_TOTAL)?,
+        })
+    }
+}
+
+/// One generative model version's per-event series (see [`Metrics::generation`]).
+#[derive(Clone, Debug)]
+pub struct GenerationMetrics {
+    ttft: Histogram,
+    itl: Histogram,
+    prompt_tokens: prometheus::Counter,
+    generation_tokens: prometheus::Counter,
+    finished: CounterVec,
+    model: String,
+    version: String,
+}
+
+impl GenerationMetrics {
+    /// A sequence's first token, `elapsed` after its request arrived.
+    pub fn first_token(&self, elapsed: Duration) {
+        self.ttft.observe(elapsed.as_secs_f64());
+        self.generation_tokens.inc();
+    }
+
+    /// A later token, `gap` after the sequence's previous one.
+    pub fn next_token(&self, gap: Duration) {
+        self.itl.observe(gap.as_secs_f64());
+        self.generation_tokens.inc();
+    }
+
+    /// A generation ended (`reason`: "stop", "length", "cancelled", "deadline" or "error")
+    /// after a prompt of `prompt_tokens`.
+    pub fn finished(&self, reason: &str, prompt_tokens: u64) {
+        self.prompt_tokens.inc_by(prompt_tokens as f64);
+        self.finished.with_label_values(&[&self.model, reason, &self.version]).inc();
     }
 }
 

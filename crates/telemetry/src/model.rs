@@ -59,6 +59,19 @@ pub struct ModelStateSample {
     pub state: ModelState,
 }
 
+/// A generative model version's engine, now (`Engine::stats` at scrape time).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct GenerativeSample {
+    pub model: String,
+    pub version: String,
+    /// Sequences in the running batch.
+    pub running: u64,
+    /// Requests waiting for admission.
+    pub waiting: u64,
+    pub kv_cache_bytes_in_use: u64,
+    pub kv_cache_budget_bytes: u64,
+}
+
 /// The owner of per-model statistics, asked on every scrape. Must be cheap (atomic loads).
 ///
 /// A closure `Fn() -> Vec<ModelSample>` is a sampler too.
@@ -68,6 +81,11 @@ pub trait ModelSampler: Send + Sync {
 
     /// Readiness of every model version the node knows, including ones that failed to load.
     fn model_states(&self) -> Vec<ModelStateSample> {
+        Vec::new()
+    }
+
+    /// The engines of every loaded generative model version.
+    fn generative(&self) -> Vec<GenerativeSample> {
         Vec::new()
     }
 }
@@ -111,6 +129,10 @@ const FAMILIES: &[Family] = &[
     names::REQUEST_FAILURE_DURATION_US,
     names::BATCH_SIZE,
     names::MODEL_STATE,
+    names::LLM_NUM_REQUESTS_RUNNING,
+    names::LLM_NUM_REQUESTS_WAITING,
+    names::LLM_KV_CACHE_USAGE_BYTES,
+    names::LLM_KV_CACHE_BUDGET_BYTES,
 ];
 
 impl ModelCollector {
@@ -137,7 +159,11 @@ impl Collector for ModelCollector {
 
     fn collect(&self) -> Vec<MetricFamily> {
         match self.sampler() {
-            Some(sampler) => render(&sampler.samples(), &sampler.model_states()),
+            Some(sampler) => {
+                let mut families = render(&sampler.samples(), &sampler.model_states());
+                families.extend(render_generative(&sampler.generative()));
+                families
+            }
             None => Vec::new(),
         }
     }
@@ -210,6 +236,26 @@ pub fn render(samples: &[ModelSample], states: &[ModelStateSample]) -> Vec<Metri
         .collect();
     out.push(family_of(&names::MODEL_STATE, states));
     out
+}
+
+/// Renders the engines' gauges (empty families are pruned by the registry).
+pub fn render_generative(samples: &[GenerativeSample]) -> Vec<MetricFamily> {
+    let gauge = |family: &Family, value: &dyn Fn(&GenerativeSample) -> u64| {
+        let metrics = samples
+            .iter()
+            .map(|s| {
+                let labels = labels(&[(LABEL_MODEL, &s.model), (LABEL_VERSION, &s.version)]);
+                scalar(names::Kind::Gauge, labels, value(s) as f64)
+            })
+            .collect();
+        family_of(family, metrics)
+    };
+    vec![
+        gauge(&names::LLM_NUM_REQUESTS_RUNNING, &|s| s.running),
+        gauge(&names::LLM_NUM_REQUESTS_WAITING, &|s| s.waiting),
+        gauge(&names::LLM_KV_CACHE_USAGE_BYTES, &|s| s.kv_cache_bytes_in_use),
+        gauge(&names::LLM_KV_CACHE_BUDGET_BYTES, &|s| s.kv_cache_budget_bytes),
+    ]
 }
 
 /// A histogram with exact counts: each execution's batch size is known, so buckets are exact.

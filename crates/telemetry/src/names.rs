@@ -199,6 +199,75 @@ family!(
     NONE,
     "Resident memory of the server process, in bytes"
 );
+
+// === Tern-only: generative language models (per model and version) ===
+// Named after vLLM's families (`vllm:time_to_first_token_seconds`, ...), which LLM dashboards
+// expect, under Tern's prefix.
+
+family!(
+    LLM_TIME_TO_FIRST_TOKEN_SECONDS,
+    "tern_llm_time_to_first_token_seconds",
+    Histogram,
+    MV,
+    "Time from a generation request's arrival to its first generated token, in seconds"
+);
+family!(
+    LLM_INTER_TOKEN_LATENCY_SECONDS,
+    "tern_llm_inter_token_latency_seconds",
+    Histogram,
+    MV,
+    "Time between consecutive generated tokens of one sequence, in seconds"
+);
+family!(
+    LLM_PROMPT_TOKENS_TOTAL,
+    "tern_llm_prompt_tokens_total",
+    Counter,
+    MV,
+    "Number of prompt tokens of finished generations (prefill)"
+);
+family!(
+    LLM_GENERATION_TOKENS_TOTAL,
+    "tern_llm_generation_tokens_total",
+    Counter,
+    MV,
+    "Number of generated tokens"
+);
+family!(
+    LLM_REQUEST_FINISHED_TOTAL,
+    "tern_llm_request_finished_total",
+    Counter,
+    MRV,
+    "Number of finished generations by finish reason (stop, length, cancelled, deadline, error)"
+);
+family!(
+    LLM_NUM_REQUESTS_RUNNING,
+    "tern_llm_num_requests_running",
+    Gauge,
+    MV,
+    "Sequences in the engine's running batch now"
+);
+family!(
+    LLM_NUM_REQUESTS_WAITING,
+    "tern_llm_num_requests_waiting",
+    Gauge,
+    MV,
+    "Generation requests waiting for admission (a batch slot and KV-cache room) now"
+);
+family!(
+    LLM_KV_CACHE_USAGE_BYTES,
+    "tern_llm_kv_cache_usage_bytes",
+    Gauge,
+    MV,
+    "KV-cache bytes the engine holds now (padding included)"
+);
+family!(
+    LLM_KV_CACHE_BUDGET_BYTES,
+    "tern_llm_kv_cache_budget_bytes",
+    Gauge,
+    MV,
+    "KV-cache bytes the engine may hold at once (config parameter kv_cache_bytes)"
+);
+
 family!(BUILD_INFO, "tern_build_info", Gauge, &["version"], "Always 1; the label carries the Tern version");
 
 /// Every family, Triton's first. Some are absent from a scrape: GPU families without NVML, model
@@ -233,6 +302,15 @@ pub const ALL: &[Family] = &[
     MODEL_LOAD_FAILURES_TOTAL,
     MODEL_MEMORY_BYTES,
     PROCESS_RESIDENT_MEMORY_BYTES,
+    LLM_TIME_TO_FIRST_TOKEN_SECONDS,
+    LLM_INTER_TOKEN_LATENCY_SECONDS,
+    LLM_PROMPT_TOKENS_TOTAL,
+    LLM_GENERATION_TOKENS_TOTAL,
+    LLM_REQUEST_FINISHED_TOTAL,
+    LLM_NUM_REQUESTS_RUNNING,
+    LLM_NUM_REQUESTS_WAITING,
+    LLM_KV_CACHE_USAGE_BYTES,
+    LLM_KV_CACHE_BUDGET_BYTES,
     BUILD_INFO,
 ];
 

@@ -148,3 +148,52 @@ impl Drop for FakeBackend {
         self.runtime.alive.fetch_sub(1, Ordering::SeqCst);
     }
 }
+
+/// `FakeGenerativeFactory`: stands in for the generation engine (which needs a real language
+/// model and ONNX Runtime) so that the lifecycle's handling of generative versions can be
+/// driven and observed: a version's `genai_config.json` holds its generation, the engines alive
+/// are counted, a load can be told to fail, and each load's settings are kept.
+#[derive(Clone, Default)]
+pub struct FakeGenerativeFactory {
+    pub alive: Arc<AtomicUsize>,
+    pub fail: Arc<Mutex<Option<String>>>,
+    pub loads: Arc<Mutex<Vec<tern_backend::GenerativeLoad>>>,
+}
+
+/// One fake engine: its generation, counted alive until dropped.
+pub struct FakeEngine {
+    pub generation: String,
+    alive: Arc<AtomicUsize>,
+}
+
+impl tern_backend::GenerativeFactory for FakeGenerativeFactory {
+    fn load(
+        &self,
+        load: &tern_backend::GenerativeLoad,
+    ) -> Result<Arc<dyn tern_backend::GenerativeModel>, BackendError> {
+        self.loads.lock().unwrap_or_else(PoisonError::into_inner).push(load.clone());
+        if let Some(reason) = self.fail.lock().unwrap_or_else(PoisonError::into_inner).clone() {
+            return Err(BackendError::Load(reason));
+        }
+        let generation = std::fs::read_to_string(load.dir.join("genai_config.json"))
+            .map_err(|e| BackendError::Load(e.to_string()))?;
+        self.alive.fetch_add(1, Ordering::SeqCst);
+        Ok(Arc::new(FakeEngine { generation: generation.trim().to_owned(), alive: self.alive.clone() }))
+    }
+}
+
+impl tern_backend::GenerativeModel for FakeEngine {
+    fn as_any(&self) -> &dyn std::any::Any {
+        self
+    }
+
+    fn memory_bytes(&self) -> u64 {
+        1 << 20
+    }
+}
+
+impl Drop for FakeEngine {
+    fn drop(&mut self) {
+        self.alive.fetch_sub(1, Ordering::SeqCst);
+    }
+}

@@ -2,5 +2,6 @@
 //! with [`fake::FakeFactory`] in place of a runtime.
 
 pub mod fake;
+mod generative;
 mod state;
 mod unknown_models;

@@ -10,10 +10,10 @@ use std::time::{Duration, Instant};
 use tern_core::{DataType, Tensor};
 use tern_scheduler::InferJob;
 
-use super::fake::FakeFactory;
+use super::fake::{FakeFactory, FakeGenerativeFactory};
 use crate::{LoadOptions, ModelManager};
 
-type TestResult = Result<(), Box<dyn std::error::Error>>;
+pub(super) type TestResult = Result<(), Box<dyn std::error::Error>>;
 
 /// Two CPU instances of a model with input `x` and output `y`, both FP32 `[2]`.
 fn write_model(repo: &Path, name: &str, generation: u32) -> std::io::Result<()> {
@@ -31,21 +31,24 @@ fn write_model(repo: &Path, name: &str, generation: u32) -> std::io::Result<()> 
     std::fs::write(dir.join("1").join("model.onnx"), generation.to_string())
 }
 
-struct Harness {
-    repo: tempfile::TempDir,
+pub(super) struct Harness {
+    pub(super) repo: tempfile::TempDir,
     fake: FakeFactory,
-    manager: Arc<ModelManager>,
+    pub(super) generative: FakeGenerativeFactory,
+    pub(super) manager: Arc<ModelManager>,
 }
 
 impl Harness {
-    fn new() -> Result<Harness, Box<dyn std::error::Error>> {
+    pub(super) fn new() -> Result<Harness, Box<dyn std::error::Error>> {
         let repo = tempfile::tempdir()?;
         let fake = FakeFactory::default();
+        let generative = FakeGenerativeFactory::default();
         let options = LoadOptions {
             strict_model_config: true,
             backend: Arc::new(fake.clone()),
             model_key: None,
             model_repositories: vec![repo.path().to_path_buf()],
+            generative: Some(Arc::new(generative.clone())),
         };
         let metrics = Arc::new(tern_telemetry::Metrics::new(&Default::default())?);
         let manager = Arc::new(ModelManager::new(
@@ -55,7 +58,7 @@ impl Harness {
             2,
             Duration::from_secs(10),
         ));
-        Ok(Harness { repo, fake, manager })
+        Ok(Harness { repo, fake, generative, manager })
     }
 
     fn count(&self, which: fn(&super::fake::FakeRuntime) -> &std::sync::atomic::AtomicUsize) -> usize {
@@ -76,7 +79,7 @@ impl Harness {
     }
 
     /// The state and reason the repository index shows for `name` version 1.
-    fn row(&self, name: &str) -> (String, String) {
+    pub(super) fn row(&self, name: &str) -> (String, String) {
         let rows = self.manager.index();
         let row = rows.iter().find(|r| r.name == name && r.version == "1");
         row.map(|r| (r.state.map_or("", tern_core::ModelState::as_str).to_string(), r.reason.clone()))
@@ -95,7 +98,7 @@ async fn infer(manager: &ModelManager, name: &str) -> Result<f32, String> {
 }
 
 /// Waits (at most 5 s) until `done` holds.
-async fn eventually(what: &str, done: impl Fn() -> bool) -> TestResult {
+pub(super) async fn eventually(what: &str, done: impl Fn() -> bool) -> TestResult {
     let deadline = Instant::now() + Duration::from_secs(5);
     while !done() {
         if Instant::now() > deadline {

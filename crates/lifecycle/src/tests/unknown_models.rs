@@ -24,6 +24,7 @@ async fn unknown_names_cost_no_scan_and_leave_nothing_behind() -> Result<(), Box
         backend: Arc::new(factory.clone()),
         model_key: None,
         model_repositories: vec![repo.path().to_path_buf()],
+        generative: None,
     };
     let manager = Arc::new(ModelManager::new(
         metrics,
