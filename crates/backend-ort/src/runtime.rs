@@ -85,8 +85,9 @@ pub(crate) fn library_description() -> String {
     }
 }
 
-/// The environment, initializing from `ORT_DYLIB_PATH` if nothing was loaded yet.
-pub(crate) fn environment() -> Result<&'static Environment, OrtBackendError> {
+/// The environment, initializing from `ORT_DYLIB_PATH` if nothing was loaded yet (public for
+/// tern-generate, which builds its own sessions).
+pub fn environment() -> Result<&'static Environment, OrtBackendError> {
     if RUNTIME.get().is_none() {
         init_runtime(None)?;
     }

@@ -7,10 +7,38 @@
 //! This crate knows nothing of gRPC, HTTP, queues of the scheduler or Prometheus: the node
 //! turns a request into a [`GenerateRequest`], streams the [`GenEvent`]s back, and reads
 //! [`Engine::stats`] for its gauges.
+//!
+//! Layout:
+//! - `config`: genai_config.json (ORT GenAI's field names and defaults), checked.
+//! - `text`: tokenizer.json / tokenizer_config.json, incremental detokenization, stop strings.
+//! - `sampling`: repetition penalty, greedy / temperature / top-k / top-p, seeded generator.
+//! - `model`: the ONNX Runtime session, its signature checked against the config, one step.
+//! - `engine`: the engine thread (one per model, a plain OS thread): admission within
+//!   `max_batch` and the KV budget, prefill, the left-padded batch cache, decode steps.
+//!
+//! Admission rules (checked in [`Engine::submit`], refused at once): a prompt must leave room
+//! for one generated token within the model's context (as OpenAI and vLLM refuse a prompt
+//! longer than the context); `max_tokens` beyond the context is clamped, not refused (the
+//! sequence then ends with `Length` when the context is full); a request whose KV cache
+//! (prompt + max_tokens, or the whole context when max_tokens is absent) can never fit the
+//! budget is `ResourceExhausted`; a full queue is `ResourceExhausted`. Otherwise it waits,
+//! FIFO, until the batch has a slot and the budget room: the engine admits a sequence only
+//! while (members + 1) x (the longest reservation) x bytes per token stays within the budget,
+//! so the padded cache it holds between steps never exceeds it. (ONNX Runtime briefly holds
+//! a step's past and present together.)
+
+mod config;
+mod engine;
+mod model;
+mod sampling;
+mod text;
 
 use std::path::Path;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
+
+pub use config::SearchDefaults;
 
 /// Engine settings, from the model's config.pbtxt `parameters` and the node's flags.
 #[derive(Clone, Debug)]
@@ -171,28 +199,86 @@ pub struct EngineStats {
     pub generated_tokens_total: u64,
 }
 
+/// Bounds on what a request may carry.
+const MAX_STOP_STRINGS: usize = 32;
+const MAX_STOP_STRING_BYTES: usize = 1024;
+const MAX_STOP_TOKEN_IDS: usize = 1024;
+
 /// A loaded model with its engine thread. Dropping the last `Arc<Engine>` stops the thread
 /// after every admitted sequence has ended (graceful unload).
 pub struct Engine {
-    _private: (),
+    info: ModelInfo,
+    search: SearchDefaults,
+    codec: Arc<text::TextCodec>,
+    shared: Arc<engine::Shared>,
+    options: EngineOptions,
 }
 
 /// The caller's end of one sequence. Dropping it cancels the sequence: its slot and cache are
 /// freed at the engine's next step.
 pub struct Generation {
     pub events: tokio::sync::mpsc::UnboundedReceiver<GenEvent>,
+    cancel: Arc<AtomicBool>,
 }
 
 impl Generation {
     /// Stop the sequence now (it ends with `FinishReason::Cancelled`).
-    pub fn cancel(&self) {}
+    pub fn cancel(&self) {
+        self.cancel.store(true, Ordering::Relaxed);
+    }
 }
 
 impl Engine {
     /// Loads the folder (genai_config.json, model.onnx, tokenizer) and starts the engine thread.
     /// ONNX Runtime must already be initialised by the caller (ort's load-dynamic).
-    pub fn load(_dir: &Path, _options: EngineOptions) -> Result<Arc<Engine>, GenError> {
-        Err(GenError::Unavailable("the generation engine is not built yet".into()))
+    pub fn load(dir: &Path, options: EngineOptions) -> Result<Arc<Engine>, GenError> {
+        if options.max_batch == 0 || options.max_batch > 1024 {
+            return Err(GenError::InvalidArgument(format!(
+                "max_batch must be 1..=1024, got {}",
+                options.max_batch
+            )));
+        }
+        if options.max_queue > 1 << 20 {
+            return Err(GenError::InvalidArgument(format!(
+                "max_queue must be at most 1048576, got {}",
+                options.max_queue
+            )));
+        }
+        let config = config::GenAiConfig::load(dir)?;
+        let codec = Arc::new(text::TextCodec::load(dir, config.bos_token_id)?);
+        let decoder = model::Decoder::load(dir, &config, options.intra_threads, options.cuda_device)?;
+        let kv_bytes_per_token = config.kv_bytes_per_token();
+        let info = ModelInfo {
+            model_type: config.model_type.clone(),
+            vocab_size: config.vocab_size,
+            context_length: config.context_length,
+            eos_token_ids: config.eos_token_ids.clone(),
+            kv_bytes_per_token,
+            chat_template: codec.chat_template.clone(),
+            bos_token: codec.bos_token.clone(),
+            eos_token: codec.eos_token.clone(),
+        };
+        let shared = Arc::new(engine::Shared::new(options.kv_budget_bytes));
+        let parts = engine::EngineParts {
+            decoder,
+            codec: codec.clone(),
+            max_batch: options.max_batch,
+            kv_budget_bytes: options.kv_budget_bytes,
+            kv_bytes_per_token,
+        };
+        let name = dir
+            .parent()
+            .and_then(|p| p.file_name())
+            .or_else(|| dir.file_name())
+            .map(|n| n.to_string_lossy().chars().take(10).collect::<String>())
+            .unwrap_or_default();
+        let thread_shared = shared.clone();
+        let eos = config.eos_token_ids.clone();
+        std::thread::Builder::new()
+            .name(format!("gen-{name}"))
+            .spawn(move || engine::engine_task(thread_shared, parts, eos))
+            .map_err(|e| GenError::Internal(format!("cannot start the engine thread: {e}")))?;
+        Ok(Arc::new(Engine { info, search: config.search, codec, shared, options }))
     }
 
     /// Whether `dir` holds a generative model folder (has genai_config.json).
@@ -201,21 +287,131 @@ impl Engine {
     }
 
     pub fn info(&self) -> &ModelInfo {
-        unimplemented!("API skeleton")
+        &self.info
+    }
+
+    /// genai_config.json `search`: defaults a caller may apply to parameters a request leaves
+    /// out (the engine itself uses only what the request says).
+    pub fn search_defaults(&self) -> &SearchDefaults {
+        &self.search
     }
 
     /// Admits a request: checks it (prompt length against the context, parameters), queues it,
     /// and returns its stream of events. Errors here are immediate refusals.
-    pub fn submit(&self, _request: GenerateRequest) -> Result<Generation, GenError> {
-        Err(GenError::Unavailable("the generation engine is not built yet".into()))
+    pub fn submit(&self, request: GenerateRequest) -> Result<Generation, GenError> {
+        let invalid = |m: String| Err(GenError::InvalidArgument(m));
+        let info = &self.info;
+        let prompt = match request.prompt {
+            Prompt::Text(text) => self.codec.encode(&text)?,
+            Prompt::Tokens(ids) => ids,
+        };
+        if prompt.is_empty() {
+            return invalid("the prompt is empty (no tokens)".into());
+        }
+        if let Some(bad) = prompt.iter().find(|&&t| t as usize >= info.vocab_size) {
+            return invalid(format!(
+                "prompt token id {bad} is outside the vocabulary (size {})",
+                info.vocab_size
+            ));
+        }
+        if prompt.len() >= info.context_length {
+            return invalid(format!(
+                "the prompt has {} tokens but the model's context is {} tokens (prompt and generated \
+                 tokens together); shorten the prompt",
+                prompt.len(),
+                info.context_length
+            ));
+        }
+        let room = info.context_length - prompt.len();
+        let max_new = match request.max_tokens {
+            Some(0) => return invalid("max_tokens must be at least 1".into()),
+            Some(n) => (n as usize).min(room),
+            None => room,
+        };
+        sampling::validate(&request.sampling)?;
+        if request.stop.len() > MAX_STOP_STRINGS {
+            return invalid(format!("at most {MAX_STOP_STRINGS} stop strings, got {}", request.stop.len()));
+        }
+        if let Some(s) = request.stop.iter().find(|s| s.is_empty() || s.len() > MAX_STOP_STRING_BYTES) {
+            return invalid(format!(
+                "a stop string must have 1 to {MAX_STOP_STRING_BYTES} bytes, got {}",
+                s.len()
+            ));
+        }
+        if request.stop_token_ids.len() > MAX_STOP_TOKEN_IDS {
+            return invalid(format!(
+                "at most {MAX_STOP_TOKEN_IDS} stop token ids, got {}",
+                request.stop_token_ids.len()
+            ));
+        }
+        if let Some(bad) = request.stop_token_ids.iter().find(|&&t| t as usize >= info.vocab_size) {
+            return invalid(format!(
+                "stop token id {bad} is outside the vocabulary (size {})",
+                info.vocab_size
+            ));
+        }
+        let reserve = prompt.len() + max_new;
+        let needed = reserve as u64 * info.kv_bytes_per_token;
+        if needed > self.options.kv_budget_bytes {
+            return Err(GenError::ResourceExhausted(format!(
+                "the request needs {needed} bytes of KV cache ({} prompt + {max_new} generated tokens x {} \
+                 bytes), more than the model's KV-cache budget of {} bytes; lower max_tokens or the prompt",
+                prompt.len(),
+                info.kv_bytes_per_token,
+                self.options.kv_budget_bytes
+            )));
+        }
+
+        let (tx, events) = tokio::sync::mpsc::unbounded_channel();
+        let cancel = Arc::new(AtomicBool::new(false));
+        let pending = engine::Pending {
+            prompt,
+            max_new,
+            reserve,
+            sampling: request.sampling,
+            stop: request.stop,
+            stop_ids: request.stop_token_ids,
+            ignore_eos: request.ignore_eos,
+            deadline: request.deadline,
+            tx,
+            cancel: cancel.clone(),
+        };
+        {
+            let mut q = self.shared.lock();
+            if q.waiting.len() >= self.options.max_queue {
+                return Err(GenError::ResourceExhausted(format!(
+                    "the generation queue is full ({} requests waiting, max_queue {})",
+                    q.waiting.len(),
+                    self.options.max_queue
+                )));
+            }
+            q.waiting.push_back(pending);
+            q.stats.waiting = q.waiting.len();
+        }
+        self.shared.notify();
+        Ok(Generation { events, cancel })
     }
 
     /// Token ids of `text` as the engine would tokenize a prompt (for usage counts).
-    pub fn encode(&self, _text: &str) -> Result<Vec<u32>, GenError> {
-        Err(GenError::Unavailable("the generation engine is not built yet".into()))
+    pub fn encode(&self, text: &str) -> Result<Vec<u32>, GenError> {
+        self.codec.encode(text)
+    }
+
+    /// Text of generated token ids, special tokens left out.
+    pub fn decode(&self, ids: &[u32]) -> String {
+        self.codec.decode(ids)
     }
 
     pub fn stats(&self) -> EngineStats {
-        EngineStats::default()
+        self.shared.lock().stats
+    }
+}
+
+impl Drop for Engine {
+    fn drop(&mut self) {
+        // The thread finishes what was admitted, then ends (nothing joins it: dropping an
+        // engine never blocks the caller).
+        self.shared.lock().shutdown = true;
+        self.shared.notify();
     }
 }
