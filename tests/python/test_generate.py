@@ -41,16 +41,18 @@ WAIT_S = 120.0  # bound on any one generation's wait (2 shared cores, 16 streams
 CONTEXT = 512
 KV_BYTES_PER_TOKEN = 4 * 2 * 2 * 32 * 4  # layers x (key, value) x kv_heads x head_size x fp32
 
-# Metric families a generation must produce, per model (label model="tiny_llm").
+# Metric families a generation must produce, per model (labels model="tiny_llm", version="1"):
+# the node's names (crates/telemetry/src/names.rs, after vLLM's families).
 GEN_METRIC_FAMILIES = {
-    "time_to_first_token": "tern_generate_time_to_first_token_seconds",
-    "inter_token": "tern_generate_inter_token_seconds",
-    "prompt_tokens": "tern_generate_prompt_tokens_total",
-    "generated_tokens": "tern_generate_generated_tokens_total",
-    "running": "tern_generate_running_sequences",
-    "waiting": "tern_generate_waiting_sequences",
-    "kv_in_use": "tern_generate_kv_cache_bytes",
-    "kv_budget": "tern_generate_kv_cache_budget_bytes",
+    "time_to_first_token": "tern_llm_time_to_first_token_seconds",
+    "inter_token": "tern_llm_inter_token_latency_seconds",
+    "prompt_tokens": "tern_llm_prompt_tokens_total",
+    "generated_tokens": "tern_llm_generation_tokens_total",
+    "finished": "tern_llm_request_finished_total",
+    "running": "tern_llm_num_requests_running",
+    "waiting": "tern_llm_num_requests_waiting",
+    "kv_in_use": "tern_llm_kv_cache_usage_bytes",
+    "kv_budget": "tern_llm_kv_cache_budget_bytes",
 }
 METRICS_ADDR_RE = re.compile(r'metrics(?:=|"\s*:\s*")([0-9.]+:\d+)')
 SAMPLE_RE = re.compile(r"^([a-zA-Z_:][a-zA-Z0-9_:]*)(?:\{(.*)\})?\s+(\S+)$")
@@ -361,9 +363,11 @@ def scrape(addr: str) -> dict[str, list[tuple[str, float]]]:
     return samples
 
 
-def model_value(samples: dict, name: str, model: str = MODEL) -> float | None:
-    """The sum over the samples of `name` labelled with `model` (None: no such sample)."""
-    rows = [v for labels, v in samples.get(name, []) if f'model="{model}"' in labels]
+def model_value(samples: dict, name: str, model: str = MODEL, **labels) -> float | None:
+    """The sum over the samples of `name` labelled with `model` (and `labels`; None: no such
+    sample)."""
+    want = [f'model="{model}"'] + [f'{k}="{v}"' for k, v in labels.items()]
+    rows = [v for lab, v in samples.get(name, []) if all(w in lab for w in want)]
     return sum(rows) if rows else None
 
 
@@ -704,8 +708,9 @@ def test_metrics_after_generation(llm_server, llm_url, ref):
     assert delta(GEN_METRIC_FAMILIES["prompt_tokens"]) >= len(ref.encode(PROMPTS[9]))
     assert delta(GEN_METRIC_FAMILIES["time_to_first_token"] + "_count") >= 1
     assert delta(GEN_METRIC_FAMILIES["inter_token"] + "_count") >= 11
+    assert model_value(after, GEN_METRIC_FAMILIES["finished"], reason="length") >= 1
     assert model_value(after, GEN_METRIC_FAMILIES["kv_budget"]) == 256 * 1024 * 1024
-    assert model_value(after, GEN_METRIC_FAMILIES["running"]) == 0
+    wait_until(lambda: model_value(scrape(addr), GEN_METRIC_FAMILIES["running"]) == 0, 30, "no running sequence")
 
 
 # ==============================================================================================
@@ -738,8 +743,10 @@ def test_cancel_mid_stream_frees_the_slot(serial_server, ref):
     waiting.close()
     assert got.error is None and got.ids == expected(ref, PROMPTS[1])[0][:16]
     # The cancelled sequence stopped at a step soon after the cancel, not at its 510th token.
-    generated = model_value(scrape(addr), GEN_METRIC_FAMILIES["generated_tokens"])
+    samples = scrape(addr)
+    generated = model_value(samples, GEN_METRIC_FAMILIES["generated_tokens"])
     assert generated is not None and generated < 16 + 3 + 200, generated
+    assert model_value(samples, GEN_METRIC_FAMILIES["finished"], reason="cancelled") == 1
     wait_until(lambda: model_value(scrape(addr), GEN_METRIC_FAMILIES["running"]) == 0, 30, "no running sequence")
 
 
@@ -755,8 +762,10 @@ def test_http_disconnect_cancels(serial_server, ref):
     conn.close()
     got = grpc_generate(serial_server.url, PROMPTS[2], 16)
     assert got.error is None and got.ids == expected(ref, PROMPTS[2])[0][:16]
-    generated = model_value(scrape(metrics_addr(serial_server)), GEN_METRIC_FAMILIES["generated_tokens"])
+    samples = scrape(metrics_addr(serial_server))
+    generated = model_value(samples, GEN_METRIC_FAMILIES["generated_tokens"])
     assert generated is not None and generated < 16 + 2 + 200, generated
+    assert model_value(samples, GEN_METRIC_FAMILIES["finished"], reason="cancelled") == 1
 
 
 def test_kv_budget_queues_then_refuses(model_repo, tmp_path, ref):
