@@ -196,8 +196,9 @@ async def tern_cell(url: str, model: str, conc: int, args) -> Cell:
 # === (c): the in-process ceiling ===============================================================
 
 
-def rust_ceiling(args) -> dict | None:
-    """crates/generate's `ceiling` example, if the branch has it: its JSON output or None."""
+def rust_ceiling(ref: Reference, args) -> Cell | None:
+    """crates/generate's `ceiling` example (a plain greedy loop on ort, one sequence, EOS
+    ignored), once per test prompt's length: None when the branch lacks it or it fails."""
     if not (ROOT / "crates" / "generate" / "examples" / "ceiling.rs").exists():
         return None
     build = subprocess.run(["cargo", "build", "--release", "--locked", "-p", "tern-generate", "--example", "ceiling"],
@@ -205,14 +206,21 @@ def rust_ceiling(args) -> dict | None:
     if build.returncode != 0:
         print(f"ceiling example did not build; using the Python loop:\n{build.stderr[-2000:]}", file=sys.stderr)
         return None
-    cmd = [str(REL / "examples" / "ceiling"), str(MODEL_DIR), "--max-tokens", str(args.max_tokens),
-           "--seconds", str(args.seconds)]
-    r = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, env=ENV, timeout=600)
-    if r.returncode != 0:
-        print(f"ceiling failed ({' '.join(cmd)}); using the Python loop:\n{r.stderr[-2000:]}", file=sys.stderr)
-        return None
-    last = [line for line in r.stdout.splitlines() if line.strip().startswith("{")]
-    return json.loads(last[-1]) if last else None
+    cell = Cell()
+    for prompt in PROMPTS:
+        cmd = [str(REL / "examples" / "ceiling"), "--model", str(MODEL_DIR), "--prompt-tokens",
+               str(len(ref.encode(prompt))), "--max-tokens", str(args.max_tokens), "--runs", "1"]
+        r = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, env=ENV, timeout=600)
+        lines = [line for line in r.stdout.splitlines() if line.strip().startswith("{")]
+        if r.returncode != 0 or not lines:
+            print(f"ceiling failed ({' '.join(cmd)}); using the Python loop:\n{r.stderr[-2000:]}", file=sys.stderr)
+            return None
+        out = json.loads(lines[-1])
+        cell.tokens += int(out["generated_tokens"])
+        cell.seconds += float(out["total_ms"]) / 1e3
+        cell.ttft_s.append(float(out["ttft_ms"]) / 1e3)
+        cell.requests += 1
+    return cell
 
 
 def python_ceiling_cell(ref: Reference, conc: int, args) -> Cell:
@@ -404,15 +412,11 @@ def main() -> None:
 
     ceiling_label = "in-process ceiling, Python onnxruntime loop"
     if "c" in args.only:
-        rust = rust_ceiling(args)
+        rust = rust_ceiling(ref, args)
         if rust is not None:
-            ceiling_label = "in-process ceiling, Rust loop on ort (crates/generate example `ceiling`)"
-            cell = Cell(tokens=int(rust.get("tokens", 0)), seconds=float(rust.get("seconds", 0) or 0),
-                        ttft_s=[v / 1e3 for v in rust.get("ttft_ms", [])], requests=int(rust.get("requests", 0)))
-            if not cell.seconds and "tokens_per_s" in rust:
-                cell.tokens, cell.seconds = int(rust["tokens_per_s"]), 1.0
-            results[("c", 1)] = cell
-            notes.append(f"(c) c=1 from the Rust ceiling: {json.dumps(rust)[:300]}")
+            ceiling_label = "in-process ceiling: c=1 crates/generate's `ceiling` (Rust loop on ort), c>1 Python loop"
+            results[("c", 1)] = rust
+            print(f"(c) rust ceiling c=1: {rust.tps:.0f} tok/s, TTFT p50 {rust.pct(50):.1f} ms", flush=True)
         for c in CONCURRENCY:
             if c == 1 and rust is not None:
                 continue
