@@ -769,10 +769,10 @@ def test_http_disconnect_cancels(serial_server, ref):
 
 
 def test_kv_budget_queues_then_refuses(model_repo, tmp_path, ref):
-    """A KV budget of 300 tokens: one 2 + 250-token sequence fits, two do not. With a queue of
-    one, of six such requests at once some run (one after another, each exact), one waits, and
-    the rest are refused with RESOURCE_EXHAUSTED; a request that can never fit is refused at
-    once. KV bytes in use never pass the budget."""
+    """A KV budget of 300 tokens and a queue of one: one 2 + 250-token sequence fits, two do not.
+    While A runs, B waits in the queue, C finds the queue full and is refused with
+    RESOURCE_EXHAUSTED's message; B runs when A ends, both exact. A request that could never
+    fit the budget is refused at once. The KV bytes in use never pass the budget."""
     budget = 300 * KV_BYTES_PER_TOKEN
     repo = llm_repo(model_repo, tmp_path / "repo", llm_config(kv_cache_bytes=budget, max_queue=1))
     srv = TernServer([repo], log_dir=tmp_path, label="llm-kv").start()
@@ -791,28 +791,35 @@ def test_kv_budget_queues_then_refuses(model_repo, tmp_path, ref):
 
         watcher = threading.Thread(target=watch)
         watcher.start()
-        streams = [GenStream(srv.url) for _ in range(6)]
+        streams = {name: GenStream(srv.url) for name in "ABC"}
         try:
-            for i, s in enumerate(streams):
-                s.send(f"kv{i}", gen_inputs(PROMPTS[0], n, ignore_eos=True))
-            results = [s.collect(f"kv{i}") for i, s in enumerate(streams)]
+            streams["A"].send("A", gen_inputs(PROMPTS[0], n, ignore_eos=True))
+            a = streams["A"].collect("A", until_responses=1)  # A is running now
+            assert a.error is None, a.error
+            streams["B"].send("B", gen_inputs(PROMPTS[0], n, ignore_eos=True))
+            wait_until(lambda: model_value(scrape(addr), GEN_METRIC_FAMILIES["waiting"]) == 1, 30, "B waiting")
+            streams["C"].send("C", gen_inputs(PROMPTS[0], n, ignore_eos=True))
+            c = streams["C"].collect("C")
+            a = streams["A"].collect("A", a)
+            b = streams["B"].collect("B")
         finally:
             done.set()
             watcher.join(30)
-            for s in streams:
+            for s in streams.values():
                 s.close()
-        refused = [r for r in results if r.error is not None]
-        served = [r for r in results if r.error is None]
-        assert len(served) >= 2, [r.error for r in results]
-        assert refused, "six requests against a budget for one and a queue of one: some must be refused"
-        for r in refused:
-            assert not r.ids and re.search(r"(?i)kv|cache|queue", r.error), r.error
-        for r in served:
-            assert r.ids == want and r.finish_reason == "length"
+        assert c.error is not None and not c.ids, c
+        assert re.search(r"(?i)queue", c.error) and MODEL in c.error, c.error
+        for got in (a, b):
+            assert got.error is None, got.error
+            assert got.ids == want and got.finish_reason == "length"
         assert 0 < peak[0] <= budget, (peak[0], budget)
-        # Never fits: refused at once, whatever is running.
+        # Never fits: refused at once, naming the budget.
         got = grpc_generate(srv.url, PROMPTS[0], max_tokens=400, ignore_eos=True)
         assert got.error is not None and not got.ids, got
+        assert str(budget) in got.error and MODEL in got.error, got.error
+        # Within the budget again: served.
+        got = grpc_generate(srv.url, PROMPTS[1], max_tokens=16)
+        assert got.error is None and got.ids == expected(ref, PROMPTS[1])[0][:16]
     finally:
         srv.stop()
 
