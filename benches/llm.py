@@ -356,7 +356,8 @@ def report(results: dict, args, ceiling_label: str, notes: list[str]) -> list[st
         L.append(f"- c=16, (a) vs batching off (b): {a16.tps / b16.tps:.1f}x (target >= 4x)")
     if a16 and a16.ttft_s:
         L.append(f"- c=16, (a) TTFT p99 / p50: {a16.pct(99) / a16.pct(50):.1f}x (target < 5x)")
-    errs = [f"({k}) c={c}: {len(v.errors)} errors, first: {v.errors[0][:200]}" for (k, c), v in results.items() if v.errors]
+    errs = [f"({k}) c={c}: {len(v.errors)} errors, first: {v.errors[0][:200]}"
+            for (k, c), v in results.items() if v.errors]
     L += [f"- {n}" for n in notes + errs]
     return L
 
