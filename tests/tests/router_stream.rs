@@ -136,6 +136,13 @@ async fn a_plain_model_streams_through_the_router_one_response_per_request_in_or
             continue;
         }
         assert_eq!(reply.error_message, "", "request {}", response.id);
+        let last = response.parameters.get("triton_final_response").and_then(|p| p.parameter_choice.clone());
+        assert_eq!(
+            last,
+            Some(pb::infer_parameter::ParameterChoice::BoolParam(true)),
+            "request {}",
+            response.id
+        );
         let value: f32 = response.id.parse()?;
         let out = &response.raw_output_contents[0];
         assert_eq!(out, &floats(&[value + 1.0; 16]), "request {}", response.id);
