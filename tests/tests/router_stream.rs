@@ -48,7 +48,7 @@ struct TestRouter {
 }
 
 impl TestRouter {
-    async fn start(node: &TestNode, http_port: u16) -> anyhow::Result<TestRouter> {
+    async fn start(node: &TestNode, http_port: u16, models: &[&str]) -> anyhow::Result<TestRouter> {
         let node_addr = node.addr.to_string();
         let http_port = http_port.to_string();
         let config = tern_router::Config::try_parse_from([
@@ -82,17 +82,20 @@ impl TestRouter {
         let router = TestRouter { addr, stop_tx, task };
         let mut client = router.client().await?;
         let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-        loop {
-            let ready = client
-                .model_ready(pb::ModelReadyRequest { name: "tiny_add".into(), version: String::new() })
-                .await
-                .is_ok_and(|r| r.into_inner().ready);
-            if ready {
-                return Ok(router);
+        for model in models {
+            loop {
+                let ready = client
+                    .model_ready(pb::ModelReadyRequest { name: model.to_string(), version: String::new() })
+                    .await
+                    .is_ok_and(|r| r.into_inner().ready);
+                if ready {
+                    break;
+                }
+                anyhow::ensure!(tokio::time::Instant::now() < deadline, "the router never saw {model} ready");
+                tokio::time::sleep(Duration::from_millis(50)).await;
             }
-            anyhow::ensure!(tokio::time::Instant::now() < deadline, "the router never saw tiny_add ready");
-            tokio::time::sleep(Duration::from_millis(50)).await;
         }
+        Ok(router)
     }
 
     async fn client(&self) -> anyhow::Result<GrpcInferenceServiceClient<tonic::transport::Channel>> {
@@ -112,7 +115,7 @@ impl TestRouter {
 async fn a_plain_model_streams_through_the_router_one_response_per_request_in_order() -> anyhow::Result<()> {
     let repo = TempRepo::new()?.with_example("tiny_add")?;
     let node = TestNode::start(repo.path(), &[]).await?;
-    let router = TestRouter::start(&node, free_port()?).await?;
+    let router = TestRouter::start(&node, free_port()?, &["tiny_add"]).await?;
     let mut client = router.client().await?;
 
     let mut requests: Vec<pb::ModelInferRequest> =
@@ -247,10 +250,144 @@ async fn generate_routes_answer_on_the_node_and_through_the_router() -> anyhow::
     let node_http = free_port()?;
     let node = TestNode::start(repo.path(), &["--http-port", &node_http.to_string()]).await?;
     let router_http = free_port()?;
-    let router = TestRouter::start(&node, router_http).await?;
+    let router = TestRouter::start(&node, router_http, &["tiny_add"]).await?;
 
     check_generate_routes(node_http, 404).await?;
     check_generate_routes(router_http, 503).await?;
+
+    router.stop().await?;
+    node.stop().await?;
+    Ok(())
+}
+
+fn bytes_element(s: &str) -> Bytes {
+    let mut out = (s.len() as u32).to_le_bytes().to_vec();
+    out.extend_from_slice(s.as_bytes());
+    Bytes::from(out)
+}
+
+/// A greedy generation request for the example `tiny_llm` (a decoupled model).
+fn llm(id: &str, prompt: &str, max_tokens: i32) -> pb::ModelInferRequest {
+    let input = |name: &str, datatype: &str| InferInputTensor {
+        name: name.into(),
+        datatype: datatype.into(),
+        shape: vec![1],
+        ..Default::default()
+    };
+    pb::ModelInferRequest {
+        model_name: "tiny_llm".into(),
+        id: id.into(),
+        inputs: vec![input("text_input", "BYTES"), input("max_tokens", "INT32"), input("ignore_eos", "BOOL")],
+        raw_input_contents: vec![
+            bytes_element(prompt),
+            Bytes::from(max_tokens.to_le_bytes().to_vec()),
+            Bytes::from_static(&[1]),
+        ],
+        ..Default::default()
+    }
+}
+
+fn is_final(response: &pb::ModelInferResponse) -> Option<bool> {
+    match response.parameters.get("triton_final_response")?.parameter_choice {
+        Some(pb::infer_parameter::ParameterChoice::BoolParam(b)) => Some(b),
+        _ => None,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_decoupled_model_streams_through_the_router_every_response_relayed() -> anyhow::Result<()> {
+    let repo = TempRepo::new()?.with_example("tiny_add")?.with_example("tiny_llm")?;
+    let node = TestNode::start(repo.path(), &[]).await?;
+    let router = TestRouter::start(&node, free_port()?, &["tiny_add", "tiny_llm"]).await?;
+    let mut client = router.client().await?;
+
+    // Generations and plain requests on one stream: each request gets all of its responses, in
+    // its own order, the last (and only the last) marked final.
+    let requests = vec![
+        llm("long", "Once upon a time", 40),
+        tiny_add("tiny_add", "plain-1", 1.0),
+        llm("short", "The", 3),
+        tiny_add("tiny_add", "plain-2", 2.0),
+        llm("bad", "", 0),
+    ];
+    let mut replies = client.model_stream_infer(tokio_stream::iter(requests)).await?.into_inner();
+    let mut by_id: std::collections::HashMap<String, Vec<pb::ModelStreamInferResponse>> = Default::default();
+    let mut total = 0;
+    while let Some(reply) = tokio::time::timeout(Duration::from_secs(60), replies.message()).await?? {
+        let id = reply.infer_response.as_ref().map(|r| r.id.clone()).unwrap_or_default();
+        by_id.entry(id).or_default().push(reply);
+        total += 1;
+        anyhow::ensure!(total < 200, "more responses than the requests can give");
+    }
+    for (id, tokens) in [("long", 40), ("short", 3)] {
+        let got = by_id.get(id).map(Vec::as_slice).unwrap_or_default();
+        assert_eq!(got.len(), tokens + 1, "{id}: one response per token, then the final one");
+        for (i, reply) in got.iter().enumerate() {
+            assert_eq!(reply.error_message, "", "{id}");
+            let response = reply.infer_response.as_ref().expect("response");
+            assert_eq!(is_final(response), Some(i == tokens), "{id}: response {i}");
+        }
+    }
+    // The node refuses a generation with no tokens to make or no prompt; either way one answer.
+    let bad = by_id.get("bad").map(Vec::as_slice).unwrap_or_default();
+    assert_eq!(bad.len(), 1, "{bad:?}");
+    for id in ["plain-1", "plain-2"] {
+        let got = by_id.get(id).map(Vec::as_slice).unwrap_or_default();
+        assert_eq!(got.len(), 1, "{id}");
+        assert_eq!(got[0].error_message, "", "{id}");
+    }
+    router.stop().await?;
+    node.stop().await?;
+    Ok(())
+}
+
+/// `/generate` and `/generate_stream` on tiny_llm at `port`: the same greedy text either way.
+async fn check_generate_text(port: u16) -> anyhow::Result<()> {
+    let body =
+        r#"{"text_input":"Once upon a time","max_tokens":6,"parameters":{"ignore_eos":true},"id":"t1"}"#;
+    let (status, _, text) = http(port, "/v2/models/tiny_llm/generate", body).await?;
+    assert_eq!(status, 200, "{text}");
+    let whole: serde_json::Value = serde_json::from_str(&text)?;
+    assert_eq!(
+        (whole["id"].as_str(), whole["model_name"].as_str()),
+        (Some("t1"), Some("tiny_llm")),
+        "{text}"
+    );
+    assert_eq!(whole["finish_reason"], "length", "{text}");
+    let whole_text =
+        whole["text_output"].as_str().ok_or_else(|| anyhow::anyhow!("no text_output: {text}"))?;
+
+    let (status, headers, text) = http(port, "/v2/models/tiny_llm/generate_stream", body).await?;
+    assert_eq!(status, 200, "{text}");
+    assert_eq!(header(&headers, "content-type"), Some("text/event-stream; charset=utf-8"));
+    let events: Vec<serde_json::Value> = text
+        .split_terminator("\n\n")
+        .map(|e| serde_json::from_str(e.strip_prefix("data: ").unwrap_or(e)))
+        .collect::<Result<_, _>>()?;
+    assert_eq!(events.len(), 7, "6 tokens then the final event: {text}");
+    assert!(events.iter().all(|e| e.get("triton_final_response").is_none()), "{text}");
+    assert_eq!(events[6]["finish_reason"], "length", "{text}");
+    let streamed: String = events.iter().filter_map(|e| e["text_output"].as_str()).collect();
+    assert_eq!(streamed, whole_text);
+
+    // A client that asks /generate for a response per token gets Triton's error.
+    let body = r#"{"text_input":"Once","max_tokens":3,"stream":true,"ignore_eos":true}"#;
+    let (status, _, text) = http(port, "/v2/models/tiny_llm/generate", body).await?;
+    assert_eq!(status, 500, "{text}");
+    assert!(text.contains("generate expects model to produce exactly 1 response"), "{text}");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn generated_text_over_http_on_the_node_and_through_the_router() -> anyhow::Result<()> {
+    let repo = TempRepo::new()?.with_example("tiny_add")?.with_example("tiny_llm")?;
+    let node_http = free_port()?;
+    let node = TestNode::start(repo.path(), &["--http-port", &node_http.to_string()]).await?;
+    let router_http = free_port()?;
+    let router = TestRouter::start(&node, router_http, &["tiny_add", "tiny_llm"]).await?;
+
+    check_generate_text(node_http).await?;
+    check_generate_text(router_http).await?;
 
     router.stop().await?;
     node.stop().await?;
