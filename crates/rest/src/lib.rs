@@ -8,11 +8,13 @@
 //! adds a translation, never a second implementation.
 //!
 //! Layout: [`HttpArgs`] (Triton's flags), [`HttpEndpoint`] (the listener), [`routes`] (the
-//! dispatch and handlers), [`infer`] and [`tensor`] (the infer bodies), [`body`] (limits,
+//! dispatch and handlers), [`infer`] and [`tensor`] (the infer bodies), [`generate`] (Triton's
+//! generate extension: JSON and Server-Sent Events), [`body`] (limits,
 //! compression), [`protojson`] (protobuf answers as JSON), [`error`] (Triton's status codes).
 
 pub mod body;
 pub mod error;
+pub mod generate;
 pub mod infer;
 pub mod protojson;
 pub mod routes;
@@ -21,7 +23,6 @@ pub mod tensor;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
-use tern_proto::inference::grpc_inference_service_server::GrpcInferenceService;
 use tokio::net::TcpListener;
 
 /// The HTTP flags of tern-node, tern-router and `tern serve`, named as Triton's.
@@ -100,7 +101,7 @@ pub struct HttpEndpoint {
 
 impl HttpEndpoint {
     /// Binds `args`' address and serves `service` over HTTP until [`HttpEndpoint::stop`].
-    pub async fn start<T: GrpcInferenceService>(
+    pub async fn start<T: routes::Service>(
         args: &HttpArgs,
         service: T,
         front: Front,

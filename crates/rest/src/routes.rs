@@ -2,6 +2,7 @@
 //! each a translation to one method of the gRPC service.
 
 use std::collections::HashMap;
+use std::convert::Infallible;
 use std::future::Future;
 use std::sync::Arc;
 
@@ -9,14 +10,17 @@ use axum::body::Body;
 use axum::response::{IntoResponse, Response};
 use base64::Engine;
 use bytes::Bytes;
+use futures::StreamExt;
 use http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use serde_json::{Map, Value};
 use tern_proto::inference::{self as pb, grpc_inference_service_server::GrpcInferenceService};
 
 use crate::body::{self, Chunks};
 use crate::error::RestError;
+use crate::generate::{self, InputSpec};
 use crate::infer;
 use crate::protojson::to_json;
+use tern_edge::triton::StreamOne;
 
 /// Triton's header giving the length of the JSON part of a body with binary tensor data.
 pub const HEADER_LENGTH: &str = "inference-header-content-length";
@@ -27,8 +31,13 @@ struct Shared<T> {
     max_body: usize,
 }
 
+/// What the HTTP routes call: the gRPC service, and [`StreamOne`] for the generate extension.
+pub trait Service: GrpcInferenceService + StreamOne {}
+
+impl<T: GrpcInferenceService + StreamOne> Service for T {}
+
 /// The HTTP application serving `service`.
-pub fn app<T: GrpcInferenceService>(
+pub fn app<T: Service>(
     service: Arc<T>,
     auth: Option<Arc<tern_edge::Authenticator>>,
     max_body: usize,
@@ -70,7 +79,7 @@ fn want(method: &Method, allowed: &Method) -> Result<(), RestError> {
     if method == allowed { Ok(()) } else { Err(RestError::method_not_allowed()) }
 }
 
-async fn route<T: GrpcInferenceService>(
+async fn route<T: Service>(
     s: &Shared<T>,
     method: &Method,
     path: &str,
@@ -162,7 +171,7 @@ async fn route<T: GrpcInferenceService>(
     }
 }
 
-async fn model_route<T: GrpcInferenceService>(
+async fn model_route<T: Service>(
     s: &Shared<T>,
     method: &Method,
     headers: &HeaderMap,
@@ -210,6 +219,10 @@ async fn model_route<T: GrpcInferenceService>(
             json(to_json(&r.config.unwrap_or_default(), "inference.ModelConfig", false)?)
         }
         ["stats"] => stats(s, method, headers, name, version).await,
+        [kind @ ("generate" | "generate_stream")] => {
+            want(method, &Method::POST)?;
+            generate_route(s, headers, name, version, body, *kind == "generate_stream").await
+        }
         ["infer"] => {
             want(method, &Method::POST)?;
             infer_route(s, headers, name, version, body).await
@@ -219,7 +232,7 @@ async fn model_route<T: GrpcInferenceService>(
     }
 }
 
-async fn stats<T: GrpcInferenceService>(
+async fn stats<T: Service>(
     s: &Shared<T>,
     method: &Method,
     headers: &HeaderMap,
@@ -240,7 +253,7 @@ async fn stats<T: GrpcInferenceService>(
     json(to_json(&r, "inference.ModelStatisticsResponse", false)?)
 }
 
-async fn infer_route<T: GrpcInferenceService>(
+async fn infer_route<T: Service>(
     s: &Shared<T>,
     headers: &HeaderMap,
     name: &str,
@@ -314,26 +327,156 @@ where
     F: FnOnce(Arc<T>, tonic::Request<Req>) -> Fut,
     Fut: Future<Output = Result<tonic::Response<Resp>, tonic::Status>>,
 {
-    let mut request = tonic::Request::new(message);
-    if let Some(auth) = &s.auth {
-        let path = format!("/inference.GRPCInferenceService/{method}");
-        match auth.check(&path, headers) {
-            Ok(Some(grant)) => {
-                request.extensions_mut().insert(tern_edge::Principal(grant));
-            }
-            Ok(None) => {}
-            Err(denial) => {
-                tracing::debug!(path, reason = ?denial, "HTTP request refused");
-                return Err(denial.into());
-            }
+    let caller = authorize(s, method, headers)?;
+    f(s.service.clone(), grpc_request(message, headers, caller))
+        .await
+        .map(tonic::Response::into_inner)
+        .map_err(RestError::from)
+}
+
+/// The caller's principal, checked as the gRPC auth layer checks `method` (`None`: no tokens,
+/// or a public group).
+fn authorize<T>(
+    s: &Shared<T>,
+    method: &str,
+    headers: &HeaderMap,
+) -> Result<Option<tern_edge::Principal>, RestError> {
+    let Some(auth) = &s.auth else { return Ok(None) };
+    let path = format!("/inference.GRPCInferenceService/{method}");
+    match auth.check(&path, headers) {
+        Ok(grant) => Ok(grant.map(tern_edge::Principal)),
+        Err(denial) => {
+            tracing::debug!(path, reason = ?denial, "HTTP request refused");
+            Err(denial.into())
         }
     }
+}
+
+/// The W3C trace context of the HTTP request, as gRPC metadata.
+fn trace_metadata(headers: &HeaderMap) -> tonic::metadata::MetadataMap {
+    let mut metadata = tonic::metadata::MetadataMap::new();
     for key in ["traceparent", "tracestate"] {
         if let Some(v) = headers.get(key).and_then(|v| v.to_str().ok()).and_then(|v| v.parse().ok()) {
-            request.metadata_mut().insert(key, v);
+            metadata.insert(key, v);
         }
     }
-    f(s.service.clone(), request).await.map(tonic::Response::into_inner).map_err(RestError::from)
+    metadata
+}
+
+/// A gRPC request carrying `caller` and the HTTP request's trace context.
+fn grpc_request<M>(
+    message: M,
+    headers: &HeaderMap,
+    caller: Option<tern_edge::Principal>,
+) -> tonic::Request<M> {
+    let mut request = tonic::Request::from_parts(trace_metadata(headers), Default::default(), message);
+    if let Some(caller) = caller {
+        request.extensions_mut().insert(caller);
+    }
+    request
+}
+
+/// `/generate` and `/generate_stream` (Triton's generate extension, see [`generate`]): the
+/// model's inputs from its metadata, the request through [`StreamOne`] (authorized as
+/// ModelStreamInfer), and its responses as one JSON object or as Server-Sent Events.
+async fn generate_route<T: Service>(
+    s: &Shared<T>,
+    headers: &HeaderMap,
+    name: &str,
+    version: &str,
+    body: Body,
+    streaming: bool,
+) -> Result<Response, RestError> {
+    let caller = authorize(s, "ModelStreamInfer", headers)?;
+    // The inputs' names, datatypes and shapes, read with the same principal: a token that may
+    // run the model may read its inputs for this (Triton reads them under the inference
+    // restriction too, `ModelInputMetadata`).
+    let request = pb::ModelMetadataRequest { name: name.to_string(), version: version.to_string() };
+    let metadata =
+        s.service.model_metadata(grpc_request(request, headers, caller.clone())).await?.into_inner();
+    let body = body::read(headers, body, s.max_body).await?;
+    let request = generate::parse_request(
+        name,
+        version,
+        &body,
+        &InputSpec::from_metadata(&metadata),
+        streaming,
+        s.max_body,
+    )?;
+    drop(body);
+    let mut responses = s.service.stream_one(request, trace_metadata(headers), caller);
+    if !streaming {
+        // One response, or Triton's error. Triton has sent 200 by the time it knows (the
+        // status goes with the first response); the whole answer is held here anyway, so the
+        // error gets its own status (500, Triton's INTERNAL) and a second response stops the
+        // generation (dropping the stream cancels it).
+        let mut one = None;
+        while let Some(response) = responses.next().await {
+            let response = response?;
+            if generate::is_flags_only(&response) {
+                continue;
+            }
+            if one.is_some() {
+                return Err(RestError::internal(generate::NOT_ONE_RESPONSE));
+            }
+            one = Some(response);
+        }
+        let response = one.ok_or_else(|| RestError::internal(generate::NOT_ONE_RESPONSE))?;
+        let json = serde_json::to_vec(&Value::Object(generate::response_json(&response)?))
+            .map_err(|e| RestError::internal(e.to_string()))?;
+        return compressed_json(headers, Bytes::from(json)).await;
+    }
+    // An error before the first response is a plain JSON error with its status (Triton: "If
+    // the request fails before inference begins"); after it, an error event ends the stream.
+    let first = match responses.next().await {
+        Some(Err(status)) => return Err(status.into()),
+        first => first,
+    };
+    let events = futures::stream::unfold((first, Some(responses)), |(mut pending, rest)| async move {
+        let mut rest = rest?;
+        loop {
+            let item = match pending.take() {
+                Some(item) => item,
+                None => rest.next().await?,
+            };
+            match item {
+                Ok(r) if generate::is_flags_only(&r) => continue,
+                Ok(r) => {
+                    return Some((Ok::<_, Infallible>(generate::response_event(&r)), (None, Some(rest))));
+                }
+                // Nothing follows an error: the stream (and the generation) ends.
+                Err(status) => return Some((Ok(generate::error_event(status.message())), (None, None))),
+            }
+        }
+    });
+    // The body owns the response stream: a client that goes away drops the body, and with it
+    // the stream, which cancels the request where it runs.
+    let mut response = Response::new(Body::from_stream(events));
+    response
+        .headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static("text/event-stream; charset=utf-8"));
+    Ok(response)
+}
+
+/// A JSON body, compressed as `Accept-Encoding` asks.
+async fn compressed_json(headers: &HeaderMap, json: Bytes) -> Result<Response, RestError> {
+    let coding = body::accepted(headers);
+    let mut response = match coding {
+        Some(coding) => {
+            let compressed = tokio::task::spawn_blocking(move || body::compress(coding, &[json]))
+                .await
+                .map_err(|e| RestError::internal(format!("compression task failed: {e}")))?
+                .map_err(|e| RestError::internal(format!("compression failed: {e}")))?;
+            Response::new(Body::from(compressed))
+        }
+        None => Response::new(Body::from(json)),
+    };
+    let h = response.headers_mut();
+    h.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    if let Some(coding) = coding {
+        h.insert(header::CONTENT_ENCODING, HeaderValue::from_static(coding.name()));
+    }
+    Ok(response)
 }
 
 fn json(value: Value) -> Result<Response, RestError> {
@@ -394,7 +537,7 @@ fn repository_parameters(
     Ok(out)
 }
 
-async fn trace_setting<T: GrpcInferenceService>(
+async fn trace_setting<T: Service>(
     s: &Shared<T>,
     method: &Method,
     headers: &HeaderMap,
@@ -439,7 +582,7 @@ async fn trace_setting<T: GrpcInferenceService>(
     json(Value::Object(out))
 }
 
-async fn log_settings<T: GrpcInferenceService>(
+async fn log_settings<T: Service>(
     s: &Shared<T>,
     method: &Method,
     headers: &HeaderMap,

@@ -22,6 +22,7 @@ use crate::raw::{RawCodec, RawMessage};
 pub const MAX_MESSAGE_SIZE: usize = i32::MAX as usize;
 
 pub const INFER_PATH: &str = "/inference.GRPCInferenceService/ModelInfer";
+pub const STREAM_INFER_PATH: &str = "/inference.GRPCInferenceService/ModelStreamInfer";
 
 /// A connection to a node that presents the router's token (`--node-token-file`), if any.
 type NodeChannel = InterceptedService<Channel, tern_edge::Credential>;
@@ -98,6 +99,26 @@ impl NodeClient {
             .map_err(|e| ClientError::NotSent(Status::unavailable(format!("node {}: {e}", self.addr))))?;
         let path = http::uri::PathAndQuery::from_static(INFER_PATH);
         Ok(grpc.unary(request, path, RawCodec).await?)
+    }
+
+    /// ModelStreamInfer with one encoded request (the client side is closed after it, so the
+    /// node ends the stream after that request's last response); the responses' bytes come
+    /// back untouched. Dropping the returned stream cancels the call on the node.
+    pub async fn stream_raw(
+        &self,
+        metadata: MetadataMap,
+        body: RawMessage,
+    ) -> Result<tonic::Streaming<Bytes>, ClientError> {
+        let messages = futures::stream::once(std::future::ready(body));
+        let request = outgoing(Request::from_parts(metadata, Default::default(), messages), None);
+        let mut grpc = tonic::client::Grpc::new(self.channel())
+            .max_decoding_message_size(MAX_MESSAGE_SIZE)
+            .max_encoding_message_size(MAX_MESSAGE_SIZE);
+        grpc.ready()
+            .await
+            .map_err(|e| ClientError::NotSent(Status::unavailable(format!("node {}: {e}", self.addr))))?;
+        let path = http::uri::PathAndQuery::from_static(STREAM_INFER_PATH);
+        Ok(grpc.streaming(request, path, RawCodec).await?.into_inner())
     }
 
     pub async fn model_metadata(

@@ -22,8 +22,7 @@ use crate::retry::{Route, record_outcome, route_span};
 /// after idle ones expire, is refused with RESOURCE_EXHAUSTED rather than routed unpinned.
 pub const MAX_SEQUENCES: usize = 1 << 18;
 
-pub use crate::client::INFER_PATH;
-pub const STREAM_INFER_PATH: &str = "/inference.GRPCInferenceService/ModelStreamInfer";
+pub use crate::client::{INFER_PATH, STREAM_INFER_PATH};
 
 /// Headers that describe this hop, not the request: the router forwards the decompressed
 /// message, so the node must not be told it is compressed; and the client's credentials are
@@ -46,11 +45,13 @@ pub struct Forwarder {
     pub(crate) metrics: Arc<RouterMetrics>,
     /// (model, sequence) -> the node serving it and when it was last used (ms).
     sequences: DashMap<(String, SequenceId), (Arc<Node>, u64)>,
+    /// (model, version) -> decoupled, and when it was learned (ms); see [`crate::relay`].
+    pub(crate) policies: DashMap<(String, String), (bool, u64)>,
 }
 
 impl Forwarder {
     pub fn new(cluster: Arc<Cluster>, placement: Arc<Placement>, metrics: Arc<RouterMetrics>) -> Forwarder {
-        Forwarder { cluster, placement, metrics, sequences: DashMap::new() }
+        Forwarder { cluster, placement, metrics, sequences: DashMap::new(), policies: DashMap::new() }
     }
 
     /// Forwards one encoded ModelInferRequest; the reply is the node's, bytes untouched.
@@ -104,12 +105,8 @@ impl Forwarder {
                     }
                 })
                 .await?;
-            if let Some(key) = &sequence {
-                if head.sequence_end() {
-                    self.sequences.remove(key);
-                } else {
-                    self.sequences.insert(key.clone(), (node, self.cluster.now_ms()));
-                }
+            if let Some(key) = sequence {
+                self.pin_sequence(key, node, head.sequence_end());
             }
             let (meta, reply, ext) = response.into_parts();
             Ok(Response::from_parts(forwardable(meta), reply, ext))
@@ -122,8 +119,17 @@ impl Forwarder {
         result
     }
 
+    /// Keeps a sequence on the node that served its request, or forgets it at its end.
+    pub(crate) fn pin_sequence(&self, key: (String, SequenceId), node: Arc<Node>, end: bool) {
+        if end {
+            self.sequences.remove(&key);
+        } else {
+            self.sequences.insert(key, (node, self.cluster.now_ms()));
+        }
+    }
+
     /// Refuses a new sequence when the sequence table is full even after expiring idle ones.
-    fn admit_sequence(&self, key: &(String, SequenceId)) -> Result<(), ClientError> {
+    pub(crate) fn admit_sequence(&self, key: &(String, SequenceId)) -> Result<(), ClientError> {
         if self.sequences.len() < MAX_SEQUENCES || self.sequences.contains_key(key) {
             return Ok(());
         }

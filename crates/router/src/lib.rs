@@ -4,8 +4,8 @@
 //! [`discovery`] (registration, static and DNS nodes, status polls), [`control`] (the
 //! control plane's own authenticated listener), [`placement`] (which node
 //! loads which model), [`client`] (talking to a node, [`error`] its failures), [`retry`]
-//! (replica choice and retries), [`forward`] (the inference path), [`raw`] (inference
-//! messages as bytes), [`aggregate`] (cluster-wide statistics and index), [`service`] (the gRPC
+//! (replica choice and retries), [`forward`] (the inference path), [`relay`] (streams:
+//! ModelStreamInfer, decoupled models, StreamOne), [`raw`] (inference messages as bytes), [`aggregate`] (cluster-wide statistics and index), [`service`] (the gRPC
 //! services) and [`Router`], which composes them. The router never links ONNX Runtime.
 
 pub mod aggregate;
@@ -19,6 +19,7 @@ pub mod metrics;
 pub mod nodes;
 pub mod placement;
 pub mod raw;
+pub mod relay;
 pub mod retry;
 pub mod service;
 

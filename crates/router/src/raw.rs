@@ -66,27 +66,46 @@ impl InferHead {
     }
 }
 
-/// What the router sends: a message it already holds, optionally behind a few bytes of framing
+/// What the router sends: a message it already holds, optionally between a few bytes of framing
 /// (a ModelInferResponse becomes a ModelStreamInferResponse by prefixing field 2's key and
-/// length), so wrapping never copies the payload twice.
+/// length, and gets a parameter by appending a map entry), so wrapping never copies the payload
+/// twice.
 #[derive(Debug, Clone, Default)]
 pub struct RawMessage {
     pub prefix: Bytes,
     pub body: Bytes,
+    pub suffix: Bytes,
 }
 
 impl From<Bytes> for RawMessage {
     fn from(body: Bytes) -> Self {
-        RawMessage { prefix: Bytes::new(), body }
+        RawMessage { prefix: Bytes::new(), body, suffix: Bytes::new() }
     }
 }
 
-/// Wraps an encoded ModelInferResponse as a ModelStreamInferResponse (`infer_response`, field 2).
+/// Wraps an encoded ModelInferResponse as a ModelStreamInferResponse (`infer_response`, field 2)
+/// marked as its request's last response: the parameter `triton_final_response` true, which
+/// Triton's stream sets on every response (`StreamInferResponseComplete`), as tern-node's does.
+/// Appended as one more `parameters` map entry (protobuf merges map entries; a later one wins).
 pub fn stream_response(response: Bytes) -> RawMessage {
+    static FINAL: std::sync::OnceLock<Bytes> = std::sync::OnceLock::new();
+    let suffix = FINAL
+        .get_or_init(|| {
+            let marked = tern_proto::inference::ModelInferResponse {
+                parameters: [(
+                    "triton_final_response".to_string(),
+                    InferParameter { parameter_choice: Some(ParameterChoice::BoolParam(true)) },
+                )]
+                .into(),
+                ..Default::default()
+            };
+            Bytes::from(prost::Message::encode_to_vec(&marked))
+        })
+        .clone();
     let mut prefix = Vec::with_capacity(11);
     prefix.push(0x12); // field 2, wire type 2 (length-delimited)
-    prost::encoding::encode_varint(response.len() as u64, &mut prefix);
-    RawMessage { prefix: prefix.into(), body: response }
+    prost::encoding::encode_varint((response.len() + suffix.len()) as u64, &mut prefix);
+    RawMessage { prefix: prefix.into(), body: response, suffix }
 }
 
 /// Encodes a ModelStreamInferResponse for a failed request: `error_message`, and an
@@ -99,10 +118,16 @@ pub fn stream_error(message: &str, model_name: &str, id: &str) -> RawMessage {
         infer_response: Some(tern_proto::inference::ModelInferResponse {
             model_name: model_name.to_string(),
             id: id.to_string(),
+            // The request's last response, as tern-node marks its failures.
+            parameters: [(
+                "triton_final_response".to_string(),
+                InferParameter { parameter_choice: Some(ParameterChoice::BoolParam(true)) },
+            )]
+            .into(),
             ..Default::default()
         }),
     };
-    RawMessage { prefix: Bytes::new(), body: Bytes::from(prost::Message::encode_to_vec(&response)) }
+    RawMessage::from(Bytes::from(prost::Message::encode_to_vec(&response)))
 }
 
 /// The identity codec: messages travel as the bytes they were received as.
@@ -132,9 +157,10 @@ impl Encoder for RawEncoder {
     type Error = Status;
 
     fn encode(&mut self, item: RawMessage, dst: &mut EncodeBuf<'_>) -> Result<(), Status> {
-        dst.reserve(item.prefix.len() + item.body.len());
+        dst.reserve(item.prefix.len() + item.body.len() + item.suffix.len());
         dst.put_slice(&item.prefix);
         dst.put_slice(&item.body);
+        dst.put_slice(&item.suffix);
         Ok(())
     }
 }
@@ -222,11 +248,26 @@ mod tests {
             raw_output_contents: vec![Bytes::from_static(b"abc")],
             ..Default::default()
         };
-        let wrapped = stream_response(Bytes::from(response.encode_to_vec()));
+        let mut with_params = response.clone();
+        with_params.parameters.insert(
+            "triton_final_response".into(),
+            InferParameter { parameter_choice: Some(ParameterChoice::BoolParam(false)) },
+        );
+        with_params.parameters.insert(
+            "other".into(),
+            InferParameter { parameter_choice: Some(ParameterChoice::Int64Param(3)) },
+        );
+        let wrapped = stream_response(Bytes::from(with_params.encode_to_vec()));
         let mut joined = wrapped.prefix.to_vec();
         joined.extend_from_slice(&wrapped.body);
+        joined.extend_from_slice(&wrapped.suffix);
         let decoded = pb::ModelStreamInferResponse::decode(joined.as_slice()).expect("decode");
-        assert_eq!(decoded.infer_response, Some(response));
+        let mut marked = with_params;
+        marked.parameters.insert(
+            "triton_final_response".into(),
+            InferParameter { parameter_choice: Some(ParameterChoice::BoolParam(true)) },
+        );
+        assert_eq!(decoded.infer_response, Some(marked), "the payload kept, the response marked final");
         assert_eq!(decoded.error_message, "");
 
         let err = stream_error("model 'm' is not ready", "m", "req-7");

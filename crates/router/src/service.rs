@@ -24,12 +24,10 @@ use crate::error::ClientError;
 use crate::forward::{Forwarder, INFER_PATH, STREAM_INFER_PATH};
 use crate::nodes::{Cluster, Node};
 use crate::placement::Placement;
-use crate::raw::{InferHead, RawCodec, RawMessage, stream_error, stream_response};
+use crate::raw::{InferHead, RawCodec, RawMessage};
+use crate::relay::{Relayed, StreamRelay, stream_one_item};
 use crate::retry::{Route, record_outcome, route_span};
 use tern_edge::{authorize_model, may_see_model, principal};
-
-/// Requests of one stream in flight at once; responses keep the requests' order, as a node's.
-const STREAM_CONCURRENCY: usize = 64;
 
 /// Shared state of the router's services.
 pub struct RouterState {
@@ -339,42 +337,58 @@ impl tonic::server::StreamingService<Bytes> for StreamInfer {
     type ResponseStream = RawStream;
     type Future = BoxFuture<Result<Response<RawStream>, Status>>;
 
-    /// Each request of the stream is forwarded on its own (balanced, retried); a failed one
-    /// gets a response carrying `error_message` and the request's `id` (and model), and the
-    /// stream goes on, as on a node.
+    /// Each request of the stream is forwarded on its own (balanced, retried; see
+    /// [`crate::relay`]); a failed one gets a response carrying `error_message` and the
+    /// request's `id` (and model), and the stream goes on, as on a node.
     fn call(&mut self, request: Request<Streaming<Bytes>>) -> Self::Future {
         let forwarder = self.0.clone();
         Box::pin(async move {
             let (metadata, extensions, messages) = request.into_parts();
             let caller = extensions.get::<tern_edge::Principal>().cloned();
-            let responses = messages
-                .map(move |message| {
-                    let forwarder = forwarder.clone();
-                    let metadata = metadata.clone();
-                    let caller = caller.clone();
-                    async move {
-                        match message {
-                            Ok(body) => {
-                                let head = match InferHead::parse(&body) {
-                                    Ok(head) => head,
-                                    Err(e) => return Ok(stream_error(e.message(), "", "")),
-                                };
-                                Ok(
-                                    match forwarder.infer_parsed(&head, metadata, body, caller.as_ref()).await
-                                    {
-                                        Ok(reply) => stream_response(reply.into_inner()),
-                                        Err(e) => stream_error(e.message(), &head.model_name, &head.id),
-                                    },
-                                )
-                            }
-                            // The client's stream broke (or sent a message over the limit):
-                            // end ours with its status, as a node does.
-                            Err(e) => Err(tern_edge::transport_limits::message_status(e)),
-                        }
-                    }
-                })
-                .buffered(STREAM_CONCURRENCY);
-            Ok(Response::new(Box::pin(responses) as RawStream))
+            let relay = StreamRelay::new(forwarder, metadata, caller, messages);
+            Ok(Response::new(Box::pin(relay) as RawStream))
         })
+    }
+}
+
+/// One request as a stream of its responses (the HTTP generate routes): a decoupled model's
+/// through a one-request ModelStreamInfer to a node, a plain model's through ModelInfer, as
+/// ModelStreamInfer forwards them ([`crate::relay`]).
+impl tern_edge::triton::StreamOne for RouterService {
+    fn stream_one(
+        &self,
+        request: pb::ModelInferRequest,
+        metadata: tonic::metadata::MetadataMap,
+        caller: Option<tern_edge::Principal>,
+    ) -> tern_edge::triton::InferResponses {
+        let forwarder = self.state.forwarder.clone();
+        let head = InferHead {
+            model_name: request.model_name.clone(),
+            model_version: request.model_version.clone(),
+            id: request.id.clone(),
+            parameters: request.parameters.clone(),
+        };
+        let body = Bytes::from(request.encode_to_vec());
+        let responses = futures::stream::once(async move {
+            if forwarder.is_decoupled(&head, caller.as_ref()).await {
+                forwarder
+                    .stream_parsed(head, metadata, body, caller)
+                    .map(|relayed| match relayed {
+                        Relayed::Upstream(bytes) => stream_one_item(bytes),
+                        Relayed::Failed(e) => Err(Status::from(e)),
+                    })
+                    .boxed()
+            } else {
+                futures::stream::once(async move {
+                    let reply = forwarder.infer_parsed(&head, metadata, body, caller.as_ref()).await?;
+                    pb::ModelInferResponse::decode(reply.into_inner()).map_err(|e| {
+                        Status::internal(format!("malformed ModelInferResponse from a node: {e}"))
+                    })
+                })
+                .boxed()
+            }
+        })
+        .flatten();
+        Box::pin(responses)
     }
 }
