@@ -26,6 +26,11 @@
 //! while (members + 1) x (the longest reservation) x bytes per token stays within the budget,
 //! so the padded cache it holds between steps never exceeds it. (ONNX Runtime briefly holds
 //! a step's past and present together.)
+//!
+//! Prompts are tokenized in [`Engine::submit`], on the caller's thread; a prompt is prefilled
+//! alone (no padding), then joins the batch. Each generation has a tracing span
+//! (`generation`, a child of the caller's current span) with events for admission, first
+//! token, every token (trace level) and the end.
 
 mod config;
 mod engine;
@@ -51,7 +56,10 @@ pub struct EngineOptions {
     pub max_queue: usize,
     /// ONNX Runtime intra-op threads (0: ONNX Runtime's default).
     pub intra_threads: usize,
-    /// Run on the CUDA execution provider with the KV cache kept on the device.
+    /// Run on the CUDA execution provider with the KV cache kept on the device: the step's
+    /// inputs and outputs go through an IO binding, `present` stays in device memory and is fed
+    /// back as the next `past`; only a batch rebuild (a sequence joins or leaves) copies the
+    /// cache through the host. The provider must load (no silent CPU fallback).
     pub cuda_device: Option<i32>,
 }
 
@@ -159,7 +167,10 @@ pub enum GenEvent {
     /// One generated token. `text` is the text it adds to the output: it may be empty (a
     /// token in the middle of a UTF-8 character, or text held back because it may begin a stop
     /// string) and is then carried by a later event; concatenating every `text` gives the
-    /// output exactly.
+    /// output exactly. A sequence that ends on EOS or a stop token id sends that token too
+    /// (its own text is never part of the output; its event carries any text still held
+    /// back); one that ends on a stop string sends the token that completed it, with the text
+    /// before the stop string.
     Token {
         id: u32,
         text: String,

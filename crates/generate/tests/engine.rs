@@ -374,3 +374,11 @@ async fn text_prompts_use_the_tokenizer_with_bos() {
     assert!(info.chat_template.as_deref().is_some_and(|t| t.contains("im_start")));
     assert!(info.eos_token_ids.contains(&1));
 }
+
+#[test]
+fn engine_handles_cross_threads() {
+    fn send_sync<T: Send + Sync>() {}
+    fn send<T: Send>() {}
+    send_sync::<tern_generate::Engine>();
+    send::<tern_generate::Generation>();
+}
