@@ -329,7 +329,9 @@ def sse_ids_text(events: list[dict]) -> tuple[list[int], str, str | None]:
     reason = None
     for e in events:
         assert "error" not in e, e
-        ids += list(e.get("output_ids", []))
+        # A one-element output is a JSON scalar in Triton's generate extension, a list otherwise.
+        got = e.get("output_ids", [])
+        ids += got if isinstance(got, list) else [got]
         text += e.get("text_output", "")
         if e.get("finish_reason"):
             reason = e["finish_reason"]
@@ -778,16 +780,17 @@ def test_http_disconnect_cancels(serial_server, ref):
 
 
 def test_kv_budget_queues_then_refuses(model_repo, tmp_path, ref):
-    """A KV budget of 300 tokens and a queue of one: one 2 + 250-token sequence fits, two do not.
-    While A runs, B waits in the queue, C finds the queue full and is refused with
-    RESOURCE_EXHAUSTED's message; B runs when A ends, both exact. A request that could never
-    fit the budget is refused at once. The KV bytes in use never pass the budget."""
-    budget = 300 * KV_BYTES_PER_TOKEN
+    """A KV budget of 600 tokens (the node's least is 1 MiB, 512 tokens here) and a queue of one:
+    one 2 + 400-token sequence fits, two do not. While A runs, B waits in the queue, C finds the
+    queue full and is refused with RESOURCE_EXHAUSTED's message; B runs when A ends, both exact.
+    The KV bytes in use never pass the budget. (A request that can never fit cannot be made
+    here: a whole context, 512 tokens, is within any budget the node accepts.)"""
+    budget = 600 * KV_BYTES_PER_TOKEN
     repo = llm_repo(model_repo, tmp_path / "repo", llm_config(kv_cache_bytes=budget, max_queue=1))
     srv = TernServer([repo], log_dir=tmp_path, label="llm-kv").start()
     try:
         addr = metrics_addr(srv)
-        n = 250
+        n = 400
         want = expected(ref, PROMPTS[0], n, ignore_eos=True)[0]
         peak = [0.0]
         done = threading.Event()
@@ -822,10 +825,6 @@ def test_kv_budget_queues_then_refuses(model_repo, tmp_path, ref):
             assert got.error is None, got.error
             assert got.ids == want and got.finish_reason == "length"
         assert 0 < peak[0] <= budget, (peak[0], budget)
-        # Never fits: refused at once, naming the budget.
-        got = grpc_generate(srv.url, PROMPTS[0], max_tokens=400, ignore_eos=True)
-        assert got.error is not None and not got.ids, got
-        assert str(budget) in got.error and MODEL in got.error, got.error
         # Within the budget again: served.
         got = grpc_generate(srv.url, PROMPTS[1], max_tokens=16)
         assert got.error is None and got.ids == expected(ref, PROMPTS[1])[0][:16]
