@@ -101,6 +101,16 @@ bench-http: build examples
 	bash benches/peer/setup.sh
 	.venv/bin/python benches/http_vs_grpc.py --write
 
+## Generation (issue 20, benches/llm.py): generated tokens/s and time to first token p50/p99 at
+## concurrency 1, 4, 16, 64 for tern-node with continuous batching, tern-node with batching off,
+## the in-process ceiling and onnxruntime-genai, all on examples/build_tiny_llm.py's model; prints
+## the table and rewrites the "Generation" section of benches/RESULTS.md. About 2 min on 2 cores
+## (SECONDS_PER_CELL=4 each); the Rust ceiling example builds first when crates/generate has it.
+SECONDS_PER_CELL ?= 4
+.PHONY: bench-llm
+bench-llm: build examples
+	$(VENV_PY) benches/llm.py --seconds $(SECONDS_PER_CELL) --write
+
 ## Criterion micro-benchmarks (benches/benches/*.rs, benches/README.md): request decode and
 ## validation, the BYTES codec, batch assembly and split, config.pbtxt parsing, placement.
 ## About 3 min on 2 cores; QUICK=1 (1 s warm-up, 2 s per benchmark) about 1.5. Medians and

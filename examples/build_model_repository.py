@@ -20,6 +20,9 @@ Models:
   tiny_add              FP32 Add, [N,16], max_batch_size 64 + dynamic batching (as in the
                         Triton setup of tests/python/data/triton_responses.json).
   string_identity       BYTES Identity, no batching (max_batch_size 0, dims [-1]).
+  tiny_llm              a generative language model in ONNX Runtime GenAI's folder layout
+                        (examples/build_tiny_llm.py), NO config.pbtxt: auto-completed as a
+                        decoupled model with Triton's generate-style I/O.
 
 Every model is checked with onnxruntime before it is written; a light model whose re-export
 fails the check is skipped with a warning. Files are only rewritten when their content
@@ -565,6 +568,20 @@ def build_small(out: Path, built: list, skipped: list) -> None:
 
 
 # --------------------------------------------------------------------------------------------
+# Generative language model (examples/build_tiny_llm.py)
+# --------------------------------------------------------------------------------------------
+
+
+def build_llm(out: Path, built: list) -> None:
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    import build_tiny_llm
+
+    summary = build_tiny_llm.build(out / "tiny_llm" / "1")
+    built.append(("tiny_llm", f"generative, vocab {summary['vocab']}, "
+                  f"{summary['params'] / 1e6:.1f} M parameters (ORT GenAI folder)", "auto-complete"))
+
+
+# --------------------------------------------------------------------------------------------
 
 
 def main(argv: list[str]) -> int:
@@ -583,6 +600,8 @@ def main(argv: list[str]) -> int:
     else:
         log("WARNING: light_resnet50 not built, so resnet50_random is skipped too")
         skipped.append("resnet50_random")
+
+    build_llm(out, built)
 
     models = sorted(p.name for p in out.iterdir() if (p / "1" / "model.onnx").exists())
     log(f"\nModel repository: {out}  ({len(models)} models, {time.monotonic() - t0:.1f} s)")

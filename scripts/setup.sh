@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Installs everything Tern's build, examples and tests need into project-local folders:
 #   .venv/                      Python: onnxruntime, onnx, numpy, tritonclient[grpc,http], pytest,
-#                               cryptography (test certificates), PyYAML (make cluster)
+#                               cryptography (test certificates), PyYAML (make cluster),
+#                               tokenizers (examples/build_tiny_llm.py), onnxruntime-genai (the
+#                               generation reference and benchmark; it runs on onnxruntime 1.31.1)
 #   .tern/onnxruntime/          libonnxruntime.so taken from the PyPI onnxruntime wheel
 #   .tern/onnxruntime-gpu/      with GPU=1: the same from onnxruntime-gpu, with its CUDA and
 #                               TensorRT providers
@@ -24,13 +26,14 @@ if [ ! -x .venv/bin/python ]; then
   python3 -m venv .venv
 fi
 PY=.venv/bin/python
-if ! $PY -c "import onnxruntime, onnx, numpy, tritonclient.grpc, tritonclient.http, pytest, cryptography, yaml" 2>/dev/null; then
+if ! $PY -c "import onnxruntime, onnx, numpy, tritonclient.grpc, tritonclient.http, pytest, cryptography, yaml, tokenizers, onnxruntime_genai" 2>/dev/null; then
   log "installing Python packages"
   $PY -m pip install -q --disable-pip-version-check --upgrade pip
   $PY -m pip install -q --disable-pip-version-check \
     "onnxruntime==${ORT_VERSION}" "onnx==1.19.1" "numpy<2.4" \
     "tritonclient[grpc,http]==${TRITONCLIENT_VERSION}" "pytest==8.4.2" \
-    "cryptography==46.0.3" "PyYAML==6.0.3"
+    "cryptography==46.0.3" "PyYAML==6.0.3" \
+    "tokenizers==0.22.2" "onnxruntime-genai==0.18.0"
 fi
 
 # --- ONNX Runtime shared library ------------------------------------------------------------

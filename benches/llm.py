@@ -1,0 +1,447 @@
+#!/usr/bin/env python3
+"""Generation benchmark (issue 20): generated tokens per second and time to first token (TTFT)
+p50/p99 at concurrency 1, 4, 16 and 64, on examples/build_tiny_llm.py's model, for
+
+  (a) tern-node with continuous batching (`max_batch` = the highest concurrency),
+  (b) tern-node with batching off (`max_batch: 1`, a second model over the same folder),
+  (c) the in-process ceiling: crates/generate's `ceiling` example (a plain Rust loop on the
+      same ONNX Runtime) when it builds, else a plain Python onnxruntime loop (labelled so);
+      batch 1 at concurrency 1, the other concurrencies as one static left-padded batch,
+  (d) PyPI onnxruntime-genai's `og.Generator`, one generator per concurrent client (threads).
+
+Same model, same prompts (tests/python/llm_reference.PROMPTS, round robin), every request
+`max_tokens` tokens with `ignore_eos` so each does the same work. Clients of (a) and (b) are
+tritonclient's asyncio gRPC streams, one per concurrent request, TTFT measured from sending the
+request to its first token's response. Each cell: `--warmup` s, then `--seconds` s measured.
+
+    .venv/bin/python benches/llm.py [--seconds 4] [--warmup 1] [--max-tokens 64] [--write]
+
+Needs target/release/tern-node (make build) and the example repository (make examples).
+Prints a markdown table; --write replaces the section "Generation" of benches/RESULTS.md.
+Targets (reported, not asserted): (a) at c=1 >= 90% of (c); (a) at c=16 >= 4x (b) at c=16;
+(a) TTFT p99 at c=16 < 5x its p50.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import re
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "tests" / "python"))
+from llm_reference import PROMPTS, Reference  # noqa: E402
+
+REL = ROOT / "target" / "release"
+REPO = ROOT / "examples" / "model_repository"
+MODEL_DIR = REPO / "tiny_llm" / "1"
+ENV = dict(os.environ, ORT_DYLIB_PATH=os.environ.get(
+    "ORT_DYLIB_PATH", str(ROOT / ".tern/onnxruntime/libonnxruntime.so.1.31.1")), NO_COLOR="1")
+CONCURRENCY = [1, 4, 16, 64]
+
+
+@dataclass
+class Cell:
+    tokens: int = 0
+    ttft_s: list[float] = field(default_factory=list)
+    seconds: float = 0.0
+    requests: int = 0
+    errors: list[str] = field(default_factory=list)
+    note: str = ""
+
+    @property
+    def tps(self) -> float:
+        return self.tokens / self.seconds if self.seconds else 0.0
+
+    def pct(self, q: float) -> float:
+        return float(np.percentile(self.ttft_s, q)) * 1e3 if self.ttft_s else float("nan")
+
+
+class Window:
+    """Counts what happens between `start` and `end` (after a warm-up)."""
+
+    def __init__(self, warmup: float, seconds: float) -> None:
+        now = time.monotonic()
+        self.start = now + warmup
+        self.end = self.start + seconds
+        self.lock = threading.Lock()
+        self.cell = Cell(seconds=seconds)
+
+    def open(self) -> bool:
+        return time.monotonic() < self.end
+
+    def token(self, n: int = 1) -> None:
+        t = time.monotonic()
+        if self.start <= t < self.end:
+            with self.lock:
+                self.cell.tokens += n
+
+    def first(self, sent: float, at: float) -> None:
+        if self.start <= sent < self.end:
+            with self.lock:
+                self.cell.ttft_s.append(at - sent)
+                self.cell.requests += 1
+
+
+# === (a), (b): tern-node over gRPC streams =====================================================
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def bench_repo(tmp: Path, max_batch: int) -> Path:
+    repo = tmp / "repo"
+    for name, batch in (("tiny_llm", max_batch), ("tiny_llm_nobatch", 1)):
+        (repo / name).mkdir(parents=True)
+        os.symlink(MODEL_DIR, repo / name / "1")
+        (repo / name / "config.pbtxt").write_text(
+            f'name: "{name}"\nbackend: "onnxruntime_genai"\nmax_batch_size: 0\n'
+            "model_transaction_policy { decoupled: true }\n"
+            f'parameters {{ key: "max_batch" value {{ string_value: "{batch}" }} }}\n')
+    return repo
+
+
+def start_node(repo: Path, port: int, log: Path) -> subprocess.Popen:
+    cmd = [str(REL / "tern-node"), "--model-repository", str(repo), "--grpc-address", "127.0.0.1",
+           "--grpc-port", str(port), "--metrics-port", "0", "--allow-http", "false"]
+    f = open(log, "w")
+    p = subprocess.Popen(cmd, stdout=f, stderr=subprocess.STDOUT, env=ENV, cwd=ROOT)
+    deadline = time.monotonic() + 180
+    while time.monotonic() < deadline:
+        if "tern-node ready" in log.read_text(errors="replace"):
+            return p
+        if p.poll() is not None:
+            sys.exit(f"tern-node exited:\n{log.read_text()}")
+        time.sleep(0.1)
+    p.kill()
+    sys.exit(f"tern-node not ready:\n{log.read_text()}")
+
+
+def grpc_inputs(prompt: str, max_tokens: int):
+    import tritonclient.grpc as g
+
+    def one(name, dtype, value, np_dtype):
+        t = g.InferInput(name, [1], dtype)
+        t.set_data_from_numpy(np.array([value], dtype=np_dtype))
+        return t
+
+    return [one("text_input", "BYTES", prompt.encode(), np.object_),
+            one("max_tokens", "INT32", max_tokens, np.int32),
+            one("ignore_eos", "BOOL", True, np.bool_)]
+
+
+async def tern_cell(url: str, model: str, conc: int, args) -> Cell:
+    import tritonclient.grpc.aio as aio
+
+    win = Window(args.warmup, args.seconds)
+    client = aio.InferenceServerClient(url)
+
+    async def one_request(prompt: str) -> None:
+        done = asyncio.Event()
+
+        async def requests():
+            yield {"model_name": model, "inputs": grpc_inputs(prompt, args.max_tokens)}
+            await done.wait()  # keep the stream open until the final response
+
+        sent = time.monotonic()
+        first = True
+        call = client.stream_infer(requests())
+        try:
+            async for result, error in call:
+                if error is not None:
+                    win.cell.errors.append(str(error))
+                    break
+                ids = result.as_numpy("output_ids")
+                n = 0 if ids is None else ids.size
+                if n and first:
+                    win.first(sent, time.monotonic())
+                    first = False
+                win.token(n)
+                params = result.get_response().parameters
+                if params["triton_final_response"].bool_param:
+                    break
+        finally:
+            done.set()
+            call.cancel()
+
+    async def worker(w: int) -> None:
+        k = w
+        while win.open():
+            await one_request(PROMPTS[k % len(PROMPTS)])
+            k += conc
+
+    await asyncio.gather(*(worker(w) for w in range(conc)))
+    await client.close()
+    return win.cell
+
+
+# === (c): the in-process ceiling ===============================================================
+
+
+def rust_ceiling(ref: Reference, args) -> Cell | None:
+    """crates/generate's `ceiling` example (a plain greedy loop on ort, one sequence, EOS
+    ignored), once per test prompt's length: None when the branch lacks it or it fails."""
+    if not (ROOT / "crates" / "generate" / "examples" / "ceiling.rs").exists():
+        return None
+    build = subprocess.run(["cargo", "build", "--release", "--locked", "-p", "tern-generate", "--example", "ceiling"],
+                           cwd=ROOT, capture_output=True, text=True, timeout=1800)
+    if build.returncode != 0:
+        print(f"ceiling example did not build; using the Python loop:\n{build.stderr[-2000:]}", file=sys.stderr)
+        return None
+    cell = Cell()
+    for prompt in PROMPTS:
+        cmd = [str(REL / "examples" / "ceiling"), "--model", str(MODEL_DIR), "--prompt-tokens",
+               str(len(ref.encode(prompt))), "--max-tokens", str(args.max_tokens), "--runs", "1"]
+        r = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, env=ENV, timeout=600)
+        lines = [line for line in r.stdout.splitlines() if line.strip().startswith("{")]
+        if r.returncode != 0 or not lines:
+            print(f"ceiling failed ({' '.join(cmd)}); using the Python loop:\n{r.stderr[-2000:]}", file=sys.stderr)
+            return None
+        out = json.loads(lines[-1])
+        cell.tokens += int(out["generated_tokens"])
+        cell.seconds += float(out["total_ms"]) / 1e3
+        cell.ttft_s.append(float(out["ttft_ms"]) / 1e3)
+        cell.requests += 1
+    return cell
+
+
+def python_ceiling_cell(ref: Reference, conc: int, args) -> Cell:
+    """Plain onnxruntime: batch 1 (conc 1) or one static left-padded batch of `conc` prompts."""
+    win = Window(args.warmup, args.seconds)
+    k = 0
+    while win.open():
+        prompts = [ref.encode(PROMPTS[(k + i) % len(PROMPTS)]) for i in range(conc)]
+        k += conc
+        sent = time.monotonic()
+        if conc == 1:
+            logits, past = ref.step(prompts[0], None, 0)
+            win.first(sent, time.monotonic())
+            win.token(1)
+            total = len(prompts[0])
+            nxt = int(np.argmax(logits))
+            for _ in range(args.max_tokens - 1):
+                logits, past = ref.step([nxt], past, total)
+                total += 1
+                nxt = int(np.argmax(logits))
+                win.token(1)
+        else:
+            first_at = []
+            ref_batch_timed(ref, prompts, args.max_tokens, win, first_at)
+            for _ in prompts:
+                win.first(sent, first_at[0])
+    return win.cell
+
+
+def ref_batch_timed(ref: Reference, prompts, max_tokens: int, win: Window, first_at: list) -> None:
+    b = len(prompts)
+    width = max(len(p) for p in prompts)
+    ids = np.zeros((b, width), np.int64)
+    mask = np.zeros((b, width), np.int64)
+    pos = np.zeros((b, width), np.int64)
+    for r, p in enumerate(prompts):
+        ids[r, width - len(p):] = p
+        mask[r, width - len(p):] = 1
+        pos[r, width - len(p):] = np.arange(len(p))
+    lengths = np.array([len(p) for p in prompts], np.int64)
+    feeds = {"input_ids": ids, "attention_mask": mask, "position_ids": pos}
+    for layer in range(ref.layers):
+        for name in ref._past_names(layer):
+            feeds[name] = np.zeros((b, ref.kv_heads, 0, ref.head_size), np.float32)
+    for step in range(max_tokens):
+        out = dict(zip(ref.output_names, ref.session.run(ref.output_names, feeds)))
+        nxt = out["logits"][:, -1].argmax(-1)
+        if step == 0:
+            first_at.append(time.monotonic())
+        win.token(b)
+        mask = np.concatenate([mask, np.ones((b, 1), np.int64)], axis=1)
+        feeds = {"input_ids": nxt[:, None].astype(np.int64), "attention_mask": mask,
+                 "position_ids": lengths[:, None].copy()}
+        lengths += 1
+        for layer in range(ref.layers):
+            for pn, qn in zip(ref._past_names(layer), ref._present_names(layer)):
+                feeds[pn] = out[qn]
+
+
+# === (d): onnxruntime-genai ====================================================================
+
+
+def genai_cell(model, ref: Reference, conc: int, args) -> Cell:
+    import onnxruntime_genai as og
+
+    win = Window(args.warmup, args.seconds)
+
+    def worker(w: int) -> None:
+        k = w
+        while win.open():
+            ids = ref.encode(PROMPTS[k % len(PROMPTS)])
+            k += conc
+            params = og.GeneratorParams(model)
+            params.set_search_options(do_sample=False, max_length=len(ids) + args.max_tokens)
+            sent = time.monotonic()
+            gen = og.Generator(model, params)
+            gen.append_tokens(np.array(ids, dtype=np.int32))
+            n = 0
+            while not gen.is_done() and n < args.max_tokens:
+                gen.generate_next_token()
+                if n == 0:
+                    win.first(sent, time.monotonic())
+                n += 1
+                win.token(1)
+
+    threads = [threading.Thread(target=worker, args=(w,)) for w in range(conc)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return win.cell
+
+
+# === report ====================================================================================
+
+
+def fmt(cell: Cell | None) -> tuple[str, str, str]:
+    if cell is None:
+        return "—", "—", "—"
+    if cell.errors and not cell.tokens:
+        return "error", "—", "—"
+    return f"{cell.tps:.0f}", f"{cell.pct(50):.1f}", f"{cell.pct(99):.1f}"
+
+
+def report(results: dict, args, ceiling_label: str, notes: list[str]) -> list[str]:
+    cpu = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")), "?")
+    rows = [("a", "tern-node, continuous batching", f"max_batch {args.max_batch}"),
+            ("b", "tern-node, batching off", "max_batch 1"),
+            ("c", ceiling_label, "c=1 batch 1; c>1 one static batch"),
+            ("d", "onnxruntime-genai og.Generator", "a generator per client (threads)")]
+    L = ["## Generation (`benches/llm.py`)", "",
+         f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}; {os.cpu_count()} cores ({cpu}), "
+         f"{platform.platform()}; server, clients and loops share the machine. Model: examples/build_tiny_llm.py "
+         f"(4 layers, hidden 256, 8/2 heads, vocab 2048, context 512); the 16 test prompts (2-90 tokens) round "
+         f"robin; {args.max_tokens} tokens per request (ignore_eos); {args.warmup} s warm-up, {args.seconds} s "
+         "measured per cell. TTFT from sending a request to its first token.", "",
+         f"Command: `.venv/bin/python benches/llm.py --seconds {args.seconds} --warmup {args.warmup} "
+         f"--max-tokens {args.max_tokens}{' --write' if args.write else ''}` (`make bench-llm`)", "",
+         "| | engine | setting | " + " | ".join(f"c={c} tok/s | c={c} TTFT p50/p99 ms" for c in CONCURRENCY) + " |",
+         "|---|---|---|" + "---|---|" * len(CONCURRENCY)]
+    for key, name, setting in rows:
+        cells = []
+        for c in CONCURRENCY:
+            tps, p50, p99 = fmt(results.get((key, c)))
+            cells += [tps, f"{p50} / {p99}" if p50 != "—" else "—"]
+        L.append(f"| ({key}) | {name} | {setting} | " + " | ".join(cells) + " |")
+    L += ["", "Targets (reported, not asserted):", ""]
+    a1, c1 = results.get(("a", 1)), results.get(("c", 1))
+    a16, b16 = results.get(("a", 16)), results.get(("b", 16))
+    if a1 and c1 and c1.tps:
+        L.append(f"- c=1, (a) vs the ceiling (c): {100 * a1.tps / c1.tps:.0f}% (target >= 90%)")
+    if a16 and b16 and b16.tps:
+        L.append(f"- c=16, (a) vs batching off (b): {a16.tps / b16.tps:.1f}x (target >= 4x)")
+    if a16 and a16.ttft_s:
+        L.append(f"- c=16, (a) TTFT p99 / p50: {a16.pct(99) / a16.pct(50):.1f}x (target < 5x)")
+    errs = [f"({k}) c={c}: {len(v.errors)} errors, first: {v.errors[0][:200]}"
+            for (k, c), v in results.items() if v.errors]
+    L += [f"- {n}" for n in notes + errs]
+    return L
+
+
+def write_section(lines: list[str]) -> None:
+    path = ROOT / "benches" / "RESULTS.md"
+    text = path.read_text()
+    start = text.find("## Generation (`benches/llm.py`)")
+    if start >= 0:
+        nxt = re.search(r"^## ", text[start + 3:], re.M)
+        end = start + 3 + nxt.start() if nxt else len(text)
+        text = text[:start] + "\n".join(lines) + "\n\n" + text[end:]
+    else:
+        text = text.rstrip() + "\n\n" + "\n".join(lines) + "\n"
+    path.write_text(text)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--seconds", type=float, default=4.0)
+    ap.add_argument("--warmup", type=float, default=1.0)
+    ap.add_argument("--max-tokens", type=int, default=64)
+    ap.add_argument("--max-batch", type=int, default=max(CONCURRENCY))
+    ap.add_argument("--only", default="abcd", help="which rows to run (letters)")
+    ap.add_argument("--write", action="store_true")
+    args = ap.parse_args()
+    if not (MODEL_DIR / "genai_config.json").is_file():
+        sys.exit(f"no {MODEL_DIR}: run `make examples` first")
+    results: dict = {}
+    notes: list[str] = []
+    ref = Reference(MODEL_DIR, threads=0)
+
+    if "a" in args.only or "b" in args.only:
+        tmp = Path(tempfile.mkdtemp(prefix="tern-llm-bench-"))
+        port = free_port()
+        node = start_node(bench_repo(tmp, args.max_batch), port, tmp / "node.log")
+        try:
+            for key, model in (("a", "tiny_llm"), ("b", "tiny_llm_nobatch")):
+                if key not in args.only:
+                    continue
+                for c in CONCURRENCY:
+                    cell = asyncio.run(tern_cell(f"127.0.0.1:{port}", model, c, args))
+                    results[(key, c)] = cell
+                    print(f"({key}) {model} c={c}: {cell.tps:.0f} tok/s, TTFT p50 {cell.pct(50):.1f} ms "
+                          f"p99 {cell.pct(99):.1f} ms, {cell.requests} requests, {len(cell.errors)} errors", flush=True)
+        finally:
+            node.terminate()
+            try:
+                node.wait(30)
+            except subprocess.TimeoutExpired:
+                node.kill()
+            shutil.rmtree(tmp, ignore_errors=True)
+
+    ceiling_label = "in-process ceiling, Python onnxruntime loop"
+    if "c" in args.only:
+        rust = rust_ceiling(ref, args)
+        if rust is not None:
+            ceiling_label = "in-process ceiling: c=1 crates/generate's `ceiling` (Rust loop on ort), c>1 Python loop"
+            results[("c", 1)] = rust
+            print(f"(c) rust ceiling c=1: {rust.tps:.0f} tok/s, TTFT p50 {rust.pct(50):.1f} ms", flush=True)
+        for c in CONCURRENCY:
+            if c == 1 and rust is not None:
+                continue
+            cell = python_ceiling_cell(ref, c, args)
+            results[("c", c)] = cell
+            print(f"(c) python loop c={c}: {cell.tps:.0f} tok/s, TTFT p50 {cell.pct(50):.1f} ms", flush=True)
+
+    if "d" in args.only:
+        try:
+            import onnxruntime_genai as og
+
+            model = og.Model(str(MODEL_DIR))
+            for c in CONCURRENCY:
+                cell = genai_cell(model, ref, c, args)
+                results[("d", c)] = cell
+                print(f"(d) genai c={c}: {cell.tps:.0f} tok/s, TTFT p50 {cell.pct(50):.1f} ms", flush=True)
+        except ImportError as e:
+            notes.append(f"(d) onnxruntime-genai not installed: {e}")
+
+    lines = report(results, args, ceiling_label, notes)
+    print("\n" + "\n".join(lines))
+    if args.write:
+        write_section(lines)
+
+
+if __name__ == "__main__":
+    main()
