@@ -22,6 +22,10 @@ use crate::infer;
 use crate::protojson::to_json;
 use tern_edge::triton::StreamOne;
 
+/// ModelInfer's refusal of a decoupled model (Triton's gRPC words), and the infer route's.
+const DECOUPLED_GRPC: &str = "ModelInfer RPC doesn't support models with decoupled transaction policy";
+const DECOUPLED_HTTP: &str = "HTTP end point doesn't support models with decoupled transaction policy";
+
 /// Triton's header giving the length of the JSON part of a body with binary tensor data.
 pub const HEADER_LENGTH: &str = "inference-header-content-length";
 
@@ -283,7 +287,15 @@ async fn infer_route<T: Service>(
     };
     let (request, kinds) = infer::parse_request(name, version, body, header_len, s.max_body)?;
     let response =
-        call(s, "ModelInfer", headers, request, |svc, req| async move { svc.model_infer(req).await }).await?;
+        call(s, "ModelInfer", headers, request, |svc, req| async move { svc.model_infer(req).await })
+            .await
+            .map_err(|mut e| {
+            // Triton's HTTP words the refusal of a decoupled model its own way (`CheckTransactionPolicy`).
+            if e.message == DECOUPLED_GRPC {
+                e.message = DECOUPLED_HTTP.into();
+            }
+            e
+        })?;
     let out = infer::build_response(response, &kinds)?;
     let has_binary = !out.binary.is_empty();
     let header_len = out.header.len();
