@@ -20,6 +20,8 @@ import json
 import queue
 import re
 import shutil
+import subprocess
+import sys
 import threading
 import time
 import urllib.request
@@ -936,3 +938,42 @@ def test_through_tern_serve(model_repo, tmp_path, ref):
 def test_example_repository_serves_tiny_llm(server, ref):
     """The session's node on the whole example repository (what `make serve` serves)."""
     assert_streamed_like_reference(grpc_generate(server.url, PROMPTS[2]), ref, PROMPTS[2])
+
+
+# ==============================================================================================
+# The README's "Language models" examples, run as written (with the test server's ports)
+# ==============================================================================================
+
+README_MARK = "<!-- llm-examples"
+
+
+def readme_llm_blocks() -> tuple[str, str]:
+    text = (ROOT / "README.md").read_text()
+    start = text.index(README_MARK)
+    python = re.search(r"```python\n(.*?)```", text[start:], re.S)
+    shell = re.search(r"```sh\n(.*?)```", text[start:], re.S)
+    assert python and shell, "the llm-examples marker must be followed by a python and a sh block"
+    return python.group(1), shell.group(1)
+
+
+def test_readme_llm_examples_run(server, ref):
+    """The streaming client prints the greedy text of "The river" (16 tokens, as the reference
+    loop gives it); the curl lines answer one JSON object and SSE events."""
+    python, shell = readme_llm_blocks()
+    python = python.replace("127.0.0.1:8001", server.url)
+    assert server.url in python
+    proc = subprocess.run([sys.executable, "-c", python], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    want = expected(ref, "The river", 16)[1]
+    assert proc.stdout == want + "\n", (proc.stdout, want)
+
+    shell = shell.replace("127.0.0.1:8000", server.http_addr)
+    assert shell.count(server.http_addr) == 2, shell
+    proc = subprocess.run(["bash", "-euo", "pipefail", "-c", shell], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    once, end = json.JSONDecoder().raw_decode(proc.stdout)
+    rest = proc.stdout[end:]
+    assert once["model_name"] == MODEL and once["text_output"] == want, once
+    events = [json.loads(line[len("data: "):]) for line in rest.splitlines() if line.startswith("data: ")]
+    assert len(events) >= 2 and all("error" not in e for e in events), rest
+    assert any(e.get("finish_reason") for e in events), events
