@@ -112,6 +112,24 @@ macro_rules! triton_common_rpcs {
     };
 }
 
+/// The responses of one inference request, in order: one for a plain model; zero or more for a
+/// decoupled model, the last carrying the `triton_final_response` parameter set to true.
+pub type InferResponses =
+    Pin<Box<dyn futures::Stream<Item = Result<pb::ModelInferResponse, tonic::Status>> + Send>>;
+
+/// Runs one request as ModelStreamInfer runs each of its requests, without a gRPC stream around
+/// it: what the HTTP generate routes (`/v2/models/{m}/generate`, `/generate_stream`) call on the
+/// node (its models, decoupled ones included) and on the router (which forwards to a node).
+/// `caller` is the principal the auth layer admitted; the implementation authorizes the model.
+pub trait StreamOne: Send + Sync + 'static {
+    fn stream_one(
+        &self,
+        request: pb::ModelInferRequest,
+        metadata: tonic::metadata::MetadataMap,
+        caller: Option<crate::Principal>,
+    ) -> InferResponses;
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -133,22 +151,4 @@ mod tests {
             ))
         );
     }
-}
-
-/// The responses of one inference request, in order: one for a plain model; zero or more for a
-/// decoupled model, the last carrying the `triton_final_response` parameter set to true.
-pub type InferResponses =
-    Pin<Box<dyn futures::Stream<Item = Result<pb::ModelInferResponse, tonic::Status>> + Send>>;
-
-/// Runs one request as ModelStreamInfer runs each of its requests, without a gRPC stream around
-/// it: what the HTTP generate routes (`/v2/models/{m}/generate`, `/generate_stream`) call on the
-/// node (its models, decoupled ones included) and on the router (which forwards to a node).
-/// `caller` is the principal the auth layer admitted; the implementation authorizes the model.
-pub trait StreamOne: Send + Sync + 'static {
-    fn stream_one(
-        &self,
-        request: pb::ModelInferRequest,
-        metadata: tonic::metadata::MetadataMap,
-        caller: Option<crate::Principal>,
-    ) -> InferResponses;
 }

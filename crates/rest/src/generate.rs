@@ -339,7 +339,7 @@ pub fn place_elements(dims: &[i64], elements: usize) -> Option<Vec<i64>> {
                 }
                 continue;
             }
-            if left % d != 0 {
+            if !left.is_multiple_of(d) {
                 return None;
             }
             left /= d;
