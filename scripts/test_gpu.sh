@@ -55,7 +55,7 @@ die() { printf '[test-gpu] FAIL: %s\n' "$*" >&2; exit 1; }
 if ! command -v nvidia-smi >/dev/null 2>&1 || ! nvidia-smi -L 2>/dev/null | grep -q '^GPU '; then
   log "no NVIDIA GPU on this machine (nvidia-smi $(command -v nvidia-smi >/dev/null && echo 'lists none' || echo 'is not installed')):"
   log "nothing to test here. GPU placement on CPU-only machines (KIND_AUTO -> CPU, KIND_GPU -> clean"
-  log "error or --allow-cpu-fallback) is covered by 'cargo test -p tern-backend-ort' (tests/gpu_placement.rs)."
+  log "error or --allow-cpu-fallback) is covered by 'cargo test -p tern-backend-ort' (tests/cpu/gpu_placement.rs)."
   [ "${REQUIRE_GPU:-0}" = 1 ] && die "REQUIRE_GPU=1 and no GPU"
   exit 0
 fi

@@ -265,7 +265,7 @@ fn cuda_options_reach_ort() {
 
 #[test]
 fn a_cuda_option_tern_does_not_know_is_refused_before_ort_sees_it() {
-    // Checked when the settings are read, so no GPU is needed (tests/accelerator_policy.rs has the rest).
+    // Checked when the settings are read, so no GPU is needed (tests/cpu/accelerator_policy.rs has the rest).
     let c = config(vec![group(Kind::Gpu, 1, &[0])], &[("no_such_cuda_option", "1")], &[]);
     let e = session_settings(&c).err().map(|e| e.to_string());
     assert!(

@@ -1,5 +1,5 @@
 //! The accelerator parsing and its rules, module-level; the security rules end to end are in
-//! `tests/accelerator_policy.rs`.
+//! `tests/cpu/accelerator_policy.rs`.
 
 use tern_proto::inference::model_optimization_policy::ExecutionAccelerators;
 use tern_proto::inference::{ModelOptimizationPolicy, ModelParameter};

@@ -1,13 +1,12 @@
 //! The engine on the example language model (`tiny_llm`, built by examples/build_tiny_llm.py):
 //! real ONNX Runtime sessions, real tokenizer.
 
-mod common;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use common::{Outcome, collect, collect_from, engine, next_event, options, prompt};
+use crate::common::{Outcome, collect, collect_from, engine, next_event, options, prompt};
 use tern_generate::{
     EngineOptions, FinishReason, GenError, GenEvent, GenerateRequest, Prompt, SamplingParams,
 };
@@ -64,7 +63,7 @@ async fn batched(requests: &[GenerateRequest]) -> (Vec<Outcome>, usize) {
         if i > 0 && i % 4 == 0 {
             let want = i * 2;
             let start = Instant::now();
-            while tokens_seen.load(Ordering::Relaxed) < want && start.elapsed() < common::PATIENCE {
+            while tokens_seen.load(Ordering::Relaxed) < want && start.elapsed() < crate::common::PATIENCE {
                 most_running = most_running.max(e.stats().running);
                 tokio::time::sleep(Duration::from_millis(1)).await;
             }
@@ -186,7 +185,7 @@ async fn cancel_and_drop_free_the_slot() {
     // The engine publishes its stats after the step that ended the sequence.
     let start = Instant::now();
     while (e.stats().running, e.stats().waiting, e.stats().kv_bytes_in_use) != (0, 0, 0) {
-        assert!(start.elapsed() < common::PATIENCE, "the slot was not freed: {:?}", e.stats());
+        assert!(start.elapsed() < crate::common::PATIENCE, "the slot was not freed: {:?}", e.stats());
         tokio::time::sleep(Duration::from_millis(2)).await;
     }
 }

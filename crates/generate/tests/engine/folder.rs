@@ -2,16 +2,15 @@
 //! (positions past the model's rotary table, made reachable by a config that claims a longer
 //! context than the model has): the sequences fail with `Internal`, the engine keeps serving.
 
-mod common;
 
 use std::path::Path;
 
-use common::{collect, options, prompt, runtime};
+use crate::common::{collect, options, prompt, runtime};
 use tern_generate::{Engine, FinishReason, GenError, GenerateRequest, Prompt, SamplingParams};
 
 /// A copy of tiny_llm/1 (model and tokenizer linked) with genai_config.json edited.
 fn edited_folder(edit: impl FnOnce(&mut serde_json::Value)) -> tempfile::TempDir {
-    let source = common::model_dir();
+    let source = crate::common::model_dir();
     let dir = tempfile::tempdir().expect("temporary directory");
     for name in ["model.onnx", "tokenizer.json", "tokenizer_config.json"] {
         std::os::unix::fs::symlink(source.join(name), dir.path().join(name)).expect("link");
