@@ -296,6 +296,9 @@ def test_config_numbers_past_the_limits_are_refused(explicit):
          "dynamic_batching.priority_levels 1000000 is over the limit of 128"),
         ({"dynamic_batching": {"default_queue_policy": {"max_queue_size": 4000000000}}},
          "dynamic_batching.default_queue_policy.max_queue_size 4000000000 is over the limit of 65536"),
+        # A stateful model is refused rather than served as a stateless one (no sequence batcher).
+        ({"sequence_batching": {"max_sequence_idle_microseconds": 5000000, "direct": {}}},
+         "sequence_batching is not supported yet"),
     ]
     for change, message in cases:
         with pytest.raises(InferenceServerException) as e:

@@ -18,7 +18,8 @@ use tensor::ConfigTensor;
 use tensor::same_element_count;
 
 /// Checks `config` on its own and against `signature`:
-/// - `name` is set; platform/backend are ONNX Runtime's (or empty); no ensemble scheduling;
+/// - `name` is set; platform/backend are ONNX Runtime's (or empty); no ensemble scheduling and
+///   no sequence batching (not supported yet);
 ///   `max_batch_size >= 0`; `default_model_filename` is a plain file name; the numbers that size
 ///   memory or threads within [`crate::check_bounds`]'s limits;
 /// - dynamic batching preferred sizes are in `1..=max_batch_size`, priority levels consistent;
@@ -163,7 +164,7 @@ pub(crate) fn check_model_filename(model: &str, filename: &str) -> Result<(), Re
     }
 }
 
-/// Triton's checks of the dynamic batcher's settings; ensembles are not Tern's.
+/// Triton's checks of the dynamic batcher's settings; ensembles and sequence batching are refused.
 fn check_scheduling(config: &ModelConfig) -> Result<(), RepositoryError> {
     let model = config.name.as_str();
     let batching = match &config.scheduling_choice {
@@ -174,7 +175,16 @@ fn check_scheduling(config: &ModelConfig) -> Result<(), RepositoryError> {
                 "ensemble_scheduling is not supported; Tern serves ONNX models",
             ));
         }
-        Some(SchedulingChoice::SequenceBatching(_)) | None => return Ok(()),
+        // Triton's sequence batcher keeps per-sequence state and control tensors between
+        // requests; without one, each request would run as if it began a new sequence.
+        Some(SchedulingChoice::SequenceBatching(_)) => {
+            return Err(RepositoryError::invalid(
+                model,
+                "sequence_batching is not supported yet: Tern has no sequence batcher, and serving \
+                 a stateful model as a stateless one would answer wrongly",
+            ));
+        }
+        None => return Ok(()),
     };
     if let Some(&size) =
         batching.preferred_batch_size.iter().find(|&&size| size < 1 || size > config.max_batch_size)

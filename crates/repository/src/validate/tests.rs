@@ -349,6 +349,27 @@ fn batching_settings() {
     );
 }
 
+/// A stateful model must not be served as a stateless one (issue: it was, when its config had
+/// no control tensors, and answered wrongly): until Tern has a sequence batcher, the config is
+/// refused at load, before its control tensors could be reported as missing inputs.
+#[test]
+fn sequence_batching_is_refused_until_supported() {
+    for scheduling in [
+        "sequence_batching { }",
+        "sequence_batching { max_sequence_idle_microseconds: 5000000 direct { } }",
+        "sequence_batching { control_input [ { name: \"START\" control [ { kind: CONTROL_SEQUENCE_START \
+         fp32_false_true: [ 0, 1 ] } ] } ] oldest { max_candidate_sequences: 4 } }",
+    ] {
+        let config = resnet_config(scheduling);
+        assert_eq!(
+            message(&config, &resnet()),
+            "model 'm': sequence_batching is not supported yet: Tern has no sequence batcher, and \
+             serving a stateful model as a stateless one would answer wrongly",
+            "{scheduling}"
+        );
+    }
+}
+
 #[test]
 fn optional_inputs_need_no_batching() {
     let mut config = resnet_config("");
