@@ -11,6 +11,12 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use clap::Parser;
+use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::{
+    TraceService, TraceServiceServer,
+};
+use opentelemetry_proto::tonic::collector::trace::v1::{
+    ExportTraceServiceRequest, ExportTraceServiceResponse,
+};
 use tern_proto::inference::grpc_inference_service_client::GrpcInferenceServiceClient;
 use tokio::sync::oneshot;
 use tonic::transport::Channel;
@@ -172,4 +178,60 @@ impl TestNode {
         }
         tokio::time::timeout(Duration::from_secs(30), &mut self.task).await.context("node did not stop")??
     }
+}
+
+/// An OTLP trace collector on a free loopback port (a real tonic `TraceService`): every export
+/// it receives comes out of [`Collector::exports`], in order. Aborted when dropped.
+pub struct Collector {
+    /// The address to give as the OTLP endpoint (`http://{addr}`).
+    pub addr: SocketAddr,
+    pub exports: tokio::sync::mpsc::UnboundedReceiver<ExportTraceServiceRequest>,
+    task: tokio::task::JoinHandle<Result<(), tonic::transport::Error>>,
+}
+
+struct Exports(tokio::sync::mpsc::UnboundedSender<ExportTraceServiceRequest>);
+
+#[tonic::async_trait]
+impl TraceService for Exports {
+    async fn export(
+        &self,
+        request: tonic::Request<ExportTraceServiceRequest>,
+    ) -> Result<tonic::Response<ExportTraceServiceResponse>, tonic::Status> {
+        let _ = self.0.send(request.into_inner());
+        Ok(tonic::Response::new(ExportTraceServiceResponse { partial_success: None }))
+    }
+}
+
+impl Collector {
+    pub async fn start() -> anyhow::Result<Collector> {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let addr = listener.local_addr()?;
+        let (tx, exports) = tokio::sync::mpsc::unbounded_channel();
+        let task = tokio::spawn(
+            tonic::transport::Server::builder()
+                .add_service(TraceServiceServer::new(Exports(tx)))
+                .serve_with_incoming(tonic::transport::server::TcpIncoming::from(listener)),
+        );
+        Ok(Collector { addr, exports, task })
+    }
+
+    /// Tracing settings that export to this collector as `service`.
+    pub fn tracing_config(&self, service: &str) -> tern_telemetry::TracingConfig {
+        tern_telemetry::TracingConfig {
+            trace_otlp_endpoint: Some(format!("http://{}", self.addr)),
+            service_name: service.into(),
+            ..Default::default()
+        }
+    }
+}
+
+impl Drop for Collector {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// Lowercase hex of trace and span ids, as W3C traceparent writes them.
+pub fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }

@@ -6,52 +6,17 @@
 
 use std::time::Duration;
 
-use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::{
-    TraceService, TraceServiceServer,
-};
-use opentelemetry_proto::tonic::collector::trace::v1::{
-    ExportTraceServiceRequest, ExportTraceServiceResponse,
-};
 use opentelemetry_proto::tonic::trace::v1::Span;
-use tern_tests::{TempRepo, TestNode};
+use tern_tests::{Collector, TempRepo, TestNode, hex};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::sync::mpsc;
-
-struct Collector(mpsc::UnboundedSender<ExportTraceServiceRequest>);
-
-#[tonic::async_trait]
-impl TraceService for Collector {
-    async fn export(
-        &self,
-        request: tonic::Request<ExportTraceServiceRequest>,
-    ) -> Result<tonic::Response<ExportTraceServiceResponse>, tonic::Status> {
-        let _ = self.0.send(request.into_inner());
-        Ok(tonic::Response::new(ExportTraceServiceResponse { partial_success: None }))
-    }
-}
 
 const CLIENT_TRACE: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
 const CLIENT_SPAN: &str = "00f067aa0ba902b7";
 
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn http_request_continues_the_clients_trace() -> anyhow::Result<()> {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-    let addr = listener.local_addr()?;
-    let (tx, mut rx) = mpsc::unbounded_channel();
-    let collector = tokio::spawn(
-        tonic::transport::Server::builder()
-            .add_service(TraceServiceServer::new(Collector(tx)))
-            .serve_with_incoming(tonic::transport::server::TcpIncoming::from(listener)),
-    );
-    let cfg = tern_telemetry::TracingConfig {
-        trace_otlp_endpoint: Some(format!("http://{addr}")),
-        service_name: "tern-node".into(),
-        ..Default::default()
-    };
+    let mut collector = Collector::start().await?;
+    let cfg = collector.tracing_config("tern-node");
     let guard = tern_telemetry::init_tracing(&cfg)?;
 
     // A free port for HTTP (TestNode reports only the gRPC address).
@@ -80,7 +45,7 @@ async fn http_request_continues_the_clients_trace() -> anyhow::Result<()> {
     let mut spans: Vec<Span> = Vec::new();
     let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
     while !spans.iter().any(|s| s.name == "infer") {
-        let Ok(Some(batch)) = tokio::time::timeout_at(deadline, rx.recv()).await else {
+        let Ok(Some(batch)) = tokio::time::timeout_at(deadline, collector.exports.recv()).await else {
             let names: Vec<&str> = spans.iter().map(|s| s.name.as_str()).collect();
             anyhow::bail!("collector got only {names:?}");
         };
@@ -91,6 +56,5 @@ async fn http_request_continues_the_clients_trace() -> anyhow::Result<()> {
     let infer = spans.iter().find(|s| s.name == "infer").expect("infer span");
     assert_eq!(hex(&infer.trace_id), CLIENT_TRACE, "the HTTP request continues the client's trace");
     assert_eq!(hex(&infer.parent_span_id), CLIENT_SPAN);
-    collector.abort();
     Ok(())
 }

@@ -10,38 +10,14 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use clap::Parser;
-use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::{
-    TraceService, TraceServiceServer,
-};
-use opentelemetry_proto::tonic::collector::trace::v1::{
-    ExportTraceServiceRequest, ExportTraceServiceResponse,
-};
 use opentelemetry_proto::tonic::common::v1::any_value::Value;
 use opentelemetry_proto::tonic::trace::v1::Span;
 use tern_proto::inference::grpc_inference_service_client::GrpcInferenceServiceClient;
 use tern_proto::inference::{self as pb, model_infer_request::InferInputTensor};
-use tern_tests::{TempRepo, TestNode};
-use tokio::sync::mpsc;
-
-struct Collector(mpsc::UnboundedSender<ExportTraceServiceRequest>);
-
-#[tonic::async_trait]
-impl TraceService for Collector {
-    async fn export(
-        &self,
-        request: tonic::Request<ExportTraceServiceRequest>,
-    ) -> Result<tonic::Response<ExportTraceServiceResponse>, tonic::Status> {
-        let _ = self.0.send(request.into_inner());
-        Ok(tonic::Response::new(ExportTraceServiceResponse { partial_success: None }))
-    }
-}
+use tern_tests::{Collector, TempRepo, TestNode, hex};
 
 const CLIENT_TRACE: &str = "5b8efff798038103d269b633813fc60c";
 const CLIENT_SPAN: &str = "eee19b7ec3c1b174";
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
 
 fn attribute(span: &Span, key: &str) -> Option<String> {
     let value = span.attributes.iter().find(|a| a.key == key)?.value.as_ref()?.value.clone()?;
@@ -76,19 +52,8 @@ fn traced<T>(message: T) -> anyhow::Result<tonic::Request<T>> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_nodes_span_is_a_child_of_the_routers_span() -> anyhow::Result<()> {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-    let addr = listener.local_addr()?;
-    let (tx, mut rx) = mpsc::unbounded_channel();
-    let collector = tokio::spawn(
-        tonic::transport::Server::builder()
-            .add_service(TraceServiceServer::new(Collector(tx)))
-            .serve_with_incoming(tonic::transport::server::TcpIncoming::from(listener)),
-    );
-    let cfg = tern_telemetry::TracingConfig {
-        trace_otlp_endpoint: Some(format!("http://{addr}")),
-        service_name: "tern-cluster".into(),
-        ..Default::default()
-    };
+    let mut collector = Collector::start().await?;
+    let cfg = collector.tracing_config("tern-cluster");
     let guard = tern_telemetry::init_tracing(&cfg)?;
 
     let repo = TempRepo::new()?.with_example("tiny_add")?;
@@ -150,7 +115,7 @@ async fn the_nodes_span_is_a_child_of_the_routers_span() -> anyhow::Result<()> {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
     let count = |spans: &[Span], name: &str| spans.iter().filter(|s| s.name == name).count();
     while count(&spans, "route") < 2 || count(&spans, "infer") < 2 {
-        let Ok(Some(batch)) = tokio::time::timeout_at(deadline, rx.recv()).await else {
+        let Ok(Some(batch)) = tokio::time::timeout_at(deadline, collector.exports.recv()).await else {
             let names: Vec<&str> = spans.iter().map(|s| s.name.as_str()).collect();
             anyhow::bail!("collector got only {names:?}");
         };
@@ -179,6 +144,5 @@ async fn the_nodes_span_is_a_child_of_the_routers_span() -> anyhow::Result<()> {
         );
     }
     assert_ne!(infers[0].parent_span_id, infers[1].parent_span_id, "one router span per request");
-    collector.abort();
     Ok(())
 }

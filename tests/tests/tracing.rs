@@ -8,52 +8,17 @@
 use std::time::Duration;
 
 use bytes::Bytes;
-use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::{
-    TraceService, TraceServiceServer,
-};
-use opentelemetry_proto::tonic::collector::trace::v1::{
-    ExportTraceServiceRequest, ExportTraceServiceResponse,
-};
 use opentelemetry_proto::tonic::trace::v1::Span;
 use tern_proto::inference::{self as pb, model_infer_request::InferInputTensor};
-use tern_tests::{TempRepo, TestNode};
-use tokio::sync::mpsc;
-
-struct Collector(mpsc::UnboundedSender<ExportTraceServiceRequest>);
-
-#[tonic::async_trait]
-impl TraceService for Collector {
-    async fn export(
-        &self,
-        request: tonic::Request<ExportTraceServiceRequest>,
-    ) -> Result<tonic::Response<ExportTraceServiceResponse>, tonic::Status> {
-        let _ = self.0.send(request.into_inner());
-        Ok(tonic::Response::new(ExportTraceServiceResponse { partial_success: None }))
-    }
-}
+use tern_tests::{Collector, TempRepo, TestNode, hex};
 
 const CLIENT_TRACE: &str = "0af7651916cd43dd8448eb211c80319c";
 const CLIENT_SPAN: &str = "b7ad6b7169203331";
 
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_request_exports_its_span_tree_under_the_clients_trace() -> anyhow::Result<()> {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-    let addr = listener.local_addr()?;
-    let (tx, mut rx) = mpsc::unbounded_channel();
-    let collector = tokio::spawn(
-        tonic::transport::Server::builder()
-            .add_service(TraceServiceServer::new(Collector(tx)))
-            .serve_with_incoming(tonic::transport::server::TcpIncoming::from(listener)),
-    );
-    let cfg = tern_telemetry::TracingConfig {
-        trace_otlp_endpoint: Some(format!("http://{addr}")),
-        service_name: "tern-node".into(),
-        ..Default::default()
-    };
+    let mut collector = Collector::start().await?;
+    let cfg = collector.tracing_config("tern-node");
     let guard = tern_telemetry::init_tracing(&cfg)?;
 
     let repo = TempRepo::new()?.with_example("tiny_add")?;
@@ -82,7 +47,7 @@ async fn one_request_exports_its_span_tree_under_the_clients_trace() -> anyhow::
     let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
     let wanted = ["infer", "queue", "execute", "compute_infer"];
     while !wanted.iter().all(|w| spans.iter().any(|s| s.name == *w)) {
-        let Ok(Some(batch)) = tokio::time::timeout_at(deadline, rx.recv()).await else {
+        let Ok(Some(batch)) = tokio::time::timeout_at(deadline, collector.exports.recv()).await else {
             let names: Vec<&str> = spans.iter().map(|s| s.name.as_str()).collect();
             anyhow::bail!("collector got only {names:?}");
         };
@@ -101,6 +66,5 @@ async fn one_request_exports_its_span_tree_under_the_clients_trace() -> anyhow::
         "the batch span links to the request span"
     );
     assert_eq!(compute.parent_span_id, execute.span_id, "compute_infer runs under execute");
-    collector.abort();
     Ok(())
 }
