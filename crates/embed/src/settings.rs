@@ -323,3 +323,105 @@ fn names(specs: &[TensorSpec]) -> String {
     let quoted: Vec<String> = specs.iter().map(|s| format!("'{}'", s.name)).collect();
     format!("[{}]", quoted.join(", "))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tern_proto::inference::{ModelOutput, ModelParameter};
+
+    fn with_params(params: &[(&str, &str)]) -> ModelConfig {
+        let mut config = ModelConfig::default();
+        for (k, v) in params {
+            config.parameters.insert((*k).into(), ModelParameter { string_value: (*v).into() });
+        }
+        config
+    }
+
+    fn model_file(dir: &Path) -> PathBuf {
+        let version = dir.join("1");
+        std::fs::create_dir_all(&version).expect("version dir");
+        version.join("model.onnx")
+    }
+
+    #[test]
+    fn parameters_and_sentence_transformers_files() -> Result<(), Box<dyn std::error::Error>> {
+        let dir = tempfile::tempdir()?;
+        let file = model_file(dir.path());
+        assert_eq!(resolve("m", &ModelConfig::default(), &file)?, None, "a plain model");
+        let s = resolve("m", &with_params(&[(POOLING_KEY, "cls"), (NORMALIZE_KEY, "false")]), &file)?;
+        assert_eq!(s, Some(EmbeddingSettings { pooling: Pooling::Cls, normalize: false, max_tokens: 512 }));
+
+        // Without parameters: 1_Pooling/config.json, modules.json and sentence_bert_config.json.
+        std::fs::create_dir_all(dir.path().join("1_Pooling"))?;
+        std::fs::write(dir.path().join(ST_POOLING_FILE), r#"{"pooling_mode_mean_tokens": true}"#)?;
+        std::fs::write(
+            dir.path().join(ST_MODULES_FILE),
+            r#"[{"type": "sentence_transformers.models.Pooling"}, {"type": "sentence_transformers.models.Normalize"}]"#,
+        )?;
+        std::fs::write(dir.path().join(ST_CONFIG_FILE), r#"{"max_seq_length": 256}"#)?;
+        let s = resolve("m", &ModelConfig::default(), &file)?;
+        assert_eq!(s, Some(EmbeddingSettings { pooling: Pooling::Mean, normalize: true, max_tokens: 256 }));
+        Ok(())
+    }
+
+    #[test]
+    fn bad_settings_name_model_and_field() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let file = model_file(dir.path());
+        let err =
+            |params: &[(&str, &str)]| resolve("m", &with_params(params), &file).err().unwrap_or_default();
+        let cases: [(&[(&str, &str)], &str); 4] = [
+            (&[(POOLING_KEY, "max")], "model 'm': parameters 'embedding_pooling': unknown pooling 'max'"),
+            (&[(POOLING_KEY, "mean"), (NORMALIZE_KEY, "yes")], "'embedding_normalize': 'yes'"),
+            (&[(POOLING_KEY, "mean"), (MAX_TOKENS_KEY, "2")], "'embedding_max_tokens': 2 is out of range"),
+            (&[(NORMALIZE_KEY, "true")], "'embedding_normalize' is given without 'embedding_pooling'"),
+        ];
+        for (params, expected) in cases {
+            let message = err(params);
+            assert!(message.contains(expected), "{message}");
+        }
+    }
+
+    #[test]
+    fn the_onnx_model_must_take_token_ids_and_give_hidden_states() {
+        let spec = |name: &str, datatype, dims: &[i64]| TensorSpec {
+            name: name.into(),
+            datatype,
+            dims: dims.to_vec(),
+        };
+        let bert = ModelSignature {
+            inputs: vec![
+                spec(INPUT_IDS, DataType::Int64, &[-1, -1]),
+                spec(ATTENTION_MASK, DataType::Int64, &[-1, -1]),
+                spec(TOKEN_TYPE_IDS, DataType::Int64, &[-1, -1]),
+            ],
+            outputs: vec![spec("last_hidden_state", DataType::Fp32, &[-1, -1, 384])],
+        };
+        let config = ModelConfig::default();
+        let inputs = model_inputs("m", &bert, &config).expect("a BERT encoder");
+        assert_eq!((inputs.token_type_ids, inputs.hidden_size), (true, 384));
+        assert_eq!(served_signature(&inputs).outputs[0].dims, vec![-1, 384]);
+
+        let mut no_mask = bert.clone();
+        no_mask.inputs.remove(1);
+        let e = model_inputs("m", &no_mask, &config).err().unwrap_or_default();
+        assert!(e.contains("model 'm'") && e.contains("lacks input 'attention_mask'"), "{e}");
+
+        let mut pooled = bert.clone();
+        pooled.outputs = vec![spec("last_hidden_state", DataType::Fp32, &[-1, 384])];
+        let e = model_inputs("m", &pooled, &config).err().unwrap_or_default();
+        assert!(e.contains("rank 3"), "{e}");
+
+        // A symbolic hidden size needs the config's `embedding` dims.
+        let mut symbolic = bert;
+        symbolic.outputs[0].dims = vec![-1, -1, -1];
+        assert!(model_inputs("m", &symbolic, &config).is_err());
+        let mut given = ModelConfig::default();
+        given.output.push(ModelOutput {
+            name: EMBEDDING_OUTPUT.into(),
+            dims: vec![768],
+            ..Default::default()
+        });
+        assert_eq!(model_inputs("m", &symbolic, &given).map(|i| i.hidden_size), Ok(768));
+    }
+}
