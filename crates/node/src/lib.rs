@@ -111,10 +111,11 @@ pub async fn run_with(
         config.model_repositories.clone(),
         LoadOptions {
             strict_model_config: config.strict_model_config,
-            backend: Arc::new(tern_backend_ort::OrtFactory {
+            // Embedding models get tokenization and pooling around their ORT sessions.
+            backend: Arc::new(tern_embed::EmbeddingFactory::new(tern_backend_ort::OrtFactory {
                 allow_cpu_fallback: config.allow_cpu_fallback,
                 accelerator_cache_dir: config.accelerator_cache_dir.clone(),
-            }),
+            })),
             model_repositories: config.model_repositories.clone(),
             model_key: config.model_key.load().map_err(anyhow::Error::msg)?,
             generative: Some(Arc::new(generate::EngineFactory)),
