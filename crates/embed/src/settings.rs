@@ -404,7 +404,10 @@ mod tests {
         let config = ModelConfig::default();
         let inputs = model_inputs("m", &bert, &config).expect("a BERT encoder");
         assert_eq!((inputs.token_type_ids, inputs.hidden_size), (true, 384));
-        assert_eq!(served_signature(&inputs).outputs[0].dims, vec![-1, 384]);
+        let served = served_signature(&inputs);
+        assert_eq!(served.outputs[0].dims, vec![-1, 384]);
+        // `text` is marked UTF-8 so validation refuses other bytes per request.
+        assert!(served.inputs[0].name == TEXT_INPUT && served.inputs[0].utf8);
 
         let mut no_mask = bert.clone();
         no_mask.inputs.remove(1);
