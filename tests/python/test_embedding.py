@@ -201,7 +201,7 @@ def test_invalid_utf8_is_refused_per_request_and_batched_neighbours_are_served(n
     def bad(i: int) -> None:
         channel, stub = raw_stub(node.url)
         try:
-            # Element 0 is fine; element 1 is not UTF-8 (a lone continuation byte, a truncated sequence).
+            # Element 0 is fine; element 1 is not UTF-8 (a cut two-byte sequence, or bytes UTF-8 never uses).
             raw = serialize_bytes([b"fine", b"caf\xc3 \x80" if i % 2 else b"\xff\xfe"])
             req = infer_request(MODEL, [("text", "BYTES", [2, 1], None)], raw=[raw])
             start.wait(30)
