@@ -25,6 +25,7 @@ fn model(name: &str, input_dims: &[i64], output_dims: &[i64]) -> ModelIo {
         reshape: None,
         optional: false,
         labels: None,
+        utf8: false,
     };
     ModelIo {
         model: name.into(),

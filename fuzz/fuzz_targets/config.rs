@@ -7,7 +7,12 @@ use tern_core::{DataType, ModelSignature, TensorSpec};
 fuzz_target!(|data: &[u8]| {
     let Ok(text) = std::str::from_utf8(data) else { return };
     let Ok(config) = tern_repository::parse_config(text) else { return };
-    let spec = |name: &str| TensorSpec { name: name.into(), datatype: DataType::Fp32, dims: vec![-1, 16] };
+    let spec = |name: &str| TensorSpec {
+        name: name.into(),
+        datatype: DataType::Fp32,
+        dims: vec![-1, 16],
+        utf8: false,
+    };
     let signature = ModelSignature { inputs: vec![spec("INPUT0")], outputs: vec![spec("OUTPUT0")] };
     let _ = tern_repository::check_file_names("m", &config);
     let _ = tern_repository::validate(&config, &signature);

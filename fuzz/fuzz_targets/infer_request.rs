@@ -9,7 +9,15 @@ use tern_core::{DataType, IoSpec, ModelIo, validate_request};
 use tern_proto::inference::ModelInferRequest;
 
 fn spec(name: &str, datatype: DataType, dims: &[i64]) -> IoSpec {
-    IoSpec { name: name.into(), datatype, dims: dims.to_vec(), reshape: None, optional: false, labels: None }
+    IoSpec {
+        name: name.into(),
+        datatype,
+        dims: dims.to_vec(),
+        reshape: None,
+        optional: false,
+        labels: None,
+        utf8: false,
+    }
 }
 
 fuzz_target!(|data: &[u8]| {
@@ -29,6 +37,12 @@ fuzz_target!(|data: &[u8]| {
             max_batch_size: 0,
             inputs: vec![spec("INPUT0", DataType::Bytes, &[-1])],
             outputs: vec![spec("OUTPUT0", DataType::Bytes, &[-1])],
+        },
+        ModelIo {
+            model: "embedder".into(),
+            max_batch_size: 64,
+            inputs: vec![IoSpec { utf8: true, ..spec("text", DataType::Bytes, &[1]) }],
+            outputs: vec![spec("embedding", DataType::Fp32, &[384])],
         },
     ];
     for io in &models {

@@ -176,6 +176,56 @@ def test_bad_input_is_refused_and_the_node_keeps_serving(node, reference, tokeni
     check_vectors(TEXTS[:2], result.as_numpy("embedding"), result.as_numpy("token_count"), reference, tokenizer)
 
 
+def test_invalid_utf8_is_refused_per_request_and_batched_neighbours_are_served(node, reference, tokenizer):
+    """Bad requests arrive among many good ones at once: each bad one alone gets
+    INVALID_ARGUMENT naming the model, `text` and the element; every good one in the same
+    dynamic batch window gets its own right vector."""
+    good_texts = [f"{TEXTS[i % len(TEXTS)]} (neighbour {i})" for i in range(24)]
+    bad_count = 6
+    start = threading.Barrier(len(good_texts) + bad_count)
+    answers: dict[int, tuple] = {}
+    refusals: dict[int, str] = {}
+    errors: list = []
+
+    def good(i: int) -> None:
+        try:
+            c = grpcclient.InferenceServerClient(node.url)
+            inp = text_input_grpc([good_texts[i]])
+            start.wait(30)
+            r = c.infer(MODEL, [inp])
+            answers[i] = (r.as_numpy("embedding"), r.as_numpy("token_count"))
+            c.close()
+        except Exception as e:  # noqa: BLE001 - reported below
+            errors.append((i, str(e)))
+
+    def bad(i: int) -> None:
+        channel, stub = raw_stub(node.url)
+        try:
+            # Element 0 is fine; element 1 is not UTF-8 (a cut two-byte sequence, or bytes UTF-8 never uses).
+            raw = serialize_bytes([b"fine", b"caf\xc3 \x80" if i % 2 else b"\xff\xfe"])
+            req = infer_request(MODEL, [("text", "BYTES", [2, 1], None)], raw=[raw])
+            start.wait(30)
+            refusals[i] = expect_rpc_error(lambda: stub.ModelInfer(req, timeout=60), grpc.StatusCode.INVALID_ARGUMENT)
+        except BaseException as e:  # noqa: BLE001 - pytest.fail raises outside Exception
+            errors.append(("bad", i, str(e)))
+        finally:
+            channel.close()
+
+    threads = [threading.Thread(target=good, args=(i,)) for i in range(len(good_texts))]
+    threads += [threading.Thread(target=bad, args=(i,)) for i in range(bad_count)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    assert not errors, errors
+    assert sorted(refusals) == list(range(bad_count))
+    for msg in refusals.values():
+        assert MODEL in msg and "'text'" in msg and "element 1" in msg and "UTF-8" in msg, msg
+    for i, text in enumerate(good_texts):
+        vectors, counts = answers[i]
+        check_vectors([text], vectors, counts, reference, tokenizer)
+
+
 def broken_variant(repo: Path, name: str, config_edit=None, drop_tokenizer=False, model_bytes=None) -> None:
     src = repo / MODEL
     dst = repo / name

@@ -267,6 +267,8 @@ fn spec(kind: &'static str, outlet: &Outlet) -> Result<TensorSpec, OrtBackendErr
         name: outlet.name().to_string(),
         datatype: datatype_of(*ty).ok_or_else(unsupported)?,
         dims: shape.iter().map(|&d| if d < 0 { -1 } else { d }).collect(),
+        // ONNX string tensors are byte strings; only a backend that reads text asks for UTF-8.
+        utf8: false,
     })
 }
 

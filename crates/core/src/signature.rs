@@ -12,6 +12,9 @@ pub struct TensorSpec {
     pub name: String,
     pub datatype: DataType,
     pub dims: Vec<i64>,
+    /// BYTES elements must be UTF-8 text (a backend that reads them as strings says so);
+    /// validation then refuses a request with any other bytes before it is queued.
+    pub utf8: bool,
 }
 
 /// The inputs and outputs of a model file, in the file's order.

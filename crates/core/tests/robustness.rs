@@ -199,6 +199,7 @@ fn spec(name: &str, datatype: DataType, dims: &[i64], reshape: Option<&[i64]>) -
         reshape: reshape.map(<[i64]>::to_vec),
         optional: false,
         labels: None,
+        utf8: false,
     }
 }
 

@@ -178,6 +178,9 @@ impl Backend for EmbeddingBackend {
                     settings::MAX_TEXT_BYTES
                 )));
             }
+            // Second line of defence: the served signature marks `text` UTF-8, so request
+            // validation already refused such a request alone, before it could join a batch.
+            // Reached only by callers that bypass validation (warmup data, direct use).
             let s = std::str::from_utf8(element).map_err(|e| {
                 BackendError::InvalidInput(format!(
                     "input '{}' element {index} is not valid UTF-8: {e}",

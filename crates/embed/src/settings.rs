@@ -309,9 +309,12 @@ pub fn model_inputs(model: &str, onnx: &ModelSignature, config: &ModelConfig) ->
 
 /// What clients see: `text` -> `embedding`, `token_count`, batched.
 pub fn served_signature(inputs: &ModelInputs) -> ModelSignature {
-    let spec = |name: &str, datatype, dims: Vec<i64>| TensorSpec { name: name.into(), datatype, dims };
+    let spec =
+        |name: &str, datatype, dims: Vec<i64>| TensorSpec { name: name.into(), datatype, dims, utf8: false };
     ModelSignature {
-        inputs: vec![spec(TEXT_INPUT, DataType::Bytes, vec![-1, 1])],
+        // The tokenizer reads text: validation refuses non-UTF-8 per request, before the
+        // request can join (and fail) a batch.
+        inputs: vec![TensorSpec { utf8: true, ..spec(TEXT_INPUT, DataType::Bytes, vec![-1, 1]) }],
         outputs: vec![
             spec(EMBEDDING_OUTPUT, DataType::Fp32, vec![-1, inputs.hidden_size as i64]),
             spec(TOKEN_COUNT_OUTPUT, DataType::Int64, vec![-1, 1]),
@@ -388,6 +391,7 @@ mod tests {
             name: name.into(),
             datatype,
             dims: dims.to_vec(),
+            utf8: false,
         };
         let bert = ModelSignature {
             inputs: vec![
@@ -400,7 +404,10 @@ mod tests {
         let config = ModelConfig::default();
         let inputs = model_inputs("m", &bert, &config).expect("a BERT encoder");
         assert_eq!((inputs.token_type_ids, inputs.hidden_size), (true, 384));
-        assert_eq!(served_signature(&inputs).outputs[0].dims, vec![-1, 384]);
+        let served = served_signature(&inputs);
+        assert_eq!(served.outputs[0].dims, vec![-1, 384]);
+        // `text` is marked UTF-8 so validation refuses other bytes per request.
+        assert!(served.inputs[0].name == TEXT_INPUT && served.inputs[0].utf8);
 
         let mut no_mask = bert.clone();
         no_mask.inputs.remove(1);

@@ -107,7 +107,11 @@ pub fn load_version(
         .map_err(|e| e.to_string())?;
     tern_repository::validate(&config, &signature).map_err(|e| e.to_string())?;
     let labels = tern_repository::load_labels(&source.dir, &config).map_err(|e| e.to_string())?;
-    let io = model_io(&config, &labels)?;
+    let mut io = model_io(&config, &labels)?;
+    // The config has no word for "UTF-8 only"; the backend's signature does.
+    for spec in &mut io.inputs {
+        spec.utf8 = signature.inputs.iter().any(|s| s.name == spec.name && s.utf8);
+    }
 
     // The runtime places the instances; the config reports the groups as placed, as Triton does.
     let placement = loader.plan(&config).map_err(in_version)?;
@@ -217,6 +221,7 @@ pub(crate) fn model_io(
                 reshape: i.reshape.as_ref().map(|r| r.shape.clone()),
                 optional: i.optional,
                 labels: None,
+                utf8: false,
             })
         })
         .collect::<Result<_, String>>()?;
@@ -231,6 +236,7 @@ pub(crate) fn model_io(
                 reshape: o.reshape.as_ref().map(|r| r.shape.clone()),
                 optional: false,
                 labels: labels.get(&o.name).cloned(),
+                utf8: false,
             })
         })
         .collect::<Result<_, String>>()?;

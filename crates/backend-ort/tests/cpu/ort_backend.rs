@@ -123,7 +123,7 @@ fn decode(datatype: DataType, mut data: &[u8]) -> Vec<Vec<u8>> {
 }
 
 fn spec(name: &str, datatype: DataType, dims: &[i64]) -> TensorSpec {
-    TensorSpec { name: name.to_string(), datatype, dims: dims.to_vec() }
+    TensorSpec { name: name.to_string(), datatype, dims: dims.to_vec(), utf8: false }
 }
 
 #[test]

@@ -26,6 +26,9 @@ pub struct IoSpec {
     pub reshape: Option<Vec<i64>>,
     /// An input the request may leave out.
     pub optional: bool,
+    /// BYTES elements must be UTF-8 (from the model's [`TensorSpec`](crate::TensorSpec)):
+    /// checked per request here, so one bad request never fails the batch it would join.
+    pub utf8: bool,
     /// Class labels for the classification extension (outputs only).
     pub labels: Option<Arc<Vec<String>>>,
 }
@@ -81,6 +84,16 @@ fn dims_match(expected: &[i64], got: &[i64]) -> bool {
 /// Element count of a client-given shape; `None` on a negative dimension or overflow.
 pub fn element_count(shape: &[i64]) -> Option<u64> {
     shape.iter().try_fold(1u64, |acc, &d| u64::try_from(d).ok().and_then(|d| acc.checked_mul(d)))
+}
+
+/// The first BYTES element of `data` that is not UTF-8, with its index. `data` was already
+/// counted, so its framing is sound.
+fn check_utf8(data: &[u8]) -> Result<(), (usize, std::str::Utf8Error)> {
+    for (index, element) in codec::bytes_elements(data).enumerate() {
+        let Ok(element) = element else { return Ok(()) };
+        std::str::from_utf8(element).map_err(|e| (index, e))?;
+    }
+    Ok(())
 }
 
 /// Validates `req` against `io`. Consumes the request so raw payloads move into the tensors
@@ -251,6 +264,15 @@ pub fn validate_request(io: &ModelIo, req: ModelInferRequest) -> Result<Validate
                         id_prefix(&id),
                         input.name
                     )));
+                }
+                if spec.utf8 {
+                    check_utf8(&data).map_err(|(index, e)| {
+                        invalid(format!(
+                            "{}input '{}' element {index} for model '{model}' is not valid UTF-8: {e}",
+                            id_prefix(&id),
+                            input.name
+                        ))
+                    })?;
                 }
             }
         }

@@ -5,7 +5,15 @@ use tern_proto::inference::{
 };
 
 fn spec(name: &str, datatype: DataType, dims: &[i64]) -> IoSpec {
-    IoSpec { name: name.into(), datatype, dims: dims.to_vec(), reshape: None, optional: false, labels: None }
+    IoSpec {
+        name: name.into(),
+        datatype,
+        dims: dims.to_vec(),
+        reshape: None,
+        optional: false,
+        labels: None,
+        utf8: false,
+    }
 }
 
 fn tiny_add() -> ModelIo {
@@ -184,6 +192,45 @@ fn bytes_inputs_are_checked_for_framing_and_count() {
         invalid(validate_request(&strings_model(), req(Bytes::from_static(&[1, 0]), 1)))
             .contains("length prefix")
     );
+}
+
+#[test]
+fn utf8_inputs_refuse_other_bytes_per_request_naming_model_tensor_and_element() {
+    let text_model = ModelIo {
+        model: "embedder".into(),
+        max_batch_size: 8,
+        inputs: vec![IoSpec { utf8: true, ..spec("text", DataType::Bytes, &[1]) }],
+        outputs: vec![spec("embedding", DataType::Fp32, &[4])],
+    };
+    let req = |elements: &[&[u8]]| ModelInferRequest {
+        model_name: "embedder".into(),
+        id: "r7".into(),
+        inputs: vec![input("text", "BYTES", &[elements.len() as i64, 1])],
+        raw_input_contents: vec![codec::encode_bytes_elements(elements.iter().copied())],
+        ..Default::default()
+    };
+    let ok: [&[u8]; 3] = [b"plain", "Grüße 東京 🚀".as_bytes(), b""];
+    let v = validate_request(&text_model, req(&ok)).expect("UTF-8 text is valid");
+    assert_eq!(v.batch_size, 3);
+
+    for (bad, index) in [(&b"caf\xc3"[..], 1), (&b"\xff\xfe"[..], 1), (&b"a\x80"[..], 1)] {
+        let msg = invalid(validate_request(&text_model, req(&[b"fine", bad, b"also fine"])));
+        assert!(
+            msg.contains("[request id: r7]")
+                && msg.contains("'embedder'")
+                && msg.contains("input 'text'")
+                && msg.contains(&format!("element {index}"))
+                && msg.contains("not valid UTF-8"),
+            "{msg}"
+        );
+    }
+    // The first bad element is the one named.
+    let msg = invalid(validate_request(&text_model, req(&[b"\xc0", b"\xff"])));
+    assert!(msg.contains("element 0"), "{msg}");
+
+    // Without the flag BYTES stay opaque bytes, as Triton treats them.
+    let opaque = ModelIo { inputs: vec![spec("text", DataType::Bytes, &[1])], ..text_model };
+    validate_request(&opaque, req(&[b"\xff\xfe"])).expect("opaque BYTES pass");
 }
 
 #[test]

@@ -87,7 +87,8 @@ struct FakeLoader {
 
 /// One input `x` and one output `y`, both FP32 `[2]`.
 pub fn signature() -> ModelSignature {
-    let spec = |name: &str| TensorSpec { name: name.into(), datatype: DataType::Fp32, dims: vec![2] };
+    let spec =
+        |name: &str| TensorSpec { name: name.into(), datatype: DataType::Fp32, dims: vec![2], utf8: false };
     ModelSignature { inputs: vec![spec("x")], outputs: vec![spec("y")] }
 }
 

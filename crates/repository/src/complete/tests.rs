@@ -4,7 +4,7 @@ use tern_core::DataType;
 use tern_proto::inference::DataType as ConfigType;
 
 fn spec(name: &str, datatype: DataType, dims: &[i64]) -> TensorSpec {
-    TensorSpec { name: name.to_owned(), datatype, dims: dims.to_vec() }
+    TensorSpec { name: name.to_owned(), datatype, dims: dims.to_vec(), utf8: false }
 }
 
 /// light_resnet50 of the reference: FP32 [-1,3,224,224] -> [-1,1000].

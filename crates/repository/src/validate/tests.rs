@@ -4,7 +4,7 @@ use tern_core::DataType;
 use tern_proto::inference::ModelTensorReshape;
 
 fn spec(name: &str, datatype: DataType, dims: &[i64]) -> TensorSpec {
-    TensorSpec { name: name.to_owned(), datatype, dims: dims.to_vec() }
+    TensorSpec { name: name.to_owned(), datatype, dims: dims.to_vec(), utf8: false }
 }
 
 fn resnet() -> ModelSignature {

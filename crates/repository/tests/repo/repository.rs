@@ -24,11 +24,13 @@ fn resnet() -> ModelSignature {
             name: "input".to_owned(),
             datatype: DataType::Fp32,
             dims: vec![-1, 3, 224, 224],
+            utf8: false,
         }],
         outputs: vec![TensorSpec {
             name: "output".to_owned(),
             datatype: DataType::Fp32,
             dims: vec![-1, 1000],
+            utf8: false,
         }],
     }
 }

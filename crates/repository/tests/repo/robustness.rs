@@ -213,8 +213,12 @@ fn iterations() -> usize {
 }
 
 fn signatures() -> Vec<ModelSignature> {
-    let spec =
-        |name: &str, datatype, dims: &[i64]| TensorSpec { name: name.into(), datatype, dims: dims.to_vec() };
+    let spec = |name: &str, datatype, dims: &[i64]| TensorSpec {
+        name: name.into(),
+        datatype,
+        dims: dims.to_vec(),
+        utf8: false,
+    };
     vec![
         ModelSignature {
             inputs: vec![
