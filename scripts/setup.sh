@@ -26,14 +26,15 @@ if [ ! -x .venv/bin/python ]; then
   python3 -m venv .venv
 fi
 PY=.venv/bin/python
-if ! $PY -c "import onnxruntime, onnx, numpy, tritonclient.grpc, tritonclient.http, pytest, cryptography, yaml, tokenizers, onnxruntime_genai" 2>/dev/null; then
+if ! $PY -c "import onnxruntime, onnx, numpy, tritonclient.grpc, tritonclient.http, pytest, cryptography, yaml, tokenizers, onnxruntime_genai, openai, jinja2" 2>/dev/null; then
   log "installing Python packages"
   $PY -m pip install -q --disable-pip-version-check --upgrade pip
   $PY -m pip install -q --disable-pip-version-check \
     "onnxruntime==${ORT_VERSION}" "onnx==1.19.1" "numpy<2.4" \
     "tritonclient[grpc,http]==${TRITONCLIENT_VERSION}" "pytest==8.4.2" \
     "cryptography==46.0.3" "PyYAML==6.0.3" \
-    "tokenizers==0.22.2" "onnxruntime-genai==0.18.0"
+    "tokenizers==0.22.2" "onnxruntime-genai==0.18.0" \
+    "openai==3.51.0" "jinja2==3.1.6"
 fi
 
 # --- ONNX Runtime shared library ------------------------------------------------------------
