@@ -313,7 +313,6 @@ def test_disconnect_mid_stream_frees_the_slot(model_repo, tmp_path, ref):
                         events += 1
                     if events == 3:
                         break
-                assert model_value(scrape(addr), GEN_METRIC_FAMILIES["running"]) == 1
         wait_until(lambda: model_value(scrape(addr), GEN_METRIC_FAMILIES["running"]) == 0, 30,
                    "the running gauge to return to 0")
         r = client(srv).completions.create(model=MODEL, prompt=PROMPTS[2], max_tokens=8, temperature=0)
