@@ -425,7 +425,9 @@ pub(crate) fn usage_parameters(
     prompt_tokens: u32,
     completion_tokens: u32,
 ) {
-    for (key, n) in [(PROMPT_TOKENS_PARAMETER, prompt_tokens), (COMPLETION_TOKENS_PARAMETER, completion_tokens)] {
+    for (key, n) in
+        [(PROMPT_TOKENS_PARAMETER, prompt_tokens), (COMPLETION_TOKENS_PARAMETER, completion_tokens)]
+    {
         parameters.insert(
             key.to_owned(),
             InferParameter { parameter_choice: Some(ParameterChoice::Int64Param(i64::from(n))) },

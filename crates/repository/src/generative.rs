@@ -71,9 +71,13 @@ pub const MAX_CHAT_TEMPLATE_BYTES: usize = 256 << 10;
 /// template given as a list of named templates (newer Hugging Face files) gives its "default"
 /// one. No tokenizer_config.json, or no template in it: nothing is added (the chat route then
 /// says the model has no chat template).
-pub fn complete_chat_parameters(name: &str, config: &mut ModelConfig, dir: &Path) -> Result<(), RepositoryError> {
-    use tern_proto::inference::ModelParameter;
+pub fn complete_chat_parameters(
+    name: &str,
+    config: &mut ModelConfig,
+    dir: &Path,
+) -> Result<(), RepositoryError> {
     use serde_json::Value;
+    use tern_proto::inference::ModelParameter;
     let invalid = |message: String| RepositoryError::invalid(name, message);
     let path = dir.join(TOKENIZER_CONFIG_FILENAME);
     let Ok(meta) = std::fs::metadata(&path) else { return Ok(()) };

@@ -167,9 +167,8 @@ pub(crate) async fn route<T: Service>(
             want(method, Method::POST).map(|_| None)
         }
         other => match other.strip_prefix("/v1/models/") {
-            Some(id) => want(method, Method::GET).and_then(|_| {
-                crate::routes::decode_segment(id).map(Some).map_err(OpenAiError::from)
-            }),
+            Some(id) => want(method, Method::GET)
+                .and_then(|_| crate::routes::decode_segment(id).map(Some).map_err(OpenAiError::from)),
             None => Err(OpenAiError {
                 status: StatusCode::NOT_FOUND,
                 message: format!("Unknown request URL: {method} {path}"),
@@ -196,7 +195,10 @@ fn want(method: &Method, allowed: Method) -> Result<(), OpenAiError> {
     if *method == allowed {
         Ok(())
     } else {
-        Err(OpenAiError { code: Some("method_not_allowed"), ..OpenAiError::from(RestError::method_not_allowed()) })
+        Err(OpenAiError {
+            code: Some("method_not_allowed"),
+            ..OpenAiError::from(RestError::method_not_allowed())
+        })
     }
 }
 
@@ -227,7 +229,11 @@ fn response_id(prefix: &str) -> String {
 
 /// The READY models the caller's token may see (RepositoryIndex with the caller's principal,
 /// which filters by the token's models), one entry per name.
-async fn models<T: Service>(s: &Shared<T>, headers: &HeaderMap, id: Option<&str>) -> Result<Response, OpenAiError> {
+async fn models<T: Service>(
+    s: &Shared<T>,
+    headers: &HeaderMap,
+    id: Option<&str>,
+) -> Result<Response, OpenAiError> {
     let caller = authorize(s, "ModelStreamInfer", headers)?;
     let request = pb::RepositoryIndexRequest { repository_name: String::new(), ready: true };
     let index = s.service.repository_index(grpc_request(request, headers, caller)).await?.into_inner();
@@ -299,7 +305,8 @@ fn embedding_facts(config: &pb::ModelConfig) -> Option<EmbeddingFacts> {
         _ => return None,
     };
     let count = config.output.iter().find(|o| o.name == "token_count")?;
-    (count.data_type == pb::DataType::TypeInt64 as i32).then_some(EmbeddingFacts { max_batch_size, dimensions })
+    (count.data_type == pb::DataType::TypeInt64 as i32)
+        .then_some(EmbeddingFacts { max_batch_size, dimensions })
 }
 
 /// ModelConfig answers per model, kept [`FACTS_TTL`]. The lock is held only to read or write
@@ -397,9 +404,9 @@ fn object(body: &[u8]) -> Result<Map<String, Value>, OpenAiError> {
     match serde_json::from_slice::<Value>(body) {
         Ok(Value::Object(map)) => Ok(map),
         Ok(_) => Err(OpenAiError::bad_request("the request body must be a JSON object")),
-        Err(e) => Err(OpenAiError::bad_request(format!(
-            "We could not parse the JSON body of your request: {e}"
-        ))),
+        Err(e) => {
+            Err(OpenAiError::bad_request(format!("We could not parse the JSON body of your request: {e}")))
+        }
     }
 }
 
@@ -458,7 +465,10 @@ pub fn parse_generate(kind: Kind, body: &[u8]) -> Result<GenRequest, OpenAiError
                     items if items.iter().all(Value::is_string) => {
                         return Err(OpenAiError::invalid(
                             "prompt",
-                            format!("'prompt' holds {} prompts: Tern takes one prompt per request", items.len()),
+                            format!(
+                                "'prompt' holds {} prompts: Tern takes one prompt per request",
+                                items.len()
+                            ),
                         ));
                     }
                     _ => {
@@ -701,9 +711,12 @@ pub fn header_timeout(headers: &HeaderMap, stream: bool) -> Result<Option<Durati
     for name in names {
         let Some(v) = headers.get(*name) else { continue };
         let text = v.to_str().unwrap_or("");
-        let seconds = text.trim().parse::<f64>().ok().filter(|s| s.is_finite() && *s > 0.0).ok_or_else(|| {
-            OpenAiError::bad_request(format!("header '{name}' must be a positive number of seconds, got '{text}'"))
-        })?;
+        let seconds =
+            text.trim().parse::<f64>().ok().filter(|s| s.is_finite() && *s > 0.0).ok_or_else(|| {
+                OpenAiError::bad_request(format!(
+                    "header '{name}' must be a positive number of seconds, got '{text}'"
+                ))
+            })?;
         return Ok(Some(Duration::from_secs_f64(seconds.min(MAX_TIMEOUT.as_secs_f64()))));
     }
     Ok(None)
@@ -1031,15 +1044,8 @@ async fn generate<T: Service>(
         // OpenAI's first chat chunk carries the role and empty content.
         out.push_back(sse(&framer.chunk("", None)));
     }
-    let relay = Relay {
-        model: r.model.clone(),
-        caller,
-        framer,
-        responses: Some(responses),
-        first,
-        out,
-        tokens: 0,
-    };
+    let relay =
+        Relay { model: r.model.clone(), caller, framer, responses: Some(responses), first, out, tokens: 0 };
     let events = futures::stream::unfold(relay, |mut relay| async move {
         let bytes = relay.next().await?;
         Some((Ok::<_, Infallible>(bytes), relay))
@@ -1132,9 +1138,8 @@ pub struct EmbeddingsRequest {
 pub fn parse_embeddings(body: &[u8]) -> Result<EmbeddingsRequest, OpenAiError> {
     let b = object(body)?;
     let model = model_field(&b)?;
-    let token_arrays = || {
-        OpenAiError::invalid("input", "'input' as token ids is not supported: give strings")
-    };
+    let token_arrays =
+        || OpenAiError::invalid("input", "'input' as token ids is not supported: give strings");
     let inputs = match b.get("input") {
         Some(Value::String(s)) => vec![s.clone()],
         Some(Value::Array(items)) if items.is_empty() => {
@@ -1159,7 +1164,9 @@ pub fn parse_embeddings(body: &[u8]) -> Result<EmbeddingsRequest, OpenAiError> {
         None | Some(Value::Null) => {
             return Err(OpenAiError::invalid("input", "you must provide an input parameter"));
         }
-        Some(_) => return Err(OpenAiError::invalid("input", "'input' must be a string or a list of strings")),
+        Some(_) => {
+            return Err(OpenAiError::invalid("input", "'input' must be a string or a list of strings"));
+        }
     };
     let base64 = match b.get("encoding_format") {
         None | Some(Value::Null) => false,
@@ -1264,7 +1271,11 @@ pub fn embedding_entry(index: usize, row: &[u8], base64: bool) -> Value {
     json!({"object": "embedding", "index": index, "embedding": embedding})
 }
 
-async fn embeddings<T: Service>(s: &Shared<T>, headers: &HeaderMap, body: Body) -> Result<Response, OpenAiError> {
+async fn embeddings<T: Service>(
+    s: &Shared<T>,
+    headers: &HeaderMap,
+    body: Body,
+) -> Result<Response, OpenAiError> {
     let caller = authorize(s, "ModelInfer", headers)?;
     let bytes = body::read(headers, body, s.max_body).await?;
     let r = parse_embeddings(&bytes)?;
@@ -1285,7 +1296,10 @@ async fn embeddings<T: Service>(s: &Shared<T>, headers: &HeaderMap, body: Body) 
     {
         return Err(OpenAiError::invalid(
             "dimensions",
-            format!("model '{}' gives {} dimensions; 'dimensions' {d} is not supported", r.model, e.dimensions),
+            format!(
+                "model '{}' gives {} dimensions; 'dimensions' {d} is not supported",
+                r.model, e.dimensions
+            ),
         ));
     }
     // Batches of at most max_batch_size, sent at once: the dynamic batcher merges them with
@@ -1340,13 +1354,23 @@ mod tests {
         assert_eq!(r.stop, vec!["\n".to_string()]);
         assert!(r.stream && r.include_usage);
         // OpenAI's default max_tokens for completions.
-        assert_eq!(parse_body(Kind::Completion, r#"{"model": "m", "prompt": "x"}"#).expect("ok").max_tokens, Some(16));
-        let chat = parse_body(Kind::Chat, r#"{"model": "m", "messages": [{"role": "user", "content": "x"}],
-                                       "max_completion_tokens": 3, "max_tokens": 9}"#)
+        assert_eq!(
+            parse_body(Kind::Completion, r#"{"model": "m", "prompt": "x"}"#).expect("ok").max_tokens,
+            Some(16)
+        );
+        let chat = parse_body(
+            Kind::Chat,
+            r#"{"model": "m", "messages": [{"role": "user", "content": "x"}],
+                                       "max_completion_tokens": 3, "max_tokens": 9}"#,
+        )
         .expect("chat");
         assert_eq!(chat.max_tokens, Some(3));
-        assert_eq!(parse_body(Kind::Chat, r#"{"model":"m","messages":[{"role":"user","content":"x"}]}"#)
-            .expect("chat").max_tokens, None);
+        assert_eq!(
+            parse_body(Kind::Chat, r#"{"model":"m","messages":[{"role":"user","content":"x"}]}"#)
+                .expect("chat")
+                .max_tokens,
+            None
+        );
     }
 
     #[test]
@@ -1364,10 +1388,18 @@ mod tests {
             (Kind::Completion, r#"{"prompt": "x"}"#, "model"),
             (Kind::Chat, r#"{"model": "m", "messages": []}"#, "messages"),
             (Kind::Chat, r#"{"model": "m", "messages": [{"role": "robot", "content": "x"}]}"#, "messages"),
-            (Kind::Chat, r#"{"model": "m", "messages": [{"role": "user", "content": "x"}],
-                             "tools": [{"type": "function"}]}"#, "tools"),
-            (Kind::Chat, r#"{"model": "m", "messages": [{"role": "user", "content": "x"}],
-                             "frequency_penalty": 0.5}"#, "frequency_penalty"),
+            (
+                Kind::Chat,
+                r#"{"model": "m", "messages": [{"role": "user", "content": "x"}],
+                             "tools": [{"type": "function"}]}"#,
+                "tools",
+            ),
+            (
+                Kind::Chat,
+                r#"{"model": "m", "messages": [{"role": "user", "content": "x"}],
+                             "frequency_penalty": 0.5}"#,
+                "frequency_penalty",
+            ),
         ];
         for (kind, body, param) in cases {
             let e = parse_body(kind, body).expect_err(body);
@@ -1403,9 +1435,13 @@ mod tests {
 
     #[test]
     fn chat_templates_render_like_transformers() {
-        let messages = [json!({"role": "system", "content": "Be brief."}), json!({"role": "user", "content": "Hi"})];
+        let messages =
+            [json!({"role": "system", "content": "Be brief."}), json!({"role": "user", "content": "Hi"})];
         let text = render_chat("m", CHATML, "<s>", "</s>", &messages).expect("render");
-        assert_eq!(text, "<|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n");
+        assert_eq!(
+            text,
+            "<|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n"
+        );
         // Python string methods, bos_token, trim_blocks / lstrip_blocks, raise_exception.
         let template = "{{ bos_token }}\n{% for m in messages %}\n  {% if m['role'] == 'system' %}{{ raise_exception('no system role') }}{% endif %}\n{{ m['content'].strip().upper() }}{% if m['content'].startswith(' ') %}!{% endif %}\n{% endfor %}";
         let out = render_chat("m", template, "<s>", "</s>", &[json!({"role": "user", "content": " hi "})])
@@ -1427,7 +1463,10 @@ mod tests {
             json!({"error": {"message": "bad n", "type": "invalid_request_error", "param": "n", "code": null}})
         );
         let e = OpenAiError::from(tonic::Status::not_found("Request for unknown model: 'x' is not found"));
-        assert_eq!((e.status, e.code, e.param.as_deref()), (StatusCode::NOT_FOUND, Some("model_not_found"), Some("model")));
+        assert_eq!(
+            (e.status, e.code, e.param.as_deref()),
+            (StatusCode::NOT_FOUND, Some("model_not_found"), Some("model"))
+        );
         let e = OpenAiError::from(tonic::Status::resource_exhausted("KV budget"));
         assert_eq!((e.status, e.kind), (StatusCode::TOO_MANY_REQUESTS, "rate_limit_error"));
         let e = OpenAiError::from(tonic::Status::unauthenticated("no token"));
@@ -1471,12 +1510,18 @@ mod tests {
             ("output_ids", Bytes::from_static(&[1, 0, 0, 0, 2, 0, 0, 0])),
             ("finish_reason", bytes_elements([b"length".as_slice()])),
         ] {
-            response.outputs.push(pb::model_infer_response::InferOutputTensor { name: name.into(), ..Default::default() });
+            response.outputs.push(pb::model_infer_response::InferOutputTensor {
+                name: name.into(),
+                ..Default::default()
+            });
             response.raw_output_contents.push(raw);
         }
         response.parameters.insert(PROMPT_TOKENS.into(), parameter(ParameterChoice::Int64Param(7)));
         let p = piece(&response).expect("piece");
-        assert_eq!((p.text.as_str(), p.tokens, p.finish.as_deref(), p.prompt_tokens, p.last), ("ab", 2, Some("length"), Some(7), true));
+        assert_eq!(
+            (p.text.as_str(), p.tokens, p.finish.as_deref(), p.prompt_tokens, p.last),
+            ("ab", 2, Some("length"), Some(7), true)
+        );
         assert_eq!(finish_reason("length"), Ok("length"));
         assert_eq!(finish_reason("stop"), Ok("stop"));
         assert_eq!(finish_reason("deadline").map_err(|e| e.status), Err(StatusCode::GATEWAY_TIMEOUT));
@@ -1484,10 +1529,16 @@ mod tests {
 
     #[test]
     fn engine_requests_carry_inputs_and_parameters() {
-        let r = parse_body(Kind::Completion, r#"{"model": "m", "prompt": "x", "stop": ["a", "bc"], "seed": 3, "temperature": 0}"#)
-            .expect("ok");
+        let r = parse_body(
+            Kind::Completion,
+            r#"{"model": "m", "prompt": "x", "stop": ["a", "bc"], "seed": 3, "temperature": 0}"#,
+        )
+        .expect("ok");
         let request = infer_request(&r, "x", Some(Duration::from_millis(1500)));
-        assert_eq!(request.inputs.iter().map(|i| i.name.as_str()).collect::<Vec<_>>(), ["text_input", "stop"]);
+        assert_eq!(
+            request.inputs.iter().map(|i| i.name.as_str()).collect::<Vec<_>>(),
+            ["text_input", "stop"]
+        );
         assert_eq!(request.inputs[1].shape, vec![2]);
         assert_eq!(&request.raw_input_contents[1][..], b"\x01\0\0\0a\x02\0\0\0bc");
         let p = |k: &str| request.parameters[k].parameter_choice.clone();
@@ -1506,8 +1557,10 @@ mod tests {
 
     #[test]
     fn embeddings_requests_and_entries() {
-        let r = parse_embeddings(br#"{"model": "e", "input": ["a", "b"], "encoding_format": "base64", "dimensions": 4}"#)
-            .expect("ok");
+        let r = parse_embeddings(
+            br#"{"model": "e", "input": ["a", "b"], "encoding_format": "base64", "dimensions": 4}"#,
+        )
+        .expect("ok");
         assert_eq!((r.inputs.len(), r.base64, r.dimensions), (2, true, Some(4)));
         for (body, param) in [
             (r#"{"model": "e", "input": [[1, 2]]}"#, "input"),
@@ -1523,9 +1576,24 @@ mod tests {
         assert_eq!(embedding_entry(0, &row, false)["embedding"], json!([1.0, -0.5]));
         assert_eq!(embedding_entry(1, &row, true)["embedding"], json!("AACAPwAAAL8="));
         let mut config = pb::ModelConfig { max_batch_size: 8, ..Default::default() };
-        config.input.push(pb::ModelInput { name: "text".into(), data_type: pb::DataType::TypeString as i32, dims: vec![1], ..Default::default() });
-        config.output.push(pb::ModelOutput { name: "embedding".into(), data_type: pb::DataType::TypeFp32 as i32, dims: vec![384], ..Default::default() });
-        config.output.push(pb::ModelOutput { name: "token_count".into(), data_type: pb::DataType::TypeInt64 as i32, dims: vec![1], ..Default::default() });
+        config.input.push(pb::ModelInput {
+            name: "text".into(),
+            data_type: pb::DataType::TypeString as i32,
+            dims: vec![1],
+            ..Default::default()
+        });
+        config.output.push(pb::ModelOutput {
+            name: "embedding".into(),
+            data_type: pb::DataType::TypeFp32 as i32,
+            dims: vec![384],
+            ..Default::default()
+        });
+        config.output.push(pb::ModelOutput {
+            name: "token_count".into(),
+            data_type: pb::DataType::TypeInt64 as i32,
+            dims: vec![1],
+            ..Default::default()
+        });
         assert_eq!(embedding_facts(&config), Some(EmbeddingFacts { max_batch_size: 8, dimensions: 384 }));
         config.max_batch_size = 0;
         assert_eq!(embedding_facts(&config), None);

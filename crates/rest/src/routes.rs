@@ -50,9 +50,8 @@ pub fn app<T: Service>(
     auth: Option<Arc<tern_edge::Authenticator>>,
     max_body: usize,
 ) -> axum::Router {
-    let created = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs());
+    let created =
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
     let shared = Arc::new(Shared { service, auth, max_body, openai: Default::default(), created });
     axum::Router::new().fallback(move |req: axum::extract::Request| {
         let shared = shared.clone();
