@@ -12,7 +12,8 @@ runs of each are summed, so slow drift of the machine falls on both alike.
 
     .venv/bin/python benches/openai.py [--seconds 4] [--max-tokens 64] [--write]
 
-Needs target/release/tern-node and the example repository (make build examples). --write
+Needs target/release/tern-node and the example repository (make build examples; or
+TERN_MODEL_REPOSITORY=DIR). --write
 replaces the section "OpenAI API vs generate extension" of benches/RESULTS.md.
 Target (reported, not asserted): the OpenAI route within 5% of the generate route.
 """
@@ -39,7 +40,7 @@ sys.path.insert(0, str(ROOT / "tests" / "python"))
 from llm_reference import PROMPTS  # noqa: E402
 
 REL = ROOT / "target" / "release"
-MODEL_DIR = ROOT / "examples" / "model_repository" / "tiny_llm" / "1"
+MODEL_DIR = Path(os.environ.get("TERN_MODEL_REPOSITORY", ROOT / "examples" / "model_repository")) / "tiny_llm" / "1"
 ENV = dict(os.environ, ORT_DYLIB_PATH=os.environ.get(
     "ORT_DYLIB_PATH", str(ROOT / ".tern/onnxruntime/libonnxruntime.so.1.31.1")), NO_COLOR="1")
 SECTION = "## OpenAI API vs generate extension (`benches/openai.py`)"
