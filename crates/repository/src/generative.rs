@@ -643,7 +643,9 @@ mod tests {
         complete_chat_parameters("llm", &mut given, &dir).map_err(|e| e.to_string())?;
         assert_eq!(given.parameters[CHAT_TEMPLATE_KEY].string_value, "mine");
         std::fs::write(&file, r#"{"chat_template": 7}"#).map_err(|e| e.to_string())?;
-        let e = complete_chat_parameters("llm", &mut complete(None)?, &dir).map(|_| ()).unwrap_err();
+        let e = complete_chat_parameters("llm", &mut complete(None)?, &dir)
+            .map(|_| ())
+            .expect_err("a number is not a template");
         assert!(e.to_string().contains("'chat_template' must be a string"), "{e}");
         std::fs::remove_dir_all(&dir).map_err(|e| e.to_string())?;
         Ok(())

@@ -392,6 +392,9 @@ pub struct GenRequest {
     pub include_usage: bool,
 }
 
+/// Whether a field holds its default value.
+type IsDefault = dyn Fn(&Value) -> bool;
+
 fn is_null_or(v: Option<&Value>, default: impl Fn(&Value) -> bool) -> bool {
     match v {
         None | Some(Value::Null) => true,
@@ -424,7 +427,7 @@ pub fn parse_generate(kind: Kind, body: &[u8]) -> Result<GenRequest, OpenAiError
     let b = object(body)?;
     let mut r = GenRequest { model: model_field(&b)?, ..Default::default() };
     // Parameters Tern does not implement: accepted only at their defaults.
-    let unsupported: &[(&str, &dyn Fn(&Value) -> bool)] = &[
+    let unsupported: &[(&str, &IsDefault)] = &[
         ("n", &|v: &Value| v.as_u64() == Some(1)),
         ("best_of", &|v: &Value| v.as_u64() == Some(1)),
         ("echo", &|v: &Value| v == &Value::Bool(false)),
@@ -1309,8 +1312,8 @@ async fn embeddings<T: Service>(
         let request = grpc_request(embedding_request(model, texts), headers, caller.clone());
         let service = s.service.clone();
         async move {
-            let response = service.model_infer(request).await?.into_inner();
-            Ok::<_, OpenAiError>(embedding_rows(model, &response, texts.len(), e.dimensions)?)
+            let response = service.model_infer(request).await.map_err(OpenAiError::from)?.into_inner();
+            embedding_rows(model, &response, texts.len(), e.dimensions)
         }
     });
     let answers = futures::future::try_join_all(calls).await?;
