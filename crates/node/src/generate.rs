@@ -413,6 +413,28 @@ impl ResponseBuilder {
     }
 }
 
+/// Final-response parameter: tokens of the prompt as the engine encoded it (the OpenAI routes'
+/// `usage.prompt_tokens`; the edge has no tokenizer).
+pub const PROMPT_TOKENS_PARAMETER: &str = "prompt_tokens";
+/// Final-response parameter: tokens the generation produced.
+pub const COMPLETION_TOKENS_PARAMETER: &str = "completion_tokens";
+
+/// Puts the usage counts on a final response as int64 parameters.
+pub(crate) fn usage_parameters(
+    parameters: &mut HashMap<String, InferParameter>,
+    prompt_tokens: u32,
+    completion_tokens: u32,
+) {
+    for (key, n) in
+        [(PROMPT_TOKENS_PARAMETER, prompt_tokens), (COMPLETION_TOKENS_PARAMETER, completion_tokens)]
+    {
+        parameters.insert(
+            key.to_owned(),
+            InferParameter { parameter_choice: Some(ParameterChoice::Int64Param(i64::from(n))) },
+        );
+    }
+}
+
 /// How a generation went, for statistics and metrics (recorded once, when it ends).
 pub(crate) struct Progress {
     pub arrived: Instant,
@@ -477,7 +499,9 @@ impl Running {
                     let stats = self.builder.model.scheduler.stats();
                     stats.record_request(self.progress.elapsed());
                     let (text, ids) = (std::mem::take(&mut self.text), std::mem::take(&mut self.ids));
-                    return Some(Ok(self.builder.response(&text, &ids, Some(reason))));
+                    let mut response = self.builder.response(&text, &ids, Some(reason));
+                    usage_parameters(&mut response.parameters, prompt_tokens, generated_tokens);
+                    return Some(Ok(response));
                 }
                 GenEvent::Failed(e) => {
                     self.done = true;

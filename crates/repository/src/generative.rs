@@ -51,6 +51,90 @@ pub const MAX_GEN_QUEUE: usize = 65_536;
 /// Upper bound of `intra_op_thread_count` (as for ONNX models).
 pub const MAX_GEN_THREADS: usize = 1_024;
 
+/// `parameters` key: the model's chat template (tokenizer_config.json `chat_template`), which
+/// the OpenAI chat route renders at the edge (it has no tokenizer files).
+pub const CHAT_TEMPLATE_KEY: &str = "chat_template";
+/// `parameters` key: tokenizer_config.json `bos_token` (a template variable).
+pub const BOS_TOKEN_KEY: &str = "bos_token";
+/// `parameters` key: tokenizer_config.json `eos_token` (a template variable).
+pub const EOS_TOKEN_KEY: &str = "eos_token";
+/// The tokenizer file that holds the chat template.
+pub const TOKENIZER_CONFIG_FILENAME: &str = "tokenizer_config.json";
+/// Largest tokenizer_config.json read for the chat template (real ones are a few hundred KiB
+/// at most, with their added-token tables).
+pub const MAX_TOKENIZER_CONFIG_BYTES: u64 = 8 << 20;
+/// Largest chat template carried in the config (real ones are a few KiB).
+pub const MAX_CHAT_TEMPLATE_BYTES: usize = 256 << 10;
+
+/// Adds `chat_template`, `bos_token` and `eos_token` from `dir`'s tokenizer_config.json to the
+/// config `parameters` of generative model `name`, each unless the config already gives it. A
+/// template given as a list of named templates (newer Hugging Face files) gives its "default"
+/// one. No tokenizer_config.json, or no template in it: nothing is added (the chat route then
+/// says the model has no chat template).
+pub fn complete_chat_parameters(
+    name: &str,
+    config: &mut ModelConfig,
+    dir: &Path,
+) -> Result<(), RepositoryError> {
+    use serde_json::Value;
+    use tern_proto::inference::ModelParameter;
+    let invalid = |message: String| RepositoryError::invalid(name, message);
+    let path = dir.join(TOKENIZER_CONFIG_FILENAME);
+    let Ok(meta) = std::fs::metadata(&path) else { return Ok(()) };
+    if meta.len() > MAX_TOKENIZER_CONFIG_BYTES {
+        return Err(invalid(format!(
+            "{} has {} bytes, over the limit of {MAX_TOKENIZER_CONFIG_BYTES}",
+            path.display(),
+            meta.len()
+        )));
+    }
+    let text = std::fs::read(&path).map_err(|e| invalid(format!("cannot read {}: {e}", path.display())))?;
+    let json: Value = serde_json::from_slice(&text)
+        .map_err(|e| invalid(format!("{} is not valid JSON: {e}", path.display())))?;
+    let template = match json.get(CHAT_TEMPLATE_KEY) {
+        None | Some(Value::Null) => None,
+        Some(Value::String(s)) => Some(s.clone()),
+        Some(Value::Array(list)) => list
+            .iter()
+            .find(|t| t.get("name").and_then(Value::as_str) == Some("default"))
+            .and_then(|t| t.get("template"))
+            .and_then(Value::as_str)
+            .map(str::to_owned),
+        Some(_) => {
+            return Err(invalid(format!(
+                "{}: 'chat_template' must be a string or a list of {{name, template}}",
+                path.display()
+            )));
+        }
+    };
+    // A token is a string or an AddedToken object with `content`.
+    let token = |field: &str| match json.get(field) {
+        Some(Value::String(s)) => Some(s.clone()),
+        Some(v) => v.get("content").and_then(Value::as_str).map(str::to_owned),
+        None => None,
+    };
+    let Some(template) = template else { return Ok(()) };
+    if template.len() > MAX_CHAT_TEMPLATE_BYTES {
+        return Err(invalid(format!(
+            "{}: the chat template has {} bytes, over the limit of {MAX_CHAT_TEMPLATE_BYTES}",
+            path.display(),
+            template.len()
+        )));
+    }
+    for (key, value) in [
+        (CHAT_TEMPLATE_KEY, Some(template)),
+        (BOS_TOKEN_KEY, token(BOS_TOKEN_KEY)),
+        (EOS_TOKEN_KEY, token(EOS_TOKEN_KEY)),
+    ] {
+        if let Some(value) = value
+            && value.len() <= MAX_CHAT_TEMPLATE_BYTES
+        {
+            config.parameters.entry(key.to_owned()).or_insert(ModelParameter { string_value: value });
+        }
+    }
+    Ok(())
+}
+
 /// One Triton-facing tensor of a generative model.
 struct Io {
     name: &'static str,
@@ -532,6 +616,39 @@ mod tests {
             auto_complete_generative("llm", None, true).map_err(|e| e.to_string()),
             Err("model 'llm': config.pbtxt is required with --strict-model-config=true".to_owned())
         );
+    }
+
+    #[test]
+    fn chat_parameters_come_from_tokenizer_config() -> Result<(), String> {
+        let dir = std::env::temp_dir().join(format!("tern-chat-params-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
+        let mut c = complete(None)?;
+        // No tokenizer_config.json: nothing added.
+        complete_chat_parameters("llm", &mut c, &dir).map_err(|e| e.to_string())?;
+        assert!(!c.parameters.contains_key(CHAT_TEMPLATE_KEY));
+        let file = dir.join(TOKENIZER_CONFIG_FILENAME);
+        std::fs::write(
+            &file,
+            r#"{"bos_token": {"content": "<s>"}, "eos_token": "</s>",
+                "chat_template": [{"name": "tool_use", "template": "T"}, {"name": "default", "template": "D"}]}"#,
+        )
+        .map_err(|e| e.to_string())?;
+        complete_chat_parameters("llm", &mut c, &dir).map_err(|e| e.to_string())?;
+        assert_eq!(c.parameters[CHAT_TEMPLATE_KEY].string_value, "D");
+        assert_eq!(c.parameters[BOS_TOKEN_KEY].string_value, "<s>");
+        assert_eq!(c.parameters[EOS_TOKEN_KEY].string_value, "</s>");
+        // A config's own template wins.
+        let mut given = complete(None)?;
+        given.parameters.insert(CHAT_TEMPLATE_KEY.into(), ModelParameter { string_value: "mine".into() });
+        complete_chat_parameters("llm", &mut given, &dir).map_err(|e| e.to_string())?;
+        assert_eq!(given.parameters[CHAT_TEMPLATE_KEY].string_value, "mine");
+        std::fs::write(&file, r#"{"chat_template": 7}"#).map_err(|e| e.to_string())?;
+        let e = complete_chat_parameters("llm", &mut complete(None)?, &dir)
+            .map(|_| ())
+            .expect_err("a number is not a template");
+        assert!(e.to_string().contains("'chat_template' must be a string"), "{e}");
+        std::fs::remove_dir_all(&dir).map_err(|e| e.to_string())?;
+        Ok(())
     }
 
     #[test]

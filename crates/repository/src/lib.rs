@@ -41,8 +41,8 @@ pub use generative::{
     DEFAULT_GEN_MAX_BATCH, DEFAULT_GEN_MAX_QUEUE, DEFAULT_KV_CACHE_BYTES, GENAI_BACKEND,
     GENAI_CONFIG_FILENAME, GenerativeParameters, KV_CACHE_BYTES_KEY, MAX_BATCH_KEY, MAX_GEN_BATCH,
     MAX_GEN_QUEUE, MAX_KV_CACHE_BYTES, MAX_QUEUE_KEY, MIN_KV_CACHE_BYTES, auto_complete_generative,
-    generative_input_names, generative_parameters, is_generative, is_generative_config,
-    is_generative_version,
+    complete_chat_parameters, generative_input_names, generative_parameters, is_generative,
+    is_generative_config, is_generative_version,
 };
 pub use labels::load_labels;
 pub use model_file::{ENCRYPTED_SUFFIX, ModelFile, check_file_names, find_model_file};

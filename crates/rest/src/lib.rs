@@ -9,13 +9,15 @@
 //!
 //! Layout: [`HttpArgs`] (Triton's flags), [`HttpEndpoint`] (the listener), [`routes`] (the
 //! dispatch and handlers), [`infer`] and [`tensor`] (the infer bodies), [`generate`] (Triton's
-//! generate extension: JSON and Server-Sent Events), [`body`] (limits,
+//! generate extension: JSON and Server-Sent Events), [`openai`] (the OpenAI-compatible API
+//! under `/v1`), [`body`] (limits,
 //! compression), [`protojson`] (protobuf answers as JSON), [`error`] (Triton's status codes).
 
 pub mod body;
 pub mod error;
 pub mod generate;
 pub mod infer;
+pub mod openai;
 pub mod protojson;
 pub mod routes;
 pub mod tensor;

@@ -29,10 +29,14 @@ const DECOUPLED_HTTP: &str = "HTTP end point doesn't support models with decoupl
 /// Triton's header giving the length of the JSON part of a body with binary tensor data.
 pub const HEADER_LENGTH: &str = "inference-header-content-length";
 
-struct Shared<T> {
-    service: Arc<T>,
-    auth: Option<Arc<tern_edge::Authenticator>>,
-    max_body: usize,
+pub(crate) struct Shared<T> {
+    pub(crate) service: Arc<T>,
+    pub(crate) auth: Option<Arc<tern_edge::Authenticator>>,
+    pub(crate) max_body: usize,
+    /// The OpenAI routes' cache of model facts (chat template, embedding shape).
+    pub(crate) openai: crate::openai::FactsCache,
+    /// Unix seconds the app started: `/v1/models`' `created`.
+    pub(crate) created: u64,
 }
 
 /// What the HTTP routes call: the gRPC service, and [`StreamOne`] for the generate extension.
@@ -46,7 +50,9 @@ pub fn app<T: Service>(
     auth: Option<Arc<tern_edge::Authenticator>>,
     max_body: usize,
 ) -> axum::Router {
-    let shared = Arc::new(Shared { service, auth, max_body });
+    let created =
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
+    let shared = Arc::new(Shared { service, auth, max_body, openai: Default::default(), created });
     axum::Router::new().fallback(move |req: axum::extract::Request| {
         let shared = shared.clone();
         async move {
@@ -60,7 +66,7 @@ pub fn app<T: Service>(
 }
 
 /// `%XX` escapes of a path segment decoded (a model name may hold any character).
-fn decode_segment(s: &str) -> Result<String, RestError> {
+pub(crate) fn decode_segment(s: &str) -> Result<String, RestError> {
     let bytes = s.as_bytes();
     let mut out = Vec::with_capacity(bytes.len());
     let mut i = 0;
@@ -90,6 +96,10 @@ async fn route<T: Service>(
     headers: &HeaderMap,
     body: Body,
 ) -> Result<Response, RestError> {
+    // The OpenAI-compatible API answers in its own shape (errors included).
+    if path == "/v1" || path.starts_with("/v1/") {
+        return Ok(crate::openai::route(s, method, path, headers, body).await);
+    }
     let not_found = || RestError::not_found(format!("Not Found: no route for {method} {path}"));
     let rest = path.strip_prefix("/v2").ok_or_else(not_found)?;
     let segments: Vec<String> =
@@ -348,7 +358,7 @@ where
 
 /// The caller's principal, checked as the gRPC auth layer checks `method` (`None`: no tokens,
 /// or a public group).
-fn authorize<T>(
+pub(crate) fn authorize<T>(
     s: &Shared<T>,
     method: &str,
     headers: &HeaderMap,
@@ -365,7 +375,7 @@ fn authorize<T>(
 }
 
 /// The W3C trace context of the HTTP request, as gRPC metadata.
-fn trace_metadata(headers: &HeaderMap) -> tonic::metadata::MetadataMap {
+pub(crate) fn trace_metadata(headers: &HeaderMap) -> tonic::metadata::MetadataMap {
     let mut metadata = tonic::metadata::MetadataMap::new();
     for key in ["traceparent", "tracestate"] {
         if let Some(v) = headers.get(key).and_then(|v| v.to_str().ok()).and_then(|v| v.parse().ok()) {
@@ -376,7 +386,7 @@ fn trace_metadata(headers: &HeaderMap) -> tonic::metadata::MetadataMap {
 }
 
 /// A gRPC request carrying `caller` and the HTTP request's trace context.
-fn grpc_request<M>(
+pub(crate) fn grpc_request<M>(
     message: M,
     headers: &HeaderMap,
     caller: Option<tern_edge::Principal>,
