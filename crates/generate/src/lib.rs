@@ -301,8 +301,9 @@ impl Engine {
         &self.info
     }
 
-    /// genai_config.json `search`: defaults a caller may apply to parameters a request leaves
-    /// out (the engine itself uses only what the request says).
+    /// genai_config.json `search`: defaults a caller applies to sampling parameters a request
+    /// leaves out ([`SearchDefaults::sampling`]); the engine itself applies `max_length` to a
+    /// request without `max_tokens`.
     pub fn search_defaults(&self) -> &SearchDefaults {
         &self.search
     }
@@ -337,7 +338,11 @@ impl Engine {
         let max_new = match request.max_tokens {
             Some(0) => return invalid("max_tokens must be at least 1".into()),
             Some(n) => (n as usize).min(room),
-            None => room,
+            // ORT GenAI's `search.max_length` counts the prompt too; at least one new token.
+            None => match self.search.max_length {
+                Some(total) => total.saturating_sub(prompt.len()).clamp(1, room),
+                None => room,
+            },
         };
         sampling::validate(&request.sampling)?;
         if request.stop.len() > MAX_STOP_STRINGS {
