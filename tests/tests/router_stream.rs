@@ -379,7 +379,9 @@ async fn check_generate_text(port: u16) -> anyhow::Result<()> {
     assert_eq!(header(&headers, "content-type"), Some("application/json"));
     let json: serde_json::Value = serde_json::from_str(&text)?;
     assert!(
-        json["error"].as_str().is_some_and(|e| e.contains("generate expects model to produce exactly 1 response")),
+        json["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("generate expects model to produce exactly 1 response")),
         "{text}"
     );
     Ok(())
@@ -414,7 +416,8 @@ async fn an_engine_refusal_keeps_its_code_on_the_node_and_through_the_router() -
     let config = "name: \"tiny_llm\"\nbackend: \"onnxruntime_genai\"\nmax_batch_size: 0\n\
                   model_transaction_policy { decoupled: true }\n\
                   parameters { key: \"max_queue\" value { string_value: \"0\" } }\n";
-    let repo = TempRepo::new()?.with_example("tiny_llm")?.with_file("tiny_llm/config.pbtxt", config.as_bytes())?;
+    let repo =
+        TempRepo::new()?.with_example("tiny_llm")?.with_file("tiny_llm/config.pbtxt", config.as_bytes())?;
     let node_http = free_port()?;
     let node = TestNode::start(repo.path(), &["--http-port", &node_http.to_string()]).await?;
     let router_http = free_port()?;

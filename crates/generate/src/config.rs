@@ -301,9 +301,10 @@ impl GenAiConfig {
         }
         // Checked here so that a default taken from the file never fails a request.
         let in_range = |name: &str, v: Option<f64>, lo: f64, lo_open: bool, hi: f64| match v {
-            Some(x) if !x.is_finite() || x > hi || x < lo || (lo_open && x == lo) => {
-                Err(format!("search.{name} = {x} is out of range ({}{lo}, {hi}]", if lo_open { "" } else { "=" }))
-            }
+            Some(x) if !x.is_finite() || x > hi || x < lo || (lo_open && x == lo) => Err(format!(
+                "search.{name} = {x} is out of range ({}{lo}, {hi}]",
+                if lo_open { "" } else { "=" }
+            )),
             _ => Ok(()),
         };
         in_range("temperature", search.temperature, 0.0, false, 100.0)?;

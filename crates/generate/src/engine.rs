@@ -444,7 +444,9 @@ fn rebuild(decoder: &Decoder, batch: &mut Batch) -> Result<(), String> {
     // (sequence, its row in the prefill cache); none when the prefill failed.
     let joined_rows = joining_seqs.len();
     let joining: Vec<(Seq, usize)> = match joined_cache {
-        Some(_) => joining_seqs.into_iter().enumerate().filter(|(_, s)| !s.done).map(|(r, s)| (s, r)).collect(),
+        Some(_) => {
+            joining_seqs.into_iter().enumerate().filter(|(_, s)| !s.done).map(|(r, s)| (s, r)).collect()
+        }
         None => Vec::new(),
     };
 

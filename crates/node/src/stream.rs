@@ -248,7 +248,7 @@ fn stream_response(
                 ERROR_CODE.to_string(),
                 pb::InferParameter {
                     parameter_choice: Some(pb::infer_parameter::ParameterChoice::Int64Param(
-                        status.code() as i64,
+                        status.code() as i64
                     )),
                 },
             );
