@@ -914,6 +914,25 @@ def test_through_the_router(model_repo, tmp_path, ref):
             pytest.fail("ModelInfer on a decoupled model succeeded through the router")
         except InferenceServerException as e:
             assert e.status() == "StatusCode.UNIMPLEMENTED", e
+        # A client that goes away through the router cancels its sequence on the node: an SSE
+        # client closing its connection, and a gRPC stream cancelled.
+        addr = metrics_addr(node)
+        host, port = router.http_addr.rsplit(":", 1)
+        conn = http.client.HTTPConnection(host, int(port), timeout=WAIT_S)
+        conn.request("POST", f"/v2/models/{MODEL}/generate_stream",
+                     body=json.dumps({"text_input": PROMPTS[0], "max_tokens": CONTEXT - 2, "ignore_eos": True}))
+        resp = conn.getresponse()
+        assert resp.status == 200
+        assert len(read_sse(resp, stop_after=2)) == 2
+        conn.close()
+        stream = GenStream(router.url)
+        stream.send("long", gen_inputs(PROMPTS[1], CONTEXT - 2, ignore_eos=True))
+        first = stream.collect("long", until_responses=3)
+        assert first.error is None and len(first.ids) == 3
+        stream.cancel()
+        wait_until(lambda: model_value(scrape(addr), GEN_METRIC_FAMILIES["finished"], reason="cancelled") == 2,
+                   30, "the node to cancel both sequences")
+        wait_until(lambda: model_value(scrape(addr), GEN_METRIC_FAMILIES["running"]) == 0, 30, "no running sequence")
     finally:
         router.stop()
         node.stop()

@@ -96,6 +96,23 @@ struct RawSearch {
     num_beams: Option<i64>,
 }
 
+impl SearchDefaults {
+    /// The sampling a request starts from before its own fields: ORT GenAI's meaning of the
+    /// file (`config.h`, `Search`): `do_sample: false` is greedy whatever else it says; with
+    /// sampling, a field the file leaves out takes GenAI's default (temperature 1, top_k 50,
+    /// top_p 0 = off). The repetition penalty applies either way.
+    pub fn sampling(&self) -> crate::SamplingParams {
+        let mut s = crate::SamplingParams::default();
+        if self.do_sample {
+            s.temperature = self.temperature.unwrap_or(1.0);
+            s.top_k = self.top_k.unwrap_or(50);
+            s.top_p = self.top_p.filter(|p| *p > 0.0).unwrap_or(1.0);
+        }
+        s.repetition_penalty = self.repetition_penalty.unwrap_or(1.0);
+        s
+    }
+}
+
 /// The parsed, checked configuration.
 #[derive(Clone, Debug)]
 pub struct GenAiConfig {
@@ -282,6 +299,17 @@ impl GenAiConfig {
         {
             return Err(format!("search.num_beams = {beams}: beam search is not supported (1 only)"));
         }
+        // Checked here so that a default taken from the file never fails a request.
+        let in_range = |name: &str, v: Option<f64>, lo: f64, lo_open: bool, hi: f64| match v {
+            Some(x) if !x.is_finite() || x > hi || x < lo || (lo_open && x == lo) => Err(format!(
+                "search.{name} = {x} is out of range ({}{lo}, {hi}]",
+                if lo_open { "" } else { "=" }
+            )),
+            _ => Ok(()),
+        };
+        in_range("temperature", search.temperature, 0.0, false, 100.0)?;
+        in_range("top_p", search.top_p, 0.0, false, 1.0)?;
+        in_range("repetition_penalty", search.repetition_penalty, 0.0, true, 100.0)?;
         let search = SearchDefaults {
             max_length: match search.max_length {
                 None => None,
@@ -332,6 +360,17 @@ mod tests {
         "eos_token_id": [2, 3], "bos_token_id": 1,
         "decoder": {"num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2,
                     "hidden_size": 32}}}"#;
+
+    #[test]
+    fn search_gives_the_sampling_a_request_starts_from() {
+        let greedy = SearchDefaults { temperature: Some(0.7), top_k: Some(5), ..SearchDefaults::default() };
+        assert_eq!(greedy.sampling(), crate::SamplingParams::default(), "do_sample false is greedy");
+        let sample = SearchDefaults { do_sample: true, top_p: Some(0.9), ..SearchDefaults::default() };
+        let s = sample.sampling();
+        assert_eq!((s.temperature, s.top_k, s.top_p), (1.0, 50, 0.9), "GenAI's defaults for the rest");
+        let penalty = SearchDefaults { repetition_penalty: Some(1.3), ..SearchDefaults::default() };
+        assert_eq!(penalty.sampling().repetition_penalty, 1.3);
+    }
 
     #[test]
     fn defaults_follow_ort_genai() {

@@ -27,8 +27,9 @@
 //! so the padded cache it holds between steps never exceeds it. (ONNX Runtime briefly holds
 //! a step's past and present together.)
 //!
-//! Prompts are tokenized in [`Engine::submit`], on the caller's thread; a prompt is prefilled
-//! alone (no padding), then joins the batch. Each generation has a tracing span
+//! Prompts are tokenized in [`Engine::submit`], on the caller's thread; the prompts admitted at
+//! one step are prefilled together (left-padded to the longest, as the batch cache is), then
+//! join the batch. Each generation has a tracing span
 //! (`generation`, a child of the caller's current span) with events for admission, first
 //! token, every token (trace level) and the end.
 
@@ -301,8 +302,9 @@ impl Engine {
         &self.info
     }
 
-    /// genai_config.json `search`: defaults a caller may apply to parameters a request leaves
-    /// out (the engine itself uses only what the request says).
+    /// genai_config.json `search`: defaults a caller applies to sampling parameters a request
+    /// leaves out ([`SearchDefaults::sampling`]); the engine itself applies `max_length` to a
+    /// request without `max_tokens`.
     pub fn search_defaults(&self) -> &SearchDefaults {
         &self.search
     }
@@ -337,7 +339,11 @@ impl Engine {
         let max_new = match request.max_tokens {
             Some(0) => return invalid("max_tokens must be at least 1".into()),
             Some(n) => (n as usize).min(room),
-            None => room,
+            // ORT GenAI's `search.max_length` counts the prompt too; at least one new token.
+            None => match self.search.max_length {
+                Some(total) => total.saturating_sub(prompt.len()).clamp(1, room),
+                None => room,
+            },
         };
         sampling::validate(&request.sampling)?;
         if request.stop.len() > MAX_STOP_STRINGS {

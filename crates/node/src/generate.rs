@@ -256,6 +256,7 @@ pub(crate) fn parse_request(
     model: &str,
     validated: &tern_core::ValidatedRequest,
     parameters: &HashMap<String, InferParameter>,
+    search: &tern_generate::SearchDefaults,
     arrived: Instant,
 ) -> Result<Parsed, RequestError> {
     let r = Reader { model, inputs: &validated.inputs, parameters };
@@ -269,7 +270,8 @@ pub(crate) fn parse_request(
         Some(n) if (1..=i64::from(u32::MAX)).contains(&n) => Some(n as u32),
         Some(n) => return Err(r.invalid("max_tokens", format!("{n} must be at least 1"))),
     };
-    let mut sampling = tern_generate::SamplingParams::default();
+    // genai_config.json `search` for what the request leaves out.
+    let mut sampling = search.sampling();
     if let Some(t) = r.float("temperature")? {
         if !(0.0..=MAX_TEMPERATURE).contains(&t) {
             return Err(r.invalid("temperature", format!("{t} must be between 0 and {MAX_TEMPERATURE}")));

@@ -30,6 +30,12 @@ pub(crate) const STREAM_CONCURRENCY: usize = 64;
 /// The response parameter that marks the last response of a request.
 pub const FINAL_RESPONSE: &str = "triton_final_response";
 
+/// The response parameter (INT64) carrying the gRPC code of a failed request's error response
+/// on a stream: Triton's stream has only `error_message`, so without it a relay (the router)
+/// would answer every in-stream failure as UNKNOWN (HTTP 400) instead of, say,
+/// RESOURCE_EXHAUSTED (429).
+pub const ERROR_CODE: &str = "tern_error_code";
+
 /// `parameters` with `triton_final_response` set to `last`.
 pub(crate) fn mark_final(parameters: &mut HashMap<String, pb::InferParameter>, last: bool) {
     parameters.insert(
@@ -166,14 +172,20 @@ impl NodeService {
         tern_core::shape_limits::check_request(&req, &self.state().limits.request).map_err(other)?;
         let parameters = req.parameters.clone();
         let validated = tern_core::validate_request(&model.io, req).map_err(other)?;
-        let parsed =
-            crate::generate::parse_request(&model.name, &validated, &parameters, arrived).map_err(other)?;
         let engine = crate::generate::engine_of(model).ok_or_else(|| {
             (
                 Status::internal(format!("model '{}' has no generation engine", model.name)),
                 FailureReason::Other,
             )
         })?;
+        let parsed = crate::generate::parse_request(
+            &model.name,
+            &validated,
+            &parameters,
+            engine.search_defaults(),
+            arrived,
+        )
+        .map_err(other)?;
         let generation = engine.submit(parsed.request).map_err(|e| {
             let reason = crate::generate::gen_failure(&e);
             (crate::generate::gen_status(&model.name, e), reason)
@@ -232,6 +244,14 @@ fn stream_response(
                 ..Default::default()
             };
             mark_final(&mut response.parameters, true);
+            response.parameters.insert(
+                ERROR_CODE.to_string(),
+                pb::InferParameter {
+                    parameter_choice: Some(pb::infer_parameter::ParameterChoice::Int64Param(
+                        status.code() as i64
+                    )),
+                },
+            );
             pb::ModelStreamInferResponse {
                 error_message: status.message().to_owned(),
                 infer_response: Some(response),

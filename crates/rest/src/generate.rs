@@ -426,6 +426,25 @@ pub fn response_event(response: &pb::ModelInferResponse) -> Bytes {
     }
 }
 
+/// Whether a request's first error came from the model while it ran, rather than from the checks
+/// before inference (unknown model or version, bad or missing inputs, authorization, the server
+/// shutting down), which Triton answers before a stream begins. Through a relay only the code is
+/// known, so the code decides: the checks' codes are INVALID_ARGUMENT, NOT_FOUND,
+/// UNAUTHENTICATED, PERMISSION_DENIED, UNAVAILABLE and UNIMPLEMENTED; a refusal by the engine
+/// (RESOURCE_EXHAUSTED), a failure (INTERNAL, UNKNOWN) or a deadline came from inference.
+pub fn failed_in_inference(code: tonic::Code) -> bool {
+    use tonic::Code as C;
+    !matches!(
+        code,
+        C::InvalidArgument
+            | C::NotFound
+            | C::Unauthenticated
+            | C::PermissionDenied
+            | C::Unavailable
+            | C::Unimplemented
+    )
+}
+
 /// An error in the middle of a stream: an event holding `{"error": message}`, as Triton writes
 /// it (`AddErrorJson`); the HTTP status was sent with the first event.
 pub fn error_event(message: &str) -> Bytes {

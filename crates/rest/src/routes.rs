@@ -428,30 +428,47 @@ async fn generate_route<T: Service>(
     drop(body);
     let mut responses = s.service.stream_one(request, trace_metadata(headers), caller);
     if !streaming {
-        // One response, or Triton's error. Triton has sent 200 by the time it knows (the
-        // status goes with the first response); the whole answer is held here anyway, so the
-        // error gets its own status (500, Triton's INTERNAL) and a second response stops the
-        // generation (dropping the stream cancels it).
+        // One response, or Triton's error. Triton sets the status with the first response
+        // (`InferResponseComplete`: 200 when it succeeded, or a final flags-only one) and, at
+        // the end, answers anything but exactly one response with its error as the body
+        // (`SendChunkResponse`); a failed first response is its own error with its status. A
+        // second response stops the generation here (dropping the stream cancels it).
+        let not_one = || RestError::new(http::StatusCode::OK, generate::NOT_ONE_RESPONSE);
         let mut one = None;
         while let Some(response) = responses.next().await {
-            let response = response?;
+            let response = match response {
+                Ok(response) => response,
+                Err(_) if one.is_some() => return Err(not_one()),
+                Err(status) => return Err(status.into()),
+            };
             if generate::is_flags_only(&response) {
                 continue;
             }
             if one.is_some() {
-                return Err(RestError::internal(generate::NOT_ONE_RESPONSE));
+                return Err(not_one());
             }
             one = Some(response);
         }
-        let response = one.ok_or_else(|| RestError::internal(generate::NOT_ONE_RESPONSE))?;
+        let response = one.ok_or_else(not_one)?;
         let json = serde_json::to_vec(&Value::Object(generate::response_json(&response)?))
             .map_err(|e| RestError::internal(e.to_string()))?;
         return compressed_json(headers, Bytes::from(json)).await;
     }
-    // An error before the first response is a plain JSON error with its status (Triton: "If
-    // the request fails before inference begins"); after it, an error event ends the stream.
+    // A request refused before inference begins is a plain JSON error with its status (Triton:
+    // `HandleGenerate` answers a failed `InferAsync` so). A failed first response from the
+    // model is the stream's first event, sent with the error's status (Triton's
+    // `InferResponseComplete` takes the status from the first response, `AddErrorJson` writes
+    // it as an SSE event). After that, an error event ends the stream.
     let first = match responses.next().await {
-        Some(Err(status)) => return Err(status.into()),
+        Some(Err(status)) if !generate::failed_in_inference(status.code()) => return Err(status.into()),
+        Some(Err(status)) => {
+            let mut response = Response::new(Body::from(generate::error_event(status.message())));
+            *response.status_mut() = crate::error::http_status(status.code());
+            response
+                .headers_mut()
+                .insert(header::CONTENT_TYPE, HeaderValue::from_static("text/event-stream; charset=utf-8"));
+            return Ok(response);
+        }
         first => first,
     };
     let events = futures::stream::unfold((first, Some(responses)), |(mut pending, rest)| async move {

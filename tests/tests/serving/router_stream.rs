@@ -370,11 +370,82 @@ async fn check_generate_text(port: u16) -> anyhow::Result<()> {
     let streamed: String = events.iter().filter_map(|e| e["text_output"].as_str()).collect();
     assert_eq!(streamed, whole_text);
 
-    // A client that asks /generate for a response per token gets Triton's error.
+    // A client that asks /generate for a response per token gets Triton's error. Triton sets
+    // the status with the first response (200: it succeeded) and, at the end, writes the error
+    // as the body (`SendChunkResponse`).
     let body = r#"{"text_input":"Once","max_tokens":3,"stream":true,"ignore_eos":true}"#;
-    let (status, _, text) = http(port, "/v2/models/tiny_llm/generate", body).await?;
-    assert_eq!(status, 500, "{text}");
-    assert!(text.contains("generate expects model to produce exactly 1 response"), "{text}");
+    let (status, headers, text) = http(port, "/v2/models/tiny_llm/generate", body).await?;
+    assert_eq!(status, 200, "{text}");
+    assert_eq!(header(&headers, "content-type"), Some("application/json"));
+    let json: serde_json::Value = serde_json::from_str(&text)?;
+    assert!(
+        json["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("generate expects model to produce exactly 1 response")),
+        "{text}"
+    );
+    Ok(())
+}
+
+/// A refusal by the engine (its queue is full: RESOURCE_EXHAUSTED) at `port`: 429 on both
+/// routes (Triton's `HttpCodeFromError`); on `/generate_stream` the error is the stream's first
+/// event, with the status, as Triton sends a failed first response (`InferResponseComplete`).
+async fn check_refusal(port: u16) -> anyhow::Result<()> {
+    let body = r#"{"text_input":"Once upon a time","max_tokens":4}"#;
+    let (status, headers, text) = http(port, "/v2/models/tiny_llm/generate", body).await?;
+    assert_eq!(status, 429, "{text}");
+    assert_eq!(header(&headers, "content-type"), Some("application/json"));
+    let json: serde_json::Value = serde_json::from_str(&text)?;
+    assert!(json["error"].as_str().is_some_and(|e| e.contains("queue is full")), "{text}");
+
+    let (status, headers, text) = http(port, "/v2/models/tiny_llm/generate_stream", body).await?;
+    assert_eq!(status, 429, "{text}");
+    assert_eq!(header(&headers, "content-type"), Some("text/event-stream; charset=utf-8"));
+    let event = text
+        .strip_prefix("data: ")
+        .and_then(|e| e.strip_suffix("\n\n"))
+        .ok_or_else(|| anyhow::anyhow!("not one SSE event: {text:?}"))?;
+    let json: serde_json::Value = serde_json::from_str(event)?;
+    assert!(json["error"].as_str().is_some_and(|e| e.contains("queue is full")), "{text}");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_engine_refusal_keeps_its_code_on_the_node_and_through_the_router() -> anyhow::Result<()> {
+    // max_queue 0: the engine refuses every request (RESOURCE_EXHAUSTED).
+    let config = "name: \"tiny_llm\"\nbackend: \"onnxruntime_genai\"\nmax_batch_size: 0\n\
+                  model_transaction_policy { decoupled: true }\n\
+                  parameters { key: \"max_queue\" value { string_value: \"0\" } }\n";
+    let repo =
+        TempRepo::new()?.with_example("tiny_llm")?.with_file("tiny_llm/config.pbtxt", config.as_bytes())?;
+    let node_http = free_port()?;
+    let node = TestNode::start(repo.path(), &["--http-port", &node_http.to_string()]).await?;
+    let router_http = free_port()?;
+    let router = TestRouter::start(&node, router_http, &["tiny_llm"]).await?;
+
+    check_refusal(node_http).await?;
+    check_refusal(router_http).await?;
+
+    // Over the router's gRPC stream the node's code travels in `tern_error_code`.
+    let mut client = router.client().await?;
+    let mut replies =
+        client.model_stream_infer(tokio_stream::iter(vec![llm("r", "Once", 4)])).await?.into_inner();
+    let reply = tokio::time::timeout(Duration::from_secs(30), replies.message())
+        .await??
+        .ok_or_else(|| anyhow::anyhow!("no response"))?;
+    assert!(reply.error_message.contains("queue is full"), "{reply:?}");
+    let code = reply
+        .infer_response
+        .as_ref()
+        .and_then(|r| r.parameters.get("tern_error_code"))
+        .and_then(|p| p.parameter_choice.clone());
+    assert_eq!(
+        code,
+        Some(pb::infer_parameter::ParameterChoice::Int64Param(tonic::Code::ResourceExhausted as i64))
+    );
+
+    router.stop().await?;
+    node.stop().await?;
     Ok(())
 }
 

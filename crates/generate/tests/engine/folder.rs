@@ -90,3 +90,34 @@ async fn an_onnx_runtime_failure_fails_the_sequence_and_the_engine_goes_on() {
     assert_eq!(out.reason(), FinishReason::Length);
     assert_eq!(out.ids.len(), 5);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn search_max_length_bounds_a_request_without_max_tokens() {
+    // ORT GenAI's max_length counts the prompt: 10 prompt tokens + 3.
+    let dir = edited_folder(|c| c["search"]["max_length"] = 13.into());
+    runtime();
+    let e = Engine::load(dir.path(), options(4)).expect("loads");
+    let request = |max_tokens: Option<u32>| GenerateRequest {
+        prompt: Prompt::Tokens(prompt(10, 7)),
+        max_tokens,
+        sampling: SamplingParams::default(),
+        stop: Vec::new(),
+        stop_token_ids: Vec::new(),
+        ignore_eos: true,
+        deadline: None,
+    };
+    let out = collect(e.submit(request(None)).expect("admitted")).await;
+    assert_eq!((out.reason(), out.ids.len()), (FinishReason::Length, 3));
+    // A request's own max_tokens wins.
+    let out = collect(e.submit(request(Some(5))).expect("admitted")).await;
+    assert_eq!((out.reason(), out.ids.len()), (FinishReason::Length, 5));
+}
+
+#[test]
+fn search_defaults_out_of_range_are_refused_at_load() {
+    for (field, value) in [("temperature", -1.0), ("top_p", 1.5), ("repetition_penalty", 0.0)] {
+        let dir = edited_folder(|c| c["search"][field] = value.into());
+        let e = load_error(dir.path());
+        assert!(e.contains(&format!("search.{field}")), "{e}");
+    }
+}
