@@ -32,10 +32,11 @@ serve: build examples
 ## tritonclient and perf_analyzer against the real tern-node binary.
 test: build examples lint test-rust test-deploy test-deploy-k8s test-python
 
-# Libraries, binaries and test targets; not the examples (clippy --all-targets checks that they
-# build) and only the one crate with a compiled doc example: each test binary is a full link.
+# Targets with `test = true` (libraries, binaries that have tests, test targets), not the
+# examples (clippy --all-targets checks that they build); doc examples only where there is one:
+# each test binary is a full link.
 test-rust:
-	TERN_EXAMPLES_REPO=$(MODEL_REPO) cargo test $(CARGO_FLAGS) --workspace --lib --bins --tests
+	TERN_EXAMPLES_REPO=$(MODEL_REPO) cargo test $(CARGO_FLAGS) --workspace --tests
 	cargo test $(CARGO_FLAGS) -p tern-telemetry --doc
 
 test-deploy:
