@@ -217,11 +217,7 @@ struct Batch {
     cache: Option<Cache>,
     past_len: usize,
     /// Admitted this iteration, being prefilled (kept here so a panic can fail them too).
-    joining: Vec<Seq>,
-    /// The joining sequences' prefill cache, row i for `joining[i]`, left-padded to
-    /// `joined_len` columns as the batch cache is (None when none of them was prefilled).
-    joined: Option<Cache>,
-    joined_len: usize,
+    joining: Vec<(Seq, Option<Cache>)>,
     prompt_tokens_total: u64,
     generated_tokens_total: u64,
 }
@@ -233,8 +229,6 @@ pub(crate) fn engine_task(shared: Arc<Shared>, mut parts: EngineParts, eos: Vec<
         cache: None,
         past_len: 0,
         joining: Vec::new(),
-        joined: None,
-        joined_len: 0,
         prompt_tokens_total: 0,
         generated_tokens_total: 0,
     };
@@ -326,12 +320,11 @@ fn fail_all(batch: &mut Batch, error: GenError) {
     for seq in batch.seqs.iter_mut() {
         seq.fail(error.clone());
     }
-    for seq in batch.joining.iter_mut() {
+    for (seq, _) in batch.joining.iter_mut() {
         seq.fail(error.clone());
     }
     batch.seqs.clear();
     batch.joining.clear();
-    batch.joined = None;
     batch.cache = None;
     batch.past_len = 0;
 }
@@ -348,28 +341,26 @@ fn iteration(parts: &mut EngineParts, batch: &mut Batch, admitted: Vec<Pending>,
 
     for request in admitted {
         tracing::debug!(parent: &request.span, running = batch.seqs.len(), "admitted to the batch");
-        if let Some(reason) = request.expired(now) {
-            let mut seq = Seq::new(request, parts.decoder.vocab);
+        let seq = Seq::new(request, parts.decoder.vocab);
+        batch.joining.push((seq, None));
+    }
+    for i in 0..batch.joining.len() {
+        let (seq, slot) = &mut batch.joining[i];
+        if let Some(reason) = seq.request.expired(now) {
             seq.finish(reason);
             continue;
         }
-        batch.joining.push(Seq::new(request, parts.decoder.vocab));
-    }
-    if !batch.joining.is_empty() {
-        for seq in &batch.joining {
-            batch.prompt_tokens_total += seq.prompt_len as u64;
-        }
-        match prefill(&mut parts.decoder, &mut batch.joining, &parts.codec, eos) {
-            Ok((cache, len)) => {
-                batch.generated_tokens_total += batch.joining.len() as u64;
-                batch.joined = Some(cache);
-                batch.joined_len = len;
+        batch.prompt_tokens_total += seq.prompt_len as u64;
+        match prefill(&mut parts.decoder, seq, &parts.codec, eos) {
+            Ok(cache) => {
+                batch.generated_tokens_total += 1;
+                if !seq.done {
+                    *slot = Some(cache);
+                }
             }
             Err(e) => {
                 tracing::error!(error = %e, "prefill failed");
-                for seq in batch.joining.iter_mut() {
-                    seq.fail(GenError::Internal(format!("ONNX Runtime failed in prefill: {e}")));
-                }
+                seq.fail(GenError::Internal(format!("ONNX Runtime failed in prefill: {e}")));
             }
         }
     }
@@ -388,40 +379,24 @@ fn iteration(parts: &mut EngineParts, batch: &mut Batch, admitted: Vec<Pending>,
     }
 }
 
-/// Runs the prompts of every joining sequence in one step, left-padded to the longest (mask 0
-/// and position 0 on the padding, each prompt's positions from 0), and takes each one's first
-/// token. Returns their cache `[joining, kv_heads, longest, head_size]`, laid out as the batch
-/// cache is, and its length. One run instead of one per prompt: the weights are read once for
-/// all of them.
-fn prefill(
-    decoder: &mut Decoder,
-    joining: &mut [Seq],
-    codec: &TextCodec,
-    eos: &[u32],
-) -> Result<(Cache, usize), String> {
-    let rows = joining.len();
-    let longest = joining.iter().map(|s| s.prompt_len).max().unwrap_or(0);
-    let mut input_ids = vec![0i64; rows * longest];
-    let mut attention_mask = vec![0i64; rows * longest];
-    let mut position_ids = vec![0i64; rows * longest];
-    for (row, seq) in joining.iter().enumerate() {
-        let start = row * longest + longest - seq.prompt_len;
-        for (i, &t) in seq.request.prompt.iter().enumerate() {
-            input_ids[start + i] = t as i64;
-            attention_mask[start + i] = 1;
-            position_ids[start + i] = i as i64;
-        }
-    }
-    let input = StepInput { batch: rows, seq: longest, input_ids, attention_mask, position_ids };
-    let past = decoder.empty_cache(rows)?;
-    let mut first = vec![0u32; rows];
-    let cache = decoder.step(input, past, |row, logits| first[row] = joining[row].sampler.sample(logits))?;
-    for (seq, token) in joining.iter_mut().zip(first) {
-        seq.cache_len = seq.prompt_len;
-        tracing::debug!(parent: &seq.request.span, prompt_tokens = seq.prompt_len, batch = rows, "prefill done, first token");
-        seq.accept(token, codec, eos);
-    }
-    Ok((cache, longest))
+/// Runs a sequence's prompt alone and takes its first token. Returns its cache `[1, kv_heads,
+/// prompt_len, head_size]`.
+fn prefill(decoder: &mut Decoder, seq: &mut Seq, codec: &TextCodec, eos: &[u32]) -> Result<Cache, String> {
+    let n = seq.prompt_len;
+    let input = StepInput {
+        batch: 1,
+        seq: n,
+        input_ids: seq.request.prompt.iter().map(|&t| t as i64).collect(),
+        attention_mask: vec![1; n],
+        position_ids: (0..n as i64).collect(),
+    };
+    let past = decoder.empty_cache(1)?;
+    let mut first = 0;
+    let cache = decoder.step(input, past, |_, logits| first = seq.sampler.sample(logits))?;
+    seq.cache_len = n;
+    tracing::debug!(parent: &seq.request.span, prompt_tokens = n, "prefill done, first token");
+    seq.accept(first, codec, eos);
+    Ok(cache)
 }
 
 /// Builds the batch cache for the members that go on plus the ones joining: each row's valid
@@ -431,9 +406,7 @@ fn rebuild(decoder: &Decoder, batch: &mut Batch) -> Result<(), String> {
         batch.cache.take().map(|c| c.into_iter().map(to_host).collect::<Result<Vec<_>, _>>()).transpose()?;
     let old_len = batch.past_len;
     let old_seqs = std::mem::take(&mut batch.seqs);
-    let joining_seqs = std::mem::take(&mut batch.joining);
-    let joined_cache = batch.joined.take();
-    let joined_len = batch.joined_len;
+    let joining = std::mem::take(&mut batch.joining);
 
     let mut keep: Vec<(Seq, usize)> = Vec::new();
     for (row, seq) in old_seqs.into_iter().enumerate() {
@@ -441,25 +414,26 @@ fn rebuild(decoder: &Decoder, batch: &mut Batch) -> Result<(), String> {
             keep.push((seq, row));
         }
     }
-    // (sequence, its row in the prefill cache); none when the prefill failed.
-    let joined_rows = joining_seqs.len();
-    let joining: Vec<(Seq, usize)> = match joined_cache {
-        Some(_) => {
-            joining_seqs.into_iter().enumerate().filter(|(_, s)| !s.done).map(|(r, s)| (s, r)).collect()
+    let mut joined: Vec<(Seq, Cache)> = Vec::new();
+    for (seq, cache) in joining {
+        if let Some(cache) = cache.filter(|_| !seq.done) {
+            joined.push((seq, cache));
         }
-        None => Vec::new(),
-    };
+    }
+    let joining = joined;
 
-    // Sequences joining an empty batch, none of them ended at its first token: their prefill
-    // cache is the batch cache as it is.
-    if keep.is_empty() && !joining.is_empty() && joining.len() == joined_rows {
-        batch.past_len = joined_len;
-        batch.seqs = joining.into_iter().map(|(s, _)| s).collect();
-        batch.cache = joined_cache;
+    // One sequence joining an empty batch: its prefill cache is the batch cache as it is.
+    if keep.is_empty() && joining.len() == 1 {
+        let Some((seq, cache)) = joining.into_iter().next() else { unreachable!() };
+        batch.past_len = seq.cache_len;
+        batch.seqs.push(seq);
+        batch.cache = Some(cache);
         return Ok(());
     }
-    let joined_cache =
-        joined_cache.map(|c| c.into_iter().map(to_host).collect::<Result<Vec<_>, _>>()).transpose()?;
+    let joining: Vec<(Seq, Cache)> = joining
+        .into_iter()
+        .map(|(s, c)| c.into_iter().map(to_host).collect::<Result<Vec<_>, _>>().map(|c| (s, c)))
+        .collect::<Result<_, _>>()?;
     let rows = keep.len() + joining.len();
     if rows == 0 {
         batch.past_len = 0;
@@ -494,21 +468,14 @@ fn rebuild(decoder: &Decoder, batch: &mut Batch) -> Result<(), String> {
                 copy_row(dst_row, src, *src_row, old_len, seq.cache_len);
             }
         }
-        if !joining.is_empty() {
-            let joined = joined_cache
-                .as_ref()
-                .and_then(|c| c.get(t))
-                .ok_or("the prefill cache is missing (this is a bug)")?;
-            let src = cache_data(joined, joined_rows, heads, joined_len, width)?;
-            for (j, (seq, src_row)) in joining.iter().enumerate() {
-                copy_row(keep.len() + j, src, *src_row, joined_len, seq.cache_len);
-            }
+        for (j, (seq, own)) in joining.iter().enumerate() {
+            let src = cache_data(&own[t], 1, heads, seq.cache_len, width)?;
+            copy_row(keep.len() + j, src, 0, seq.cache_len, seq.cache_len);
         }
         let tensor = Tensor::from_array(([rows, heads, new_len, width], data)).map_err(|e| e.to_string())?;
         cache.push(tensor.into_dyn());
     }
     drop(old_cache);
-    drop(joined_cache);
     batch.seqs = keep.into_iter().map(|(s, _)| s).chain(joining.into_iter().map(|(s, _)| s)).collect();
     batch.cache = Some(cache);
     batch.past_len = new_len;

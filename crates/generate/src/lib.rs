@@ -27,9 +27,11 @@
 //! so the padded cache it holds between steps never exceeds it. (ONNX Runtime briefly holds
 //! a step's past and present together.)
 //!
-//! Prompts are tokenized in [`Engine::submit`], on the caller's thread; the prompts admitted at
-//! one step are prefilled together (left-padded to the longest, as the batch cache is), then
-//! join the batch. Each generation has a tracing span
+//! Prompts are tokenized in [`Engine::submit`], on the caller's thread; a prompt is prefilled
+//! alone (no padding), then joins the batch. (Prefilling a step's joiners together, left-padded
+//! to the longest, was measured and kept out: on CPU the padding costs more than the runs it
+//! saves, and a burst of joiners delays every first token; see benches/RESULTS.md.) Each
+//! generation has a tracing span
 //! (`generation`, a child of the caller's current span) with events for admission, first
 //! token, every token (trace level) and the end.
 

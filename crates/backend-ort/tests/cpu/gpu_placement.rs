@@ -3,7 +3,6 @@
 //! session forced onto a GPU is a clean provider error, never a silent CPU session or a crash.
 //! `scripts/test_gpu.sh` checks the other side on a machine with a GPU.
 
-
 use crate::common::{model, runtime};
 use tern_backend_ort::{
     Device, GpuSettings, OrtBackend, OrtBackendError, SessionSettings, TensorRtOptions, instance_plan,

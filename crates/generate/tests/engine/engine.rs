@@ -1,7 +1,6 @@
 //! The engine on the example language model (`tiny_llm`, built by examples/build_tiny_llm.py):
 //! real ONNX Runtime sessions, real tokenizer.
 
-
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};

@@ -2,7 +2,6 @@
 //! (positions past the model's rotary table, made reachable by a config that claims a longer
 //! context than the model has): the sequences fail with `Internal`, the engine keeps serving.
 
-
 use std::path::Path;
 
 use crate::common::{collect, options, prompt, runtime};
