@@ -189,7 +189,7 @@ def report(results: dict, args) -> list[str]:
          f"{' --write' if args.write else ''}` (`make bench-embeddings`)", "",
          "| | engine | setting | " + " | ".join(f"c={c} emb/s" for c in CONCURRENCY) + " |",
          "|---|---|---|" + "---|" * len(CONCURRENCY),
-         "| (a) | tern-node, tritonclient gRPC | one text per request, dynamic batching (max 64, 2 ms), 1 instance | "
+         "| (a) | tern-node, tritonclient gRPC | one text per request, dynamic batching (max 64, no queue delay), 1 instance | "
          + " | ".join(f"{results.get(('a', c), 0):.0f}" for c in CONCURRENCY) + " |",
          "| (b) | in-process ceiling, Python onnxruntime loop | batch 1 at c=1, batch 16 at c=16 | "
          + " | ".join(f"{results.get(('b', c), 0):.0f}" for c in CONCURRENCY) + " |",

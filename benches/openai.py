@@ -136,6 +136,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--seconds", type=float, default=4.0)
     ap.add_argument("--max-tokens", type=int, default=64)
+    ap.add_argument("--rounds", type=int, default=3,
+                    help="ABBA rounds per concurrency (cells on this shared 2-core machine move by 30%%)")
     ap.add_argument("--write", action="store_true")
     args = ap.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
@@ -143,7 +145,7 @@ def main() -> None:
         try:
             results = {}
             for conc in (1, 16):
-                for kind in ("openai", "generate", "generate", "openai"):
+                for kind in ("openai", "generate", "generate", "openai") * args.rounds:
                     tokens, secs = asyncio.run(cell(kind, addr, conc, args.seconds, args.max_tokens))
                     t, s = results.get((kind, conc), (0, 0.0))
                     results[(kind, conc)] = (t + tokens, s + secs)
@@ -156,8 +158,10 @@ def main() -> None:
              f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}; {os.cpu_count()} cores ({cpu}), "
              f"{platform.platform()}; server and clients share the machine. tiny_llm, max_batch 16, the 16 test "
              f"prompts as chat messages (rendered with the chat template for the generate route), {args.max_tokens} "
-             f"tokens per request (ignore_eos, greedy), streamed; 2 x {args.seconds} s per cell.", "",
-             f"Command: `.venv/bin/python benches/openai.py --seconds {args.seconds} --max-tokens {args.max_tokens}"
+             f"tokens per request (ignore_eos, greedy), streamed; {2 * args.rounds} x {args.seconds} s per route and "
+             f"concurrency, in ABBA order.", "",
+             f"Command: `.venv/bin/python benches/openai.py --seconds {args.seconds} --max-tokens {args.max_tokens} "
+             f"--rounds {args.rounds}"
              f"{' --write' if args.write else ''}`", "",
              "| concurrency | /v1/chat/completions tok/s | /v2/.../generate_stream tok/s | ratio |", "|---|---|---|---|"]
     for conc in (1, 16):

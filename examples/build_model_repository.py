@@ -592,7 +592,7 @@ def build_llm(out: Path, built: list) -> None:
 EMBEDDING_CONFIG = """name: "all-MiniLM-L6-v2"
 backend: "onnxruntime"
 max_batch_size: 64
-dynamic_batching { max_queue_delay_microseconds: 2000 }
+dynamic_batching { }
 instance_group [{ kind: KIND_CPU, count: 1 }]
 # Served as text -> embedding [384], token_count [1] (auto-completed from the ONNX model).
 # sentence-transformers' all-MiniLM-L6-v2: mean pooling, Normalize, max_seq_length 256.
