@@ -22,9 +22,7 @@ from __future__ import annotations
 import argparse
 import os
 import platform
-import re
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -35,11 +33,11 @@ from pathlib import Path
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
-REL = ROOT / "target" / "release"
+sys.path.insert(0, str(ROOT / "benches"))
+from benchlib import ENV, REL, free_port, start_server, write_section  # noqa: E402
+
 MODEL = "all-MiniLM-L6-v2"
 MODEL_DIR = ROOT / "examples" / "model_repository" / MODEL
-ENV = dict(os.environ, ORT_DYLIB_PATH=os.environ.get(
-    "ORT_DYLIB_PATH", str(ROOT / ".tern/onnxruntime/libonnxruntime.so.1.31.1")), NO_COLOR="1")
 CONCURRENCY = [1, 16]
 MAX_TOKENS = 256
 TEXTS = [
@@ -64,30 +62,10 @@ TEXTS = [
 ]
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def start_node(repo: Path, port: int, log: Path) -> subprocess.Popen:
     cmd = [str(REL / "tern-node"), "--model-repository", str(repo), "--grpc-port", str(port),
            "--http-port", "0", "--metrics-port", "0"]
-    proc = subprocess.Popen(cmd, stdout=open(log, "w"), stderr=subprocess.STDOUT, env=ENV, cwd=ROOT)
-    import tritonclient.grpc as grpcclient
-
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            sys.exit(f"tern-node exited ({proc.returncode}); log: {log}\n{log.read_text()[-3000:]}")
-        try:
-            if grpcclient.InferenceServerClient(f"127.0.0.1:{port}").is_model_ready(MODEL):
-                return proc
-        except Exception:  # noqa: BLE001 - not up yet
-            pass
-        time.sleep(0.2)
-    proc.kill()
-    sys.exit(f"tern-node not ready in 120 s; log: {log}")
+    return start_server(cmd, "tern-node ready", log, timeout_s=120)
 
 
 def run_threads(c: int, work, args) -> float:
@@ -204,19 +182,6 @@ def report(results: dict, args) -> list[str]:
     return L
 
 
-def write_section(lines: list[str]) -> None:
-    path = ROOT / "benches" / "RESULTS.md"
-    text = path.read_text()
-    start = text.find("## Embeddings (`benches/embeddings.py`)")
-    if start >= 0:
-        nxt = re.search(r"^## ", text[start + 3:], re.M)
-        end = start + 3 + nxt.start() if nxt else len(text)
-        text = text[:start] + "\n".join(lines) + "\n\n" + text[end:]
-    else:
-        text = text.rstrip() + "\n\n" + "\n".join(lines) + "\n"
-    path.write_text(text)
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--seconds", type=float, default=4.0)
@@ -251,7 +216,7 @@ def main() -> None:
     lines = report(results, args)
     print("\n" + "\n".join(lines))
     if args.write:
-        write_section(lines)
+        write_section('## Embeddings (`benches/embeddings.py`)', lines)
 
 
 if __name__ == "__main__":

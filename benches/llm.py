@@ -29,9 +29,7 @@ import asyncio
 import json
 import os
 import platform
-import re
 import shutil
-import socket
 import statistics
 import subprocess
 import sys
@@ -47,11 +45,11 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests" / "python"))
 from llm_reference import PROMPTS, Reference  # noqa: E402
 
-REL = ROOT / "target" / "release"
+sys.path.insert(0, str(ROOT / "benches"))
+from benchlib import ENV, REL, free_port, start_server, write_section  # noqa: E402
+
 REPO = ROOT / "examples" / "model_repository"
 MODEL_DIR = REPO / "tiny_llm" / "1"
-ENV = dict(os.environ, ORT_DYLIB_PATH=os.environ.get(
-    "ORT_DYLIB_PATH", str(ROOT / ".tern/onnxruntime/libonnxruntime.so.1.31.1")), NO_COLOR="1")
 CONCURRENCY = [1, 4, 16, 64]
 
 
@@ -101,12 +99,6 @@ class Window:
 # === (a), (b): tern-node over gRPC streams =====================================================
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def bench_repo(tmp: Path, max_batch: int) -> Path:
     repo = tmp / "repo"
     for name, batch in (("tiny_llm", max_batch), ("tiny_llm_nobatch", 1)):
@@ -122,17 +114,7 @@ def bench_repo(tmp: Path, max_batch: int) -> Path:
 def start_node(repo: Path, port: int, log: Path) -> subprocess.Popen:
     cmd = [str(REL / "tern-node"), "--model-repository", str(repo), "--grpc-address", "127.0.0.1",
            "--grpc-port", str(port), "--metrics-port", "0", "--allow-http", "false"]
-    f = open(log, "w")
-    p = subprocess.Popen(cmd, stdout=f, stderr=subprocess.STDOUT, env=ENV, cwd=ROOT)
-    deadline = time.monotonic() + 180
-    while time.monotonic() < deadline:
-        if "tern-node ready" in log.read_text(errors="replace"):
-            return p
-        if p.poll() is not None:
-            sys.exit(f"tern-node exited:\n{log.read_text()}")
-        time.sleep(0.1)
-    p.kill()
-    sys.exit(f"tern-node not ready:\n{log.read_text()}")
+    return start_server(cmd, "tern-node ready", log)
 
 
 def grpc_inputs(prompt: str, max_tokens: int):
@@ -362,19 +344,6 @@ def report(results: dict, args, ceiling_label: str, notes: list[str]) -> list[st
     return L
 
 
-def write_section(lines: list[str]) -> None:
-    path = ROOT / "benches" / "RESULTS.md"
-    text = path.read_text()
-    start = text.find("## Generation (`benches/llm.py`)")
-    if start >= 0:
-        nxt = re.search(r"^## ", text[start + 3:], re.M)
-        end = start + 3 + nxt.start() if nxt else len(text)
-        text = text[:start] + "\n".join(lines) + "\n\n" + text[end:]
-    else:
-        text = text.rstrip() + "\n\n" + "\n".join(lines) + "\n"
-    path.write_text(text)
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--seconds", type=float, default=4.0)
@@ -440,7 +409,7 @@ def main() -> None:
     lines = report(results, args, ceiling_label, notes)
     print("\n" + "\n".join(lines))
     if args.write:
-        write_section(lines)
+        write_section('## Generation (`benches/llm.py`)', lines)
 
 
 if __name__ == "__main__":

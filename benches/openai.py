@@ -39,10 +39,10 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests" / "python"))
 from llm_reference import PROMPTS  # noqa: E402
 
-REL = ROOT / "target" / "release"
+sys.path.insert(0, str(ROOT / "benches"))
+from benchlib import ENV, REL, start_server, write_section  # noqa: E402
+
 MODEL_DIR = Path(os.environ.get("TERN_MODEL_REPOSITORY", ROOT / "examples" / "model_repository")) / "tiny_llm" / "1"
-ENV = dict(os.environ, ORT_DYLIB_PATH=os.environ.get(
-    "ORT_DYLIB_PATH", str(ROOT / ".tern/onnxruntime/libonnxruntime.so.1.31.1")), NO_COLOR="1")
 SECTION = "## OpenAI API vs generate extension (`benches/openai.py`)"
 
 
@@ -57,18 +57,12 @@ def start_node(tmp: Path) -> tuple[subprocess.Popen, str]:
     log = tmp / "node.log"
     cmd = [str(REL / "tern-node"), "--model-repository", str(tmp / "repo"), "--grpc-address", "127.0.0.1",
            "--grpc-port", "0", "--metrics-port", "0", "--http-address", "127.0.0.1", "--http-port", "0"]
-    p = subprocess.Popen(cmd, stdout=open(log, "w"), stderr=subprocess.STDOUT, env=ENV, cwd=ROOT)
-    deadline = time.monotonic() + 180
-    while time.monotonic() < deadline:
-        text = log.read_text(errors="replace")
-        m = re.search(r'http(?:=|"\s*:\s*")([0-9.]+:\d+)', text)
-        if "tern-node ready" in text and m:
-            return p, m.group(1)
-        if p.poll() is not None:
-            sys.exit(f"tern-node exited:\n{text}")
-        time.sleep(0.1)
-    p.kill()
-    sys.exit(f"tern-node not ready:\n{log.read_text()}")
+    p = start_server(cmd, "tern-node ready", log)
+    m = re.search(r'http(?:=|"\s*:\s*")([0-9.]+:\d+)', log.read_text(errors="replace"))
+    if not m:
+        p.kill()
+        sys.exit(f"tern-node logged no HTTP address:\n{log.read_text()}")
+    return p, m.group(1)
 
 
 def chat_prompt(messages) -> str:
@@ -171,17 +165,7 @@ def main() -> None:
     lines += ["", "Target (reported, not asserted): ratio >= 0.95 at both concurrencies."]
     print("\n".join(lines))
     if args.write:
-        path = ROOT / "benches" / "RESULTS.md"
-        text = path.read_text()
-        start = text.find(SECTION)
-        if start >= 0:
-            nxt = re.search(r"^## ", text[start + 3:], re.M)
-            stop = start + 3 + nxt.start() if nxt else len(text)
-            text = text[:start] + "\n".join(lines) + "\n\n" + text[stop:]
-        else:
-            text = text.rstrip() + "\n\n" + "\n".join(lines) + "\n"
-        path.write_text(text)
-
+        write_section(SECTION, lines)
 
 if __name__ == "__main__":
     main()

@@ -16,8 +16,6 @@ import argparse
 import csv
 import os
 import platform
-import re
-import socket
 import statistics
 import subprocess
 import sys
@@ -26,32 +24,12 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-REL = ROOT / "target" / "release"
+sys.path.insert(0, str(ROOT / "benches"))
+from benchlib import ENV, REL, free_port, start_server, write_section  # noqa: E402
+
 PA = ROOT / ".tern" / "perf_analyzer"
 REPO = ROOT / "examples" / "model_repository"
-ENV = dict(os.environ, ORT_DYLIB_PATH=os.environ.get(
-    "ORT_DYLIB_PATH", str(ROOT / ".tern/onnxruntime/libonnxruntime.so.1.31.1")), NO_COLOR="1")
 CASES = [("tiny_add", 1), ("tiny_add", 16), ("light_resnet50", 8)]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def start(cmd, mark, log):
-    f = open(log, "w")
-    p = subprocess.Popen(cmd, stdout=f, stderr=subprocess.STDOUT, env=ENV, cwd=ROOT)
-    deadline = time.monotonic() + 180
-    while time.monotonic() < deadline:
-        if mark in Path(log).read_text(errors="replace"):
-            return p
-        if p.poll() is not None:
-            sys.exit(f"{cmd[0]} exited:\n{Path(log).read_text()}")
-        time.sleep(0.1)
-    p.kill()
-    sys.exit(f"{cmd[0]} not ready:\n{Path(log).read_text()}")
 
 
 def perf(url, model, conc, window_ms, out_csv):
@@ -81,9 +59,9 @@ def main():
     node_port, router_port, serve_port = free_port(), free_port(), free_port()
     procs = []
     try:
-        procs.append(start([str(REL / "tern-node"), "--model-repository", str(repo), "--grpc-address", "127.0.0.1",
+        procs.append(start_server([str(REL / "tern-node"), "--model-repository", str(repo), "--grpc-address", "127.0.0.1",
                             "--grpc-port", str(node_port), "--metrics-port", "0", "--allow-http", "false"], "tern-node ready", tmp / "node.log"))
-        procs.append(start([str(REL / "tern-router"), "--grpc-address", "127.0.0.1", "--grpc-port", str(router_port),
+        procs.append(start_server([str(REL / "tern-router"), "--grpc-address", "127.0.0.1", "--grpc-port", str(router_port),
                             "--metrics-port", "0", "--allow-http", "false", "--node", f"127.0.0.1:{node_port}"],
                            "tern-router ready",
                            tmp / "router.log"))
@@ -108,7 +86,7 @@ def main():
             p.terminate()
             p.wait(30)
         procs.clear()
-        procs.append(start([str(REL / "tern"), "serve", "--model-repository", str(repo), "--grpc-address", "127.0.0.1",
+        procs.append(start_server([str(REL / "tern"), "serve", "--model-repository", str(repo), "--grpc-address", "127.0.0.1",
                             "--grpc-port", str(serve_port), "--metrics-port", "0", "--allow-http", "false"], "tern ready", tmp / "serve.log"))
         for model, conc in CASES:
             for rnd in range(args.rounds):
@@ -122,7 +100,7 @@ def main():
     lines = report(results, args)
     print("\n".join(lines))
     if args.write:
-        write_section(lines)
+        write_section('## Router overhead (`benches/router_overhead.py`)', lines)
 
 
 def med(rows, i):
@@ -150,19 +128,6 @@ def report(results, args):
                 f"{100 * t / med(direct, 0):.1f}% throughput, p50 {p50 - med(direct, 1):+.0f} µs")
             L.append(f"| {model} | {conc} | {side} | {t:.0f} | {p50:.0f} | {p99:.0f} | {vs} |")
     return L
-
-
-def write_section(lines):
-    path = ROOT / "benches" / "RESULTS.md"
-    text = path.read_text()
-    start = text.find("## Router overhead")
-    if start >= 0:
-        nxt = re.search(r"^## ", text[start + 3:], re.M)
-        end = start + 3 + nxt.start() if nxt else len(text)
-        text = text[:start] + "\n".join(lines) + "\n\n" + text[end:]
-    else:
-        text = text.rstrip() + "\n\n" + "\n".join(lines) + "\n"
-    path.write_text(text)
 
 
 if __name__ == "__main__":
