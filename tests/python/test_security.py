@@ -74,7 +74,7 @@ def index(client) -> dict:
 def keys(tmp_path_factory):
     d = tmp_path_factory.mktemp("keys")
     for name in ("good", "other"):
-        r = tern("model", "keygen", d / name)
+        r = tern("crypt", "keygen", d / name)
         assert r.returncode == 0, r.stderr
     return d
 
@@ -92,7 +92,7 @@ def encrypted_repo(tmp_path_factory, keys):
     (repo / "plain" / "1" / "model.onnx").write_bytes(clear.read_bytes())
     for name, key in [("enc_auto", "good"), ("enc_config", "good"), ("enc_wrong_key", "other"),
                       ("enc_tampered", "good")]:
-        r = tern("model", "encrypt", "--key-file", keys / key, clear, repo / name / "1" / "model.onnx.enc")
+        r = tern("crypt", "encrypt", "--key-file", keys / key, clear, repo / name / "1" / "model.onnx.enc")
         assert r.returncode == 0, r.stderr
     tampered = repo / "enc_tampered" / "1" / "model.onnx.enc"
     data = bytearray(tampered.read_bytes())
@@ -105,28 +105,31 @@ def test_file_format_and_cli_round_trip(keys, tmp_path):
     clear = tmp_path / "model.onnx"
     clear.write_bytes(add_model_bytes())
     enc = tmp_path / "model.onnx.enc"
-    assert tern("model", "encrypt", "--key-file", keys / "good", clear, enc).returncode == 0
+    assert tern("crypt", "encrypt", "--key-file", keys / "good", clear, enc).returncode == 0
     data = enc.read_bytes()
     # magic, 12-byte nonce, ciphertext as long as the model, 16-byte tag
     assert data.startswith(MAGIC) and len(data) == 8 + 12 + clear.stat().st_size + 16
     assert clear.read_bytes() not in data
     out = tmp_path / "back.onnx"
-    r = tern("model", "decrypt", "--key-file", keys / "good", enc, out)
+    r = tern("crypt", "decrypt", "--key-file", keys / "good", enc, out)
     assert r.returncode == 0, r.stderr
     assert out.read_bytes() == clear.read_bytes()
+    # `tern model` is the old name of `tern crypt`, kept as an alias for one release.
+    r = tern("model", "decrypt", "--key-file", keys / "good", enc, "-")
+    assert r.returncode == 0, r.stderr
     # The key as text in TERN_MODEL_KEY works too (hex or base64).
     hex_key = (keys / "good").read_text().strip()
     b64_key = base64.b64encode(bytes.fromhex(hex_key)).decode()
     for text in (hex_key, b64_key):
-        r = tern("model", "decrypt", enc, "-", env=dict(os.environ, TERN_MODEL_KEY=text))
+        r = tern("crypt", "decrypt", enc, "-", env=dict(os.environ, TERN_MODEL_KEY=text))
         assert r.returncode == 0, r.stderr
     # Wrong key, no key, an existing key file: refused, and the key is never printed.
-    r = tern("model", "decrypt", "--key-file", keys / "other", enc, tmp_path / "x")
+    r = tern("crypt", "decrypt", "--key-file", keys / "other", enc, tmp_path / "x")
     assert r.returncode == 1 and "wrong key" in r.stderr and not (tmp_path / "x").exists()
     env = {k: v for k, v in os.environ.items() if k != "TERN_MODEL_KEY"}
-    r = tern("model", "encrypt", clear, tmp_path / "y", env=env)
+    r = tern("crypt", "encrypt", clear, tmp_path / "y", env=env)
     assert r.returncode == 1 and "--key-file" in r.stderr
-    r = tern("model", "keygen", keys / "good")
+    r = tern("crypt", "keygen", keys / "good")
     assert r.returncode == 1 and hex_key not in r.stderr + r.stdout
     assert (keys / "good").stat().st_mode & 0o077 == 0, "key files are private to their owner"
 

@@ -2,7 +2,8 @@
 //!
 //! - `tern serve`: a router and a node in one process ([`serve`]).
 //! - `tern cluster`: a router's view of its nodes ([`cluster`]).
-//! - `tern model keygen|encrypt|decrypt`: encrypted model files at rest ([`model`]).
+//! - `tern crypt keygen|encrypt|decrypt`: encrypted model files at rest ([`model`]); `tern model`
+//!   is its old name, kept as an alias for one release (it read as model management).
 //! - `tern token new|hash`: bearer tokens and their token-file lines ([`token`]).
 
 mod cluster;
@@ -27,7 +28,9 @@ enum Command {
     /// Print a router's view of the cluster: nodes, health, load and models.
     Cluster(cluster::ClusterArgs),
     /// Encrypted model files: make a key, encrypt `model.onnx` to `model.onnx.enc`, decrypt.
-    Model {
+    /// (`tern model ...` is the old name, kept as an alias for one release.)
+    #[command(alias = "model")]
+    Crypt {
         #[command(subcommand)]
         command: model::ModelCommand,
     },
@@ -42,7 +45,7 @@ fn main() -> std::process::ExitCode {
     match Cli::parse().command {
         Command::Serve(config) => tern_edge::main!(serve::Serve(*config)),
         Command::Cluster(args) => cluster::main(args),
-        Command::Model { command } => model::main(command),
+        Command::Crypt { command } => model::main(command),
         Command::Token { command } => token::main(command),
     }
 }

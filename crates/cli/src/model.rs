@@ -1,9 +1,9 @@
-//! `tern model`: encrypted model files at rest (format and key: tern-crypto).
+//! `tern crypt` (old name `tern model`): encrypted model files at rest (format and key: tern-crypto).
 //!
-//! - `tern model keygen OUT`: a new random key, 64 hex digits, written to a new file (mode
+//! - `tern crypt keygen OUT`: a new random key, 64 hex digits, written to a new file (mode
 //!   0600) that is never overwritten; `-` prints it.
-//! - `tern model encrypt [--key-file K] IN OUT`: `model.onnx` -> `model.onnx.enc`.
-//! - `tern model decrypt [--key-file K] IN OUT`: back to the clear model (to inspect it).
+//! - `tern crypt encrypt [--key-file K] IN OUT`: `model.onnx` -> `model.onnx.enc`.
+//! - `tern crypt decrypt [--key-file K] IN OUT`: back to the clear model (to inspect it).
 //!
 //! Without `--key-file` the key comes from `TERN_MODEL_KEY`, as for tern-node.
 
@@ -30,7 +30,7 @@ pub enum ModelCommand {
         /// The encrypted file to write (by convention the model file's name plus `.enc`).
         output: PathBuf,
     },
-    /// Decrypt a model file encrypted by `tern model encrypt` (or check it: OUT `-` discards it).
+    /// Decrypt a model file encrypted by `tern crypt encrypt` (or check it: OUT `-` discards it).
     Decrypt {
         /// Key file (hex or base64); default: the TERN_MODEL_KEY environment variable.
         #[arg(long, value_name = "PATH")]
@@ -46,7 +46,7 @@ pub fn main(command: ModelCommand) -> std::process::ExitCode {
     match run(command) {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("tern model: {e}");
+            eprintln!("tern crypt: {e}");
             std::process::ExitCode::from(1)
         }
     }
@@ -63,7 +63,7 @@ fn run(command: ModelCommand) -> Result<(), String> {
                 return Ok(());
             }
             write_new_private(&out, text.as_bytes())?;
-            eprintln!("tern model: wrote a new key to {}", out.display());
+            eprintln!("tern crypt: wrote a new key to {}", out.display());
             Ok(())
         }
         ModelCommand::Encrypt { key_file, input, output } => {
@@ -77,7 +77,7 @@ fn run(command: ModelCommand) -> Result<(), String> {
             let sealed =
                 tern_crypto::encrypt(&key, &clear).map_err(|e| format!("{}: {e}", input.display()))?;
             write_replacing(&output, &sealed, false)?;
-            eprintln!("tern model: encrypted {} -> {}", input.display(), output.display());
+            eprintln!("tern crypt: encrypted {} -> {}", input.display(), output.display());
             Ok(())
         }
         ModelCommand::Decrypt { key_file, input, output } => {
@@ -87,11 +87,11 @@ fn run(command: ModelCommand) -> Result<(), String> {
             let clear =
                 tern_crypto::decrypt(&key, &sealed).map_err(|e| format!("{}: {e}", input.display()))?;
             if output == Path::new("-") {
-                eprintln!("tern model: {} decrypts with this key ({} bytes)", input.display(), clear.len());
+                eprintln!("tern crypt: {} decrypts with this key ({} bytes)", input.display(), clear.len());
                 return Ok(());
             }
             write_replacing(&output, &clear, true)?;
-            eprintln!("tern model: decrypted {} -> {}", input.display(), output.display());
+            eprintln!("tern crypt: decrypted {} -> {}", input.display(), output.display());
             Ok(())
         }
     }
@@ -100,7 +100,7 @@ fn run(command: ModelCommand) -> Result<(), String> {
 fn key(file: Option<&Path>) -> Result<ModelKey, String> {
     ModelKey::from_file_or_env(file).map_err(|e| e.to_string())?.ok_or_else(|| {
         format!(
-            "no key: give --key-file PATH or set {} (make one with `tern model keygen`)",
+            "no key: give --key-file PATH or set {} (make one with `tern crypt keygen`)",
             tern_crypto::KEY_ENV
         )
     })

@@ -1,5 +1,5 @@
 //! Encrypted model files at rest, shared by `tern-node` (which decrypts in memory) and the
-//! `tern model` commands (which encrypt, decrypt and make keys).
+//! `tern crypt` commands (which encrypt, decrypt and make keys).
 //!
 //! The file format (`model.onnx.enc`), version 1, all offsets in bytes:
 //!
@@ -120,7 +120,7 @@ impl ModelKey {
         }
     }
 
-    /// Reads a key file (hex or base64 text, as `tern model keygen` writes it).
+    /// Reads a key file (hex or base64 text, as `tern crypt keygen` writes it).
     pub fn from_file(path: &Path) -> Result<ModelKey, CryptoError> {
         let bytes = std::fs::read(path)
             .map(Zeroizing::new)
@@ -157,7 +157,7 @@ impl ModelKey {
         }
     }
 
-    /// The key as 64 lowercase hex digits (what `tern model keygen` writes).
+    /// The key as 64 lowercase hex digits (what `tern crypt keygen` writes).
     pub fn to_hex(&self) -> Zeroizing<String> {
         const DIGITS: &[u8; 16] = b"0123456789abcdef";
         let mut out = Zeroizing::new(String::with_capacity(2 * KEY_LEN));

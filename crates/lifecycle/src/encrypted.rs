@@ -12,7 +12,7 @@ use tern_repository::ModelFile;
 #[derive(Debug, Clone, Default, clap::Args)]
 pub struct ModelKeyConfig {
     /// File holding the key for encrypted models (`model.onnx.enc`): 32 bytes as 64 hex digits
-    /// or base64, as `tern model keygen` writes it (a Kubernetes Secret mount). Without it the
+    /// or base64, as `tern crypt keygen` writes it (a Kubernetes Secret mount). Without it the
     /// key is read from the TERN_MODEL_KEY environment variable, if set.
     #[arg(long, value_name = "PATH")]
     pub model_key_file: Option<PathBuf>,
