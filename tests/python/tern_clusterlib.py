@@ -14,9 +14,10 @@ import urllib.request
 from pathlib import Path
 
 import numpy as np
+import pytest
 import tritonclient.grpc as grpcclient
 
-from tern_testlib import ROOT, TernServer
+from tern_testlib import ROOT, START_TIMEOUT_S, TernServer
 
 
 def router_binary() -> Path:
@@ -96,6 +97,19 @@ class NodeProc(TernServer):
         super().__init__([repo], extra_args=extra_args, log_dir=log_dir, label=label)
         self.grpc_port = free_port()
         self.http_port = free_port()
+
+    def start(self, timeout: float = START_TIMEOUT_S) -> "NodeProc":
+        """A port that was free when picked may be taken before the node binds it (another
+        server in the suite binding port 0): on its first start only (restarts keep their
+        address), the node then gets new ports, at most three times."""
+        for attempt in range(3):
+            try:
+                return super().start(timeout)
+            except pytest.fail.Exception as e:
+                if self.restarts or attempt == 2 or "Address already in use" not in str(e):
+                    raise
+                self.grpc_port, self.http_port = free_port(), free_port()
+        raise AssertionError("unreachable")
 
     def command(self) -> list[str]:
         cmd = [str(self.binary())]
