@@ -1,26 +1,31 @@
 //! The routes of Triton's HTTP front end (server src/http_server.cc, `HTTPAPIServer::Handle`),
 //! each a translation to one method of the gRPC service.
+//!
+//! Layout: this file holds the dispatch, the model routes and the helpers every route uses
+//! (authorization, trace context, JSON answers); `generation` the generate extension's
+//! routes; `admin` repository control parameters, trace and log settings.
 
-use std::collections::HashMap;
-use std::convert::Infallible;
 use std::future::Future;
 use std::sync::Arc;
 
 use axum::body::Body;
 use axum::response::{IntoResponse, Response};
-use base64::Engine;
 use bytes::Bytes;
-use futures::StreamExt;
 use http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use serde_json::{Map, Value};
 use tern_proto::inference::{self as pb, grpc_inference_service_server::GrpcInferenceService};
 
 use crate::body::{self, Chunks};
 use crate::error::RestError;
-use crate::generate::{self, InputSpec};
 use crate::infer;
 use crate::protojson::to_json;
 use tern_edge::triton::StreamOne;
+
+mod admin;
+mod generation;
+
+use admin::{log_settings, repository_parameters, trace_setting};
+use generation::generate_route;
 
 /// ModelInfer's refusal of a decoupled model (Triton's gRPC words), and the infer route's.
 const DECOUPLED_GRPC: &str = "ModelInfer RPC doesn't support models with decoupled transaction policy";
@@ -85,7 +90,7 @@ pub(crate) fn decode_segment(s: &str) -> Result<String, RestError> {
     String::from_utf8(out).map_err(|_| RestError::bad_request(format!("path segment '{s}' is not UTF-8")))
 }
 
-fn want(method: &Method, allowed: &Method) -> Result<(), RestError> {
+pub(super) fn want(method: &Method, allowed: &Method) -> Result<(), RestError> {
     if method == allowed { Ok(()) } else { Err(RestError::method_not_allowed()) }
 }
 
@@ -338,7 +343,7 @@ async fn infer_route<T: Service>(
 
 /// Calls the gRPC service's `method` with `message`, authorized as the gRPC auth layer
 /// authorizes that method, with the W3C trace context of the HTTP request.
-async fn call<T, Req, Resp, F, Fut>(
+pub(super) async fn call<T, Req, Resp, F, Fut>(
     s: &Shared<T>,
     method: &str,
     headers: &HeaderMap,
@@ -398,107 +403,8 @@ pub(crate) fn grpc_request<M>(
     request
 }
 
-/// `/generate` and `/generate_stream` (Triton's generate extension, see [`generate`]): the
-/// model's inputs from its metadata, the request through [`StreamOne`] (authorized as
-/// ModelStreamInfer), and its responses as one JSON object or as Server-Sent Events.
-async fn generate_route<T: Service>(
-    s: &Shared<T>,
-    headers: &HeaderMap,
-    name: &str,
-    version: &str,
-    body: Body,
-    streaming: bool,
-) -> Result<Response, RestError> {
-    let caller = authorize(s, "ModelStreamInfer", headers)?;
-    // The inputs' names, datatypes and shapes, read with the same principal: a token that may
-    // run the model may read its inputs for this (Triton reads them under the inference
-    // restriction too, `ModelInputMetadata`).
-    let request = pb::ModelMetadataRequest { name: name.to_string(), version: version.to_string() };
-    let metadata =
-        s.service.model_metadata(grpc_request(request, headers, caller.clone())).await?.into_inner();
-    let body = body::read(headers, body, s.max_body).await?;
-    let request = generate::parse_request(
-        name,
-        version,
-        &body,
-        &InputSpec::from_metadata(&metadata),
-        streaming,
-        s.max_body,
-    )?;
-    drop(body);
-    let mut responses = s.service.stream_one(request, trace_metadata(headers), caller);
-    if !streaming {
-        // One response, or Triton's error. Triton sets the status with the first response
-        // (`InferResponseComplete`: 200 when it succeeded, or a final flags-only one) and, at
-        // the end, answers anything but exactly one response with its error as the body
-        // (`SendChunkResponse`); a failed first response is its own error with its status. A
-        // second response stops the generation here (dropping the stream cancels it).
-        let not_one = || RestError::new(http::StatusCode::OK, generate::NOT_ONE_RESPONSE);
-        let mut one = None;
-        while let Some(response) = responses.next().await {
-            let response = match response {
-                Ok(response) => response,
-                Err(_) if one.is_some() => return Err(not_one()),
-                Err(status) => return Err(status.into()),
-            };
-            if generate::is_flags_only(&response) {
-                continue;
-            }
-            if one.is_some() {
-                return Err(not_one());
-            }
-            one = Some(response);
-        }
-        let response = one.ok_or_else(not_one)?;
-        let json = serde_json::to_vec(&Value::Object(generate::response_json(&response)?))
-            .map_err(|e| RestError::internal(e.to_string()))?;
-        return compressed_json(headers, Bytes::from(json)).await;
-    }
-    // A request refused before inference begins is a plain JSON error with its status (Triton:
-    // `HandleGenerate` answers a failed `InferAsync` so). A failed first response from the
-    // model is the stream's first event, sent with the error's status (Triton's
-    // `InferResponseComplete` takes the status from the first response, `AddErrorJson` writes
-    // it as an SSE event). After that, an error event ends the stream.
-    let first = match responses.next().await {
-        Some(Err(status)) if !generate::failed_in_inference(status.code()) => return Err(status.into()),
-        Some(Err(status)) => {
-            let mut response = Response::new(Body::from(generate::error_event(status.message())));
-            *response.status_mut() = crate::error::http_status(status.code());
-            response
-                .headers_mut()
-                .insert(header::CONTENT_TYPE, HeaderValue::from_static("text/event-stream; charset=utf-8"));
-            return Ok(response);
-        }
-        first => first,
-    };
-    let events = futures::stream::unfold((first, Some(responses)), |(mut pending, rest)| async move {
-        let mut rest = rest?;
-        loop {
-            let item = match pending.take() {
-                Some(item) => item,
-                None => rest.next().await?,
-            };
-            match item {
-                Ok(r) if generate::is_flags_only(&r) => continue,
-                Ok(r) => {
-                    return Some((Ok::<_, Infallible>(generate::response_event(&r)), (None, Some(rest))));
-                }
-                // Nothing follows an error: the stream (and the generation) ends.
-                Err(status) => return Some((Ok(generate::error_event(status.message())), (None, None))),
-            }
-        }
-    });
-    // The body owns the response stream: a client that goes away drops the body, and with it
-    // the stream, which cancels the request where it runs.
-    let mut response = Response::new(Body::from_stream(events));
-    response
-        .headers_mut()
-        .insert(header::CONTENT_TYPE, HeaderValue::from_static("text/event-stream; charset=utf-8"));
-    Ok(response)
-}
-
 /// A JSON body, compressed as `Accept-Encoding` asks.
-async fn compressed_json(headers: &HeaderMap, json: Bytes) -> Result<Response, RestError> {
+pub(super) async fn compressed_json(headers: &HeaderMap, json: Bytes) -> Result<Response, RestError> {
     let coding = body::accepted(headers);
     let mut response = match coding {
         Some(coding) => {
@@ -518,13 +424,13 @@ async fn compressed_json(headers: &HeaderMap, json: Bytes) -> Result<Response, R
     Ok(response)
 }
 
-fn json(value: Value) -> Result<Response, RestError> {
+pub(super) fn json(value: Value) -> Result<Response, RestError> {
     let bytes = serde_json::to_vec(&value).map_err(|e| RestError::internal(e.to_string()))?;
     Ok(([(header::CONTENT_TYPE, HeaderValue::from_static("application/json"))], bytes).into_response())
 }
 
 /// An optional JSON object body (empty means `{}`).
-async fn read_json_object(
+pub(super) async fn read_json_object(
     headers: &HeaderMap,
     body: Body,
     limit: usize,
@@ -540,162 +446,5 @@ async fn read_json_object(
     }
 }
 
-/// A load or unload body's `parameters`: `config` (JSON text), `file:<path>` (base64 content,
-/// as Triton's HTTP), and plain values.
-fn repository_parameters(
-    model: &str,
-    options: &Map<String, Value>,
-) -> Result<HashMap<String, pb::ModelRepositoryParameter>, RestError> {
-    use pb::model_repository_parameter::ParameterChoice as C;
-    let mut out = HashMap::new();
-    let Some(params) = options.get("parameters") else { return Ok(out) };
-    let params = params.as_object().ok_or_else(|| {
-        RestError::bad_request(format!("model '{model}': 'parameters' must be a JSON object"))
-    })?;
-    for (key, value) in params {
-        let bad =
-            |want: &str| RestError::bad_request(format!("model '{model}': Unable to parse '{key}': {want}"));
-        let choice = if key.starts_with("file:") {
-            let text = value.as_str().ok_or_else(|| bad("want base64 file content"))?;
-            let bytes = base64::engine::general_purpose::STANDARD
-                .decode(text)
-                .map_err(|e| bad(&format!("not base64 ({e})")))?;
-            C::BytesParam(bytes)
-        } else {
-            match value {
-                Value::String(s) => C::StringParam(s.clone()),
-                Value::Bool(b) => C::BoolParam(*b),
-                Value::Number(n) => C::Int64Param(n.as_i64().ok_or_else(|| bad("want an integer"))?),
-                // Triton accepts `config` as a JSON object too; the gRPC side takes its text.
-                Value::Object(_) if key == "config" => C::StringParam(value.to_string()),
-                _ => return Err(bad("want a string, boolean or integer")),
-            }
-        };
-        out.insert(key.clone(), pb::ModelRepositoryParameter { parameter_choice: Some(choice) });
-    }
-    Ok(out)
-}
-
-async fn trace_setting<T: Service>(
-    s: &Shared<T>,
-    method: &Method,
-    headers: &HeaderMap,
-    model: &str,
-    body: Body,
-) -> Result<Response, RestError> {
-    use pb::trace_setting_request::SettingValue;
-    let mut settings = HashMap::new();
-    if method == Method::POST {
-        for (key, value) in read_json_object(headers, body, s.max_body).await? {
-            let bad = || {
-                RestError::bad_request(format!("Unable to parse '{key}': want a string or a list of strings"))
-            };
-            let values = match value {
-                Value::Null => Vec::new(),
-                Value::String(v) => vec![v],
-                Value::Array(items) => items
-                    .into_iter()
-                    .map(|v| v.as_str().map(str::to_owned).ok_or_else(bad))
-                    .collect::<Result<_, _>>()?,
-                _ => return Err(bad()),
-            };
-            settings.insert(key, SettingValue { value: values });
-        }
-    } else {
-        want(method, &Method::GET)?;
-    }
-    let request = pb::TraceSettingRequest { settings, model_name: model.to_string() };
-    let r = call(s, "TraceSetting", headers, request, |svc, req| async move { svc.trace_setting(req).await })
-        .await?;
-    let out: Map<String, Value> = r
-        .settings
-        .into_iter()
-        .map(|(k, v)| {
-            let value = match v.value.as_slice() {
-                [one] => Value::String(one.clone()),
-                many => Value::from(many.to_vec()),
-            };
-            (k, value)
-        })
-        .collect();
-    json(Value::Object(out))
-}
-
-async fn log_settings<T: Service>(
-    s: &Shared<T>,
-    method: &Method,
-    headers: &HeaderMap,
-    body: Body,
-) -> Result<Response, RestError> {
-    use pb::log_settings_request::{SettingValue, setting_value::ParameterChoice as C};
-    let mut settings = HashMap::new();
-    if method == Method::POST {
-        for (key, value) in read_json_object(headers, body, s.max_body).await? {
-            let choice = match value {
-                Value::Bool(b) => C::BoolParam(b),
-                Value::String(v) => C::StringParam(v),
-                Value::Number(n) => {
-                    C::Uint32Param(n.as_u64().and_then(|n| u32::try_from(n).ok()).ok_or_else(|| {
-                        RestError::bad_request(format!(
-                            "Unable to parse '{key}': want an unsigned 32-bit integer"
-                        ))
-                    })?)
-                }
-                _ => {
-                    return Err(RestError::bad_request(format!(
-                        "Unable to parse '{key}': want a bool, integer or string"
-                    )));
-                }
-            };
-            settings.insert(key, SettingValue { parameter_choice: Some(choice) });
-        }
-    } else {
-        want(method, &Method::GET)?;
-    }
-    let request = pb::LogSettingsRequest { settings };
-    let r = call(s, "LogSettings", headers, request, |svc, req| async move { svc.log_settings(req).await })
-        .await?;
-    use pb::log_settings_response::setting_value::ParameterChoice as R;
-    let out: Map<String, Value> = r
-        .settings
-        .into_iter()
-        .map(|(k, v)| {
-            let value = match v.parameter_choice {
-                Some(R::BoolParam(b)) => Value::Bool(b),
-                Some(R::Uint32Param(n)) => Value::from(n),
-                Some(R::StringParam(s)) => Value::String(s),
-                None => Value::Null,
-            };
-            (k, value)
-        })
-        .collect();
-    json(Value::Object(out))
-}
-
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn path_segments_are_percent_decoded() {
-        assert_eq!(decode_segment("a%20b%2Fc").expect("decode"), "a b/c");
-        assert!(decode_segment("bad%zz").is_err());
-        assert!(decode_segment("cut%2").is_err());
-    }
-
-    #[test]
-    fn repository_parameters_decode_files_and_config() {
-        let options: Map<String, Value> = serde_json::from_str(
-            r#"{"parameters":{"config":"{\"max_batch_size\":0}","file:1/model.onnx":"AAEC","unload_dependents":true}}"#,
-        )
-        .expect("json");
-        let params = repository_parameters("m", &options).expect("params");
-        use pb::model_repository_parameter::ParameterChoice as C;
-        assert_eq!(params["file:1/model.onnx"].parameter_choice, Some(C::BytesParam(vec![0, 1, 2])));
-        assert!(matches!(params["config"].parameter_choice, Some(C::StringParam(_))));
-        let bad: Map<String, Value> =
-            serde_json::from_str(r#"{"parameters":{"file:x":"!!"}}"#).expect("json");
-        let e = repository_parameters("m", &bad).expect_err("base64");
-        assert!(e.message.contains("'file:x'"), "{e:?}");
-    }
-}
+mod tests;
