@@ -15,7 +15,7 @@ use super::engine::finish_reason;
 use super::models::facts;
 use super::{
     DONE, Framer, GENAI_BACKEND, Kind, OpenAiError, Usage, header_timeout, infer_request, json_response,
-    meter_tokens, parse_generate, piece, render_chat, sse,
+    meter_tokens, parse_generate, piece, sse,
 };
 use crate::body;
 use crate::routes::{Service, Shared, authorize, trace_metadata};
@@ -28,7 +28,7 @@ pub(super) async fn generate<T: Service>(
 ) -> Result<Response, OpenAiError> {
     let caller = authorize(s, "ModelStreamInfer", headers)?;
     let bytes = body::read(headers, body, s.max_body).await?;
-    let r = parse_generate(kind, &bytes)?;
+    let mut r = parse_generate(kind, &bytes)?;
     drop(bytes);
     let timeout = header_timeout(headers, r.stream)?;
     let facts = facts(s, headers, &caller, &r.model).await?;
@@ -45,7 +45,7 @@ pub(super) async fn generate<T: Service>(
     let prompt = match kind {
         Kind::Completion => r.prompt.clone(),
         Kind::Chat => {
-            let Some(template) = &facts.chat_template else {
+            if facts.chat_template.is_none() {
                 return Err(OpenAiError::invalid(
                     "model",
                     format!(
@@ -54,18 +54,18 @@ pub(super) async fn generate<T: Service>(
                         r.model
                     ),
                 ));
-            };
-            let (model, template, bos, eos, messages) = (
-                r.model.clone(),
-                template.clone(),
-                facts.bos_token.clone(),
-                facts.eos_token.clone(),
-                r.messages.clone(),
-            );
-            // Rendering is CPU work of unbounded size: off the async workers.
-            tokio::task::spawn_blocking(move || render_chat(&model, &template, &bos, &eos, &messages))
-                .await
-                .map_err(|e| OpenAiError::internal(format!("chat template task failed: {e}")))??
+            }
+            let (model, facts, messages) = (r.model.clone(), facts.clone(), std::mem::take(&mut r.messages));
+            // Compiling (once per model) and rendering are CPU work of unbounded size: off the
+            // async workers.
+            tokio::task::spawn_blocking(move || {
+                let template = facts.compiled_chat(&model).unwrap_or_else(|| {
+                    Err(OpenAiError::internal(format!("model '{model}' has no chat template")))
+                })?;
+                template.render(&model, &facts.bos_token, &facts.eos_token, &messages)
+            })
+            .await
+            .map_err(|e| OpenAiError::internal(format!("chat template task failed: {e}")))??
         }
     };
     let request = infer_request(&r, &prompt, timeout);

@@ -44,7 +44,7 @@ pub(crate) use models::FactsCache;
 pub use models::{EmbeddingFacts, ModelFacts};
 pub use request::{GenRequest, Kind, parse_generate};
 pub use sse::{DONE, Framer, Usage, sse};
-pub use template::render_chat;
+pub use template::{ChatTemplate, render_chat};
 
 use completions::generate;
 use embeddings::embeddings;

@@ -1,7 +1,7 @@
 //! `/v1/models`, and the facts the OpenAI routes read from a model's config, cached per model.
 
 use std::collections::HashMap;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Instant;
 
 use axum::response::Response;
@@ -9,6 +9,7 @@ use http::HeaderMap;
 use serde_json::json;
 use tern_proto::inference as pb;
 
+use super::template::ChatTemplate;
 use super::{FACTS_CAPACITY, FACTS_TTL, GENAI_BACKEND, OpenAiError, json_response};
 use crate::routes::{Service, Shared, authorize, grpc_request};
 
@@ -52,6 +53,9 @@ pub struct ModelFacts {
     pub eos_token: String,
     /// `Some` for a model that meets the embedding contract.
     pub embedding: Option<EmbeddingFacts>,
+    /// `chat_template` compiled on first use, shared with the next facts of the model while
+    /// the template text stays the same.
+    compiled_chat: Arc<OnceLock<Result<Arc<ChatTemplate>, OpenAiError>>>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -72,6 +76,22 @@ impl ModelFacts {
             bos_token: param("bos_token").unwrap_or_default(),
             eos_token: param("eos_token").unwrap_or_default(),
             embedding: embedding_facts(config),
+            compiled_chat: Arc::default(),
+        }
+    }
+
+    /// The compiled chat template (`None`: the model has none), compiled by the first caller
+    /// (compiling is CPU work: call it off the async workers).
+    pub fn compiled_chat(&self, model: &str) -> Option<Result<Arc<ChatTemplate>, OpenAiError>> {
+        let source = self.chat_template.as_deref()?;
+        Some(self.compiled_chat.get_or_init(|| ChatTemplate::compile(model, source).map(Arc::new)).clone())
+    }
+
+    /// Takes `earlier`'s compiled chat template when the template text is the same, so a
+    /// refresh of the facts does not compile it again.
+    pub fn keep_compiled(&mut self, earlier: &ModelFacts) {
+        if self.chat_template == earlier.chat_template {
+            self.compiled_chat = earlier.compiled_chat.clone();
         }
     }
 }
@@ -97,15 +117,20 @@ pub(super) fn embedding_facts(config: &pb::ModelConfig) -> Option<EmbeddingFacts
 /// ModelConfig answers per model, kept [`FACTS_TTL`]. The lock is held only to read or write
 /// the map, never across the ModelConfig call.
 #[derive(Default)]
-pub(crate) struct FactsCache(Mutex<HashMap<String, (Instant, std::sync::Arc<ModelFacts>)>>);
+pub(crate) struct FactsCache(Mutex<HashMap<String, (Instant, Arc<ModelFacts>)>>);
 
 impl FactsCache {
-    fn get(&self, model: &str) -> Option<std::sync::Arc<ModelFacts>> {
+    fn get(&self, model: &str) -> Option<Arc<ModelFacts>> {
         let map = self.0.lock().ok()?;
         map.get(model).filter(|(at, _)| at.elapsed() < FACTS_TTL).map(|(_, f)| f.clone())
     }
 
-    fn put(&self, model: &str, facts: std::sync::Arc<ModelFacts>) {
+    /// The last facts of `model`, however old.
+    fn last(&self, model: &str) -> Option<Arc<ModelFacts>> {
+        self.0.lock().ok()?.get(model).map(|(_, f)| f.clone())
+    }
+
+    fn put(&self, model: &str, facts: Arc<ModelFacts>) {
         if let Ok(mut map) = self.0.lock() {
             if map.len() >= FACTS_CAPACITY {
                 map.retain(|_, (at, _)| at.elapsed() < FACTS_TTL);
@@ -125,7 +150,7 @@ pub(super) async fn facts<T: Service>(
     headers: &HeaderMap,
     caller: &Option<tern_edge::Principal>,
     model: &str,
-) -> Result<std::sync::Arc<ModelFacts>, OpenAiError> {
+) -> Result<Arc<ModelFacts>, OpenAiError> {
     tern_edge::authorize_model(caller.as_ref(), model)?;
     if let Some(f) = s.openai.get(model) {
         return Ok(f);
@@ -144,7 +169,11 @@ pub(super) async fn facts<T: Service>(
         .into_inner()
         .config
         .unwrap_or_default();
-    let f = std::sync::Arc::new(ModelFacts::of(&config));
+    let mut f = ModelFacts::of(&config);
+    if let Some(earlier) = s.openai.last(model) {
+        f.keep_compiled(&earlier);
+    }
+    let f = Arc::new(f);
     s.openai.put(model, f.clone());
     Ok(f)
 }

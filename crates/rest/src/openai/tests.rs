@@ -130,6 +130,44 @@ fn chat_templates_render_like_transformers() {
     assert!(e.message.contains("model 'llm'"), "{}", e.message);
 }
 
+/// A model's chat template is compiled once: every request of the facts' lifetime renders the
+/// same compiled template, and so do refreshed facts while the template text is unchanged.
+#[test]
+fn chat_templates_compile_once_per_model() {
+    let config = |template: &str| {
+        let mut config = pb::ModelConfig::default();
+        config
+            .parameters
+            .insert("chat_template".into(), pb::ModelParameter { string_value: template.into() });
+        config
+    };
+    let facts = ModelFacts::of(&config(CHATML));
+    let first = facts.compiled_chat("m").expect("has a template").expect("compiles");
+    let again = facts.compiled_chat("m").expect("has a template").expect("compiles");
+    assert!(std::sync::Arc::ptr_eq(&first, &again));
+    let messages = [json!({"role": "user", "content": "Hi"})];
+    assert_eq!(
+        first.render("m", "", "", &messages).expect("render"),
+        render_chat("m", CHATML, "", "", &messages).expect("render")
+    );
+    let mut refreshed = ModelFacts::of(&config(CHATML));
+    refreshed.keep_compiled(&facts);
+    let kept = refreshed.compiled_chat("m").expect("has a template").expect("compiles");
+    assert!(std::sync::Arc::ptr_eq(&first, &kept));
+    let mut changed = ModelFacts::of(&config("{{ messages[0]['content'] }}"));
+    changed.keep_compiled(&facts);
+    let other = changed.compiled_chat("m").expect("has a template").expect("compiles");
+    assert_eq!(other.render("m", "", "", &messages).expect("render"), "Hi");
+    // A template that does not compile fails every request with the same 500.
+    let broken = ModelFacts::of(&config("{% for %}"));
+    for _ in 0..2 {
+        let e = broken.compiled_chat("llm").expect("has a template").expect_err("compile");
+        assert_eq!(e.status, StatusCode::INTERNAL_SERVER_ERROR);
+        assert!(e.message.contains("the chat template of model 'llm' does not compile"), "{}", e.message);
+    }
+    assert!(ModelFacts::of(&pb::ModelConfig::default()).compiled_chat("m").is_none());
+}
+
 #[test]
 fn errors_have_openais_shape() {
     let e = OpenAiError::invalid("n", "bad n");
