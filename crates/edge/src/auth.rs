@@ -19,6 +19,7 @@ use std::task::{Context, Poll};
 
 use arc_swap::ArcSwap;
 
+use crate::EdgeError;
 use crate::credential::{InternalToken, Reload, WatchedFile, watch};
 use crate::tokens::{Grant, Group, Groups, Models, TokenTable};
 
@@ -51,19 +52,23 @@ impl Default for AuthArgs {
 
 impl AuthArgs {
     /// Checks the flags without reading the token file.
-    pub fn validate(&self) -> Result<(), String> {
-        Groups::parse(&self.auth_public).map(drop).map_err(|e| format!("--auth-public: {e}"))
+    pub fn validate(&self) -> Result<(), EdgeError> {
+        Groups::parse(&self.auth_public).map(drop).map_err(auth_public)
     }
 
     /// The authenticator, or `None` without --auth-token-file. Reads the file now, so a bad
     /// file stops the server before it binds, with the line named.
-    pub fn authenticator(&self) -> Result<Option<Arc<Authenticator>>, String> {
-        let public = Groups::parse(&self.auth_public).map_err(|e| format!("--auth-public: {e}"))?;
+    pub fn authenticator(&self) -> Result<Option<Arc<Authenticator>>, EdgeError> {
+        let public = Groups::parse(&self.auth_public).map_err(auth_public)?;
         match &self.auth_token_file {
             None => Ok(None),
             Some(path) => Authenticator::from_file(path, public, self.internal.clone()).map(Some),
         }
     }
+}
+
+fn auth_public(e: EdgeError) -> EdgeError {
+    EdgeError::Flag { flag: "--auth-public", source: Box::new(e) }
 }
 
 /// Checks requests against the token file.
@@ -98,7 +103,7 @@ impl Authenticator {
         file: &Path,
         public: Groups,
         internal: Option<InternalToken>,
-    ) -> Result<Arc<Authenticator>, String> {
+    ) -> Result<Arc<Authenticator>, EdgeError> {
         let auth = Authenticator {
             file: WatchedFile::new(file),
             public,
@@ -116,7 +121,7 @@ impl Authenticator {
         Ok(auth)
     }
 
-    fn read(&self) -> Result<TokenTable, String> {
+    fn read(&self) -> Result<TokenTable, EdgeError> {
         let text = self.file.read()?;
         let mut table = TokenTable::parse(&text, &self.file.path.display().to_string())?;
         self.add_internal(&mut table);

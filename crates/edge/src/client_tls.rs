@@ -73,7 +73,8 @@ impl<P> std::fmt::Debug for ClientTlsArgs<P> {
 
 impl<P: ClientTlsPeer> ClientTlsArgs<P> {
     /// The client TLS configuration, or `None` without a CA (a certificate without a CA is
-    /// refused: it would silently go out in plaintext).
+    /// refused: it would silently go out in plaintext). Text errors still: the router's
+    /// configuration check returns this one as it is.
     pub fn config(&self) -> Result<Option<tonic::transport::ClientTlsConfig>, String> {
         let flags = P::FLAGS;
         let Some(ca) = &self.ca else {
@@ -84,6 +85,7 @@ impl<P: ClientTlsPeer> ClientTlsArgs<P> {
         };
         crate::tls::client_config(ca, self.cert.as_deref().zip(self.key.as_deref()), self.domain.as_deref())
             .map(Some)
+            .map_err(String::from)
     }
 }
 

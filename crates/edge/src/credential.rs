@@ -10,6 +10,7 @@ use std::time::{Duration, SystemTime};
 use arc_swap::ArcSwapOption;
 use tonic::metadata::{Ascii, MetadataValue};
 
+use crate::EdgeError;
 use crate::tokens::{Grant, Groups};
 
 /// How often token and credential files are checked for changes.
@@ -26,12 +27,12 @@ impl std::fmt::Debug for InternalToken {
 }
 
 impl InternalToken {
-    pub fn generate() -> Result<InternalToken, String> {
+    pub fn generate() -> Result<InternalToken, EdgeError> {
         crate::tokens::new_token().map(InternalToken)
     }
 
     /// The credential that presents this token.
-    pub fn credential(&self) -> Result<Credential, String> {
+    pub fn credential(&self) -> Result<Credential, EdgeError> {
         Credential::token(&self.0)
     }
 
@@ -66,8 +67,9 @@ impl WatchedFile {
         std::mem::replace(&mut *seen, now) != now
     }
 
-    pub(crate) fn read(&self) -> Result<String, String> {
-        std::fs::read_to_string(&self.path).map_err(|e| format!("{}: {e}", self.path.display()))
+    pub(crate) fn read(&self) -> Result<String, EdgeError> {
+        std::fs::read_to_string(&self.path)
+            .map_err(|source| EdgeError::Read { path: self.path.clone(), source })
     }
 
     /// Whether the file is gone (deleted, not merely unreadable or half-written).
@@ -109,8 +111,8 @@ struct CredentialCell {
 }
 
 impl CredentialCell {
-    fn read(file: &WatchedFile) -> Result<MetadataValue<Ascii>, String> {
-        header_value(&file.read()?).map_err(|e| format!("{}: {e}", file.path.display()))
+    fn read(file: &WatchedFile) -> Result<MetadataValue<Ascii>, EdgeError> {
+        header_value(&file.read()?).map_err(|e| EdgeError::Token(format!("{}: {e}", file.path.display())))
     }
 }
 
@@ -135,13 +137,13 @@ impl std::fmt::Debug for Credential {
     }
 }
 
-fn header_value(token: &str) -> Result<MetadataValue<Ascii>, String> {
+fn header_value(token: &str) -> Result<MetadataValue<Ascii>, EdgeError> {
     let token = token.trim();
     if token.is_empty() {
-        return Err("the token is empty".into());
+        return Err(EdgeError::Token("the token is empty".into()));
     }
     let mut value = MetadataValue::try_from(format!("Bearer {token}"))
-        .map_err(|_| "the token holds characters a header cannot".to_string())?;
+        .map_err(|_| EdgeError::Token("the token holds characters a header cannot".into()))?;
     // Kept out of debug output (HTTP/2 also never indexes it in HPACK tables).
     value.set_sensitive(true);
     Ok(value)
@@ -153,13 +155,13 @@ impl Credential {
     }
 
     /// A fixed token (in memory only).
-    pub fn token(token: &str) -> Result<Credential, String> {
+    pub fn token(token: &str) -> Result<Credential, EdgeError> {
         let value = ArcSwapOption::from_pointee(header_value(token)?);
         Ok(Credential(Some(Arc::new(CredentialCell { value, file: None }))))
     }
 
     /// The token in `path` (for example a mounted Secret), re-read when the file changes.
-    pub fn from_file(path: &Path) -> Result<Credential, String> {
+    pub fn from_file(path: &Path) -> Result<Credential, EdgeError> {
         let file = WatchedFile::new(path);
         let value = ArcSwapOption::from_pointee(CredentialCell::read(&file)?);
         let cell = Arc::new(CredentialCell { value, file: Some(file) });

@@ -18,6 +18,7 @@
 pub mod auth;
 pub mod client_tls;
 pub mod credential;
+pub mod error;
 pub mod grpc;
 pub mod http;
 pub mod metrics_endpoint;
@@ -32,6 +33,7 @@ pub use auth::{
 };
 pub use client_tls::{ClientTlsArgs, ClientTlsFlags, ClientTlsPeer, Flag};
 pub use credential::{Credential, InternalToken};
+pub use error::EdgeError;
 pub use grpc::FrontDoor;
 pub use process::{Runtime, Server, server_runtime, shutdown_signal};
 pub use tokens::{Grant, Group, Groups, Models, TokenTable, hash_token, new_token};

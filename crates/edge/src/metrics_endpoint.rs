@@ -24,16 +24,17 @@ impl MetricsEndpoint {
         metrics: Arc<tern_telemetry::Metrics>,
         auth: crate::AuthLayer,
         tls: &crate::tls::TlsArgs,
-    ) -> Result<MetricsEndpoint, String> {
+    ) -> Result<MetricsEndpoint, crate::EdgeError> {
         // Checked even with metrics off: a bad --metrics-use-ssl setup is an error regardless.
         let tls = tls.metrics_server()?;
         if !config.allow_metrics {
             return Ok(MetricsEndpoint { addr: "off".into(), server: None });
         }
-        let listener = TcpListener::bind(config.metrics_addr())
-            .await
-            .map_err(|e| format!("cannot bind metrics address {}: {e}", config.metrics_addr()))?;
-        let local = listener.local_addr().map_err(|e| format!("metrics address: {e}"))?;
+        let listener = TcpListener::bind(config.metrics_addr()).await.map_err(|e| {
+            crate::EdgeError::Metrics(format!("cannot bind metrics address {}: {e}", config.metrics_addr()))
+        })?;
+        let local =
+            listener.local_addr().map_err(|e| crate::EdgeError::Metrics(format!("metrics address: {e}")))?;
         let routes = tern_telemetry::router(metrics.clone()).layer(auth);
         if tls.is_some() {
             tracing::info!(address = %local, "metrics endpoint over HTTPS");
@@ -44,7 +45,7 @@ impl MetricsEndpoint {
             Ok(endpoint) => endpoint,
             Err(e) => {
                 poller.abort();
-                return Err(format!("metrics TLS: {e}"));
+                return Err(crate::EdgeError::Metrics(format!("metrics TLS: {e}")));
             }
         };
         Ok(MetricsEndpoint { addr: local.to_string(), server: Some((endpoint, poller)) })

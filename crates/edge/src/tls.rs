@@ -17,6 +17,8 @@ use tokio::net::{TcpListener, TcpStream};
 pub use tokio_rustls::rustls;
 use tokio_rustls::rustls::{server::ClientHello, server::ResolvesServerCert, sign::CertifiedKey};
 
+use crate::EdgeError;
+
 /// Server TLS flags, flattened into each server's command line.
 #[derive(Debug, Clone, Default, clap::Args)]
 pub struct TlsArgs {
@@ -49,10 +51,10 @@ pub struct TlsArgs {
 impl TlsArgs {
     /// The server TLS configuration, or `None` without --grpc-use-ssl. Reads the files now, so
     /// a bad certificate fails the start with the file named.
-    pub fn server(&self) -> Result<Option<Arc<rustls::ServerConfig>>, String> {
+    pub fn server(&self) -> Result<Option<Arc<rustls::ServerConfig>>, EdgeError> {
         if !self.grpc_use_ssl {
             if self.grpc_use_ssl_mutual {
-                return Err("--grpc-use-ssl-mutual needs --grpc-use-ssl=true".into());
+                return Err(EdgeError::Flags("--grpc-use-ssl-mutual needs --grpc-use-ssl=true".into()));
             }
             return Ok(None);
         }
@@ -60,18 +62,18 @@ impl TlsArgs {
         let provider = Arc::new(rustls::crypto::ring::default_provider());
         let builder = rustls::ServerConfig::builder_with_provider(provider.clone())
             .with_safe_default_protocol_versions()
-            .map_err(|e| format!("TLS: {e}"))?;
+            .map_err(|e| EdgeError::Tls(format!("TLS: {e}")))?;
         let builder = if self.grpc_use_ssl_mutual {
             let Some(ca) = &self.grpc_root_cert else {
-                return Err(
-                    "--grpc-use-ssl-mutual needs --grpc-root-cert (the CA of client certificates)".into()
-                );
+                return Err(EdgeError::Flags(
+                    "--grpc-use-ssl-mutual needs --grpc-root-cert (the CA of client certificates)".into(),
+                ));
             };
             let roots = root_store(ca)?;
             let verifier =
                 rustls::server::WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider)
                     .build()
-                    .map_err(|e| format!("--grpc-root-cert {}: {e}", ca.display()))?;
+                    .map_err(|e| EdgeError::Tls(format!("--grpc-root-cert {}: {e}", ca.display())))?;
             builder.with_client_cert_verifier(verifier)
         } else {
             builder.with_no_client_auth()
@@ -83,7 +85,7 @@ impl TlsArgs {
 
     /// The metrics endpoint's TLS configuration (HTTP/1.1, no client certificates: Prometheus
     /// authenticates with a bearer token there), or `None` without --metrics-use-ssl.
-    pub fn metrics_server(&self) -> Result<Option<Arc<rustls::ServerConfig>>, String> {
+    pub fn metrics_server(&self) -> Result<Option<Arc<rustls::ServerConfig>>, EdgeError> {
         if !self.metrics_use_ssl {
             return Ok(None);
         }
@@ -91,16 +93,16 @@ impl TlsArgs {
         let provider = Arc::new(rustls::crypto::ring::default_provider());
         let mut config = rustls::ServerConfig::builder_with_provider(provider)
             .with_safe_default_protocol_versions()
-            .map_err(|e| format!("TLS: {e}"))?
+            .map_err(|e| EdgeError::Tls(format!("TLS: {e}")))?
             .with_no_client_auth()
             .with_cert_resolver(resolver);
         config.alpn_protocols = vec![b"http/1.1".to_vec()];
         Ok(Some(Arc::new(config)))
     }
 
-    fn resolver(&self, flag: &str) -> Result<Arc<ReloadingCert>, String> {
+    fn resolver(&self, flag: &str) -> Result<Arc<ReloadingCert>, EdgeError> {
         let (Some(cert), Some(key)) = (&self.grpc_server_cert, &self.grpc_server_key) else {
-            return Err(format!("{flag} needs --grpc-server-cert and --grpc-server-key"));
+            return Err(EdgeError::Flags(format!("{flag} needs --grpc-server-cert and --grpc-server-key")));
         };
         let resolver = Arc::new(ReloadingCert::new(cert.clone(), key.clone())?);
         ReloadingCert::watch(&resolver);
@@ -108,38 +110,44 @@ impl TlsArgs {
     }
 }
 
-fn read(path: &Path) -> Result<Vec<u8>, String> {
-    std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()))
+fn read(path: &Path) -> Result<Vec<u8>, EdgeError> {
+    std::fs::read(path).map_err(|source| EdgeError::Read { path: path.to_owned(), source })
 }
 
-fn certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, String> {
+fn certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, EdgeError> {
     let pem = read(path)?;
     let certs: Vec<_> = CertificateDer::pem_slice_iter(&pem)
         .collect::<Result<_, _>>()
-        .map_err(|e| format!("{}: not a PEM certificate: {e}", path.display()))?;
+        .map_err(|e| certificate(path, format!("not a PEM certificate: {e}")))?;
     if certs.is_empty() {
-        return Err(format!("{}: no certificate in the file", path.display()));
+        return Err(certificate(path, "no certificate in the file".into()));
     }
     Ok(certs)
 }
 
-fn root_store(path: &Path) -> Result<rustls::RootCertStore, String> {
+fn root_store(path: &Path) -> Result<rustls::RootCertStore, EdgeError> {
     let mut roots = rustls::RootCertStore::empty();
     for cert in certs(path)? {
-        roots.add(cert).map_err(|e| format!("{}: {e}", path.display()))?;
+        roots.add(cert).map_err(|e| certificate(path, e.to_string()))?;
     }
     Ok(roots)
 }
 
-fn load_key(cert: &Path, key: &Path) -> Result<Arc<CertifiedKey>, String> {
+fn certificate(path: &Path, detail: String) -> EdgeError {
+    EdgeError::Certificate { path: path.to_owned(), detail }
+}
+
+fn load_key(cert: &Path, key: &Path) -> Result<Arc<CertifiedKey>, EdgeError> {
     let chain = certs(cert)?;
     let pem = read(key)?;
     let der = PrivateKeyDer::from_pem_slice(&pem)
-        .map_err(|e| format!("{}: not a PEM private key: {e}", key.display()))?;
+        .map_err(|e| certificate(key, format!("not a PEM private key: {e}")))?;
     let signing = rustls::crypto::ring::sign::any_supported_type(&der)
-        .map_err(|e| format!("{}: unsupported private key: {e}", key.display()))?;
+        .map_err(|e| certificate(key, format!("unsupported private key: {e}")))?;
     let certified = CertifiedKey::new(chain, signing);
-    certified.keys_match().map_err(|e| format!("{} and {}: {e}", cert.display(), key.display()))?;
+    certified
+        .keys_match()
+        .map_err(|e| EdgeError::Tls(format!("{} and {}: {e}", cert.display(), key.display())))?;
     Ok(Arc::new(certified))
 }
 
@@ -162,7 +170,7 @@ struct ReloadingCert {
 const RELOAD_CHECK: Duration = Duration::from_secs(1);
 
 impl ReloadingCert {
-    fn new(cert: PathBuf, key: PathBuf) -> Result<ReloadingCert, String> {
+    fn new(cert: PathBuf, key: PathBuf) -> Result<ReloadingCert, EdgeError> {
         let current = load_key(&cert, &key)?;
         let stamps = (modified(&cert), modified(&key));
         Ok(ReloadingCert { cert, key, current: Mutex::new(current), stamps: Mutex::new(stamps) })
@@ -325,7 +333,7 @@ pub fn client_config(
     ca: &Path,
     identity: Option<(&Path, &Path)>,
     domain: Option<&str>,
-) -> Result<tonic::transport::ClientTlsConfig, String> {
+) -> Result<tonic::transport::ClientTlsConfig, EdgeError> {
     let mut config = tonic::transport::ClientTlsConfig::new()
         .ca_certificate(tonic::transport::Certificate::from_pem(read(ca)?));
     if let Some((cert, key)) = identity {

@@ -23,6 +23,8 @@ use std::sync::Arc;
 
 use base64::Engine as _;
 
+use crate::EdgeError;
+
 /// A family of RPCs a token may be allowed, named as Triton's restricted protocols.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Group {
@@ -111,12 +113,12 @@ impl Group {
 }
 
 impl std::str::FromStr for Group {
-    type Err = String;
+    type Err = EdgeError;
 
-    fn from_str(s: &str) -> Result<Group, String> {
+    fn from_str(s: &str) -> Result<Group, EdgeError> {
         Group::ALL.into_iter().find(|g| g.as_str() == s).ok_or_else(|| {
             let names: Vec<_> = Group::ALL.iter().map(|g| g.as_str()).collect();
-            format!("unknown group '{s}' (known: {}, or * for all)", names.join(", "))
+            EdgeError::Token(format!("unknown group '{s}' (known: {}, or * for all)", names.join(", ")))
         })
     }
 }
@@ -147,7 +149,7 @@ impl Groups {
     }
 
     /// A comma-separated list of group names; `*` is every group, `none` (or empty) no group.
-    pub fn parse(list: &str) -> Result<Groups, String> {
+    pub fn parse(list: &str) -> Result<Groups, EdgeError> {
         let mut groups = Groups::NONE;
         for name in list.split(',').map(str::trim).filter(|s| !s.is_empty()) {
             match name {
@@ -180,14 +182,14 @@ pub enum Models {
 }
 
 impl Models {
-    pub fn parse(list: &str) -> Result<Models, String> {
+    pub fn parse(list: &str) -> Result<Models, EdgeError> {
         let patterns: Vec<String> =
             list.split(',').map(str::trim).filter(|s| !s.is_empty()).map(str::to_owned).collect();
         if patterns.iter().any(|p| p == "*") {
             return Ok(Models::All);
         }
         if let Some(bad) = patterns.iter().find(|p| p.trim_end_matches('*').contains('*')) {
-            return Err(format!("model pattern '{bad}': '*' may only end a pattern"));
+            return Err(EdgeError::Token(format!("model pattern '{bad}': '*' may only end a pattern")));
         }
         Ok(Models::Only(patterns))
     }
@@ -228,11 +230,11 @@ pub struct TokenTable {
 
 impl TokenTable {
     /// Parses a token file's text; errors name `source` and the line.
-    pub fn parse(text: &str, source: &str) -> Result<TokenTable, String> {
+    pub fn parse(text: &str, source: &str) -> Result<TokenTable, EdgeError> {
         let mut table = TokenTable::default();
         let mut names = std::collections::HashSet::new();
         for (i, line) in text.lines().enumerate() {
-            let at = |e: String| format!("{source} line {}: {e}", i + 1);
+            let at = |detail: String| EdgeError::TokenLine { file: source.to_owned(), line: i + 1, detail };
             let line = line.split_once('#').map_or(line, |(before, _)| before).trim();
             if line.is_empty() {
                 continue;
@@ -249,8 +251,10 @@ impl TokenTable {
             let (mut groups, mut models) = (None, Models::All);
             for field in fields {
                 match field.split_once('=') {
-                    Some(("groups", list)) => groups = Some(Groups::parse(list).map_err(at)?),
-                    Some(("models", list)) => models = Models::parse(list).map_err(at)?,
+                    Some(("groups", list)) => {
+                        groups = Some(Groups::parse(list).map_err(|e| at(e.to_string()))?)
+                    }
+                    Some(("models", list)) => models = Models::parse(list).map_err(|e| at(e.to_string()))?,
                     _ => {
                         return Err(at(format!("unexpected '{field}' (expected groups=... or models=...)")));
                     }
@@ -316,12 +320,10 @@ pub fn hash_token(token: &str) -> String {
 }
 
 /// A new random token: `tern_` and 256 random bits, base64url.
-pub fn new_token() -> Result<String, String> {
+pub fn new_token() -> Result<String, EdgeError> {
     use ring::rand::SecureRandom as _;
     let mut bytes = [0u8; 32];
-    ring::rand::SystemRandom::new()
-        .fill(&mut bytes)
-        .map_err(|_| "no randomness from the system".to_string())?;
+    ring::rand::SystemRandom::new().fill(&mut bytes).map_err(|_| EdgeError::NoRandomness)?;
     Ok(format!("tern_{}", base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)))
 }
 
@@ -400,16 +402,22 @@ mod tests {
             (&format!("a {h} groups=*\na {} groups=*", hash_token("y")), "used twice"),
         ];
         for (text, expected) in cases {
-            let err = TokenTable::parse(text, "tokens.txt").err().unwrap_or_default();
+            let err = TokenTable::parse(text, "tokens.txt").err().map(|e| e.to_string()).unwrap_or_default();
             assert!(err.starts_with("tokens.txt line ") && err.contains(expected), "{text:?}: {err}");
         }
     }
 
     #[test]
     fn group_lists() {
-        assert_eq!(Groups::parse("health,metrics").map(|g| g.to_string()).as_deref(), Ok("health,metrics"));
-        assert_eq!(Groups::parse("none").map(|g| g.to_string()).as_deref(), Ok("none"));
-        assert_eq!(Groups::parse("*").map(|g| g.to_string()).as_deref(), Ok("*"));
+        assert_eq!(
+            Groups::parse("health,metrics").map(|g| g.to_string()).map_err(|e| e.to_string()).as_deref(),
+            Ok("health,metrics")
+        );
+        assert_eq!(
+            Groups::parse("none").map(|g| g.to_string()).map_err(|e| e.to_string()).as_deref(),
+            Ok("none")
+        );
+        assert_eq!(Groups::parse("*").map(|g| g.to_string()).map_err(|e| e.to_string()).as_deref(), Ok("*"));
         assert!(Groups::parse("health,bogus").is_err());
     }
 }

@@ -62,15 +62,19 @@ impl Default for TransportLimits {
 }
 
 impl TransportLimits {
-    pub fn validate(&self) -> Result<(), String> {
+    pub fn validate(&self) -> Result<(), crate::EdgeError> {
         if self.grpc_max_message_size == 0 || self.grpc_max_message_size > MAX_MESSAGE_SIZE {
-            return Err(format!("--grpc-max-message-size must be between 1 and {MAX_MESSAGE_SIZE}"));
+            return Err(crate::EdgeError::Flags(format!(
+                "--grpc-max-message-size must be between 1 and {MAX_MESSAGE_SIZE}"
+            )));
         }
         if self.grpc_max_concurrent_streams == 0 {
-            return Err("--grpc-max-concurrent-streams must be at least 1".into());
+            return Err(crate::EdgeError::Flags("--grpc-max-concurrent-streams must be at least 1".into()));
         }
         if self.grpc_http2_max_header_list_size < 1024 {
-            return Err("--grpc-http2-max-header-list-size must be at least 1024".into());
+            return Err(crate::EdgeError::Flags(
+                "--grpc-http2-max-header-list-size must be at least 1024".into(),
+            ));
         }
         Ok(())
     }
