@@ -31,9 +31,12 @@ pub enum EdgeError {
     /// The system gave no randomness for a new token.
     #[error("no randomness from the system")]
     NoRandomness,
-    /// The metrics endpoint could not start.
-    #[error("{0}")]
-    Metrics(String),
+    /// A listener's address could not be bound.
+    #[error("cannot bind {what} address {addr}: {source}")]
+    Bind { what: &'static str, addr: std::net::SocketAddr, source: std::io::Error },
+    /// A bound listener could not be served (`context` says which).
+    #[error("{context}: {source}")]
+    Serve { context: String, source: std::io::Error },
 }
 
 /// For callers whose own errors are still text (configuration checks that collect messages).

@@ -30,11 +30,12 @@ impl MetricsEndpoint {
         if !config.allow_metrics {
             return Ok(MetricsEndpoint { addr: "off".into(), server: None });
         }
-        let listener = TcpListener::bind(config.metrics_addr()).await.map_err(|e| {
-            crate::EdgeError::Metrics(format!("cannot bind metrics address {}: {e}", config.metrics_addr()))
+        let listener = TcpListener::bind(config.metrics_addr()).await.map_err(|source| {
+            crate::EdgeError::Bind { what: "metrics", addr: config.metrics_addr(), source }
         })?;
-        let local =
-            listener.local_addr().map_err(|e| crate::EdgeError::Metrics(format!("metrics address: {e}")))?;
+        let local = listener
+            .local_addr()
+            .map_err(|source| crate::EdgeError::Serve { context: "metrics address".into(), source })?;
         let routes = tern_telemetry::router(metrics.clone()).layer(auth);
         if tls.is_some() {
             tracing::info!(address = %local, "metrics endpoint over HTTPS");
@@ -43,9 +44,9 @@ impl MetricsEndpoint {
         let poller = tokio::spawn(tern_telemetry::resource_task(metrics));
         let endpoint = match HttpEndpoint::start(listener, tls, routes) {
             Ok(endpoint) => endpoint,
-            Err(e) => {
+            Err(source) => {
                 poller.abort();
-                return Err(crate::EdgeError::Metrics(format!("metrics TLS: {e}")));
+                return Err(crate::EdgeError::Serve { context: "metrics TLS".into(), source });
             }
         };
         Ok(MetricsEndpoint { addr: local.to_string(), server: Some((endpoint, poller)) })

@@ -8,6 +8,8 @@ use std::sync::Arc;
 use tern_crypto::{ModelKey, Zeroizing};
 use tern_repository::ModelFile;
 
+use crate::LifecycleError;
+
 /// Where the key for encrypted models comes from.
 #[derive(Debug, Clone, Default, clap::Args)]
 pub struct ModelKeyConfig {
@@ -21,11 +23,11 @@ pub struct ModelKeyConfig {
 impl ModelKeyConfig {
     /// Reads the key (the file, else `TERN_MODEL_KEY`); a key that is given but unreadable or
     /// malformed is a configuration error, found before the node binds.
-    pub fn load(&self) -> Result<Option<Arc<ModelKey>>, String> {
+    pub fn load(&self) -> Result<Option<Arc<ModelKey>>, LifecycleError> {
         ModelKey::from_file_or_env(self.model_key_file.as_deref()).map(|key| key.map(Arc::new)).map_err(|e| {
             match &self.model_key_file {
-                Some(_) => format!("--model-key-file: {e}"),
-                None => e.to_string(),
+                Some(_) => LifecycleError::KeyFile(e),
+                None => LifecycleError::KeyEnv(e),
             }
         })
     }
@@ -56,12 +58,17 @@ pub fn open_model(
     key: Option<&ModelKey>,
     model: &str,
     version: u64,
-) -> Result<ModelBytes, String> {
+) -> Result<ModelBytes, LifecycleError> {
     let path = match file {
         ModelFile::Plain(path) => return Ok(ModelBytes::File(path.clone())),
         ModelFile::Encrypted(path) => path,
     };
-    let fail = |what: String| format!("model '{model}' version {version}: {}: {what}", path.display());
+    let fail = |detail: String| LifecycleError::ModelFile {
+        model: model.to_owned(),
+        version,
+        path: path.clone(),
+        detail,
+    };
     let Some(key) = key else {
         return Err(fail(format!(
             "the model is encrypted but no key is configured (set {} or --model-key-file)",
@@ -92,8 +99,8 @@ mod tests {
         assert_eq!(clear.as_slice(), b"onnx");
 
         let errors = [
-            open_model(&file, None, "m", 3).err(),
-            open_model(&file, Some(&ModelKey::from_bytes([2; 32])), "m", 3).err(),
+            open_model(&file, None, "m", 3).err().map(|e| e.to_string()),
+            open_model(&file, Some(&ModelKey::from_bytes([2; 32])), "m", 3).err().map(|e| e.to_string()),
         ];
         for (err, says) in errors.iter().zip(["no key is configured", "wrong key"]) {
             let err = err.as_deref().unwrap_or_default();

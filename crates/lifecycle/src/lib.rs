@@ -17,6 +17,7 @@
 //! locks), `files` (uploads and poll fingerprints).
 
 pub mod encrypted;
+pub mod error;
 mod files;
 mod flight;
 mod generative;
@@ -27,6 +28,7 @@ pub mod table;
 pub mod warmup;
 
 pub use encrypted::ModelKeyConfig;
+pub use error::LifecycleError;
 pub use loader::{LoadOptions, LoadedModel};
 pub use manager::{ControlMode, ModelManager};
 pub use table::{IndexRow, ModelEntry, VersionState};

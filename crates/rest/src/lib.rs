@@ -25,6 +25,7 @@ pub mod tensor;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
+use tern_edge::EdgeError;
 use tokio::net::TcpListener;
 
 /// The HTTP flags of tern-node, tern-router and `tern serve`, named as Triton's.
@@ -65,9 +66,9 @@ impl HttpArgs {
     }
 
     /// Checks the flags.
-    pub fn validate(&self) -> Result<(), String> {
+    pub fn validate(&self) -> Result<(), EdgeError> {
         if self.http_thread_count == Some(0) {
-            return Err("--http-thread-count must be at least 1".into());
+            return Err(EdgeError::Flags("--http-thread-count must be at least 1".into()));
         }
         Ok(())
     }
@@ -107,16 +108,19 @@ impl HttpEndpoint {
         args: &HttpArgs,
         service: T,
         front: Front,
-    ) -> Result<HttpEndpoint, String> {
+    ) -> Result<HttpEndpoint, EdgeError> {
         if !args.allow_http {
             return Ok(HttpEndpoint { addr: "off".into(), endpoint: None });
         }
-        let listener = TcpListener::bind(args.addr())
-            .await
-            .map_err(|e| format!("cannot bind HTTP address {}: {e}", args.addr()))?;
+        let listener = TcpListener::bind(args.addr()).await.map_err(|source| EdgeError::Bind {
+            what: "HTTP",
+            addr: args.addr(),
+            source,
+        })?;
         let app = routes::app(Arc::new(service), front.auth.clone(), front.max_body);
-        let endpoint = tern_edge::http::HttpEndpoint::start(listener, front.tls, app)
-            .map_err(|e| format!("HTTP address {}: {e}", args.addr()))?;
+        let endpoint = tern_edge::http::HttpEndpoint::start(listener, front.tls, app).map_err(|source| {
+            EdgeError::Serve { context: format!("HTTP address {}", args.addr()), source }
+        })?;
         Ok(HttpEndpoint { addr: endpoint.local_addr().to_string(), endpoint: Some(endpoint) })
     }
 
