@@ -10,6 +10,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
+use bytes::Bytes;
 use clap::Parser;
 use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::{
     TraceService, TraceServiceServer,
@@ -18,6 +19,7 @@ use opentelemetry_proto::tonic::collector::trace::v1::{
     ExportTraceServiceRequest, ExportTraceServiceResponse,
 };
 use tern_proto::inference::grpc_inference_service_client::GrpcInferenceServiceClient;
+use tern_proto::inference::{self as pb, model_infer_request::InferInputTensor};
 use tokio::sync::oneshot;
 use tonic::transport::Channel;
 
@@ -177,6 +179,117 @@ impl TestNode {
             let _ = tx.send(());
         }
         tokio::time::timeout(Duration::from_secs(30), &mut self.task).await.context("node did not stop")??
+    }
+}
+
+/// `values` as FP32 tensor bytes (little-endian).
+pub fn floats(values: &[f32]) -> Bytes {
+    Bytes::from(values.iter().flat_map(|v| v.to_le_bytes()).collect::<Vec<u8>>())
+}
+
+/// A ModelInfer request for a model shaped as the `tiny_add` example (inputs `INPUT0` and
+/// `INPUT1`, FP32 [1, 16]), the rows filled with `input0` and `input1`.
+pub fn tiny_add_request(model: &str, input0: f32, input1: f32) -> pb::ModelInferRequest {
+    let input = |name: &str| InferInputTensor {
+        name: name.into(),
+        datatype: "FP32".into(),
+        shape: vec![1, 16],
+        ..Default::default()
+    };
+    pb::ModelInferRequest {
+        model_name: model.into(),
+        inputs: vec![input("INPUT0"), input("INPUT1")],
+        raw_input_contents: vec![floats(&[input0; 16]), floats(&[input1; 16])],
+        ..Default::default()
+    }
+}
+
+/// A free loopback port (for a flag that takes a port and not a listener).
+pub fn free_port() -> anyhow::Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+/// A tern-router in this process in front of one [`TestNode`], on free loopback ports (HTTP
+/// too, unless the test names `--http-port`).
+pub struct TestRouter {
+    pub addr: SocketAddr,
+    stop_tx: Option<oneshot::Sender<()>>,
+    task: tokio::task::JoinHandle<anyhow::Result<()>>,
+}
+
+impl TestRouter {
+    /// Starts a router in front of `node` with extra flags, and waits (bounded) until it
+    /// reports each of `models` ready.
+    pub async fn start(node: &TestNode, extra_flags: &[&str], models: &[&str]) -> anyhow::Result<TestRouter> {
+        let node_addr = node.addr.to_string();
+        let mut args: Vec<String> = [
+            "tern-router",
+            "--grpc-address",
+            "127.0.0.1",
+            "--grpc-port",
+            "0",
+            "--http-address",
+            "127.0.0.1",
+            "--metrics-address",
+            "127.0.0.1",
+            "--metrics-port",
+            "0",
+            "--health-interval-ms",
+            "100",
+            "--exit-timeout-secs",
+            "5",
+            "--node",
+            &node_addr,
+        ]
+        .map(String::from)
+        .into();
+        if !extra_flags.contains(&"--http-port") {
+            args.extend(["--http-port", "0"].map(String::from));
+        }
+        args.extend(extra_flags.iter().map(|s| s.to_string()));
+        let config = tern_router::Config::try_parse_from(args)?;
+        config.validate().map_err(anyhow::Error::msg)?;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let addr = listener.local_addr()?;
+        let (stop_tx, stop_rx) = oneshot::channel::<()>();
+        let task = tokio::spawn(tern_router::run(config, listener, async {
+            let _ = stop_rx.await;
+        }));
+        let router = TestRouter { addr, stop_tx: Some(stop_tx), task };
+        let mut client = router.client().await?;
+        let deadline = Instant::now() + Duration::from_secs(30);
+        for model in models {
+            loop {
+                let ready = client
+                    .model_ready(pb::ModelReadyRequest { name: model.to_string(), version: String::new() })
+                    .await
+                    .is_ok_and(|r| r.into_inner().ready);
+                if ready {
+                    break;
+                }
+                if Instant::now() > deadline {
+                    bail!("the router never saw {model} ready");
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+        Ok(router)
+    }
+
+    pub async fn client(&self) -> anyhow::Result<GrpcInferenceServiceClient<Channel>> {
+        Ok(GrpcInferenceServiceClient::new(
+            Channel::from_shared(format!("http://{}", self.addr))?.connect().await?,
+        ))
+    }
+
+    /// Sends the shutdown signal and waits for `run` to return.
+    pub async fn stop(mut self) -> anyhow::Result<()> {
+        if let Some(tx) = self.stop_tx.take() {
+            let _ = tx.send(());
+        }
+        tokio::time::timeout(Duration::from_secs(30), &mut self.task)
+            .await
+            .context("router did not stop")??
     }
 }
 

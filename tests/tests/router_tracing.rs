@@ -8,13 +8,9 @@
 
 use std::time::Duration;
 
-use bytes::Bytes;
-use clap::Parser;
 use opentelemetry_proto::tonic::common::v1::any_value::Value;
 use opentelemetry_proto::tonic::trace::v1::Span;
-use tern_proto::inference::grpc_inference_service_client::GrpcInferenceServiceClient;
-use tern_proto::inference::{self as pb, model_infer_request::InferInputTensor};
-use tern_tests::{Collector, TempRepo, TestNode, hex};
+use tern_tests::{Collector, TempRepo, TestNode, TestRouter, hex, tiny_add_request};
 
 const CLIENT_TRACE: &str = "5b8efff798038103d269b633813fc60c";
 const CLIENT_SPAN: &str = "eee19b7ec3c1b174";
@@ -26,22 +22,6 @@ fn attribute(span: &Span, key: &str) -> Option<String> {
         Value::IntValue(i) => i.to_string(),
         other => format!("{other:?}"),
     })
-}
-
-fn tiny_add_request() -> pb::ModelInferRequest {
-    let row = Bytes::from([1.0f32; 16].iter().flat_map(|v| v.to_le_bytes()).collect::<Vec<u8>>());
-    let input = |name: &str| InferInputTensor {
-        name: name.into(),
-        datatype: "FP32".into(),
-        shape: vec![1, 16],
-        ..Default::default()
-    };
-    pb::ModelInferRequest {
-        model_name: "tiny_add".into(),
-        inputs: vec![input("INPUT0"), input("INPUT1")],
-        raw_input_contents: vec![row.clone(), row],
-        ..Default::default()
-    }
 }
 
 fn traced<T>(message: T) -> anyhow::Result<tonic::Request<T>> {
@@ -59,54 +39,17 @@ async fn the_nodes_span_is_a_child_of_the_routers_span() -> anyhow::Result<()> {
     let repo = TempRepo::new()?.with_example("tiny_add")?;
     let node = TestNode::start(repo.path(), &[]).await?;
     let node_addr = node.addr.to_string();
-    let config = tern_router::Config::try_parse_from([
-        "tern-router",
-        "--grpc-address",
-        "127.0.0.1",
-        "--grpc-port",
-        "0",
-        "--metrics-address",
-        "127.0.0.1",
-        "--metrics-port",
-        "0",
-        "--health-interval-ms",
-        "100",
-        "--exit-timeout-secs",
-        "5",
-        "--node",
-        &node_addr,
-    ])?;
-    config.validate().map_err(anyhow::Error::msg)?;
-    let router_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-    let router_addr = router_listener.local_addr()?;
-    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let router = tokio::spawn(tern_router::run(config, router_listener, async {
-        let _ = stop_rx.await;
-    }));
-    let channel = tonic::transport::Channel::from_shared(format!("http://{router_addr}"))?.connect().await?;
-    let mut client = GrpcInferenceServiceClient::new(channel);
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    loop {
-        let ready = client
-            .model_ready(pb::ModelReadyRequest { name: "tiny_add".into(), version: String::new() })
-            .await
-            .is_ok_and(|r| r.into_inner().ready);
-        if ready {
-            break;
-        }
-        anyhow::ensure!(tokio::time::Instant::now() < deadline, "the router never saw tiny_add ready");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let router = TestRouter::start(&node, &[], &["tiny_add"]).await?;
+    let mut client = router.client().await?;
 
     // One unary request and one stream request, both under the client's trace.
-    client.model_infer(traced(tiny_add_request())?).await?;
-    let stream = tokio_stream::iter([tiny_add_request()]);
+    client.model_infer(traced(tiny_add_request("tiny_add", 1.0, 1.0))?).await?;
+    let stream = tokio_stream::iter([tiny_add_request("tiny_add", 1.0, 1.0)]);
     let mut replies = client.model_stream_infer(traced(stream)?).await?.into_inner();
     let reply = replies.message().await?.expect("one stream response");
     assert_eq!(reply.error_message, "", "the stream request succeeded");
 
-    let _ = stop_tx.send(());
-    tokio::time::timeout(Duration::from_secs(30), router).await???;
+    router.stop().await?;
     node.stop().await?;
     // Dropping the guard flushes the exporter (blocking: off the async workers).
     tokio::task::spawn_blocking(move || drop(guard)).await?;

@@ -2,6 +2,7 @@
 //! bytes with its metadata (deadline, trace context) through [`Forwarder::forward`] (replica
 //! choice and retries, see [`crate::retry`]), and keep sequences sticky to their node.
 
+use std::future::Future;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -76,38 +77,17 @@ impl Forwarder {
     ) -> Result<Response<Bytes>, ClientError> {
         let span = route_span(&head.model_name, &head.model_version, &metadata);
         let result = async {
-            tern_edge::authorize_model(caller, &head.model_name)
-                .map_err(|denied| ClientError::router(denied.code(), denied.message()))?;
-            let metadata = forwardable(metadata);
             let model = head.model_name.as_str();
-            let sequence = head.sequence().map(|s| (model.to_string(), s));
-            if let Some(key) = &sequence {
-                self.admit_sequence(key)?;
-            }
-            let route = Route {
-                model,
-                version: &head.model_version,
-                sequence: sequence.as_ref(),
-                caller,
-                retries: self.placement.settings().max_retries,
-                inference: true,
-            };
-            let (response, node) = self
-                .forward(&route, |node| {
-                    let (metadata, body) = (metadata.clone(), RawMessage::from(body.clone()));
-                    async move {
-                        let started = Instant::now();
-                        let outstanding = node.begin(model);
-                        let result = node.client().infer_raw(metadata, body).await;
-                        drop(outstanding);
-                        self.metrics.upstream(&node.addr, started.elapsed());
-                        result
-                    }
+            let response = self
+                .forward_inference(head, metadata, body, caller, |node, metadata, body| async move {
+                    let started = Instant::now();
+                    let outstanding = node.begin(model);
+                    let result = node.client().infer_raw(metadata, body).await;
+                    drop(outstanding);
+                    self.metrics.upstream(&node.addr, started.elapsed());
+                    result
                 })
                 .await?;
-            if let Some(key) = sequence {
-                self.pin_sequence(key, node, head.sequence_end());
-            }
             let (meta, reply, ext) = response.into_parts();
             Ok(Response::from_parts(forwardable(meta), reply, ext))
         }
@@ -117,6 +97,47 @@ impl Forwarder {
         let code = result.as_ref().map_or_else(ClientError::code, |_| Code::Ok);
         self.metrics.request(self.cluster.metric_label(&head.model_name), code);
         result
+    }
+
+    /// The inference route of a request (ModelInfer, and the opening of a ModelStreamInfer
+    /// call): authorizes `caller` for the model `head` names, picks a replica (sticky for a
+    /// sequence) and runs `call` on it with the forwardable metadata and the request's bytes,
+    /// retrying on another replica as [`Forwarder::forward`] allows; a sequence is then kept
+    /// on the replica that answered.
+    pub(crate) async fn forward_inference<T, F, Fut>(
+        &self,
+        head: &InferHead,
+        metadata: MetadataMap,
+        body: Bytes,
+        caller: Option<&tern_edge::Principal>,
+        call: F,
+    ) -> Result<T, ClientError>
+    where
+        F: Fn(Arc<Node>, MetadataMap, RawMessage) -> Fut,
+        Fut: Future<Output = Result<T, ClientError>>,
+    {
+        tern_edge::authorize_model(caller, &head.model_name)
+            .map_err(|denied| ClientError::router(denied.code(), denied.message()))?;
+        let metadata = forwardable(metadata);
+        let model = head.model_name.as_str();
+        let sequence = head.sequence().map(|s| (model.to_string(), s));
+        if let Some(key) = &sequence {
+            self.admit_sequence(key)?;
+        }
+        let route = Route {
+            model,
+            version: &head.model_version,
+            sequence: sequence.as_ref(),
+            caller,
+            retries: self.placement.settings().max_retries,
+            inference: true,
+        };
+        let (answer, node) =
+            self.forward(&route, |node| call(node, metadata.clone(), RawMessage::from(body.clone()))).await?;
+        if let Some(key) = sequence {
+            self.pin_sequence(key, node, head.sequence_end());
+        }
+        Ok(answer)
     }
 
     /// Keeps a sequence on the node that served its request, or forgets it at its end.

@@ -33,7 +33,7 @@ use tonic::{Code, Status, Streaming};
 use tracing::Instrument;
 
 use crate::error::ClientError;
-use crate::forward::{Forwarder, forwardable};
+use crate::forward::Forwarder;
 use crate::nodes::Outstanding;
 use crate::raw::{InferHead, RawMessage, stream_error, stream_response};
 use crate::retry::{Route, record_outcome, route_span};
@@ -164,40 +164,17 @@ impl Forwarder {
         body: Bytes,
         caller: Option<&tern_edge::Principal>,
     ) -> Result<Opened, ClientError> {
-        tern_edge::authorize_model(caller, &head.model_name)
-            .map_err(|denied| ClientError::router(denied.code(), denied.message()))?;
-        let metadata = forwardable(metadata);
         let model = head.model_name.as_str();
-        let sequence = head.sequence().map(|s| (model.to_string(), s));
-        if let Some(key) = &sequence {
-            self.admit_sequence(key)?;
-        }
-        let route = Route {
-            model,
-            version: &head.model_version,
-            sequence: sequence.as_ref(),
-            caller,
-            retries: self.placement.settings().max_retries,
-            inference: true,
-        };
-        let (opened, node) = self
-            .forward(&route, |node| {
-                let (metadata, body) = (metadata.clone(), RawMessage::from(body.clone()));
-                async move {
-                    let started = Instant::now();
-                    let outstanding = node.begin(model);
-                    let mut upstream = node.client().stream_raw(metadata, body).await?;
-                    let first = upstream.message().await.map_err(ClientError::from)?;
-                    // The upstream latency of a stream call: until its first response.
-                    self.metrics.upstream(&node.addr, started.elapsed());
-                    Ok(Opened { first, upstream, outstanding })
-                }
-            })
-            .await?;
-        if let Some(key) = sequence {
-            self.pin_sequence(key, node, head.sequence_end());
-        }
-        Ok(opened)
+        self.forward_inference(head, metadata, body, caller, |node, metadata, body| async move {
+            let started = Instant::now();
+            let outstanding = node.begin(model);
+            let mut upstream = node.client().stream_raw(metadata, body).await?;
+            let first = upstream.message().await.map_err(ClientError::from)?;
+            // The upstream latency of a stream call: until its first response.
+            self.metrics.upstream(&node.addr, started.elapsed());
+            Ok(Opened { first, upstream, outstanding })
+        })
+        .await
     }
 }
 

@@ -1,9 +1,8 @@
 //! Dynamic batching through a real node and ONNX Runtime: concurrent requests become one
 //! execution, each client gets its own rows back, and the statistics add up.
 
-use bytes::Bytes;
-use tern_proto::inference::{self as pb, model_infer_request::InferInputTensor};
-use tern_tests::{TempRepo, TestNode};
+use tern_proto::inference as pb;
+use tern_tests::{TempRepo, TestNode, tiny_add_request};
 
 const CONFIG: &str = r#"
 name: "tiny_add"
@@ -19,22 +18,6 @@ instance_group [ { count: 1 kind: KIND_CPU } ]
 dynamic_batching { preferred_batch_size: [ 8 ] max_queue_delay_microseconds: 30000000 }
 "#;
 
-fn request(value: f32) -> pb::ModelInferRequest {
-    let row = Bytes::from([value; 16].iter().flat_map(|v| v.to_le_bytes()).collect::<Vec<u8>>());
-    let input = |name: &str| InferInputTensor {
-        name: name.into(),
-        datatype: "FP32".into(),
-        shape: vec![1, 16],
-        ..Default::default()
-    };
-    pb::ModelInferRequest {
-        model_name: "tiny_add".into(),
-        inputs: vec![input("INPUT0"), input("INPUT1")],
-        raw_input_contents: vec![row.clone(), row],
-        ..Default::default()
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_requests_run_as_one_batch() -> anyhow::Result<()> {
     let repo =
@@ -43,7 +26,9 @@ async fn concurrent_requests_run_as_one_batch() -> anyhow::Result<()> {
     let mut calls = Vec::new();
     for i in 0..8 {
         let mut c = node.client().await?;
-        calls.push(tokio::spawn(async move { c.model_infer(request(i as f32)).await }));
+        calls.push(tokio::spawn(async move {
+            c.model_infer(tiny_add_request("tiny_add", i as f32, i as f32)).await
+        }));
     }
     for (i, call) in calls.into_iter().enumerate() {
         let resp = call.await??.into_inner();

@@ -10,112 +10,20 @@
 use std::time::Duration;
 
 use bytes::Bytes;
-use clap::Parser;
-use tern_proto::inference::grpc_inference_service_client::GrpcInferenceServiceClient;
 use tern_proto::inference::{self as pb, model_infer_request::InferInputTensor};
-use tern_tests::{TempRepo, TestNode};
+use tern_tests::{TempRepo, TestNode, TestRouter, floats, free_port, tiny_add_request};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-fn floats(values: &[f32]) -> Bytes {
-    Bytes::from(values.iter().flat_map(|v| v.to_le_bytes()).collect::<Vec<u8>>())
-}
-
+/// A tiny_add request with an id, its INPUT0 rows `value` and INPUT1 rows 1.
 fn tiny_add(model: &str, id: &str, value: f32) -> pb::ModelInferRequest {
-    let input = |name: &str| InferInputTensor {
-        name: name.into(),
-        datatype: "FP32".into(),
-        shape: vec![1, 16],
-        ..Default::default()
-    };
-    pb::ModelInferRequest {
-        model_name: model.into(),
-        id: id.into(),
-        inputs: vec![input("INPUT0"), input("INPUT1")],
-        raw_input_contents: vec![floats(&[value; 16]), floats(&[1.0; 16])],
-        ..Default::default()
-    }
-}
-
-fn free_port() -> anyhow::Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
-}
-
-/// A router in this process in front of `node`, serving HTTP on `http_port`.
-struct TestRouter {
-    addr: std::net::SocketAddr,
-    stop_tx: tokio::sync::oneshot::Sender<()>,
-    task: tokio::task::JoinHandle<anyhow::Result<()>>,
-}
-
-impl TestRouter {
-    async fn start(node: &TestNode, http_port: u16, models: &[&str]) -> anyhow::Result<TestRouter> {
-        let node_addr = node.addr.to_string();
-        let http_port = http_port.to_string();
-        let config = tern_router::Config::try_parse_from([
-            "tern-router",
-            "--grpc-address",
-            "127.0.0.1",
-            "--grpc-port",
-            "0",
-            "--http-address",
-            "127.0.0.1",
-            "--http-port",
-            &http_port,
-            "--metrics-address",
-            "127.0.0.1",
-            "--metrics-port",
-            "0",
-            "--health-interval-ms",
-            "100",
-            "--exit-timeout-secs",
-            "5",
-            "--node",
-            &node_addr,
-        ])?;
-        config.validate().map_err(anyhow::Error::msg)?;
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-        let addr = listener.local_addr()?;
-        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-        let task = tokio::spawn(tern_router::run(config, listener, async {
-            let _ = stop_rx.await;
-        }));
-        let router = TestRouter { addr, stop_tx, task };
-        let mut client = router.client().await?;
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-        for model in models {
-            loop {
-                let ready = client
-                    .model_ready(pb::ModelReadyRequest { name: model.to_string(), version: String::new() })
-                    .await
-                    .is_ok_and(|r| r.into_inner().ready);
-                if ready {
-                    break;
-                }
-                anyhow::ensure!(tokio::time::Instant::now() < deadline, "the router never saw {model} ready");
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
-        }
-        Ok(router)
-    }
-
-    async fn client(&self) -> anyhow::Result<GrpcInferenceServiceClient<tonic::transport::Channel>> {
-        let channel =
-            tonic::transport::Channel::from_shared(format!("http://{}", self.addr))?.connect().await?;
-        Ok(GrpcInferenceServiceClient::new(channel))
-    }
-
-    async fn stop(self) -> anyhow::Result<()> {
-        let _ = self.stop_tx.send(());
-        tokio::time::timeout(Duration::from_secs(30), self.task).await???;
-        Ok(())
-    }
+    pb::ModelInferRequest { id: id.into(), ..tiny_add_request(model, value, 1.0) }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_plain_model_streams_through_the_router_one_response_per_request_in_order() -> anyhow::Result<()> {
     let repo = TempRepo::new()?.with_example("tiny_add")?;
     let node = TestNode::start(repo.path(), &[]).await?;
-    let router = TestRouter::start(&node, free_port()?, &["tiny_add"]).await?;
+    let router = TestRouter::start(&node, &[], &["tiny_add"]).await?;
     let mut client = router.client().await?;
 
     let mut requests: Vec<pb::ModelInferRequest> =
@@ -250,7 +158,7 @@ async fn generate_routes_answer_on_the_node_and_through_the_router() -> anyhow::
     let node_http = free_port()?;
     let node = TestNode::start(repo.path(), &["--http-port", &node_http.to_string()]).await?;
     let router_http = free_port()?;
-    let router = TestRouter::start(&node, router_http, &["tiny_add"]).await?;
+    let router = TestRouter::start(&node, &["--http-port", &router_http.to_string()], &["tiny_add"]).await?;
 
     check_generate_routes(node_http, 404).await?;
     check_generate_routes(router_http, 503).await?;
@@ -298,7 +206,7 @@ fn is_final(response: &pb::ModelInferResponse) -> Option<bool> {
 async fn a_decoupled_model_streams_through_the_router_every_response_relayed() -> anyhow::Result<()> {
     let repo = TempRepo::new()?.with_example("tiny_add")?.with_example("tiny_llm")?;
     let node = TestNode::start(repo.path(), &[]).await?;
-    let router = TestRouter::start(&node, free_port()?, &["tiny_add", "tiny_llm"]).await?;
+    let router = TestRouter::start(&node, &[], &["tiny_add", "tiny_llm"]).await?;
     let mut client = router.client().await?;
 
     // Generations and plain requests on one stream: each request gets all of its responses, in
@@ -421,7 +329,7 @@ async fn an_engine_refusal_keeps_its_code_on_the_node_and_through_the_router() -
     let node_http = free_port()?;
     let node = TestNode::start(repo.path(), &["--http-port", &node_http.to_string()]).await?;
     let router_http = free_port()?;
-    let router = TestRouter::start(&node, router_http, &["tiny_llm"]).await?;
+    let router = TestRouter::start(&node, &["--http-port", &router_http.to_string()], &["tiny_llm"]).await?;
 
     check_refusal(node_http).await?;
     check_refusal(router_http).await?;
@@ -455,7 +363,9 @@ async fn generated_text_over_http_on_the_node_and_through_the_router() -> anyhow
     let node_http = free_port()?;
     let node = TestNode::start(repo.path(), &["--http-port", &node_http.to_string()]).await?;
     let router_http = free_port()?;
-    let router = TestRouter::start(&node, router_http, &["tiny_add", "tiny_llm"]).await?;
+    let router =
+        TestRouter::start(&node, &["--http-port", &router_http.to_string()], &["tiny_add", "tiny_llm"])
+            .await?;
 
     check_generate_text(node_http).await?;
     check_generate_text(router_http).await?;
