@@ -189,10 +189,16 @@ pub(crate) fn load_versions(
     Ok(versions.into_iter().map(|v| (v, load_version(source, given.clone(), v, options, runtime))).collect())
 }
 
-/// Bytes of the files in the directory holding `model_file` (one level: the model and its
-/// external data). Deterministic, unlike resident-memory growth, so placement can rely on it.
+/// Bytes of the files in the directory holding `model_file` (the model and its external
+/// data), see [`dir_bytes`].
 fn version_dir_bytes(model_file: &std::path::Path) -> u64 {
-    let Some(dir) = model_file.parent() else { return 0 };
+    model_file.parent().map_or(0, dir_bytes)
+}
+
+/// Bytes of the files in `dir` (one level: a version's model, external data, tokenizer). A
+/// model's memory estimate: deterministic, unlike resident-memory growth, so placement can
+/// rely on it.
+pub fn dir_bytes(dir: &std::path::Path) -> u64 {
     let Ok(entries) = std::fs::read_dir(dir) else { return 0 };
     entries
         .filter_map(Result::ok)

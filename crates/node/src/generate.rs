@@ -16,7 +16,6 @@
 //! response carries the whole text.
 
 use std::collections::HashMap;
-use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -64,7 +63,7 @@ impl GenerativeFactory for EngineFactory {
             cuda_device: load.gpu,
         };
         let engine = Engine::load(&load.dir, options).map_err(|e| BackendError::Load(e.to_string()))?;
-        let memory_bytes = dir_bytes(&load.dir).saturating_add(load.kv_cache_bytes);
+        let memory_bytes = tern_lifecycle::loader::dir_bytes(&load.dir).saturating_add(load.kv_cache_bytes);
         Ok(Arc::new(NodeEngine { engine, memory_bytes }))
     }
 }
@@ -77,17 +76,6 @@ impl GenerativeModel for NodeEngine {
     fn memory_bytes(&self) -> u64 {
         self.memory_bytes
     }
-}
-
-/// Bytes of the files of a version directory (weights, tokenizer).
-fn dir_bytes(dir: &Path) -> u64 {
-    let Ok(entries) = std::fs::read_dir(dir) else { return 0 };
-    entries
-        .filter_map(Result::ok)
-        .filter_map(|e| e.metadata().ok())
-        .filter(|m| m.is_file())
-        .map(|m| m.len())
-        .sum()
 }
 
 /// The engine of a loaded generative model (made by [`EngineFactory`]).
