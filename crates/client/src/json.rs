@@ -45,17 +45,17 @@ impl InputTensor {
             DataType::Bool => {
                 InputTensor::new(name.clone(), &shape, &values.map(|v| v.as_bool(), "true or false")?)
             }
-            DataType::Uint8 => InputTensor::new(name.clone(), &shape, &values.ints::<u8>()?),
-            DataType::Uint16 => InputTensor::new(name.clone(), &shape, &values.ints::<u16>()?),
-            DataType::Uint32 => InputTensor::new(name.clone(), &shape, &values.ints::<u32>()?),
+            DataType::Uint8 => InputTensor::new(name.clone(), &shape, &values.ints::<u8>(datatype)?),
+            DataType::Uint16 => InputTensor::new(name.clone(), &shape, &values.ints::<u16>(datatype)?),
+            DataType::Uint32 => InputTensor::new(name.clone(), &shape, &values.ints::<u32>(datatype)?),
             DataType::Uint64 => InputTensor::new(
                 name.clone(),
                 &shape,
                 &values.map(Value::as_u64, "an integer in UINT64's range")?,
             ),
-            DataType::Int8 => InputTensor::new(name.clone(), &shape, &values.ints::<i8>()?),
-            DataType::Int16 => InputTensor::new(name.clone(), &shape, &values.ints::<i16>()?),
-            DataType::Int32 => InputTensor::new(name.clone(), &shape, &values.ints::<i32>()?),
+            DataType::Int8 => InputTensor::new(name.clone(), &shape, &values.ints::<i8>(datatype)?),
+            DataType::Int16 => InputTensor::new(name.clone(), &shape, &values.ints::<i16>(datatype)?),
+            DataType::Int32 => InputTensor::new(name.clone(), &shape, &values.ints::<i32>(datatype)?),
             DataType::Int64 => InputTensor::new(
                 name.clone(),
                 &shape,
@@ -135,8 +135,8 @@ impl Leaves<'_> {
             .collect()
     }
 
-    fn ints<T: TryFrom<i64>>(&self) -> Result<Vec<T>, ClientError> {
-        let want = format!("an integer in {}'s range", std::any::type_name::<T>());
+    fn ints<T: TryFrom<i64>>(&self, datatype: DataType) -> Result<Vec<T>, ClientError> {
+        let want = format!("an integer in {datatype}'s range");
         self.map(|v| v.as_i64().and_then(|i| T::try_from(i).ok()), &want)
     }
 
@@ -186,7 +186,7 @@ mod tests {
     #[test]
     fn values_are_checked_against_the_datatype() {
         let e = InputTensor::from_json("INPUT0", DataType::Uint8, &json!([1, 256])).expect_err("256 in u8");
-        assert_eq!(e.to_string(), "input 'INPUT0': element 1 is 256, not an integer in u8's range");
+        assert_eq!(e.to_string(), "input 'INPUT0': element 1 is 256, not an integer in UINT8's range");
         assert!(InputTensor::from_json("X", DataType::Int32, &json!([1.5])).is_err());
         assert!(InputTensor::from_json("X", DataType::Fp32, &json!(["a"])).is_err());
         let b = ok(InputTensor::from_json("B", DataType::Bool, &json!([true, false])));

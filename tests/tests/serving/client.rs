@@ -97,7 +97,10 @@ async fn client_infers_typed_and_bytes_tensors_and_reports_server_errors() -> an
     assert!(got[0].as_ref().is_ok_and(|r| r.is_final()));
     match &got[1] {
         Err(ClientError::InBand { request_id, message }) => {
-            assert_eq!((request_id.as_str(), message.as_str()), ("bad", "unexpected inference input 'NOPE' for model 'tiny_add'"))
+            assert_eq!(
+                (request_id.as_str(), message.as_str()),
+                ("bad", "unexpected inference input 'NOPE' for model 'tiny_add'")
+            )
         }
         other => anyhow::bail!("expected an in-band error, got {other:?}"),
     }
@@ -123,7 +126,10 @@ async fn client_loads_with_a_config_override_and_unloads() -> anyhow::Result<()>
     assert!(!client.model_ready("versioned_scale", "").await?);
     client.load("versioned_scale", None).await?;
     let r = client.infer(scale("")?).await?;
-    assert_eq!((r.model_version.as_str(), r.output("OUTPUT0")?.to_vec::<f32>()?), ("3", vec![3.0, 6.0, 9.0, 12.0]));
+    assert_eq!(
+        (r.model_version.as_str(), r.output("OUTPUT0")?.to_vec::<f32>()?),
+        ("3", vec![3.0, 6.0, 9.0, 12.0])
+    );
 
     // Triton's load parameter `config`: only version 2.
     let config = r#"{"name": "versioned_scale", "backend": "onnxruntime", "max_batch_size": 8,
@@ -132,7 +138,10 @@ async fn client_loads_with_a_config_override_and_unloads() -> anyhow::Result<()>
         "output": [{"name": "OUTPUT0", "data_type": "TYPE_FP32", "dims": [4]}]}"#;
     client.load("versioned_scale", Some(config)).await?;
     let r = client.infer(scale("")?).await?;
-    assert_eq!((r.model_version.as_str(), r.output("OUTPUT0")?.to_vec::<f32>()?), ("2", vec![2.0, 4.0, 6.0, 8.0]));
+    assert_eq!(
+        (r.model_version.as_str(), r.output("OUTPUT0")?.to_vec::<f32>()?),
+        ("2", vec![2.0, 4.0, 6.0, 8.0])
+    );
     let e = client.load("versioned_scale", Some("{ not json")).await.expect_err("bad config");
     assert_eq!(e.code(), Some(Code::InvalidArgument));
 
