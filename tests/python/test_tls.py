@@ -132,6 +132,14 @@ def test_node_mutual_tls_requires_client_certificate(model_repo, pki, tmp_path):
         with pytest.raises(InferenceServerException):
             pki.client(node.url).infer("tiny_add", tiny_add_inputs())
         infer_ok(pki.client(node.url, with_cert=True))
+        # The `tern` client commands take tritonclient's TLS flags.
+        tern = [str(ROOT / "target" / "release" / "tern"), "models", "--json", "--url", node.url,
+                "--ssl", "--root-certificates", str(pki.ca_path)]
+        with_cert = subprocess.run([*tern, "--certificate-chain", str(pki.client_cert), "--private-key",
+                                    str(pki.client_key)], capture_output=True, text=True, timeout=60)
+        assert with_cert.returncode == 0 and '"tiny_add"' in with_cert.stdout, with_cert.stderr
+        without = subprocess.run(tern, capture_output=True, text=True, timeout=60)
+        assert without.returncode in (1, 3) and without.stderr.startswith("error: "), without
     finally:
         node.stop()
 

@@ -3,6 +3,7 @@
 //! The tracing tests stay binaries of their own: each installs the process's global tracer.
 
 mod batching;
+mod client;
 mod generate;
 mod lifecycle;
 mod node;

@@ -227,32 +227,23 @@ async fn stream_reports_errors_in_band_and_keeps_going() -> anyhow::Result<()> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shutdown_lets_in_flight_requests_finish() -> anyhow::Result<()> {
+    use tern_client::{Client, ConnectOptions, InferRequest, InputTensor};
     let repo = TempRepo::new()?.with_example("light_resnet50")?;
     let node = TestNode::start(repo.path(), &[]).await?;
-    let mut c = node.client().await?;
+    let client = Client::connect(&node.addr.to_string(), ConnectOptions::new()).await?;
     let n = 3 * 224 * 224;
-    let input = InferInputTensor {
-        name: "gpu_0/data_0".into(),
-        datatype: "FP32".into(),
-        shape: vec![4, 3, 224, 224],
-        ..Default::default()
-    };
-    let md = c
-        .model_metadata(pb::ModelMetadataRequest { name: "light_resnet50".into(), version: String::new() })
-        .await?
-        .into_inner();
-    let input = InferInputTensor { name: md.inputs[0].name.clone(), ..input };
-    let req = pb::ModelInferRequest {
-        model_name: "light_resnet50".into(),
-        inputs: vec![input],
-        raw_input_contents: vec![f32_bytes((0..4 * n).map(|i| (i % n) as f32 / n as f32))],
-        ..Default::default()
-    };
+    let md = client.model_metadata("light_resnet50", "").await?;
+    let pixels: Vec<f32> = (0..4 * n).map(|i| (i % n) as f32 / n as f32).collect();
+    let request = InferRequest::new("light_resnet50").input(InputTensor::new(
+        &md.inputs[0].name,
+        &[4, 3, 224, 224],
+        &pixels,
+    )?);
     // A batch of 4 takes a few hundred ms here: stop the node while it runs.
-    let in_flight = tokio::spawn(async move { c.model_infer(req).await });
+    let in_flight = tokio::spawn(async move { client.infer(request).await });
     tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     node.stop().await?;
-    let resp = in_flight.await??.into_inner();
-    assert_eq!(resp.outputs[0].shape, vec![4, 1000]);
+    let result = in_flight.await??;
+    assert_eq!(result.outputs[0].shape(), &[4, 1000]);
     Ok(())
 }
