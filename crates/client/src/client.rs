@@ -139,7 +139,7 @@ impl Client {
                     t.identity.as_ref().map(|(c, k)| (c.as_path(), k.as_path())),
                     t.domain.as_deref(),
                 )
-                .map_err(ClientError::Invalid)?,
+                .map_err(|e| ClientError::Invalid(e.to_string()))?,
             ),
             None => None,
         };
