@@ -38,8 +38,11 @@ cleanup() {
     pkill -KILL -u "$CREATED_USER" 2>/dev/null || true
     sleep 1
     userdel "$CREATED_USER" 2>/dev/null || true
+    # Never delete through the bind mounts (they are read-only too).
+    umount -R /root 2>/dev/null || true
+    umount -R "$TMP/rootview" 2>/dev/null || true
   fi
-  rm -rf "$TMP"
+  rm -rf --one-file-system "$TMP"
 }
 trap cleanup EXIT
 
@@ -58,7 +61,7 @@ if [ "$(id -u)" = 0 ]; then
   # host (so the copied build outputs stay fresh).
   view="$TMP/rootview"
   mkdir -p "$view"
-  bind() { mkdir -p "$2"; mount --bind "$1" "$2"; mount -o remount,bind,ro "$2" 2>/dev/null || true; }
+  bind() { mkdir -p "$2"; mount --bind "$1" "$2"; mount -o remount,bind,ro "$2"; }
   if [ "${RUSTUP_HOME#/root/}" != "$RUSTUP_HOME" ]; then
     mkdir -p "$view/${RUSTUP_HOME#/root/}/toolchains"
     cp "$RUSTUP_HOME/settings.toml" "$view/${RUSTUP_HOME#/root/}/" 2>/dev/null || true
@@ -75,7 +78,7 @@ if [ "$(id -u)" = 0 ]; then
     bind "$PY_PREFIX" "$view/${PY_PREFIX#/root/}"
   fi
   chmod -R go+rX "$view" 2>/dev/null || true
-  mount --bind "$view" /root
+  mount --rbind "$view" /root
   say "running as user $RUN_AS, created for this test (this namespace's /root: $(cd /root && find . -mindepth 1 -maxdepth 4 -type d -path './.rustup/toolchains/*' -printf '%P ' ; echo))"
 else
   RUN_AS=$(id -un)
