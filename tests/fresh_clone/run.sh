@@ -63,8 +63,13 @@ if [ "$(id -u)" = 0 ]; then
   mkdir -p "$view"
   bind() { mkdir -p "$2"; mount --bind "$1" "$2"; mount -o remount,bind,ro "$2"; }
   if [ "${RUSTUP_HOME#/root/}" != "$RUSTUP_HOME" ]; then
-    mkdir -p "$view/${RUSTUP_HOME#/root/}/toolchains"
-    cp "$RUSTUP_HOME/settings.toml" "$view/${RUSTUP_HOME#/root/}/" 2>/dev/null || true
+    # A rustup home the user owns (rustup writes its metadata there), holding the host's
+    # settings and its `stable` toolchain only.
+    rh="$view/${RUSTUP_HOME#/root/}"
+    mkdir -p "$rh/toolchains" "$rh/update-hashes" "$rh/downloads" "$rh/tmp"
+    cp "$RUSTUP_HOME/settings.toml" "$rh/" 2>/dev/null || true
+    cp "$RUSTUP_HOME"/update-hashes/stable-* "$rh/update-hashes/" 2>/dev/null || true
+    chown -R "$CREATED_USER:$CREATED_USER" "$rh"
     for tc in "$RUSTUP_HOME"/toolchains/stable-*; do
       [ -d "$tc" ] && [ ! -L "$tc" ] && bind "$tc" "$view/${RUSTUP_HOME#/root/}/toolchains/$(basename "$tc")"
     done
@@ -79,7 +84,7 @@ if [ "$(id -u)" = 0 ]; then
   fi
   chmod -R go+rX "$view" 2>/dev/null || true
   mount --rbind "$view" /root
-  say "running as user $RUN_AS, created for this test (this namespace's /root: $(cd /root && find . -mindepth 1 -maxdepth 4 -type d -path './.rustup/toolchains/*' -printf '%P ' ; echo))"
+  say "running as user $RUN_AS, created for this test (this namespace's /root: $(cd /root && find . -mindepth 3 -maxdepth 3 -type d -path './.rustup/toolchains/*' -printf '%P ' ; echo))"
 else
   RUN_AS=$(id -un)
   say "running as $RUN_AS (not root)"
