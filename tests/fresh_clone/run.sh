@@ -18,11 +18,27 @@ say() { printf '[fresh-clone] %s\n' "$*"; }
 fail() { printf '[fresh-clone] FAIL: %s\n' "$*" >&2; exit 1; }
 
 if [ "$(id -u)" = 0 ] && [ -z "${FRESH_CLONE_NS:-}" ]; then
-  # Re-run inside a private mount namespace (mounts made there vanish with it).
-  exec env FRESH_CLONE_NS=1 unshare --mount --propagation private bash "$0" "$@"
+  # As root: the test itself runs in a private mount namespace (its mounts vanish with it);
+  # this outer process makes the folder and the user's name, and removes both afterwards,
+  # outside the namespace, where no bind mount leads out of the folder.
+  TMP=$(mktemp -d /tmp/tern-fresh-clone.XXXXXX)
+  chmod 755 "$TMP"
+  user="ternfresh$$"
+  rc=0
+  FRESH_CLONE_NS=1 FRESH_CLONE_TMP=$TMP FRESH_CLONE_USER=$user \
+    unshare --mount --propagation private bash "$0" "$@" || rc=$?
+  pkill -KILL -u "$user" 2>/dev/null || true
+  sleep 1
+  userdel "$user" 2>/dev/null || true
+  if findmnt -rn -o TARGET | grep -q "^$TMP"; then
+    say "left $TMP in place: something is still mounted under it"
+  else
+    rm -rf "$TMP"
+  fi
+  exit "$rc"
 fi
 
-TMP=$(mktemp -d /tmp/tern-fresh-clone.XXXXXX)
+TMP=${FRESH_CLONE_TMP:-$(mktemp -d /tmp/tern-fresh-clone.XXXXXX)}
 chmod 755 "$TMP"
 HOME_DIR="$TMP/home"
 CLONE="$HOME_DIR/tern"
@@ -34,15 +50,8 @@ cleanup() {
     sleep 2
     kill -KILL -- "-$SERVER_PID" 2>/dev/null || true
   fi
-  if [ -n "$CREATED_USER" ]; then
-    pkill -KILL -u "$CREATED_USER" 2>/dev/null || true
-    sleep 1
-    userdel "$CREATED_USER" 2>/dev/null || true
-    # Never delete through the bind mounts (they are read-only too).
-    umount -R /root 2>/dev/null || true
-    umount -R "$TMP/rootview" 2>/dev/null || true
-  fi
-  rm -rf --one-file-system "$TMP"
+  # As root the outer process removes the user and the folder (outside this namespace).
+  [ -n "${FRESH_CLONE_NS:-}" ] || rm -rf "$TMP"
 }
 trap cleanup EXIT
 
@@ -53,7 +62,7 @@ CARGO_HOME=${CARGO_HOME:-$HOME/.cargo}
 mkdir -p "$HOME_DIR"
 
 if [ "$(id -u)" = 0 ]; then
-  CREATED_USER="ternfresh$$"
+  CREATED_USER=$FRESH_CLONE_USER
   useradd --no-create-home --home-dir "$HOME_DIR" --shell /bin/bash --user-group "$CREATED_USER"
   RUN_AS=$CREATED_USER
   # This namespace's /root: the toolchains only, readable by the user; a cargo home the user
