@@ -50,6 +50,8 @@ cleanup() {
     sleep 2
     kill -KILL -- "-$SERVER_PID" 2>/dev/null || true
   fi
+  # FRESH_CLONE_LOG=FILE keeps make serve's output (the folder is removed).
+  if [ -n "${FRESH_CLONE_LOG:-}" ] && [ -f "$TMP/serve.log" ]; then cp "$TMP/serve.log" "$FRESH_CLONE_LOG"; fi
   # As root the outer process removes the user and the folder (outside this namespace).
   [ -n "${FRESH_CLONE_NS:-}" ] || rm -rf "$TMP"
 }
