@@ -1,5 +1,6 @@
 # Tern — the commands a developer and CI use. `make serve` and `make test` set up everything
-# they need themselves (scripts/setup.sh is idempotent).
+# they need themselves (scripts/setup.sh is idempotent): serving needs no root and no apt;
+# `make test` adds the test tools (perf_analyzer, Prometheus) and says why.
 
 SHELL := /bin/bash
 ROOT := $(abspath .)
@@ -11,10 +12,16 @@ HTTP_PORT ?= 8000
 METRICS_PORT ?= 8002
 CARGO_FLAGS ?= --release --locked
 
-.PHONY: setup build examples serve test test-rust test-deploy test-python test-serve lint fmt clean
+.PHONY: setup setup-test build examples serve test test-rust test-deploy test-python test-serve lint fmt clean
 
+## What building and serving need, as the current user (README.md, "Requirements").
 setup:
 	@bash scripts/setup.sh
+
+## The above plus the tools only the tests use: pytest and its references, perf_analyzer,
+## Prometheus (installed with apt-get when root; otherwise setup says what to run).
+setup-test:
+	@bash scripts/setup.sh --test
 
 build: setup
 	cargo build $(CARGO_FLAGS) -p tern-node -p tern-router -p tern-cli
@@ -30,7 +37,7 @@ serve: build examples
 
 ## The whole test suite: Rust unit and integration tests, then end-to-end tests with the real
 ## tritonclient and perf_analyzer against the real tern-node binary.
-test: build examples lint test-rust test-deploy test-deploy-k8s test-python
+test: setup-test build examples lint test-rust test-deploy test-deploy-k8s test-python
 
 # Targets with `test = true` (libraries, binaries that have tests, test targets), not the
 # examples (clippy --all-targets checks that they build); doc examples only where there is one:
@@ -47,8 +54,16 @@ test-python:
 
 ## The node suite again, against `tern serve` (router + node in one process) instead of
 ## tern-node: a client must not tell them apart. Not part of `make test` (it doubles its time).
-test-serve: build examples
+test-serve: setup-test build examples
 	TERN_NODE_BIN=$(ROOT)/scripts/tern-serve.sh TERN_READY_MARK="tern ready" $(VENV_PY) -m pytest -q tests/python --ignore=tests/python/test_cluster.py
+
+## The quick start on a fresh clone as a normal user (tests/fresh_clone/run.sh): git clone of
+## this checkout's HEAD into a temporary folder, `make serve` there as a user that is not root
+## (created for the test when run as root), an inference with tritonclient. Adds a full build of
+## the workspace, so it is not part of `make test`; .ci/run runs it with TERN_CI_FRESH_CLONE=1.
+.PHONY: test-fresh-clone
+test-fresh-clone:
+	bash tests/fresh_clone/run.sh
 
 lint:
 	cargo fmt --all -- --check
@@ -82,7 +97,7 @@ test-gpu:
 ## Debian's Prometheus scraping all four with deploy/prometheus/prometheus.yml. Prints the
 ## endpoints; Ctrl-C stops everything. `scripts/cluster.py --smoke` checks it end to end.
 .PHONY: cluster
-cluster: build examples
+cluster: setup-test build examples
 	$(VENV_PY) scripts/cluster.py --model-repository $(MODEL_REPO)
 
 .PHONY: test-deploy-k8s

@@ -95,6 +95,10 @@ def write_if_changed(path: Path, data: bytes) -> bool:
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
     with os.fdopen(fd, "wb") as f:
         f.write(data)
+    # mkstemp's 0600 would keep a server running as another user from reading it.
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o666 & ~umask)
     os.replace(tmp, path)
     return True
 

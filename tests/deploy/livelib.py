@@ -34,7 +34,7 @@ CERT_NAMES = (
 )
 ROUTER_NAME = CERT_NAMES[0]
 
-# Tokens by role and their groups (SECURITY.md, "Between routers and nodes").
+# Tokens by role and their groups (docs/security.md, "Between routers and nodes").
 TOKEN_GROUPS = {
     "router-token": "cluster,health,metadata,inference,model-config,model-repository,statistics",
     "node-token": "cluster",

@@ -36,6 +36,9 @@ def test_values_match_schema(values_name):
         {"node": {"replicaz": 3}},
         {"node": {"modelControlMode": "lazy"}},
         {"models": {"source": "s3"}},
+        {"models": {"url": {"uri": "ftp://x"}}},
+        {"ingress": {"servicePort": "metrics"}},
+        {"gatewayApi": {"grpcRoute": {"parentRefs": [{"namespace": "x"}]}}},
         {"ports": {"grpc": 70000}},
         {"tracing": {"sampleRatio": 2}},
         {"gpu": {"count": 0}},
@@ -64,9 +67,106 @@ def test_default_render_objects():
         [
             "ConfigMap", "ConfigMap", "Deployment", "HorizontalPodAutoscaler", "NetworkPolicy",
             "PersistentVolumeClaim", "PodDisruptionBudget", "PodDisruptionBudget", "Service", "Service",
-            "ServiceAccount", "ServiceAccount", "StatefulSet",
+            "ServiceAccount", "ServiceAccount", "StatefulSet", "Pod",
         ]
-    ), "ServiceMonitor/PrometheusRule need the Prometheus Operator: off by default"
+    ), "ServiceMonitor/PrometheusRule need the Prometheus Operator, Ingress/GRPCRoute a controller: off by default"
+
+
+def test_default_installs_on_a_stock_cluster():
+    """A ReadWriteOnce claim (every storage class provides it) and one node replica to mount it."""
+    objs = chart_objects("default")
+    pvc = find(objs, "PersistentVolumeClaim")
+    assert pvc["spec"]["accessModes"] == ["ReadWriteOnce"] and "storageClassName" not in pvc["spec"]
+    assert find(objs, "StatefulSet")["spec"]["replicas"] == 1
+
+
+def test_helm_test_hook_runs_an_inference():
+    pod = find(chart_objects("full"), "Pod")
+    assert pod["metadata"]["annotations"]["helm.sh/hook"] == "test"
+    c = pod["spec"]["containers"][0]
+    env = {e["name"]: e["value"] for e in c["env"]}
+    assert env["TERN_HOST"] == "tern-router.tern.svc.cluster.local" and env["TERN_PORT"] == "8000"
+    assert env["TERN_TEST_MODEL"] == "tiny_add" and json.loads(env["TERN_TEST_REQUEST"])["inputs"][0]["name"] == "INPUT0"
+    script = c["command"][-1]
+    assert '"$base/v2/models/$TERN_TEST_MODEL/infer"' in script and "/v2/health/ready" in script
+    mounts = {m["mountPath"] for m in c["volumeMounts"]}
+    assert {"/etc/tern/tls", "/etc/tern/tls-ca", "/etc/tern/test-token"} <= mounts, "TLS CA and the test's token"
+    assert pod["spec"]["securityContext"]["runAsNonRoot"] is True
+    # Without routers the test asks the nodes' headless Service.
+    minimal = find(chart_objects("minimal"), "Pod")
+    assert {e["name"]: e["value"] for e in minimal["spec"]["containers"][0]["env"]}["TERN_HOST"].startswith("tern-node-headless.")
+
+
+def test_helm_test_script_is_valid_sh(tmp_path):
+    import subprocess
+
+    for values_name in ("default", "full"):
+        script = tmp_path / f"{values_name}.sh"
+        script.write_text(find(chart_objects(values_name), "Pod")["spec"]["containers"][0]["command"][-1])
+        proc = subprocess.run(["sh", "-n", str(script)], capture_output=True, text=True)
+        assert proc.returncode == 0, proc.stderr
+
+
+def test_ingress_and_grpcroute_point_at_the_routers():
+    objs = chart_objects("full")
+    ingress = find(objs, "Ingress")
+    assert ingress["spec"]["ingressClassName"] == "nginx"
+    backend = ingress["spec"]["rules"][0]["http"]["paths"][0]["backend"]["service"]
+    assert backend == {"name": "tern-router", "port": {"name": "grpc"}}
+    assert ingress["spec"]["rules"][0]["http"]["paths"][0]["path"] == "/"
+    route = find(objs, "GRPCRoute")
+    assert route["spec"]["parentRefs"] == [{"name": "edge", "namespace": "gateways", "sectionName": "grpc"}]
+    assert route["spec"]["rules"][0]["backendRefs"] == [{"name": "tern-router", "port": 8001}]
+    assert not [o for o in chart_objects("default") if o["kind"] in ("Ingress", "GRPCRoute")]
+
+
+def test_grpcroute_needs_a_gateway():
+    with helm.Chart.load(str(CHART)) as chart, pytest.raises(helm.HelmError, match="parentRefs"):
+        chart.render({"gatewayApi": {"grpcRoute": {"enabled": True}}}, name=RELEASE, namespace=NAMESPACE)
+
+
+def test_extra_volumes_and_containers():
+    objs = chart_objects("full")
+    node = find(objs, "StatefulSet")["spec"]["template"]["spec"]
+    assert [c["name"] for c in node["containers"]] == ["tern-node", "models-sync"]
+    assert [c["name"] for c in node["initContainers"]] == ["models", "warm-cache"]
+    assert "labels" in [v["name"] for v in node["volumes"]]
+    assert {"name": "labels", "mountPath": "/etc/labels", "readOnly": True} in node["containers"][0]["volumeMounts"]
+    router = find(objs, "Deployment")["spec"]["template"]["spec"]
+    assert [c["name"] for c in router["containers"]] == ["tern-router", "log-shipper"]
+    assert "router-scratch" in [v["name"] for v in router["volumes"]]
+    assert "/scratch" in [m["mountPath"] for m in router["containers"][0]["volumeMounts"]]
+
+
+def test_models_from_a_url():
+    with helm.Chart.load(str(CHART)) as chart:
+        with pytest.raises(helm.HelmError, match="models.url.uri"):
+            chart.render({"models": {"source": "url"}}, name=RELEASE, namespace=NAMESPACE)
+        out = chart.render(
+            {"models": {"source": "url", "url": {"uri": "https://example.com/models.tar.gz", "stripComponents": 1}},
+             "node": {"replicas": 3}},
+            name=RELEASE, namespace=NAMESPACE,
+        )
+    objs = [d for k, t in out.items() if not k.endswith("NOTES.txt") for d in yaml.safe_load_all(t) if d]
+    assert not [o for o in objs if o["kind"] == "PersistentVolumeClaim"]
+    pod = find(objs, "StatefulSet")["spec"]["template"]["spec"]
+    init = pod["initContainers"][0]
+    env = {e["name"]: e["value"] for e in init["env"]}
+    assert env["MODELS_URL"] == "https://example.com/models.tar.gz" and env["MODELS_STRIP_COMPONENTS"] == "1"
+    assert "curl" in init["command"][-1] and "tar -xzf" in init["command"][-1]
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    assert "emptyDir" in volumes["models"] and "emptyDir" in volumes["models-download"]
+    assert init["securityContext"]["readOnlyRootFilesystem"] is True
+
+
+def test_network_policy_metrics_peers_are_configurable():
+    rule = [r for r in find(chart_objects("full"), "NetworkPolicy")["spec"]["ingress"] if r["ports"][0]["port"] == 8002][0]
+    assert rule["from"][0]["podSelector"]["matchLabels"] == {"app.kubernetes.io/name": "prometheus"}
+    with helm.Chart.load(str(CHART)) as chart:
+        out = chart.render({"networkPolicy": {"monitoringNamespace": ""}}, name=RELEASE, namespace=NAMESPACE)
+    policy = yaml.safe_load(out["tern/templates/networkpolicy.yaml"])
+    metrics = [r for r in policy["spec"]["ingress"] if r["ports"][0]["port"] == 8002][0]
+    assert "from" not in metrics, "no peers configured: the metrics port is open"
 
 
 def test_full_render_has_monitoring_and_init_container():

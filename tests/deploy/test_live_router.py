@@ -122,7 +122,7 @@ def test_router_serves_through_node_with_manifest_args(source, model_repo, secre
                 _infer(client, None)
             headers = {"authorization": f"Bearer {secrets.tokens['client']}"}
             # A client's token (inference only) may not place a model through the router's lazy
-            # loading (SECURITY.md; tests/python/test_cluster.py checks the refusal): an
+            # loading (docs/security.md; tests/python/test_cluster.py checks the refusal): an
             # operator's token loads it unless the chart already pins it.
             client.load_model("tiny", headers={"authorization": f"Bearer {secrets.tokens['router-token']}"})
         out = _infer(client, headers)

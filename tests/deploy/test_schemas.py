@@ -188,6 +188,68 @@ CRD_SCHEMAS = {
 }
 
 
+# Gateway API's GRPCRoute (gateway.networking.k8s.io/v1, standard channel v1.1+): the fields
+# Tern's route uses, with the CRD's types and limits.
+_PARENT_REF = {
+    "type": "object",
+    "required": ["name"],
+    "additionalProperties": False,
+    "properties": {
+        "group": {"type": "string"},
+        "kind": {"type": "string"},
+        "namespace": {"type": "string", "minLength": 1, "maxLength": 63},
+        "name": {"type": "string", "minLength": 1, "maxLength": 253},
+        "sectionName": {"type": "string", "minLength": 1, "maxLength": 253},
+        "port": {"type": "integer", "minimum": 1, "maximum": 65535},
+    },
+}
+CRD_SCHEMAS["GRPCRoute"] = {
+    "type": "object",
+    "required": ["apiVersion", "kind", "metadata", "spec"],
+    "additionalProperties": False,
+    "properties": {
+        "apiVersion": {"const": "gateway.networking.k8s.io/v1"},
+        "kind": {"const": "GRPCRoute"},
+        "metadata": _METADATA,
+        "spec": {
+            "type": "object",
+            "additionalProperties": False,
+            "properties": {
+                "parentRefs": {"type": "array", "maxItems": 32, "items": _PARENT_REF},
+                "hostnames": {"type": "array", "maxItems": 16, "items": {"type": "string", "minLength": 1, "maxLength": 253}},
+                "rules": {
+                    "type": "array",
+                    "maxItems": 16,
+                    "items": {
+                        "type": "object",
+                        "additionalProperties": False,
+                        "properties": {
+                            "backendRefs": {
+                                "type": "array",
+                                "maxItems": 16,
+                                "items": {
+                                    "type": "object",
+                                    "required": ["name"],
+                                    "additionalProperties": False,
+                                    "properties": {
+                                        "group": {"type": "string"},
+                                        "kind": {"type": "string"},
+                                        "name": {"type": "string", "minLength": 1, "maxLength": 253},
+                                        "namespace": {"type": "string"},
+                                        "port": {"type": "integer", "minimum": 1, "maximum": 65535},
+                                        "weight": {"type": "integer", "minimum": 0, "maximum": 1000000},
+                                    },
+                                },
+                            }
+                        },
+                    },
+                },
+            },
+        },
+    },
+}
+
+
 def validate_object(obj: dict, version: str) -> None:
     key = (obj.get("apiVersion"), obj.get("kind"))
     if key in CRD_KINDS:

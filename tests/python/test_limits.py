@@ -4,7 +4,7 @@ claims, and the node keeps answering well-formed requests afterwards.
 
 Flags: --grpc-max-message-size, --max-tensor-bytes, --max-request-bytes,
 --grpc-max-concurrent-streams, --grpc-http2-max-header-list-size, --max-pending-request-bytes
-(see SECURITY.md), and their defaults.
+(see docs/security.md), and their defaults.
 Models are built here with onnx (an Add over FP32 [-1]), so this file needs no example repository.
 """
 from __future__ import annotations

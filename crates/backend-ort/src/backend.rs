@@ -42,8 +42,8 @@ impl OrtBackend {
         }
         let model = path.display().to_string();
         let environment = runtime::environment()?;
-        let session = configure(environment, settings, &model)?
-            .commit_from_file(path)
+        let mut builder = configure(environment, settings, &model)?;
+        let session = announce_engine_build(settings, &model, || builder.commit_from_file(path))
             .map_err(|e| OrtBackendError::ModelLoad { model: model.clone(), message: e.to_string() })?;
         OrtBackend::new(session, settings, &model)
     }
@@ -53,8 +53,8 @@ impl OrtBackend {
     pub fn load_from_memory(bytes: &[u8], settings: &SessionSettings) -> Result<OrtBackend, OrtBackendError> {
         let model = "<memory>";
         let environment = runtime::environment()?;
-        let session = configure(environment, settings, model)?
-            .commit_from_memory(bytes)
+        let mut builder = configure(environment, settings, model)?;
+        let session = announce_engine_build(settings, model, || builder.commit_from_memory(bytes))
             .map_err(|e| OrtBackendError::ModelLoad { model: model.to_string(), message: e.to_string() })?;
         OrtBackend::new(session, settings, model)
     }
@@ -220,6 +220,37 @@ fn configure(
         })?;
     }
     Ok(builder)
+}
+
+/// TensorRT builds its engine while the session is created, which takes minutes for a large
+/// model without a cached engine: say so when it starts, every 30 s while it runs, and when done.
+fn announce_engine_build<T>(settings: &SessionSettings, model: &str, commit: impl FnOnce() -> T) -> T {
+    if settings.gpu.tensorrt.is_none() || !matches!(settings.device, Device::Cuda { .. }) {
+        return commit();
+    }
+    let started = std::time::Instant::now();
+    tracing::info!(
+        model,
+        "building the TensorRT engine (minutes for a large model; a cached engine loads fast)"
+    );
+    let (done_tx, done_rx) = std::sync::mpsc::channel::<()>();
+    std::thread::scope(|scope| {
+        scope.spawn(move || {
+            while let Err(std::sync::mpsc::RecvTimeoutError::Timeout) =
+                done_rx.recv_timeout(std::time::Duration::from_secs(30))
+            {
+                tracing::info!(
+                    model,
+                    elapsed_s = started.elapsed().as_secs(),
+                    "still building the TensorRT engine"
+                );
+            }
+        });
+        let result = commit();
+        drop(done_tx);
+        tracing::info!(model, elapsed_ms = started.elapsed().as_millis() as u64, "TensorRT session ready");
+        result
+    })
 }
 
 /// The session options part of `settings`.

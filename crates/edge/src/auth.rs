@@ -27,7 +27,7 @@ use crate::tokens::{Grant, Group, Groups, Models, TokenTable};
 #[derive(Debug, Clone, clap::Args)]
 pub struct AuthArgs {
     /// Require bearer tokens (`authorization: Bearer <token>`): the file lists each token's
-    /// hash, its groups and models (see SECURITY.md; `tern token new` makes entries). Re-read
+    /// hash, its groups and models (see docs/security.md; `tern token new` makes entries). Re-read
     /// when it changes. Without it, no token is asked for.
     #[arg(long, value_name = "PATH")]
     pub auth_token_file: Option<PathBuf>,

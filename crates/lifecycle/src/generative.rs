@@ -39,6 +39,9 @@ pub(crate) fn load_generative_version(
             tern_repository::GENAI_CONFIG_FILENAME
         ));
     }
+    let started = std::time::Instant::now();
+    let bytes = crate::loader::version_dir_bytes(&dir.join("model.onnx"));
+    tracing::info!(version = v, dir = %dir.display(), bytes, size = %crate::loader::human_bytes(bytes), "loading");
     let mut config = config;
     tern_repository::complete_chat_parameters(&name, &mut config, &dir).map_err(|e| e.to_string())?;
     let Some(factory) = &options.generative else {
@@ -71,6 +74,7 @@ pub(crate) fn load_generative_version(
         kv_cache_bytes = parameters.kv_cache_bytes,
         max_queue = parameters.max_queue,
         gpu = ?parameters.gpu,
+        elapsed_ms = started.elapsed().as_millis() as u64,
         "loaded generative model"
     );
     Ok(LoadedModel {

@@ -90,6 +90,10 @@ pub fn load_version(
     let file = tern_repository::find_model_file(source, &base, v)
         .map_err(|e| e.to_string())?
         .ok_or_else(|| format!("model '{name}' version {v}: model file {} not found", path.display()))?;
+    // Progress a person can follow: large models take a while to open (and to warm up).
+    let started = std::time::Instant::now();
+    let file_bytes = version_dir_bytes(file.path());
+    tracing::info!(version = v, file = %file.path().display(), bytes = file_bytes, size = %human_bytes(file_bytes), "loading");
     let in_version = |e: tern_backend::BackendError| format!("model '{name}' version {v}: {e}");
     // The runtime checks what the config asks of it before anything is decrypted or opened.
     let target = options.target(source, v, matches!(file, tern_repository::ModelFile::Encrypted(_)));
@@ -132,8 +136,9 @@ pub fn load_version(
     let dynamic_batching = scheduling.dynamic;
     let scheduler = Scheduler::start(name.clone(), &format!("{name}-{v}"), scheduling, backends, runtime)
         .map_err(|e| format!("model '{name}': cannot start instance thread: {e}"))?;
-    tracing::info!(version = v, instances = count, placement = ?placement, dynamic_batching, "loaded");
-    let memory_bytes = version_dir_bytes(file.path()) * count.max(1) as u64;
+    let elapsed_ms = started.elapsed().as_millis() as u64;
+    tracing::info!(version = v, instances = count, placement = ?placement, dynamic_batching, elapsed_ms, "loaded");
+    let memory_bytes = file_bytes * count.max(1) as u64;
     Ok(LoadedModel {
         name: name.clone(),
         version: v,
@@ -189,9 +194,24 @@ pub(crate) fn load_versions(
     Ok(versions.into_iter().map(|v| (v, load_version(source, given.clone(), v, options, runtime))).collect())
 }
 
+/// `bytes` for a log line: "512 B", "3.2 MiB", "1.4 GiB".
+pub(crate) fn human_bytes(bytes: u64) -> String {
+    const UNITS: [&str; 4] = ["KiB", "MiB", "GiB", "TiB"];
+    if bytes < 1024 {
+        return format!("{bytes} B");
+    }
+    let mut value = bytes as f64 / 1024.0;
+    let mut unit = 0;
+    while value >= 1024.0 && unit + 1 < UNITS.len() {
+        value /= 1024.0;
+        unit += 1;
+    }
+    format!("{value:.1} {}", UNITS[unit])
+}
+
 /// Bytes of the files in the directory holding `model_file` (the model and its external
 /// data), see [`dir_bytes`].
-fn version_dir_bytes(model_file: &std::path::Path) -> u64 {
+pub(crate) fn version_dir_bytes(model_file: &std::path::Path) -> u64 {
     model_file.parent().map_or(0, dir_bytes)
 }
 
@@ -260,6 +280,15 @@ mod tests {
 
     fn source(dir: &str) -> ModelSource {
         ModelSource { name: "m".into(), dir: PathBuf::from(dir), config: None, versions: vec![1] }
+    }
+
+    #[test]
+    fn sizes_in_load_logs_read_as_a_person_would_write_them() {
+        assert_eq!(human_bytes(0), "0 B");
+        assert_eq!(human_bytes(1023), "1023 B");
+        assert_eq!(human_bytes(1536), "1.5 KiB");
+        assert_eq!(human_bytes(98 * 1024 * 1024), "98.0 MiB");
+        assert_eq!(human_bytes(3 << 30), "3.0 GiB");
     }
 
     #[test]

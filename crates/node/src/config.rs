@@ -50,7 +50,7 @@ pub struct Config {
 
     /// Directory for TensorRT engine and timing caches and EP context models: each model gets
     /// `DIR/<model name>`, where relative accelerator paths resolve. Without it, accelerator
-    /// paths may only point into the model's own directory (see SECURITY.md).
+    /// paths may only point into the model's own directory (see docs/security.md).
     #[arg(long, value_name = "DIR")]
     pub accelerator_cache_dir: Option<PathBuf>,
 

@@ -6,7 +6,7 @@
 //! `cluster` group. Without either proof configured the listener is off and nodes cannot
 //! register (routers still find nodes with `--node` / `--node-dns`). What a caller that passed
 //! this gate can still not do (claim another node's address, update another node's status) is
-//! checked by [`crate::discovery::MembershipService`]. The threat model is in SECURITY.md.
+//! checked by [`crate::discovery::MembershipService`]. The threat model is in docs/security.md.
 
 use std::future::Future;
 use std::net::{IpAddr, SocketAddr};

@@ -102,3 +102,8 @@ OTEL_TRACES_SAMPLER_ARG: {{ .Values.tracing.sampleRatio | toString | quote }}
 {{- end }}
 {{- end }}
 {{- end }}
+
+{{/* The Service clients reach: the routers', or the nodes' headless one without routers. */}}
+{{- define "tern.clientServiceName" -}}
+{{- if .Values.router.enabled }}{{ include "tern.routerName" . }}{{ else }}{{ include "tern.nodeHeadlessName" . }}{{ end }}
+{{- end }}

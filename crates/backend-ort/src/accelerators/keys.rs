@@ -1,5 +1,5 @@
 //! The keys each accelerator takes, with the kind and range of their values, and the keys that
-//! are refused outright. SECURITY.md, "Execution accelerator parameters", is the same list for
+//! are refused outright. docs/security.md, "Execution accelerator parameters", is the same list for
 //! operators (a test keeps the two in step).
 
 /// Byte counts (GPU memory limit, TensorRT workspace) are capped at 4 TiB: more than any GPU

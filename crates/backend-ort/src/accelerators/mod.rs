@@ -159,7 +159,8 @@ const ACCELERATORS: &str = "optimization.execution_accelerators";
 const TENSORRT: &str = "tensorrt";
 const CUDA: &str = "cuda";
 
-const SEE_DOCS: &str = "the allowed keys are listed in SECURITY.md, \"Execution accelerator parameters\"";
+const SEE_DOCS: &str =
+    "the allowed keys are listed in docs/security.md, \"Execution accelerator parameters\"";
 const ENCRYPTED_ENGINE: &str = "the model is encrypted at rest, and the TensorRT engine cache would write the \
      built engine, which holds its weights in the clear, to disk (set it to 0; the timing cache is fine)";
 const ENCRYPTED_CONTEXT: &str = "the model is encrypted at rest, and the EP context model would write its \

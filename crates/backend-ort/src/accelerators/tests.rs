@@ -247,17 +247,17 @@ fn device_labels() {
 
 #[test]
 fn security_md_documents_every_key() {
-    let doc = include_str!("../../../../SECURITY.md");
+    let doc = include_str!("../../../../docs/security.md");
     let section = doc
         .split("\n## ")
         .find(|s| s.starts_with("Execution accelerator parameters"))
-        .unwrap_or_else(|| panic!("SECURITY.md has no section \"Execution accelerator parameters\""));
+        .unwrap_or_else(|| panic!("docs/security.md has no section \"Execution accelerator parameters\""));
     let named = |k: &str| section.contains(&format!("`{k}`"));
     for k in TRT_KEYS.iter().chain(CUDA_KEYS) {
-        assert!(named(k.name), "SECURITY.md does not document `{}`", k.name);
+        assert!(named(k.name), "docs/security.md does not document `{}`", k.name);
     }
     for (k, _, _) in LEGACY_CUDA_PARAMETERS {
-        assert!(named(k), "SECURITY.md does not document `{k}`");
+        assert!(named(k), "docs/security.md does not document `{k}`");
     }
     assert!(named("precision_mode") && named("--accelerator-cache-dir"));
 }
