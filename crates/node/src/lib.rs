@@ -106,6 +106,14 @@ pub async fn run_with(
         None => tern_edge::Credential::none(),
     };
     let router_tls = config.router_tls().map_err(anyhow::Error::msg)?;
+    let (cache_bytes, cache_warnings) = config.response_cache().map_err(anyhow::Error::msg)?;
+    for warning in cache_warnings {
+        tracing::warn!("{warning}");
+    }
+    let response_cache = cache_bytes.map(|bytes| {
+        tracing::info!(bytes, "response cache 'local' enabled");
+        Arc::new(tern_scheduler::ResponseCache::new(bytes))
+    });
     let models = Arc::new(ModelManager::new(
         metrics.clone(),
         config.model_repositories.clone(),
@@ -119,6 +127,7 @@ pub async fn run_with(
             model_repositories: config.model_repositories.clone(),
             model_key: config.model_key.load().map_err(anyhow::Error::msg)?,
             generative: Some(Arc::new(generate::EngineFactory)),
+            response_cache,
         },
         config.model_load_thread_count,
         Duration::from_secs(config.exit_timeout_secs),
@@ -291,6 +300,14 @@ impl tern_telemetry::ModelSampler for NodeSampler {
                         .iter()
                         .map(|b| (b.batch_size, b.compute_infer.count))
                         .collect(),
+                    // Triton creates the cache families only for models that use the cache
+                    // (core src/metric_model_reporter.cc).
+                    cache: m.scheduler.response_cache_enabled().then_some(tern_telemetry::CacheSample {
+                        hits: s.cache_hit.count,
+                        hit_ns: s.cache_hit.ns,
+                        misses: s.cache_miss.count,
+                        miss_ns: s.cache_miss.ns,
+                    }),
                 }
             })
             .collect()

@@ -49,6 +49,7 @@ impl Harness {
             model_key: None,
             model_repositories: vec![repo.path().to_path_buf()],
             generative: Some(Arc::new(generative.clone())),
+            response_cache: None,
         };
         let metrics = Arc::new(tern_telemetry::Metrics::new(&Default::default())?);
         let manager = Arc::new(ModelManager::new(
