@@ -1,10 +1,12 @@
 //! Per-model scheduling between the gRPC service and a model's instances, with Triton's
 //! semantics: the default scheduler (FIFO, one request per execution) and the dynamic batcher
 //! (preferred sizes, max batch size, max queue delay), priority levels, queue policies (bounded
-//! queues, timeouts with REJECT or DELAY), cancellation, and per-model statistics.
+//! queues, timeouts with REJECT or DELAY), cancellation, per-model statistics, and Triton's
+//! response cache, which answers a repeated request before it is queued.
 //!
 //! Layout: [`policy`] reads the config, [`state`] decides batches (plain, unit-tested),
-//! [`stats`] counts, and [`Scheduler`] is the handle plus the threads that drive them.
+//! [`stats`] counts, [`cache`] keeps responses, and [`Scheduler`] is the handle plus the
+//! threads that drive them.
 //!
 //! Batches are formed on the instance threads themselves: a free instance takes the queue's
 //! lock, asks the state for a batch, runs it and answers each request from the same thread. A
