@@ -193,6 +193,18 @@ impl ResponseCache {
         if bytes > self.budget {
             return Inserted::TooLarge;
         }
+        // One copy per stored response, on a miss only and outside the lock: a request's
+        // outputs are slices of its batch's output buffer, and keeping a slice would keep the
+        // whole batch's outputs alive, outside the budget. Hits then share this copy.
+        let outputs: Vec<Tensor> = outputs
+            .iter()
+            .map(|t| Tensor {
+                name: t.name.clone(),
+                datatype: t.datatype,
+                shape: t.shape.clone(),
+                data: bytes::Bytes::copy_from_slice(&t.data),
+            })
+            .collect();
         let mut inner = self.lock();
         if inner.entries.contains_key(&key) {
             return Inserted::AlreadyExists;
@@ -272,7 +284,8 @@ mod tests {
         assert_eq!(cache.insert(k.clone(), &out), Inserted::AlreadyExists);
         let hit = cache.lookup(&k).expect("hit");
         assert_eq!(hit, out);
-        assert_eq!(hit[0].data.as_ptr(), out[0].data.as_ptr(), "no copy on a hit");
+        let again = cache.lookup(&k).expect("hit");
+        assert_eq!(hit[0].data.as_ptr(), again[0].data.as_ptr(), "hits share the stored bytes");
     }
 
     #[test]
