@@ -133,6 +133,9 @@ pub struct Config {
 
     #[command(flatten)]
     pub tracing: tern_telemetry::TracingConfig,
+
+    #[command(flatten)]
+    pub triton: crate::triton_flags::TritonFlags,
 }
 
 impl Config {
@@ -168,6 +171,7 @@ impl Config {
         }
         self.limits.validate()?;
         self.response_cache()?;
+        self.triton.check()?;
         self.router_tls()?;
         self.auth.validate()?;
         self.model_key.load()?;
@@ -177,6 +181,11 @@ impl Config {
     /// TLS toward routers, from --router-tls-*.
     pub fn router_tls(&self) -> Result<Option<tonic::transport::ClientTlsConfig>, String> {
         self.router_tls.config()
+    }
+
+    /// No auto-complete: --strict-model-config=true, or Triton's --disable-auto-complete-config.
+    pub fn strict_model_config(&self) -> bool {
+        self.strict_model_config || self.triton.disable_auto_complete_config
     }
 
     /// The response cache's size in bytes (`None`: no cache), and warnings to log, from

@@ -14,6 +14,7 @@ pub mod generate;
 pub mod request_limits;
 pub mod service;
 pub mod stream;
+pub mod triton_flags;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -107,7 +108,8 @@ pub async fn run_with(
     };
     let router_tls = config.router_tls().map_err(anyhow::Error::msg)?;
     let (cache_bytes, cache_warnings) = config.response_cache().map_err(anyhow::Error::msg)?;
-    for warning in cache_warnings {
+    let flag_warnings = config.triton.check().map_err(anyhow::Error::msg)?;
+    for warning in cache_warnings.into_iter().chain(flag_warnings) {
         tracing::warn!("{warning}");
     }
     let response_cache = cache_bytes.map(|bytes| {
@@ -118,7 +120,7 @@ pub async fn run_with(
         metrics.clone(),
         config.model_repositories.clone(),
         LoadOptions {
-            strict_model_config: config.strict_model_config,
+            strict_model_config: config.strict_model_config(),
             // Embedding models get tokenization and pooling around their ORT sessions.
             backend: Arc::new(tern_embed::EmbeddingFactory::new(tern_backend_ort::OrtFactory {
                 allow_cpu_fallback: config.allow_cpu_fallback,
@@ -139,6 +141,18 @@ pub async fn run_with(
         _ => None,
     };
     models.load_startup(only).await.map_err(anyhow::Error::msg)?;
+    if config.triton.exit_on_error {
+        // Triton's --exit-on-error: a model that failed to load at start ends the server.
+        let failed: Vec<String> = models
+            .index()
+            .into_iter()
+            .filter(|row| row.state == Some(ModelState::Unavailable))
+            .map(|row| format!("{} (version {}): {}", row.name, row.version, row.reason))
+            .collect();
+        if !failed.is_empty() {
+            anyhow::bail!("failed to load all models (--exit-on-error): {}", failed.join("; "));
+        }
+    }
     // Poll mode: follow the repositories until shutdown (the task ends with the runtime).
     let poll_task = (config.model_control_mode == ControlMode::Poll).then(|| {
         let models = models.clone();
