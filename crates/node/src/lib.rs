@@ -314,14 +314,17 @@ impl tern_telemetry::ModelSampler for NodeSampler {
                         .iter()
                         .map(|b| (b.batch_size, b.compute_infer.count))
                         .collect(),
-                    // Triton creates the cache families only for models that use the cache
-                    // (core src/metric_model_reporter.cc).
-                    cache: m.scheduler.response_cache_enabled().then_some(tern_telemetry::CacheSample {
-                        hits: s.cache_hit.count,
-                        hit_ns: s.cache_hit.ns,
-                        misses: s.cache_miss.count,
-                        miss_ns: s.cache_miss.ns,
-                    }),
+                    // Triton creates the cache families for models whose config enables the
+                    // cache, with or without a server cache (core src/model.cc creates the
+                    // model's reporter with the config's flag; src/metric_model_reporter.cc).
+                    cache: m.config.response_cache.as_ref().is_some_and(|c| c.enable).then_some(
+                        tern_telemetry::CacheSample {
+                            hits: s.cache_hit.count,
+                            hit_ns: s.cache_hit.ns,
+                            misses: s.cache_miss.count,
+                            miss_ns: s.cache_miss.ns,
+                        },
+                    ),
                 }
             })
             .collect()

@@ -42,7 +42,8 @@ pub struct ModelSample {
     /// Executions per batch size, `(batch_size, executions)`, as the statistics extension's
     /// `batch_stats`; rendered as the `tern_inference_batch_size` histogram. Empty: no histogram.
     pub batch_executions: Vec<(u64, u64)>,
-    /// Response-cache counters of a model version that uses the cache; `None`: no cache series.
+    /// Response-cache counters of a model version whose config enables the cache; `None`: no
+    /// cache series.
     pub cache: Option<CacheSample>,
 }
 
