@@ -321,6 +321,9 @@ impl Scheduler {
         let lookup_started = Instant::now();
         let found = caching.cache.lookup(&key);
         let lookup = lookup_started.elapsed();
+        // A hit answers at once. Triton delegates a hit's response behind earlier ones under
+        // `preserve_ordering`; here each caller has its own reply, and a stream's responses
+        // already leave in request order (the node's stream.rs).
         if let Some(outputs) = found {
             self.shared.stats.record_cache_hit(lookup_started - arrived, lookup, arrived.elapsed());
             return Ok(outputs);
