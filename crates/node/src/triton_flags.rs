@@ -47,6 +47,37 @@ pub struct TritonFlags {
     #[arg(long, value_name = "GPU:BYTES", hide = true)]
     pub cuda_memory_pool_byte_size: Vec<String>,
 
+    /// Triton: `off` or `execution_count`. `off` is what Tern does; a rate limiter is refused.
+    #[arg(long, value_name = "MODE", hide = true)]
+    pub rate_limit: Option<String>,
+
+    /// Triton: retries of a failed model load. Accepted with a warning: Tern loads once.
+    #[arg(long, value_name = "N", hide = true)]
+    pub model_load_retry_count: Option<u64>,
+
+    /// Triton: threads of its buffer manager. Accepted with a warning: Tern has none.
+    #[arg(long, value_name = "N", hide = true)]
+    pub buffer_manager_thread_count: Option<u64>,
+
+    /// Triton: the lowest CUDA compute capability it uses. Accepted with a warning.
+    #[arg(long, value_name = "CC", hide = true)]
+    pub min_supported_compute_capability: Option<f64>,
+
+    /// Triton's gRPC keepalive settings. Accepted with a warning: Tern's gRPC server keeps
+    /// hyper's HTTP/2 defaults.
+    #[arg(long, value_name = "MS", hide = true)]
+    pub grpc_keepalive_time: Option<u64>,
+    #[arg(long, value_name = "MS", hide = true)]
+    pub grpc_keepalive_timeout: Option<u64>,
+    #[arg(long, value_name = "BOOL", hide = true)]
+    pub grpc_keepalive_permit_without_calls: Option<bool>,
+    #[arg(long, value_name = "N", hide = true)]
+    pub grpc_http2_max_pings_without_data: Option<u64>,
+    #[arg(long, value_name = "MS", hide = true)]
+    pub grpc_http2_min_recv_ping_interval_without_data: Option<u64>,
+    #[arg(long, value_name = "N", hide = true)]
+    pub grpc_http2_max_ping_strikes: Option<u64>,
+
     /// Exit when a model fails to load at start (Triton's `--exit-on-error`). Tern's default is
     /// to keep serving the models that loaded (Triton's `--exit-on-error=false`).
     #[arg(
@@ -94,7 +125,38 @@ impl TritonFlags {
                 ));
             }
         }
+        if let Some(mode) = self.rate_limit.as_deref().filter(|m| *m != "off") {
+            return Err(format!(
+                "--rate-limit={mode}: Tern has no rate limiter; each model's instance_group count \
+                 bounds its concurrent executions (use --rate-limit=off or leave it out)"
+            ));
+        }
         let mut warnings = Vec::new();
+        for (flag, given) in [
+            ("--model-load-retry-count", self.model_load_retry_count.is_some()),
+            ("--buffer-manager-thread-count", self.buffer_manager_thread_count.is_some()),
+            ("--min-supported-compute-capability", self.min_supported_compute_capability.is_some()),
+        ] {
+            if given {
+                warnings
+                    .push(format!("{flag} is accepted for Triton compatibility and has no effect in Tern"));
+            }
+        }
+        let keepalive = [
+            self.grpc_keepalive_time.is_some(),
+            self.grpc_keepalive_timeout.is_some(),
+            self.grpc_keepalive_permit_without_calls.is_some(),
+            self.grpc_http2_max_pings_without_data.is_some(),
+            self.grpc_http2_min_recv_ping_interval_without_data.is_some(),
+            self.grpc_http2_max_ping_strikes.is_some(),
+        ];
+        if keepalive.contains(&true) {
+            warnings.push(
+                "--grpc-keepalive-* / --grpc-http2-* ping settings are ignored: Tern's gRPC server keeps \
+                 hyper's HTTP/2 defaults"
+                    .into(),
+            );
+        }
         for (flag, value) in [
             ("--log-info", self.log_info),
             ("--log-warning", self.log_warning),
@@ -171,6 +233,15 @@ mod tests {
             "0:67108864",
         ])?;
         assert_eq!(warnings.len(), 6, "{warnings:#?}");
+        let more = check(&[
+            "--rate-limit=off",
+            "--model-load-retry-count=3",
+            "--grpc-keepalive-time=7200000",
+            "--grpc-keepalive-timeout",
+            "20000",
+        ])?;
+        assert_eq!(more.len(), 2, "{more:#?}");
+        assert!(more[1].contains("hyper's HTTP/2 defaults"), "{}", more[1]);
         assert!(warnings[0].starts_with("--log-info=false is accepted"), "{}", warnings[0]);
         assert!(warnings[2].contains("(onnxruntime) is ignored"), "{}", warnings[2]);
         assert!(warnings[3].contains("(every backend)"), "{}", warnings[3]);
@@ -184,6 +255,7 @@ mod tests {
             (&["--grpc-restricted-protocol=model-repository:admin-key=secret"], "--auth-token-file"),
             (&["--http-restricted-api", "shared-memory:k=v"], "not supported"),
             (&["--backend-config", "onnxruntime"], "option format is '<backend name>,<setting>=<value>'"),
+            (&["--rate-limit=execution_count"], "Tern has no rate limiter"),
         ] {
             let got = check(args).expect_err("refused");
             assert!(got.contains(reason), "{args:?}: {got}");
