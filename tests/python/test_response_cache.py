@@ -23,8 +23,8 @@ from tritonclient.utils import InferenceServerException
 
 from tern_testlib import TernServer, copy_models
 
-# Room for a few batch-8 entries of versioned_scale (about 300 bytes each: the key's input
-# bytes, names and shapes, and the output), never for a batch-64 entry of tiny_add (8 KiB).
+# Room for a few batch-8 entries of versioned_scale (about 200 bytes each: the output with its
+# name and shape, and the key), never for a batch-64 entry of tiny_add (4 KiB of output).
 CACHE_BYTES = 1000
 METRICS_ADDR_RE = re.compile(r'metrics(?:=|"\s*:\s*")([0-9.]+:\d+)')
 
@@ -175,11 +175,12 @@ def test_a_reload_never_returns_the_previous_answer(node):
 
 def test_least_recently_used_entries_are_evicted_under_a_small_cache(node):
     _, _, client = node
-    batches = [np.full((8, 4), v, dtype=np.float32) for v in (101, 102, 103, 104, 105)]
+    batches = [np.full((8, 4), v, dtype=np.float32) for v in range(101, 109)]
     for b in batches:
         scale(client, b)
     before = stats(client, "versioned_scale")
-    # The newest is still there; the oldest was evicted to make room (about 300 bytes each).
+    # The newest is still there; the oldest was evicted to make room (8 entries of about 200
+    # bytes in 1000).
     assert np.array_equal(scale(client, batches[-1]), batches[-1])
     assert np.array_equal(scale(client, batches[0]), batches[0])
     assert delta(stats(client, "versioned_scale"), before)["hit"] == 1

@@ -6,95 +6,42 @@
 //!
 //! The key follows Triton's hash (core src/cache_manager.cc, `TritonCache::Hash`): model name,
 //! model version, and every input sorted by name with its bytes; request parameters are not
-//! part of it. Tern adds three things so that a hit can never be a wrong answer:
+//! part of it. Tern adds three things so that a hit is never a wrong answer:
 //! - each input's datatype and shape (Triton hashes names and bytes only, so two reshapes of the
 //!   same bytes would share an entry) and the outputs the request asked for;
 //! - the load's generation, so a reload or a new load of the same version never sees the
 //!   previous load's answers (they are also dropped when the load's scheduler ends);
-//! - the full key kept beside the entry and compared on lookup (Triton trusts its 64-bit hash;
-//!   its docs list a collision as a known limitation). The input bytes are kept as shared
-//!   slices of the request (no copy) and counted against the budget.
+//! - a 128-bit digest (two SipHash passes under keys drawn at random when the cache is made,
+//!   so a client can neither predict nor aim for a collision) instead of Triton's 64-bit hash,
+//!   whose collisions its docs list as a known limitation. The key keeps no request bytes: an
+//!   entry holds only its response, and a lookup compares a few words under the lock.
 
 use std::collections::{BTreeMap, HashMap};
-use std::hash::{Hash, Hasher};
+use std::hash::{BuildHasher, Hash, Hasher, RandomState};
 use std::sync::{Arc, Mutex, PoisonError};
 
-use tern_core::{DataType, Tensor};
+use tern_core::Tensor;
 
-/// What a response-cache key is made of. Built outside the cache's lock (hashing reads every
-/// input byte once); the lock then compares only hashes and, for the matching entry, bytes.
-#[derive(Debug, Clone)]
+/// A response-cache key, made by [`ResponseCache::key`] outside the cache's lock (the digest
+/// reads every input byte).
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CacheKey {
-    hash: u64,
+    digest: [u64; 2],
     model: Arc<str>,
     version: u64,
     generation: u64,
-    inputs: Vec<KeyInput>,
-    outputs: Vec<String>,
 }
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-struct KeyInput {
-    name: String,
-    datatype: DataType,
-    shape: Vec<i64>,
-    data: bytes::Bytes,
-}
-
-impl CacheKey {
-    /// The key of a request for `model` version `version`, load `generation`, with `inputs`
-    /// (in any order: sorted by name here, as Triton sorts them) asking for `outputs`.
-    pub fn new(
-        model: Arc<str>,
-        version: u64,
-        generation: u64,
-        inputs: &[Tensor],
-        outputs: &[String],
-    ) -> CacheKey {
-        let mut inputs: Vec<KeyInput> = inputs
-            .iter()
-            .map(|t| KeyInput {
-                name: t.name.clone(),
-                datatype: t.datatype,
-                shape: t.shape.clone(),
-                data: t.data.clone(),
-            })
-            .collect();
-        inputs.sort_by(|a, b| a.name.cmp(&b.name));
-        let mut h = std::collections::hash_map::DefaultHasher::new();
-        (&*model, version, generation).hash(&mut h);
-        for i in &inputs {
-            (&i.name, i.datatype, &i.shape).hash(&mut h);
-            h.write(&i.data);
-        }
-        outputs.hash(&mut h);
-        CacheKey { hash: h.finish(), model, version, generation, inputs, outputs: outputs.to_vec() }
-    }
-
-    /// Bytes the key holds alive: the inputs' data (shared with the request) and the names.
-    fn byte_size(&self) -> u64 {
-        let inputs: usize = self.inputs.iter().map(|i| i.data.len() + i.name.len() + i.shape.len() * 8).sum();
-        let outputs: usize = self.outputs.iter().map(String::len).sum();
-        (inputs + outputs + self.model.len()) as u64
-    }
-}
-
-impl PartialEq for CacheKey {
-    fn eq(&self, other: &Self) -> bool {
-        self.hash == other.hash
-            && self.version == other.version
-            && self.generation == other.generation
-            && self.model == other.model
-            && self.outputs == other.outputs
-            && self.inputs == other.inputs
-    }
-}
-
-impl Eq for CacheKey {}
 
 impl Hash for CacheKey {
     fn hash<H: Hasher>(&self, state: &mut H) {
-        state.write_u64(self.hash);
+        state.write_u64(self.digest[0]);
+    }
+}
+
+impl CacheKey {
+    /// Bytes an entry's key takes.
+    fn byte_size(&self) -> u64 {
+        (std::mem::size_of::<CacheKey>() + self.model.len()) as u64
     }
 }
 
@@ -139,12 +86,43 @@ impl Inner {
 pub struct ResponseCache {
     budget: u64,
     inner: Mutex<Inner>,
+    /// The digest's two keyed hashers.
+    keys: [RandomState; 2],
 }
 
 impl ResponseCache {
     /// An empty cache holding at most `budget` bytes of responses and keys.
     pub fn new(budget: u64) -> ResponseCache {
-        ResponseCache { budget, inner: Mutex::new(Inner::default()) }
+        ResponseCache {
+            budget,
+            inner: Mutex::new(Inner::default()),
+            keys: [RandomState::new(), RandomState::new()],
+        }
+    }
+
+    /// The key of a request for `model` version `version`, load `generation`, with `inputs`
+    /// (in any order: sorted by name here, as Triton sorts them) asking for `outputs`.
+    pub fn key(
+        &self,
+        model: Arc<str>,
+        version: u64,
+        generation: u64,
+        inputs: &[Tensor],
+        outputs: &[String],
+    ) -> CacheKey {
+        let mut sorted: Vec<&Tensor> = inputs.iter().collect();
+        sorted.sort_by(|a, b| a.name.cmp(&b.name));
+        let digest = self.keys.each_ref().map(|keys| {
+            let mut h = keys.build_hasher();
+            (&*model, version, generation, sorted.len()).hash(&mut h);
+            for t in &sorted {
+                (&t.name, t.datatype, &t.shape, t.data.len()).hash(&mut h);
+                h.write(&t.data);
+            }
+            outputs.hash(&mut h);
+            h.finish()
+        });
+        CacheKey { digest, model, version, generation }
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
@@ -242,6 +220,7 @@ impl ResponseCache {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use tern_core::DataType;
 
     fn tensor(name: &str, shape: &[i64], data: &'static [u8]) -> Tensor {
         Tensor {
@@ -252,32 +231,36 @@ mod tests {
         }
     }
 
-    fn key(model: &str, generation: u64, inputs: &[Tensor]) -> CacheKey {
-        CacheKey::new(model.into(), 1, generation, inputs, &[])
+    fn key(cache: &ResponseCache, model: &str, generation: u64, inputs: &[Tensor]) -> CacheKey {
+        cache.key(model.into(), 1, generation, inputs, &[])
     }
 
     #[test]
     fn key_is_model_version_generation_and_inputs_in_any_order() {
+        let c = ResponseCache::new(1 << 20);
         let a = tensor("a", &[2], b"xy");
         let b = tensor("b", &[1], b"z");
-        let k = key("m", 7, &[a.clone(), b.clone()]);
-        assert_eq!(k, key("m", 7, &[b.clone(), a.clone()]), "inputs are sorted by name, as Triton does");
-        assert_ne!(k, key("n", 7, &[a.clone(), b.clone()]), "model");
-        assert_ne!(k, key("m", 8, &[a.clone(), b.clone()]), "load generation");
-        assert_ne!(k, CacheKey::new("m".into(), 2, 7, &[a.clone(), b.clone()], &[]), "version");
-        assert_ne!(k, key("m", 7, &[tensor("a", &[2], b"xx"), b.clone()]), "bytes");
-        assert_ne!(k, key("m", 7, &[tensor("a", &[1, 2], b"xy"), b.clone()]), "shape");
-        assert_ne!(k, key("m", 7, &[tensor("c", &[2], b"xy"), b.clone()]), "name");
+        let k = key(&c, "m", 7, &[a.clone(), b.clone()]);
+        assert_eq!(k, key(&c, "m", 7, &[b.clone(), a.clone()]), "inputs are sorted by name, as Triton does");
+        assert_ne!(k, key(&c, "n", 7, &[a.clone(), b.clone()]), "model");
+        assert_ne!(k, key(&c, "m", 8, &[a.clone(), b.clone()]), "load generation");
+        assert_ne!(k, c.key("m".into(), 2, 7, &[a.clone(), b.clone()], &[]), "version");
+        assert_ne!(k, key(&c, "m", 7, &[tensor("a", &[2], b"xx"), b.clone()]), "bytes");
+        assert_ne!(k, key(&c, "m", 7, &[tensor("a", &[1, 2], b"xy"), b.clone()]), "shape");
+        assert_ne!(k, key(&c, "m", 7, &[tensor("c", &[2], b"xy"), b.clone()]), "name");
+        // The same bytes split differently between two inputs.
+        let (a2, b2) = (tensor("a", &[2], b"x"), tensor("b", &[1], b"yz"));
+        assert_ne!(k, key(&c, "m", 7, &[a2, b2]), "input boundaries");
         let mut int8 = a.clone();
         int8.datatype = DataType::Int8;
-        assert_ne!(k, key("m", 7, &[int8, b.clone()]), "datatype");
-        assert_ne!(k, CacheKey::new("m".into(), 1, 7, &[a, b], &["y".into()]), "outputs asked for");
+        assert_ne!(k, key(&c, "m", 7, &[int8, b.clone()]), "datatype");
+        assert_ne!(k, c.key("m".into(), 1, 7, &[a, b], &["y".into()]), "outputs asked for");
     }
 
     #[test]
     fn hit_returns_the_stored_outputs_sharing_their_bytes() {
         let cache = ResponseCache::new(1 << 20);
-        let k = key("m", 1, &[tensor("a", &[1], b"q")]);
+        let k = key(&cache, "m", 1, &[tensor("a", &[1], b"q")]);
         assert!(cache.lookup(&k).is_none());
         let out = vec![tensor("y", &[3], b"abc")];
         assert_eq!(cache.insert(k.clone(), &out), Inserted::Stored);
@@ -291,15 +274,14 @@ mod tests {
     #[test]
     fn evicts_least_recently_used_by_bytes() {
         let out = vec![tensor("y", &[], &[0; 100])];
-        let k1 = key("m", 1, &[tensor("a", &[], b"1")]);
         let per_entry = {
             let probe = ResponseCache::new(u64::MAX);
-            probe.insert(k1.clone(), &out);
+            probe.insert(key(&probe, "m", 1, &[tensor("a", &[], b"1")]), &out);
             probe.used()
         };
         let cache = ResponseCache::new(per_entry * 2);
-        let k2 = key("m", 1, &[tensor("a", &[], b"2")]);
-        let k3 = key("m", 1, &[tensor("a", &[], b"3")]);
+        let [k1, k2, k3] =
+            [b"1", b"2", b"3"].map(|v: &'static [u8; 1]| key(&cache, "m", 1, &[tensor("a", &[], v)]));
         cache.insert(k1.clone(), &out);
         cache.insert(k2.clone(), &out);
         assert!(cache.lookup(&k1).is_some(), "k1 is now the most recently used");
@@ -312,22 +294,23 @@ mod tests {
 
     #[test]
     fn an_entry_larger_than_the_cache_is_not_stored_and_evicts_nothing() {
-        let cache = ResponseCache::new(200);
-        let small = key("m", 1, &[tensor("a", &[], b"1")]);
+        let cache = ResponseCache::new(300);
+        let small = key(&cache, "m", 1, &[tensor("a", &[], b"1")]);
         assert_eq!(cache.insert(small.clone(), &[tensor("y", &[], &[0; 10])]), Inserted::Stored);
-        let big = key("m", 1, &[tensor("a", &[], b"2")]);
+        let big = key(&cache, "m", 1, &[tensor("a", &[], b"2")]);
         assert_eq!(cache.insert(big.clone(), &[tensor("y", &[], &[0; 300])]), Inserted::TooLarge);
         assert!(cache.lookup(&big).is_none());
         assert!(cache.lookup(&small).is_some());
         let none = ResponseCache::new(0);
-        assert_eq!(none.insert(small, &[]), Inserted::TooLarge);
+        assert_eq!(none.insert(key(&none, "m", 1, &[]), &[]), Inserted::TooLarge);
     }
 
     #[test]
     fn purge_drops_one_load_of_one_model() {
         let cache = ResponseCache::new(1 << 20);
         let input = [tensor("a", &[], b"1")];
-        let (old, new, other) = (key("m", 1, &input), key("m", 2, &input), key("n", 1, &input));
+        let (old, new, other) =
+            (key(&cache, "m", 1, &input), key(&cache, "m", 2, &input), key(&cache, "n", 1, &input));
         for k in [&old, &new, &other] {
             cache.insert(k.clone(), &[tensor("y", &[], b"v")]);
         }

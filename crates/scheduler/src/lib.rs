@@ -311,7 +311,7 @@ impl Scheduler {
         // Triton looks up where the scheduler enqueues (core src/dynamic_batch_scheduler.cc,
         // `Enqueue` -> `CacheLookUp`); only successful responses are inserted.
         let arrived = Instant::now();
-        let key = cache::CacheKey::new(
+        let key = caching.cache.key(
             caching.model.clone(),
             caching.version,
             caching.generation,
