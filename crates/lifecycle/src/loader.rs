@@ -55,6 +55,9 @@ pub struct LoadOptions {
     pub model_repositories: Vec<PathBuf>,
     /// Starts the engines of generative models; `None`: such models fail to load, saying so.
     pub generative: Option<Arc<dyn tern_backend::GenerativeFactory>>,
+    /// The node's response cache (`--cache-config local,size=N`), for models whose config has
+    /// `response_cache { enable: true }`; `None`: no model is cached.
+    pub response_cache: Option<Arc<tern_scheduler::ResponseCache>>,
 }
 
 impl LoadOptions {
@@ -136,8 +139,24 @@ pub fn load_version(
     let dynamic_batching = scheduling.dynamic;
     let scheduler = Scheduler::start(name.clone(), &format!("{name}-{v}"), scheduling, backends, runtime)
         .map_err(|e| format!("model '{name}': cannot start instance thread: {e}"))?;
+    // Triton caches a model's responses only when the server has a cache as well
+    // (core src/dynamic_batch_scheduler.cc: `ResponseCacheEnabled()` of the model and the
+    // server); otherwise it serves the model uncached, as here.
+    let wants_cache = config.response_cache.as_ref().is_some_and(|c| c.enable);
+    let scheduler = match &options.response_cache {
+        Some(cache) if wants_cache => scheduler.with_response_cache(cache.clone(), v),
+        None if wants_cache => {
+            tracing::warn!(
+                "response_cache is enabled in the config but the node has no cache \
+                 (--cache-config local,size=N): responses are not cached"
+            );
+            scheduler
+        }
+        _ => scheduler,
+    };
+    let response_cache = scheduler.response_cache_enabled();
     let elapsed_ms = started.elapsed().as_millis() as u64;
-    tracing::info!(version = v, instances = count, placement = ?placement, dynamic_batching, elapsed_ms, "loaded");
+    tracing::info!(version = v, instances = count, placement = ?placement, dynamic_batching, response_cache, elapsed_ms, "loaded");
     let memory_bytes = file_bytes * count.max(1) as u64;
     Ok(LoadedModel {
         name: name.clone(),
@@ -299,6 +318,7 @@ mod tests {
             model_key: None,
             model_repositories: vec![PathBuf::from("/models"), PathBuf::from("/more")],
             generative: None,
+            response_cache: None,
         };
         let target = options.target(&source("/more/m"), 3, true);
         assert_eq!(target.trusted_dir, Some(PathBuf::from("/more/m")));

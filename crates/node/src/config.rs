@@ -70,6 +70,16 @@ pub struct Config {
     #[arg(long, default_value_t = 2)]
     pub model_load_thread_count: usize,
 
+    /// Response cache, Triton's form `<cache name>,<setting>=<value>` (repeatable; settings of
+    /// one cache merge): `--cache-config local,size=N` keeps up to N bytes of responses for
+    /// models whose config has `response_cache { enable: true }`. Only `local` exists.
+    #[arg(long = "cache-config", value_name = "NAME,KEY=VALUE")]
+    pub cache_config: Vec<String>,
+
+    /// Deprecated in Triton for `--cache-config local,size=N`, which it means.
+    #[arg(long, value_name = "BYTES", hide = true)]
+    pub response_cache_byte_size: Option<i64>,
+
     /// Router control plane to register with and send heartbeats to, host:port of its
     /// --cluster-port (repeatable). The router accepts only nodes presenting --router-token-file
     /// (a token with the `cluster` group) or a --router-tls-cert of its cluster CA. Routers can
@@ -123,6 +133,9 @@ pub struct Config {
 
     #[command(flatten)]
     pub tracing: tern_telemetry::TracingConfig,
+
+    #[command(flatten)]
+    pub triton: crate::triton_flags::TritonFlags,
 }
 
 impl Config {
@@ -157,6 +170,8 @@ impl Config {
             return Err("--model-load-thread-count must be at least 1".into());
         }
         self.limits.validate()?;
+        self.response_cache()?;
+        self.triton.check()?;
         self.router_tls()?;
         self.auth.validate()?;
         self.model_key.load()?;
@@ -166,6 +181,86 @@ impl Config {
     /// TLS toward routers, from --router-tls-*.
     pub fn router_tls(&self) -> Result<Option<tonic::transport::ClientTlsConfig>, String> {
         self.router_tls.config()
+    }
+
+    /// No auto-complete: --strict-model-config=true, or Triton's --disable-auto-complete-config.
+    pub fn strict_model_config(&self) -> bool {
+        self.strict_model_config || self.triton.disable_auto_complete_config
+    }
+
+    /// The response cache's size in bytes (`None`: no cache), and warnings to log, from
+    /// `--cache-config` or Triton's deprecated `--response-cache-byte-size`, read as Triton's
+    /// server reads them (server src/command_line_parser.cc, `ParseCacheConfigOption`; core
+    /// src/server.cc: one cache only; local_cache src/local_cache.cc, `LocalCache::Create`).
+    pub fn response_cache(&self) -> Result<(Option<u64>, Vec<String>), String> {
+        let mut warnings = Vec::new();
+        if let Some(size) = self.response_cache_byte_size {
+            if !self.cache_config.is_empty() {
+                return Err("Incompatible flags --response-cache-byte-size and --cache-config both \
+                            provided. Please provide one or the other."
+                    .into());
+            }
+            let size = u64::try_from(size)
+                .map_err(|_| format!("--response-cache-byte-size {size}: must be a number of bytes >= 0"))?;
+            warnings.push(format!(
+                "'--response-cache-byte-size' has been deprecated! The equivalent --cache-config CLI \
+                 args would be: '--cache-config=local,size={size}'"
+            ));
+            return Ok((Some(size), warnings));
+        }
+        let mut cache_name: Option<&str> = None;
+        let mut settings: Vec<(&str, &str)> = Vec::new();
+        for arg in &self.cache_config {
+            let format =
+                || format!("--cache-config option format is '<cache name>,<setting>=<value>'. Got {arg}");
+            let (name, setting) = match arg.split_once(',') {
+                Some((name, setting)) if !name.is_empty() => (name, setting),
+                _ => {
+                    return Err(format!(
+                        "No cache specified. --cache-config option format is \
+                         <cache name>,<setting>=<value>. Got {arg}"
+                    ));
+                }
+            };
+            let (key, value) = setting.split_once('=').ok_or_else(format)?;
+            if key.is_empty() || value.is_empty() {
+                return Err(format());
+            }
+            match cache_name {
+                Some(seen) if seen != name => {
+                    return Err("found multiple cache configurations, but only a single cache is \
+                                currently supported"
+                        .into());
+                }
+                _ => cache_name = Some(name),
+            }
+            settings.push((key, value));
+        }
+        let Some(name) = cache_name else { return Ok((None, warnings)) };
+        if name != "local" {
+            return Err(format!(
+                "--cache-config {name}: Tern has only the 'local' cache (in the node's memory); \
+                 Triton's other caches (such as 'redis') are not supported"
+            ));
+        }
+        // Triton joins the settings into one JSON object, a later value replacing an earlier
+        // one (server src/command_line_parser.cc, `PairsToJsonStr` with `SetStringObject`).
+        let size = settings
+            .iter()
+            .rev()
+            .find(|(k, _)| *k == "size")
+            .map(|(_, v)| *v)
+            .ok_or("Failed to initialize LocalCache: config didn't contain a valid 'size' field.")?;
+        let size = size.parse::<u64>().map_err(|_| {
+            format!("Failed to initialize LocalCache: 'size' {size:?} must be a number of bytes")
+        })?;
+        let mut ignored: Vec<&str> = settings.iter().map(|(k, _)| *k).filter(|k| *k != "size").collect();
+        ignored.dedup();
+        for key in ignored {
+            warnings
+                .push(format!("--cache-config local,{key}=...: not a setting of the local cache, ignored"));
+        }
+        Ok((Some(size), warnings))
     }
 
     pub fn grpc_addr(&self) -> SocketAddr {
@@ -193,4 +288,47 @@ impl tern_edge::ClientTlsPeer for Routers {
             help: "Name to verify in router certificates instead of the host of --router-address",
         }),
     };
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cache(args: &[&str]) -> Result<(Option<u64>, Vec<String>), String> {
+        let mut argv = vec!["tern-node", "--model-repository", "/tmp"];
+        argv.extend_from_slice(args);
+        Config::try_parse_from(argv).map_err(|e| e.to_string())?.response_cache()
+    }
+
+    #[test]
+    fn cache_config_reads_as_triton_reads_it() {
+        assert_eq!(cache(&[]), Ok((None, vec![])));
+        assert_eq!(cache(&["--cache-config", "local,size=1048576"]), Ok((Some(1 << 20), vec![])));
+        assert_eq!(cache(&["--cache-config=local,size=10"]), Ok((Some(10), vec![])));
+        // Repeated settings of one cache merge, a later value replacing an earlier one.
+        let merged = cache(&[
+            "--cache-config",
+            "local,size=5",
+            "--cache-config=local,other=x",
+            "--cache-config=local,size=6",
+        ]);
+        assert_eq!(merged.map(|(s, w)| (s, w.len())), Ok((Some(6), 1)));
+        assert_eq!(cache(&["--response-cache-byte-size", "7"]).map(|(s, _)| s), Ok(Some(7)));
+        for (args, error) in [
+            (&["--cache-config", "size=5"][..], "No cache specified. --cache-config option format is"),
+            (
+                &["--cache-config", "local,size"],
+                "--cache-config option format is '<cache name>,<setting>=<value>'. Got local,size",
+            ),
+            (&["--cache-config", "local,size="], "option format is"),
+            (&["--cache-config", "redis,host=x"], "Tern has only the 'local' cache"),
+            (&["--cache-config", "local,size=1", "--cache-config", "redis,port=1"], "only a single cache"),
+            (&["--cache-config", "local,max=1"], "didn't contain a valid 'size' field"),
+            (&["--cache-config", "local,size=-1"], "must be a number of bytes"),
+            (&["--cache-config", "local,size=1", "--response-cache-byte-size", "1"], "Incompatible flags"),
+        ] {
+            let got = cache(args).expect_err("refused");
+            assert!(got.contains(error), "{args:?}: {got}");
+        }
+    }
 }

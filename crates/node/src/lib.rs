@@ -14,6 +14,7 @@ pub mod generate;
 pub mod request_limits;
 pub mod service;
 pub mod stream;
+pub mod triton_flags;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -106,11 +107,20 @@ pub async fn run_with(
         None => tern_edge::Credential::none(),
     };
     let router_tls = config.router_tls().map_err(anyhow::Error::msg)?;
+    let (cache_bytes, cache_warnings) = config.response_cache().map_err(anyhow::Error::msg)?;
+    let flag_warnings = config.triton.check().map_err(anyhow::Error::msg)?;
+    for warning in cache_warnings.into_iter().chain(flag_warnings) {
+        tracing::warn!("{warning}");
+    }
+    let response_cache = cache_bytes.map(|bytes| {
+        tracing::info!(bytes, "response cache 'local' enabled");
+        Arc::new(tern_scheduler::ResponseCache::new(bytes))
+    });
     let models = Arc::new(ModelManager::new(
         metrics.clone(),
         config.model_repositories.clone(),
         LoadOptions {
-            strict_model_config: config.strict_model_config,
+            strict_model_config: config.strict_model_config(),
             // Embedding models get tokenization and pooling around their ORT sessions.
             backend: Arc::new(tern_embed::EmbeddingFactory::new(tern_backend_ort::OrtFactory {
                 allow_cpu_fallback: config.allow_cpu_fallback,
@@ -119,6 +129,7 @@ pub async fn run_with(
             model_repositories: config.model_repositories.clone(),
             model_key: config.model_key.load().map_err(anyhow::Error::msg)?,
             generative: Some(Arc::new(generate::EngineFactory)),
+            response_cache,
         },
         config.model_load_thread_count,
         Duration::from_secs(config.exit_timeout_secs),
@@ -130,6 +141,18 @@ pub async fn run_with(
         _ => None,
     };
     models.load_startup(only).await.map_err(anyhow::Error::msg)?;
+    if config.triton.exit_on_error {
+        // Triton's --exit-on-error: a model that failed to load at start ends the server.
+        let failed: Vec<String> = models
+            .index()
+            .into_iter()
+            .filter(|row| row.state == Some(ModelState::Unavailable))
+            .map(|row| format!("{} (version {}): {}", row.name, row.version, row.reason))
+            .collect();
+        if !failed.is_empty() {
+            anyhow::bail!("failed to load all models (--exit-on-error): {}", failed.join("; "));
+        }
+    }
     // Poll mode: follow the repositories until shutdown (the task ends with the runtime).
     let poll_task = (config.model_control_mode == ControlMode::Poll).then(|| {
         let models = models.clone();
@@ -291,6 +314,17 @@ impl tern_telemetry::ModelSampler for NodeSampler {
                         .iter()
                         .map(|b| (b.batch_size, b.compute_infer.count))
                         .collect(),
+                    // Triton creates the cache families for models whose config enables the
+                    // cache, with or without a server cache (core src/model.cc creates the
+                    // model's reporter with the config's flag; src/metric_model_reporter.cc).
+                    cache: m.config.response_cache.as_ref().is_some_and(|c| c.enable).then_some(
+                        tern_telemetry::CacheSample {
+                            hits: s.cache_hit.count,
+                            hit_ns: s.cache_hit.ns,
+                            misses: s.cache_miss.count,
+                            miss_ns: s.cache_miss.ns,
+                        },
+                    ),
                 }
             })
             .collect()

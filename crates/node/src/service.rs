@@ -197,8 +197,8 @@ fn statistics_proto(name: &str, version: &str, s: &StatsSnapshot) -> pb::ModelSt
             compute_input: d(s.compute_input),
             compute_infer: d(s.compute_infer),
             compute_output: d(s.compute_output),
-            cache_hit: d(Default::default()),
-            cache_miss: d(Default::default()),
+            cache_hit: d(s.cache_hit),
+            cache_miss: d(s.cache_miss),
         }),
         batch_stats: s
             .batches

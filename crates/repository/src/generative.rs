@@ -264,6 +264,8 @@ pub fn auto_complete_generative(
     complete_outputs(&mut config)?;
     complete_instance_group(&mut config)?;
     generative_parameters(&config)?;
+    // A generative model is decoupled: Triton refuses its response cache.
+    crate::validate::check_response_cache(&config)?;
     Ok(config)
 }
 

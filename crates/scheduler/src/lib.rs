@@ -1,10 +1,12 @@
 //! Per-model scheduling between the gRPC service and a model's instances, with Triton's
 //! semantics: the default scheduler (FIFO, one request per execution) and the dynamic batcher
 //! (preferred sizes, max batch size, max queue delay), priority levels, queue policies (bounded
-//! queues, timeouts with REJECT or DELAY), cancellation, and per-model statistics.
+//! queues, timeouts with REJECT or DELAY), cancellation, per-model statistics, and Triton's
+//! response cache, which answers a repeated request before it is queued.
 //!
 //! Layout: [`policy`] reads the config, [`state`] decides batches (plain, unit-tested),
-//! [`stats`] counts, and [`Scheduler`] is the handle plus the threads that drive them.
+//! [`stats`] counts, [`cache`] keeps responses, and [`Scheduler`] is the handle plus the
+//! threads that drive them.
 //!
 //! Batches are formed on the instance threads themselves: a free instance takes the queue's
 //! lock, asks the state for a batch, runs it and answers each request from the same thread. A
@@ -14,6 +16,7 @@
 //! queue itself. This crate knows nothing of gRPC
 //! servers or ONNX: it moves `Tensor`s to a `Backend`.
 
+pub mod cache;
 pub mod policy;
 pub mod state;
 pub mod stats;
@@ -26,6 +29,7 @@ use tern_backend::{Backend, BackendError, BatchJob, batch::select_outputs};
 use tern_core::{FailureReason, RequestError, Tensor};
 use tokio::sync::{Notify, oneshot};
 
+pub use cache::ResponseCache;
 pub use policy::SchedulerConfig;
 use state::{BatchState, Pending, Ticket};
 pub use stats::{ModelStats, StatsSnapshot};
@@ -204,7 +208,20 @@ pub struct Scheduler {
     shared: Arc<Shared>,
     config: SchedulerConfig,
     finished: Finished,
+    caching: Option<Caching>,
 }
+
+/// This load's use of the node's response cache.
+struct Caching {
+    cache: Arc<ResponseCache>,
+    model: Arc<str>,
+    version: u64,
+    /// Unique to this load: a reload's scheduler never reads this one's entries.
+    generation: u64,
+}
+
+/// Numbers the loads that use the response cache.
+static NEXT_GENERATION: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
 
 impl Scheduler {
     /// Starts one OS thread per backend (config `instance_group.count`), named
@@ -251,7 +268,25 @@ impl Scheduler {
             }
         }
         runtime.spawn(janitor(shared.clone()));
-        Ok(Scheduler { shared, config, finished: Finished(live_rx) })
+        Ok(Scheduler { shared, config, finished: Finished(live_rx), caching: None })
+    }
+
+    /// Answers identical requests to this load of version `version` from `cache` (the model's
+    /// `response_cache { enable: true }` with the node's `--cache-config`). Its entries are
+    /// dropped when this scheduler is (unload, reload).
+    pub fn with_response_cache(mut self, cache: Arc<ResponseCache>, version: u64) -> Scheduler {
+        self.caching = Some(Caching {
+            cache,
+            model: self.shared.model.as_str().into(),
+            version,
+            generation: NEXT_GENERATION.fetch_add(1, Relaxed),
+        });
+        self
+    }
+
+    /// Whether this load answers from the response cache.
+    pub fn response_cache_enabled(&self) -> bool {
+        self.caching.is_some()
     }
 
     /// Resolves when this model's instances have ended (after the scheduler is dropped and
@@ -268,9 +303,40 @@ impl Scheduler {
         &self.config
     }
 
-    /// Queues the request and waits for its outputs. Dropping the future cancels it: a request
-    /// still queued is then removed and never executed.
+    /// The request's outputs: from the response cache when it holds them (the queue and the
+    /// instances are skipped), otherwise queued and run, then offered to the cache. Dropping
+    /// the future cancels it: a request still queued is then removed and never executed.
     pub async fn infer(&self, job: InferJob) -> Result<Vec<Tensor>, RequestError> {
+        let Some(caching) = &self.caching else { return self.enqueue(job).await };
+        // Triton looks up where the scheduler enqueues (core src/dynamic_batch_scheduler.cc,
+        // `Enqueue` -> `CacheLookUp`); only successful responses are inserted.
+        let arrived = Instant::now();
+        let key = caching.cache.key(
+            caching.model.clone(),
+            caching.version,
+            caching.generation,
+            &job.inputs,
+            &job.outputs,
+        );
+        let lookup_started = Instant::now();
+        let found = caching.cache.lookup(&key);
+        let lookup = lookup_started.elapsed();
+        // A hit answers at once. Triton delegates a hit's response behind earlier ones under
+        // `preserve_ordering`; here each caller has its own reply, and a stream's responses
+        // already leave in request order (the node's stream.rs).
+        if let Some(outputs) = found {
+            self.shared.stats.record_cache_hit(lookup_started - arrived, lookup, arrived.elapsed());
+            return Ok(outputs);
+        }
+        let outputs = self.enqueue(job).await?;
+        let insert_started = Instant::now();
+        if caching.cache.insert(key, &outputs) != cache::Inserted::AlreadyExists {
+            self.shared.stats.record_cache_miss(lookup + insert_started.elapsed());
+        }
+        Ok(outputs)
+    }
+
+    async fn enqueue(&self, job: InferJob) -> Result<Vec<Tensor>, RequestError> {
         let enqueued = Instant::now();
         let level = self.config.level(job.priority);
         let timeout = self.config.policy(level).timeout(job.timeout);
@@ -380,6 +446,9 @@ impl Drop for Waiting<'_> {
 
 impl Drop for Scheduler {
     fn drop(&mut self) {
+        if let Some(c) = &self.caching {
+            c.cache.purge(&c.model, c.generation);
+        }
         self.shared.lock().closed = true;
         self.shared.work.notify_all();
         self.shared.janitor.notify_one();

@@ -73,6 +73,9 @@ pub struct StatsSnapshot {
     pub compute_input: DurationStat,
     pub compute_infer: DurationStat,
     pub compute_output: DurationStat,
+    /// Response-cache hits (count, lookup time) and misses (count, lookup plus insert time).
+    pub cache_hit: DurationStat,
+    pub cache_miss: DurationStat,
     /// Failures by reason, in [`FailureReason::ALL`] order.
     pub failures: [(FailureReason, u64); 4],
     /// Per batch size, ascending, only sizes that ran.
@@ -90,6 +93,8 @@ pub struct ModelStats {
     compute_input: Counter,
     compute_infer: Counter,
     compute_output: Counter,
+    cache_hit: Counter,
+    cache_miss: Counter,
     inference_count: AtomicU64,
     execution_count: AtomicU64,
     last_inference_ms: AtomicU64,
@@ -167,6 +172,24 @@ impl ModelStats {
         self.success.add(total);
     }
 
+    /// A request answered from the response cache, as Triton counts it (core src/infer_stats.cc,
+    /// `UpdateSuccessCacheHit`): a success with its whole duration and its (near zero) queue
+    /// time, and a cache hit with the lookup's duration; no inference, no execution, no compute
+    /// times (`nv_inference_count` and `nv_inference_exec_count` do not include cached requests).
+    pub fn record_cache_hit(&self, queue: Duration, lookup: Duration, total: Duration) {
+        self.success.add(total);
+        self.queue.add(queue);
+        self.cache_hit.add(lookup);
+    }
+
+    /// A request the cache did not answer whose response was then offered to it (core
+    /// src/infer_stats.cc, `UpdateSuccessCacheMiss`): a miss with the lookup and insert time,
+    /// which is also added to the request's duration (its success was already counted).
+    pub fn record_cache_miss(&self, lookup_and_insert: Duration) {
+        self.cache_miss.add(lookup_and_insert);
+        self.success.ns.fetch_add(lookup_and_insert.as_nanos().min(u128::from(u64::MAX)) as u64, Relaxed);
+    }
+
     pub fn snapshot(&self) -> StatsSnapshot {
         StatsSnapshot {
             last_inference_ms: self.last_inference_ms.load(Relaxed),
@@ -178,6 +201,8 @@ impl ModelStats {
             compute_input: self.compute_input.snapshot(),
             compute_infer: self.compute_infer.snapshot(),
             compute_output: self.compute_output.snapshot(),
+            cache_hit: self.cache_hit.snapshot(),
+            cache_miss: self.cache_miss.snapshot(),
             failures: FailureReason::ALL.map(|r| (r, self.failures[reason_index(r)].load(Relaxed))),
             batches: self
                 .batches

@@ -50,8 +50,8 @@ pub use metrics::{
     TTFT_BUCKETS_S, process_resident_memory_bytes,
 };
 pub use model::{
-    BATCH_SIZE_BUCKETS, GenerativeSample, ModelCollector, ModelSample, ModelSampler, ModelStateSample,
-    render as render_model_families, render_generative,
+    BATCH_SIZE_BUCKETS, CacheSample, GenerativeSample, ModelCollector, ModelSample, ModelSampler,
+    ModelStateSample, render as render_model_families, render_generative,
 };
 pub use propagation::{
     TRACE_ID_FIELD, extract_context, inject_context, inject_span_context, set_parent_from_metadata,
@@ -100,7 +100,26 @@ mod tests {
             execution_count: 341_688,
             pending: 7,
             batch_executions: vec![(1, 10), (3, 4), (64, 2)],
+            cache: None,
         }
+    }
+
+    #[test]
+    fn cache_families_only_for_models_that_use_the_cache() {
+        let mut cached = sample("cached");
+        cached.cache = Some(CacheSample { hits: 3, hit_ns: 4_000, misses: 2, miss_ns: 9_999 });
+        let text = metrics_with(vec![cached, sample("plain")]).render();
+        let got = lines(&text);
+        for expected in [
+            r#"nv_cache_num_hits_per_model{model="cached",version="1"} 3"#,
+            r#"nv_cache_hit_duration_per_model{model="cached",version="1"} 4"#,
+            r#"nv_cache_num_misses_per_model{model="cached",version="1"} 2"#,
+            r#"nv_cache_miss_duration_per_model{model="cached",version="1"} 9"#,
+            "# HELP nv_cache_miss_duration_per_model Total cache miss (insert+lookup) duration per model, in microseconds",
+        ] {
+            assert!(got.contains(expected), "missing line {expected:?} in:\n{text}");
+        }
+        assert!(!text.contains(r#"nv_cache_num_hits_per_model{model="plain""#), "{text}");
     }
 
     fn metrics_with(samples: Vec<ModelSample>) -> Metrics {
@@ -201,7 +220,9 @@ mod tests {
             assert!(
                 reference.contains_key(f.name)
                     || f.name.starts_with("nv_gpu_")
-                    || f.name == "nv_energy_consumption",
+                    || f.name == "nv_energy_consumption"
+                    // Triton 2.51 shows them only with a cache (names from core src/metrics.cc).
+                    || f.name.starts_with("nv_cache_"),
                 "{} is not a Triton family",
                 f.name
             );

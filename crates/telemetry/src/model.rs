@@ -42,6 +42,18 @@ pub struct ModelSample {
     /// Executions per batch size, `(batch_size, executions)`, as the statistics extension's
     /// `batch_stats`; rendered as the `tern_inference_batch_size` histogram. Empty: no histogram.
     pub batch_executions: Vec<(u64, u64)>,
+    /// Response-cache counters of a model version whose config enables the cache; `None`: no
+    /// cache series.
+    pub cache: Option<CacheSample>,
+}
+
+/// One model version's response-cache hits and misses; durations in nanoseconds.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct CacheSample {
+    pub hits: u64,
+    pub hit_ns: u64,
+    pub misses: u64,
+    pub miss_ns: u64,
 }
 
 impl ModelSample {
@@ -128,6 +140,10 @@ const FAMILIES: &[Family] = &[
     names::INFERENCE_PENDING_REQUEST_COUNT,
     names::REQUEST_FAILURE_DURATION_US,
     names::BATCH_SIZE,
+    names::CACHE_NUM_HITS_PER_MODEL,
+    names::CACHE_HIT_DURATION_PER_MODEL,
+    names::CACHE_NUM_MISSES_PER_MODEL,
+    names::CACHE_MISS_DURATION_PER_MODEL,
     names::MODEL_STATE,
     names::LLM_NUM_REQUESTS_RUNNING,
     names::LLM_NUM_REQUESTS_WAITING,
@@ -193,6 +209,21 @@ pub fn render(samples: &[ModelSample], states: &[ModelStateSample]) -> Vec<Metri
     per_model(&names::INFERENCE_COMPUTE_OUTPUT_DURATION_US, &|s| us(s.compute_output_ns));
     per_model(&names::INFERENCE_PENDING_REQUEST_COUNT, &|s| s.pending as f64);
     per_model(&names::REQUEST_FAILURE_DURATION_US, &|s| us(s.fail_ns));
+
+    let mut cached = |family: &Family, value: &dyn Fn(&CacheSample) -> f64| {
+        let metrics = samples
+            .iter()
+            .filter_map(|s| {
+                let labels = labels(&[(LABEL_MODEL, &s.model), (LABEL_VERSION, &s.version)]);
+                Some(scalar(family.kind, labels, value(s.cache.as_ref()?)))
+            })
+            .collect();
+        out.push(family_of(family, metrics));
+    };
+    cached(&names::CACHE_NUM_HITS_PER_MODEL, &|c| c.hits as f64);
+    cached(&names::CACHE_HIT_DURATION_PER_MODEL, &|c| us(c.hit_ns));
+    cached(&names::CACHE_NUM_MISSES_PER_MODEL, &|c| c.misses as f64);
+    cached(&names::CACHE_MISS_DURATION_PER_MODEL, &|c| us(c.miss_ns));
 
     let failures = samples
         .iter()

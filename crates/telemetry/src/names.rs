@@ -118,6 +118,38 @@ family!(
     "Instantaneous number of pending requests awaiting execution per-model."
 );
 
+// === Triton: response cache (per model and version, only for models that use the cache) ===
+// Names and help texts from core src/metrics.cc; Triton exports no server-level cache family.
+
+family!(
+    CACHE_NUM_HITS_PER_MODEL,
+    "nv_cache_num_hits_per_model",
+    Counter,
+    MV,
+    "Number of cache hits per model"
+);
+family!(
+    CACHE_HIT_DURATION_PER_MODEL,
+    "nv_cache_hit_duration_per_model",
+    Counter,
+    MV,
+    "Total cache hit duration per model, in microseconds"
+);
+family!(
+    CACHE_NUM_MISSES_PER_MODEL,
+    "nv_cache_num_misses_per_model",
+    Counter,
+    MV,
+    "Number of cache misses per model"
+);
+family!(
+    CACHE_MISS_DURATION_PER_MODEL,
+    "nv_cache_miss_duration_per_model",
+    Counter,
+    MV,
+    "Total cache miss (insert+lookup) duration per model, in microseconds"
+);
+
 // === Triton: memory pools, CPU and GPU (polled every --metrics-interval-ms) ===
 
 family!(
@@ -297,6 +329,10 @@ pub const ALL: &[Family] = &[
     REQUEST_LATENCY_US,
     BATCH_SIZE,
     REQUEST_FAILURE_DURATION_US,
+    CACHE_NUM_HITS_PER_MODEL,
+    CACHE_HIT_DURATION_PER_MODEL,
+    CACHE_NUM_MISSES_PER_MODEL,
+    CACHE_MISS_DURATION_PER_MODEL,
     MODEL_STATE,
     MODEL_LOAD_DURATION_SECONDS,
     MODEL_LOAD_FAILURES_TOTAL,

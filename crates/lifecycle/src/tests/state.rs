@@ -40,6 +40,12 @@ pub(super) struct Harness {
 
 impl Harness {
     pub(super) fn new() -> Result<Harness, Box<dyn std::error::Error>> {
+        Harness::with_cache(None)
+    }
+
+    fn with_cache(
+        response_cache: Option<Arc<tern_scheduler::ResponseCache>>,
+    ) -> Result<Harness, Box<dyn std::error::Error>> {
         let repo = tempfile::tempdir()?;
         let fake = FakeFactory::default();
         let generative = FakeGenerativeFactory::default();
@@ -49,6 +55,7 @@ impl Harness {
             model_key: None,
             model_repositories: vec![repo.path().to_path_buf()],
             generative: Some(Arc::new(generative.clone())),
+            response_cache,
         };
         let metrics = Arc::new(tern_telemetry::Metrics::new(&Default::default())?);
         let manager = Arc::new(ModelManager::new(
@@ -265,5 +272,48 @@ async fn concurrent_loads_of_one_model_share_one_load_and_its_result() -> TestRe
     assert_eq!(second.err().map(|e| e.to_string()).unwrap_or_default(), first);
     assert_eq!(h.loads(), 2, "one load of 'n'");
     assert_eq!((h.manager.loads_in_flight(), h.manager.loads_joined()), (0, 0));
+    Ok(())
+}
+
+/// A model with `response_cache { enable: true }`, answering its file's generation.
+fn write_cached_model(repo: &Path, generation: u32) -> std::io::Result<()> {
+    write_model(repo, "m", generation)?;
+    let config = repo.join("m").join("config.pbtxt");
+    let text = std::fs::read_to_string(&config)?;
+    std::fs::write(config, text + "response_cache { enable: true }\n")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_never_answers_from_the_previous_loads_cache_entries() -> TestResult {
+    let cache = Arc::new(tern_scheduler::ResponseCache::new(1 << 20));
+    let h = Harness::with_cache(Some(cache.clone()))?;
+    write_cached_model(h.repo.path(), 1)?;
+    h.manager.load("m", None, Vec::new()).await?;
+    assert_eq!(infer(&h.manager, "m").await?, 1.0);
+    assert_eq!(infer(&h.manager, "m").await?, 1.0);
+    let stats = h.manager.get("m", "")?.scheduler.stats().snapshot();
+    assert_eq!((stats.cache_hit.count, stats.cache_miss.count, stats.execution_count), (1, 1, 1));
+    assert_eq!(cache.len(), 1);
+
+    write_cached_model(h.repo.path(), 2)?;
+    h.manager.load("m", None, Vec::new()).await?;
+    assert_eq!(infer(&h.manager, "m").await?, 2.0, "the new load runs, whatever the cache holds");
+    // The old load's entries go with its scheduler.
+    eventually("the old load's entries are dropped", || cache.len() == 1).await?;
+    h.manager.unload("m").await?;
+    eventually("the unloaded model's entries are dropped", || cache.is_empty()).await
+}
+
+/// Triton serves a model whose config enables the cache uncached when the server has none.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_a_node_cache_a_cached_model_is_served_uncached() -> TestResult {
+    let h = Harness::new()?;
+    write_cached_model(h.repo.path(), 1)?;
+    h.manager.load("m", None, Vec::new()).await?;
+    assert!(!h.manager.get("m", "")?.scheduler.response_cache_enabled());
+    assert_eq!(infer(&h.manager, "m").await?, 1.0);
+    assert_eq!(infer(&h.manager, "m").await?, 1.0);
+    let stats = h.manager.get("m", "")?.scheduler.stats().snapshot();
+    assert_eq!((stats.cache_hit.count, stats.cache_miss.count, stats.execution_count), (0, 0, 2));
     Ok(())
 }

@@ -35,6 +35,7 @@ pub fn validate(config: &ModelConfig, signature: &ModelSignature) -> Result<(), 
     if model.is_empty() {
         return Err(RepositoryError::invalid(model, "the config must give the model's 'name'"));
     }
+    check_response_cache(config)?;
     check_backend_fields(config)?;
     let max_batch_size = config.max_batch_size;
     if max_batch_size < 0 {
@@ -165,6 +166,35 @@ pub(crate) fn check_model_filename(model: &str, filename: &str) -> Result<(), Re
 }
 
 /// Triton's checks of the dynamic batcher's settings; ensembles and sequence batching are refused.
+/// Triton refuses `response_cache { enable: true }` for a decoupled model and for one with the
+/// sequence batcher, with these words (core src/model_config_utils.cc, `ValidateModelConfig`:
+/// DLIS-3916 and DLIS-4034), before any other check of the scheduler.
+pub fn check_response_cache(config: &ModelConfig) -> Result<(), RepositoryError> {
+    if !config.response_cache.as_ref().is_some_and(|c| c.enable) {
+        return Ok(());
+    }
+    let model = config.name.as_str();
+    if matches!(config.scheduling_choice, Some(SchedulingChoice::SequenceBatching(_))) {
+        return Err(RepositoryError::invalid(
+            model,
+            format!(
+                "Response Cache does not currently support model {model} with sequence batching \
+                 scheduler. Please disable the response cache."
+            ),
+        ));
+    }
+    if config.model_transaction_policy.as_ref().is_some_and(|p| p.decoupled) {
+        return Err(RepositoryError::invalid(
+            model,
+            format!(
+                "Response Cache does not currently support model {model} with 'decoupled' \
+                 transaction policy. Please disable the response cache."
+            ),
+        ));
+    }
+    Ok(())
+}
+
 fn check_scheduling(config: &ModelConfig) -> Result<(), RepositoryError> {
     let model = config.name.as_str();
     let batching = match &config.scheduling_choice {

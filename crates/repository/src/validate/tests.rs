@@ -403,3 +403,26 @@ fn other_fields() {
     config.default_model_filename = "resnet.v2.onnx".to_owned();
     assert_eq!(message(&config, &resnet()), "ok");
 }
+
+/// Triton's refusals of a response cache it cannot serve (core src/model_config_utils.cc).
+#[test]
+fn response_cache_is_refused_for_sequence_batching_and_decoupled_models() {
+    let config = resnet_config("response_cache { enable: true } sequence_batching { }");
+    assert_eq!(
+        message(&config, &resnet()),
+        "model 'm': Response Cache does not currently support model m with sequence batching \
+         scheduler. Please disable the response cache."
+    );
+    let config =
+        resnet_config("response_cache { enable: true } model_transaction_policy { decoupled: true }");
+    assert_eq!(
+        message(&config, &resnet()),
+        "model 'm': Response Cache does not currently support model m with 'decoupled' transaction \
+         policy. Please disable the response cache."
+    );
+    let config = resnet_config("response_cache { enable: true } dynamic_batching { }");
+    assert!(validate(&config, &resnet()).is_ok());
+    let config =
+        resnet_config("response_cache { enable: false } model_transaction_policy { decoupled: true }");
+    assert!(check_response_cache(&config).is_ok());
+}
