@@ -210,4 +210,51 @@ mod tests {
         assert_eq!(placement.lazy.len(), 0, "lazy-load entries left behind");
         assert_eq!(placement.last_used.len(), 0, "failed names kept as in use");
     }
+
+    /// The shared store's intents become the router's pins and unloads: an operator's unload
+    /// through another router stops lazy loading here, and `--load-model` pins stay unless
+    /// an operator unloaded them.
+    #[test]
+    fn intents_from_the_store_become_pins_and_unloads() {
+        use crate::store::{Desired, Intent};
+        let metrics = Arc::new(RouterMetrics::unregistered());
+        let cluster = Arc::new(Cluster::new(
+            Duration::from_secs(1),
+            1,
+            None,
+            tern_edge::Credential::none(),
+            metrics.clone(),
+        ));
+        let settings = crate::Config::try_parse_from([
+            "tern-router",
+            "--load-model",
+            "flag_pin",
+            "--load-model",
+            "kept",
+        ])
+        .expect("flags")
+        .cluster();
+        let placement = Placement::new(cluster, settings, metrics);
+        let intent = |desired| Intent { desired, replicas: 0, router: "b".into() };
+        placement.touch("gone");
+        let intents = [
+            ("gone".to_string(), intent(Desired::Unloaded)),
+            ("flag_pin".to_string(), intent(Desired::Unloaded)),
+            ("pinned_elsewhere".to_string(), intent(Desired::Pinned)),
+        ]
+        .into_iter()
+        .collect();
+        placement.apply_intents(&intents);
+        assert!(
+            placement.lazy_refusal("gone").expect("refused").contains("unloaded through the repository API")
+        );
+        assert!(placement.lazy_refusal("flag_pin").is_some());
+        assert!(placement.lazy_refusal("pinned_elsewhere").is_none());
+        // In use: pins (flags and the store's), not the unloaded (its last use forgotten).
+        assert_eq!(placement.in_use(), vec!["kept".to_string(), "pinned_elsewhere".to_string()]);
+        // Loaded again elsewhere: the intent goes, and lazy loading resumes.
+        placement.apply_intents(&Default::default());
+        assert!(placement.lazy_refusal("gone").is_none());
+        assert_eq!(placement.in_use(), vec!["flag_pin".to_string(), "kept".to_string()]);
+    }
 }
