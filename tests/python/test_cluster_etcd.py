@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import re
 import shutil
+import threading
 import subprocess
 import tempfile
 import time
@@ -22,7 +23,8 @@ import pytest
 import tritonclient.grpc as grpcclient
 from tritonclient.utils import InferenceServerException
 
-from tern_clusterlib import NodeProc, RouterProc, cluster_token_files, free_port, tiny_add_inputs, wait_until
+from tern_clusterlib import (NodeProc, RouterProc, cluster_token_files, free_port, node_status, tiny_add_inputs,
+                             wait_until)
 
 # etcd's own lower bound is about 1.5 s; short so the lease tests are quick.
 LEASE_TTL_S = 2
@@ -131,6 +133,13 @@ def desired(router: RouterProc, state: str) -> int:
     return int(float(m.group(1))) if m else 0
 
 
+def leaders(cluster) -> int:
+    """How many routers say they lead placement (tern_router_placement_leader)."""
+    return sum(" 1" == line[len("tern_router_placement_leader"):]
+               for r in (cluster.a, cluster.b) for line in r.metrics().splitlines()
+               if line.startswith("tern_router_placement_leader "))
+
+
 def held(nodes, model: str = "add_int32") -> bool:
     return any(model in n.ready_models() for n in nodes if n.alive())
 
@@ -162,6 +171,7 @@ def cluster(model_repo, tmp_path_factory):
 def test_a_node_registered_with_one_router_is_routed_by_all(cluster):
     # node2 registered with router A only: B polls it because A's record of it is in etcd.
     assert cluster.nodes[2].addr in healthy_nodes(cluster.b)
+    wait_until(lambda: leaders(cluster) == 1, 10, "one placement leader")
     for r in (cluster.a, cluster.b):
         infer_tiny(r.url)
 
@@ -211,6 +221,31 @@ def test_restarting_every_router_keeps_pins_and_unloads(cluster):
         infer_tiny(r.url)
 
 
+def test_a_lazy_load_through_both_routers_at_once_loads_one_replica(cluster):
+    # Only the leader router places; the other asks it through etcd and waits for the model.
+    assert not held(cluster.nodes, "add_fp32")
+    start = threading.Barrier(8)
+    errors = []
+
+    def infer(url):
+        try:
+            start.wait(10)
+            out = grpcclient.InferenceServerClient(url).infer("add_fp32", tiny_add_inputs()).as_numpy("OUTPUT0")
+            assert np.allclose(out, 2.0), out
+        except Exception as e:  # noqa: BLE001 - reported below
+            errors.append(e)
+
+    threads = [threading.Thread(target=infer, args=(r.url,)) for r in (cluster.a, cluster.b) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert not errors, errors
+    loaded = [n.addr for n in cluster.nodes
+              if any(m[0] == "add_fp32" and m[2] in ("READY", "LOADING") for m in node_status(n.addr)["models"])]
+    assert len(loaded) == 1, f"add_fp32 loaded on {loaded} (one replica wanted)"
+
+
 def test_sigkilled_node_leaves_every_router_when_its_lease_ends(cluster):
     gone = cluster.nodes[2]
     gone.kill()
@@ -241,6 +276,12 @@ def test_etcd_down_routing_goes_on_and_operator_changes_wait(cluster):
                "an operator load through router A once etcd is back")
     print(f"operator writes worked again {time.monotonic() - started:.3f} s after etcd was back")
     wait_until(lambda: desired(cluster.b, "unloaded") == 0, 10, "router B seeing the load")
+    # Placement resumes: one router leads again and re-places a model in use that a node lost.
+    wait_until(lambda: leaders(cluster) == 1, 6 * LEASE_TTL_S + 10, "one placement leader again")
+    for n in cluster.nodes:
+        if n.alive() and "add_fp32" in n.ready_models():
+            n.client().unload_model("add_fp32")
+    wait_until(lambda: held(cluster.nodes, "add_fp32"), 20, "add_fp32 placed again by the leader")
     for r in (cluster.a, cluster.b):
         infer_tiny(r.url)
 

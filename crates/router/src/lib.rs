@@ -242,7 +242,7 @@ pub async fn run(
     let mut settings = config.cluster();
     settings.node_tls = config.node_tls().map_err(anyhow::Error::msg)?;
     settings.node_credential = config.node_credential().map_err(anyhow::Error::msg)?;
-    let store = config.store.open().await.map_err(anyhow::Error::msg)?;
+    let store = config.store.open(&settings.router_id).await.map_err(anyhow::Error::msg)?;
     let router = Router::start_with_store(
         settings,
         config.server_name.clone(),

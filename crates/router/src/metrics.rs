@@ -22,6 +22,7 @@ pub struct RouterMetrics {
     evictions: CounterVec,
     lazy_load: Histogram,
     desired_models: GaugeVec,
+    placement_leader: prometheus::Gauge,
 }
 
 impl RouterMetrics {
@@ -38,6 +39,7 @@ impl RouterMetrics {
         registry.register(Box::new(m.evictions.clone()))?;
         registry.register(Box::new(m.lazy_load.clone()))?;
         registry.register(Box::new(m.desired_models.clone()))?;
+        registry.register(Box::new(m.placement_leader.clone()))?;
         Ok(m)
     }
 
@@ -69,6 +71,11 @@ impl RouterMetrics {
                 "Inference requests retried on another replica after a node failed them",
                 &["model"],
             ),
+            placement_leader: prometheus::Gauge::new(
+                "tern_router_placement_leader",
+                "1 while this router makes placement decisions (always with the memory store; with etcd, the elected leader)",
+            )
+            .expect("valid gauge"),
             desired_models: gauge(
                 "tern_router_desired_models",
                 "Models an operator pinned (--load-model, RepositoryModelLoad) or unloaded, as this router sees them (with etcd: every router's)",
@@ -134,6 +141,10 @@ impl RouterMetrics {
     pub fn desired(&self, pinned: usize, unloaded: usize) {
         self.desired_models.with_label_values(&["pinned"]).set(pinned as f64);
         self.desired_models.with_label_values(&["unloaded"]).set(unloaded as f64);
+    }
+
+    pub fn leader(&self, leading: bool) {
+        self.placement_leader.set(if leading { 1.0 } else { 0.0 });
     }
 
     pub fn forget_node(&self, node: &str) {

@@ -14,6 +14,7 @@ use tokio::sync::watch;
 use tonic::Code;
 
 use crate::error::ClientError;
+use crate::store::Wanted;
 
 use super::{MAX_LAZY_LOADS, MAX_UNKNOWN_MODELS, Placement, UNKNOWN_MODEL_TTL, bounded, is_unknown_model};
 
@@ -108,6 +109,9 @@ impl Placement {
     }
 
     async fn lazy_load_inner(self: &Arc<Self>, model: &str) -> Result<(), ClientError> {
+        if !self.store.is_leader() {
+            return self.placed_by_leader(model).await;
+        }
         loop {
             let view = self.cluster.view();
             if !view.candidates(model, "").is_empty() {
@@ -143,6 +147,47 @@ impl Placement {
                     // Another node may do better; the failed one is excluded for a while.
                 }
             }
+        }
+    }
+
+    /// A follower's lazy load (etcd store, another router leads placement): asks the leader
+    /// through etcd and waits until a node serves the model, or the leader answers why not.
+    async fn placed_by_leader(self: &Arc<Self>, model: &str) -> Result<(), ClientError> {
+        let wanted = Wanted { router: self.settings.router_id.clone(), error: None };
+        self.store.want_placed(model, wanted).await.map_err(|e| {
+            ClientError::unavailable(format!(
+                "model '{model}' is not loaded on any node, and placement is paused: {e}"
+            ))
+        })?;
+        let answers = self.store.watch_wanted();
+        loop {
+            if !self.cluster.view().candidates(model, "").is_empty() {
+                return Ok(());
+            }
+            let answer = answers.as_ref().and_then(|a| a.borrow().get(model).and_then(|w| w.error.clone()));
+            if let Some((code, message)) = answer {
+                return Err(ClientError::router(Code::from(code), message));
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// The leader's side of [`Self::placed_by_leader`]: places `model` as a lazy load, then
+    /// clears the request, or answers with the error.
+    pub async fn place_for_follower(self: &Arc<Self>, model: &str, asked_by: &str) {
+        let result = match self.lazy_refusal(model) {
+            Some(refusal) => Err(ClientError::router(Code::FailedPrecondition, refusal)),
+            None => self.lazy_load(model).await,
+        };
+        let written = match &result {
+            Ok(()) => self.store.placed(model).await,
+            Err(e) => {
+                let error = Some((e.code() as i32, e.message().to_string()));
+                self.store.want_placed(model, Wanted { router: asked_by.to_string(), error }).await
+            }
+        };
+        if let Err(e) = written {
+            tracing::warn!(model, error = %e, "cannot answer a follower's placement request");
         }
     }
 

@@ -496,8 +496,13 @@ impl Placement {
                 _ = self.cluster.changed.notified() => {}
             }
             self.prune();
-            self.top_up_replicas();
-            self.enforce_budgets().await;
+            // One writer: with etcd only the leader places and evicts (always, in memory).
+            let leading = self.store.is_leader();
+            self.metrics.leader(leading);
+            if leading {
+                self.top_up_replicas();
+                self.enforce_budgets().await;
+            }
         }
     }
 

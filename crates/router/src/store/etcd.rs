@@ -1,14 +1,17 @@
 //! The etcd store: intents and node records under a key prefix, watched by every router.
 
 use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
-use etcd_client::{Client, ConnectOptions, EventType, GetOptions, PutOptions, WatchOptions};
+use etcd_client::{
+    Client, Compare, CompareOp, ConnectOptions, EventType, GetOptions, PutOptions, Txn, TxnOp, WatchOptions,
+};
 use futures::future::BoxFuture;
 use tokio::sync::{mpsc, watch};
 
-use super::{ClusterStore, Intent, Intents, NodeRecord, NodeRecords, StoreError};
+use super::{ClusterStore, Intent, Intents, NodeRecord, NodeRecords, StoreError, Wanted, WantedMap};
 
 /// One etcd request may take this long before the write is reported as failed.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(3);
@@ -26,6 +29,8 @@ pub struct EtcdOptions {
     pub user: Option<(String, String)>,
     /// Lease of a node record: how long it outlives the node's last heartbeat.
     pub node_ttl: Duration,
+    /// This router's name, in the leader key.
+    pub router_id: String,
 }
 
 /// Cluster state in etcd. See the module docs of [`super`] for the keys.
@@ -38,12 +43,18 @@ pub struct EtcdStore {
     nodes: watch::Receiver<NodeRecords>,
     /// Registered nodes whose lease this router keeps: address -> the beats of its keeper task.
     keepers: Mutex<HashMap<String, mpsc::Sender<NodeRecord>>>,
-    watcher: tokio::task::JoinHandle<()>,
+    wanted: watch::Receiver<WantedMap>,
+    /// True while this router holds the leader key (its lease kept alive).
+    leading: Arc<AtomicBool>,
+    /// The watch and the campaign.
+    tasks: [tokio::task::JoinHandle<()>; 2],
 }
 
 impl Drop for EtcdStore {
     fn drop(&mut self) {
-        self.watcher.abort();
+        for task in &self.tasks {
+            task.abort();
+        }
     }
 }
 
@@ -67,25 +78,40 @@ impl EtcdStore {
             .await
             .map_err(|_| unavailable(&shown, "connect", "timed out"))?
             .map_err(|e| unavailable(&shown, "connect", e))?;
-        let (revision, intents, nodes) = load(&client, &options.prefix)
+        let (revision, maps) = load(&client, &options.prefix)
             .await
             .map_err(|e| unavailable(&shown, "reading the cluster state", e))?;
         tracing::info!(
             endpoints = %shown,
             prefix = %options.prefix,
-            intents = intents.len(),
-            nodes = nodes.len(),
+            intents = maps.intents.len(),
+            nodes = maps.nodes.len(),
             "cluster store: etcd"
         );
-        let (intents_tx, intents_rx) = watch::channel(Arc::new(intents));
-        let (nodes_tx, nodes_rx) = watch::channel(Arc::new(nodes));
+        let (intents_tx, intents_rx) = watch::channel(Arc::new(maps.intents.clone()));
+        let (nodes_tx, nodes_rx) = watch::channel(Arc::new(maps.nodes.clone()));
+        let (wanted_tx, wanted_rx) = watch::channel(Arc::new(maps.wanted.clone()));
+        let (leader_tx, leader_rx) = watch::channel(maps.leader.clone());
+        let feeds = Feeds { intents: intents_tx, nodes: nodes_tx, wanted: wanted_tx, leader: leader_tx };
         let watcher = tokio::spawn(watch_loop(
             client.clone(),
             options.prefix.clone(),
             shown.clone(),
             revision,
-            intents_tx,
-            nodes_tx,
+            maps,
+            feeds,
+        ));
+        // This process's candidacy: its router id and a nonce, so a restarted router does not
+        // take its predecessor's unexpired key for its own.
+        let candidate = format!("{} {:016x}", options.router_id, fastrand::u64(..));
+        let leading = Arc::new(AtomicBool::new(false));
+        let campaign = tokio::spawn(campaign(
+            client.clone(),
+            format!("{}/leader", options.prefix),
+            candidate,
+            options.node_ttl,
+            leader_rx,
+            leading.clone(),
         ));
         Ok(EtcdStore {
             client,
@@ -95,7 +121,9 @@ impl EtcdStore {
             intents: intents_rx,
             nodes: nodes_rx,
             keepers: Mutex::default(),
-            watcher,
+            wanted: wanted_rx,
+            leading,
+            tasks: [watcher, campaign],
         })
     }
 
@@ -178,58 +206,198 @@ impl ClusterStore for EtcdStore {
     fn node_ttl(&self) -> Duration {
         self.node_ttl
     }
+
+    fn is_leader(&self) -> bool {
+        self.leading.load(Ordering::Relaxed)
+    }
+
+    fn want_placed<'a>(&'a self, model: &'a str, wanted: Wanted) -> BoxFuture<'a, Result<(), StoreError>> {
+        Box::pin(async move {
+            let value = serde_json::to_vec(&wanted).map_err(|e| StoreError(e.to_string()))?;
+            let mut client = self.client.clone();
+            let key = format!("{}/wanted/{model}", self.prefix);
+            // An answer (an error) lives one lease TTL: long enough for the asking router to
+            // read it, and it cleans itself up.
+            let options = if wanted.error.is_some() {
+                let mut lease_client = self.client.clone();
+                let ttl = self.node_ttl.as_secs().max(2) as i64;
+                let grant = tokio::time::timeout(REQUEST_TIMEOUT, lease_client.lease_grant(ttl, None)).await;
+                match grant {
+                    Ok(Ok(lease)) => Some(PutOptions::new().with_lease(lease.id())),
+                    Ok(Err(e)) => return Err(unavailable(&self.endpoints, "answering a placement", e)),
+                    Err(_) => return Err(unavailable(&self.endpoints, "answering a placement", "timed out")),
+                }
+            } else {
+                None
+            };
+            match tokio::time::timeout(REQUEST_TIMEOUT, client.put(key, value, options)).await {
+                Ok(Ok(_)) => Ok(()),
+                Ok(Err(e)) => Err(unavailable(&self.endpoints, "asking the leader to place a model", e)),
+                Err(_) => {
+                    Err(unavailable(&self.endpoints, "asking the leader to place a model", "timed out"))
+                }
+            }
+        })
+    }
+
+    fn placed<'a>(&'a self, model: &'a str) -> BoxFuture<'a, Result<(), StoreError>> {
+        Box::pin(async move {
+            let mut client = self.client.clone();
+            let delete = client.delete(format!("{}/wanted/{model}", self.prefix), None);
+            match tokio::time::timeout(REQUEST_TIMEOUT, delete).await {
+                Ok(Ok(_)) => Ok(()),
+                Ok(Err(e)) => Err(unavailable(&self.endpoints, "clearing a placement", e)),
+                Err(_) => Err(unavailable(&self.endpoints, "clearing a placement", "timed out")),
+            }
+        })
+    }
+
+    fn watch_wanted(&self) -> Option<watch::Receiver<WantedMap>> {
+        Some(self.wanted.clone())
+    }
 }
 
-/// Everything under `prefix`: the revision read at, the intents and the node records.
-async fn load(
-    client: &Client,
-    prefix: &str,
-) -> Result<(i64, BTreeMap<String, Intent>, BTreeMap<String, NodeRecord>), etcd_client::Error> {
+/// One writer for placement: the router holding `key` (created only if absent, under a lease
+/// of `ttl` this task keeps alive) is the leader. The others wait for the key to go (its
+/// holder stepped down or died: the lease ends) and try again. A leader that cannot renew its
+/// lease (etcd away) steps down at once, so no two routers place at the same time.
+async fn campaign(
+    client: Client,
+    key: String,
+    candidate: String,
+    ttl: Duration,
+    mut leader: watch::Receiver<Option<String>>,
+    leading: Arc<AtomicBool>,
+) {
+    let mut client = client;
+    let ttl_secs = ttl.as_secs().max(2) as i64;
+    let renew_every = ttl / 3;
+    loop {
+        let term = async {
+            let id = client.lease_grant(ttl_secs, None).await?.id();
+            let (keeper, stream) = client.lease_keep_alive(id).await?;
+            Ok::<_, etcd_client::Error>((id, keeper, stream))
+        };
+        let Ok(Ok((id, mut keeper, mut stream))) = tokio::time::timeout(REQUEST_TIMEOUT, term).await else {
+            tokio::time::sleep(REWATCH_AFTER).await;
+            continue;
+        };
+        loop {
+            let holder = leader.borrow_and_update().clone();
+            if holder.is_none() {
+                let txn = Txn::new()
+                    .when([Compare::create_revision(key.as_str(), CompareOp::Equal, 0)])
+                    .and_then([TxnOp::put(
+                        key.as_str(),
+                        candidate.as_str(),
+                        Some(PutOptions::new().with_lease(id)),
+                    )]);
+                if let Ok(Ok(reply)) = tokio::time::timeout(REQUEST_TIMEOUT, client.txn(txn)).await
+                    && reply.succeeded()
+                {
+                    leading.store(true, Ordering::Relaxed);
+                    tracing::info!(router = %candidate, "placement leader: this router");
+                }
+            } else {
+                let mine = holder.as_deref() == Some(candidate.as_str());
+                if leading.swap(mine, Ordering::Relaxed) && !mine {
+                    tracing::warn!(leader = ?holder, "placement leader: another router now");
+                }
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(renew_every) => {}
+                _ = leader.changed() => continue,
+            }
+            let renewed = async {
+                keeper.keep_alive().await?;
+                Ok::<_, etcd_client::Error>(stream.message().await?.is_some_and(|r| r.ttl() > 0))
+            };
+            if !matches!(tokio::time::timeout(REQUEST_TIMEOUT, renewed).await, Ok(Ok(true))) {
+                if leading.swap(false, Ordering::Relaxed) {
+                    tracing::warn!("placement leader: cannot renew the lease in etcd; stepping down");
+                }
+                break;
+            }
+        }
+    }
+}
+
+/// Everything the watch keeps: intents, node records, placements asked of the leader, and
+/// the leader's key.
+#[derive(Clone, Default)]
+struct Maps {
+    intents: BTreeMap<String, Intent>,
+    nodes: BTreeMap<String, NodeRecord>,
+    wanted: BTreeMap<String, Wanted>,
+    leader: Option<String>,
+}
+
+/// Everything under `prefix`: the revision read at, and the maps.
+async fn load(client: &Client, prefix: &str) -> Result<(i64, Maps), etcd_client::Error> {
     let mut client = client.clone();
     let reply = client.get(format!("{prefix}/"), Some(GetOptions::new().with_prefix())).await?;
     let revision = reply.header().map_or(0, |h| h.revision());
-    let mut intents = BTreeMap::new();
-    let mut nodes = BTreeMap::new();
+    let mut maps = Maps::default();
     for kv in reply.kvs() {
-        apply(prefix, &mut intents, &mut nodes, kv.key(), Some(kv.value()));
+        apply(prefix, &mut maps, kv.key(), Some(kv.value()));
     }
-    Ok((revision, intents, nodes))
+    Ok((revision, maps))
+}
+
+fn parse_into<T: serde::de::DeserializeOwned>(
+    map: &mut BTreeMap<String, T>,
+    key: &str,
+    name: &str,
+    value: Option<&[u8]>,
+) {
+    match value.map(serde_json::from_slice::<T>) {
+        None => {
+            map.remove(name);
+        }
+        Some(Ok(parsed)) => {
+            map.insert(name.to_string(), parsed);
+        }
+        Some(Err(e)) => tracing::warn!(key, error = %e, "cluster store: ignoring an unreadable value"),
+    }
 }
 
 /// Applies one key's new value (`None`: deleted) to the maps; keys and values that do not
 /// parse are skipped with a warning (another version's record, a hand-written key).
-fn apply(
-    prefix: &str,
-    intents: &mut BTreeMap<String, Intent>,
-    nodes: &mut BTreeMap<String, NodeRecord>,
-    key: &[u8],
-    value: Option<&[u8]>,
-) {
+fn apply(prefix: &str, maps: &mut Maps, key: &[u8], value: Option<&[u8]>) {
     let Ok(key) = std::str::from_utf8(key) else { return };
     let Some(rest) = key.strip_prefix(prefix).and_then(|k| k.strip_prefix('/')) else { return };
     let value = value.filter(|v| v.len() <= MAX_VALUE_BYTES);
     if let Some(model) = rest.strip_prefix("desired/") {
-        match value.map(serde_json::from_slice::<Intent>) {
-            None => {
-                intents.remove(model);
-            }
-            Some(Ok(intent)) => {
-                intents.insert(model.to_string(), intent);
-            }
-            Some(Err(e)) => tracing::warn!(key, error = %e, "cluster store: ignoring an unreadable intent"),
-        }
+        parse_into(&mut maps.intents, key, model, value);
     } else if let Some(node_and_router) = rest.strip_prefix("nodes/") {
-        match value.map(serde_json::from_slice::<NodeRecord>) {
-            None => {
-                nodes.remove(node_and_router);
+        parse_into(&mut maps.nodes, key, node_and_router, value);
+    } else if let Some(model) = rest.strip_prefix("wanted/") {
+        parse_into(&mut maps.wanted, key, model, value);
+    } else if rest == "leader" {
+        maps.leader = value.map(|v| String::from_utf8_lossy(v).into_owned());
+    }
+}
+
+/// The channels the watch feeds.
+struct Feeds {
+    intents: watch::Sender<Intents>,
+    nodes: watch::Sender<NodeRecords>,
+    wanted: watch::Sender<WantedMap>,
+    leader: watch::Sender<Option<String>>,
+}
+
+impl Feeds {
+    fn publish(&self, maps: &Maps) {
+        publish(&self.intents, &maps.intents);
+        publish(&self.nodes, &maps.nodes);
+        publish(&self.wanted, &maps.wanted);
+        self.leader.send_if_modified(|current| {
+            let changed = *current != maps.leader;
+            if changed {
+                current.clone_from(&maps.leader);
             }
-            Some(Ok(record)) => {
-                nodes.insert(node_and_router.to_string(), record);
-            }
-            Some(Err(e)) => {
-                tracing::warn!(key, error = %e, "cluster store: ignoring an unreadable node record")
-            }
-        }
+            changed
+        });
     }
 }
 
@@ -241,13 +409,11 @@ async fn watch_loop(
     prefix: String,
     endpoints: String,
     mut revision: i64,
-    intents_tx: watch::Sender<Intents>,
-    nodes_tx: watch::Sender<NodeRecords>,
+    mut maps: Maps,
+    feeds: Feeds,
 ) {
     let mut healthy = true;
     loop {
-        let mut intents = (**intents_tx.borrow()).clone();
-        let mut nodes = (**nodes_tx.borrow()).clone();
         let result: Result<(), etcd_client::Error> = async {
             let mut watch_client = client.clone();
             let options = WatchOptions::new().with_prefix().with_start_revision(revision + 1);
@@ -266,12 +432,11 @@ async fn watch_loop(
                 for event in reply.events() {
                     let Some(kv) = event.kv() else { continue };
                     let value = (event.event_type() == EventType::Put).then(|| kv.value());
-                    apply(&prefix, &mut intents, &mut nodes, kv.key(), value);
+                    apply(&prefix, &mut maps, kv.key(), value);
                     revision = revision.max(kv.mod_revision());
                 }
                 if !reply.events().is_empty() {
-                    publish(&intents_tx, &intents);
-                    publish(&nodes_tx, &nodes);
+                    feeds.publish(&maps);
                 }
             }
             Err(etcd_client::Error::WatchError("watch stream closed".into()))
@@ -285,10 +450,10 @@ async fn watch_loop(
         }
         tokio::time::sleep(REWATCH_AFTER).await;
         // Read everything again: events may have been missed or compacted away.
-        if let Ok((read_at, fresh_intents, fresh_nodes)) = load(&client, &prefix).await {
+        if let Ok((read_at, fresh)) = load(&client, &prefix).await {
             revision = read_at;
-            publish(&intents_tx, &fresh_intents);
-            publish(&nodes_tx, &fresh_nodes);
+            maps = fresh;
+            feeds.publish(&maps);
         }
     }
 }

@@ -7,7 +7,7 @@ use std::time::Duration;
 use futures::future::BoxFuture;
 use tokio::sync::watch;
 
-use super::{ClusterStore, Intent, Intents, NodeRecord, NodeRecords, StoreError};
+use super::{ClusterStore, Intent, Intents, NodeRecord, NodeRecords, StoreError, Wanted, WantedMap};
 
 /// Keeps intents in a map that nothing else reads: placement's own sets already hold them, so
 /// a router with this store behaves as one without a store. Membership is the router's own.
@@ -52,5 +52,24 @@ impl ClusterStore for MemoryStore {
 
     fn node_ttl(&self) -> Duration {
         Duration::ZERO
+    }
+
+    fn is_leader(&self) -> bool {
+        true
+    }
+
+    fn want_placed<'a>(&'a self, model: &'a str, _wanted: Wanted) -> BoxFuture<'a, Result<(), StoreError>> {
+        // Never asked: this router is the only one, so always the leader.
+        Box::pin(async move {
+            Err(StoreError(format!("model '{model}': the memory store has no other router to ask")))
+        })
+    }
+
+    fn placed<'a>(&'a self, _model: &'a str) -> BoxFuture<'a, Result<(), StoreError>> {
+        Box::pin(async { Ok(()) })
+    }
+
+    fn watch_wanted(&self) -> Option<watch::Receiver<WantedMap>> {
+        None
     }
 }

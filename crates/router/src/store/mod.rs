@@ -71,6 +71,21 @@ pub struct NodeRecord {
     pub router: String,
 }
 
+/// A lazy load a router asked the placement leader for (`wanted/<model>`): the asking router
+/// waits for the model to be READY in its view; the leader deletes the key once placed, or
+/// writes the error when it could not place it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Wanted {
+    /// The router that asked.
+    pub router: String,
+    /// The leader's answer when placing failed: gRPC code and message.
+    #[serde(default)]
+    pub error: Option<(i32, String)>,
+}
+
+/// Placements asked of the leader, by model.
+pub type WantedMap = Arc<BTreeMap<String, Wanted>>;
+
 /// A store refused or could not take a write. Shown to operators as UNAVAILABLE.
 #[derive(Debug, Clone, thiserror::Error)]
 #[error("{0}")]
@@ -109,6 +124,20 @@ pub trait ClusterStore: Send + Sync + 'static {
 
     /// How long a node record outlives the node's last heartbeat.
     fn node_ttl(&self) -> Duration;
+
+    /// True when this router makes placement decisions (always, for the memory store; with
+    /// etcd, while it holds the leader key).
+    fn is_leader(&self) -> bool;
+
+    /// Asks the leader to place `model` (a follower's lazy load), or records the leader's
+    /// answer (`wanted.error`).
+    fn want_placed<'a>(&'a self, model: &'a str, wanted: Wanted) -> BoxFuture<'a, Result<(), StoreError>>;
+
+    /// The leader placed `model`: the request is done.
+    fn placed<'a>(&'a self, model: &'a str) -> BoxFuture<'a, Result<(), StoreError>>;
+
+    /// Placements asked of the leader; `None` for the memory store.
+    fn watch_wanted(&self) -> Option<watch::Receiver<WantedMap>>;
 }
 
 /// The router's cluster-store flags.
@@ -192,7 +221,7 @@ impl StoreArgs {
     }
 
     /// Opens the store the flags name (connects to etcd and reads its state).
-    pub async fn open(&self) -> Result<Arc<dyn ClusterStore>, String> {
+    pub async fn open(&self, router_id: &str) -> Result<Arc<dyn ClusterStore>, String> {
         self.validate()?;
         let user = match (&self.etcd_username, &self.etcd_password_file) {
             (Some(user), Some(path)) => {
@@ -207,6 +236,7 @@ impl StoreArgs {
             prefix: normalise_prefix(&self.cluster_store_prefix)?,
             user,
             node_ttl: Duration::from_secs(self.node_lease_ttl_secs),
+            router_id: router_id.to_string(),
         };
         open(&self.cluster_store, options).await.map_err(|e| e.to_string())
     }
@@ -220,6 +250,8 @@ pub async fn follow(store: Arc<dyn ClusterStore>, placement: Arc<Placement>, clu
     };
     placement.apply_intents(&intents.borrow_and_update());
     let ttl = store.node_ttl();
+    let mut wanted = store.watch_wanted();
+    let handling: Arc<std::sync::Mutex<std::collections::HashSet<String>>> = Arc::default();
     let mut ticks = tokio::time::interval(Duration::from_secs(1));
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -236,10 +268,38 @@ pub async fn follow(store: Arc<dyn ClusterStore>, placement: Arc<Placement>, clu
                     return;
                 }
             }
+            Some(Ok(())) = async { match wanted.as_mut() { Some(w) => Some(w.changed().await), None => None } } => {}
             _ = ticks.tick() => {}
         }
         let records = nodes.borrow_and_update().clone();
         sync_members(&cluster, &records, ttl);
+        if let Some(wanted) = wanted.as_mut()
+            && store.is_leader()
+        {
+            let asked = wanted.borrow_and_update().clone();
+            place_wanted(&placement, &asked, &handling);
+        }
+    }
+}
+
+/// The leader places what followers asked for (each model once at a time).
+fn place_wanted(
+    placement: &Arc<Placement>,
+    asked: &BTreeMap<String, Wanted>,
+    handling: &Arc<std::sync::Mutex<std::collections::HashSet<String>>>,
+) {
+    for (model, request) in asked.iter().filter(|(_, w)| w.error.is_none()) {
+        if !handling.lock().unwrap_or_else(std::sync::PoisonError::into_inner).insert(model.clone()) {
+            continue;
+        }
+        let placement = placement.clone();
+        let handling = handling.clone();
+        let model = model.clone();
+        let asked_by = request.router.clone();
+        tokio::spawn(async move {
+            placement.place_for_follower(&model, &asked_by).await;
+            handling.lock().unwrap_or_else(std::sync::PoisonError::into_inner).remove(&model);
+        });
     }
 }
 
