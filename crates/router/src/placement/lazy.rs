@@ -166,7 +166,13 @@ impl Placement {
             }
             let answer = answers.as_ref().and_then(|a| a.borrow().get(model).and_then(|w| w.error.clone()));
             if let Some((code, message)) = answer {
-                return Err(ClientError::router(Code::from(code), message));
+                let error = ClientError::router(Code::from(code), message);
+                if is_unknown_model(&error) {
+                    // Answered from memory for a while, as on the leader: no etcd write per
+                    // request for a name no node has.
+                    self.remember_unknown(model, &error);
+                }
+                return Err(error);
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
