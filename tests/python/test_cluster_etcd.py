@@ -257,6 +257,23 @@ def test_sigkilled_node_leaves_every_router_when_its_lease_ends(cluster):
         infer_tiny(r.url)
 
 
+def test_the_leaders_death_hands_placement_over(cluster):
+    def leading(r):
+        return any(line == "tern_router_placement_leader 1" for line in r.metrics().splitlines())
+
+    leader, other = (cluster.a, cluster.b) if leading(cluster.a) else (cluster.b, cluster.a)
+    assert leading(leader) and not leading(other)
+    leader.kill()
+    started = time.monotonic()
+    wait_until(lambda: leading(other), 6 * LEASE_TTL_S + 10, f"{other.label} taking over placement")
+    print(f"{other.label} took placement over {time.monotonic() - started:.3f} s after the leader was SIGKILLed")
+    infer_tiny(other.url)
+    leader.restart()
+    wait_until(lambda: leaders(cluster) == 1, 10, "one placement leader with both routers up")
+    live = {n.addr for n in cluster.nodes if n.alive()}
+    wait_until(lambda: healthy_nodes(leader) >= live, 20, f"the nodes back in {leader.label}")
+
+
 def test_etcd_down_routing_goes_on_and_operator_changes_wait(cluster):
     cluster.etcd.kill()
     # Routing from each router's last view: requests keep flowing.
