@@ -302,3 +302,40 @@ def test_etcd_down_routing_goes_on_and_operator_changes_wait(cluster):
     for r in (cluster.a, cluster.b):
         infer_tiny(r.url)
 
+
+
+def _etcd_api(etcd: EtcdProc, path: str, body: dict, token: str | None = None) -> dict:
+    """etcd's JSON gateway (v3 API over HTTP): the tests have no etcdctl."""
+    import json
+
+    request = urllib.request.Request(f"http://{etcd.endpoint}/v3/{path}", data=json.dumps(body).encode(),
+                                     headers={"Authorization": token} if token else {})
+    with urllib.request.urlopen(request, timeout=5) as r:
+        return json.loads(r.read())
+
+
+def test_etcd_with_authentication(tmp_path):
+    etcd = EtcdProc(tmp_path)
+    etcd.start()
+    try:
+        password = "pw-" + str(time.monotonic_ns())
+        _etcd_api(etcd, "auth/user/add", {"name": "root", "password": password})
+        _etcd_api(etcd, "auth/user/grant", {"user": "root", "role": "root"})
+        _etcd_api(etcd, "auth/enable", {})
+        password_file = tmp_path / "etcd-password"
+        password_file.write_text(password + "\n")
+        store = ["--cluster-store", f"etcd://{etcd.endpoint}", "--node-lease-ttl-secs", str(LEASE_TTL_S)]
+        # Without credentials the router does not start, and says why.
+        refused = RouterProc(store, log_dir=tmp_path, label="router-no-auth")
+        with pytest.raises(pytest.fail.Exception) as e:
+            refused.start(timeout=15)
+        assert "etcd" in str(e.value) and "unavailable" in str(e.value), str(e.value)
+        router = RouterProc([*store, "--etcd-username", "root", "--etcd-password-file", str(password_file)],
+                            log_dir=tmp_path, label="router-auth")
+        router.start()
+        try:
+            wait_until(lambda: "tern_router_placement_leader 1" in router.metrics(), 10, "the router leading")
+        finally:
+            router.stop()
+    finally:
+        etcd.close()
