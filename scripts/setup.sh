@@ -145,6 +145,18 @@ if [ "$TEST" = 1 ] && { ! command -v promtool >/dev/null 2>&1 || ! command -v pr
   fi
 fi
 
+# --- etcd (the cluster-store tests start a real one) and protoc (etcd-client's build script) ---
+if ! command -v etcd >/dev/null 2>&1 || ! command -v protoc >/dev/null 2>&1; then
+  log "installing Debian's etcd-server and protobuf-compiler"
+  if command -v apt-get >/dev/null 2>&1; then
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq >/dev/null
+    apt-get install -y -qq --no-install-recommends etcd-server protobuf-compiler >/dev/null
+  else
+    log "apt-get not found: install etcd and protoc yourself (the router's build needs protoc)"
+  fi
+fi
+
 log "done: ORT_DYLIB_PATH=$ROOT/$ORT_DIR/libonnxruntime.so.${ORT_VERSION}"
 if [ "${GPU:-0}" = 1 ]; then
   log "GPU build: ORT_DYLIB_PATH=$ROOT/$ORT_GPU_DIR/libonnxruntime.so.${ORT_VERSION} (make ... GPU=1 uses it)"

@@ -106,6 +106,9 @@ pub struct Config {
     pub control: crate::control::ControlPlaneArgs,
 
     #[command(flatten)]
+    pub store: crate::store::StoreArgs,
+
+    #[command(flatten)]
     pub auth: tern_edge::AuthArgs,
 
     #[command(flatten)]
@@ -193,6 +196,7 @@ impl Config {
         self.limits.validate()?;
         self.auth.validate()?;
         self.control.validate()?;
+        self.store.validate()?;
         if self.upstream_connections == 0 {
             return Err("--upstream-connections must be at least 1".into());
         }

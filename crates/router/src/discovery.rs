@@ -157,9 +157,26 @@ pub struct MembershipService {
     pub cluster: Arc<Cluster>,
     pub router_id: String,
     pub heartbeat_interval: Duration,
+    /// Where a registered node's record is published (etcd: under a lease its heartbeats keep).
+    pub store: Arc<dyn crate::store::ClusterStore>,
 }
 
 impl MembershipService {
+    /// The membership record of a registered node, as the cluster store keeps it.
+    fn record(&self, node: &Node, status: &NodeStatus) -> crate::store::NodeRecord {
+        let mut models: Vec<String> = status.models.iter().map(|m| m.name.clone()).collect();
+        models.sort();
+        models.dedup();
+        crate::store::NodeRecord {
+            node_id: status.node_id.clone(),
+            address: node.addr.clone(),
+            models,
+            memory_budget_bytes: status.memory_budget_bytes,
+            memory_used_bytes: status.memory_used_bytes,
+            router: self.router_id.clone(),
+        }
+    }
+
     /// Checks that `claimed.grpc_address` answers NodeControl.Status as a Tern node that sent
     /// this registration (it confirms `session`); returns the status the node itself reported.
     async fn verify(&self, claimed: &NodeStatus, session: &str) -> Result<NodeStatus, Status> {
@@ -225,6 +242,7 @@ impl Membership for MembershipService {
             .map_err(|e| Status::resource_exhausted(format!("registration refused: {e}")))?;
         node.set_registration(Registration { session: req.session, instance: status.instance.clone() });
         tracing::info!(node = %node.addr, node_id = %status.node_id, "node registered (identity confirmed)");
+        self.store.node_alive(self.record(&node, &status));
         self.cluster.record_status(&node, status);
         Ok(Response::new(pb::RegisterResponse {
             router_id: self.router_id.clone(),
@@ -247,6 +265,7 @@ impl Membership for MembershipService {
             tracing::debug!(node = %node.addr, "heartbeat without this node's session: ignored");
             return Ok(Response::new(pb::HeartbeatResponse { known: false }));
         }
+        self.store.node_alive(self.record(&node, &status));
         self.cluster.record_status(&node, status);
         Ok(Response::new(pb::HeartbeatResponse { known: true }))
     }

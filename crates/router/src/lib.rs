@@ -22,6 +22,7 @@ pub mod raw;
 pub mod relay;
 pub mod retry;
 pub mod service;
+pub mod store;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -64,6 +65,23 @@ impl Router {
         discovery: Discovery,
         registry: &prometheus::Registry,
     ) -> anyhow::Result<Router> {
+        Router::start_with_store(
+            settings,
+            server_name,
+            discovery,
+            registry,
+            Arc::new(store::MemoryStore::default()),
+        )
+    }
+
+    /// [`Router::start`] with the cluster's shared state in `store` (see [`store`]).
+    pub fn start_with_store(
+        settings: ClusterSettings,
+        server_name: String,
+        discovery: Discovery,
+        registry: &prometheus::Registry,
+        store: Arc<dyn store::ClusterStore>,
+    ) -> anyhow::Result<Router> {
         let metrics = Arc::new(RouterMetrics::new(registry)?);
         let cluster = Arc::new(Cluster::new(
             settings.heartbeat_timeout,
@@ -72,7 +90,12 @@ impl Router {
             settings.node_credential.clone(),
             metrics.clone(),
         ));
-        let placement = Arc::new(Placement::new(cluster.clone(), settings.clone(), metrics.clone()));
+        let placement = Arc::new(Placement::with_store(
+            cluster.clone(),
+            settings.clone(),
+            metrics.clone(),
+            store.clone(),
+        ));
         let forwarder = Arc::new(Forwarder::new(cluster.clone(), placement.clone(), metrics.clone()));
         let state = Arc::new(RouterState {
             server_name,
@@ -88,7 +111,8 @@ impl Router {
                 settings.health_interval,
                 settings.dns_refresh,
             )),
-            tokio::spawn(placement.run()),
+            tokio::spawn(placement.clone().run()),
+            tokio::spawn(store::follow(store, placement, cluster.clone())),
         ];
         tasks.push(tokio::spawn(async move {
             let mut ticks = tokio::time::interval(Duration::from_secs(5));
@@ -128,6 +152,7 @@ impl Router {
             cluster: self.state.cluster.clone(),
             router_id: self.settings.router_id.clone(),
             heartbeat_interval: self.settings.health_interval,
+            store: self.state.placement.store().clone(),
         }
     }
 
@@ -217,11 +242,13 @@ pub async fn run(
     let mut settings = config.cluster();
     settings.node_tls = config.node_tls().map_err(anyhow::Error::msg)?;
     settings.node_credential = config.node_credential().map_err(anyhow::Error::msg)?;
-    let router = Router::start(
+    let store = config.store.open(&settings.router_id).await.map_err(anyhow::Error::msg)?;
+    let router = Router::start_with_store(
         settings,
         config.server_name.clone(),
         Discovery { nodes: config.nodes.clone(), node_dns: config.node_dns.clone() },
         metrics.registry(),
+        store,
     )?;
     metrics.set_readiness(router.readiness());
     // The control plane on its own listener, bound before the client port is announced.

@@ -21,6 +21,8 @@ pub struct RouterMetrics {
     placement_failures: CounterVec,
     evictions: CounterVec,
     lazy_load: Histogram,
+    desired_models: GaugeVec,
+    placement_leader: prometheus::Gauge,
 }
 
 impl RouterMetrics {
@@ -36,6 +38,8 @@ impl RouterMetrics {
         registry.register(Box::new(m.placement_failures.clone()))?;
         registry.register(Box::new(m.evictions.clone()))?;
         registry.register(Box::new(m.lazy_load.clone()))?;
+        registry.register(Box::new(m.desired_models.clone()))?;
+        registry.register(Box::new(m.placement_leader.clone()))?;
         Ok(m)
     }
 
@@ -66,6 +70,16 @@ impl RouterMetrics {
                 "tern_router_retries_total",
                 "Inference requests retried on another replica after a node failed them",
                 &["model"],
+            ),
+            placement_leader: prometheus::Gauge::new(
+                "tern_router_placement_leader",
+                "1 while this router makes placement decisions (always with the memory store; with etcd, the elected leader)",
+            )
+            .expect("valid gauge"),
+            desired_models: gauge(
+                "tern_router_desired_models",
+                "Models an operator pinned (--load-model, RepositoryModelLoad) or unloaded, as this router sees them (with etcd: every router's)",
+                &["state"],
             ),
             node_healthy: gauge(
                 "tern_router_node_healthy",
@@ -121,6 +135,16 @@ impl RouterMetrics {
     pub fn node_health(&self, node: &str, healthy: bool, outstanding: u64) {
         self.node_healthy.with_label_values(&[node]).set(if healthy { 1.0 } else { 0.0 });
         self.node_outstanding.with_label_values(&[node]).set(outstanding as f64);
+    }
+
+    /// How many models are pinned and unloaded by operators.
+    pub fn desired(&self, pinned: usize, unloaded: usize) {
+        self.desired_models.with_label_values(&["pinned"]).set(pinned as f64);
+        self.desired_models.with_label_values(&["unloaded"]).set(unloaded as f64);
+    }
+
+    pub fn leader(&self, leading: bool) {
+        self.placement_leader.set(if leading { 1.0 } else { 0.0 });
     }
 
     pub fn forget_node(&self, node: &str) {

@@ -29,6 +29,9 @@ pub enum Source {
     Static,
     /// `--node-dns`.
     Dns,
+    /// A node record in the cluster store (etcd): another router receives its heartbeats and
+    /// keeps its lease; this router polls it like a static node until the record goes.
+    Store,
 }
 
 impl Source {
@@ -37,6 +40,7 @@ impl Source {
             Source::Registered => "registered",
             Source::Static => "static",
             Source::Dns => "dns",
+            Source::Store => "store",
         }
     }
 }

@@ -14,6 +14,7 @@ use tokio::sync::watch;
 use tonic::Code;
 
 use crate::error::ClientError;
+use crate::store::Wanted;
 
 use super::{MAX_LAZY_LOADS, MAX_UNKNOWN_MODELS, Placement, UNKNOWN_MODEL_TTL, bounded, is_unknown_model};
 
@@ -108,6 +109,9 @@ impl Placement {
     }
 
     async fn lazy_load_inner(self: &Arc<Self>, model: &str) -> Result<(), ClientError> {
+        if !self.store.is_leader() {
+            return self.placed_by_leader(model).await;
+        }
         loop {
             let view = self.cluster.view();
             if !view.candidates(model, "").is_empty() {
@@ -143,6 +147,53 @@ impl Placement {
                     // Another node may do better; the failed one is excluded for a while.
                 }
             }
+        }
+    }
+
+    /// A follower's lazy load (etcd store, another router leads placement): asks the leader
+    /// through etcd and waits until a node serves the model, or the leader answers why not.
+    async fn placed_by_leader(self: &Arc<Self>, model: &str) -> Result<(), ClientError> {
+        let wanted = Wanted { router: self.settings.router_id.clone(), error: None };
+        self.store.want_placed(model, wanted).await.map_err(|e| {
+            ClientError::unavailable(format!(
+                "model '{model}' is not loaded on any node, and placement is paused: {e}"
+            ))
+        })?;
+        let answers = self.store.watch_wanted();
+        loop {
+            if !self.cluster.view().candidates(model, "").is_empty() {
+                return Ok(());
+            }
+            let answer = answers.as_ref().and_then(|a| a.borrow().get(model).and_then(|w| w.error.clone()));
+            if let Some((code, message)) = answer {
+                let error = ClientError::router(Code::from(code), message);
+                if is_unknown_model(&error) {
+                    // Answered from memory for a while, as on the leader: no etcd write per
+                    // request for a name no node has.
+                    self.remember_unknown(model, &error);
+                }
+                return Err(error);
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// The leader's side of [`Self::placed_by_leader`]: places `model` as a lazy load, then
+    /// clears the request, or answers with the error.
+    pub async fn place_for_follower(self: &Arc<Self>, model: &str, asked_by: &str) {
+        let result = match self.lazy_refusal(model) {
+            Some(refusal) => Err(ClientError::router(Code::FailedPrecondition, refusal)),
+            None => self.lazy_load(model).await,
+        };
+        let written = match &result {
+            Ok(()) => self.store.placed(model).await,
+            Err(e) => {
+                let error = Some((e.code() as i32, e.message().to_string()));
+                self.store.want_placed(model, Wanted { router: asked_by.to_string(), error }).await
+            }
+        };
+        if let Err(e) = written {
+            tracing::warn!(model, error = %e, "cannot answer a follower's placement request");
         }
     }
 
@@ -209,5 +260,52 @@ mod tests {
         }
         assert_eq!(placement.lazy.len(), 0, "lazy-load entries left behind");
         assert_eq!(placement.last_used.len(), 0, "failed names kept as in use");
+    }
+
+    /// The shared store's intents become the router's pins and unloads: an operator's unload
+    /// through another router stops lazy loading here, and `--load-model` pins stay unless
+    /// an operator unloaded them.
+    #[test]
+    fn intents_from_the_store_become_pins_and_unloads() {
+        use crate::store::{Desired, Intent};
+        let metrics = Arc::new(RouterMetrics::unregistered());
+        let cluster = Arc::new(Cluster::new(
+            Duration::from_secs(1),
+            1,
+            None,
+            tern_edge::Credential::none(),
+            metrics.clone(),
+        ));
+        let settings = crate::Config::try_parse_from([
+            "tern-router",
+            "--load-model",
+            "flag_pin",
+            "--load-model",
+            "kept",
+        ])
+        .expect("flags")
+        .cluster();
+        let placement = Placement::new(cluster, settings, metrics);
+        let intent = |desired| Intent { desired, replicas: 0, router: "b".into() };
+        placement.touch("gone");
+        let intents = [
+            ("gone".to_string(), intent(Desired::Unloaded)),
+            ("flag_pin".to_string(), intent(Desired::Unloaded)),
+            ("pinned_elsewhere".to_string(), intent(Desired::Pinned)),
+        ]
+        .into_iter()
+        .collect();
+        placement.apply_intents(&intents);
+        assert!(
+            placement.lazy_refusal("gone").expect("refused").contains("unloaded through the repository API")
+        );
+        assert!(placement.lazy_refusal("flag_pin").is_some());
+        assert!(placement.lazy_refusal("pinned_elsewhere").is_none());
+        // In use: pins (flags and the store's), not the unloaded (its last use forgotten).
+        assert_eq!(placement.in_use(), vec!["kept".to_string(), "pinned_elsewhere".to_string()]);
+        // Loaded again elsewhere: the intent goes, and lazy loading resumes.
+        placement.apply_intents(&Default::default());
+        assert!(placement.lazy_refusal("gone").is_none());
+        assert_eq!(placement.in_use(), vec!["flag_pin".to_string(), "kept".to_string()]);
     }
 }

@@ -35,6 +35,7 @@ use crate::discovery::refresh;
 use crate::error::ClientError;
 use crate::metrics::RouterMetrics;
 use crate::nodes::{Cluster, Node};
+use crate::store::{ClusterStore, Desired, Intent, MemoryStore, StoreError};
 pub use bounded::{MAX_FAILED_LOADS, MAX_LAZY_LOADS, MAX_UNKNOWN_MODELS, UNKNOWN_MODEL_TTL};
 pub use decide::{NodeLoad, Resident, choose_nodes, evictions};
 
@@ -72,6 +73,9 @@ pub struct Placement {
     /// Names every node said it does not have (NOT_FOUND, INVALID_ARGUMENT) -> (when, answer);
     /// not asked again for [`UNKNOWN_MODEL_TTL`]; at most [`MAX_UNKNOWN_MODELS`].
     unknown: DashMap<String, (u64, Code, String)>,
+    /// Where operators' intents are written (pins, unloads): this router's memory, or etcd
+    /// shared with every router (see [`Placement::apply_intents`]).
+    store: Arc<dyn ClusterStore>,
 }
 
 /// Counts a load of a model on a node as in progress while it lives: placement then treats the
@@ -100,8 +104,18 @@ impl Drop for LoadingMark {
 
 impl Placement {
     pub fn new(cluster: Arc<Cluster>, settings: ClusterSettings, metrics: Arc<RouterMetrics>) -> Placement {
+        Placement::with_store(cluster, settings, metrics, Arc::new(MemoryStore::default()))
+    }
+
+    /// A controller whose operators' intents go to `store`.
+    pub fn with_store(
+        cluster: Arc<Cluster>,
+        settings: ClusterSettings,
+        metrics: Arc<RouterMetrics>,
+        store: Arc<dyn ClusterStore>,
+    ) -> Placement {
         let pinned = settings.pinned.iter().cloned().collect();
-        Placement {
+        let placement = Placement {
             cluster,
             settings,
             metrics,
@@ -113,7 +127,53 @@ impl Placement {
             sizes: DashMap::new(),
             lazy: DashMap::new(),
             unknown: DashMap::new(),
+            store,
+        };
+        placement.publish_desired();
+        placement
+    }
+
+    pub fn store(&self) -> &Arc<dyn ClusterStore> {
+        &self.store
+    }
+
+    /// Takes the intents of the shared store (every router's operators' loads and unloads) as
+    /// this router's pins and unloads: `--load-model` pins, plus models pinned there, less
+    /// models unloaded there. Called with each change the store's watch brings.
+    pub fn apply_intents(&self, intents: &std::collections::BTreeMap<String, Intent>) {
+        let mut pinned: HashSet<String> = self.settings.pinned.iter().cloned().collect();
+        let mut unloaded = HashSet::new();
+        for (model, intent) in intents {
+            match intent.desired {
+                Desired::Pinned => {
+                    pinned.insert(model.clone());
+                }
+                Desired::Unloaded => {
+                    pinned.remove(model);
+                    unloaded.insert(model.clone());
+                }
+            }
         }
+        for model in &unloaded {
+            // Not "in use" here either: its replicas are not topped up again.
+            self.last_used.remove(model);
+        }
+        *self.pinned.write().unwrap_or_else(PoisonError::into_inner) = pinned;
+        *self.unloaded.write().unwrap_or_else(PoisonError::into_inner) = unloaded;
+        self.publish_desired();
+        self.cluster.changed.notify_one();
+    }
+
+    /// Sets the pinned / unloaded gauges from the sets.
+    fn publish_desired(&self) {
+        let pinned = self.pinned.read().unwrap_or_else(PoisonError::into_inner).len();
+        let unloaded = self.unloaded.read().unwrap_or_else(PoisonError::into_inner).len();
+        self.metrics.desired(pinned, unloaded);
+    }
+
+    fn intent(&self, model: &str, desired: Desired) -> Intent {
+        let replicas = if desired == Desired::Pinned { self.settings.replicas_of(model) } else { 0 };
+        Intent { desired, replicas, router: self.settings.router_id.clone() }
     }
 
     pub fn settings(&self) -> &ClusterSettings {
@@ -323,10 +383,11 @@ impl Placement {
         model: &str,
         parameters: HashMap<String, pb::ModelRepositoryParameter>,
     ) -> Result<(), ClientError> {
-        self.unloaded.write().unwrap_or_else(PoisonError::into_inner).remove(model);
         let view = self.cluster.view();
         let (placeable, _) = self.snapshot();
         if placeable.is_empty() {
+            self.unloaded.write().unwrap_or_else(PoisonError::into_inner).remove(model);
+            self.publish_desired();
             let Some(node) = view.healthy.first() else {
                 return Err(ClientError::unavailable(format!(
                     "model '{model}': no node of the cluster is healthy"
@@ -339,7 +400,12 @@ impl Placement {
             };
             return node.client().load(request).await;
         }
+        // The operator's intent is recorded before any node is touched: with etcd
+        // unreachable the load is refused, not half applied.
+        self.store.set_intent(model, self.intent(model, Desired::Pinned)).await.map_err(store_unavailable)?;
+        self.unloaded.write().unwrap_or_else(PoisonError::into_inner).remove(model);
         self.pinned.write().unwrap_or_else(PoisonError::into_inner).insert(model.to_string());
+        self.publish_desired();
         let holders: Vec<Arc<Node>> = placeable
             .iter()
             .filter(|n| {
@@ -365,6 +431,10 @@ impl Placement {
                 if is_unknown_model(&e) {
                     // Nothing to keep placed: a pin would have every round ask the nodes again.
                     self.pinned.write().unwrap_or_else(PoisonError::into_inner).remove(model);
+                    self.publish_desired();
+                    if let Err(store_error) = self.store.clear_intent(model).await {
+                        tracing::warn!(model, error = %store_error, "cannot clear the pin of an unknown model");
+                    }
                 }
                 Err(e)
             }
@@ -375,12 +445,22 @@ impl Placement {
     /// RepositoryModelUnload through the router: unpins the model, unloads it everywhere, and
     /// stops lazy loading of it until it is loaded again.
     pub async fn unload_explicit(&self, model: &str) -> Result<(), ClientError> {
-        let was_pinned = self.pinned.write().unwrap_or_else(PoisonError::into_inner).remove(model);
+        let was_pinned = self.pinned.read().unwrap_or_else(PoisonError::into_inner).contains(model);
         // A name no node knows has nothing to stop (and must not grow the set).
-        if was_pinned || self.cluster.knows_model(model) {
+        let known = was_pinned || self.cluster.knows_model(model);
+        if known {
+            // Recorded first: with etcd unreachable the unload is refused, not half applied.
+            self.store
+                .set_intent(model, self.intent(model, Desired::Unloaded))
+                .await
+                .map_err(store_unavailable)?;
+        }
+        self.pinned.write().unwrap_or_else(PoisonError::into_inner).remove(model);
+        if known {
             self.unloaded.write().unwrap_or_else(PoisonError::into_inner).insert(model.to_string());
         }
         self.last_used.remove(model);
+        self.publish_desired();
         let view = self.cluster.view();
         let mut holders: Vec<Arc<Node>> = view
             .healthy
@@ -416,8 +496,13 @@ impl Placement {
                 _ = self.cluster.changed.notified() => {}
             }
             self.prune();
-            self.top_up_replicas();
-            self.enforce_budgets().await;
+            // One writer: with etcd only the leader places and evicts (always, in memory).
+            let leading = self.store.is_leader();
+            self.metrics.leader(leading);
+            if leading {
+                self.top_up_replicas();
+                self.enforce_budgets().await;
+            }
         }
     }
 
@@ -526,6 +611,11 @@ impl Placement {
             }
         }
     }
+}
+
+/// An operator's change the cluster store could not record: UNAVAILABLE, naming the store.
+fn store_unavailable(e: StoreError) -> ClientError {
+    ClientError::unavailable(format!("{e}; operators' loads and unloads are refused until it is reachable"))
 }
 
 /// A load refused for the name itself: no such model in any repository, or an invalid name.
