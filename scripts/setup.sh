@@ -17,6 +17,7 @@
 #     prometheus, promtool    Debian's package, installed with apt-get when root (the metrics
 #                             tests scrape a real Prometheus; promtool checks the alert rules);
 #                             otherwise the command to run is printed and setup fails
+#     etcd                    Debian's etcd-server, the same way (the cluster-store tests)
 # Idempotent: a step whose result is already present is skipped. Checks its requirements first
 # and stops with one line naming what is missing.
 set -euo pipefail
@@ -145,16 +146,17 @@ if [ "$TEST" = 1 ] && { ! command -v promtool >/dev/null 2>&1 || ! command -v pr
   fi
 fi
 
-# --- etcd (the cluster-store tests start a real one) and protoc (etcd-client's build script) ---
-if ! command -v etcd >/dev/null 2>&1 || ! command -v protoc >/dev/null 2>&1; then
-  log "installing Debian's etcd-server and protobuf-compiler"
-  if command -v apt-get >/dev/null 2>&1; then
+# --- etcd (test only: the cluster-store tests start a real one on loopback) ------------------
+if [ "$TEST" = 1 ] && ! command -v etcd >/dev/null 2>&1; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    log "installing Debian's etcd-server for the cluster-store tests"
     export DEBIAN_FRONTEND=noninteractive
     apt-get update -qq >/dev/null
-    apt-get install -y -qq --no-install-recommends etcd-server protobuf-compiler >/dev/null
+    apt-get install -y -qq --no-install-recommends etcd-server >/dev/null
   else
-    log "apt-get not found: install etcd and protoc yourself (the router's build needs protoc)"
+    die "the tests need etcd on PATH (Debian/Ubuntu, as root: apt-get install --no-install-recommends etcd-server); serving does not"
   fi
+fi
 fi
 
 log "done: ORT_DYLIB_PATH=$ROOT/$ORT_DIR/libonnxruntime.so.${ORT_VERSION}"
