@@ -157,7 +157,6 @@ if [ "$TEST" = 1 ] && ! command -v etcd >/dev/null 2>&1; then
     die "the tests need etcd on PATH (Debian/Ubuntu, as root: apt-get install --no-install-recommends etcd-server); serving does not"
   fi
 fi
-fi
 
 log "done: ORT_DYLIB_PATH=$ROOT/$ORT_DIR/libonnxruntime.so.${ORT_VERSION}"
 if [ "${GPU:-0}" = 1 ]; then
