@@ -60,7 +60,7 @@ test-serve: setup-test build examples
 ## The quick start on a fresh clone as a normal user (tests/fresh_clone/run.sh): git clone of
 ## this checkout's HEAD into a temporary folder, `make serve` there as a user that is not root
 ## (created for the test when run as root), an inference with tritonclient. Adds a full build of
-## the workspace, so it is not part of `make test`; .ci/run runs it with TERN_CI_FRESH_CLONE=1.
+## Tern's crates, so it is not part of `make test`; .ci/run runs it before `make test`.
 .PHONY: test-fresh-clone
 test-fresh-clone:
 	bash tests/fresh_clone/run.sh
