@@ -35,13 +35,17 @@ NAMESPACE = "tern"
 
 # Value files the chart is rendered with. "default" and "gpu" are the chart's own; "full" turns
 # every option on; "minimal" turns routers, metrics and the PVC off; "secure" turns TLS (mutual,
-# metrics over HTTPS) and bearer tokens on, as deploy/k8s with SECURE_COMPONENTS.
+# metrics over HTTPS) and bearer tokens on, as deploy/k8s with SECURE_COMPONENTS; "etcd" runs the
+# trial etcd as deploy/k8s with components/etcd; "etcd-external" points routers at an existing
+# etcd with a user and password.
 VALUE_FILES: dict[str, pathlib.Path | None] = {
     "default": None,
     "gpu": CHART / "values-gpu.yaml",
     "full": HERE / "values-full.yaml",
     "minimal": HERE / "values-minimal.yaml",
     "secure": HERE / "values-secure.yaml",
+    "etcd": HERE / "values-etcd.yaml",
+    "etcd-external": HERE / "values-etcd-external.yaml",
 }
 
 # The kustomizations `kubectl apply -k` takes.
@@ -146,6 +150,10 @@ def container_env(objs, c: dict[str, Any]) -> dict[str, str]:
     for e in c.get("env", []):
         if "value" in e:
             env[e["name"]] = str(e["value"])
+        elif "secretKeyRef" in e.get("valueFrom", {}):
+            # Known only in the cluster: a placeholder naming where it comes from.
+            ref = e["valueFrom"]["secretKeyRef"]
+            env[e["name"]] = f"secret:{ref['name']}/{ref['key']}"
     return env
 
 
@@ -163,6 +171,7 @@ FILE_FLAGS = {
     "--auth-token-file": "token-file",
     "--node-token-file": "router-token",  # what a router presents to nodes
     "--router-token-file": "node-token",  # what a node presents to routers
+    "--etcd-password-file": "etcd-password",
 }
 
 

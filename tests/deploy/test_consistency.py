@@ -41,12 +41,16 @@ SOURCES = {
     "k8s-secure": lambda: kustomize_overlay_objects("k8s", SECURE_COMPONENTS),
     "k8s-gpu-secure": lambda: kustomize_overlay_objects("k8s-gpu", ("tls", "auth")),
     "helm-secure": lambda: chart_objects("secure"),
+    "k8s-etcd": lambda: kustomize_overlay_objects("k8s", ("etcd",)),
+    "k8s-secure-etcd": lambda: kustomize_overlay_objects("k8s", (*SECURE_COMPONENTS, "etcd")),
+    "helm-etcd": lambda: chart_objects("etcd"),
+    "helm-etcd-external": lambda: chart_objects("etcd-external"),
 }
 WITH_ROUTER = [s for s in SOURCES if s != "helm-minimal"]
 
 
 def node_sts(objs):
-    return find(objs, "StatefulSet")
+    return find(objs, "StatefulSet", "tern-node")
 
 
 def node_container(objs):
@@ -261,7 +265,7 @@ def test_router_finds_nodes_through_headless_service(source):
 @pytest.mark.parametrize("source", list(SOURCES))
 def test_network_policy_lets_only_routers_reach_nodes(source):
     objs = SOURCES[source]()
-    policy = find(objs, "NetworkPolicy")
+    policy = find(objs, "NetworkPolicy", "tern-node")
     sts = node_sts(objs)
     assert selects(policy["spec"]["podSelector"]["matchLabels"], pod_labels(sts))
     node_flags = flags_of(objs, node_container(objs))
@@ -295,9 +299,70 @@ def test_service_monitor_scrapes_both_tiers_with_alert_job_names(source):
     assert all(e["path"] == "/metrics" for e in sm["spec"]["endpoints"])
 
 
+# The cluster store (README, "Cluster state: memory or etcd"): the memory store passes no flag.
+STORE_FLAGS = {"--cluster-store", "--cluster-store-prefix", "--node-lease-ttl-secs", "--etcd-username", "--etcd-password-file"}
+# Each source's --cluster-store, prefix and TTL; None: the memory store.
+EXPECTED_STORE = {
+    "k8s-etcd": ("etcd://tern-etcd.tern.svc.cluster.local:2379", "/tern", "10"),
+    "k8s-secure-etcd": ("etcd://tern-etcd.tern.svc.cluster.local:2379", "/tern", "10"),
+    "helm-etcd": ("etcd://tern-etcd.tern.svc.cluster.local:2379", "/tern", "10"),
+    "helm-etcd-external": (
+        "etcd://etcd-0.etcd.db.svc.cluster.local:2379,etcd-1.etcd.db.svc.cluster.local:2379,"
+        "etcd-2.etcd.db.svc.cluster.local:2379", "/tern-prod", "15",
+    ),
+}
+
+
+@pytest.mark.parametrize("source", WITH_ROUTER)
+def test_router_cluster_store(source):
+    objs = SOURCES[source]()
+    flags = flags_of(objs, router_container(objs))
+    expected = EXPECTED_STORE.get(source)
+    etcd_objects = [o for o in objs if o["metadata"]["name"].endswith("-etcd")]
+    if expected is None:
+        assert not STORE_FLAGS & set(flags), "no etcd configured: the memory store, no store flag"
+        assert not etcd_objects
+        return
+    assert (flags["--cluster-store"], flags["--cluster-store-prefix"], flags["--node-lease-ttl-secs"]) == expected
+    trial = [o for o in objs if o["kind"] == "StatefulSet" and o["metadata"]["name"] == "tern-etcd"]
+    assert bool(trial) == ("external" not in source)
+    if not trial:
+        assert not etcd_objects, "an existing etcd: the release runs none"
+        return
+    # The store names the trial's headless Service, on the port the member serves clients on.
+    sts = trial[0]
+    assert sts["spec"]["replicas"] == 1 and sts["spec"]["volumeClaimTemplates"][0]["spec"]["accessModes"] == ["ReadWriteOnce"]
+    svc = find(objs, "Service", sts["spec"]["serviceName"])
+    assert svc["spec"]["clusterIP"] == "None" and selects(svc["spec"]["selector"], pod_labels(sts))
+    (host_port,) = expected[0].removeprefix("etcd://").split(",")
+    host, port = host_port.rsplit(":", 1)
+    assert host == f"{svc['metadata']['name']}.{sts['metadata']['namespace']}.svc.cluster.local"
+    (svc_port,) = svc["spec"]["ports"]
+    etcd = container(sts, "etcd")
+    assert int(port) == svc_port["port"] == named_port(etcd, svc_port["targetPort"])
+    etcd_flags = dict(a.split("=", 1) for a in etcd["command"][1:])
+    assert etcd_flags["--listen-client-urls"] == f"http://0.0.0.0:{port}"
+    assert etcd_flags["--advertise-client-urls"] == f"http://{host_port}"
+    assert etcd_flags["--data-dir"].startswith(etcd["volumeMounts"][0]["mountPath"] + "/")
+    assert etcd["volumeMounts"][0]["name"] == sts["spec"]["volumeClaimTemplates"][0]["metadata"]["name"]
+    # Its NetworkPolicy lets routers, and only them, reach the client port.
+    policy = find(objs, "NetworkPolicy", "tern-etcd")
+    assert selects(policy["spec"]["podSelector"]["matchLabels"], pod_labels(sts))
+    (rule,) = policy["spec"]["ingress"]
+    assert [p["port"] for p in rule["ports"]] == [int(port)]
+    (peer,) = rule["from"]
+    assert selects(peer["podSelector"]["matchLabels"], pod_labels(router_deploy(objs)))
+    assert not selects(peer["podSelector"]["matchLabels"], pod_labels(node_sts(objs)))
+    for probe in ("readinessProbe", "livenessProbe"):
+        assert etcd[probe]["httpGet"]["path"].startswith("/health")
+        assert named_port(etcd, etcd[probe]["httpGet"]["port"]) == int(etcd_flags["--listen-metrics-urls"].rsplit(":", 1)[1])
+    assert etcd["securityContext"]["readOnlyRootFilesystem"] is True
+    assert sts["spec"]["template"]["spec"]["automountServiceAccountToken"] is False
+
+
 # --- deploy/k8s and the chart describe the same cluster ---------------------------------------
 
-PAIRS = [("k8s", "helm-default"), ("k8s-gpu", "helm-gpu"), ("k8s-secure", "helm-secure")]
+PAIRS = [("k8s", "helm-default"), ("k8s-gpu", "helm-gpu"), ("k8s-secure", "helm-secure"), ("k8s-etcd", "helm-etcd")]
 
 
 def _strip_container(c):
@@ -358,10 +423,26 @@ def test_same_services_and_policies(plain, chart):
         pa, pb = find(a, "PodDisruptionBudget", name)["spec"], find(b, "PodDisruptionBudget", name)["spec"]
         pa, pb = {k: v for k, v in pa.items() if k != "selector"}, {k: v for k, v in pb.items() if k != "selector"}
         assert pa == pb
-    na, nb = find(a, "NetworkPolicy")["spec"]["ingress"], find(b, "NetworkPolicy")["spec"]["ingress"]
+    na, nb = find(a, "NetworkPolicy", "tern-node")["spec"]["ingress"], find(b, "NetworkPolicy", "tern-node")["spec"]["ingress"]
     assert sorted(r["ports"][0]["port"] for r in na) == sorted(r["ports"][0]["port"] for r in nb)
     pvc_a, pvc_b = find(a, "PersistentVolumeClaim")["spec"], find(b, "PersistentVolumeClaim")["spec"]
     assert pvc_a == pvc_b
+
+
+def test_same_etcd_trial():
+    """components/etcd and the chart's etcd.trial run the same member behind the same Service
+    and policy (labels and selectors aside: the chart's carry the release)."""
+    a, b = SOURCES["k8s-etcd"](), SOURCES["helm-etcd"]()
+    sa, sb = find(a, "StatefulSet", "tern-etcd")["spec"], find(b, "StatefulSet", "tern-etcd")["spec"]
+    for key in ("serviceName", "replicas", "podManagementPolicy", "updateStrategy", "volumeClaimTemplates"):
+        assert sa[key] == sb[key], key
+    pa, pb = dict(sa["template"]["spec"]), dict(sb["template"]["spec"])
+    assert pa == pb
+    va, vb = dict(find(a, "Service", "tern-etcd")["spec"]), dict(find(b, "Service", "tern-etcd")["spec"])
+    va.pop("selector"), vb.pop("selector")
+    assert va == vb
+    ra, rb = find(a, "NetworkPolicy", "tern-etcd")["spec"]["ingress"], find(b, "NetworkPolicy", "tern-etcd")["spec"]["ingress"]
+    assert [r["ports"] for r in ra] == [r["ports"] for r in rb]
 
 
 # helm-full scrapes with its own tlsConfig and a token: compared without them.

@@ -9,7 +9,20 @@ import helm_python as helm
 import pytest
 import yaml
 
-from deploylib import CHART, KUBERNETES_VERSION, NAMESPACE, RELEASE, VALUE_FILES, chart_objects, find, load_values, render_chart
+from deploylib import (
+    CHART,
+    KUBERNETES_VERSION,
+    NAMESPACE,
+    RELEASE,
+    VALUE_FILES,
+    chart_objects,
+    find,
+    load_values,
+    render_chart,
+    resolve_args,
+    secret_file,
+    split_flags,
+)
 
 WARNING = 2  # helm lint severities: 1 info, 2 warning, 3 error
 
@@ -42,6 +55,16 @@ def test_values_match_schema(values_name):
         {"ports": {"grpc": 70000}},
         {"tracing": {"sampleRatio": 2}},
         {"gpu": {"count": 0}},
+        {"etcd": {"endpoints": ["http://etcd:2379"]}},
+        {"etcd": {"endpoints": ["etcd"]}},
+        {"etcd": {"endpoints": "etcd:2379"}},
+        {"etcd": {"prefix": "tern"}},
+        {"etcd": {"prefix": "/"}},
+        {"etcd": {"nodeLeaseTtlSecs": 1}},
+        {"etcd": {"nodeLeaseTtlSecs": 301}},
+        {"etcd": {"trial": {"enabled": "yes"}}},
+        {"etcd": {"auth": {"existingSecret": "s", "passwordKey": ""}}},
+        {"etcd": {"tls": True}},
     ],
 )
 def test_schema_rejects_bad_values(bad):
@@ -277,3 +300,91 @@ def test_schema_covers_every_value():
                 walk(sub, props[key], f"{path}.{key}")
 
     walk(values, schema, "values")
+
+
+# --- the cluster store (etcd.*) -------------------------------------------------------------
+
+
+def _router(objs):
+    c = find(objs, "Deployment")["spec"]["template"]["spec"]["containers"][0]
+    return c, dict(split_flags(resolve_args(objs, c)))
+
+
+def _objects(values, name=RELEASE, namespace=NAMESPACE):
+    with helm.Chart.load(str(CHART)) as chart:
+        out = chart.render(values, name=name, namespace=namespace, is_install=True)
+    return [d for k, t in sorted(out.items()) if not k.endswith("NOTES.txt") for d in yaml.safe_load_all(t) if d]
+
+
+def test_default_has_no_cluster_store():
+    """The memory store, as before etcd: no flag, no ConfigMap key, no etcd object."""
+    objs = chart_objects("default")
+    c, flags = _router(objs)
+    assert not [f for f in flags if f.startswith("--cluster-store") or f.startswith("--etcd-") or f == "--node-lease-ttl-secs"]
+    assert not [k for k in find(objs, "ConfigMap", "tern-router-config")["data"] if "CLUSTER_STORE" in k or "LEASE" in k]
+    assert not [o for o in objs if "etcd" in o["metadata"]["name"]]
+    assert render_chart("default")["tern/templates/etcd-trial.yaml"].strip() == ""
+
+
+def test_existing_etcd_with_auth():
+    objs = chart_objects("etcd-external")
+    c, flags = _router(objs)
+    assert flags["--cluster-store"] == (
+        "etcd://etcd-0.etcd.db.svc.cluster.local:2379,etcd-1.etcd.db.svc.cluster.local:2379,etcd-2.etcd.db.svc.cluster.local:2379"
+    )
+    assert flags["--cluster-store-prefix"] == "/tern-prod" and flags["--node-lease-ttl-secs"] == "15"
+    assert not [o for o in objs if o["kind"] == "StatefulSet" and o["metadata"]["name"] != "tern-node"], "no trial etcd"
+    # The user name from the Secret's usernameKey through the environment, the password as a file.
+    assert flags["--etcd-username"] == "secret:tern-etcd-credentials/user"
+    name, key, volume = secret_file(find(objs, "Deployment"), c, flags["--etcd-password-file"])
+    assert (name, key) == ("tern-etcd-credentials", "password") and volume["secret"]["defaultMode"] == 0o440
+    # Routers still need no Kubernetes API access: no token mounted.
+    assert find(objs, "Deployment")["spec"]["template"]["spec"]["automountServiceAccountToken"] is False
+    assert not [o for o in objs if o["kind"] in ("Role", "RoleBinding", "ClusterRole", "ClusterRoleBinding")]
+
+
+def test_trial_etcd():
+    objs = chart_objects("etcd")
+    _, flags = _router(objs)
+    assert flags["--cluster-store"] == "etcd://tern-etcd.tern.svc.cluster.local:2379"
+    assert "--etcd-username" not in flags and "--etcd-password-file" not in flags, "the trial has no authentication"
+    sts = find(objs, "StatefulSet", "tern-etcd")
+    etcd = sts["spec"]["template"]["spec"]["containers"][0]
+    assert etcd["image"].startswith(("quay.io/coreos/etcd:v3.5.", "registry.k8s.io/etcd:3.5.")), "a pinned etcd 3.5"
+    assert sts["spec"]["volumeClaimTemplates"][0]["spec"]["resources"]["requests"]["storage"] == "1Gi"
+    assert find(objs, "Service", "tern-etcd")["spec"]["clusterIP"] == "None"
+    assert find(objs, "NetworkPolicy", "tern-etcd")
+    # Without the network policy, no policy for etcd either; the storage class is passed on.
+    objs = _objects({"etcd": {"trial": {"enabled": True, "persistence": {"storageClassName": "fast"}}},
+                     "networkPolicy": {"enabled": False}})
+    assert not [o for o in objs if o["kind"] == "NetworkPolicy"]
+    assert find(objs, "StatefulSet", "tern-etcd")["spec"]["volumeClaimTemplates"][0]["spec"]["storageClassName"] == "fast"
+
+
+def test_trial_etcd_follows_the_release():
+    objs = _objects({"etcd": {"trial": {"enabled": True}}}, name="prod", namespace="ml")
+    _, flags = _router(objs)
+    assert flags["--cluster-store"] == "etcd://prod-tern-etcd.ml.svc.cluster.local:2379"
+    assert find(objs, "StatefulSet", "prod-tern-etcd")["spec"]["serviceName"] == "prod-tern-etcd"
+
+
+@pytest.mark.parametrize(
+    "values,message",
+    [
+        ({"etcd": {"endpoints": ["etcd:2379"], "trial": {"enabled": True}}}, "not both"),
+        ({"etcd": {"trial": {"enabled": True}, "auth": {"existingSecret": "s"}}}, "without authentication"),
+        ({"etcd": {"auth": {"existingSecret": "s"}}}, "needs etcd.endpoints"),
+        ({"etcd": {"endpoints": ["etcd:2379"]}, "router": {"enabled": False}}, "router.enabled"),
+    ],
+)
+def test_unworkable_etcd_values_fail_with_a_reason(values, message):
+    with helm.Chart.load(str(CHART)) as chart, pytest.raises(helm.HelmError, match=message):
+        chart.render(values, name=RELEASE, namespace=NAMESPACE)
+
+
+def test_store_change_rolls_routers():
+    def checksum(values):
+        return find(_objects(values), "Deployment")["spec"]["template"]["metadata"]["annotations"]["checksum/config"]
+
+    assert checksum({}) != checksum({"etcd": {"endpoints": ["etcd:2379"]}})
+    assert checksum({"etcd": {"endpoints": ["etcd:2379"]}}) != checksum({"etcd": {"endpoints": ["etcd:2379"], "prefix": "/b"}})

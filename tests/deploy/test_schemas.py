@@ -344,11 +344,13 @@ def test_kustomize_component_models_init_container(tmp_path):
 
 # The security components on every kustomization they can sit on, alone and together.
 COMPONENT_SETS = [("tls",), ("tls", "tls-mutual"), ("auth",), ("tls", "tls-mutual", "auth")]
+# components/etcd alone and after the security components.
+ETCD_COMPONENT_SETS = [("etcd",), ("tls", "tls-mutual", "auth", "etcd")]
 
 
 def test_every_component_is_tested():
     found = {p.parent.name for p in COMPONENTS.glob("*/kustomization.yaml")}
-    assert found - {"models-init-container"} == set().union(*COMPONENT_SETS)
+    assert found - {"models-init-container"} == set().union(*COMPONENT_SETS, *ETCD_COMPONENT_SETS)
 
 
 @pytest.mark.parametrize("version", KUBERNETES_VERSIONS)
@@ -391,3 +393,20 @@ def test_validators_catch_mistakes():
     sm["spec"]["endpoints"][0]["intervall"] = "15s"
     with pytest.raises(jsonschema.ValidationError):
         validate_object(sm, KUBERNETES_VERSIONS[0])
+
+
+@pytest.mark.parametrize("version", KUBERNETES_VERSIONS)
+@pytest.mark.parametrize("components", ETCD_COMPONENT_SETS, ids="+".join)
+@pytest.mark.parametrize("base", [k for k in KUSTOMIZATIONS if k != "k8s-monitoring"])
+def test_kustomize_etcd_component_validates(base, components, version):
+    """components/etcd renders on every kustomization with workloads and validates: the trial
+    etcd beside the nodes, routers pointed at it (test_consistency checks the flags)."""
+    objs = kustomize_overlay_objects(base, components)
+    for obj in objs:
+        validate_object(obj, version)
+    assert sorted(o["metadata"]["name"] for o in objs if o["kind"] == "StatefulSet") == ["tern-etcd", "tern-node"]
+    assert find(objs, "Service", "tern-etcd")["spec"]["clusterIP"] == "None"
+    assert find(objs, "NetworkPolicy", "tern-etcd")
+    router = find(objs, "Deployment", "tern-router")["spec"]["template"]["spec"]["containers"][0]
+    assert "--cluster-store=$(TERN_CLUSTER_STORE)" in router["args"]
+    assert find(objs, "ConfigMap", "tern-router-config")["data"]["TERN_CLUSTER_STORE"].startswith("etcd://tern-etcd.tern.svc")

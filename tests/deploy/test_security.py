@@ -36,6 +36,7 @@ SOURCES = {
     "helm-full": lambda: chart_objects("full"),
     "k8s-secure": lambda: kustomize_overlay_objects("k8s", SECURE_COMPONENTS),
     "k8s-gpu-tls-auth": lambda: kustomize_overlay_objects("k8s-gpu", ("tls", "auth")),
+    "helm-etcd-external": lambda: chart_objects("etcd-external"),
 }
 
 # The Secrets each source expects, by component: (secret name, key) of every file flag.
@@ -52,6 +53,7 @@ EXPECTED_SECRETS = {
     },
 }
 EXPECTED_SECRETS["k8s-secure"] = EXPECTED_SECRETS["helm-secure"]
+EXPECTED_SECRETS["helm-etcd-external"] = {"node": set(), "router": {("tern-etcd-credentials", "password")}}
 EXPECTED_SECRETS["k8s-gpu-tls-auth"] = {
     "node": {("tern-tls", "tls.crt"), ("tern-tls", "tls.key"), ("tern-tokens", "tokens")},
     "router": EXPECTED_SECRETS["helm-secure"]["router"],
@@ -69,8 +71,8 @@ def objects(values: dict, **kw) -> list[dict]:
 
 def workloads(objs) -> dict[str, tuple[dict, dict]]:
     """component -> (workload, its container)."""
-    out = {"node": (find(objs, "StatefulSet"), None)}
-    out["node"] = (out["node"][0], container(out["node"][0], "tern-node"))
+    (node,) = [o for o in objs if o["kind"] == "StatefulSet" and not o["metadata"]["name"].endswith("-etcd")]
+    out = {"node": (node, container(node, "tern-node"))}
     routers = [o for o in objs if o["kind"] == "Deployment"]
     if routers:
         out["router"] = (routers[0], container(routers[0], "tern-router"))
@@ -100,7 +102,9 @@ def test_file_flags_name_keys_of_read_only_secret_mounts(source):
         mounted = {m["name"] for m in c["volumeMounts"]}
         assert {v["name"] for v in pod["volumes"] if "secret" in v} <= mounted, "a Secret volume nobody mounts"
         for e in c.get("env", []):
-            assert "secretKeyRef" not in e.get("valueFrom", {}), "Secrets are mounted as files, not passed as env"
+            # Except the etcd user's name: no secret, and the router takes it only as a flag.
+            if e["name"] != "TERN_ETCD_USERNAME":
+                assert "secretKeyRef" not in e.get("valueFrom", {}), "Secrets are mounted as files, not passed as env"
 
 
 def test_secure_flags():
@@ -297,6 +301,9 @@ OFF = {
     "limits": {"grpcMaxMessageSize": 0, "grpcMaxConcurrentStreams": 0, "grpcHttp2MaxHeaderListSize": 0,
                "maxTensorBytes": 0, "maxRequestBytes": 0},
     "metrics": {"serviceMonitor": {"tlsConfig": {"insecureSkipVerify": True}, "tokenSecret": {"name": "g", "key": "h"}}},
+    # No endpoints and no trial: the memory store, whatever the rest says.
+    "etcd": {"endpoints": [], "prefix": "/other", "nodeLeaseTtlSecs": 30, "auth": {"usernameKey": "u", "passwordKey": "p"},
+             "trial": {"enabled": False, "image": "example.com/etcd:1", "persistence": {"size": "5Gi"}}},
 }
 
 
