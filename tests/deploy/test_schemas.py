@@ -410,3 +410,24 @@ def test_kustomize_etcd_component_validates(base, components, version):
     router = find(objs, "Deployment", "tern-router")["spec"]["template"]["spec"]["containers"][0]
     assert "--cluster-store=$(TERN_CLUSTER_STORE)" in router["args"]
     assert find(objs, "ConfigMap", "tern-router-config")["data"]["TERN_CLUSTER_STORE"].startswith("etcd://tern-etcd.tern.svc")
+
+
+def test_existing_etcd_overlay_of_the_readme(tmp_path):
+    """deploy/k8s/README.md's overlay for an existing etcd builds and validates: routers point
+    there and no trial etcd is left."""
+    import os
+    import re
+
+    from deploylib import kustomize_build
+
+    readme = (K8S / "README.md").read_text()
+    (block,) = re.findall(r"```yaml\n(# my-tern/kustomization.yaml: an existing etcd\n.*?)```", readme, re.S)
+    (tmp_path / "kustomization.yaml").write_text(block.replace("../deploy/k8s", os.path.relpath(K8S, tmp_path)))
+    objs = yaml_docs(kustomize_build(tmp_path))
+    for obj in objs:
+        validate_object(obj, KUBERNETES_VERSIONS[0])
+    assert not [o for o in objs if o["metadata"]["name"] == "tern-etcd"]
+    data = find(objs, "ConfigMap", "tern-router-config")["data"]
+    assert data["TERN_CLUSTER_STORE"] == "etcd://etcd-0.etcd.db:2379,etcd-1.etcd.db:2379,etcd-2.etcd.db:2379"
+    assert data["TERN_CLUSTER_STORE_PREFIX"] == "/tern-prod" and data["TERN_NODE_LEASE_TTL_SECS"] == "10"
+    assert "--cluster-store=$(TERN_CLUSTER_STORE)" in find(objs, "Deployment")["spec"]["template"]["spec"]["containers"][0]["args"]
