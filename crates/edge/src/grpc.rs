@@ -47,10 +47,24 @@ pub fn reflection() -> Result<
     tonic_reflection::server::v1::ServerReflectionServer<impl tonic_reflection::server::v1::ServerReflection>,
     tonic_reflection::server::Error,
 > {
+    reflection_builder().build_v1()
+}
+
+/// The same under `grpc.reflection.v1alpha`, which Triton also serves (grpcurl before 1.9 and
+/// several GUI clients ask only that one).
+pub fn reflection_v1alpha() -> Result<
+    tonic_reflection::server::v1alpha::ServerReflectionServer<
+        impl tonic_reflection::server::v1alpha::ServerReflection,
+    >,
+    tonic_reflection::server::Error,
+> {
+    reflection_builder().build_v1alpha()
+}
+
+fn reflection_builder() -> tonic_reflection::server::Builder<'static> {
     tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(tern_proto::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-        .build_v1()
 }
 
 /// Serves `routes` on `listener` (over TLS with `tls`) until `shutdown` resolves. Then the

@@ -205,6 +205,7 @@ pub async fn run_with(
     let (health_reporter, health) = tonic_health::server::health_reporter();
     health_reporter.set_serving::<GrpcInferenceServiceServer<NodeService>>().await;
     let reflection = tern_edge::grpc::reflection()?;
+    let reflection_v1alpha = tern_edge::grpc::reflection_v1alpha()?;
 
     let addr = listener.local_addr()?;
     let identity = cluster::ClusterIdentity {
@@ -268,7 +269,8 @@ pub async fn run_with(
         .add_service(inference)
         .add_service(node_control)
         .add_service(health)
-        .add_service(reflection);
+        .add_service(reflection)
+        .add_service(reflection_v1alpha);
     let exit_timeout = Duration::from_secs(config.exit_timeout_secs);
     tern_edge::grpc::serve(routes, listener, front.tls, shutdown, exit_timeout, before_close).await?;
     if let Some(task) = poll_task {

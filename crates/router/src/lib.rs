@@ -187,8 +187,14 @@ impl Router {
             }
         });
         let reflection = tern_edge::grpc::reflection()?;
+        let reflection_v1alpha = tern_edge::grpc::reflection_v1alpha()?;
 
-        let routes = front.server().add_service(inference).add_service(health).add_service(reflection);
+        let routes = front
+            .server()
+            .add_service(inference)
+            .add_service(health)
+            .add_service(reflection)
+            .add_service(reflection_v1alpha);
         let before_close = |_deadline| async {
             tracing::info!("shutting down: no new connections, finishing in-flight requests");
         };

@@ -187,6 +187,24 @@ async fn health_and_reflection_services_answer() -> anyhow::Result<()> {
     };
     let names: Vec<String> = list.service.into_iter().map(|s| s.name).collect();
     assert!(names.contains(&"inference.GRPCInferenceService".to_string()), "{names:?}");
+
+    // The older v1alpha service too, as Triton serves both (grpcurl before 1.9 asks only it).
+    use tonic_reflection::pb::v1alpha as alpha;
+    let mut reflection = alpha::server_reflection_client::ServerReflectionClient::new(node.channel().await?);
+    let req = alpha::ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(alpha::server_reflection_request::MessageRequest::FileContainingSymbol(
+            "inference.GRPCInferenceService".into(),
+        )),
+    };
+    let mut stream = reflection.server_reflection_info(tokio_stream::iter(vec![req])).await?.into_inner();
+    let resp = stream.message().await?.expect("one response");
+    let Some(alpha::server_reflection_response::MessageResponse::FileDescriptorResponse(files)) =
+        resp.message_response
+    else {
+        anyhow::bail!("unexpected v1alpha reflection response {:?}", resp.message_response);
+    };
+    assert!(!files.file_descriptor_proto.is_empty(), "no descriptor for inference.GRPCInferenceService");
     node.stop().await
 }
 
