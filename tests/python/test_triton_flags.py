@@ -47,8 +47,8 @@ def test_misleading_flags_are_refused_before_serving(model_repo, flag, reason):
     assert reason in done.stdout + done.stderr, done.stdout + done.stderr
 
 
-@pytest.mark.parametrize("server", ["tern-node", "tern-router", "tern serve"])
-def test_allow_client_shm_true_is_refused_until_tern_serves_shared_memory(model_repo, server):
+@pytest.mark.parametrize("kind", ["tern-node", "tern-router", "tern serve"])
+def test_allow_client_shm_true_is_refused_until_tern_serves_shared_memory(model_repo, kind):
     # Triton's --allow-client-shm (default false); true would be accepted with every
     # registration still refused, so it is refused at start.
     ports = ["--grpc-port", "0", "--http-port", "0", "--metrics-port", "0"]
@@ -56,7 +56,7 @@ def test_allow_client_shm_true_is_refused_until_tern_serves_shared_memory(model_
         "tern-node": [str(node_binary()), "--model-repository", str(model_repo)],
         "tern-router": [str(router_binary()), "--node", "127.0.0.1:1"],
         "tern serve": [str(ROOT / "target" / "release" / "tern"), "serve", "--model-repository", str(model_repo)],
-    }[server] + ports + ["--allow-client-shm=true"]
+    }[kind] + ports + ["--allow-client-shm=true"]
     done = subprocess.run(cmd, env=node_env(), capture_output=True, text=True, timeout=TIMEOUT)
     out = done.stdout + done.stderr
     assert done.returncode != 0, out
