@@ -1,5 +1,5 @@
 """Health, server/model metadata, model configuration (incl. auto-complete), repository index,
-statistics and unimplemented RPCs, compared with what a real Triton 2.51 answers."""
+statistics and shared-memory RPCs, compared with what a real Triton 2.51 answers."""
 
 from __future__ import annotations
 
@@ -281,21 +281,32 @@ def test_statistics_unknown_model(client, reference):
     assert msg == ref["message"]
 
 
-# === unimplemented ============================================================================
+# === shared memory ============================================================================
+
+# Triton's refusal while --allow-client-shm is false, its default (server src/common.h
+# kClientShmDisabledErrorStr, TRITONSERVER_ERROR_UNSUPPORTED: gRPC UNIMPLEMENTED, HTTP 501).
+SHM_DISABLED = "Client shared memory is disabled. Start the server with '--allow-client-shm=true' to enable."
 
 
-def test_system_shared_memory_register_unimplemented(client):
-    expect_triton_error(
-        lambda: client.register_system_shared_memory("region", "/tern_no_such_shm", 64),
-        "StatusCode.UNIMPLEMENTED",
-    )
-
-
-def test_cuda_shared_memory_register_unimplemented(client):
-    expect_triton_error(
-        lambda: client.register_cuda_shared_memory("region", b"\x00" * 64, 0, 64),
-        "StatusCode.UNIMPLEMENTED",
-    )
+def test_shared_memory_as_triton_answers_with_client_shm_off(client, reference):
+    # Status is not guarded by the flag: no region, as recorded from Triton 2.51.
+    assert client.get_system_shared_memory_status(as_json=True) == reference["get_system_shared_memory_status"]["ok"]
+    assert client.get_cuda_shared_memory_status(as_json=True) == reference["get_cuda_shared_memory_status"]["ok"]
+    msg = expect_triton_error(lambda: client.get_system_shared_memory_status("in0"), "StatusCode.NOT_FOUND")
+    assert msg == "Unable to find system shared memory region: 'in0'"
+    msg = expect_triton_error(lambda: client.get_cuda_shared_memory_status("in0"), "StatusCode.NOT_FOUND")
+    assert msg == "Unable to find cuda shared memory region: 'in0'"
+    # Registering and unregistering (all regions or one) are refused, CUDA's too (Triton's GPU
+    # build, with or without a GPU present).
+    for call in [
+        lambda: client.register_system_shared_memory("in0", "/tern_no_such_shm", 64),
+        lambda: client.unregister_system_shared_memory(),
+        lambda: client.unregister_system_shared_memory("in0"),
+        lambda: client.register_cuda_shared_memory("in0", b"\x00" * 64, 0, 64),
+        lambda: client.unregister_cuda_shared_memory(),
+        lambda: client.unregister_cuda_shared_memory("in0"),
+    ]:
+        assert expect_triton_error(call, "StatusCode.UNIMPLEMENTED") == SHM_DISABLED
 
 
 def test_statistics_unknown_version(client):

@@ -241,3 +241,32 @@ def test_statistics_count_http_requests(hclient):
     assert count() == before + 3
     everything = hclient.get_inference_statistics()["model_stats"]
     assert any(s["name"] == "add_int32" for s in everything)
+
+
+def test_shared_memory_as_triton_answers_with_client_shm_off(hclient, http_addr):
+    # Triton's HandleSystemSharedMemory / HandleCudaSharedMemory with --allow-client-shm=false
+    # (its default): status lists no region; register and unregister answer 501 with its words.
+    disabled = "Client shared memory is disabled. Start the server with '--allow-client-shm=true' to enable."
+    assert hclient.get_system_shared_memory_status() == []
+    assert hclient.get_cuda_shared_memory_status() == []
+    with pytest.raises(InferenceServerException) as e:
+        hclient.get_cuda_shared_memory_status("in0")
+    assert (e.value.status(), e.value.message()) == ("404", "Unable to find cuda shared memory region: 'in0'")
+    for call in [
+        lambda: hclient.register_system_shared_memory("in0", "/tern_no_such_shm", 64),
+        lambda: hclient.unregister_system_shared_memory(),
+        lambda: hclient.unregister_system_shared_memory("in0"),
+        lambda: hclient.register_cuda_shared_memory("in0", b"\x00" * 64, 0, 64),
+        lambda: hclient.unregister_cuda_shared_memory(),
+    ]:
+        with pytest.raises(InferenceServerException) as e:
+            call()
+        assert (e.value.status(), e.value.message()) == ("501", disabled)
+    host, port = http_addr.rsplit(":", 1)
+    conn = http.client.HTTPConnection(host, int(port), timeout=TIMEOUT)
+    try:
+        conn.request("POST", "/v2/systemsharedmemory/status")
+        resp = conn.getresponse()
+        assert (resp.status, json.loads(resp.read())) == (405, {"error": "Method Not Allowed"})
+    finally:
+        conn.close()

@@ -129,6 +129,9 @@ pub struct Config {
     pub http: tern_rest::HttpArgs,
 
     #[command(flatten)]
+    pub client_shm: tern_edge::triton::ClientShmArgs,
+
+    #[command(flatten)]
     pub metrics: tern_telemetry::MetricsConfig,
 
     #[command(flatten)]
@@ -149,6 +152,7 @@ impl Config {
         self.metrics.settings().map_err(|e| e.to_string())?;
         self.tracing.otlp().map_err(|e| e.to_string())?;
         self.http.validate()?;
+        self.client_shm.validate()?;
         if let Some(dir) = self.accelerator_cache_dir.as_ref().filter(|d| !d.is_dir()) {
             return Err(format!("--accelerator-cache-dir {}: not a directory", dir.display()));
         }

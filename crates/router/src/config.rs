@@ -121,6 +121,9 @@ pub struct Config {
     pub http: tern_rest::HttpArgs,
 
     #[command(flatten)]
+    pub client_shm: tern_edge::triton::ClientShmArgs,
+
+    #[command(flatten)]
     pub metrics: tern_telemetry::MetricsConfig,
 
     #[command(flatten)]
@@ -169,6 +172,7 @@ impl Config {
     /// Checks what can be checked before binding.
     pub fn validate(&self) -> Result<(), String> {
         self.http.validate()?;
+        self.client_shm.validate()?;
         self.metrics.settings().map_err(|e| e.to_string())?;
         self.tracing.otlp().map_err(|e| e.to_string())?;
         for node in &self.nodes {

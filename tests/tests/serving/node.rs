@@ -96,8 +96,8 @@ async fn bad_requests_get_the_right_status_and_the_node_keeps_serving() -> anyho
     let e = c
         .system_shared_memory_register(pb::SystemSharedMemoryRegisterRequest::default())
         .await
-        .expect_err("not implemented yet");
-    assert_eq!(e.code(), Code::Unimplemented);
+        .expect_err("client shared memory is off");
+    assert_eq!((e.code(), e.message()), (Code::Unimplemented, tern_edge::triton::CLIENT_SHM_DISABLED));
 
     let resp = c.model_infer(tiny_add_request(2)).await?.into_inner();
     assert_eq!(resp.outputs[0].shape, vec![2, 16]);

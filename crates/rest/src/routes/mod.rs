@@ -3,7 +3,8 @@
 //!
 //! Layout: this file holds the dispatch, the model routes and the helpers every route uses
 //! (authorization, trace context, JSON answers); `generation` the generate extension's
-//! routes; `admin` repository control parameters, trace and log settings.
+//! routes; `admin` repository control parameters, trace and log settings; `shared_memory` the
+//! shared-memory extension.
 
 use std::future::Future;
 use std::sync::Arc;
@@ -23,9 +24,11 @@ use tern_edge::triton::StreamOne;
 
 mod admin;
 mod generation;
+mod shared_memory;
 
 use admin::{log_settings, repository_parameters, trace_setting};
 use generation::generate_route;
+use shared_memory::shared_memory_route;
 
 /// ModelInfer's refusal of a decoupled model (Triton's gRPC words), and the infer route's.
 const DECOUPLED_GRPC: &str = "ModelInfer RPC doesn't support models with decoupled transaction policy";
@@ -183,6 +186,15 @@ async fn route<T: Service>(
                 .await?;
             }
             Ok(StatusCode::OK.into_response())
+        }
+        [
+            kind @ ("systemsharedmemory" | "cudasharedmemory"),
+            region @ ..,
+            action @ ("status" | "register" | "unregister"),
+        ] if matches!(region, [] | ["region", _]) => {
+            let region = region.last().copied().unwrap_or_default();
+            let cuda = *kind == "cudasharedmemory";
+            shared_memory_route(s, method, headers, cuda, region, action).await
         }
         ["trace", "setting"] => trace_setting(s, method, headers, "", body).await,
         ["logging"] => log_settings(s, method, headers, body).await,
