@@ -11,6 +11,7 @@
 //!   exit codes of [`remote`] (0 success, 1 server error, 2 usage, 3 cannot connect).
 
 mod cluster;
+mod commands;
 mod generate;
 mod infer;
 mod manage;
@@ -19,49 +20,8 @@ mod remote;
 mod serve;
 mod token;
 
-use clap::{Parser, Subcommand};
-
-#[derive(Debug, Parser)]
-#[command(name = "tern", version, about = "Tern: Triton-compatible model serving, one machine or a cluster")]
-struct Cli {
-    #[command(subcommand)]
-    command: Command,
-}
-
-#[derive(Debug, Subcommand)]
-enum Command {
-    /// Serve a model repository on this machine: a router and a node in one process, with
-    /// tern-node's flags (--model-repository, --grpc-port, --model-control-mode, ...).
-    Serve(Box<tern_node::Config>),
-    /// Print a router's view of the cluster: nodes, health, load and models.
-    Cluster(cluster::ClusterArgs),
-    /// Encrypted model files: make a key, encrypt `model.onnx` to `model.onnx.enc`, decrypt.
-    /// (`tern model ...` is the old name, kept as an alias for one release.)
-    #[command(alias = "model")]
-    Crypt {
-        #[command(subcommand)]
-        command: model::ModelCommand,
-    },
-    /// Bearer tokens: make a new one with its token-file line, or hash an existing one.
-    Token {
-        #[command(subcommand)]
-        command: token::TokenCommand,
-    },
-    /// List the repository's models with their version, state and reason.
-    Models(manage::ModelsArgs),
-    /// Load (or reload) a model, optionally with a JSON configuration instead of config.pbtxt.
-    Load(manage::LoadArgs),
-    /// Unload a model.
-    Unload(manage::UnloadArgs),
-    /// Run one inference with inputs from .npy files or JSON; print or save the outputs.
-    Infer(infer::InferArgs),
-    /// Print inference statistics of one model or all.
-    Stats(manage::StatsArgs),
-    /// Print whether the server is live and ready, and each model's readiness (exit 1 if not ready).
-    Health(manage::HealthArgs),
-    /// Generate text with a language model (Triton's generate inputs; --stream as it comes).
-    Generate(generate::GenerateArgs),
-}
+use clap::Parser;
+use commands::{Cli, Command};
 
 fn main() -> std::process::ExitCode {
     match Cli::parse().command {
