@@ -288,6 +288,8 @@ def test_limits():
         "large numbers print as integers, not 4.294967296e+09"
     )
     assert "--max-tensor-bytes" not in router, "tensor limits are the nodes'"
+    # Routers face the clients behind a Service; nodes keep their routers' connections.
+    assert router["--grpc-max-connection-age-secs"] == "300" and "--grpc-max-connection-age-secs" not in node
     for name in ("tern-node-config", "tern-router-config"):
         assert find(objs, "ConfigMap", name)["data"]["TERN_GRPC_MAX_MESSAGE_SIZE"] == "8388608"
 
@@ -299,7 +301,7 @@ OFF = {
     "auth": {"enabled": False, "public": ["health", "inference"], "tokenFileSecret": {"name": "a", "key": "b"},
              "nodeTokenFileSecret": {"name": "c", "key": "d"}, "routerToNodeTokenSecret": {"name": "e", "key": "f"}},
     "limits": {"grpcMaxMessageSize": 0, "grpcMaxConcurrentStreams": 0, "grpcHttp2MaxHeaderListSize": 0,
-               "maxTensorBytes": 0, "maxRequestBytes": 0},
+               "grpcMaxConnectionAgeSecs": 0, "maxTensorBytes": 0, "maxRequestBytes": 0},
     "metrics": {"serviceMonitor": {"tlsConfig": {"insecureSkipVerify": True}, "tokenSecret": {"name": "g", "key": "h"}}},
     # No endpoints and no trial: the memory store, whatever the rest says.
     "etcd": {"endpoints": [], "prefix": "/other", "nodeLeaseTtlSecs": 30, "auth": {"usernameKey": "u", "passwordKey": "p"},

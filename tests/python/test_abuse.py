@@ -552,3 +552,37 @@ def _resnet_input():
 
 def _resnet_output(client) -> str:
     return client.get_model_metadata("light_resnet50").outputs[0].name
+
+
+def test_max_connection_age_sends_goaway_and_clients_reconnect(model_repo, tmp_path):
+    """--grpc-max-connection-age-secs: a connection is told GOAWAY (NO_ERROR) once it is that
+    old, so clients behind a Service reconnect and reach routers added since; a client keeps
+    working across it. Without the flag (the module's node) an idle connection is not closed."""
+    srv = TernServer([model_repo], ["--model-control-mode", "explicit", "--load-model", "tiny_add",
+                                    "--grpc-max-connection-age-secs", "1"],
+                     log_dir=tmp_path, label="conn-age").start()
+    try:
+        s = h2_connect(srv.url)
+        try:
+            answer = read_answer(s, timeout=10.0, until=lambda a: a.goaway() is not None)
+        finally:
+            s.close()
+        goaway = answer.goaway()
+        assert goaway is not None and goaway[1] == 0, f"no GOAWAY(NO_ERROR) within 10 s: {answer}"
+
+        client = grpcclient.InferenceServerClient(srv.url)
+        for v in (1.0, 2.0):
+            out = client.infer("tiny_add", tiny_add_inputs(value=v), client_timeout=10).as_numpy("OUTPUT0")
+            assert np.allclose(out, 2 * v)
+            time.sleep(1.5)  # past the age: the next call goes over a new connection
+    finally:
+        assert srv.stop() == 0, srv.log_tail()
+
+
+def test_connections_have_no_age_limit_by_default(node):
+    s = h2_connect(node.url)
+    try:
+        answer = read_answer(s, timeout=2.0, until=lambda a: a.goaway() is not None)
+    finally:
+        s.close()
+    assert answer.goaway() is None and not answer.closed, f"a default node closed an idle connection: {answer}"

@@ -9,7 +9,8 @@
 //! - `--grpc-max-concurrent-streams`: the HTTP/2 setting (requests in flight per connection),
 //!   [`DEFAULT_MAX_CONCURRENT_STREAMS`] unless set;
 //! - `--grpc-http2-max-header-list-size`: bytes of headers (metadata) per request, refused with
-//!   RESOURCE_EXHAUSTED by [`LimitsLayer`].
+//!   RESOURCE_EXHAUSTED by [`LimitsLayer`];
+//! - `--grpc-max-connection-age-secs`: gRPC's MAX_CONNECTION_AGE (off unless set).
 
 use std::task::{Context, Poll};
 
@@ -31,6 +32,8 @@ pub const DEFAULT_MAX_MESSAGE_SIZE: usize = 256 * 1024 * 1024;
 pub const DEFAULT_MAX_CONCURRENT_STREAMS: u32 = 1024;
 /// hyper's default: 16 KiB of headers (names and values) per request.
 pub const DEFAULT_MAX_HEADER_LIST_SIZE: u32 = 16 * 1024;
+/// The longest `--grpc-max-connection-age-secs`: 30 days.
+pub const MAX_CONNECTION_AGE_SECS: u64 = 30 * 24 * 3600;
 
 /// The transport limit flags of every Tern server.
 #[derive(Debug, Clone, clap::Args)]
@@ -49,6 +52,12 @@ pub struct TransportLimits {
     /// Largest HTTP/2 header list (request metadata) accepted, bytes.
     #[arg(long, default_value_t = DEFAULT_MAX_HEADER_LIST_SIZE, value_name = "BYTES")]
     pub grpc_http2_max_header_list_size: u32,
+
+    /// Close each client connection gracefully after this many seconds (gRPC's
+    /// MAX_CONNECTION_AGE: GOAWAY, requests in flight finish, the client reconnects), so that
+    /// clients behind a Kubernetes Service spread onto routers added by a scale-up. 0: never.
+    #[arg(long, default_value_t = 0, value_name = "SECONDS")]
+    pub grpc_max_connection_age_secs: u64,
 }
 
 impl Default for TransportLimits {
@@ -57,6 +66,7 @@ impl Default for TransportLimits {
             grpc_max_message_size: DEFAULT_MAX_MESSAGE_SIZE,
             grpc_max_concurrent_streams: DEFAULT_MAX_CONCURRENT_STREAMS,
             grpc_http2_max_header_list_size: DEFAULT_MAX_HEADER_LIST_SIZE,
+            grpc_max_connection_age_secs: 0,
         }
     }
 }
@@ -76,6 +86,11 @@ impl TransportLimits {
                 "--grpc-http2-max-header-list-size must be at least 1024".into(),
             ));
         }
+        if self.grpc_max_connection_age_secs > MAX_CONNECTION_AGE_SECS {
+            return Err(crate::EdgeError::Flags(format!(
+                "--grpc-max-connection-age-secs must be at most {MAX_CONNECTION_AGE_SECS} (30 days); 0 means never"
+            )));
+        }
         Ok(())
     }
 
@@ -86,6 +101,10 @@ impl TransportLimits {
 
     /// A server builder with the HTTP/2 settings of these limits.
     pub fn apply<L>(&self, builder: tonic::transport::Server<L>) -> tonic::transport::Server<L> {
+        let builder = match self.grpc_max_connection_age_secs {
+            0 => builder,
+            secs => builder.max_connection_age(std::time::Duration::from_secs(secs)),
+        };
         builder
             .max_concurrent_streams(Some(self.grpc_max_concurrent_streams))
             .http2_max_header_list_size(self.layer().http2_max_header_list_size())
@@ -271,6 +290,7 @@ mod tests {
             TransportLimits { grpc_max_message_size: MAX_MESSAGE_SIZE + 1, ..ok.clone() },
             TransportLimits { grpc_max_concurrent_streams: 0, ..ok.clone() },
             TransportLimits { grpc_http2_max_header_list_size: 10, ..ok.clone() },
+            TransportLimits { grpc_max_connection_age_secs: MAX_CONNECTION_AGE_SECS + 1, ..ok.clone() },
         ] {
             assert!(bad.validate().is_err(), "{bad:?}");
         }

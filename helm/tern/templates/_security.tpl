@@ -108,6 +108,9 @@ TERN_GRPC_MAX_CONCURRENT_STREAMS: {{ int64 $l.grpcMaxConcurrentStreams | quote }
 {{- if gt (int64 $l.grpcHttp2MaxHeaderListSize) 0 }}
 TERN_GRPC_HTTP2_MAX_HEADER_LIST_SIZE: {{ int64 $l.grpcHttp2MaxHeaderListSize | quote }}
 {{- end }}
+{{- if and (eq (index . 1) "router") (gt (int64 $l.grpcMaxConnectionAgeSecs) 0) }}
+TERN_GRPC_MAX_CONNECTION_AGE_SECS: {{ int64 $l.grpcMaxConnectionAgeSecs | quote }}
+{{- end }}
 {{- if eq (index . 1) "node" }}
 {{- if gt (int64 $l.maxTensorBytes) 0 }}
 TERN_MAX_TENSOR_BYTES: {{ int64 $l.maxTensorBytes | quote }}
@@ -130,6 +133,9 @@ TERN_MAX_REQUEST_BYTES: {{ int64 $l.maxRequestBytes | quote }}
 {{- end }}
 {{- if gt (int64 $l.grpcHttp2MaxHeaderListSize) 0 }}
 - --grpc-http2-max-header-list-size=$(TERN_GRPC_HTTP2_MAX_HEADER_LIST_SIZE)
+{{- end }}
+{{- if and (eq (index . 1) "router") (gt (int64 $l.grpcMaxConnectionAgeSecs) 0) }}
+- --grpc-max-connection-age-secs=$(TERN_GRPC_MAX_CONNECTION_AGE_SECS)
 {{- end }}
 {{- if eq (index . 1) "node" }}
 {{- if gt (int64 $l.maxTensorBytes) 0 }}
