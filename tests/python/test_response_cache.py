@@ -48,7 +48,9 @@ def node(model_repo, tmp_path_factory):
         [repo],
         ["--model-control-mode", "explicit", "--load-model", "tiny_add",
          # Triton's forms; repeated settings of one cache merge, the later value winning.
-         "--cache-config", "local,size=100", f"--cache-config=local,size={CACHE_BYTES}"],
+         "--cache-config", "local,size=100", f"--cache-config=local,size={CACHE_BYTES}",
+         # Triton's latency summaries, checked here beside the cache they interact with.
+         "--metrics-config", "summary_latencies=true", "--metrics-config", "summary_quantiles=0.5:0.05,0.99:0.001"],
         log_dir=tmp_path_factory.mktemp("cache_logs"), label="cache",
     ).start()
     client = grpcclient.InferenceServerClient(srv.url)
@@ -150,6 +152,60 @@ def test_metrics_carry_triton_cache_families_for_cached_models_only(node):
     # Hits count as successes but not as inferences.
     assert f"nv_inference_request_success{labels} {s['success']}" in text
     assert f"nv_inference_count{labels} {s['inferences']}" in text
+
+
+def summary_series(text, family, labels):
+    """{quantile: value} plus "_sum"/"_count" of one summary series, from an exposition."""
+    out = {}
+    for line in text.splitlines():
+        m = re.fullmatch(rf'{family}(_sum|_count)?\{{(.*)\}} (\S+)', line)
+        if not m or not all(f'{k}="{v}"' in m.group(2) for k, v in labels.items()):
+            continue
+        q = re.search(r'quantile="([^"]+)"', m.group(2))
+        out[m.group(1) or q.group(1)] = float(m.group(3))
+    return out
+
+
+def test_latency_summaries_follow_triton_with_and_without_the_cache(node):
+    """`--metrics-config summary_latencies=true` (core src/metric_model_reporter.cc): every
+    model gets queue and compute summaries with the configured quantiles; the request summary
+    only where the cache is off; the cache hit/miss summaries only where it is on. Count and
+    sum are cumulative and agree with the counters."""
+    srv, _, client = node
+    a = grpcclient.InferInput("INPUT0", [1, 16], "FP32")
+    a.set_data_from_numpy(np.ones((1, 16), np.float32))
+    b = grpcclient.InferInput("INPUT1", [1, 16], "FP32")
+    b.set_data_from_numpy(np.ones((1, 16), np.float32))
+    for _ in range(5):
+        client.infer("tiny_add", [a, b])
+    scale(client, [5, 6, 7, 8])
+    scale(client, [5, 6, 7, 8])
+    text = metric_lines(srv)
+    assert "# TYPE nv_inference_request_summary_us summary" in text, text
+    plain = {"model": "tiny_add", "version": "1"}
+    success = stats(client, "tiny_add")["success"]
+    for family in ["nv_inference_request_summary_us", "nv_inference_queue_summary_us",
+                   "nv_inference_compute_input_summary_us", "nv_inference_compute_infer_summary_us",
+                   "nv_inference_compute_output_summary_us"]:
+        series = summary_series(text, family, plain)
+        assert set(series) == {"0.5", "0.99", "_sum", "_count"}, (family, series)
+        assert series["_count"] == success, (family, series, success)
+        assert 0 <= series["0.5"] <= series["0.99"], (family, series)
+    infer = summary_series(text, "nv_inference_compute_infer_summary_us", plain)
+    assert infer["0.99"] > 0, infer
+    # The request summary's sum is the request counter's, up to rounding each request to a µs.
+    request = summary_series(text, "nv_inference_request_summary_us", plain)
+    counter = float(re.search(r'nv_inference_request_duration_us\{model="tiny_add",version="1"\} (\S+)', text)[1])
+    assert abs(request["_sum"] - counter) <= success, (request, counter)
+
+    cached = {"model": "versioned_scale", "version": "1"}
+    s = stats(client, "versioned_scale")
+    assert summary_series(text, "nv_inference_request_summary_us", cached) == {}, "no request summary with a cache"
+    assert summary_series(text, "nv_cache_hit_summary_per_model", cached)["_count"] == s["hit"]
+    assert summary_series(text, "nv_cache_miss_summary_per_model", cached)["_count"] == s["miss"]
+    # A hit counts its queue time, as a success does.
+    assert summary_series(text, "nv_inference_queue_summary_us", cached)["_count"] == s["success"]
+    assert summary_series(text, "nv_cache_hit_summary_per_model", plain) == {}
 
 
 def test_a_reload_never_returns_the_previous_answer(node):

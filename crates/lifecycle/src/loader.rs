@@ -58,6 +58,9 @@ pub struct LoadOptions {
     /// The node's response cache (`--cache-config local,size=N`), for models whose config has
     /// `response_cache { enable: true }`; `None`: no model is cached.
     pub response_cache: Option<Arc<tern_scheduler::ResponseCache>>,
+    /// Quantiles of Triton's latency summaries (`--metrics-config summary_latencies=true`);
+    /// `None`: no summaries.
+    pub summary_quantiles: Option<Vec<f64>>,
 }
 
 impl LoadOptions {
@@ -154,6 +157,10 @@ pub fn load_version(
         }
         _ => scheduler,
     };
+    if let Some(quantiles) = &options.summary_quantiles {
+        // As Triton's reporter, by the config's flag alone (core src/model.cc).
+        scheduler.stats().enable_summaries(quantiles.clone(), wants_cache);
+    }
     let response_cache = scheduler.response_cache_enabled();
     let elapsed_ms = started.elapsed().as_millis() as u64;
     tracing::info!(version = v, instances = count, placement = ?placement, dynamic_batching, response_cache, elapsed_ms, "loaded");
@@ -319,6 +326,7 @@ mod tests {
             model_repositories: vec![PathBuf::from("/models"), PathBuf::from("/more")],
             generative: None,
             response_cache: None,
+            summary_quantiles: None,
         };
         let target = options.target(&source("/more/m"), 3, true);
         assert_eq!(target.trusted_dir, Some(PathBuf::from("/more/m")));

@@ -130,6 +130,7 @@ pub async fn run_with(
             model_key: config.model_key.load().map_err(anyhow::Error::msg)?,
             generative: Some(Arc::new(generate::EngineFactory)),
             response_cache,
+            summary_quantiles: metrics.summary_quantiles(),
         },
         config.model_load_thread_count,
         Duration::from_secs(config.exit_timeout_secs),
@@ -286,6 +287,21 @@ pub async fn run_with(
     Ok(())
 }
 
+fn summary_sample(s: tern_scheduler::SummarySnapshot) -> tern_telemetry::SummarySample {
+    use tern_scheduler::SummaryKind as K;
+    use tern_telemetry::SummaryFamily as F;
+    let family = match s.kind {
+        K::Request => F::Request,
+        K::Queue => F::Queue,
+        K::ComputeInput => F::ComputeInput,
+        K::ComputeInfer => F::ComputeInfer,
+        K::ComputeOutput => F::ComputeOutput,
+        K::CacheHit => F::CacheHit,
+        K::CacheMiss => F::CacheMiss,
+    };
+    tern_telemetry::SummarySample { family, count: s.count, sum_us: s.sum_us, quantiles: s.quantiles }
+}
+
 /// Feeds /metrics from the schedulers' statistics at scrape time.
 struct NodeSampler(Arc<NodeState>);
 
@@ -327,6 +343,7 @@ impl tern_telemetry::ModelSampler for NodeSampler {
                             miss_ns: s.cache_miss.ns,
                         },
                     ),
+                    summaries: m.scheduler.stats().summaries().into_iter().map(summary_sample).collect(),
                 }
             })
             .collect()

@@ -21,6 +21,7 @@ mod instance;
 pub mod policy;
 pub mod state;
 pub mod stats;
+pub mod summary;
 
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
@@ -34,6 +35,7 @@ pub use cache::ResponseCache;
 pub use policy::SchedulerConfig;
 use state::{BatchState, Pending, Ticket};
 pub use stats::{ModelStats, StatsSnapshot};
+pub use summary::{LatencySummaries, SummaryKind, SummarySnapshot};
 
 /// One request for the scheduler: inputs already validated against the model.
 #[derive(Debug, Clone)]

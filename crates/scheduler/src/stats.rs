@@ -3,10 +3,12 @@
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
-use std::sync::{Arc, PoisonError, RwLock};
+use std::sync::{Arc, OnceLock, PoisonError, RwLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use tern_core::FailureReason;
+
+use crate::summary::{LatencySummaries, SummarySnapshot};
 
 /// Where a reason's counter sits, in [`FailureReason::ALL`] order.
 fn reason_index(reason: FailureReason) -> usize {
@@ -103,6 +105,8 @@ pub struct ModelStats {
     /// write lock, once), later executions only read-lock. Never sized by `max_batch_size`.
     batches: RwLock<BTreeMap<u32, Arc<BatchCounters>>>,
     pub(crate) pending: AtomicU64,
+    /// Latency summaries, when `--metrics-config summary_latencies=true` (set once, at load).
+    summaries: OnceLock<LatencySummaries>,
 }
 
 impl ModelStats {
@@ -110,6 +114,17 @@ impl ModelStats {
     /// config's `max_batch_size` (which once sized a vector of ~100 GB near 2^31).
     pub fn new() -> ModelStats {
         ModelStats::default()
+    }
+
+    /// Turns on the latency summaries of `--metrics-config summary_latencies=true` for this
+    /// model version; `response_cache` as the model's config says. Only the first call counts.
+    pub fn enable_summaries(&self, quantiles: Vec<f64>, response_cache: bool) {
+        let _ = self.summaries.set(LatencySummaries::new(quantiles, response_cache));
+    }
+
+    /// The latency summaries now; empty when they are off.
+    pub fn summaries(&self) -> Vec<SummarySnapshot> {
+        self.summaries.get().map(LatencySummaries::snapshot).unwrap_or_default()
     }
 
     /// A request that failed, with its duration so far.
@@ -170,6 +185,9 @@ impl ModelStats {
         self.compute_infer.add(infer);
         self.compute_output.add(output);
         self.success.add(total);
+        if let Some(s) = self.summaries.get() {
+            s.success(queue, input, infer, output, total);
+        }
     }
 
     /// A request answered from the response cache, as Triton counts it (core src/infer_stats.cc,
@@ -180,6 +198,9 @@ impl ModelStats {
         self.success.add(total);
         self.queue.add(queue);
         self.cache_hit.add(lookup);
+        if let Some(s) = self.summaries.get() {
+            s.cache_hit(queue, lookup);
+        }
     }
 
     /// A request the cache did not answer whose response was then offered to it (core
@@ -188,6 +209,9 @@ impl ModelStats {
     pub fn record_cache_miss(&self, lookup_and_insert: Duration) {
         self.cache_miss.add(lookup_and_insert);
         self.success.ns.fetch_add(lookup_and_insert.as_nanos().min(u128::from(u64::MAX)) as u64, Relaxed);
+        if let Some(s) = self.summaries.get() {
+            s.cache_miss(lookup_and_insert);
+        }
     }
 
     pub fn snapshot(&self) -> StatsSnapshot {

@@ -28,6 +28,11 @@ pub const DEFAULT_LATENCY_BUCKETS_US: &[f64] = &[
     10_000_000.0,
 ];
 
+/// Triton's default summary quantiles with their allowed rank errors (core
+/// src/metric_model_reporter.h, `MetricReporterConfig::quantiles_`).
+pub const DEFAULT_SUMMARY_QUANTILES: &[(f64, f64)] =
+    &[(0.5, 0.05), (0.9, 0.01), (0.95, 0.001), (0.99, 0.001), (0.999, 0.001)];
+
 /// Prometheus metrics endpoint and collectors.
 #[derive(Debug, Clone, PartialEq, Args)]
 pub struct MetricsConfig {
@@ -56,7 +61,10 @@ pub struct MetricsConfig {
     pub metrics_interval_ms: u64,
 
     /// Metric settings, repeatable: `histogram_latencies=BOOL` (per-request latency histogram
-    /// tern_inference_request_latency_us, on by default), `latency_buckets_us=B1,B2,...`.
+    /// tern_inference_request_latency_us, on by default), `latency_buckets_us=B1,B2,...`,
+    /// Triton's `counter_latencies=BOOL` (the nv_*_duration_us counters, on by default),
+    /// `summary_latencies=BOOL` (the nv_*_summary_us summaries, off by default) and
+    /// `summary_quantiles=Q:E,Q:E,...`.
     #[arg(long = "metrics-config", value_name = "KEY=VALUE")]
     pub metrics_config: Vec<String>,
 }
@@ -81,6 +89,12 @@ pub struct MetricsSettings {
     /// Per-request latency histogram on.
     pub histogram_latencies: bool,
     pub latency_buckets_us: Vec<f64>,
+    /// Triton's cumulative latency counters (`nv_inference_*_duration_us`, cache durations).
+    pub counter_latencies: bool,
+    /// Triton's latency summaries (`nv_inference_*_summary_us`, cache summaries).
+    pub summary_latencies: bool,
+    /// `(quantile, allowed error)` the summaries report.
+    pub summary_quantiles: Vec<(f64, f64)>,
     /// Resource refresh interval.
     pub interval: Duration,
     /// CPU and host memory collectors on (off with the endpoint off).
@@ -104,6 +118,9 @@ impl MetricsConfig {
         let mut settings = MetricsSettings {
             histogram_latencies: true,
             latency_buckets_us: DEFAULT_LATENCY_BUCKETS_US.to_vec(),
+            counter_latencies: true,
+            summary_latencies: false,
+            summary_quantiles: DEFAULT_SUMMARY_QUANTILES.to_vec(),
             interval: Duration::from_millis(self.metrics_interval_ms),
             // With the endpoint off nobody reads them: do not even load NVML.
             cpu: self.allow_metrics && self.allow_cpu_metrics,
@@ -113,10 +130,21 @@ impl MetricsConfig {
             let (key, value) = item
                 .split_once('=')
                 .ok_or_else(|| bad(format!("--metrics-config {item:?}: expected KEY=VALUE")))?;
+            let boolean = || {
+                parse_bool(value)
+                    .ok_or_else(|| bad(format!("--metrics-config {item:?}: expected true or false")))
+            };
             match key.trim() {
-                "histogram_latencies" => {
-                    settings.histogram_latencies = parse_bool(value)
-                        .ok_or_else(|| bad(format!("--metrics-config {item:?}: expected true or false")))?;
+                "histogram_latencies" => settings.histogram_latencies = boolean()?,
+                "counter_latencies" => settings.counter_latencies = boolean()?,
+                "summary_latencies" => settings.summary_latencies = boolean()?,
+                "summary_quantiles" => {
+                    settings.summary_quantiles = parse_quantiles(value).ok_or_else(|| {
+                        bad(format!(
+                            "--metrics-config {item:?}: expected QUANTILE:ERROR pairs separated by commas, \
+                             each between 0 and 1 (Triton's format, e.g. 0.5:0.05,0.9:0.01)"
+                        ))
+                    })?;
                 }
                 "latency_buckets_us" => {
                     settings.latency_buckets_us = parse_buckets(value)
@@ -126,7 +154,7 @@ impl MetricsConfig {
                 }
                 other => {
                     return Err(bad(format!(
-                        "--metrics-config: unknown setting {other:?} (known: histogram_latencies, latency_buckets_us)"
+                        "--metrics-config: unknown setting {other:?} (known: histogram_latencies, latency_buckets_us, counter_latencies, summary_latencies, summary_quantiles)"
                     )));
                 }
             }
@@ -141,6 +169,21 @@ fn parse_bool(s: &str) -> Option<bool> {
         "false" | "0" | "off" | "no" => Some(false),
         _ => None,
     }
+}
+
+/// Triton's `summary_quantiles` value. Triton logs and skips a malformed pair; a flag that
+/// silently loses a quantile misleads, so a bad pair is refused here.
+fn parse_quantiles(s: &str) -> Option<Vec<(f64, f64)>> {
+    let s = s.trim().trim_matches('"');
+    let pairs: Vec<(f64, f64)> = s
+        .split(',')
+        .map(|pair| {
+            let (q, e) = pair.split_once(':')?;
+            let (q, e): (f64, f64) = (q.trim().parse().ok()?, e.trim().parse().ok()?);
+            ((0.0..=1.0).contains(&q) && (0.0..=1.0).contains(&e)).then_some((q, e))
+        })
+        .collect::<Option<_>>()?;
+    (!pairs.is_empty() && pairs.len() <= 32).then_some(pairs)
 }
 
 fn parse_buckets(s: &str) -> Option<Vec<f64>> {
@@ -174,6 +217,26 @@ mod tests {
         assert!(s.histogram_latencies && s.cpu && s.gpu);
         assert_eq!(s.interval, Duration::from_secs(2));
         assert_eq!(s.latency_buckets_us, DEFAULT_LATENCY_BUCKETS_US);
+        assert!(s.counter_latencies && !s.summary_latencies, "Triton's defaults");
+        assert_eq!(s.summary_quantiles, DEFAULT_SUMMARY_QUANTILES);
+    }
+
+    #[test]
+    fn triton_latency_settings() {
+        let c = parse(&[
+            "--metrics-config",
+            "summary_latencies=true",
+            "--metrics-config",
+            "counter_latencies=false",
+            "--metrics-config",
+            "summary_quantiles=0.5:0.05, 0.99:0.001",
+        ]);
+        let s = c.settings().expect("valid");
+        assert!(s.summary_latencies && !s.counter_latencies);
+        assert_eq!(s.summary_quantiles, vec![(0.5, 0.05), (0.99, 0.001)]);
+        // Triton's docs quote the value; a shell may leave the quotes in.
+        let s = parse(&["--metrics-config", "summary_quantiles=\"0.9:0.01\""]).settings().expect("valid");
+        assert_eq!(s.summary_quantiles, vec![(0.9, 0.01)]);
     }
 
     #[test]
@@ -208,7 +271,12 @@ mod tests {
             "latency_buckets_us=10,5",
             "latency_buckets_us=",
             "latency_buckets_us=-1,2",
-            "summary_latencies=true",
+            "summary_latencies=sometimes",
+            "summary_quantiles=",
+            "summary_quantiles=0.5",
+            "summary_quantiles=0.5:0.05,1.5:0.01",
+            "summary_quantiles=0.5:x",
+            "summary_latencies_typo=true",
         ] {
             let c = parse(&["--metrics-config", bad]);
             assert!(c.settings().is_err(), "{bad} accepted");

@@ -44,14 +44,15 @@ mod resource;
 mod server;
 mod trace;
 
-pub use config::{DEFAULT_LATENCY_BUCKETS_US, MetricsConfig, MetricsSettings};
+pub use config::{DEFAULT_LATENCY_BUCKETS_US, DEFAULT_SUMMARY_QUANTILES, MetricsConfig, MetricsSettings};
 pub use metrics::{
     GenerationMetrics, HealthCheck, ITL_BUCKETS_S, MODEL_LOAD_BUCKETS_S, Metrics, RequestLatency,
     TTFT_BUCKETS_S, process_resident_memory_bytes,
 };
 pub use model::{
     BATCH_SIZE_BUCKETS, CacheSample, GenerativeSample, ModelCollector, ModelSample, ModelSampler,
-    ModelStateSample, render as render_model_families, render_generative,
+    ModelStateSample, RenderOptions, SummaryFamily, SummarySample, render as render_model_families,
+    render_generative, render_with as render_model_families_with,
 };
 pub use propagation::{
     TRACE_ID_FIELD, extract_context, inject_context, inject_span_context, set_parent_from_metadata,
@@ -101,7 +102,52 @@ mod tests {
             pending: 7,
             batch_executions: vec![(1, 10), (3, 4), (64, 2)],
             cache: None,
+            summaries: Vec::new(),
         }
+    }
+
+    #[test]
+    fn summaries_render_as_triton_and_counters_can_be_off() {
+        let mut m = sample("tiny_add");
+        m.summaries = vec![SummarySample {
+            family: SummaryFamily::Queue,
+            count: 161,
+            sum_us: 11_110,
+            quantiles: vec![(0.5, 55.0), (0.999, 101.0)],
+        }];
+        let mut idle = sample("idle");
+        idle.summaries = vec![SummarySample {
+            family: SummaryFamily::Queue,
+            count: 0,
+            sum_us: 0,
+            quantiles: vec![(0.5, f64::NAN)],
+        }];
+        let cfg = MetricsConfig {
+            allow_gpu_metrics: false,
+            metrics_config: vec!["counter_latencies=false".into()],
+            ..MetricsConfig::default()
+        };
+        let metrics = Metrics::new(&cfg).expect("metrics");
+        let samples = vec![m, idle];
+        metrics.set_model_sampler(std::sync::Arc::new(move || samples.clone()));
+        let text = metrics.render();
+        let got = lines(&text);
+        for expected in [
+            "# HELP nv_inference_queue_summary_us Summary of inference queuing duration in microseconds (includes cached requests)",
+            "# TYPE nv_inference_queue_summary_us summary",
+            r#"nv_inference_queue_summary_us{model="tiny_add",version="1",quantile="0.5"} 55"#,
+            r#"nv_inference_queue_summary_us{model="tiny_add",version="1",quantile="0.999"} 101"#,
+            r#"nv_inference_queue_summary_us_sum{model="tiny_add",version="1"} 11110"#,
+            r#"nv_inference_queue_summary_us_count{model="tiny_add",version="1"} 161"#,
+            r#"nv_inference_queue_summary_us{model="idle",version="1",quantile="0.5"} NaN"#,
+            r#"nv_inference_request_success{model="tiny_add",version="1"} 853838"#,
+        ] {
+            assert!(got.contains(expected), "missing line {expected:?} in:\n{text}");
+        }
+        // counter_latencies=false: Triton's latency counters are gone, the others stay.
+        assert!(!text.contains("nv_inference_queue_duration_us"), "{text}");
+        assert!(!text.contains("nv_inference_request_duration_us"), "{text}");
+        assert!(!text.contains("nv_inference_compute_infer_summary_us"), "only sampled summaries: {text}");
     }
 
     #[test]
@@ -222,7 +268,9 @@ mod tests {
                     || f.name.starts_with("nv_gpu_")
                     || f.name == "nv_energy_consumption"
                     // Triton 2.51 shows them only with a cache (names from core src/metrics.cc).
-                    || f.name.starts_with("nv_cache_"),
+                    || f.name.starts_with("nv_cache_")
+                    // Shown only with summary_latencies=true (names from core src/metrics.cc).
+                    || f.kind == names::Kind::Summary,
                 "{} is not a Triton family",
                 f.name
             );
@@ -315,6 +363,7 @@ mod tests {
             names::Kind::Counter => "counter",
             names::Kind::Gauge => "gauge",
             names::Kind::Histogram => "histogram",
+            names::Kind::Summary => "summary",
         }
     }
 

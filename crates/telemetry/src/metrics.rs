@@ -69,7 +69,7 @@ impl Metrics {
         let settings = config.settings()?;
         let registry = Registry::new();
         let sampler: SamplerSlot = Arc::default();
-        registry.register(Box::new(ModelCollector::new(sampler.clone())?))?;
+        registry.register(Box::new(ModelCollector::new(sampler.clone(), settings.counter_latencies)?))?;
         let request_latency = if settings.histogram_latencies {
             Some(histogram_vec(&registry, &names::REQUEST_LATENCY_US, settings.latency_buckets_us.clone())?)
         } else {
@@ -130,6 +130,13 @@ impl Metrics {
     }
 
     // --- per request ---
+
+    /// The quantiles of Triton's latency summaries when `summary_latencies=true`; `None` when
+    /// they are off. The scheduler keeps the summaries with each model's statistics.
+    pub fn summary_quantiles(&self) -> Option<Vec<f64>> {
+        let s = &self.settings;
+        s.summary_latencies.then(|| s.summary_quantiles.iter().map(|(q, _)| *q).collect())
+    }
 
     /// A cached handle to one model version's latency histogram: take it at load, observe per
     /// request without a label lookup. A no-op handle when histogram latencies are off.

@@ -17,7 +17,7 @@ use crate::names::{self, Family, LABEL_MODEL, LABEL_REASON, LABEL_STATE, LABEL_V
 
 /// A snapshot of one model version's cumulative statistics. Durations are nanoseconds, as the
 /// statistics extension keeps them; the exporter renders microseconds (`ns / 1000`) as Triton.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq)]
 pub struct ModelSample {
     pub model: String,
     pub version: String,
@@ -45,6 +45,54 @@ pub struct ModelSample {
     /// Response-cache counters of a model version whose config enables the cache; `None`: no
     /// cache series.
     pub cache: Option<CacheSample>,
+    /// Latency summaries (`--metrics-config summary_latencies=true`); empty when off.
+    pub summaries: Vec<SummarySample>,
+}
+
+/// Which of Triton's latency summaries a [`SummarySample`] is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SummaryFamily {
+    Request,
+    Queue,
+    ComputeInput,
+    ComputeInfer,
+    ComputeOutput,
+    CacheHit,
+    CacheMiss,
+}
+
+impl SummaryFamily {
+    fn family(self) -> &'static Family {
+        match self {
+            SummaryFamily::Request => &names::INFERENCE_REQUEST_SUMMARY_US,
+            SummaryFamily::Queue => &names::INFERENCE_QUEUE_SUMMARY_US,
+            SummaryFamily::ComputeInput => &names::INFERENCE_COMPUTE_INPUT_SUMMARY_US,
+            SummaryFamily::ComputeInfer => &names::INFERENCE_COMPUTE_INFER_SUMMARY_US,
+            SummaryFamily::ComputeOutput => &names::INFERENCE_COMPUTE_OUTPUT_SUMMARY_US,
+            SummaryFamily::CacheHit => &names::CACHE_HIT_SUMMARY_PER_MODEL,
+            SummaryFamily::CacheMiss => &names::CACHE_MISS_SUMMARY_PER_MODEL,
+        }
+    }
+
+    const ALL: [SummaryFamily; 7] = [
+        SummaryFamily::Request,
+        SummaryFamily::Queue,
+        SummaryFamily::ComputeInput,
+        SummaryFamily::ComputeInfer,
+        SummaryFamily::ComputeOutput,
+        SummaryFamily::CacheHit,
+        SummaryFamily::CacheMiss,
+    ];
+}
+
+/// One latency summary of one model version: cumulative count and sum (µs), and `(quantile,
+/// µs)` over the recent window (NaN when the window is empty).
+#[derive(Debug, Clone, PartialEq)]
+pub struct SummarySample {
+    pub family: SummaryFamily,
+    pub count: u64,
+    pub sum_us: u64,
+    pub quantiles: Vec<(f64, f64)>,
 }
 
 /// One model version's response-cache hits and misses; durations in nanoseconds.
@@ -124,6 +172,7 @@ pub const BATCH_SIZE_BUCKETS: &[f64] = &[1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 1
 pub struct ModelCollector {
     slot: SamplerSlot,
     descs: Vec<Desc>,
+    counter_latencies: bool,
 }
 
 /// The families this collector renders, in output order.
@@ -144,6 +193,13 @@ const FAMILIES: &[Family] = &[
     names::CACHE_HIT_DURATION_PER_MODEL,
     names::CACHE_NUM_MISSES_PER_MODEL,
     names::CACHE_MISS_DURATION_PER_MODEL,
+    names::INFERENCE_REQUEST_SUMMARY_US,
+    names::INFERENCE_QUEUE_SUMMARY_US,
+    names::INFERENCE_COMPUTE_INPUT_SUMMARY_US,
+    names::INFERENCE_COMPUTE_INFER_SUMMARY_US,
+    names::INFERENCE_COMPUTE_OUTPUT_SUMMARY_US,
+    names::CACHE_HIT_SUMMARY_PER_MODEL,
+    names::CACHE_MISS_SUMMARY_PER_MODEL,
     names::MODEL_STATE,
     names::LLM_NUM_REQUESTS_RUNNING,
     names::LLM_NUM_REQUESTS_WAITING,
@@ -152,7 +208,9 @@ const FAMILIES: &[Family] = &[
 ];
 
 impl ModelCollector {
-    pub(crate) fn new(slot: SamplerSlot) -> prometheus::Result<Self> {
+    /// `counter_latencies`: Triton's `--metrics-config counter_latencies` (the cumulative
+    /// latency counters, cache durations included).
+    pub(crate) fn new(slot: SamplerSlot, counter_latencies: bool) -> prometheus::Result<Self> {
         let descs = FAMILIES
             .iter()
             .map(|f| {
@@ -160,7 +218,7 @@ impl ModelCollector {
                 Desc::new(f.name.to_string(), f.help.to_string(), labels, Default::default())
             })
             .collect::<prometheus::Result<_>>()?;
-        Ok(ModelCollector { slot, descs })
+        Ok(ModelCollector { slot, descs, counter_latencies })
     }
 
     fn sampler(&self) -> Option<Arc<dyn ModelSampler>> {
@@ -176,7 +234,8 @@ impl Collector for ModelCollector {
     fn collect(&self) -> Vec<MetricFamily> {
         match self.sampler() {
             Some(sampler) => {
-                let mut families = render(&sampler.samples(), &sampler.model_states());
+                let options = RenderOptions { counter_latencies: self.counter_latencies };
+                let mut families = render_with(&sampler.samples(), &sampler.model_states(), options);
                 families.extend(render_generative(&sampler.generative()));
                 families
             }
@@ -185,8 +244,25 @@ impl Collector for ModelCollector {
     }
 }
 
-/// Renders samples into metric families (empty families are pruned by the registry).
+/// What [`render_with`] leaves out.
+#[derive(Debug, Clone, Copy)]
+pub struct RenderOptions {
+    /// Triton's latency counters (`counter_latencies`, on by default).
+    pub counter_latencies: bool,
+}
+
+/// Renders samples into metric families with Triton's defaults (empty families are pruned by
+/// the registry).
 pub fn render(samples: &[ModelSample], states: &[ModelStateSample]) -> Vec<MetricFamily> {
+    render_with(samples, states, RenderOptions { counter_latencies: true })
+}
+
+/// Renders samples into metric families (empty families are pruned by the registry).
+pub fn render_with(
+    samples: &[ModelSample],
+    states: &[ModelStateSample],
+    options: RenderOptions,
+) -> Vec<MetricFamily> {
     let us = |ns: u64| (ns / 1000) as f64;
     let mut out = Vec::with_capacity(FAMILIES.len());
     let mut per_model = |family: &Family, value: &dyn Fn(&ModelSample) -> f64| {
@@ -202,11 +278,15 @@ pub fn render(samples: &[ModelSample], states: &[ModelStateSample]) -> Vec<Metri
     per_model(&names::INFERENCE_REQUEST_SUCCESS, &|s| s.success_count as f64);
     per_model(&names::INFERENCE_COUNT, &|s| s.inference_count as f64);
     per_model(&names::INFERENCE_EXEC_COUNT, &|s| s.execution_count as f64);
-    per_model(&names::INFERENCE_REQUEST_DURATION_US, &|s| us(s.success_ns));
-    per_model(&names::INFERENCE_QUEUE_DURATION_US, &|s| us(s.queue_ns));
-    per_model(&names::INFERENCE_COMPUTE_INPUT_DURATION_US, &|s| us(s.compute_input_ns));
-    per_model(&names::INFERENCE_COMPUTE_INFER_DURATION_US, &|s| us(s.compute_infer_ns));
-    per_model(&names::INFERENCE_COMPUTE_OUTPUT_DURATION_US, &|s| us(s.compute_output_ns));
+    // Triton's `counter_latencies=false` drops the latency counters (core
+    // src/metric_model_reporter.cc, `InitializeCounters`).
+    if options.counter_latencies {
+        per_model(&names::INFERENCE_REQUEST_DURATION_US, &|s| us(s.success_ns));
+        per_model(&names::INFERENCE_QUEUE_DURATION_US, &|s| us(s.queue_ns));
+        per_model(&names::INFERENCE_COMPUTE_INPUT_DURATION_US, &|s| us(s.compute_input_ns));
+        per_model(&names::INFERENCE_COMPUTE_INFER_DURATION_US, &|s| us(s.compute_infer_ns));
+        per_model(&names::INFERENCE_COMPUTE_OUTPUT_DURATION_US, &|s| us(s.compute_output_ns));
+    }
     per_model(&names::INFERENCE_PENDING_REQUEST_COUNT, &|s| s.pending as f64);
     per_model(&names::REQUEST_FAILURE_DURATION_US, &|s| us(s.fail_ns));
 
@@ -220,10 +300,29 @@ pub fn render(samples: &[ModelSample], states: &[ModelStateSample]) -> Vec<Metri
             .collect();
         out.push(family_of(family, metrics));
     };
-    cached(&names::CACHE_NUM_HITS_PER_MODEL, &|c| c.hits as f64);
-    cached(&names::CACHE_HIT_DURATION_PER_MODEL, &|c| us(c.hit_ns));
-    cached(&names::CACHE_NUM_MISSES_PER_MODEL, &|c| c.misses as f64);
-    cached(&names::CACHE_MISS_DURATION_PER_MODEL, &|c| us(c.miss_ns));
+    // The cache counters sit with the latency counters in Triton's reporter.
+    if options.counter_latencies {
+        cached(&names::CACHE_NUM_HITS_PER_MODEL, &|c| c.hits as f64);
+        cached(&names::CACHE_HIT_DURATION_PER_MODEL, &|c| us(c.hit_ns));
+        cached(&names::CACHE_NUM_MISSES_PER_MODEL, &|c| c.misses as f64);
+        cached(&names::CACHE_MISS_DURATION_PER_MODEL, &|c| us(c.miss_ns));
+    }
+
+    for kind in SummaryFamily::ALL {
+        let metrics = samples
+            .iter()
+            .flat_map(|s| s.summaries.iter().filter(move |x| x.family == kind).map(move |x| (s, x)))
+            .map(|(s, x)| {
+                let mut m = proto::Metric::from_label(labels(&[
+                    (LABEL_MODEL, &s.model),
+                    (LABEL_VERSION, &s.version),
+                ]));
+                m.set_summary(summary(x));
+                m
+            })
+            .collect();
+        out.push(family_of(kind.family(), metrics));
+    }
 
     let failures = samples
         .iter()
@@ -289,6 +388,24 @@ pub fn render_generative(samples: &[GenerativeSample]) -> Vec<MetricFamily> {
     ]
 }
 
+fn summary(x: &SummarySample) -> proto::Summary {
+    let mut s = proto::Summary::default();
+    s.set_sample_count(x.count);
+    s.set_sample_sum(x.sum_us as f64);
+    let quantiles = x
+        .quantiles
+        .iter()
+        .map(|&(q, v)| {
+            let mut pq = proto::Quantile::default();
+            pq.set_quantile(q);
+            pq.set_value(v);
+            pq
+        })
+        .collect();
+    s.set_quantile(quantiles);
+    s
+}
+
 /// A histogram with exact counts: each execution's batch size is known, so buckets are exact.
 fn batch_histogram(batches: &[(u64, u64)]) -> proto::Histogram {
     let mut h = proto::Histogram::default();
@@ -346,6 +463,7 @@ fn family_of(family: &Family, metrics: Vec<proto::Metric>) -> MetricFamily {
         names::Kind::Counter => MetricType::COUNTER,
         names::Kind::Gauge => MetricType::GAUGE,
         names::Kind::Histogram => MetricType::HISTOGRAM,
+        names::Kind::Summary => MetricType::SUMMARY,
     });
     mf.set_metric(metrics);
     mf

@@ -31,6 +31,7 @@ pub enum Kind {
     Counter,
     Gauge,
     Histogram,
+    Summary,
 }
 
 const MV: &[&str] = &[LABEL_MODEL, LABEL_VERSION];
@@ -148,6 +149,58 @@ family!(
     Counter,
     MV,
     "Total cache miss (insert+lookup) duration per model, in microseconds"
+);
+
+// Triton's latency summaries (`--metrics-config summary_latencies=true`). Names and help texts are
+// Triton's (core src/metrics.cc), whose compute summaries reuse the counters' help.
+family!(
+    INFERENCE_REQUEST_SUMMARY_US,
+    "nv_inference_request_summary_us",
+    Summary,
+    MV,
+    "Summary of inference request duration in microseconds (includes cached requests)"
+);
+family!(
+    INFERENCE_QUEUE_SUMMARY_US,
+    "nv_inference_queue_summary_us",
+    Summary,
+    MV,
+    "Summary of inference queuing duration in microseconds (includes cached requests)"
+);
+family!(
+    INFERENCE_COMPUTE_INPUT_SUMMARY_US,
+    "nv_inference_compute_input_summary_us",
+    Summary,
+    MV,
+    "Cumulative compute input duration in microseconds (does not include cached requests)"
+);
+family!(
+    INFERENCE_COMPUTE_INFER_SUMMARY_US,
+    "nv_inference_compute_infer_summary_us",
+    Summary,
+    MV,
+    "Cumulative compute inference duration in microseconds (does not include cached requests)"
+);
+family!(
+    INFERENCE_COMPUTE_OUTPUT_SUMMARY_US,
+    "nv_inference_compute_output_summary_us",
+    Summary,
+    MV,
+    "Cumulative inference compute output duration in microseconds (does not include cached requests)"
+);
+family!(
+    CACHE_HIT_SUMMARY_PER_MODEL,
+    "nv_cache_hit_summary_per_model",
+    Summary,
+    MV,
+    "Summary of cache hit counts/durations per model, in microseconds."
+);
+family!(
+    CACHE_MISS_SUMMARY_PER_MODEL,
+    "nv_cache_miss_summary_per_model",
+    Summary,
+    MV,
+    "Summary of cache miss counts/durations per model, in microseconds."
 );
 
 // === Triton: memory pools, CPU and GPU (polled every --metrics-interval-ms) ===
@@ -333,6 +386,13 @@ pub const ALL: &[Family] = &[
     CACHE_HIT_DURATION_PER_MODEL,
     CACHE_NUM_MISSES_PER_MODEL,
     CACHE_MISS_DURATION_PER_MODEL,
+    INFERENCE_REQUEST_SUMMARY_US,
+    INFERENCE_QUEUE_SUMMARY_US,
+    INFERENCE_COMPUTE_INPUT_SUMMARY_US,
+    INFERENCE_COMPUTE_INFER_SUMMARY_US,
+    INFERENCE_COMPUTE_OUTPUT_SUMMARY_US,
+    CACHE_HIT_SUMMARY_PER_MODEL,
+    CACHE_MISS_SUMMARY_PER_MODEL,
     MODEL_STATE,
     MODEL_LOAD_DURATION_SECONDS,
     MODEL_LOAD_FAILURES_TOTAL,
@@ -350,13 +410,13 @@ pub const ALL: &[Family] = &[
     BUILD_INFO,
 ];
 
-/// The family a series name belongs to, allowing a histogram's `_bucket`, `_sum` and `_count`.
+/// The family a series name belongs to, allowing a histogram's `_bucket`, `_sum` and `_count`
+/// and a summary's `_sum` and `_count`.
 pub fn family_of(series: &str) -> Option<&'static Family> {
     ALL.iter().find(|f| {
+        let rest = series.strip_prefix(f.name);
         f.name == series
-            || (f.kind == Kind::Histogram
-                && series
-                    .strip_prefix(f.name)
-                    .is_some_and(|rest| matches!(rest, "_bucket" | "_sum" | "_count")))
+            || (f.kind == Kind::Histogram && rest.is_some_and(|r| matches!(r, "_bucket" | "_sum" | "_count")))
+            || (f.kind == Kind::Summary && rest.is_some_and(|r| matches!(r, "_sum" | "_count")))
     })
 }

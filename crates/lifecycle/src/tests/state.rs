@@ -56,6 +56,7 @@ impl Harness {
             model_repositories: vec![repo.path().to_path_buf()],
             generative: Some(Arc::new(generative.clone())),
             response_cache,
+            summary_quantiles: None,
         };
         let metrics = Arc::new(tern_telemetry::Metrics::new(&Default::default())?);
         let manager = Arc::new(ModelManager::new(

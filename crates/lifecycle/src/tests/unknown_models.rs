@@ -26,6 +26,7 @@ async fn unknown_names_cost_no_scan_and_leave_nothing_behind() -> Result<(), Box
         model_repositories: vec![repo.path().to_path_buf()],
         generative: None,
         response_cache: None,
+        summary_quantiles: None,
     };
     let manager = Arc::new(ModelManager::new(
         metrics,
