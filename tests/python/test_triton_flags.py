@@ -74,3 +74,50 @@ def test_exit_on_error_ends_the_node_when_a_model_fails_to_load(model_repo, tmp_
     out = done.stdout + done.stderr
     assert done.returncode != 0, out
     assert "failed to load all models (--exit-on-error): broken (version 1)" in out, out
+
+
+def test_trace_config_url_exports_otlp_http_as_triton(model_repo, tmp_path):
+    """Triton's `--trace-config opentelemetry,url=HOST:PORT/v1/traces` is OTLP over HTTP with
+    protobuf bodies (server docs/user_guide/trace.md, OpenTelemetry mode): the spans of a request
+    reach an HTTP collector listening there, POSTed to that path."""
+    import http.server
+    import threading
+
+    posts = []
+
+    class Collector(http.server.BaseHTTPRequestHandler):
+        def do_POST(self):  # noqa: N802 (http.server's name)
+            body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
+            posts.append((self.path, self.headers.get("Content-Type"), body))
+            self.send_response(200)
+            self.send_header("Content-Type", "application/x-protobuf")
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        def log_message(self, *args):
+            pass
+
+    collector = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Collector)
+    threading.Thread(target=collector.serve_forever, daemon=True).start()
+    port = collector.server_address[1]
+    repo = copy_models(model_repo, tmp_path / "repo", ["tiny_add"])
+    srv = TernServer([repo], [
+        "--trace-config", "mode=opentelemetry",
+        "--trace-config", f"opentelemetry,url=127.0.0.1:{port}/v1/traces",
+        "--trace-config", "rate=1",
+    ], log_dir=tmp_path, label="otlp-http").start()
+    try:
+        client = grpcclient.InferenceServerClient(srv.url)
+        assert client.infer("tiny_add", tiny_add_inputs()).as_numpy("OUTPUT0").tolist() == [[2.0] * 16]
+    finally:
+        # Stopping flushes the batch exporter.
+        assert srv.stop() == 0, srv.log_tail()
+        collector.shutdown()
+    assert posts, "no OTLP/HTTP export arrived"
+    paths = {p for p, _, _ in posts}
+    assert paths == {"/v1/traces"}, paths
+    assert {t for _, t, _ in posts} == {"application/x-protobuf"}
+    body = b"".join(b for _, _, b in posts)
+    # The protobuf carries the span names and the service name as plain strings.
+    for name in [b"infer", b"compute_infer", b"tern-node"]:
+        assert name in body, name

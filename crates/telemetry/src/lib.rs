@@ -58,7 +58,10 @@ pub use propagation::{
     TRACE_ID_FIELD, extract_context, inject_context, inject_span_context, set_parent_from_metadata,
 };
 pub use server::{first_resource_reading, resource_task, router, serve_metrics};
-pub use trace::{LogFormat, OtlpSettings, TracingConfig, TracingGuard, build_provider, init_tracing};
+pub use trace::{
+    LogFormat, OtlpProtocol, OtlpSettings, TRITON_DEFAULT_OTLP_HTTP_URL, TracingConfig, TracingGuard,
+    build_provider, init_tracing,
+};
 
 /// Telemetry setup errors. None of these happen while serving.
 #[derive(Debug, thiserror::Error)]

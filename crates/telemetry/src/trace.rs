@@ -1,6 +1,8 @@
 //! Logging and tracing setup: tracing-subscriber (text or JSON) on stderr, plus OpenTelemetry
-//! spans exported over OTLP/gRPC when an endpoint is configured (off by default, and then no
-//! OpenTelemetry layer exists at all).
+//! spans exported over OTLP when an endpoint is configured (off by default, and then no
+//! OpenTelemetry layer exists at all): OTLP/gRPC for `--trace-otlp-endpoint` and the OTEL_*
+//! variables, OTLP/HTTP (protobuf) for Triton's `--trace-config opentelemetry,url=`, as Triton
+//! exports.
 //!
 //! The exporter runs on a small runtime of its own, owned by [`TracingGuard`]: it can be set up
 //! before the server's runtime exists, and spans still flush after that runtime has stopped.
@@ -46,8 +48,9 @@ pub struct TracingConfig {
     pub trace_otlp_endpoint: Option<String>,
 
     /// Triton-style trace settings, repeatable: `mode=opentelemetry`, `opentelemetry,url=URL`
-    /// (OTLP over gRPC here), `opentelemetry,resource=KEY=VALUE`, `rate=N` (sample one request
-    /// in N), `level=OFF|TIMESTAMPS`.
+    /// (OTLP over HTTP, as Triton: default localhost:4318/v1/traces),
+    /// `opentelemetry,resource=KEY=VALUE`, `rate=N` (sample one request in N),
+    /// `level=OFF|TIMESTAMPS`.
     #[arg(long = "trace-config", value_name = "[MODE,]KEY=VALUE")]
     pub trace_config: Vec<String>,
 
@@ -79,9 +82,25 @@ impl Default for TracingConfig {
 pub struct OtlpSettings {
     /// None: the exporter reads OTEL_EXPORTER_OTLP_(TRACES_)ENDPOINT itself.
     pub endpoint: Option<String>,
+    /// How spans travel to `endpoint`.
+    pub protocol: OtlpProtocol,
     pub sample_ratio: Option<f64>,
     pub resource: Vec<(String, String)>,
 }
+
+/// The OTLP transport.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum OtlpProtocol {
+    /// OTLP/gRPC (`--trace-otlp-endpoint`, OTEL_EXPORTER_OTLP_ENDPOINT; port 4317 by custom).
+    #[default]
+    Grpc,
+    /// OTLP/HTTP with protobuf bodies, POSTed to the full URL (Triton's `opentelemetry,url=`;
+    /// port 4318, path /v1/traces).
+    HttpProtobuf,
+}
+
+/// Triton's default OpenTelemetry URL (server docs/user_guide/trace.md, `url`), as an URL.
+pub const TRITON_DEFAULT_OTLP_HTTP_URL: &str = "http://localhost:4318/v1/traces";
 
 impl TracingConfig {
     /// Checks the flags; `Ok(None)` means tracing is off. Call before binding anything.
@@ -101,6 +120,7 @@ impl TracingConfig {
             || env("OTEL_TRACES_EXPORTER").is_some_and(|v| v.eq_ignore_ascii_case("none"));
         let mut settings = OtlpSettings {
             endpoint: self.trace_otlp_endpoint.clone(),
+            protocol: OtlpProtocol::Grpc,
             sample_ratio: self.trace_sample_ratio,
             resource: Vec::new(),
         };
@@ -129,6 +149,7 @@ impl TracingConfig {
                 "url" => {
                     on = true;
                     settings.endpoint = Some(value.to_string());
+                    settings.protocol = OtlpProtocol::HttpProtobuf;
                 }
                 "resource" => {
                     let (k, v) = value.split_once('=').ok_or_else(|| {
@@ -163,11 +184,26 @@ impl TracingConfig {
         {
             return Err(bad(format!("--trace-sample-ratio {r}: must be between 0.0 and 1.0")));
         }
-        // Triton's urls carry no scheme; tonic needs one.
+        // `mode=opentelemetry` alone exports where Triton would: OTLP/HTTP to localhost:4318,
+        // unless an endpoint comes from Tern's flag or the OTEL variables.
+        let env_endpoint = env("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT").is_some()
+            || env("OTEL_EXPORTER_OTLP_ENDPOINT").is_some();
+        if settings.endpoint.is_none() && !env_endpoint && !self.trace_config.is_empty() {
+            settings.endpoint = Some(TRITON_DEFAULT_OTLP_HTTP_URL.to_string());
+            settings.protocol = OtlpProtocol::HttpProtobuf;
+        }
+        // Triton's urls carry no scheme; both exporters need one.
         if let Some(url) = settings.endpoint.as_mut()
             && !url.contains("://")
         {
             *url = format!("http://{url}");
+        }
+        // The HTTP exporter posts to the URL as given: a bare host:port gets OTLP's traces path.
+        if settings.protocol == OtlpProtocol::HttpProtobuf
+            && let Some(url) = settings.endpoint.as_mut()
+            && url.split_once("://").is_some_and(|(_, rest)| !rest.contains('/'))
+        {
+            url.push_str("/v1/traces");
         }
         Ok((on && !off).then_some(settings))
     }
@@ -285,13 +321,34 @@ pub fn build_provider(
         .map_err(|e| TelemetryError::Tracing(format!("cannot start the trace export runtime: {e}")))?;
     // tonic's channel spawns its connection task on the current runtime.
     let _enter = runtime.enter();
-    let mut builder = opentelemetry_otlp::SpanExporter::builder().with_tonic();
-    if let Some(endpoint) = &settings.endpoint {
-        builder = builder.with_endpoint(endpoint.clone());
+    let exporter = match settings.protocol {
+        OtlpProtocol::Grpc => {
+            let mut builder = opentelemetry_otlp::SpanExporter::builder().with_tonic();
+            if let Some(endpoint) = &settings.endpoint {
+                builder = builder.with_endpoint(endpoint.clone());
+            }
+            builder.build()
+        }
+        OtlpProtocol::HttpProtobuf => {
+            use opentelemetry_otlp::WithHttpConfig;
+            let client = OnRuntime {
+                client: std::sync::Arc::new(opentelemetry_http::hyper::HyperClient::with_default_connector(
+                    Duration::from_secs(10),
+                    None,
+                )),
+                runtime: runtime.handle().clone(),
+            };
+            let mut builder = opentelemetry_otlp::SpanExporter::builder()
+                .with_http()
+                .with_protocol(opentelemetry_otlp::Protocol::HttpBinary)
+                .with_http_client(client);
+            if let Some(endpoint) = &settings.endpoint {
+                builder = builder.with_endpoint(endpoint.clone());
+            }
+            builder.build()
+        }
     }
-    let exporter = builder
-        .build()
-        .map_err(|e| TelemetryError::Tracing(format!("cannot build the OTLP exporter: {e}")))?;
+    .map_err(|e| TelemetryError::Tracing(format!("cannot build the OTLP exporter: {e}")))?;
     let mut resource = Resource::builder();
     if std::env::var_os("OTEL_SERVICE_NAME").is_none() {
         resource = resource.with_service_name(service_name.to_string());
@@ -305,6 +362,25 @@ pub fn build_provider(
     }
     drop(_enter);
     Ok((provider.build(), runtime))
+}
+
+/// The OTLP/HTTP client, run on the export runtime: the batch processor polls exports on a
+/// thread of its own, without a Tokio reactor, which hyper's connections need.
+#[derive(Debug)]
+struct OnRuntime {
+    client: std::sync::Arc<opentelemetry_http::hyper::HyperClient>,
+    runtime: tokio::runtime::Handle,
+}
+
+#[tonic::async_trait]
+impl opentelemetry_http::HttpClient for OnRuntime {
+    async fn send_bytes(
+        &self,
+        request: opentelemetry_http::Request<opentelemetry_http::Bytes>,
+    ) -> Result<opentelemetry_http::Response<opentelemetry_http::Bytes>, opentelemetry_http::HttpError> {
+        let client = self.client.clone();
+        self.runtime.spawn(async move { client.send_bytes(request).await }).await?
+    }
 }
 
 #[cfg(test)]
@@ -351,9 +427,34 @@ mod tests {
             "rate=100",
         ]);
         let s = otlp(&c, &[]).expect("valid").expect("on");
-        assert_eq!(s.endpoint.as_deref(), Some("http://collector:4317"));
+        assert_eq!(
+            s.endpoint.as_deref(),
+            Some("http://collector:4317/v1/traces"),
+            "Triton's url is OTLP/HTTP"
+        );
+        assert_eq!(s.protocol, OtlpProtocol::HttpProtobuf);
         assert_eq!(s.sample_ratio, Some(0.01));
         assert_eq!(s.resource, vec![("deployment.environment".into(), "test".into())]);
+        let c = parse(&["--trace-config", "opentelemetry,url=http://c:4318/custom/path"]);
+        assert_eq!(
+            otlp(&c, &[]).expect("valid").expect("on").endpoint.as_deref(),
+            Some("http://c:4318/custom/path")
+        );
+        // Triton's default URL when only the mode is given.
+        let s = otlp(&parse(&["--trace-config", "mode=opentelemetry"]), &[]).expect("valid").expect("on");
+        assert_eq!(
+            (s.endpoint.as_deref(), s.protocol),
+            (Some(TRITON_DEFAULT_OTLP_HTTP_URL), OtlpProtocol::HttpProtobuf)
+        );
+        // Tern's flag and the OTEL variables keep OTLP/gRPC.
+        let c = parse(&["--trace-config", "mode=opentelemetry", "--trace-otlp-endpoint", "http://g:4317"]);
+        let s = otlp(&c, &[]).expect("valid").expect("on");
+        assert_eq!((s.endpoint.as_deref(), s.protocol), (Some("http://g:4317"), OtlpProtocol::Grpc));
+        let s =
+            otlp(&parse(&["--trace-config", "rate=2"]), &[("OTEL_EXPORTER_OTLP_ENDPOINT", "http://c:4317")])
+                .expect("valid")
+                .expect("on");
+        assert_eq!((s.endpoint, s.protocol), (None, OtlpProtocol::Grpc));
 
         let s = otlp(&parse(&[]), &[("OTEL_EXPORTER_OTLP_ENDPOINT", "http://c:4317")]).expect("valid");
         assert_eq!(s.expect("on").endpoint, None, "the exporter reads the variable itself");
