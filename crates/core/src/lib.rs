@@ -17,8 +17,8 @@ pub use error::RequestError;
 pub use failure::FailureReason;
 pub use model_state::{ModelState, UnknownModelState};
 pub use request::{
-    ClassifyError, CorrelationId, IoSpec, ModelIo, RequestedOutput, SequenceParams, ValidatedRequest, classify,
-    validate_request,
+    ClassifyError, CorrelationId, IoSpec, ModelIo, RequestedOutput, SequenceParams, ValidatedRequest,
+    classify, validate_request,
 };
 pub use signature::{ModelSignature, TensorSpec};
 pub use tensor::Tensor;

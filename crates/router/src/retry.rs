@@ -29,6 +29,8 @@ pub struct Route<'a> {
     /// An inference request's sequence: sticky to its node, and never re-sent after the node
     /// may have run it.
     pub sequence: Option<&'a (String, SequenceId)>,
+    /// The request starts its sequence (`sequence_start`): it may go to any replica.
+    pub sequence_start: bool,
     /// The authenticated client: a lazy load needs the model-repository group.
     pub caller: Option<&'a tern_edge::Principal>,
     /// Further attempts on another replica.
@@ -197,12 +199,23 @@ impl Forwarder {
                 untried_only = all.iter().filter(|n| untried(n)).cloned().collect();
                 &untried_only
             };
-            if let Some(pinned) = route
-                .sequence
-                .and_then(|key| self.pinned(key))
-                .filter(|p| candidates.iter().any(|c| Arc::ptr_eq(c, p)))
+            if let Some(key) = route.sequence
+                && let Some(pinned) = self.pinned(key)
             {
-                return Ok(Target::Replica(pinned));
+                if candidates.iter().any(|c| Arc::ptr_eq(c, &pinned)) {
+                    return Ok(Target::Replica(pinned));
+                }
+                // The sequence's state (Triton's implicit state, the slot's accumulators) lives
+                // on its node: another replica would refuse the request without START anyway,
+                // or, for a model without a sequence batcher, answer without the state.
+                if !route.sequence_start {
+                    return Err(ClientError::unavailable(format!(
+                        "model '{model}': sequence {} was served by node {}, which no longer \
+                         serves the model; its state is lost: restart the sequence with \
+                         sequence_start",
+                        key.1, pinned.addr
+                    )));
+                }
             }
             if let Some(node) = power_of_two(candidates) {
                 return Ok(Target::Replica(node));

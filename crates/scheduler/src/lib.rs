@@ -267,7 +267,15 @@ impl Scheduler {
             ))
         });
         if let Some(sequencer) = &sequencer {
-            return Self::start_sequence(shared, config, backends, sequencer.clone(), answers, label, runtime);
+            return Self::start_sequence(
+                shared,
+                config,
+                backends,
+                sequencer.clone(),
+                answers,
+                label,
+                runtime,
+            );
         }
         for (i, backend) in backends.into_iter().enumerate() {
             let mine = shared.clone();
@@ -315,7 +323,13 @@ impl Scheduler {
             }
         }
         runtime.spawn(sequencer.clone().reaper_task());
-        Ok(Scheduler { shared, config, finished: Finished(live_rx), caching: None, sequencer: Some(sequencer) })
+        Ok(Scheduler {
+            shared,
+            config,
+            finished: Finished(live_rx),
+            caching: None,
+            sequencer: Some(sequencer),
+        })
     }
 
     /// Answers identical requests to this load of version `version` from `cache` (the model's

@@ -421,7 +421,15 @@ pub fn validate_request(io: &ModelIo, req: ModelInferRequest) -> Result<Validate
             io.outputs.iter().map(|s| RequestedOutput { name: s.name.clone(), class_count: None }).collect();
     }
 
-    Ok(ValidatedRequest { id, batch_size: batch_size.unwrap_or(0), inputs, outputs, priority, timeout, sequence })
+    Ok(ValidatedRequest {
+        id,
+        batch_size: batch_size.unwrap_or(0),
+        inputs,
+        outputs,
+        priority,
+        timeout,
+        sequence,
+    })
 }
 
 #[cfg(test)]

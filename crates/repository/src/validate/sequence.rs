@@ -164,11 +164,16 @@ fn control_type(model: &str, name: &str, control: &Control) -> Result<DataType, 
                  or 'bool_false_true' for {kind} for {model}"
             )));
         }
-        let allowed = [ConfigType::TypeUint64, ConfigType::TypeInt64, ConfigType::TypeUint32, ConfigType::TypeInt32, ConfigType::TypeString];
+        let allowed = [
+            ConfigType::TypeUint64,
+            ConfigType::TypeInt64,
+            ConfigType::TypeUint32,
+            ConfigType::TypeInt32,
+            ConfigType::TypeString,
+        ];
         return match ConfigType::try_from(control.data_type) {
-            Ok(t) if allowed.contains(&t) => {
-                DataType::from_config(control.data_type).ok_or_else(|| invalid(format!("control '{name}': unknown data_type")))
-            }
+            Ok(t) if allowed.contains(&t) => DataType::from_config(control.data_type)
+                .ok_or_else(|| invalid(format!("control '{name}': unknown data_type"))),
             _ => Err(invalid(format!(
                 "unexpected data type for control {kind} for {model}. Allowed data types are \
                  TYPE_UINT64, TYPE_INT64, TYPE_UINT32, TYPE_INT32 and TYPE_STRING"
@@ -179,9 +184,24 @@ fn control_type(model: &str, name: &str, control: &Control) -> Result<DataType, 
         return Err(invalid(format!("sequence batching control tensor '{name}' has an unknown kind")));
     }
     let given = [
-        (!control.int32_false_true.is_empty(), control.int32_false_true.len(), "int32_false_true", DataType::Int32),
-        (!control.fp32_false_true.is_empty(), control.fp32_false_true.len(), "fp32_false_true", DataType::Fp32),
-        (!control.bool_false_true.is_empty(), control.bool_false_true.len(), "bool_false_true", DataType::Bool),
+        (
+            !control.int32_false_true.is_empty(),
+            control.int32_false_true.len(),
+            "int32_false_true",
+            DataType::Int32,
+        ),
+        (
+            !control.fp32_false_true.is_empty(),
+            control.fp32_false_true.len(),
+            "fp32_false_true",
+            DataType::Fp32,
+        ),
+        (
+            !control.bool_false_true.is_empty(),
+            control.bool_false_true.len(),
+            "bool_false_true",
+            DataType::Bool,
+        ),
     ];
     let mut chosen = given.iter().filter(|g| g.0);
     let Some(&(_, len, field, datatype)) = chosen.next() else {

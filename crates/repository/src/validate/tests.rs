@@ -360,7 +360,10 @@ fn accumulator() -> ModelSignature {
             spec("CORRID", DataType::Uint64, &[-1, 1]),
             spec("INPUT_STATE", DataType::Int32, &[-1, 1]),
         ],
-        outputs: vec![spec("OUTPUT", DataType::Int32, &[-1, 1]), spec("OUTPUT_STATE", DataType::Int32, &[-1, 1])],
+        outputs: vec![
+            spec("OUTPUT", DataType::Int32, &[-1, 1]),
+            spec("OUTPUT_STATE", DataType::Int32, &[-1, 1]),
+        ],
     }
 }
 

@@ -80,8 +80,12 @@ impl SequenceConfig {
         let rows = max_batch_size.max(1);
         let (strategy, slots_per_instance) = match &sb.strategy_choice {
             Some(StrategyChoice::Oldest(o)) => {
-                let mut preferred: Vec<u32> =
-                    o.preferred_batch_size.iter().filter_map(|&p| u32::try_from(p).ok()).filter(|&p| p > 0).collect();
+                let mut preferred: Vec<u32> = o
+                    .preferred_batch_size
+                    .iter()
+                    .filter_map(|&p| u32::try_from(p).ok())
+                    .filter(|&p| p > 0)
+                    .collect();
                 preferred.sort_unstable();
                 preferred.dedup();
                 // Triton's ONNX Runtime backend and core take 0 candidates as 1.

@@ -24,8 +24,8 @@ use tokio::sync::{Notify, oneshot};
 
 use crate::instance::backend_error;
 use crate::{Answer, Answers, InferJob, ModelStats};
-pub use config::SequenceConfig;
 use config::ControlKind;
+pub use config::SequenceConfig;
 use slots::{Entry, Row, SlotTable};
 
 /// A request waiting in a slot or backlog.
@@ -138,11 +138,7 @@ impl Sequencer {
         };
         let placed = {
             let mut table = self.lock();
-            if table.closed {
-                None
-            } else {
-                Some(table.slots.enqueue(entry, enqueued))
-            }
+            if table.closed { None } else { Some(table.slots.enqueue(entry, enqueued)) }
         };
         match placed {
             None => {
@@ -215,10 +211,12 @@ impl Sequencer {
                 return;
             }
             table = match take.wake_at {
-                Some(at) => match self.work[instance].wait_timeout(table, at.saturating_duration_since(now)) {
-                    Ok((t, _)) => t,
-                    Err(e) => e.into_inner().0,
-                },
+                Some(at) => {
+                    match self.work[instance].wait_timeout(table, at.saturating_duration_since(now)) {
+                        Ok((t, _)) => t,
+                        Err(e) => e.into_inner().0,
+                    }
+                }
                 None => self.work[instance].wait(table).unwrap_or_else(|e| e.into_inner()),
             };
         }
@@ -284,14 +282,34 @@ impl Sequencer {
                 Row::Request { entry, slot, states } => {
                     batch_span.follows_from(&entry.item.span);
                     let mut inputs = entry.item.inputs;
-                    inputs.extend(tensors::controls(config, batching, entry.start, entry.end, true, &entry.id));
+                    inputs.extend(tensors::controls(
+                        config,
+                        batching,
+                        entry.start,
+                        entry.end,
+                        true,
+                        &entry.id,
+                    ));
                     inputs.extend(states.unwrap_or_else(|| tensors::initial_states(config, batching)));
                     requests.push(inputs);
-                    waiting.push(Some((entry.enqueued, slot, entry.end, entry.item.outputs, entry.item.reply)));
+                    waiting.push(Some((
+                        entry.enqueued,
+                        slot,
+                        entry.end,
+                        entry.item.outputs,
+                        entry.item.reply,
+                    )));
                 }
                 Row::Null { .. } => {
                     let mut inputs = tensors::null_inputs(&like);
-                    inputs.extend(tensors::controls(config, batching, false, false, false, &CorrelationId::Uint(0)));
+                    inputs.extend(tensors::controls(
+                        config,
+                        batching,
+                        false,
+                        false,
+                        false,
+                        &CorrelationId::Uint(0),
+                    ));
                     inputs.extend(tensors::initial_states(config, batching));
                     requests.push(inputs);
                     waiting.push(None);

@@ -23,7 +23,8 @@ fn rows(take: &Take<u64>) -> Vec<(usize, Option<u64>)> {
 fn starts_take_the_lowest_slot_over_all_instances_then_the_backlog() {
     let now = Instant::now();
     let mut t = SlotTable::new(direct(), 2, 2, Duration::from_secs(1), 2);
-    let placed: Vec<Placed> = (1..=5).map(|id| t.enqueue(entry(id, true, false, now), now).expect("start")).collect();
+    let placed: Vec<Placed> =
+        (1..=5).map(|id| t.enqueue(entry(id, true, false, now), now).expect("start")).collect();
     // Slot 0 of both instances before any slot 1 (Triton's BatcherSequenceSlotCompare).
     assert_eq!(placed, [Placed::Slot(0), Placed::Slot(1), Placed::Slot(0), Placed::Slot(1), Placed::Backlog]);
     assert_eq!(rows(&t.take(0, now)), [(0, Some(1)), (1, Some(3))]);

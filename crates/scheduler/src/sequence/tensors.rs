@@ -71,7 +71,12 @@ pub(crate) fn initial_states(config: &SequenceConfig, batching: bool) -> Vec<Ten
         .iter()
         .map(|s| {
             let shape = row_shape(&s.dims, batching);
-            Tensor { name: s.input_name.clone(), datatype: s.datatype, data: zeros(s.datatype, &shape), shape }
+            Tensor {
+                name: s.input_name.clone(),
+                datatype: s.datatype,
+                data: zeros(s.datatype, &shape),
+                shape,
+            }
         })
         .collect()
 }
@@ -147,7 +152,10 @@ mod tests {
 
     #[test]
     fn string_ids_and_null_inputs() {
-        assert_eq!(corrid(DataType::Bytes, &CorrelationId::Str("ab".into())).to_vec(), [2, 0, 0, 0, b'a', b'b']);
+        assert_eq!(
+            corrid(DataType::Bytes, &CorrelationId::Str("ab".into())).to_vec(),
+            [2, 0, 0, 0, b'a', b'b']
+        );
         assert_eq!(corrid(DataType::Int32, &CorrelationId::Uint(7)).to_vec(), [7, 0, 0, 0]);
         let like = Tensor {
             name: "s".into(),
