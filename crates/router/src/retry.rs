@@ -127,6 +127,9 @@ impl Forwarder {
         let mut last_error: Option<ClientError> = None;
         let mut attempts = Attempts { node: None, count: 0 };
         for _ in 0..=route.retries {
+            if let Some(lost) = self.lost_sequence(route, &tried, last_error.as_ref()) {
+                return Err(lost);
+            }
             let target = match self.pick(route, &tried).await {
                 Ok(t) => t,
                 Err(e) => return Err(last_error.unwrap_or(e)),
@@ -182,6 +185,33 @@ impl Forwarder {
         }))
     }
 
+    /// The error for a request that continues a sequence whose node no longer serves the model
+    /// (it left the cluster, or could not be reached just now). The sequence's state (Triton's
+    /// implicit state, the model's accumulators) lives on that node: another replica would
+    /// refuse the request without START anyway, or, for a model without a sequence batcher,
+    /// answer without the state. A START may go anywhere.
+    fn lost_sequence(
+        &self,
+        route: &Route<'_>,
+        tried: &[Arc<Node>],
+        last_error: Option<&ClientError>,
+    ) -> Option<ClientError> {
+        let key = route.sequence.filter(|_| !route.sequence_start)?;
+        let pinned = self.pinned(key)?;
+        let view = self.cluster.view();
+        let serving = view.candidates(route.model, route.version).iter().any(|n| Arc::ptr_eq(n, &pinned))
+            && !tried.iter().any(|t| Arc::ptr_eq(t, &pinned));
+        if serving {
+            return None;
+        }
+        let why = last_error.map(|e| format!(" ({})", e.message())).unwrap_or_default();
+        Some(ClientError::unavailable(format!(
+            "model '{}': sequence {} was served by node {}, which no longer serves the model{why}; \
+             its state is lost: restart the sequence with sequence_start",
+            route.model, key.1, pinned.addr
+        )))
+    }
+
     /// The next node for `route`, not one of `tried`: a replica (the sequence's own when it
     /// has one), one placed lazily when allowed, or a node answering for the cluster.
     async fn pick(&self, route: &Route<'_>, tried: &[Arc<Node>]) -> Result<Target, ClientError> {
@@ -199,23 +229,12 @@ impl Forwarder {
                 untried_only = all.iter().filter(|n| untried(n)).cloned().collect();
                 &untried_only
             };
-            if let Some(key) = route.sequence
-                && let Some(pinned) = self.pinned(key)
+            if let Some(pinned) = route
+                .sequence
+                .and_then(|key| self.pinned(key))
+                .filter(|p| candidates.iter().any(|c| Arc::ptr_eq(c, p)))
             {
-                if candidates.iter().any(|c| Arc::ptr_eq(c, &pinned)) {
-                    return Ok(Target::Replica(pinned));
-                }
-                // The sequence's state (Triton's implicit state, the slot's accumulators) lives
-                // on its node: another replica would refuse the request without START anyway,
-                // or, for a model without a sequence batcher, answer without the state.
-                if !route.sequence_start {
-                    return Err(ClientError::unavailable(format!(
-                        "model '{model}': sequence {} was served by node {}, which no longer \
-                         serves the model; its state is lost: restart the sequence with \
-                         sequence_start",
-                        key.1, pinned.addr
-                    )));
-                }
+                return Ok(Target::Replica(pinned));
             }
             if let Some(node) = power_of_two(candidates) {
                 return Ok(Target::Replica(node));
