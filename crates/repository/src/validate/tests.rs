@@ -452,7 +452,7 @@ fn sequence_batching_errors_name_the_problem() {
         ("iterative_sequence: true", "sequence_batching.iterative_sequence is not supported"),
     ];
     for (sequence, expected) in cases {
-        let config = accumulator_config(&format!("{sequence}"));
+        let config = accumulator_config(sequence);
         let got = message(&config, &accumulator());
         assert!(got.starts_with(&format!("model 'm': {expected}")), "{sequence}\n got: {got}");
     }

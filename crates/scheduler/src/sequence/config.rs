@@ -88,8 +88,12 @@ impl SequenceConfig {
                     .collect();
                 preferred.sort_unstable();
                 preferred.dedup();
-                // Triton's ONNX Runtime backend and core take 0 candidates as 1.
-                let candidates = usize::try_from(o.max_candidate_sequences).unwrap_or(1).clamp(1, 4096);
+                // Triton takes 0 (unset) as max(1, max_batch_size) (sequence_batch_scheduler.cc,
+                // `Create`: seq_slot_cnt_).
+                let candidates = match usize::try_from(o.max_candidate_sequences) {
+                    Ok(n) if n > 0 => n.min(4096),
+                    _ => rows,
+                };
                 (
                     Strategy::Oldest {
                         preferred_batch_sizes: preferred,
