@@ -176,3 +176,104 @@ fn controls(sb: &ModelSequenceBatching) -> Vec<ControlInput> {
 fn le(bytes: &[u8]) -> Bytes {
     Bytes::copy_from_slice(bytes)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tern_proto::inference::model_sequence_batching::{
+        Control, ControlInput as ConfigControl, State, StrategyDirect, StrategyOldest,
+    };
+
+    fn config(max_batch_size: i32, sb: ModelSequenceBatching) -> ModelConfig {
+        ModelConfig {
+            max_batch_size,
+            scheduling_choice: Some(SchedulingChoice::SequenceBatching(sb)),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn slots_and_defaults_as_triton_sizes_them() {
+        let c = SequenceConfig::from_model_config(&config(4, ModelSequenceBatching::default()))
+            .expect("sequence");
+        assert_eq!(c.strategy, Strategy::Direct { max_queue_delay: Duration::ZERO, min_ready: 0 });
+        assert_eq!(c.slots_per_instance, 4, "Direct: one slot per batch row");
+        assert_eq!(c.max_sequence_idle, Duration::from_secs(1));
+        let oldest = |n| ModelSequenceBatching {
+            strategy_choice: Some(StrategyChoice::Oldest(StrategyOldest {
+                max_candidate_sequences: n,
+                ..Default::default()
+            })),
+            ..Default::default()
+        };
+        let slots = |mbs, n| {
+            SequenceConfig::from_model_config(&config(mbs, oldest(n))).expect("seq").slots_per_instance
+        };
+        assert_eq!(slots(4, 16), 16);
+        assert_eq!(slots(4, 0), 4, "0 candidates: max(1, max_batch_size)");
+        assert_eq!(slots(0, 0), 1);
+        let direct = ModelSequenceBatching {
+            strategy_choice: Some(StrategyChoice::Direct(StrategyDirect {
+                max_queue_delay_microseconds: 100,
+                minimum_slot_utilization: 0.5,
+            })),
+            ..Default::default()
+        };
+        let c = SequenceConfig::from_model_config(&config(8, direct)).expect("sequence");
+        assert_eq!(
+            c.strategy,
+            Strategy::Direct { max_queue_delay: Duration::from_micros(100), min_ready: 4 }
+        );
+        assert!(SequenceConfig::from_model_config(&ModelConfig::default()).is_none());
+    }
+
+    #[test]
+    fn controls_and_states_from_the_config() {
+        let control = |name: &str, c: Control| ConfigControl { name: name.into(), control: vec![c] };
+        let sb = ModelSequenceBatching {
+            control_input: vec![
+                control(
+                    "S",
+                    Control {
+                        kind: Kind::ControlSequenceStart as i32,
+                        fp32_false_true: vec![0.0, 1.0],
+                        ..Default::default()
+                    },
+                ),
+                control(
+                    "R",
+                    Control {
+                        kind: Kind::ControlSequenceReady as i32,
+                        bool_false_true: vec![false, true],
+                        ..Default::default()
+                    },
+                ),
+                control(
+                    "C",
+                    Control { kind: Kind::ControlSequenceCorrid as i32, data_type: 13, ..Default::default() },
+                ),
+            ],
+            state: vec![State {
+                input_name: "in".into(),
+                output_name: "out".into(),
+                data_type: 8,
+                dims: vec![-1, 3],
+                ..Default::default()
+            }],
+            ..Default::default()
+        };
+        let c = SequenceConfig::from_model_config(&config(2, sb)).expect("sequence");
+        let start = c.control(ControlKind::Start).expect("start");
+        assert_eq!(
+            (start.datatype, start.true_value.to_vec()),
+            (DataType::Fp32, 1.0f32.to_le_bytes().to_vec())
+        );
+        let ready = c.control(ControlKind::Ready).expect("ready");
+        assert_eq!((ready.datatype, ready.false_value.to_vec()), (DataType::Bool, vec![0]));
+        assert_eq!(c.control(ControlKind::CorrId).expect("corrid").datatype, DataType::Bytes);
+        assert!(c.control(ControlKind::End).is_none());
+        // A wildcard state dim is 1 for a sequence's first request (Triton's SequenceStates).
+        assert_eq!(c.states[0].dims, vec![1, 3]);
+        assert_eq!(c.states[0].datatype, DataType::Int32);
+    }
+}
