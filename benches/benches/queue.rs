@@ -29,6 +29,7 @@ fn config(timeout: Option<Duration>) -> SchedulerConfig {
         priority_levels: 1,
         default_priority: 1,
         policies: vec![QueuePolicy { default_timeout: timeout, ..QueuePolicy::default() }],
+        sequence: None,
     }
 }
 

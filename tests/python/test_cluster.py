@@ -646,3 +646,30 @@ def test_inference_token_cannot_trigger_a_lazy_load(model_repo, tmp_path):
     finally:
         router.stop()
         node.kill()
+
+
+def test_a_sequence_whose_node_goes_away_fails_clearly(model_repo, tmp_path):
+    """A sequence's implicit state lives on its node (Triton's sequence batcher): when that node
+    leaves, the router refuses the sequence's next request with a clear error rather than moving
+    it to a replica without the state; a new START for the same ID is served elsewhere."""
+
+    def step(client, value, start=False):
+        x = grpcclient.InferInput("INPUT", [1, 1], "INT32")
+        x.set_data_from_numpy(np.array([[value]], np.int32))
+        r = client.infer("seq_accumulate", [x], sequence_id=91, sequence_start=start)
+        return int(r.as_numpy("OUTPUT")[0][0])
+
+    with Cluster(model_repo, 2, tmp_path, router_args=["--replicas", "2", "--load-model", "seq_accumulate"]) as c:
+        client = c.client()
+        wait_until(lambda: len(c.holders("seq_accumulate")) == 2, 30, "seq_accumulate on both nodes")
+        assert step(client, 5, start=True) == 5
+        assert step(client, 6) == 11
+        victim = next(n for n in c.nodes if n.inference_count("seq_accumulate") == 2)
+        victim.kill()
+        wait_until(lambda: len(c.holders("seq_accumulate")) == 1, 30, "the router saw the node leave")
+        with pytest.raises(InferenceServerException) as e:
+            step(client, 7)
+        assert e.value.status() == "StatusCode.UNAVAILABLE", e.value
+        assert "sequence 91 was served by node" in str(e.value) and "restart the sequence" in str(e.value)
+        assert step(client, 7, start=True) == 7
+        assert step(client, 1) == 8

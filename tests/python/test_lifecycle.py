@@ -302,14 +302,14 @@ def test_config_numbers_past_the_limits_are_refused(explicit):
             client.load_model("versioned_scale", config=json.dumps(dict(base, **change)))
         assert e.value.status() == "StatusCode.INVALID_ARGUMENT", (change, e.value)
         assert "versioned_scale" in e.value.message() and message in e.value.message(), e.value.message()
-    # A stateful model is refused rather than served as a stateless one (no sequence batcher):
-    # the version fails to load, as a Triton load whose config fails validation does.
+    # A sequence batcher setting Tern does not serve is refused rather than ignored: the version
+    # fails to load, as a Triton load whose config fails validation does.
     with pytest.raises(InferenceServerException) as e:
         client.load_model("versioned_scale", config=json.dumps(dict(
-            base, sequence_batching={"max_sequence_idle_microseconds": 5000000, "direct": {}})))
+            base, sequence_batching={"max_sequence_idle_microseconds": 5000000, "iterative_sequence": True})))
     assert e.value.status() == "StatusCode.INTERNAL", e.value
     assert ("failed to load 'versioned_scale'" in e.value.message()
-            and "sequence_batching is not supported yet" in e.value.message()), e.value.message()
+            and "sequence_batching.iterative_sequence is not supported" in e.value.message()), e.value.message()
     # The served load is untouched and the node is ready and serving.
     assert scale(client)[0] == "3"
     assert client.is_server_ready()

@@ -17,7 +17,8 @@ pub use error::RequestError;
 pub use failure::FailureReason;
 pub use model_state::{ModelState, UnknownModelState};
 pub use request::{
-    ClassifyError, IoSpec, ModelIo, RequestedOutput, ValidatedRequest, classify, validate_request,
+    ClassifyError, CorrelationId, IoSpec, ModelIo, RequestedOutput, SequenceParams, ValidatedRequest,
+    classify, validate_request,
 };
 pub use signature::{ModelSignature, TensorSpec};
 pub use tensor::Tensor;

@@ -117,6 +117,7 @@ impl NodeService {
             outputs: request.outputs.iter().map(|o| o.name.clone()).collect(),
             priority: request.priority,
             timeout: request.timeout,
+            sequence: request.sequence,
         };
         let outputs = model.scheduler.infer(job).await?;
         let mut response = pb::ModelInferResponse {

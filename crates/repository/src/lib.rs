@@ -52,4 +52,4 @@ pub use scan::{
     model_names, scan, scan_model, select_versions, validate_model_name,
 };
 pub use tern_proto::inference::ModelConfig;
-pub use validate::{check_response_cache, validate};
+pub use validate::{check_response_cache, sequence_tensor_names, validate};

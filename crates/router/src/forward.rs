@@ -128,6 +128,7 @@ impl Forwarder {
             model,
             version: &head.model_version,
             sequence: sequence.as_ref(),
+            sequence_start: head.sequence_start(),
             caller,
             retries: self.placement.settings().max_retries,
             inference: true,

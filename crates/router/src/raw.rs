@@ -37,6 +37,15 @@ pub enum SequenceId {
     Text(String),
 }
 
+impl std::fmt::Display for SequenceId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            SequenceId::Int(v) => write!(f, "{v}"),
+            SequenceId::Text(s) => f.write_str(s),
+        }
+    }
+}
+
 impl InferHead {
     /// Reads the head of an encoded ModelInferRequest.
     pub fn parse(message: &Bytes) -> Result<InferHead, ClientError> {
@@ -55,6 +64,14 @@ impl InferHead {
             ParameterChoice::StringParam(s) => Some(SequenceId::Text(s.clone())),
             _ => None,
         }
+    }
+
+    /// True when the request starts its sequence (`sequence_start`).
+    pub fn sequence_start(&self) -> bool {
+        matches!(
+            self.parameters.get("sequence_start").and_then(|p| p.parameter_choice.as_ref()),
+            Some(ParameterChoice::BoolParam(true))
+        )
     }
 
     /// True when the request ends its sequence (`sequence_end`).

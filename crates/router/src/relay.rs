@@ -85,6 +85,7 @@ impl Forwarder {
             model: &head.model_name,
             version: &head.model_version,
             sequence: None,
+            sequence_start: false,
             caller,
             retries: 1,
             inference: false,

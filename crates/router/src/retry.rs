@@ -29,6 +29,8 @@ pub struct Route<'a> {
     /// An inference request's sequence: sticky to its node, and never re-sent after the node
     /// may have run it.
     pub sequence: Option<&'a (String, SequenceId)>,
+    /// The request starts its sequence (`sequence_start`): it may go to any replica.
+    pub sequence_start: bool,
     /// The authenticated client: a lazy load needs the model-repository group.
     pub caller: Option<&'a tern_edge::Principal>,
     /// Further attempts on another replica.
@@ -125,6 +127,9 @@ impl Forwarder {
         let mut last_error: Option<ClientError> = None;
         let mut attempts = Attempts { node: None, count: 0 };
         for _ in 0..=route.retries {
+            if let Some(lost) = self.lost_sequence(route, &tried, last_error.as_ref()) {
+                return Err(lost);
+            }
             let target = match self.pick(route, &tried).await {
                 Ok(t) => t,
                 Err(e) => return Err(last_error.unwrap_or(e)),
@@ -178,6 +183,33 @@ impl Forwarder {
         Err(last_error.unwrap_or_else(|| {
             ClientError::unavailable(format!("model '{model}': no replica could serve the request"))
         }))
+    }
+
+    /// The error for a request that continues a sequence whose node no longer serves the model
+    /// (it left the cluster, or could not be reached just now). The sequence's state (Triton's
+    /// implicit state, the model's accumulators) lives on that node: another replica would
+    /// refuse the request without START anyway, or, for a model without a sequence batcher,
+    /// answer without the state. A START may go anywhere.
+    fn lost_sequence(
+        &self,
+        route: &Route<'_>,
+        tried: &[Arc<Node>],
+        last_error: Option<&ClientError>,
+    ) -> Option<ClientError> {
+        let key = route.sequence.filter(|_| !route.sequence_start)?;
+        let pinned = self.pinned(key)?;
+        let view = self.cluster.view();
+        let serving = view.candidates(route.model, route.version).iter().any(|n| Arc::ptr_eq(n, &pinned))
+            && !tried.iter().any(|t| Arc::ptr_eq(t, &pinned));
+        if serving {
+            return None;
+        }
+        let why = last_error.map(|e| format!(" ({})", e.message())).unwrap_or_default();
+        Some(ClientError::unavailable(format!(
+            "model '{}': sequence {} was served by node {}, which no longer serves the model{why}; \
+             its state is lost: restart the sequence with sequence_start",
+            route.model, key.1, pinned.addr
+        )))
     }
 
     /// The next node for `route`, not one of `tried`: a replica (the sequence's own when it

@@ -54,7 +54,15 @@ impl RouterState {
         Fut: std::future::Future<Output = Result<T, ClientError>>,
     {
         let span = route_span(model, version, metadata);
-        let route = Route { model, version, sequence: None, caller, retries: 1, inference: false };
+        let route = Route {
+            model,
+            version,
+            sequence: None,
+            sequence_start: false,
+            caller,
+            retries: 1,
+            inference: false,
+        };
         let result = self.forwarder.forward(&route, f).instrument(span.clone()).await.map(|(reply, _)| reply);
         record_outcome(&span, &result);
         Ok(result?)

@@ -179,7 +179,7 @@ fn batch_outputs(batch: &[Pending<Item>]) -> Vec<String> {
     union
 }
 
-fn backend_error(model: &str, e: BackendError) -> (FailureReason, RequestError) {
+pub(crate) fn backend_error(model: &str, e: BackendError) -> (FailureReason, RequestError) {
     match e {
         BackendError::InvalidInput(m) => {
             (FailureReason::Other, RequestError::InvalidArgument(format!("model '{model}': {m}")))

@@ -19,6 +19,7 @@
 pub mod cache;
 mod instance;
 pub mod policy;
+pub mod sequence;
 pub mod state;
 pub mod stats;
 pub mod summary;
@@ -49,6 +50,8 @@ pub struct InferJob {
     pub priority: u64,
     /// Triton's `timeout` request parameter, honoured when the queue policy allows it.
     pub timeout: Option<Duration>,
+    /// Triton's sequence parameters; used only by a model with `sequence_batching`.
+    pub sequence: tern_core::SequenceParams,
 }
 
 type Reply = oneshot::Sender<Result<Vec<Tensor>, RequestError>>;
@@ -212,6 +215,8 @@ pub struct Scheduler {
     config: SchedulerConfig,
     finished: Finished,
     caching: Option<Caching>,
+    /// The sequence batcher, for a model with `sequence_batching` (then the queue stays empty).
+    sequencer: Option<Arc<sequence::Sequencer>>,
 }
 
 /// This load's use of the node's response cache.
@@ -254,6 +259,26 @@ impl Scheduler {
         let live_tx = Arc::new(live_tx);
         let batching = config.max_batch_size > 0;
         let answers = Answers::start(runtime);
+        let sequencer = config.sequence.clone().map(|sequence| {
+            Arc::new(sequence::Sequencer::new(
+                shared.model.clone(),
+                sequence,
+                config.max_batch_size,
+                backends.len(),
+                shared.stats.clone(),
+            ))
+        });
+        if let Some(sequencer) = &sequencer {
+            return Self::start_sequence(
+                shared,
+                config,
+                backends,
+                sequencer.clone(),
+                answers,
+                label,
+                runtime,
+            );
+        }
         for (i, backend) in backends.into_iter().enumerate() {
             let mine = shared.clone();
             let answers = answers.clone();
@@ -271,7 +296,42 @@ impl Scheduler {
             }
         }
         runtime.spawn(instance::janitor(shared.clone()));
-        Ok(Scheduler { shared, config, finished: Finished(live_rx), caching: None })
+        Ok(Scheduler { shared, config, finished: Finished(live_rx), caching: None, sequencer: None })
+    }
+
+    /// The instance threads and reaper of a model with `sequence_batching`.
+    fn start_sequence(
+        shared: Arc<Shared>,
+        config: SchedulerConfig,
+        backends: Vec<Box<dyn Backend>>,
+        sequencer: Arc<sequence::Sequencer>,
+        answers: Answers,
+        label: &str,
+        runtime: &tokio::runtime::Handle,
+    ) -> std::io::Result<Scheduler> {
+        let (live_tx, live_rx) = tokio::sync::watch::channel(backends.len());
+        let live_tx = Arc::new(live_tx);
+        for (i, backend) in backends.into_iter().enumerate() {
+            let mine = sequencer.clone();
+            let answers = answers.clone();
+            let live_tx = live_tx.clone();
+            let spawned = std::thread::Builder::new().name(format!("tern-{label}-{i}")).spawn(move || {
+                mine.instance_thread(i, backend, &answers);
+                live_tx.send_modify(|n| *n = n.saturating_sub(1));
+            });
+            if let Err(e) = spawned {
+                sequencer.close();
+                return Err(e);
+            }
+        }
+        runtime.spawn(sequencer.clone().reaper_task());
+        Ok(Scheduler {
+            shared,
+            config,
+            finished: Finished(live_rx),
+            caching: None,
+            sequencer: Some(sequencer),
+        })
     }
 
     /// Answers identical requests to this load of version `version` from `cache` (the model's
@@ -340,6 +400,9 @@ impl Scheduler {
     }
 
     async fn enqueue(&self, job: InferJob) -> Result<Vec<Tensor>, RequestError> {
+        if let Some(sequencer) = &self.sequencer {
+            return sequencer.infer(job).await;
+        }
         let enqueued = Instant::now();
         let level = self.config.level(job.priority);
         let timeout = self.config.policy(level).timeout(job.timeout);
@@ -451,6 +514,9 @@ impl Drop for Scheduler {
     fn drop(&mut self) {
         if let Some(c) = &self.caching {
             c.cache.purge(&c.model, c.generation);
+        }
+        if let Some(sequencer) = &self.sequencer {
+            sequencer.close();
         }
         self.shared.lock().closed = true;
         self.shared.work.notify_all();

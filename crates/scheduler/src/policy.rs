@@ -92,6 +92,8 @@ pub struct SchedulerConfig {
     pub default_priority: u32,
     /// Indexed by level - 1.
     pub policies: Vec<QueuePolicy>,
+    /// Triton's sequence batcher (`sequence_batching`), which then replaces the queue above.
+    pub sequence: Option<crate::sequence::SequenceConfig>,
 }
 
 impl SchedulerConfig {
@@ -134,6 +136,7 @@ impl SchedulerConfig {
                     priority_levels: levels,
                     default_priority,
                     policies,
+                    sequence: None,
                 }
             }
             _ => SchedulerConfig {
@@ -145,6 +148,7 @@ impl SchedulerConfig {
                 priority_levels: 1,
                 default_priority: 1,
                 policies: vec![QueuePolicy::default()],
+                sequence: crate::sequence::SequenceConfig::from_model_config(config),
             },
         }
     }

@@ -12,6 +12,7 @@ fn config(max: u32, preferred: &[u32], delay_us: u64) -> SchedulerConfig {
         priority_levels: 1,
         default_priority: 1,
         policies: vec![QueuePolicy::default()],
+        sequence: None,
     }
 }
 

@@ -73,6 +73,7 @@ fn config(max: u32, preferred: &[u32], delay: Duration) -> SchedulerConfig {
         priority_levels: 1,
         default_priority: 1,
         policies: vec![QueuePolicy::default()],
+        sequence: None,
     }
 }
 
@@ -89,6 +90,7 @@ fn job(batch_size: u32, value: f32) -> InferJob {
         outputs: vec![],
         priority: 0,
         timeout: None,
+        sequence: Default::default(),
     }
 }
 

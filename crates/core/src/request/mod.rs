@@ -66,6 +66,79 @@ pub struct ValidatedRequest {
     pub priority: u64,
     /// Triton's `timeout` request parameter (microseconds in the protocol).
     pub timeout: Option<std::time::Duration>,
+    /// Triton's `sequence_id`, `sequence_start` and `sequence_end` request parameters.
+    pub sequence: SequenceParams,
+}
+
+/// A sequence's correlation ID (Triton's `InferenceRequest::SequenceId`): an unsigned integer
+/// or a string; 0 and "" mean "none".
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum CorrelationId {
+    Uint(u64),
+    Str(String),
+}
+
+impl CorrelationId {
+    /// Whether the request names a sequence (Triton's `SequenceId::InSequence`).
+    pub fn in_sequence(&self) -> bool {
+        match self {
+            CorrelationId::Uint(v) => *v != 0,
+            CorrelationId::Str(s) => !s.is_empty(),
+        }
+    }
+}
+
+impl Default for CorrelationId {
+    fn default() -> CorrelationId {
+        CorrelationId::Uint(0)
+    }
+}
+
+impl std::fmt::Display for CorrelationId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            CorrelationId::Uint(v) => write!(f, "{v}"),
+            CorrelationId::Str(s) => f.write_str(s),
+        }
+    }
+}
+
+/// The sequence parameters of one request; all default when it sends none.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SequenceParams {
+    pub id: CorrelationId,
+    pub start: bool,
+    pub end: bool,
+}
+
+/// Reads `sequence_id` (int64, uint64 or string, as Triton's gRPC and HTTP front ends accept
+/// it), `sequence_start` and `sequence_end` (bool).
+fn sequence_params(
+    params: &std::collections::HashMap<String, tern_proto::inference::InferParameter>,
+    model: &str,
+    id: &str,
+) -> Result<SequenceParams, RequestError> {
+    let choice = |key: &str| params.get(key).and_then(|p| p.parameter_choice.as_ref());
+    let invalid = |key: &str, expected: &str| {
+        RequestError::InvalidArgument(format!(
+            "{}invalid value type for '{key}' parameter for model '{model}', expected {expected}",
+            id_prefix(id)
+        ))
+    };
+    let sequence_id = match choice("sequence_id") {
+        None => CorrelationId::default(),
+        // A negative int64 is its two's-complement uint64, as Triton stores it.
+        Some(ParameterChoice::Int64Param(v)) => CorrelationId::Uint(*v as u64),
+        Some(ParameterChoice::Uint64Param(v)) => CorrelationId::Uint(*v),
+        Some(ParameterChoice::StringParam(s)) => CorrelationId::Str(s.clone()),
+        Some(_) => return Err(invalid("sequence_id", "int64_param or string_param")),
+    };
+    let flag = |key: &str| match choice(key) {
+        None => Ok(false),
+        Some(ParameterChoice::BoolParam(b)) => Ok(*b),
+        Some(_) => Err(invalid(key, "bool_param")),
+    };
+    Ok(SequenceParams { id: sequence_id, start: flag("sequence_start")?, end: flag("sequence_end")? })
 }
 
 fn shape_str(shape: &[i64]) -> String {
@@ -115,6 +188,7 @@ pub fn validate_request(io: &ModelIo, req: ModelInferRequest) -> Result<Validate
     };
     let priority = uint_param("priority")?.unwrap_or(0);
     let timeout = uint_param("timeout")?.map(std::time::Duration::from_micros);
+    let sequence = sequence_params(&req.parameters, model, &id)?;
     let mut raw = req.raw_input_contents;
     if raw.len() > req.inputs.len() {
         return Err(invalid(format!(
@@ -347,7 +421,15 @@ pub fn validate_request(io: &ModelIo, req: ModelInferRequest) -> Result<Validate
             io.outputs.iter().map(|s| RequestedOutput { name: s.name.clone(), class_count: None }).collect();
     }
 
-    Ok(ValidatedRequest { id, batch_size: batch_size.unwrap_or(0), inputs, outputs, priority, timeout })
+    Ok(ValidatedRequest {
+        id,
+        batch_size: batch_size.unwrap_or(0),
+        inputs,
+        outputs,
+        priority,
+        timeout,
+        sequence,
+    })
 }
 
 #[cfg(test)]

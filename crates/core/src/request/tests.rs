@@ -305,3 +305,33 @@ fn classifying_bytes_is_refused_with_the_same_message() {
     assert_eq!(e, ClassifyError::NotNumeric { output: "text".into() });
     assert_eq!(e.to_string(), "output 'text' is BYTES and cannot be classified");
 }
+
+#[test]
+fn sequence_parameters_as_triton_clients_send_them() {
+    let param = |c: ParameterChoice| InferParameter { parameter_choice: Some(c) };
+    let with = |params: Vec<(&str, ParameterChoice)>| {
+        let mut req = raw_request(1);
+        for (k, v) in params {
+            req.parameters.insert(k.into(), param(v));
+        }
+        validate_request(&tiny_add(), req)
+    };
+    let seq = |r: Result<ValidatedRequest, RequestError>| r.expect("valid").sequence;
+    assert_eq!(seq(with(vec![])), SequenceParams::default());
+    assert!(!SequenceParams::default().id.in_sequence(), "no sequence_id is correlation ID 0");
+    let got = seq(with(vec![
+        ("sequence_id", ParameterChoice::Int64Param(1000)),
+        ("sequence_start", ParameterChoice::BoolParam(true)),
+    ]));
+    assert_eq!(got, SequenceParams { id: CorrelationId::Uint(1000), start: true, end: false });
+    let got = seq(with(vec![
+        ("sequence_id", ParameterChoice::StringParam("abc".into())),
+        ("sequence_end", ParameterChoice::BoolParam(true)),
+    ]));
+    assert_eq!(got, SequenceParams { id: CorrelationId::Str("abc".into()), start: false, end: true });
+    assert!(!CorrelationId::Str(String::new()).in_sequence());
+    let bad = invalid(with(vec![("sequence_start", ParameterChoice::Int64Param(1))]));
+    assert!(bad.contains("invalid value type for 'sequence_start' parameter"), "{bad}");
+    let bad = invalid(with(vec![("sequence_id", ParameterChoice::BoolParam(true))]));
+    assert!(bad.contains("expected int64_param or string_param"), "{bad}");
+}

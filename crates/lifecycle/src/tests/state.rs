@@ -99,7 +99,14 @@ impl Harness {
 async fn infer(manager: &ModelManager, name: &str) -> Result<f32, String> {
     let model = manager.get(name, "").map_err(|e| e.to_string())?;
     let x = Tensor { name: "x".into(), datatype: DataType::Fp32, shape: vec![2], data: vec![0u8; 8].into() };
-    let job = InferJob { inputs: vec![x], batch_size: 0, outputs: vec![], priority: 0, timeout: None };
+    let job = InferJob {
+        inputs: vec![x],
+        batch_size: 0,
+        outputs: vec![],
+        priority: 0,
+        timeout: None,
+        sequence: Default::default(),
+    };
     let outputs = model.scheduler.infer(job).await.map_err(|e| e.to_string())?;
     let first = outputs.first().and_then(|t| t.data.get(..4)).ok_or("no output")?;
     Ok(f32::from_le_bytes([first[0], first[1], first[2], first[3]]))

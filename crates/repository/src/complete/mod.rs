@@ -211,6 +211,18 @@ fn complete_from_signature(
     let has_inputs = !config.input.is_empty() || !config.batch_input.is_empty();
     let has_outputs = !config.output.is_empty();
     if !(has_inputs && has_outputs) {
+        // The sequence batcher's control and state tensors are not the client's to send or
+        // read: Triton's ONNX Runtime backend leaves them out of the completed config too.
+        let signature = &{
+            let (sequence_inputs, sequence_outputs) = crate::sequence_tensor_names(config);
+            let client_side = |specs: &[TensorSpec], skip: &[&str]| -> Vec<TensorSpec> {
+                specs.iter().filter(|s| !skip.contains(&s.name.as_str())).cloned().collect()
+            };
+            ModelSignature {
+                inputs: client_side(&signature.inputs, &sequence_inputs),
+                outputs: client_side(&signature.outputs, &sequence_outputs),
+            }
+        };
         complete_max_batch_size(config, signature)?;
         let max_batch_size = config.max_batch_size;
         if !has_inputs {

@@ -12,6 +12,8 @@ use tern_proto::inference::{DataType as ConfigType, ModelConfig};
 use crate::complete::check_backend_fields;
 use crate::error::{RepositoryError, TensorKind};
 
+mod sequence;
+pub use sequence::sequence_tensor_names;
 mod tensor;
 use tensor::ConfigTensor;
 #[cfg(test)]
@@ -19,7 +21,7 @@ use tensor::same_element_count;
 
 /// Checks `config` on its own and against `signature`:
 /// - `name` is set; platform/backend are ONNX Runtime's (or empty); no ensemble scheduling and
-///   no sequence batching (not supported yet);
+///   sequence batching as Triton checks it (see [`sequence`]);
 ///   `max_batch_size >= 0`; `default_model_filename` is a plain file name; the numbers that size
 ///   memory or threads within [`crate::check_bounds`]'s limits;
 /// - dynamic batching preferred sizes are in `1..=max_batch_size`, priority levels consistent;
@@ -46,7 +48,7 @@ pub fn validate(config: &ModelConfig, signature: &ModelSignature) -> Result<(), 
     }
     crate::bounds::check_bounds(model, config)?;
     check_model_filename(model, &config.default_model_filename)?;
-    check_scheduling(config)?;
+    check_scheduling(config, signature)?;
 
     let inputs: Vec<ConfigTensor<'_>> = config
         .input
@@ -94,10 +96,13 @@ pub fn validate(config: &ModelConfig, signature: &ModelSignature) -> Result<(), 
 
     check_names(model, TensorKind::Input, &inputs, &signature.inputs)?;
     check_names(model, TensorKind::Output, &outputs, &signature.outputs)?;
+    // The sequence batcher fills its control and state inputs; the client never sends them.
+    let (sequence_inputs, _) = sequence_tensor_names(config);
     let missing: Vec<&str> = signature
         .inputs
         .iter()
         .filter(|spec| !inputs.iter().any(|t| t.name == spec.name))
+        .filter(|spec| !sequence_inputs.contains(&spec.name.as_str()))
         .map(|spec| spec.name.as_str())
         .collect();
     if !missing.is_empty() {
@@ -165,7 +170,7 @@ pub(crate) fn check_model_filename(model: &str, filename: &str) -> Result<(), Re
     }
 }
 
-/// Triton's checks of the dynamic batcher's settings; ensembles and sequence batching are refused.
+/// Triton's checks of the dynamic batcher's settings; ensembles are refused.
 /// Triton refuses `response_cache { enable: true }` for a decoupled model and for one with the
 /// sequence batcher, with these words (core src/model_config_utils.cc, `ValidateModelConfig`:
 /// DLIS-3916 and DLIS-4034), before any other check of the scheduler.
@@ -195,7 +200,7 @@ pub fn check_response_cache(config: &ModelConfig) -> Result<(), RepositoryError>
     Ok(())
 }
 
-fn check_scheduling(config: &ModelConfig) -> Result<(), RepositoryError> {
+fn check_scheduling(config: &ModelConfig, signature: &ModelSignature) -> Result<(), RepositoryError> {
     let model = config.name.as_str();
     let batching = match &config.scheduling_choice {
         Some(SchedulingChoice::DynamicBatching(batching)) => batching,
@@ -205,15 +210,7 @@ fn check_scheduling(config: &ModelConfig) -> Result<(), RepositoryError> {
                 "ensemble_scheduling is not supported; Tern serves ONNX models",
             ));
         }
-        // Triton's sequence batcher keeps per-sequence state and control tensors between
-        // requests; without one, each request would run as if it began a new sequence.
-        Some(SchedulingChoice::SequenceBatching(_)) => {
-            return Err(RepositoryError::invalid(
-                model,
-                "sequence_batching is not supported yet: Tern has no sequence batcher, and serving \
-                 a stateful model as a stateless one would answer wrongly",
-            ));
-        }
+        Some(SchedulingChoice::SequenceBatching(sb)) => return sequence::check(config, sb, signature),
         None => return Ok(()),
     };
     if let Some(&size) =

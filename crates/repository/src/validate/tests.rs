@@ -349,24 +349,112 @@ fn batching_settings() {
     );
 }
 
-/// A stateful model must not be served as a stateless one (issue: it was, when its config had
-/// no control tensors, and answered wrongly): until Tern has a sequence batcher, the config is
-/// refused at load, before its control tensors could be reported as missing inputs.
+/// A stateful model: INPUT from the client; START, READY, CORRID and the state filled by the
+/// sequence batcher (Triton's qa `simple_sequence` style, with implicit state).
+fn accumulator() -> ModelSignature {
+    ModelSignature {
+        inputs: vec![
+            spec("INPUT", DataType::Int32, &[-1, 1]),
+            spec("START", DataType::Int32, &[-1, 1]),
+            spec("READY", DataType::Int32, &[-1, 1]),
+            spec("CORRID", DataType::Uint64, &[-1, 1]),
+            spec("INPUT_STATE", DataType::Int32, &[-1, 1]),
+        ],
+        outputs: vec![
+            spec("OUTPUT", DataType::Int32, &[-1, 1]),
+            spec("OUTPUT_STATE", DataType::Int32, &[-1, 1]),
+        ],
+    }
+}
+
+fn accumulator_config(sequence: &str) -> ModelConfig {
+    let text = format!(
+        r#"
+        name: "m"
+        platform: "onnxruntime_onnx"
+        backend: "onnxruntime"
+        max_batch_size: 4
+        input [ {{ name: "INPUT" data_type: TYPE_INT32 dims: [ 1 ] }} ]
+        output [ {{ name: "OUTPUT" data_type: TYPE_INT32 dims: [ 1 ] }} ]
+        sequence_batching {{ {sequence} }}
+        "#
+    );
+    parse_config(&text).unwrap_or_else(|err| panic!("test config does not parse: {err}"))
+}
+
+const CONTROLS: &str = r#"
+    control_input [
+      { name: "START" control [ { kind: CONTROL_SEQUENCE_START int32_false_true: [ 0, 1 ] } ] },
+      { name: "READY" control [ { kind: CONTROL_SEQUENCE_READY int32_false_true: [ 0, 1 ] } ] },
+      { name: "CORRID" control [ { kind: CONTROL_SEQUENCE_CORRID data_type: TYPE_UINT64 } ] }
+    ]
+    state [ { input_name: "INPUT_STATE" output_name: "OUTPUT_STATE" data_type: TYPE_INT32 dims: [ 1 ]
+              initial_state: { name: "zero" data_type: TYPE_INT32 dims: [ 1 ] zero_data: true } } ]"#;
+
+/// Control and state tensors are the batcher's: never reported as missing config inputs.
 #[test]
-fn sequence_batching_is_refused_until_supported() {
-    for scheduling in [
-        "sequence_batching { }",
-        "sequence_batching { max_sequence_idle_microseconds: 5000000 direct { } }",
-        "sequence_batching { control_input [ { name: \"START\" control [ { kind: CONTROL_SEQUENCE_START \
-         fp32_false_true: [ 0, 1 ] } ] } ] oldest { max_candidate_sequences: 4 } }",
-    ] {
-        let config = resnet_config(scheduling);
-        assert_eq!(
-            message(&config, &resnet()),
-            "model 'm': sequence_batching is not supported yet: Tern has no sequence batcher, and \
-             serving a stateful model as a stateless one would answer wrongly",
-            "{scheduling}"
-        );
+fn sequence_batching_with_controls_and_state_is_accepted() {
+    for strategy in ["", "direct { }", "oldest { max_candidate_sequences: 4 preferred_batch_size: [ 2 ] }"] {
+        let config = accumulator_config(&format!("{CONTROLS} {strategy}"));
+        assert_eq!(message(&config, &accumulator()), "ok", "{strategy}");
+    }
+    // Without the controls, the model's START etc. are missing inputs again.
+    let config = accumulator_config("");
+    assert!(message(&config, &accumulator()).contains("missing from config.pbtxt"));
+}
+
+/// Triton's words for its checks (core src/model_config_utils.cc), and a reason for what Tern
+/// does not serve.
+#[test]
+fn sequence_batching_errors_name_the_problem() {
+    let cases = [
+        (
+            r#"control_input [ { name: "CORRID" control [ { kind: CONTROL_SEQUENCE_CORRID data_type: TYPE_FP32 } ] } ]"#,
+            "unexpected data type for control CONTROL_SEQUENCE_CORRID for m. Allowed data types are \
+             TYPE_UINT64, TYPE_INT64, TYPE_UINT32, TYPE_INT32 and TYPE_STRING",
+        ),
+        (
+            r#"control_input [ { name: "START" control [ { kind: CONTROL_SEQUENCE_START int32_false_true: [ 0 ] } ] } ]"#,
+            "sequence batching control 'int32_false_true' must have exactly 2 entries for \
+             CONTROL_SEQUENCE_START for m",
+        ),
+        (
+            r#"control_input [ { name: "START" control [ { kind: CONTROL_SEQUENCE_START } ] } ]"#,
+            "sequence batching must specify either 'int32_false_true', 'fp32_false_true' or \
+             'bool_false_true' for CONTROL_SEQUENCE_START for m",
+        ),
+        (
+            r#"control_input [ { name: "START" control [ { kind: CONTROL_SEQUENCE_START fp32_false_true: [ 0, 1 ] } ] } ]"#,
+            "sequence batching control tensor 'START' is INT32 in the model file, but its control gives FP32",
+        ),
+        (
+            r#"control_input [ { name: "START" control [ { kind: CONTROL_SEQUENCE_START int32_false_true: [ 0, 1 ] } ] },
+               { name: "READY" control [ { kind: CONTROL_SEQUENCE_START int32_false_true: [ 0, 1 ] } ] } ]"#,
+            "sequence batching specifies multiple CONTROL_SEQUENCE_START tensors for m",
+        ),
+        (
+            "oldest { preferred_batch_size: [ 8 ] }",
+            "sequence batching preferred batch size must be <= max batch size for m",
+        ),
+        (
+            "direct { minimum_slot_utilization: 1.5 }",
+            "sequence batching minimum slot utilization must be in range (0.0, 1.0] for m",
+        ),
+        (
+            r#"state [ { input_name: "INPUT_STATE" output_name: "OUTPUT_STATE" data_type: TYPE_INT32 dims: [ 1 ]
+                         initial_state: { data_type: TYPE_INT32 dims: [ 1 ] data_file: "s" } } ]"#,
+            "sequence_batching.state 'INPUT_STATE': initial_state data_file 's' is not supported yet; use zero_data: true",
+        ),
+        (
+            r#"state [ { input_name: "INPUT_STATE" output_name: "NOPE" data_type: TYPE_INT32 dims: [ 1 ] } ]"#,
+            "sequence_batching.state: 'NOPE' is not an output of the model file",
+        ),
+        ("iterative_sequence: true", "sequence_batching.iterative_sequence is not supported"),
+    ];
+    for (sequence, expected) in cases {
+        let config = accumulator_config(sequence);
+        let got = message(&config, &accumulator());
+        assert!(got.starts_with(&format!("model 'm': {expected}")), "{sequence}\n got: {got}");
     }
 }
 
