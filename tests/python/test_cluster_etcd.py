@@ -386,11 +386,27 @@ def test_a_load_in_progress_in_etcd_is_not_started_again(cluster):
     assert etcd_keys(cluster.etcd, f"{PREFIX}/loading/") == []
 
 
-def test_nodes_report_recency(cluster):
+def etcd_revision(etcd: "EtcdProc") -> int:
+    return int(_etcd_api(etcd, "kv/range", {"key": base64.b64encode(b"/").decode()})["header"]["revision"])
+
+
+def test_requests_write_nothing_to_etcd_and_nodes_report_recency(cluster):
+    # Once the cluster is quiet (answers' leases expired), requests through both routers leave
+    # etcd's revision (bumped by every write) where it was.
+    def quiet():
+        first = etcd_revision(cluster.etcd)
+        time.sleep(LEASE_TTL_S + 1)
+        return etcd_revision(cluster.etcd) == first
+
+    wait_until(quiet, 30, "etcd quiet")
+    revision = etcd_revision(cluster.etcd)
+    before = time.time() * 1000
+    for i in range(20):
+        for r in (cluster.a, cluster.b):
+            infer_tiny(r.url, value=float(i))
+    assert etcd_revision(cluster.etcd) == revision, "a request wrote to etcd"
     # LRU recency comes from the nodes (their last inference per model), so every router
     # evicts by the same order whichever router requests went through.
-    before = time.time() * 1000
-    infer_tiny(cluster.b.url)
     stamps = wait_until(lambda: [t for n in cluster.nodes if n.alive()
                                  for (name, _), t in node_status(n.addr)["last_inference_ms"].items()
                                  if name == "tiny_add" and t >= before - 1000], 5,

@@ -73,6 +73,10 @@ pub struct Placement {
     failed: DashMap<(String, String), u64>,
     /// Last known memory of each model the nodes report, for choosing where it fits.
     sizes: DashMap<String, u64>,
+    /// The mean of `sizes`: what a model never loaded yet is expected to take, so loads
+    /// placed at once (before any node reports their memory) spread rather than pile onto the
+    /// node with the most free memory.
+    typical_size: std::sync::atomic::AtomicU64,
     /// Lazy loads in progress, one per model; at most [`MAX_LAZY_LOADS`].
     lazy: DashMap<String, lazy::Waiters>,
     /// Names every node said it does not have (NOT_FOUND, INVALID_ARGUMENT) -> (when, answer);
@@ -139,6 +143,7 @@ impl Placement {
             loading: DashMap::new(),
             failed: DashMap::new(),
             sizes: DashMap::new(),
+            typical_size: Default::default(),
             lazy: DashMap::new(),
             unknown: DashMap::new(),
             store,
@@ -267,11 +272,16 @@ impl Placement {
             nodes.push(node.clone());
             loads.push(load);
         }
+        let (total, count) =
+            self.sizes.iter().fold((0u64, 0u64), |(t, n), e| (t.saturating_add(*e.value()), n + 1));
+        self.typical_size.store(total.checked_div(count).unwrap_or(0), std::sync::atomic::Ordering::Relaxed);
         (nodes, loads)
     }
 
     fn size_of(&self, model: &str) -> u64 {
-        self.sizes.get(model).map_or(0, |s| *s)
+        self.sizes
+            .get(model)
+            .map_or_else(|| self.typical_size.load(std::sync::atomic::Ordering::Relaxed), |s| *s)
     }
 
     fn recently_failed(&self, model: &str) -> HashSet<String> {

@@ -16,6 +16,8 @@ use crate::store::{Desired, StoreError, Wanted};
 
 /// Largest `config` override kept in an operator's intent (etcd values stay small).
 const MAX_INTENT_CONFIG_BYTES: usize = 64 * 1024;
+/// How long a finished load may take to show in the nodes' statuses (heartbeats, polls).
+const STATUS_GRACE: Duration = Duration::from_secs(3);
 
 impl Placement {
     /// RepositoryModelLoad through the router: pins the model and (re)loads it on its holders
@@ -131,26 +133,26 @@ impl Placement {
         Ok(())
     }
 
-    /// Waits (bounded by the lazy-load timeout) for loads already under way to serve `model`.
+    /// Waits (bounded by the lazy-load timeout) for loads already under way to serve `model`;
+    /// once none is under way, a little longer for the nodes' statuses to show the result.
     async fn wait_placed(&self, model: &str) -> Result<(), ClientError> {
         let deadline = Instant::now() + self.settings.lazy_load_timeout;
+        let mut settled: Option<Instant> = None;
         while Instant::now() < deadline {
-            if !self.cluster.view().candidates(model, "").is_empty() {
+            let view = self.cluster.view();
+            if !view.candidates(model, "").is_empty() {
                 return Ok(());
             }
-            if !self.loading_anywhere(model)
-                && self.cluster.view().models.get(model).is_none_or(|r| r.loading.is_empty())
-            {
+            let under_way =
+                self.loading_anywhere(model) || view.models.get(model).is_some_and(|r| !r.loading.is_empty());
+            if under_way {
+                settled = None;
+            } else if settled.get_or_insert_with(Instant::now).elapsed() > STATUS_GRACE {
                 break;
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
-        if self.cluster.view().candidates(model, "").is_empty() {
-            return Err(ClientError::unavailable(format!(
-                "model '{model}': its loads in progress did not make it ready"
-            )));
-        }
-        Ok(())
+        Err(ClientError::unavailable(format!("model '{model}': the loads in progress did not make it ready")))
     }
 
     /// Loads `model` on its holders and on new nodes up to its replica count, one operator's
