@@ -75,3 +75,89 @@ impl Placement {
         out
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    use clap::Parser;
+    use tern_proto::cluster::{ModelReplica, NodeStatus};
+
+    use super::*;
+    use crate::metrics::RouterMetrics;
+    use crate::nodes::{Cluster, Source};
+    use crate::store::Intent;
+
+    fn placement(args: &[&str]) -> (Arc<Cluster>, Placement) {
+        let metrics = Arc::new(RouterMetrics::unregistered());
+        let cluster = Arc::new(Cluster::new(
+            Duration::from_secs(5),
+            1,
+            None,
+            tern_edge::Credential::none(),
+            metrics.clone(),
+        ));
+        let settings = crate::Config::try_parse_from(args).expect("flags").cluster();
+        (cluster.clone(), Placement::new(cluster, settings, metrics))
+    }
+
+    /// Recency is the nodes' report (their last inference), converted to this router's clock,
+    /// and the latest wins whichever router saw the request.
+    #[tokio::test]
+    async fn recency_comes_from_the_nodes_reports() {
+        let (cluster, placement) = placement(&["tern-router"]);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let wall_now =
+            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).expect("clock").as_millis()
+                as u64;
+        let replica = |name: &str, ago_ms: u64| ModelReplica {
+            name: name.into(),
+            version: "1".into(),
+            state: "READY".into(),
+            last_inference_ms: if ago_ms == u64::MAX { 0 } else { wall_now - ago_ms },
+            ..Default::default()
+        };
+        let a = cluster.upsert("127.0.0.1:1", Source::Static).expect("a");
+        let b = cluster.upsert("127.0.0.1:2", Source::Static).expect("b");
+        let status = |models| NodeStatus { models, ..Default::default() };
+        cluster.record_status(
+            &a,
+            status(vec![replica("old", 40), replica("shared", 30), replica("never", u64::MAX)]),
+        );
+        cluster.record_status(&b, status(vec![replica("shared", 1)]));
+        let recency = placement.recency();
+        let now = cluster.now_ms();
+        // "old" was used 40 ms ago by the node's clock: about 40 ms before now on ours.
+        let old = now - recency["old"];
+        assert!((40..1000).contains(&old), "old used {old} ms ago");
+        // The latest report wins: node b saw "shared" 1 ms ago.
+        assert!(recency["shared"] > recency["old"]);
+        assert!(!recency.contains_key("never"), "a model never used has no recency");
+    }
+
+    /// An operator's intent sets the replica count and the config of new replicas for every
+    /// router, whatever its own flags say; without one, the flags count.
+    #[test]
+    fn intents_set_replicas_and_config() {
+        let (_, placement) = placement(&["tern-router", "--model-replicas", "m=3"]);
+        assert_eq!(placement.replicas_of("m"), 3);
+        assert!(placement.replica_parameters("m").is_empty());
+        let pin = Intent {
+            desired: Desired::Pinned,
+            replicas: 2,
+            config: Some("{\"x\":1}".into()),
+            router: "b".into(),
+        };
+        placement.apply_intents(&[("m".to_string(), pin)].into_iter().collect());
+        assert_eq!(placement.replicas_of("m"), 2);
+        let config = placement.replica_parameters("m");
+        assert!(matches!(
+            config.get("config").and_then(|p| p.parameter_choice.as_ref()),
+            Some(pb::model_repository_parameter::ParameterChoice::StringParam(c)) if c == "{\"x\":1}"
+        ));
+        let unload = Intent { desired: Desired::Unloaded, replicas: 0, config: None, router: "b".into() };
+        placement.apply_intents(&[("m".to_string(), unload)].into_iter().collect());
+        assert_eq!(placement.replicas_of("m"), 3, "an unloaded model's count is the flags' again");
+    }
+}
