@@ -137,6 +137,14 @@ bench-llm: build examples
 bench-embeddings: build examples
 	$(VENV_PY) benches/embeddings.py --seconds $(SECONDS_PER_CELL) --write
 
+## Cluster placement through etcd (issue 23, benches/cluster_sim.py): a real etcd, two real
+## routers and 100 SIMULATED nodes (the node control plane only) with 1,000 models: placement
+## time, convergence after a node loss, etcd writes per minute at steady state; rewrites its
+## section of benches/RESULTS.md. About 3 min. Not part of `make test`.
+.PHONY: bench-cluster
+bench-cluster: build
+	TERN_ROUTER_BIN=$(ROOT)/target/release/tern-router $(VENV_PY) benches/cluster_sim.py --write
+
 ## Criterion micro-benchmarks (benches/benches/*.rs, benches/README.md): request decode and
 ## validation, the BYTES codec, batch assembly and split, config.pbtxt parsing, placement.
 ## About 3 min on 2 cores; QUICK=1 (1 s warm-up, 2 s per benchmark) about 1.5. Medians and

@@ -172,6 +172,9 @@ FILE_FLAGS = {
     "--node-token-file": "router-token",  # what a router presents to nodes
     "--router-token-file": "node-token",  # what a node presents to routers
     "--etcd-password-file": "etcd-password",
+    "--etcd-ca-file": "etcd-ca",
+    "--etcd-cert-file": "etcd-cert",
+    "--etcd-key-file": "etcd-key",
 }
 
 

@@ -300,7 +300,8 @@ def test_service_monitor_scrapes_both_tiers_with_alert_job_names(source):
 
 
 # The cluster store (README, "Cluster state: memory or etcd"): the memory store passes no flag.
-STORE_FLAGS = {"--cluster-store", "--cluster-store-prefix", "--node-lease-ttl-secs", "--etcd-username", "--etcd-password-file"}
+STORE_FLAGS = {"--cluster-store", "--cluster-store-prefix", "--node-lease-ttl-secs", "--etcd-username", "--etcd-password-file",
+               "--etcd-ca-file", "--etcd-cert-file", "--etcd-key-file"}
 # Each source's --cluster-store, prefix and TTL; None: the memory store.
 EXPECTED_STORE = {
     "k8s-etcd": ("etcd://tern-etcd.tern.svc.cluster.local:2379", "/tern", "10"),

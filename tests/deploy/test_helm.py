@@ -338,6 +338,14 @@ def test_existing_etcd_with_auth():
     assert flags["--etcd-username"] == "secret:tern-etcd-credentials/user"
     name, key, volume = secret_file(find(objs, "Deployment"), c, flags["--etcd-password-file"])
     assert (name, key) == ("tern-etcd-credentials", "password") and volume["secret"]["defaultMode"] == 0o440
+    # TLS to etcd (rustls): the CA, the client certificate and key from one Secret, as files.
+    for flag, wanted in (("--etcd-ca-file", "ca.crt"), ("--etcd-cert-file", "tls.crt"), ("--etcd-key-file", "tls.key")):
+        name, key, volume = secret_file(find(objs, "Deployment"), c, flags[flag])
+        assert (name, key) == ("tern-etcd-client-tls", wanted) and volume["secret"]["defaultMode"] == 0o440
+    # A CA alone (etcd without --client-cert-auth): no client certificate flags.
+    _, flags = _router(_objects({"etcd": {"endpoints": ["etcd:2379"],
+                                          "tls": {"existingSecret": "ca-only", "certKey": "", "keyKey": ""}}}))
+    assert "--etcd-ca-file" in flags and "--etcd-cert-file" not in flags and "--etcd-key-file" not in flags
     # Routers still need no Kubernetes API access: no token mounted.
     assert find(objs, "Deployment")["spec"]["template"]["spec"]["automountServiceAccountToken"] is False
     assert not [o for o in objs if o["kind"] in ("Role", "RoleBinding", "ClusterRole", "ClusterRoleBinding")]
@@ -374,6 +382,9 @@ def test_trial_etcd_follows_the_release():
         ({"etcd": {"endpoints": ["etcd:2379"], "trial": {"enabled": True}}}, "not both"),
         ({"etcd": {"trial": {"enabled": True}, "auth": {"existingSecret": "s"}}}, "without authentication"),
         ({"etcd": {"auth": {"existingSecret": "s"}}}, "needs etcd.endpoints"),
+        ({"etcd": {"trial": {"enabled": True}, "tls": {"existingSecret": "s"}}}, "serves plain text"),
+        ({"etcd": {"tls": {"existingSecret": "s"}}}, "needs etcd.endpoints"),
+        ({"etcd": {"endpoints": ["etcd:2379"], "tls": {"existingSecret": "s", "keyKey": ""}}}, "go together"),
         ({"etcd": {"endpoints": ["etcd:2379"]}, "router": {"enabled": False}}, "router.enabled"),
     ],
 )

@@ -53,7 +53,11 @@ EXPECTED_SECRETS = {
     },
 }
 EXPECTED_SECRETS["k8s-secure"] = EXPECTED_SECRETS["helm-secure"]
-EXPECTED_SECRETS["helm-etcd-external"] = {"node": set(), "router": {("tern-etcd-credentials", "password")}}
+EXPECTED_SECRETS["helm-etcd-external"] = {
+    "node": set(),
+    "router": {("tern-etcd-credentials", "password"), ("tern-etcd-client-tls", "ca.crt"),
+               ("tern-etcd-client-tls", "tls.crt"), ("tern-etcd-client-tls", "tls.key")},
+}
 EXPECTED_SECRETS["k8s-gpu-tls-auth"] = {
     "node": {("tern-tls", "tls.crt"), ("tern-tls", "tls.key"), ("tern-tokens", "tokens")},
     "router": EXPECTED_SECRETS["helm-secure"]["router"],

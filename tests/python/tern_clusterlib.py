@@ -216,6 +216,7 @@ def _node_status_class():
     replica = f.message_type.add(name="ModelReplica")
     for number, name in ((1, "name"), (2, "version"), (3, "state"), (4, "reason")):
         replica.field.add(name=name, number=number, type=T.TYPE_STRING, label=T.LABEL_OPTIONAL)
+    replica.field.add(name="last_inference_ms", number=7, type=T.TYPE_UINT64, label=T.LABEL_OPTIONAL)
     status = f.message_type.add(name="NodeStatus")
     status.field.add(name="node_id", number=1, type=T.TYPE_STRING, label=T.LABEL_OPTIONAL)
     status.field.add(name="models", number=3, type=T.TYPE_MESSAGE, label=T.LABEL_REPEATED,
@@ -229,7 +230,7 @@ def _node_status_class():
 
 def node_status(addr: str, timeout: float = 2.0) -> dict:
     """NodeControl.Status of the tern-node at `addr` (what routers poll): ready, in_flight and
-    models as [(name, version, state, reason)]."""
+    models as [(name, version, state, reason)], and last_inference_ms by (name, version)."""
     import grpc
 
     cls = _node_status_class()
@@ -237,4 +238,5 @@ def node_status(addr: str, timeout: float = 2.0) -> dict:
         raw = channel.unary_unary("/tern.cluster.v1.NodeControl/Status")(b"", timeout=timeout)
     msg = cls.FromString(raw)
     return {"ready": msg.ready, "in_flight": msg.in_flight,
-            "models": [(m.name, m.version, m.state, m.reason) for m in msg.models]}
+            "models": [(m.name, m.version, m.state, m.reason) for m in msg.models],
+            "last_inference_ms": {(m.name, m.version): m.last_inference_ms for m in msg.models}}

@@ -78,18 +78,21 @@ pub fn node_status(state: &NodeState, identity: &ClusterIdentity, advertised: &s
             reason: if draining { "the node is shutting down".into() } else { row.reason },
             memory_bytes: 0,
             in_flight: 0,
+            last_inference_ms: 0,
         })
         .collect();
     let mut queue_depth = 0;
     let mut memory_used = 0;
     for model in &ready {
-        let pending = model.scheduler.stats().snapshot().pending;
+        let stats = model.scheduler.stats().snapshot();
+        let pending = stats.pending;
         queue_depth += pending;
         memory_used += model.memory_bytes;
         if let Some(row) = models.iter_mut().find(|r| r.name == model.name && r.version == model.version_str)
         {
             row.memory_bytes = model.memory_bytes;
             row.in_flight = pending;
+            row.last_inference_ms = stats.last_inference_ms;
         }
     }
     NodeStatus {

@@ -23,6 +23,15 @@ etcd.endpoints is set or the trial etcd is on, otherwise each router's memory. *
 {{- if and .Values.etcd.auth.existingSecret .Values.etcd.trial.enabled }}
 {{- fail "etcd.auth.existingSecret: the trial etcd runs without authentication, so routers could not log in; use etcd.auth with etcd.endpoints (an etcd with auth enabled)" }}
 {{- end }}
+{{- if and .Values.etcd.tls.existingSecret .Values.etcd.trial.enabled }}
+{{- fail "etcd.tls.existingSecret: the trial etcd serves plain text; use etcd.tls with etcd.endpoints (an etcd serving TLS)" }}
+{{- end }}
+{{- if and .Values.etcd.tls.existingSecret (not (include "tern.etcdStore" .)) }}
+{{- fail "etcd.tls.existingSecret needs etcd.endpoints (the routers' etcd)" }}
+{{- end }}
+{{- if and .Values.etcd.tls.existingSecret (ne (empty .Values.etcd.tls.certKey) (empty .Values.etcd.tls.keyKey)) }}
+{{- fail "etcd.tls.certKey and etcd.tls.keyKey go together: set both (a client certificate) or neither" }}
+{{- end }}
 {{- if and .Values.etcd.auth.existingSecret (not (include "tern.etcdStore" .)) }}
 {{- fail "etcd.auth.existingSecret needs etcd.endpoints (the routers' etcd)" }}
 {{- end }}

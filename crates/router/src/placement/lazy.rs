@@ -117,10 +117,10 @@ impl Placement {
             if !view.candidates(model, "").is_empty() {
                 return Ok(());
             }
-            // Loading somewhere already (a replica top-up, another router): wait for it.
-            let loading_here = self.loading.iter().any(|e| e.key().0 == model);
+            // Loading somewhere already (a replica top-up, another router as etcd shows, a node
+            // reporting LOADING): wait for it rather than start a second load.
             let loading_there = view.models.get(model).is_some_and(|r| !r.loading.is_empty());
-            if loading_here || loading_there {
+            if loading_there || self.loading_anywhere(model) {
                 tokio::time::sleep(Duration::from_millis(20)).await;
                 continue;
             }
@@ -152,13 +152,12 @@ impl Placement {
 
     /// A follower's lazy load (etcd store, another router leads placement): asks the leader
     /// through etcd and waits until a node serves the model, or the leader answers why not.
+    /// With etcd or the leader away it waits too (a leader is elected within the lease TTL, and
+    /// etcd comes back), up to --lazy-load-timeout-secs, then fails naming what it waited for.
     async fn placed_by_leader(self: &Arc<Self>, model: &str) -> Result<(), ClientError> {
-        let wanted = Wanted { router: self.settings.router_id.clone(), error: None };
-        self.store.want_placed(model, wanted).await.map_err(|e| {
-            ClientError::unavailable(format!(
-                "model '{model}' is not loaded on any node, and placement is paused: {e}"
-            ))
-        })?;
+        let deadline = self.leader_deadline();
+        let wanted = Wanted::ask(&self.settings.router_id, false);
+        self.ask_leader(model, &wanted, deadline).await?;
         let answers = self.store.watch_wanted();
         loop {
             if !self.cluster.view().candidates(model, "").is_empty() {
@@ -174,22 +173,72 @@ impl Placement {
                 }
                 return Err(error);
             }
+            if Instant::now() >= deadline {
+                return Err(self.no_leader_answer(model));
+            }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
 
-    /// The leader's side of [`Self::placed_by_leader`]: places `model` as a lazy load, then
-    /// clears the request, or answers with the error.
-    pub async fn place_for_follower(self: &Arc<Self>, model: &str, asked_by: &str) {
-        let result = match self.lazy_refusal(model) {
-            Some(refusal) => Err(ClientError::router(Code::FailedPrecondition, refusal)),
-            None => self.lazy_load(model).await,
+    /// How long a follower waits for the leader: a little less than the lazy-load timeout, so
+    /// its own answer (naming etcd or the leader) is the one the caller gets.
+    pub(super) fn leader_deadline(&self) -> Instant {
+        let timeout = self.settings.lazy_load_timeout;
+        Instant::now() + timeout.saturating_sub(Duration::from_millis(250).min(timeout / 4))
+    }
+
+    /// Writes `wanted` for the leader, retrying while etcd cannot take it, until `deadline`.
+    pub(super) async fn ask_leader(
+        &self,
+        model: &str,
+        wanted: &Wanted,
+        deadline: Instant,
+    ) -> Result<(), ClientError> {
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let error = match tokio::time::timeout(left, self.store.want_placed(model, wanted.clone())).await
+            {
+                Ok(Ok(())) => return Ok(()),
+                Ok(Err(e)) => e.to_string(),
+                Err(_) => format!("cluster store {} did not answer", self.store.describe()),
+            };
+            if Instant::now() + Duration::from_millis(500) >= deadline {
+                return Err(ClientError::unavailable(format!(
+                    "model '{model}' is not loaded on any node, and placement is paused: {error}; waited {} s (--lazy-load-timeout-secs) for it",
+                    self.settings.lazy_load_timeout.as_secs()
+                )));
+            }
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+    }
+
+    /// A follower waited for the leader in vain.
+    pub(super) fn no_leader_answer(&self, model: &str) -> ClientError {
+        ClientError::unavailable(format!(
+            "model '{model}': no placement leader answered within {} s (--lazy-load-timeout-secs); the leader is elected through the cluster store, {}",
+            self.settings.lazy_load_timeout.as_secs(),
+            self.store.describe()
+        ))
+    }
+
+    /// The leader's side of [`Self::placed_by_leader`] and of an operator's load through a
+    /// follower: places `model`, then clears the request or answers it.
+    pub async fn place_for_follower(self: &Arc<Self>, model: &str, request: Wanted) {
+        let result = if request.operator {
+            self.place_operator_intent(model).await
+        } else {
+            match self.lazy_refusal(model) {
+                Some(refusal) => Err(ClientError::router(Code::FailedPrecondition, refusal)),
+                None => self.lazy_load(model).await,
+            }
         };
+        let answer = |error, done| Wanted { error, done, ..request.clone() };
         let written = match &result {
+            Ok(()) if request.operator => self.store.want_placed(model, answer(None, true)).await,
             Ok(()) => self.store.placed(model).await,
             Err(e) => {
                 let error = Some((e.code() as i32, e.message().to_string()));
-                self.store.want_placed(model, Wanted { router: asked_by.to_string(), error }).await
+                self.store.want_placed(model, answer(error, false)).await
             }
         };
         if let Err(e) = written {
@@ -286,7 +335,7 @@ mod tests {
         .expect("flags")
         .cluster();
         let placement = Placement::new(cluster, settings, metrics);
-        let intent = |desired| Intent { desired, replicas: 0, router: "b".into() };
+        let intent = |desired| Intent { desired, replicas: 0, config: None, router: "b".into() };
         placement.touch("gone");
         let intents = [
             ("gone".to_string(), intent(Desired::Unloaded)),

@@ -11,7 +11,8 @@
 //!   node leaves, and joining nodes take the missing ones.
 //! - Memory: a node reports its budget and the memory of its models; a node over budget unloads
 //!   its least recently used models that are neither pinned nor busy (requests queued or
-//!   executing there).
+//!   executing there). Recency is the nodes' own (each reports its models' last inference), so
+//!   every router, whichever requests went through it, evicts by the same order.
 //! - Bounds: every map keyed by a name a client chose is capped (see [`bounded`]), and names no
 //!   node knows are remembered briefly so nodes are not asked again for each request.
 //!
@@ -22,6 +23,7 @@ mod bounded;
 mod decide;
 mod lazy;
 mod operator;
+mod shared;
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, PoisonError, RwLock};
@@ -38,7 +40,7 @@ use crate::discovery::refresh;
 use crate::error::ClientError;
 use crate::metrics::RouterMetrics;
 use crate::nodes::{Cluster, Node};
-use crate::store::{ClusterStore, Desired, Intent, MemoryStore};
+use crate::store::{ClusterStore, Desired, Intent, LoadingSet, MemoryStore};
 pub use bounded::{MAX_FAILED_LOADS, MAX_LAZY_LOADS, MAX_UNKNOWN_MODELS, UNKNOWN_MODEL_TTL};
 pub use decide::{NodeLoad, Resident, choose_nodes, evictions};
 
@@ -71,6 +73,10 @@ pub struct Placement {
     failed: DashMap<(String, String), u64>,
     /// Last known memory of each model the nodes report, for choosing where it fits.
     sizes: DashMap<String, u64>,
+    /// The mean of `sizes`: what a model never loaded yet is expected to take, so loads
+    /// placed at once (before any node reports their memory) spread rather than pile onto the
+    /// node with the most free memory.
+    typical_size: std::sync::atomic::AtomicU64,
     /// Lazy loads in progress, one per model; at most [`MAX_LAZY_LOADS`].
     lazy: DashMap<String, lazy::Waiters>,
     /// Names every node said it does not have (NOT_FOUND, INVALID_ARGUMENT) -> (when, answer);
@@ -79,6 +85,12 @@ pub struct Placement {
     /// Where operators' intents are written (pins, unloads): this router's memory, or etcd
     /// shared with every router (see [`Placement::apply_intents`]).
     store: Arc<dyn ClusterStore>,
+    /// The operators' intents by model (replicas and config of pins), as the store has them.
+    intents: RwLock<HashMap<String, Intent>>,
+    /// Loads in progress by any router, as the shared store publishes them (model, node).
+    loading_elsewhere: RwLock<LoadingSet>,
+    /// Operators' loads placing now, one per model at a time (entries leave when done).
+    operator_loads: DashMap<String, Arc<tokio::sync::Mutex<()>>>,
 }
 
 /// Counts a load of a model on a node as in progress while it lives: placement then treats the
@@ -92,6 +104,7 @@ impl LoadingMark {
     fn new(placement: &Arc<Placement>, model: &str, node: &str) -> LoadingMark {
         let key = (model.to_string(), node.to_string());
         *placement.loading.entry(key.clone()).or_insert(0) += 1;
+        placement.store.load_started(model, node);
         LoadingMark { placement: placement.clone(), key }
     }
 }
@@ -101,7 +114,9 @@ impl Drop for LoadingMark {
         if let Some(mut count) = self.placement.loading.get_mut(&self.key) {
             *count = count.saturating_sub(1);
         }
-        self.placement.loading.remove_if(&self.key, |_, count| *count == 0);
+        if self.placement.loading.remove_if(&self.key, |_, count| *count == 0).is_some() {
+            self.placement.store.load_ended(&self.key.0, &self.key.1);
+        }
     }
 }
 
@@ -128,9 +143,13 @@ impl Placement {
             loading: DashMap::new(),
             failed: DashMap::new(),
             sizes: DashMap::new(),
+            typical_size: Default::default(),
             lazy: DashMap::new(),
             unknown: DashMap::new(),
             store,
+            intents: RwLock::default(),
+            loading_elsewhere: RwLock::default(),
+            operator_loads: DashMap::new(),
         };
         placement.publish_desired();
         placement
@@ -161,6 +180,9 @@ impl Placement {
             // Not "in use" here either: its replicas are not topped up again.
             self.last_used.remove(model);
         }
+        // The intents first: a replica top-up that sees the pin then finds its count.
+        *self.intents.write().unwrap_or_else(PoisonError::into_inner) =
+            intents.iter().map(|(m, i)| (m.clone(), i.clone())).collect();
         *self.pinned.write().unwrap_or_else(PoisonError::into_inner) = pinned;
         *self.unloaded.write().unwrap_or_else(PoisonError::into_inner) = unloaded;
         self.publish_desired();
@@ -174,9 +196,9 @@ impl Placement {
         self.metrics.desired(pinned, unloaded);
     }
 
-    fn intent(&self, model: &str, desired: Desired) -> Intent {
+    fn intent(&self, model: &str, desired: Desired, config: Option<String>) -> Intent {
         let replicas = if desired == Desired::Pinned { self.settings.replicas_of(model) } else { 0 };
-        Intent { desired, replicas, router: self.settings.router_id.clone() }
+        Intent { desired, replicas, config, router: self.settings.router_id.clone() }
     }
 
     pub fn settings(&self) -> &ClusterSettings {
@@ -241,14 +263,25 @@ impl Placement {
                     load.used += self.size_of(model);
                 }
             }
+            let elsewhere = self.loading_elsewhere.read().unwrap_or_else(PoisonError::into_inner).clone();
+            for (model, _) in elsewhere.iter().filter(|(_, n)| *n == node.addr) {
+                if load.models.insert(model.clone()) {
+                    load.used += self.size_of(model);
+                }
+            }
             nodes.push(node.clone());
             loads.push(load);
         }
+        let (total, count) =
+            self.sizes.iter().fold((0u64, 0u64), |(t, n), e| (t.saturating_add(*e.value()), n + 1));
+        self.typical_size.store(total.checked_div(count).unwrap_or(0), std::sync::atomic::Ordering::Relaxed);
         (nodes, loads)
     }
 
     fn size_of(&self, model: &str) -> u64 {
-        self.sizes.get(model).map_or(0, |s| *s)
+        self.sizes
+            .get(model)
+            .map_or_else(|| self.typical_size.load(std::sync::atomic::Ordering::Relaxed), |s| *s)
     }
 
     fn recently_failed(&self, model: &str) -> HashSet<String> {
@@ -422,8 +455,9 @@ impl Placement {
         let now = self.cluster.now_ms();
         let idle = self.settings.idle.as_millis() as u64;
         let mut models: HashSet<String> = self.pinned.read().unwrap_or_else(PoisonError::into_inner).clone();
+        // Used through any router: the nodes' reports count, not only this router's requests.
         models.extend(
-            self.last_used.iter().filter(|e| now.saturating_sub(*e.value()) < idle).map(|e| e.key().clone()),
+            self.recency().into_iter().filter(|(_, t)| now.saturating_sub(*t) < idle).map(|(m, _)| m),
         );
         let unloaded = self.unloaded.read().unwrap_or_else(PoisonError::into_inner);
         let mut out: Vec<String> = models.into_iter().filter(|m| !unloaded.contains(m)).collect();
@@ -440,7 +474,7 @@ impl Placement {
         let pinned = self.pinned.read().unwrap_or_else(PoisonError::into_inner).clone();
         for model in self.in_use() {
             let have = loads.iter().filter(|l| l.models.contains(&model)).count();
-            let want = self.settings.replicas_of(&model);
+            let want = self.replicas_of(&model);
             if have >= want {
                 continue;
             }
@@ -455,7 +489,7 @@ impl Placement {
             }
             for i in choose_nodes(&mut loads, &model, size, want - have, &exclude) {
                 // Marked in progress at once, so the next round does not choose again.
-                drop(self.start_load(nodes[i].clone(), model.clone(), HashMap::new()));
+                drop(self.start_load(nodes[i].clone(), model.clone(), self.replica_parameters(&model)));
             }
         }
     }
@@ -464,6 +498,7 @@ impl Placement {
     async fn enforce_budgets(&self) {
         let now = self.cluster.now_ms();
         let (nodes, _) = self.snapshot();
+        let recency = self.recency();
         for node in nodes {
             let Some(status) = node.status() else { continue };
             if status.memory_budget_bytes == 0 || status.memory_used_bytes <= status.memory_budget_bytes {
@@ -475,7 +510,7 @@ impl Placement {
                 let r = residents.entry(m.name.as_str()).or_insert_with(|| Resident {
                     model: m.name.clone(),
                     bytes: 0,
-                    last_used_ms: self.last_used.get(&m.name).map_or(0, |t| *t),
+                    last_used_ms: recency.get(&m.name).copied().unwrap_or(0),
                     // Requests this router has on the node count whether queued or executing
                     // (a node's per-model count covers its queue), so a long inference keeps its
                     // model; requests of other routers count through the node's report.

@@ -1,22 +1,23 @@
 //! The etcd store: intents and node records under a key prefix, watched by every router.
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
-use etcd_client::{
-    Client, Compare, CompareOp, ConnectOptions, EventType, GetOptions, PutOptions, Txn, TxnOp, WatchOptions,
-};
+use etcd_client::{Client, ConnectOptions, EventType, GetOptions, PutOptions, WatchOptions};
 use futures::future::BoxFuture;
 use tokio::sync::{mpsc, watch};
 
-use super::{ClusterStore, Intent, Intents, NodeRecord, NodeRecords, StoreError, Wanted, WantedMap};
+use super::leader::{campaign, write_loading};
+use super::{
+    ClusterStore, Intent, Intents, LoadingSet, NodeRecord, NodeRecords, StoreError, Wanted, WantedMap,
+};
 
 /// One etcd request may take this long before the write is reported as failed.
-const REQUEST_TIMEOUT: Duration = Duration::from_secs(3);
+pub(super) const REQUEST_TIMEOUT: Duration = Duration::from_secs(3);
 /// Pause before the watch is opened again after etcd went away.
-const REWATCH_AFTER: Duration = Duration::from_millis(500);
+pub(super) const REWATCH_AFTER: Duration = Duration::from_millis(500);
 /// Bound of one intent or node record (a node reporting thousands of models fits).
 const MAX_VALUE_BYTES: usize = 1 << 20;
 
@@ -31,6 +32,23 @@ pub struct EtcdOptions {
     pub node_ttl: Duration,
     /// This router's name, in the leader key.
     pub router_id: String,
+    /// TLS to etcd (`--etcd-ca-file`, `--etcd-cert-file`, `--etcd-key-file`).
+    pub tls: Option<EtcdTls>,
+}
+
+/// TLS to etcd, with rustls (no system OpenSSL): the CA that signed etcd's certificate, and
+/// for etcd's `--client-cert-auth` a client certificate and key (PEM).
+#[derive(Clone)]
+pub struct EtcdTls {
+    pub ca_pem: Vec<u8>,
+    pub identity: Option<(Vec<u8>, Vec<u8>)>,
+}
+
+impl std::fmt::Debug for EtcdTls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never the key.
+        f.debug_struct("EtcdTls").field("client_certificate", &self.identity.is_some()).finish()
+    }
 }
 
 /// Cluster state in etcd. See the module docs of [`super`] for the keys.
@@ -46,8 +64,12 @@ pub struct EtcdStore {
     wanted: watch::Receiver<WantedMap>,
     /// True while this router holds the leader key (its lease kept alive).
     leading: Arc<AtomicBool>,
-    /// The watch and the campaign.
-    tasks: [tokio::task::JoinHandle<()>; 2],
+    /// Loads in progress by every router (`loading/<node>/<model>`).
+    loading: watch::Receiver<LoadingSet>,
+    /// This router's loads in progress, to the writer that publishes them in order.
+    loading_writes: mpsc::Sender<(String, String, bool)>,
+    /// The watch, the campaign and the loading writer.
+    tasks: [tokio::task::JoinHandle<()>; 3],
 }
 
 impl Drop for EtcdStore {
@@ -74,6 +96,14 @@ impl EtcdStore {
         if let Some((user, password)) = &options.user {
             connect = connect.with_user(user.clone(), password.clone());
         }
+        if let Some(tls) = &options.tls {
+            let mut config = etcd_client::TlsOptions::new()
+                .ca_certificate(etcd_client::Certificate::from_pem(&tls.ca_pem));
+            if let Some((cert, key)) = &tls.identity {
+                config = config.identity(etcd_client::Identity::from_pem(cert, key));
+            }
+            connect = connect.with_tls(config);
+        }
         let client = tokio::time::timeout(REQUEST_TIMEOUT, Client::connect(&endpoints, Some(connect)))
             .await
             .map_err(|_| unavailable(&shown, "connect", "timed out"))?
@@ -92,7 +122,14 @@ impl EtcdStore {
         let (nodes_tx, nodes_rx) = watch::channel(Arc::new(maps.nodes.clone()));
         let (wanted_tx, wanted_rx) = watch::channel(Arc::new(maps.wanted.clone()));
         let (leader_tx, leader_rx) = watch::channel(maps.leader.clone());
-        let feeds = Feeds { intents: intents_tx, nodes: nodes_tx, wanted: wanted_tx, leader: leader_tx };
+        let (loading_tx, loading_rx) = watch::channel(Arc::new(maps.loading.clone()));
+        let feeds = Feeds {
+            intents: intents_tx,
+            nodes: nodes_tx,
+            wanted: wanted_tx,
+            leader: leader_tx,
+            loading: loading_tx,
+        };
         let watcher = tokio::spawn(watch_loop(
             client.clone(),
             options.prefix.clone(),
@@ -105,6 +142,7 @@ impl EtcdStore {
         // take its predecessor's unexpired key for its own.
         let candidate = format!("{} {:016x}", options.router_id, fastrand::u64(..));
         let leading = Arc::new(AtomicBool::new(false));
+        let session = Arc::new(AtomicI64::new(0));
         let campaign = tokio::spawn(campaign(
             client.clone(),
             format!("{}/leader", options.prefix),
@@ -112,6 +150,15 @@ impl EtcdStore {
             options.node_ttl,
             leader_rx,
             leading.clone(),
+            session.clone(),
+        ));
+        let (loading_writes, received) = mpsc::channel(4096);
+        let writer = tokio::spawn(write_loading(
+            client.clone(),
+            options.prefix.clone(),
+            options.router_id.clone(),
+            session,
+            received,
         ));
         Ok(EtcdStore {
             client,
@@ -123,7 +170,9 @@ impl EtcdStore {
             keepers: Mutex::default(),
             wanted: wanted_rx,
             leading,
-            tasks: [watcher, campaign],
+            loading: loading_rx,
+            loading_writes,
+            tasks: [watcher, campaign, writer],
         })
     }
 
@@ -216,9 +265,9 @@ impl ClusterStore for EtcdStore {
             let value = serde_json::to_vec(&wanted).map_err(|e| StoreError(e.to_string()))?;
             let mut client = self.client.clone();
             let key = format!("{}/wanted/{model}", self.prefix);
-            // An answer (an error) lives one lease TTL: long enough for the asking router to
-            // read it, and it cleans itself up.
-            let options = if wanted.error.is_some() {
+            // An answer (an error, or an operator's load done) lives one lease TTL: long
+            // enough for the asking router to read it, and it cleans itself up.
+            let options = if wanted.answered() {
                 let mut lease_client = self.client.clone();
                 let ttl = self.node_ttl.as_secs().max(2) as i64;
                 let grant = tokio::time::timeout(REQUEST_TIMEOUT, lease_client.lease_grant(ttl, None)).await;
@@ -255,70 +304,24 @@ impl ClusterStore for EtcdStore {
     fn watch_wanted(&self) -> Option<watch::Receiver<WantedMap>> {
         Some(self.wanted.clone())
     }
-}
 
-/// One writer for placement: the router holding `key` (created only if absent, under a lease
-/// of `ttl` this task keeps alive) is the leader. The others wait for the key to go (its
-/// holder stepped down or died: the lease ends) and try again. A leader that cannot renew its
-/// lease (etcd away) steps down at once, so no two routers place at the same time.
-async fn campaign(
-    client: Client,
-    key: String,
-    candidate: String,
-    ttl: Duration,
-    mut leader: watch::Receiver<Option<String>>,
-    leading: Arc<AtomicBool>,
-) {
-    let mut client = client;
-    let ttl_secs = ttl.as_secs().max(2) as i64;
-    let renew_every = ttl / 3;
-    loop {
-        let term = async {
-            let id = client.lease_grant(ttl_secs, None).await?.id();
-            let (keeper, stream) = client.lease_keep_alive(id).await?;
-            Ok::<_, etcd_client::Error>((id, keeper, stream))
-        };
-        let Ok(Ok((id, mut keeper, mut stream))) = tokio::time::timeout(REQUEST_TIMEOUT, term).await else {
-            tokio::time::sleep(REWATCH_AFTER).await;
-            continue;
-        };
-        loop {
-            let holder = leader.borrow_and_update().clone();
-            if holder.is_none() {
-                let txn = Txn::new()
-                    .when([Compare::create_revision(key.as_str(), CompareOp::Equal, 0)])
-                    .and_then([TxnOp::put(
-                        key.as_str(),
-                        candidate.as_str(),
-                        Some(PutOptions::new().with_lease(id)),
-                    )]);
-                if let Ok(Ok(reply)) = tokio::time::timeout(REQUEST_TIMEOUT, client.txn(txn)).await
-                    && reply.succeeded()
-                {
-                    leading.store(true, Ordering::Relaxed);
-                    tracing::info!(router = %candidate, "placement leader: this router");
-                }
-            } else {
-                let mine = holder.as_deref() == Some(candidate.as_str());
-                if leading.swap(mine, Ordering::Relaxed) && !mine {
-                    tracing::warn!(leader = ?holder, "placement leader: another router now");
-                }
-            }
-            tokio::select! {
-                _ = tokio::time::sleep(renew_every) => {}
-                _ = leader.changed() => continue,
-            }
-            let renewed = async {
-                keeper.keep_alive().await?;
-                Ok::<_, etcd_client::Error>(stream.message().await?.is_some_and(|r| r.ttl() > 0))
-            };
-            if !matches!(tokio::time::timeout(REQUEST_TIMEOUT, renewed).await, Ok(Ok(true))) {
-                if leading.swap(false, Ordering::Relaxed) {
-                    tracing::warn!("placement leader: cannot renew the lease in etcd; stepping down");
-                }
-                break;
-            }
+    fn load_started(&self, model: &str, node: &str) {
+        if self.loading_writes.try_send((model.to_string(), node.to_string(), true)).is_err() {
+            tracing::debug!(model, node, "cluster store: too many loads to publish; this one is not");
         }
+    }
+
+    fn load_ended(&self, model: &str, node: &str) {
+        // Must not be lost (a mark would stay until this router's lease ends): wait for room.
+        let writes = self.loading_writes.clone();
+        let item = (model.to_string(), node.to_string(), false);
+        tokio::spawn(async move {
+            let _ = writes.send(item).await;
+        });
+    }
+
+    fn watch_loading(&self) -> Option<watch::Receiver<LoadingSet>> {
+        Some(self.loading.clone())
     }
 }
 
@@ -330,6 +333,7 @@ struct Maps {
     nodes: BTreeMap<String, NodeRecord>,
     wanted: BTreeMap<String, Wanted>,
     leader: Option<String>,
+    loading: std::collections::BTreeSet<(String, String)>,
 }
 
 /// Everything under `prefix`: the revision read at, and the maps.
@@ -373,6 +377,13 @@ fn apply(prefix: &str, maps: &mut Maps, key: &[u8], value: Option<&[u8]>) {
         parse_into(&mut maps.nodes, key, node_and_router, value);
     } else if let Some(model) = rest.strip_prefix("wanted/") {
         parse_into(&mut maps.wanted, key, model, value);
+    } else if let Some((node, model)) = rest.strip_prefix("loading/").and_then(|r| r.split_once('/')) {
+        let entry = (model.to_string(), node.to_string());
+        if value.is_some() {
+            maps.loading.insert(entry);
+        } else {
+            maps.loading.remove(&entry);
+        }
     } else if rest == "leader" {
         maps.leader = value.map(|v| String::from_utf8_lossy(v).into_owned());
     }
@@ -384,6 +395,7 @@ struct Feeds {
     nodes: watch::Sender<NodeRecords>,
     wanted: watch::Sender<WantedMap>,
     leader: watch::Sender<Option<String>>,
+    loading: watch::Sender<LoadingSet>,
 }
 
 impl Feeds {
@@ -391,6 +403,7 @@ impl Feeds {
         publish(&self.intents, &maps.intents);
         publish(&self.nodes, &maps.nodes);
         publish(&self.wanted, &maps.wanted);
+        publish(&self.loading, &maps.loading);
         self.leader.send_if_modified(|current| {
             let changed = *current != maps.leader;
             if changed {

@@ -12,9 +12,13 @@
 //! Keys (under the prefix): `desired/<model>` holds an [`Intent`] (JSON);
 //! `nodes/<address>/<router>` a [`NodeRecord`] (JSON) under a lease that router keeps alive
 //! while it receives the node's heartbeats, so a node that dies leaves every router's view when
-//! the lease expires (and a node registered with several routers stays while any hears it).
+//! the lease expires (and a node registered with several routers stays while any hears it);
+//! `wanted/<model>` a [`Wanted`] placement a follower asked of the leader; `loading/<node>/<model>`
+//! a load in progress (under the loading router's lease), so no router starts a second one;
+//! `leader` the placement leader's name.
 
 mod etcd;
+mod leader;
 mod memory;
 
 use std::collections::BTreeMap;
@@ -27,7 +31,7 @@ use tokio::sync::watch;
 
 use crate::nodes::{Cluster, Source};
 use crate::placement::Placement;
-pub use etcd::{EtcdOptions, EtcdStore};
+pub use etcd::{EtcdOptions, EtcdStore, EtcdTls};
 pub use memory::MemoryStore;
 
 /// What an operator asked for a model (RepositoryModelLoad / RepositoryModelUnload through a
@@ -45,9 +49,15 @@ pub enum Desired {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Intent {
     pub desired: Desired,
-    /// Replicas asked for when it was pinned (0 for an unload).
+    /// Replicas asked for when it was pinned (0 for an unload). Every router's placement keeps
+    /// this count, whatever its own `--replicas` says.
     #[serde(default)]
     pub replicas: usize,
+    /// The configuration override the operator loaded it with (RepositoryModelLoad's `config`
+    /// parameter, JSON), which chooses its versions (`version_policy`): every replica placed
+    /// later, by whichever router leads, is loaded with it, so all serve the same versions.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub config: Option<String>,
     /// The router that wrote it, for operators reading etcd.
     #[serde(default)]
     pub router: String,
@@ -81,7 +91,44 @@ pub struct Wanted {
     /// The leader's answer when placing failed: gRPC code and message.
     #[serde(default)]
     pub error: Option<(i32, String)>,
+    /// Names this request, so the asking router knows the answer is to it.
+    #[serde(default)]
+    pub id: String,
+    /// An operator's load (RepositoryModelLoad) rather than a lazy one: the leader places the
+    /// model's intent (replicas, config) and answers `done`.
+    #[serde(default)]
+    pub operator: bool,
+    /// The leader's answer when an operator's load succeeded.
+    #[serde(default)]
+    pub done: bool,
 }
+
+impl Wanted {
+    /// A new request from `router`.
+    pub fn ask(router: &str, operator: bool) -> Wanted {
+        Wanted {
+            router: router.to_string(),
+            error: None,
+            id: format!("{:016x}", fastrand::u64(..)),
+            operator,
+            done: false,
+        }
+    }
+
+    /// True once the leader answered (an error, or an operator's load done).
+    pub fn answered(&self) -> bool {
+        self.error.is_some() || self.done
+    }
+}
+
+/// A load in progress (`loading/<node>/<model>`): which router started it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LoadingRecord {
+    pub router: String,
+}
+
+/// Loads in progress cluster-wide: `(model, node address)`.
+pub type LoadingSet = Arc<std::collections::BTreeSet<(String, String)>>;
 
 /// Placements asked of the leader, by model.
 pub type WantedMap = Arc<BTreeMap<String, Wanted>>;
@@ -138,6 +185,19 @@ pub trait ClusterStore: Send + Sync + 'static {
 
     /// Placements asked of the leader; `None` for the memory store.
     fn watch_wanted(&self) -> Option<watch::Receiver<WantedMap>>;
+
+    /// This router started loading `model` on `node`: publish it so no router starts a second
+    /// load. Never blocks; the writes keep their order.
+    fn load_started(&self, _model: &str, _node: &str) {}
+
+    /// The load of `model` on `node` ended (either way).
+    fn load_ended(&self, _model: &str, _node: &str) {}
+
+    /// Loads in progress by every router; `None` for the memory store (this router's own
+    /// marks are the state).
+    fn watch_loading(&self) -> Option<watch::Receiver<LoadingSet>> {
+        None
+    }
 }
 
 /// The router's cluster-store flags.
@@ -166,16 +226,18 @@ pub struct StoreArgs {
     #[arg(long, value_name = "PATH", requires = "etcd_username")]
     pub etcd_password_file: Option<std::path::PathBuf>,
 
-    /// PEM CA of etcd's server certificate (not supported yet: refused).
+    /// PEM CA that signed etcd's server certificate: connect to etcd over TLS (rustls),
+    /// verifying it. Without it, etcd is reached in plain text.
     #[arg(long, value_name = "PEM")]
     pub etcd_ca_file: Option<std::path::PathBuf>,
 
-    /// PEM client certificate for etcd (not supported yet: refused).
-    #[arg(long, value_name = "PEM")]
+    /// PEM client certificate for etcd's mutual TLS (`--client-cert-auth`); needs
+    /// --etcd-key-file and --etcd-ca-file.
+    #[arg(long, value_name = "PEM", requires_all = ["etcd_key_file", "etcd_ca_file"])]
     pub etcd_cert_file: Option<std::path::PathBuf>,
 
-    /// PEM key of --etcd-cert-file (not supported yet: refused).
-    #[arg(long, value_name = "PEM")]
+    /// PEM private key of --etcd-cert-file.
+    #[arg(long, value_name = "PEM", requires = "etcd_cert_file")]
     pub etcd_key_file: Option<std::path::PathBuf>,
 }
 
@@ -206,16 +268,19 @@ impl StoreArgs {
         if !(2..=MAX_NODE_LEASE_TTL_SECS).contains(&self.node_lease_ttl_secs) {
             return Err(format!("--node-lease-ttl-secs must be between 2 and {MAX_NODE_LEASE_TTL_SECS}"));
         }
-        if self.etcd_ca_file.is_some() || self.etcd_cert_file.is_some() || self.etcd_key_file.is_some() {
+        let tls =
+            self.etcd_ca_file.is_some() || self.etcd_cert_file.is_some() || self.etcd_key_file.is_some();
+        if !etcd && (self.etcd_username.is_some() || self.etcd_password_file.is_some() || tls) {
             return Err(
-                "--etcd-ca-file, --etcd-cert-file and --etcd-key-file: TLS to etcd is not supported \
-                        yet; reach etcd over a trusted network (or a TLS sidecar) and use \
-                        --etcd-username / --etcd-password-file for authentication"
+                "--etcd-username, --etcd-password-file and --etcd-*-file need --cluster-store etcd://..."
                     .into(),
             );
         }
-        if !etcd && (self.etcd_username.is_some() || self.etcd_password_file.is_some()) {
-            return Err("--etcd-username and --etcd-password-file need --cluster-store etcd://...".into());
+        if self.etcd_cert_file.is_some() != self.etcd_key_file.is_some() {
+            return Err("--etcd-cert-file and --etcd-key-file go together".into());
+        }
+        if self.etcd_cert_file.is_some() && self.etcd_ca_file.is_none() {
+            return Err("--etcd-cert-file needs --etcd-ca-file (the CA of etcd's server certificate)".into());
         }
         Ok(())
     }
@@ -232,9 +297,25 @@ impl StoreArgs {
             }
             _ => None,
         };
+        let read = |flag: &str, path: &std::path::Path| {
+            std::fs::read(path).map_err(|e| format!("{flag} {}: {e}", path.display()))
+        };
+        let tls = match &self.etcd_ca_file {
+            None => None,
+            Some(ca) => {
+                let identity = match (&self.etcd_cert_file, &self.etcd_key_file) {
+                    (Some(cert), Some(key)) => {
+                        Some((read("--etcd-cert-file", cert)?, read("--etcd-key-file", key)?))
+                    }
+                    _ => None,
+                };
+                Some(EtcdTls { ca_pem: read("--etcd-ca-file", ca)?, identity })
+            }
+        };
         let options = EtcdOptions {
             prefix: normalise_prefix(&self.cluster_store_prefix)?,
             user,
+            tls,
             node_ttl: Duration::from_secs(self.node_lease_ttl_secs),
             router_id: router_id.to_string(),
         };
@@ -251,17 +332,19 @@ pub async fn follow(store: Arc<dyn ClusterStore>, placement: Arc<Placement>, clu
     placement.apply_intents(&intents.borrow_and_update());
     let ttl = store.node_ttl();
     let mut wanted = store.watch_wanted();
+    let mut loading = store.watch_loading();
     let handling: Arc<std::sync::Mutex<std::collections::HashSet<String>>> = Arc::default();
     let mut ticks = tokio::time::interval(Duration::from_secs(1));
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
+        // `changed()` marks the value seen: remember that it fired.
+        let mut intents_changed = false;
         tokio::select! {
             changed = intents.changed() => {
                 if changed.is_err() {
                     return;
                 }
-                let current = intents.borrow_and_update().clone();
-                placement.apply_intents(&current);
+                intents_changed = true;
             }
             changed = nodes.changed() => {
                 if changed.is_err() {
@@ -269,7 +352,18 @@ pub async fn follow(store: Arc<dyn ClusterStore>, placement: Arc<Placement>, clu
                 }
             }
             Some(Ok(())) = async { match wanted.as_mut() { Some(w) => Some(w.changed().await), None => None } } => {}
+            Some(Ok(())) = async { match loading.as_mut() { Some(l) => Some(l.changed().await), None => None } } => {}
             _ = ticks.tick() => {}
+        }
+        // Whichever change woke us, the intents are applied first: a follower writes its intent
+        // before asking the leader to place it, and the leader must place what it asked for.
+        if intents_changed || intents.has_changed().unwrap_or(false) {
+            let current = intents.borrow_and_update().clone();
+            placement.apply_intents(&current);
+        }
+        if let Some(loading) = loading.as_mut() {
+            let current = loading.borrow_and_update().clone();
+            placement.set_loading_elsewhere(current);
         }
         let records = nodes.borrow_and_update().clone();
         sync_members(&cluster, &records, ttl);
@@ -282,22 +376,23 @@ pub async fn follow(store: Arc<dyn ClusterStore>, placement: Arc<Placement>, clu
     }
 }
 
-/// The leader places what followers asked for (each model once at a time).
+/// The leader places what followers asked for (each model once at a time): lazy loads, and
+/// operators' loads made through another router.
 fn place_wanted(
     placement: &Arc<Placement>,
     asked: &BTreeMap<String, Wanted>,
     handling: &Arc<std::sync::Mutex<std::collections::HashSet<String>>>,
 ) {
-    for (model, request) in asked.iter().filter(|(_, w)| w.error.is_none()) {
+    for (model, request) in asked.iter().filter(|(_, w)| !w.answered()) {
         if !handling.lock().unwrap_or_else(std::sync::PoisonError::into_inner).insert(model.clone()) {
             continue;
         }
         let placement = placement.clone();
         let handling = handling.clone();
         let model = model.clone();
-        let asked_by = request.router.clone();
+        let request = request.clone();
         tokio::spawn(async move {
-            placement.place_for_follower(&model, &asked_by).await;
+            placement.place_for_follower(&model, request).await;
             handling.lock().unwrap_or_else(std::sync::PoisonError::into_inner).remove(&model);
         });
     }
@@ -337,7 +432,15 @@ fn sync_members(cluster: &Cluster, records: &BTreeMap<String, NodeRecord>, ttl: 
 pub async fn open(spec: &str, options: EtcdOptions) -> Result<Arc<dyn ClusterStore>, StoreError> {
     match parse_spec(spec).map_err(StoreError)? {
         None => Ok(Arc::new(MemoryStore::default())),
-        Some(endpoints) => Ok(Arc::new(EtcdStore::connect(endpoints, options).await?)),
+        Some(endpoints) => {
+            // etcd serves TLS on the same client port: the scheme picks it.
+            let endpoints = if options.tls.is_some() {
+                endpoints.iter().map(|e| e.replacen("http://", "https://", 1)).collect()
+            } else {
+                endpoints
+            };
+            Ok(Arc::new(EtcdStore::connect(endpoints, options).await?))
+        }
     }
 }
 
@@ -399,7 +502,7 @@ mod tests {
     async fn memory_store_keeps_intents_to_itself() {
         let store = MemoryStore::default();
         assert_eq!(store.describe(), "memory");
-        let pin = Intent { desired: Desired::Pinned, replicas: 2, router: "a".into() };
+        let pin = Intent { desired: Desired::Pinned, replicas: 2, config: None, router: "a".into() };
         store.set_intent("m", pin.clone()).await.expect("memory writes succeed");
         assert_eq!(store.intent("m"), Some(pin));
         store.clear_intent("m").await.expect("clear");
@@ -419,7 +522,8 @@ mod tests {
 
     #[test]
     fn intents_round_trip_as_json() {
-        let intent = Intent { desired: Desired::Unloaded, replicas: 0, router: "r".into() };
+        let intent =
+            Intent { desired: Desired::Unloaded, replicas: 0, config: Some("{}".into()), router: "r".into() };
         let text = serde_json::to_string(&intent).expect("json");
         assert!(text.contains("\"unloaded\""), "{text}");
         assert_eq!(serde_json::from_str::<Intent>(&text).expect("parse"), intent);
