@@ -123,7 +123,8 @@ impl OrtVersionLoader {
 
     /// Opens one session, through the cache when it applies.
     fn open(&self, model: ModelBytes<'_>, settings: &SessionSettings) -> Result<OrtBackend, OrtBackendError> {
-        let (Some(cache), ModelBytes::File(path), Some(Some(digest))) = (&self.cache, model, &self.digest) else {
+        let (Some(cache), ModelBytes::File(path), Some(Some(digest))) = (&self.cache, model, &self.digest)
+        else {
             return open(model, settings);
         };
         match cache.entry(digest, settings) {
@@ -198,7 +199,11 @@ impl VersionLoader for OrtVersionLoader {
         Ok(Box::new(backend.with_batch_buckets(self.buckets_for(plan))))
     }
 
-    fn instances(&mut self, count: usize, model: ModelBytes<'_>) -> Result<Vec<Box<dyn Backend>>, BackendError> {
+    fn instances(
+        &mut self,
+        count: usize,
+        model: ModelBytes<'_>,
+    ) -> Result<Vec<Box<dyn Backend>>, BackendError> {
         if count > self.plans.len() {
             return Err(BackendError::Load(format!("no instance {} in the plan", self.plans.len())));
         }
@@ -220,7 +225,9 @@ impl VersionLoader for OrtVersionLoader {
                 .into_iter()
                 .map(|mine| {
                     scope.spawn(move || {
-                        mine.into_iter().map(|i| (i, this.open(model, &this.plans[i].settings))).collect::<Vec<_>>()
+                        mine.into_iter()
+                            .map(|i| (i, this.open(model, &this.plans[i].settings)))
+                            .collect::<Vec<_>>()
                     })
                 })
                 .collect();
@@ -228,10 +235,13 @@ impl VersionLoader for OrtVersionLoader {
                 .into_iter()
                 .flat_map(|h| {
                     h.join().unwrap_or_else(|_| {
-                        vec![(usize::MAX, Err(OrtBackendError::ModelLoad {
-                            model: "<instance>".into(),
-                            message: "session creation panicked".into(),
-                        }))]
+                        vec![(
+                            usize::MAX,
+                            Err(OrtBackendError::ModelLoad {
+                                model: "<instance>".into(),
+                                message: "session creation panicked".into(),
+                            }),
+                        )]
                     })
                 })
                 .collect()

@@ -92,7 +92,9 @@ impl ModelCache {
             settings.graph_optimization,
             machine()
         );
-        Ok(CacheEntry { dir: self.dir.join(hex(ring::digest::digest(&ring::digest::SHA256, material.as_bytes()))) })
+        Ok(CacheEntry {
+            dir: self.dir.join(hex(ring::digest::digest(&ring::digest::SHA256, material.as_bytes()))),
+        })
     }
 }
 
@@ -183,11 +185,7 @@ fn check_saved(
         .and_then(|mut b| b.commit_from_file(&file))
         .map_err(|e| format!("the saved graph does not load: {e}"))?;
     let io = |s: &Session| -> Vec<String> {
-        s.inputs()
-            .iter()
-            .chain(s.outputs())
-            .map(|o| format!("{}: {:?}", o.name(), o.dtype()))
-            .collect()
+        s.inputs().iter().chain(s.outputs()).map(|o| format!("{}: {:?}", o.name(), o.dtype())).collect()
     };
     let (want, got) = (io(session), io(&reopened));
     if want != got {
@@ -221,7 +219,8 @@ pub fn open_cached(
 ) -> Result<Session, crate::OrtBackendError> {
     let model = path.display().to_string();
     let builder = builder_for(settings, &model);
-    let load_error = |e: ort::Error| crate::OrtBackendError::ModelLoad { model: model.clone(), message: e.to_string() };
+    let load_error =
+        |e: ort::Error| crate::OrtBackendError::ModelLoad { model: model.clone(), message: e.to_string() };
     let entry = model_digest(path)
         .map_err(|e| e.to_string())
         .and_then(|digest| cache.entry(&digest, settings).map_err(str::to_string));
@@ -269,7 +268,10 @@ pub(crate) fn commit(
         builder(true)?
             .with_optimized_model_path(temp.join(MODEL_FILE))?
             .with_config_entry("session.optimized_model_external_initializers_file_name", WEIGHTS_FILE)?
-            .with_config_entry("session.optimized_model_external_initializers_min_size_in_bytes", EXTERNAL_MIN_BYTES)?
+            .with_config_entry(
+                "session.optimized_model_external_initializers_min_size_in_bytes",
+                EXTERNAL_MIN_BYTES,
+            )?
             .commit_from_file(model)
     });
     match saving {
@@ -279,7 +281,8 @@ pub(crate) fn commit(
                 // Kept as a marker, so later loads neither reuse nor save it again.
                 tracing::warn!(entry = %entry.dir.display(), reason, "the optimized graph does not reopen as the model: this model is not cached");
                 let _ = std::fs::remove_dir_all(&temp);
-                let _ = std::fs::create_dir_all(&temp).and_then(|()| std::fs::write(temp.join(UNUSABLE_FILE), reason));
+                let _ = std::fs::create_dir_all(&temp)
+                    .and_then(|()| std::fs::write(temp.join(UNUSABLE_FILE), reason));
             }
             // A rename publishes the whole entry at once; should another load have published
             // it first, its copy stays and this one goes.
@@ -303,36 +306,6 @@ pub(crate) fn commit(
             let session = builder(true)?.commit_from_file(model)?;
             Ok((session, CacheUse::Uncached))
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn the_digest_covers_every_file_beside_the_model() -> std::io::Result<()> {
-        let dir = tempfile::tempdir()?;
-        let model = dir.path().join("model.onnx");
-        std::fs::write(&model, b"graph")?;
-        let first = model_digest(&model)?;
-        assert_eq!(first.len(), 64);
-        assert_eq!(model_digest(&model)?, first, "deterministic");
-        std::fs::write(dir.path().join("weights.bin"), b"w")?;
-        let with_weights = model_digest(&model)?;
-        assert_ne!(with_weights, first);
-        std::fs::write(dir.path().join("weights.bin"), b"W")?;
-        assert_ne!(model_digest(&model)?, with_weights, "changed weights change the digest");
-        Ok(())
-    }
-
-    #[test]
-    fn gpu_sessions_and_unoptimized_ones_have_no_entry() {
-        let cache = ModelCache::new(PathBuf::from("/cache"));
-        let gpu = SessionSettings { device: Device::Cuda { device_id: 0 }, ..Default::default() };
-        assert!(cache.entry("d", &gpu).is_err());
-        let off = SessionSettings { graph_optimization: GraphOptimization::Disable, ..Default::default() };
-        assert!(cache.entry("d", &off).is_err());
     }
 }
 
@@ -400,7 +373,10 @@ fn collect_node_inputs(graph: &[u8], used: &mut std::collections::HashSet<String
                 // AttributeProto: g = 6, graphs = 11.
                 (5, 2) => {
                     let attribute = &node[f.value];
-                    for a in proto_fields(attribute)?.into_iter().filter(|a| (a.number == 6 || a.number == 11) && a.wire == 2) {
+                    for a in proto_fields(attribute)?
+                        .into_iter()
+                        .filter(|a| (a.number == 6 || a.number == 11) && a.wire == 2)
+                    {
                         collect_node_inputs(&attribute[a.value], used, depth + 1)?;
                     }
                 }
@@ -453,9 +429,12 @@ fn proto_fields(bytes: &[u8]) -> Option<Vec<ProtoField>> {
 /// The first string field `number` of a message (empty when absent).
 fn string_field(message: &[u8], number: u64) -> Option<String> {
     let fields = proto_fields(message)?;
-    Some(fields.iter().find(|f| f.number == number && f.wire == 2).map_or_else(String::new, |f| {
-        String::from_utf8_lossy(&message[f.value.clone()]).into_owned()
-    }))
+    Some(
+        fields
+            .iter()
+            .find(|f| f.number == number && f.wire == 2)
+            .map_or_else(String::new, |f| String::from_utf8_lossy(&message[f.value.clone()]).into_owned()),
+    )
 }
 
 fn get_varint(bytes: &[u8], at: &mut usize) -> Option<u64> {
@@ -477,4 +456,78 @@ fn put_varint(out: &mut Vec<u8>, mut value: u64) {
         value >>= 7;
     }
     out.push(value as u8);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_digest_covers_every_file_beside_the_model() -> std::io::Result<()> {
+        let dir = tempfile::tempdir()?;
+        let model = dir.path().join("model.onnx");
+        std::fs::write(&model, b"graph")?;
+        let first = model_digest(&model)?;
+        assert_eq!(first.len(), 64);
+        assert_eq!(model_digest(&model)?, first, "deterministic");
+        std::fs::write(dir.path().join("weights.bin"), b"w")?;
+        let with_weights = model_digest(&model)?;
+        assert_ne!(with_weights, first);
+        std::fs::write(dir.path().join("weights.bin"), b"W")?;
+        assert_ne!(model_digest(&model)?, with_weights, "changed weights change the digest");
+        Ok(())
+    }
+
+    #[test]
+    fn gpu_sessions_and_unoptimized_ones_have_no_entry() {
+        let cache = ModelCache::new(PathBuf::from("/cache"));
+        let gpu = SessionSettings { device: Device::Cuda { device_id: 0 }, ..Default::default() };
+        assert!(cache.entry("d", &gpu).is_err());
+        let off = SessionSettings { graph_optimization: GraphOptimization::Disable, ..Default::default() };
+        assert!(cache.entry("d", &off).is_err());
+    }
+
+    fn field(number: u64, payload: &[u8]) -> Vec<u8> {
+        let mut out = Vec::new();
+        put_varint(&mut out, number << 3 | 2);
+        put_varint(&mut out, payload.len() as u64);
+        out.extend_from_slice(payload);
+        out
+    }
+
+    #[test]
+    fn dangling_graph_inputs_are_dropped_and_everything_else_kept() {
+        let value_info = |name: &str| field(1, name.as_bytes());
+        // A node reading `x`, an If whose branch reads `outer`; `w` has an initializer.
+        let branch = field(1, &field(1, b"outer"));
+        let node_if = [field(1, b"cond"), field(5, &field(6, &branch))].concat();
+        let graph = [
+            field(1, &field(1, b"x")),
+            field(1, &node_if),
+            field(5, &field(8, b"w")),
+            field(11, &value_info("x")),
+            field(11, &value_info("dangling")),
+            field(11, &value_info("w")),
+            field(11, &value_info("outer")),
+            field(11, &value_info("cond")),
+            field(12, &value_info("y")),
+        ]
+        .concat();
+        let mut model = vec![0x08, 3]; // ir_version 3
+        model.extend(field(7, &graph));
+        let fixed = without_dangling_inputs(&model).expect("one input to drop");
+        let graph_field =
+            proto_fields(&fixed).and_then(|f| f.into_iter().find(|f| f.number == 7)).expect("graph");
+        let graph = &fixed[graph_field.value];
+        let inputs: Vec<String> = proto_fields(graph)
+            .expect("fields")
+            .into_iter()
+            .filter(|f| f.number == 11)
+            .filter_map(|f| string_field(&graph[f.value], 1))
+            .collect();
+        assert_eq!(inputs, ["x", "w", "outer", "cond"]);
+        assert_eq!(&fixed[..2], &[0x08, 3]);
+        assert!(without_dangling_inputs(&fixed).is_none(), "nothing left to drop");
+        assert!(without_dangling_inputs(b"\xff\xff").is_none(), "garbage is left alone");
+    }
 }

@@ -185,7 +185,9 @@ pub fn session_settings_for(
             _ => match crate::accelerators::parse_bool(v) {
                 Ok(true) => BucketMode::On,
                 Ok(false) => BucketMode::Off,
-                Err(_) => return Err(invalid(BATCH_BUCKETS, v, "expected auto, true, false, on, off, 1 or 0")),
+                Err(_) => {
+                    return Err(invalid(BATCH_BUCKETS, v, "expected auto, true, false, on, off, 1 or 0"));
+                }
             },
         };
     }
@@ -308,8 +310,12 @@ mod tests {
 
     #[test]
     fn batch_buckets_default_to_gpu_instances_only() {
-        let mode = |v: &str| session_settings(&config(&[("batch_buckets", v)], None)).map(|s| s.batch_buckets).ok();
-        assert_eq!(session_settings(&ModelConfig::default()).map(|s| s.batch_buckets).ok(), Some(BucketMode::Auto));
+        let mode =
+            |v: &str| session_settings(&config(&[("batch_buckets", v)], None)).map(|s| s.batch_buckets).ok();
+        assert_eq!(
+            session_settings(&ModelConfig::default()).map(|s| s.batch_buckets).ok(),
+            Some(BucketMode::Auto)
+        );
         assert_eq!(mode("AUTO"), Some(BucketMode::Auto));
         assert_eq!(mode("on"), Some(BucketMode::On));
         assert_eq!(mode("0"), Some(BucketMode::Off));

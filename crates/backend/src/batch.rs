@@ -20,7 +20,10 @@ pub fn concat_inputs(requests: &[Vec<Tensor>]) -> Result<Vec<Tensor>, BackendErr
 /// ([`trim_rows`] cuts them). A copy of a real row rather than zeros, because it is an input the
 /// model is known to accept: zeros can send data-dependent operators (a division by a norm, a
 /// log, an index, a string a tokenizer must parse, a NonZero) into NaNs, errors or other paths.
-pub fn concat_inputs_padded(requests: &[Vec<Tensor>], pad_to: Option<u32>) -> Result<Vec<Tensor>, BackendError> {
+pub fn concat_inputs_padded(
+    requests: &[Vec<Tensor>],
+    pad_to: Option<u32>,
+) -> Result<Vec<Tensor>, BackendError> {
     let Some(first) = requests.first() else { return Ok(Vec::new()) };
     let mut out = Vec::with_capacity(first.len());
     for proto in first {
@@ -76,9 +79,9 @@ fn first_row(t: &Tensor) -> Result<&[u8], BackendError> {
             at
         }
     };
-    t.data.get(..len).ok_or_else(|| {
-        BackendError::InvalidInput(format!("input '{}' has fewer bytes than one row", t.name))
-    })
+    t.data
+        .get(..len)
+        .ok_or_else(|| BackendError::InvalidInput(format!("input '{}' has fewer bytes than one row", t.name)))
 }
 
 /// The smallest bucket that holds `rows`; `None` when no bucket does (or there are none).
@@ -87,16 +90,17 @@ pub fn bucket_for(buckets: &[u32], rows: u32) -> Option<u32> {
     buckets.iter().copied().find(|&b| b >= rows)
 }
 
-/// Batch sizes a model's batches are padded to: the dynamic batcher's preferred sizes when it
-/// has any (plus `max_batch_size`, so every batch fits one), else powers of two up to
-/// `max_batch_size` (and `max_batch_size` itself). Ascending, no duplicates; none when the
-/// model does not batch.
+/// Batch sizes a model's batches are padded to: the dynamic batcher's preferred sizes below
+/// `max_batch_size` when it has any, else powers of two below it, and `max_batch_size` itself
+/// (every batch fits one). Ascending, no duplicates; none when the model does not batch. A
+/// lone preferred size of `max_batch_size` says nothing (auto-complete writes it, as Triton's
+/// does, for `dynamic_batching {}`): powers of two then.
 pub fn bucket_sizes(max_batch_size: u32, preferred: &[u32]) -> Vec<u32> {
     if max_batch_size == 0 {
         return Vec::new();
     }
-    let mut sizes: Vec<u32> = if preferred.iter().any(|&p| p > 0 && p <= max_batch_size) {
-        preferred.iter().copied().filter(|&p| p > 0 && p <= max_batch_size).collect()
+    let mut sizes: Vec<u32> = if preferred.iter().any(|&p| p > 0 && p < max_batch_size) {
+        preferred.iter().copied().filter(|&p| p > 0 && p < max_batch_size).collect()
     } else {
         std::iter::successors(Some(1u32), |&p| p.checked_mul(2)).take_while(|&p| p < max_batch_size).collect()
     };
@@ -272,6 +276,7 @@ mod tests {
         // Sizes over max_batch_size (or 0) are not buckets.
         assert_eq!(bucket_sizes(8, &[0, 4, 64]), vec![4, 8]);
         assert_eq!(bucket_sizes(8, &[64]), vec![1, 2, 4, 8]);
+        assert_eq!(bucket_sizes(8, &[8]), vec![1, 2, 4, 8], "auto-complete's lone preferred size");
         assert_eq!(bucket_sizes(u32::MAX, &[]).len(), 33);
         let b = bucket_sizes(32, &[]);
         assert_eq!(bucket_for(&b, 1), Some(1));
@@ -314,7 +319,8 @@ mod tests {
         assert_eq!(joined[0].shape, vec![4, 2]);
         let elems: Vec<Vec<u8>> =
             codec::bytes_elements(&joined[0].data).map(|e| e.expect("ok").to_vec()).collect();
-        let want: Vec<Vec<u8>> = ["a", "bb", "c", "", "a", "bb", "a", "bb"].iter().map(|s| s.as_bytes().to_vec()).collect();
+        let want: Vec<Vec<u8>> =
+            ["a", "bb", "c", "", "a", "bb", "a", "bb"].iter().map(|s| s.as_bytes().to_vec()).collect();
         assert_eq!(elems, want);
         let trimmed = trim_rows(joined, 2).expect("trim");
         assert_eq!(trimmed[0].data, codec::encode_bytes_elements(["a", "bb", "c", ""]));

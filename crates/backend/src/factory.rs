@@ -85,7 +85,11 @@ pub trait VersionLoader: Send {
 
     /// Opens instances `0..count` of the placement, in order. One after the other by default;
     /// a runtime whose sessions can be created concurrently opens them in parallel.
-    fn instances(&mut self, count: usize, model: ModelBytes<'_>) -> Result<Vec<Box<dyn Backend>>, BackendError> {
+    fn instances(
+        &mut self,
+        count: usize,
+        model: ModelBytes<'_>,
+    ) -> Result<Vec<Box<dyn Backend>>, BackendError> {
         (0..count).map(|index| self.instance(index, model)).collect()
     }
 }

@@ -171,11 +171,20 @@ mod tests {
         assert_eq!(out[2][0].shape, vec![2, 1]);
         assert_eq!(out[2][0].data, batch::f32s(&[30.0, 31.0]));
         // One request pads too; a batch at a bucket's size and a model that does not batch do not.
-        let (r, _) = run(&mut backend, BatchJob { requests: vec![vec![x(3, 0.0)]], batch_sizes: vec![3], outputs: vec![] });
+        let (r, _) = run(
+            &mut backend,
+            BatchJob { requests: vec![vec![x(3, 0.0)]], batch_sizes: vec![3], outputs: vec![] },
+        );
         assert_eq!(r.expect("run")[0][0].data, batch::f32s(&[0.0, 1.0, 2.0]));
-        let (r, _) = run(&mut backend, BatchJob { requests: vec![vec![x(4, 0.0)]], batch_sizes: vec![4], outputs: vec![] });
+        let (r, _) = run(
+            &mut backend,
+            BatchJob { requests: vec![vec![x(4, 0.0)]], batch_sizes: vec![4], outputs: vec![] },
+        );
         assert_eq!(r.expect("run")[0][0].shape, vec![4, 1]);
-        let (r, _) = run(&mut backend, BatchJob { requests: vec![vec![x(3, 0.0)]], batch_sizes: vec![0], outputs: vec![] });
+        let (r, _) = run(
+            &mut backend,
+            BatchJob { requests: vec![vec![x(3, 0.0)]], batch_sizes: vec![0], outputs: vec![] },
+        );
         assert_eq!(r.expect("run")[0][0].shape, vec![3, 1]);
         assert_eq!(backend.seen, vec![8, 4, 4, 3]);
     }

@@ -115,7 +115,11 @@ impl VersionLoader for EmbeddingLoader {
         Ok(self.wrap(inner))
     }
 
-    fn instances(&mut self, count: usize, model: ModelBytes<'_>) -> Result<Vec<Box<dyn Backend>>, BackendError> {
+    fn instances(
+        &mut self,
+        count: usize,
+        model: ModelBytes<'_>,
+    ) -> Result<Vec<Box<dyn Backend>>, BackendError> {
         let inner = self.inner.instances(count, model)?;
         Ok(inner.into_iter().map(|b| self.wrap(b)).collect())
     }

@@ -78,7 +78,8 @@ impl Decoder {
             None => {
                 let mut builder = Session::builder(environment).map_err(|e| load_error(e.to_string()))?;
                 if intra_threads > 0 {
-                    builder = builder.with_intra_threads(intra_threads).map_err(|e| load_error(e.to_string()))?;
+                    builder =
+                        builder.with_intra_threads(intra_threads).map_err(|e| load_error(e.to_string()))?;
                 }
                 if let Some(device) = cuda_device {
                     // `error_on_failure`: a CUDA request that cannot be met fails the load instead of
@@ -88,7 +89,9 @@ impl Decoder {
                             .with_device_id(device)
                             .build()
                             .error_on_failure()])
-                        .map_err(|e| load_error(format!("CUDA execution provider on device {device}: {e}")))?;
+                        .map_err(|e| {
+                            load_error(format!("CUDA execution provider on device {device}: {e}"))
+                        })?;
                 }
                 builder.commit_from_file(&path).map_err(|e| load_error(e.to_string()))?
             }

@@ -78,16 +78,23 @@ fn bucket_inputs(config: &ModelConfig, rows: u32) -> Result<Vec<Tensor>, &'stati
     for input in config.input.iter().filter(|i| !i.optional) {
         let datatype = DataType::from_config(input.data_type).ok_or("an input has no valid data_type")?;
         let dims = input.reshape.as_ref().map_or(&input.dims, |r| &r.shape);
-        let shape: Vec<i64> = std::iter::once(i64::from(rows)).chain(dims.iter().map(|&d| d.max(1))).collect();
+        let shape: Vec<i64> =
+            std::iter::once(i64::from(rows)).chain(dims.iter().map(|&d| d.max(1))).collect();
         let elements = tern_core::request::element_count(&shape).ok_or("an input's shape is too large")?;
         let element_bytes = datatype.element_size().unwrap_or(4);
-        let bytes = usize::try_from(elements).ok().and_then(|n| n.checked_mul(element_bytes)).ok_or("too large")?;
+        let bytes =
+            usize::try_from(elements).ok().and_then(|n| n.checked_mul(element_bytes)).ok_or("too large")?;
         total = total.saturating_add(bytes);
         if total > MAX_WARMUP_SAMPLE_BYTES {
             return Err("its inputs would take over 512 MiB");
         }
         // BYTES: each element an empty string (a zero length).
-        inputs.push(Tensor { name: input.name.clone(), datatype, shape, data: bytes::Bytes::from(vec![0u8; bytes]) });
+        inputs.push(Tensor {
+            name: input.name.clone(),
+            datatype,
+            shape,
+            data: bytes::Bytes::from(vec![0u8; bytes]),
+        });
     }
     Ok(inputs)
 }

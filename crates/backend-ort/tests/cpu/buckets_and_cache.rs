@@ -25,7 +25,12 @@ fn config(buckets: Option<&str>, count: i32) -> ModelConfig {
 }
 
 /// What the lifecycle does: begin, signature, plan, then every instance.
-fn open(factory: &OrtFactory, target: &LoadTarget, config: &ModelConfig, bytes: ModelBytes<'_>) -> Vec<Box<dyn Backend>> {
+fn open(
+    factory: &OrtFactory,
+    target: &LoadTarget,
+    config: &ModelConfig,
+    bytes: ModelBytes<'_>,
+) -> Vec<Box<dyn Backend>> {
     runtime();
     let mut loader = factory.begin(target, config).expect("begin");
     loader.signature(bytes).expect("signature");
@@ -120,8 +125,14 @@ fn the_cache_is_written_on_the_first_load_and_reused_with_identical_outputs() {
     assert_eq!(warm.signature(), cold.signature());
     let mut plain = OrtBackend::load(&file, &settings).expect("no cache");
     let want = plain.infer(input(), &[]).expect("plain");
-    assert_eq!(cold.infer(input(), &[]).expect("cold").first().map(|t| t.data.clone()), Some(want[0].data.clone()));
-    assert_eq!(warm.infer(input(), &[]).expect("warm").first().map(|t| t.data.clone()), Some(want[0].data.clone()));
+    assert_eq!(
+        cold.infer(input(), &[]).expect("cold").first().map(|t| t.data.clone()),
+        Some(want[0].data.clone())
+    );
+    assert_eq!(
+        warm.infer(input(), &[]).expect("warm").first().map(|t| t.data.clone()),
+        Some(want[0].data.clone())
+    );
 
     // A broken entry is removed and the model optimized again.
     std::fs::write(entry.model(), b"not a model").expect("corrupt the entry");
