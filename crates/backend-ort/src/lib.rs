@@ -31,7 +31,9 @@
 //! GPU sessions register TensorRT (when configured), then CUDA, then ORT's implicit CPU, each
 //! with `error_on_failure` so a missing provider library is a load error, never a silent CPU
 //! session. Inputs and outputs stay in host memory (ORT copies them to and from the device in
-//! `Run`): no IO binding, which would only pay with device-resident inputs or CUDA graphs.
+//! `Run`): no IO binding yet. GPU instances run a few fixed batch shapes (batch buckets, each
+//! warmed up before READY), which is what pinned, reused buffers through an IO binding and a
+//! CUDA graph per bucket would build on (issue 25; not done, unmeasured without a GPU).
 //!
 //! Not here: batching, queues, instance threads (`tern-backend`), config.pbtxt parsing and
 //! auto-complete (`tern-repository`), GPU metrics (NVML, in telemetry).
