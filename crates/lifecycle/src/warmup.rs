@@ -169,3 +169,46 @@ fn warmup_sample(
     }
     Ok(inputs)
 }
+
+#[cfg(test)]
+mod tests {
+    use tern_proto::inference::{DataType as ConfigType, ModelInput};
+
+    use super::*;
+
+    fn input(name: &str, data_type: ConfigType, dims: &[i64], optional: bool) -> ModelInput {
+        ModelInput {
+            name: name.into(),
+            data_type: data_type as i32,
+            dims: dims.to_vec(),
+            optional,
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn bucket_inputs_are_zeros_of_the_bucket_size_for_required_inputs() {
+        let config = ModelConfig {
+            max_batch_size: 8,
+            input: vec![
+                input("x", ConfigType::TypeFp32, &[-1, 3], false),
+                input("s", ConfigType::TypeString, &[2], false),
+                input("extra", ConfigType::TypeFp32, &[1], true),
+            ],
+            ..Default::default()
+        };
+        let inputs = bucket_inputs(&config, 4).expect("inputs");
+        assert_eq!(inputs.len(), 2, "optional inputs are left out");
+        assert_eq!(inputs[0].shape, vec![4, 1, 3], "a variable dim runs as 1");
+        assert_eq!(inputs[0].data.len(), 4 * 3 * 4);
+        assert!(inputs[0].data.iter().all(|&b| b == 0));
+        assert_eq!(inputs[1].shape, vec![4, 2]);
+        // BYTES: empty strings (a zero length each).
+        assert_eq!(inputs[1].data.len(), 4 * 2 * 4);
+        let huge = ModelConfig {
+            input: vec![input("x", ConfigType::TypeFp32, &[1 << 20, 1 << 10], false)],
+            ..config
+        };
+        assert!(bucket_inputs(&huge, 8).is_err(), "over the warmup byte limit");
+    }
+}
