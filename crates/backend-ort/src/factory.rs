@@ -208,11 +208,10 @@ impl VersionLoader for OrtVersionLoader {
             return Err(BackendError::Load(format!("no instance {} in the plan", self.plans.len())));
         }
         self.prepare_cache(model);
-        // The signature's session, if an instance takes it, is instance 0's: no other matches
-        // it better, and it saves opening one.
+        // The signature's session goes to the first instance planned with its settings.
         let mut opened: Vec<Option<OrtBackend>> = (0..count).map(|_| None).collect();
-        if let Some(first) = opened.first_mut() {
-            *first = self.probe.take_if(|_| self.plans[0].settings == self.probe_settings);
+        if let Some(i) = (0..count).find(|&i| self.plans[i].settings == self.probe_settings) {
+            opened[i] = self.probe.take();
         }
         let to_open: Vec<usize> = (0..count).filter(|&i| opened[i].is_none()).collect();
         // One thread per session up to the cores (a GPU session's creation mostly waits on its device).
