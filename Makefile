@@ -152,3 +152,12 @@ bench-cluster: build
 .PHONY: bench-micro
 bench-micro:
 	cargo bench --locked -p tern-benches --bench '*' -- $(if $(filter 1,$(QUICK)),--warm-up-time 1 --measurement-time 2)
+
+## Cold start (issue 25, benches/cold_start.py): tern-node's time to READY for light_resnet50
+## and tiny_llm without --model-cache-dir, with an empty one and with a primed one, in rotating
+## rounds, and real Triton's (benches/peer/) on light_resnet50; rewrites the "Cold start" section
+## of benches/RESULTS.md. About 2 min on 2 cores; NO_TRITON=1 skips the peer.
+.PHONY: bench-cold-start
+bench-cold-start: build examples
+	$(if $(filter 1,$(NO_TRITON)),,bash benches/peer/setup.sh)
+	$(VENV_PY) benches/cold_start.py $(if $(filter 1,$(NO_TRITON)),--no-triton) --write

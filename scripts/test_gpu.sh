@@ -25,9 +25,11 @@
 # here if cargo is there, else CEILING_BIN / GPU_TEST_BIN: prebuilt binaries work, as on a
 # machine without Rust). Other knobs: STAGES (0,1,2,3: which of the parts below run), ORT_GPU_LIB,
 # MODEL_REPO, BATCHES (1,8,32), SECONDS_PER_BATCH (5), NODE_BIN, PERF_ANALYZER, NODE_CONCURRENCY
-# (1,4,16), PA_WINDOW_MS (3000), NODE_KINDS (GPU,CPU: which light_resnet50 copies perf_analyzer
-# measures), PA_BATCH (1: rows per perf_analyzer request), CUDNN_CONV_ALGO_SEARCH (unset: ORT's default, EXHAUSTIVE; else 0/1/2 into the
-# KIND_GPU configs' parameters), RESULTS_DIR (benches/out/gpu), PYTHON.
+# (1,4,16), PA_WINDOW_MS (3000), NODE_KINDS (GPU,GPU_NOBUCKETS,CPU: which light_resnet50 copies
+# perf_analyzer measures; GPU_NOBUCKETS is the KIND_GPU copy with `batch_buckets` off, the others
+# have Tern's defaults: buckets on GPU, off on CPU), PA_BATCH (1: rows per perf_analyzer request),
+# CUDNN_CONV_ALGO_SEARCH (unset: Tern's default, HEURISTIC; else 0/1/2 into the KIND_GPU configs'
+# parameters, 0 = EXHAUSTIVE, ORT's own default), RESULTS_DIR (benches/out/gpu), PYTHON.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
@@ -43,7 +45,7 @@ MODEL_REPO=${MODEL_REPO:-$ROOT/examples/model_repository}
 STAGES=${STAGES:-0,1,2,3}
 NODE_CONCURRENCY=${NODE_CONCURRENCY:-1,4,16}
 PA_WINDOW_MS=${PA_WINDOW_MS:-3000}
-NODE_KINDS=${NODE_KINDS:-GPU,CPU}
+NODE_KINDS=${NODE_KINDS:-GPU,GPU_NOBUCKETS,CPU}
 PA_BATCH=${PA_BATCH:-1}
 CUDNN_CONV_ALGO_SEARCH=${CUDNN_CONV_ALGO_SEARCH:-}
 want() { [[ ",$STAGES," == *",$1,"* ]]; }
@@ -210,6 +212,12 @@ CFG
       fi
     done
   done
+  # The same KIND_GPU model with batch buckets off (issue 25): batches run at whatever size the
+  # dynamic batcher forms, as before buckets existed.
+  cp -r "$repo/light_resnet50_gpu" "$repo/light_resnet50_gpu_nobuckets"
+  sed -i 's/^name: .*/name: "light_resnet50_gpu_nobuckets"/' "$repo/light_resnet50_gpu_nobuckets/config.pbtxt"
+  echo 'parameters { key: "batch_buckets" value: { string_value: "off" } }' \
+    >>"$repo/light_resnet50_gpu_nobuckets/config.pbtxt"
   gpu_mem() { nvidia-smi --query-gpu=memory.used --format=csv,noheader,nounits | head -1; }
   mem_before=$(gpu_mem)
   port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
@@ -227,7 +235,7 @@ CFG
     NODE_EVIDENCE=$TMP/evidence.txt
     {
       echo "node log, placement:"
-      grep -E 'loaded|fallback' "$NODE_LOG" | sed 's/\x1b\[[0-9;]*m//g' | sed 's/^/  /'
+      grep -E 'loaded|fallback|buckets' "$NODE_LOG" | sed 's/\x1b\[[0-9;]*m//g' | sed 's/^/  /'
       echo "nvidia-smi compute apps (tern-node pid $node_pid): ${apps:-<none listed>}"
       echo "GPU memory used: ${mem_before} MiB before the node, ${mem_after} MiB once it was ready"
     } >"$NODE_EVIDENCE"

@@ -13,6 +13,7 @@ use tern_core::{ModelSignature, Tensor, TensorSpec};
 
 use crate::accelerators::Device;
 use crate::convert::{PreparedInput, datatype_of, output_tensor, run_error};
+use crate::model_cache::{self, CacheEntry, CacheUse};
 use crate::settings::SessionSettings;
 use crate::{OrtBackendError, ffi, runtime};
 
@@ -25,6 +26,8 @@ pub struct OrtBackend {
     session: Session,
     signature: ModelSignature,
     arena_shrinkage: Option<String>,
+    /// Batch sizes batches are padded to ([`Backend::batch_buckets`]); empty: none.
+    batch_buckets: Vec<u32>,
 }
 
 impl std::fmt::Debug for OrtBackend {
@@ -48,6 +51,25 @@ impl OrtBackend {
         OrtBackend::new(session, settings, &model)
     }
 
+    /// [`OrtBackend::load`] through the optimized-model cache's `entry` (see
+    /// [`crate::model_cache`]): the cached graph when there is one, else the model optimized
+    /// and its graph saved.
+    pub fn load_cached(
+        path: &Path,
+        settings: &SessionSettings,
+        entry: &CacheEntry,
+    ) -> Result<(OrtBackend, CacheUse), OrtBackendError> {
+        if !path.is_file() {
+            return Err(OrtBackendError::ModelNotFound { path: path.to_path_buf() });
+        }
+        let model = path.display().to_string();
+        runtime::environment()?;
+        let builder = model_cache::builder_for(settings, &model);
+        let (session, used) = model_cache::commit(path, entry, &builder)
+            .map_err(|e| OrtBackendError::ModelLoad { model: model.clone(), message: e.to_string() })?;
+        Ok((OrtBackend::new(session, settings, &model)?, used))
+    }
+
     /// Loads a model from its bytes (e.g. after decrypting it). ORT copies what it needs, so
     /// `bytes` may be dropped afterwards. Models with external data files cannot load this way.
     pub fn load_from_memory(bytes: &[u8], settings: &SessionSettings) -> Result<OrtBackend, OrtBackendError> {
@@ -65,7 +87,18 @@ impl OrtBackend {
             outputs: session.outputs().iter().map(|o| spec("output", o)).collect::<Result<_, _>>()?,
         };
         tracing::debug!(model, ?signature, "loaded ONNX model");
-        Ok(OrtBackend { session, signature, arena_shrinkage: settings.arena_shrinkage.clone() })
+        Ok(OrtBackend {
+            session,
+            signature,
+            arena_shrinkage: settings.arena_shrinkage.clone(),
+            batch_buckets: Vec::new(),
+        })
+    }
+
+    /// Pads batches up to `buckets` (ascending; see [`tern_backend::batch::bucket_sizes`]).
+    pub fn with_batch_buckets(mut self, buckets: Vec<u32>) -> OrtBackend {
+        self.batch_buckets = buckets;
+        self
     }
 
     /// The model's inputs and outputs, in the file's order; -1 for symbolic or unknown dims.
@@ -136,6 +169,10 @@ impl OrtBackend {
 }
 
 impl Backend for OrtBackend {
+    fn batch_buckets(&self) -> &[u32] {
+        &self.batch_buckets
+    }
+
     fn infer(&mut self, inputs: Vec<Tensor>, outputs: &[String]) -> Result<Vec<Tensor>, BackendError> {
         let prepared = self.prepare_inputs(inputs)?;
         let selected: Vec<String> = self.selected_outputs(outputs)?.into_iter().map(str::to_string).collect();
@@ -180,7 +217,7 @@ impl Backend for OrtBackend {
 
 /// A session builder for `environment` with `settings` applied: session options, then the
 /// execution providers for `settings.device`.
-fn configure(
+pub(crate) fn configure(
     environment: &Environment,
     settings: &SessionSettings,
     model: &str,

@@ -5,7 +5,14 @@
 //! config sets `intra_op_thread_count`, so they do not oversubscribe the machine.
 //!
 //! The session opened to read the model's signature is kept as the first instance when the
-//! plan puts that instance on the CPU with the same settings (one session fewer per load).
+//! plan puts that instance on the CPU with the same settings (one session fewer per load); the
+//! other instances open in parallel (ORT creates sessions concurrently; a GPU load's instances
+//! each wait on their own device's initialisation). With a [`ModelCache`], sessions of a model
+//! from the operator's repository open through it (never an encrypted or uploaded model's).
+//!
+//! Batch buckets ([`tern_backend::Backend::batch_buckets`]): an instance whose device the
+//! config's `batch_buckets` mode covers (GPU instances by default) pads its batches to
+//! [`tern_backend::batch::bucket_sizes`] of the completed config.
 
 use std::path::PathBuf;
 
@@ -14,7 +21,9 @@ use tern_backend::{
 };
 use tern_core::ModelSignature;
 use tern_proto::inference::ModelConfig;
+use tern_proto::inference::model_config::SchedulingChoice;
 
+use crate::model_cache::{CacheUse, ModelCache, model_digest};
 use crate::placement::DEFAULT_CPU_INSTANCE_COUNT;
 use crate::{
     AcceleratorScope, Device, InstancePlan, OrtBackend, OrtBackendError, SessionSettings, instance_plan,
@@ -28,6 +37,8 @@ pub struct OrtFactory {
     pub allow_cpu_fallback: bool,
     /// `--accelerator-cache-dir`: where TensorRT caches may be written.
     pub accelerator_cache_dir: Option<PathBuf>,
+    /// `--model-cache-dir`: ORT's optimized graphs, reused by later loads.
+    pub model_cache: Option<ModelCache>,
 }
 
 impl BackendFactory for OrtFactory {
@@ -56,14 +67,20 @@ impl BackendFactory for OrtFactory {
             };
             probe_settings.intra_op_threads = Some((cores / guess).max(1));
         }
+        // An encrypted model's graph would be written in the clear; an upload's files are a
+        // client's, which must not fill the node's disk.
+        let cache = self.model_cache.clone().filter(|_| !target.encrypted && target.trusted_dir.is_some());
         Ok(Box::new(OrtVersionLoader {
             base,
             probe_settings,
             probe: None,
             plans: Vec::new(),
+            buckets: Vec::new(),
             threads_given,
             cores,
             allow_cpu_fallback: self.allow_cpu_fallback,
+            cache,
+            digest: None,
         }))
     }
 
@@ -81,14 +98,61 @@ struct OrtVersionLoader {
     /// That session, until an instance takes it.
     probe: Option<OrtBackend>,
     plans: Vec<InstancePlan>,
+    /// The completed config's batch buckets, for the instances that pad.
+    buckets: Vec<u32>,
     threads_given: bool,
     cores: usize,
     allow_cpu_fallback: bool,
+    cache: Option<ModelCache>,
+    /// The model files' digest, once computed (`None` inside: they could not be read).
+    digest: Option<Option<String>>,
+}
+
+impl OrtVersionLoader {
+    /// Computes the model files' digest for the cache, once per load.
+    fn prepare_cache(&mut self, model: ModelBytes<'_>) {
+        let (Some(_), ModelBytes::File(path), None) = (&self.cache, model, &self.digest) else { return };
+        self.digest = Some(match model_digest(path) {
+            Ok(d) => Some(d),
+            Err(e) => {
+                tracing::warn!(model = %path.display(), error = %e, "cannot read the model files to key the model cache; loading without it");
+                None
+            }
+        });
+    }
+
+    /// Opens one session, through the cache when it applies.
+    fn open(&self, model: ModelBytes<'_>, settings: &SessionSettings) -> Result<OrtBackend, OrtBackendError> {
+        let (Some(cache), ModelBytes::File(path), Some(Some(digest))) = (&self.cache, model, &self.digest)
+        else {
+            return open(model, settings);
+        };
+        match cache.entry(digest, settings) {
+            Ok(entry) => {
+                let (backend, used) = OrtBackend::load_cached(path, settings, &entry)?;
+                tracing::debug!(model = %path.display(), ?used, "model cache");
+                if used == CacheUse::Uncached {
+                    tracing::debug!("the session was optimized online");
+                }
+                Ok(backend)
+            }
+            Err(reason) => {
+                tracing::debug!(model = %path.display(), reason, "not cached");
+                open(model, settings)
+            }
+        }
+    }
+
+    /// Instance `index`'s buckets: the model's when its device pads.
+    fn buckets_for(&self, plan: &InstancePlan) -> Vec<u32> {
+        if plan.settings.batch_buckets.applies_to(plan.device) { self.buckets.clone() } else { Vec::new() }
+    }
 }
 
 impl VersionLoader for OrtVersionLoader {
     fn signature(&mut self, model: ModelBytes<'_>) -> Result<ModelSignature, BackendError> {
-        let first = open(model, &self.probe_settings)?;
+        self.prepare_cache(model);
+        let first = self.open(model, &self.probe_settings)?;
         let signature = first.signature();
         self.probe = Some(first);
         Ok(signature)
@@ -107,19 +171,94 @@ impl VersionLoader for OrtVersionLoader {
         }
         let instances =
             plans.iter().map(|p| PlacedInstance { label: p.label.clone(), fallback: p.fallback }).collect();
+        let max_batch_size = u32::try_from(config.max_batch_size).unwrap_or(0);
+        let preferred: Vec<u32> = match &config.scheduling_choice {
+            Some(SchedulingChoice::DynamicBatching(d)) => {
+                d.preferred_batch_size.iter().filter_map(|&p| u32::try_from(p).ok()).collect()
+            }
+            _ => Vec::new(),
+        };
+        self.buckets = tern_backend::batch::bucket_sizes(max_batch_size, &preferred);
+        let padding = plans.iter().filter(|p| p.settings.batch_buckets.applies_to(p.device)).count();
+        if padding > 0 && !self.buckets.is_empty() {
+            tracing::info!(buckets = ?self.buckets, instances = padding, "batches padded to buckets");
+        }
         self.plans = plans;
         Ok(Placement { instance_groups, instances })
     }
 
     fn instance(&mut self, index: usize, model: ModelBytes<'_>) -> Result<Box<dyn Backend>, BackendError> {
+        self.prepare_cache(model);
         let Some(plan) = self.plans.get(index) else {
             return Err(BackendError::Load(format!("no instance {index} in the plan")));
         };
         let backend = match self.probe.take_if(|_| plan.settings == self.probe_settings) {
             Some(b) => b,
-            None => open(model, &plan.settings)?,
+            None => self.open(model, &plan.settings)?,
         };
-        Ok(Box::new(backend))
+        Ok(Box::new(backend.with_batch_buckets(self.buckets_for(plan))))
+    }
+
+    fn instances(
+        &mut self,
+        count: usize,
+        model: ModelBytes<'_>,
+    ) -> Result<Vec<Box<dyn Backend>>, BackendError> {
+        if count > self.plans.len() {
+            return Err(BackendError::Load(format!("no instance {} in the plan", self.plans.len())));
+        }
+        self.prepare_cache(model);
+        // The signature's session goes to the first instance planned with its settings.
+        let mut opened: Vec<Option<OrtBackend>> = (0..count).map(|_| None).collect();
+        if let Some(i) = (0..count).find(|&i| self.plans[i].settings == self.probe_settings) {
+            opened[i] = self.probe.take();
+        }
+        let to_open: Vec<usize> = (0..count).filter(|&i| opened[i].is_none()).collect();
+        // One thread per session up to the cores (a GPU session's creation mostly waits on its device).
+        let workers = to_open.len().min(self.cores.max(2));
+        let this = &*self;
+        let results: Vec<(usize, Result<OrtBackend, OrtBackendError>)> = std::thread::scope(|scope| {
+            let chunks: Vec<Vec<usize>> =
+                (0..workers).map(|w| to_open.iter().copied().skip(w).step_by(workers).collect()).collect();
+            let handles: Vec<_> = chunks
+                .into_iter()
+                .map(|mine| {
+                    scope.spawn(move || {
+                        mine.into_iter()
+                            .map(|i| (i, this.open(model, &this.plans[i].settings)))
+                            .collect::<Vec<_>>()
+                    })
+                })
+                .collect();
+            handles
+                .into_iter()
+                .flat_map(|h| {
+                    h.join().unwrap_or_else(|_| {
+                        vec![(
+                            usize::MAX,
+                            Err(OrtBackendError::ModelLoad {
+                                model: "<instance>".into(),
+                                message: "session creation panicked".into(),
+                            }),
+                        )]
+                    })
+                })
+                .collect()
+        });
+        for (i, result) in results {
+            let backend = result?;
+            if let Some(slot) = opened.get_mut(i) {
+                *slot = Some(backend);
+            }
+        }
+        opened
+            .into_iter()
+            .enumerate()
+            .map(|(i, b)| {
+                let b = b.ok_or_else(|| BackendError::Load(format!("instance {i} was not opened")))?;
+                Ok(Box::new(b.with_batch_buckets(self.buckets_for(&self.plans[i]))) as Box<dyn Backend>)
+            })
+            .collect()
     }
 }
 

@@ -15,7 +15,8 @@
 //!   probe and the CPU fallback.
 //! - [`factory`]: [`OrtFactory`], the [`tern_backend::BackendFactory`] the model lifecycle
 //!   loads versions through: settings checked before decrypting, instances placed, cores
-//!   divided among the CPU instances.
+//!   divided among the CPU instances, instances opened in parallel, batch buckets set.
+//! - [`model_cache`]: [`ModelCache`], ORT's optimized graphs saved and reused across loads.
 //! - `backend`: [`OrtBackend`], one ORT session; `infer` validates the request against the
 //!   model's signature, runs, and hands the outputs back as [`tern_core::Tensor`]s.
 //! - `convert`: datatype mapping and the byte-level moves in and out of ORT tensors.
@@ -30,7 +31,9 @@
 //! GPU sessions register TensorRT (when configured), then CUDA, then ORT's implicit CPU, each
 //! with `error_on_failure` so a missing provider library is a load error, never a silent CPU
 //! session. Inputs and outputs stay in host memory (ORT copies them to and from the device in
-//! `Run`): no IO binding, which would only pay with device-resident inputs or CUDA graphs.
+//! `Run`): no IO binding yet. GPU instances run a few fixed batch shapes (batch buckets, each
+//! warmed up before READY), which is what pinned, reused buffers through an IO binding and a
+//! CUDA graph per bucket would build on (issue 25; not done, unmeasured without a GPU).
 //!
 //! Not here: batching, queues, instance threads (`tern-backend`), config.pbtxt parsing and
 //! auto-complete (`tern-repository`), GPU metrics (NVML, in telemetry).
@@ -40,6 +43,7 @@ mod backend;
 mod convert;
 pub mod factory;
 mod ffi;
+pub mod model_cache;
 pub mod placement;
 pub mod runtime;
 pub mod settings;
@@ -50,11 +54,12 @@ pub use accelerators::{AcceleratorScope, Device, GpuSettings, TensorRtOptions, T
 pub use backend::OrtBackend;
 pub use factory::OrtFactory;
 pub use ffi::release_freed_memory;
+pub use model_cache::{CacheEntry, CacheUse, ModelCache};
 pub use placement::{
     GpuSupport, GpuUnusable, InstancePlan, instance_plan, placed_instance_groups, plan_instances,
 };
 pub use runtime::{RuntimeInfo, init_runtime};
-pub use settings::{GraphOptimization, SessionSettings, session_settings, session_settings_for};
+pub use settings::{BucketMode, GraphOptimization, SessionSettings, session_settings, session_settings_for};
 
 /// What to tell an operator whose ONNX Runtime library is missing or unusable.
 pub const SETUP_HINT: &str =

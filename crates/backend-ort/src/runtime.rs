@@ -77,6 +77,11 @@ pub fn init_runtime(path: Option<&Path>) -> Result<RuntimeInfo, OrtBackendError>
     Ok(runtime.info.clone())
 }
 
+/// The loaded library's version ("1.31.1"), if one is loaded.
+pub(crate) fn version() -> Option<String> {
+    RUNTIME.get().map(|r| r.info.version.clone())
+}
+
 /// "1.31.1 at /path/libonnxruntime.so.1.31.1", or "not loaded".
 pub(crate) fn library_description() -> String {
     match RUNTIME.get() {

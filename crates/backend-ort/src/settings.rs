@@ -13,6 +13,7 @@
 //! | `parameters` `session.intra_op.allow_spinning`, `session.inter_op.allow_spinning` | session config entries: whether ORT's idle pool threads spin (ORT's default: yes) |
 //! | `parameters` `memory.enable_memory_arena_shrinkage` | run config entry, passed through as is    |
 //! | `optimization { execution_accelerators }`, CUDA `parameters` | GPU providers: see [`crate::accelerators`] |
+//! | `parameters` `batch_buckets` (Tern's)               | `auto` (default: on for GPU instances, off for CPU), or on / off: pad each batch to the next bucket ([`tern_backend::batch::bucket_sizes`]) |
 //!
 //! Differences from Triton, on purpose: Triton treats any other graph level as "all" and parses
 //! numbers with `std::stoi` (so "4x" is 4); here an unknown level, a negative or non-numeric
@@ -61,6 +62,29 @@ impl GraphOptimization {
     }
 }
 
+/// Tern's `batch_buckets` parameter: whether an instance pads its batches up to a few fixed
+/// sizes ([`tern_backend::Backend::batch_buckets`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum BucketMode {
+    /// On for GPU instances, where ORT's CUDA provider plans per input shape; off on CPU, where
+    /// padding rows would only cost compute.
+    #[default]
+    Auto,
+    On,
+    Off,
+}
+
+impl BucketMode {
+    /// Whether an instance on `device` pads.
+    pub fn applies_to(self, device: Device) -> bool {
+        match self {
+            BucketMode::Auto => matches!(device, Device::Cuda { .. }),
+            BucketMode::On => true,
+            BucketMode::Off => false,
+        }
+    }
+}
+
 /// Options for one ORT session. `None` leaves ORT's default. `Default` is what a config with
 /// none of the ORT backend's fields gets.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -91,6 +115,8 @@ pub struct SessionSettings {
     pub device: Device,
     /// The GPU execution providers' options, used when `device` is a GPU.
     pub gpu: GpuSettings,
+    /// `batch_buckets` (Tern's parameter).
+    pub batch_buckets: BucketMode,
 }
 
 const INTRA_OP_THREADS: &str = "intra_op_thread_count";
@@ -102,6 +128,8 @@ const DEVICE_ALLOCATOR_FOR_INITIALIZERS: &str = "session.use_device_allocator_fo
 const ARENA_SHRINKAGE: &str = "memory.enable_memory_arena_shrinkage";
 const INTRA_OP_SPINNING: &str = "session.intra_op.allow_spinning";
 const INTER_OP_SPINNING: &str = "session.inter_op.allow_spinning";
+/// Tern's own parameter (Triton has no such setting).
+pub const BATCH_BUCKETS: &str = "batch_buckets";
 
 /// [`session_settings_for`] with the strictest scope: no model directory, no cache directory,
 /// so every accelerator path and cache is refused.
@@ -150,6 +178,18 @@ pub fn session_settings_for(
     }
     if let Some(v) = param(INTER_OP_SPINNING) {
         settings.inter_op_spinning = Some(parse_bool(INTER_OP_SPINNING, v)?);
+    }
+    if let Some(v) = param(BATCH_BUCKETS) {
+        settings.batch_buckets = match v.trim().to_ascii_lowercase().as_str() {
+            "auto" | "" => BucketMode::Auto,
+            _ => match crate::accelerators::parse_bool(v) {
+                Ok(true) => BucketMode::On,
+                Ok(false) => BucketMode::Off,
+                Err(_) => {
+                    return Err(invalid(BATCH_BUCKETS, v, "expected auto, true, false, on, off, 1 or 0"));
+                }
+            },
+        };
     }
     if let Some(v) = param(ARENA_SHRINKAGE) {
         // ORT validates the device list ("cpu:0;gpu:0") when the run starts.
@@ -269,6 +309,22 @@ mod tests {
     }
 
     #[test]
+    fn batch_buckets_default_to_gpu_instances_only() {
+        let mode =
+            |v: &str| session_settings(&config(&[("batch_buckets", v)], None)).map(|s| s.batch_buckets).ok();
+        assert_eq!(
+            session_settings(&ModelConfig::default()).map(|s| s.batch_buckets).ok(),
+            Some(BucketMode::Auto)
+        );
+        assert_eq!(mode("AUTO"), Some(BucketMode::Auto));
+        assert_eq!(mode("on"), Some(BucketMode::On));
+        assert_eq!(mode("0"), Some(BucketMode::Off));
+        let gpu = Device::Cuda { device_id: 0 };
+        assert!(BucketMode::Auto.applies_to(gpu) && !BucketMode::Auto.applies_to(Device::Cpu));
+        assert!(BucketMode::On.applies_to(Device::Cpu) && !BucketMode::Off.applies_to(gpu));
+    }
+
+    #[test]
     fn arena_shrinkage_needs_the_arena() {
         let params = [("enable_mem_arena", "0"), ("memory.enable_memory_arena_shrinkage", "cpu:0")];
         let err = session_settings(&config(&params, None)).err().map(|e| e.to_string());
@@ -287,6 +343,7 @@ mod tests {
             ("enable_mem_arena", "yes"),
             ("enable_mem_pattern", ""),
             ("session.intra_op.allow_spinning", "sometimes"),
+            ("batch_buckets", "sometimes"),
         ] {
             let err = session_settings(&config(&[(key, value)], None)).err().map(|e| e.to_string());
             assert!(err.as_ref().is_some_and(|e| e.contains(key)), "{key}={value}: {err:?}");

@@ -10,13 +10,17 @@ Models (DT is a KServe datatype name: BOOL, UINT8, ..., FP32, BYTES):
   passthrough.onnx                  INPUT0 FP32 [batch, 2] is also the graph's output (no node):
                                     ORT returns the input buffer itself as the output
   sequence_input.onnx               SEQ: sequence(tensor(float)) -> LEN int64 (SequenceLength)
+  mlp.onnx                          INPUT0 FP32 [batch, 4] -> OUTPUT0 FP32 [batch, 3] =
+                                    softmax(INPUT0 @ (W * 2) + B), W and B seeded (the Mul is
+                                    constant-folded, so the optimized graph differs from the file)
   corrupt.onnx                      bytes that are not a model
 """
 
 import os
 import sys
 
-from onnx import TensorProto, helper
+import numpy as np
+from onnx import TensorProto, helper, numpy_helper
 
 TYPES = {
     "BOOL": TensorProto.BOOL,
@@ -99,6 +103,27 @@ def main(out):
             [tensor("LEN", TensorProto.INT64, [])],
         ),
         os.path.join(out, "sequence_input.onnx"),
+    )
+
+    rng = np.random.default_rng(0)
+    save(
+        helper.make_graph(
+            [
+                helper.make_node("Mul", ["W", "two"], ["W2"]),
+                helper.make_node("MatMul", ["INPUT0", "W2"], ["xw"]),
+                helper.make_node("Add", ["xw", "B"], ["logits"]),
+                helper.make_node("Softmax", ["logits"], ["OUTPUT0"], axis=1),
+            ],
+            "mlp",
+            [tensor("INPUT0", TensorProto.FLOAT, ["batch", 4])],
+            [tensor("OUTPUT0", TensorProto.FLOAT, ["batch", 3])],
+            [
+                numpy_helper.from_array(rng.normal(size=(4, 3)).astype(np.float32), "W"),
+                numpy_helper.from_array(np.array(2.0, np.float32), "two"),
+                numpy_helper.from_array(rng.normal(size=(3,)).astype(np.float32), "B"),
+            ],
+        ),
+        os.path.join(out, "mlp.onnx"),
     )
 
     with open(os.path.join(out, "corrupt.onnx"), "wb") as f:

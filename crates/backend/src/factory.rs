@@ -82,4 +82,14 @@ pub trait VersionLoader: Send {
 
     /// Opens instance `index` of the placement.
     fn instance(&mut self, index: usize, model: ModelBytes<'_>) -> Result<Box<dyn Backend>, BackendError>;
+
+    /// Opens instances `0..count` of the placement, in order. One after the other by default;
+    /// a runtime whose sessions can be created concurrently opens them in parallel.
+    fn instances(
+        &mut self,
+        count: usize,
+        model: ModelBytes<'_>,
+    ) -> Result<Vec<Box<dyn Backend>>, BackendError> {
+        (0..count).map(|index| self.instance(index, model)).collect()
+    }
 }

@@ -37,6 +37,15 @@ pub trait Backend: Send + 'static {
     /// the outputs named in `outputs`, in that order; all of the model's outputs in the model's
     /// order when `outputs` is empty.
     fn infer(&mut self, inputs: Vec<Tensor>, outputs: &[String]) -> Result<Vec<Tensor>, BackendError>;
+
+    /// Batch sizes this instance runs at, ascending (see [`batch::bucket_sizes`]): [`run`]
+    /// pads each batch up to the smallest that holds it and cuts the padding off the outputs
+    /// before they are split. A runtime that plans per input shape (ONNX Runtime's CUDA
+    /// provider picks convolution algorithms per shape) then sees a few shapes, each planned at
+    /// warmup. None (the default): batches run at their own size.
+    fn batch_buckets(&self) -> &[u32] {
+        &[]
+    }
 }
 
 /// Timings of one execution, in the phases Triton reports.
@@ -78,7 +87,10 @@ pub fn run(backend: &mut dyn Backend, job: BatchJob) -> (BatchResult, ExecTiming
 
 fn execute(backend: &mut dyn Backend, job: BatchJob, timings: &mut ExecTimings) -> BatchResult {
     let BatchJob { mut requests, batch_sizes, outputs } = job;
-    if requests.len() == 1 {
+    // Padding rows are counted nowhere: statistics take the requests' batch sizes.
+    let rows: u32 = batch_sizes.iter().sum();
+    let pad_to = batch::bucket_for(backend.batch_buckets(), rows).filter(|&b| rows > 0 && b > rows);
+    if requests.len() == 1 && pad_to.is_none() {
         // One request: its buffers go to the backend as they are.
         let t = std::time::Instant::now();
         let out = tracing::debug_span!("compute_infer")
@@ -87,15 +99,19 @@ fn execute(backend: &mut dyn Backend, job: BatchJob, timings: &mut ExecTimings) 
         return Ok(vec![out]);
     }
     let t = std::time::Instant::now();
-    let inputs = tracing::debug_span!("compute_input").in_scope(|| batch::concat_inputs(&requests))?;
+    let inputs =
+        tracing::debug_span!("compute_input").in_scope(|| batch::concat_inputs_padded(&requests, pad_to))?;
     drop(requests);
     timings.compute_input = t.elapsed();
     let t = std::time::Instant::now();
     let out = tracing::debug_span!("compute_infer").in_scope(|| backend.infer(inputs, &outputs))?;
     timings.compute_infer = t.elapsed();
     let t = std::time::Instant::now();
-    let split =
-        tracing::debug_span!("compute_output").in_scope(|| batch::split_outputs(out, &batch_sizes))?;
+    let split = tracing::debug_span!("compute_output").in_scope(|| {
+        // The padding rows' outputs are cut before anything is split: no request sees them.
+        let out = if pad_to.is_some() { batch::trim_rows(out, rows)? } else { out };
+        batch::split_outputs(out, &batch_sizes)
+    })?;
     timings.compute_output = t.elapsed();
     Ok(split)
 }
@@ -115,6 +131,62 @@ mod tests {
             }
             Ok(inputs.into_iter().map(|t| Tensor { name: format!("out_{}", t.name), ..t }).collect())
         }
+    }
+
+    /// Echoes like [`EchoBackend`], with batch buckets, and keeps the row counts it was given.
+    struct BucketEcho {
+        buckets: Vec<u32>,
+        seen: Vec<i64>,
+    }
+    impl Backend for BucketEcho {
+        fn infer(&mut self, inputs: Vec<Tensor>, _outputs: &[String]) -> Result<Vec<Tensor>, BackendError> {
+            self.seen.push(inputs[0].shape[0]);
+            Ok(inputs.into_iter().map(|t| Tensor { name: format!("out_{}", t.name), ..t }).collect())
+        }
+        fn batch_buckets(&self) -> &[u32] {
+            &self.buckets
+        }
+    }
+
+    #[test]
+    fn batches_run_padded_to_a_bucket_and_padding_never_reaches_a_request() {
+        let mut backend = BucketEcho { buckets: batch::bucket_sizes(8, &[]), seen: vec![] };
+        let x = |rows: i64, first: f32| Tensor {
+            name: "x".into(),
+            datatype: DataType::Fp32,
+            shape: vec![rows, 1],
+            data: batch::f32s(&(0..rows).map(|r| first + r as f32).collect::<Vec<_>>()),
+        };
+        let job = BatchJob {
+            requests: vec![vec![x(1, 10.0)], vec![x(2, 20.0)], vec![x(2, 30.0)]],
+            batch_sizes: vec![1, 2, 2],
+            outputs: vec![],
+        };
+        let (r, _) = run(&mut backend, job);
+        let out = r.expect("run");
+        assert_eq!(backend.seen, vec![8], "5 rows run as the bucket of 8");
+        assert_eq!(out.len(), 3);
+        assert_eq!(out[0][0].shape, vec![1, 1]);
+        assert_eq!(out[0][0].data, batch::f32s(&[10.0]));
+        assert_eq!(out[2][0].shape, vec![2, 1]);
+        assert_eq!(out[2][0].data, batch::f32s(&[30.0, 31.0]));
+        // One request pads too; a batch at a bucket's size and a model that does not batch do not.
+        let (r, _) = run(
+            &mut backend,
+            BatchJob { requests: vec![vec![x(3, 0.0)]], batch_sizes: vec![3], outputs: vec![] },
+        );
+        assert_eq!(r.expect("run")[0][0].data, batch::f32s(&[0.0, 1.0, 2.0]));
+        let (r, _) = run(
+            &mut backend,
+            BatchJob { requests: vec![vec![x(4, 0.0)]], batch_sizes: vec![4], outputs: vec![] },
+        );
+        assert_eq!(r.expect("run")[0][0].shape, vec![4, 1]);
+        let (r, _) = run(
+            &mut backend,
+            BatchJob { requests: vec![vec![x(3, 0.0)]], batch_sizes: vec![0], outputs: vec![] },
+        );
+        assert_eq!(r.expect("run")[0][0].shape, vec![3, 1]);
+        assert_eq!(backend.seen, vec![8, 4, 4, 3]);
     }
 
     fn one(inputs: Vec<Tensor>) -> BatchJob {

@@ -112,10 +112,26 @@ impl VersionLoader for EmbeddingLoader {
 
     fn instance(&mut self, index: usize, model: ModelBytes<'_>) -> Result<Box<dyn Backend>, BackendError> {
         let inner = self.inner.instance(index, model)?;
-        Ok(match &self.embedder {
+        Ok(self.wrap(inner))
+    }
+
+    fn instances(
+        &mut self,
+        count: usize,
+        model: ModelBytes<'_>,
+    ) -> Result<Vec<Box<dyn Backend>>, BackendError> {
+        let inner = self.inner.instances(count, model)?;
+        Ok(inner.into_iter().map(|b| self.wrap(b)).collect())
+    }
+}
+
+impl EmbeddingLoader {
+    /// An embedding model's instance tokenizes and pools around the runtime's; others run as they are.
+    fn wrap(&self, inner: Box<dyn Backend>) -> Box<dyn Backend> {
+        match &self.embedder {
             Some(embedder) => Box::new(EmbeddingBackend { inner, embedder: embedder.clone() }),
             None => inner,
-        })
+        }
     }
 }
 

@@ -64,6 +64,9 @@ pub struct EngineOptions {
     /// back as the next `past`; only a batch rebuild (a sequence joins or leaves) copies the
     /// cache through the host. The provider must load (no silent CPU fallback).
     pub cuda_device: Option<i32>,
+    /// ONNX Runtime's optimized graph of the decoder, saved on the first load and opened
+    /// without optimizing on later ones (CPU only: see `tern_backend_ort::model_cache`).
+    pub model_cache: Option<tern_backend_ort::ModelCache>,
 }
 
 impl Default for EngineOptions {
@@ -74,6 +77,7 @@ impl Default for EngineOptions {
             max_queue: 256,
             intra_threads: 0,
             cuda_device: None,
+            model_cache: None,
         }
     }
 }
@@ -260,7 +264,13 @@ impl Engine {
         }
         let config = config::GenAiConfig::load(dir)?;
         let codec = Arc::new(text::TextCodec::load(dir, config.bos_token_id)?);
-        let decoder = model::Decoder::load(dir, &config, options.intra_threads, options.cuda_device)?;
+        let decoder = model::Decoder::load(
+            dir,
+            &config,
+            options.intra_threads,
+            options.cuda_device,
+            options.model_cache.as_ref(),
+        )?;
         let kv_bytes_per_token = config.kv_bytes_per_token();
         let info = ModelInfo {
             model_type: config.model_type.clone(),

@@ -53,6 +53,7 @@ impl Decoder {
         config: &GenAiConfig,
         intra_threads: usize,
         cuda_device: Option<i32>,
+        cache: Option<&tern_backend_ort::ModelCache>,
     ) -> Result<Decoder, GenError> {
         let path = dir.join(&config.filename);
         if !path.is_file() {
@@ -63,21 +64,38 @@ impl Decoder {
         }
         let load_error = |e: String| GenError::Internal(format!("cannot load {}: {e}", path.display()));
         let environment = tern_backend_ort::runtime::environment().map_err(|e| load_error(e.to_string()))?;
-        let mut builder = Session::builder(environment).map_err(|e| load_error(e.to_string()))?;
-        if intra_threads > 0 {
-            builder = builder.with_intra_threads(intra_threads).map_err(|e| load_error(e.to_string()))?;
-        }
-        if let Some(device) = cuda_device {
-            // `error_on_failure`: a CUDA request that cannot be met fails the load instead of
-            // silently running on the CPU.
-            builder = builder
-                .with_execution_providers([ep::CUDA::default()
-                    .with_device_id(device)
-                    .build()
-                    .error_on_failure()])
-                .map_err(|e| load_error(format!("CUDA execution provider on device {device}: {e}")))?;
-        }
-        let session = builder.commit_from_file(&path).map_err(|e| load_error(e.to_string()))?;
+        let session = match cache.filter(|_| cuda_device.is_none()) {
+            // The CPU decoder through the optimized-model cache, with the settings a CPU
+            // session gets below (ORT's default level: all).
+            Some(cache) => {
+                let settings = tern_backend_ort::SessionSettings {
+                    intra_op_threads: (intra_threads > 0).then_some(intra_threads),
+                    ..Default::default()
+                };
+                tern_backend_ort::model_cache::open_cached(cache, &path, &settings)
+                    .map_err(|e| load_error(e.to_string()))?
+            }
+            None => {
+                let mut builder = Session::builder(environment).map_err(|e| load_error(e.to_string()))?;
+                if intra_threads > 0 {
+                    builder =
+                        builder.with_intra_threads(intra_threads).map_err(|e| load_error(e.to_string()))?;
+                }
+                if let Some(device) = cuda_device {
+                    // `error_on_failure`: a CUDA request that cannot be met fails the load instead of
+                    // silently running on the CPU.
+                    builder = builder
+                        .with_execution_providers([ep::CUDA::default()
+                            .with_device_id(device)
+                            .build()
+                            .error_on_failure()])
+                        .map_err(|e| {
+                            load_error(format!("CUDA execution provider on device {device}: {e}"))
+                        })?;
+                }
+                builder.commit_from_file(&path).map_err(|e| load_error(e.to_string()))?
+            }
+        };
         let device = match cuda_device {
             None => None,
             Some(id) => {

@@ -126,15 +126,13 @@ pub fn load_version(
     // The runtime places the instances; the config reports the groups as placed, as Triton does.
     let placement = loader.plan(&config).map_err(in_version)?;
     config.instance_group = placement.instance_groups;
-    let mut backends: Vec<Box<dyn tern_backend::Backend>> = Vec::with_capacity(placement.instances.len());
-    for (index, instance) in placement.instances.iter().enumerate() {
-        if instance.fallback {
-            tracing::warn!(instance = %instance.label, "instance runs on a fallback device (--allow-cpu-fallback)");
-        }
-        backends.push(loader.instance(index, model.bytes()).map_err(opening)?);
+    for instance in placement.instances.iter().filter(|i| i.fallback) {
+        tracing::warn!(instance = %instance.label, "instance runs on a fallback device (--allow-cpu-fallback)");
     }
+    let mut backends = loader.instances(placement.instances.len(), model.bytes()).map_err(opening)?;
     drop(loader);
     drop(model);
+    crate::warmup::run_buckets(&config, &mut backends, v);
     crate::warmup::run(&config, &source.dir, &mut backends, &name, v)?;
     let count = backends.len();
     let placement: Vec<&str> = placement.instances.iter().map(|p| p.label.as_str()).collect();

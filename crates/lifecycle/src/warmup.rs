@@ -1,6 +1,8 @@
 //! Triton's `model_warmup`: every instance of a version runs the config's samples before the
 //! version is READY, through the backend-neutral [`Backend::infer`], so a slow first run (lazy
-//! initialisation, kernel selection) is paid before traffic switches to it.
+//! initialisation, kernel selection) is paid before traffic switches to it. Instances that pad
+//! batches to buckets ([`Backend::batch_buckets`]) first run one batch of each bucket
+//! ([`run_buckets`]), so no client pays the first plan of a shape.
 
 use tern_backend::Backend;
 use tern_core::{DataType, Tensor};
@@ -31,6 +33,70 @@ pub fn run(
         tracing::info!(version, samples = config.model_warmup.len(), "warmup done");
     }
     Ok(())
+}
+
+/// Runs one batch of every bucket on each instance that pads to buckets, instances in parallel:
+/// the shapes the instance will ever run are planned before READY. The inputs are zeros (empty
+/// strings for BYTES) in the config's dims (a variable dim as 1) and carry no meaning: plans
+/// depend on shapes. A bucket that fails is logged and skipped, not a load error: such a model
+/// may well serve real inputs, and its first batch of that size then plans as without buckets.
+/// A bucket whose inputs would exceed [`MAX_WARMUP_SAMPLE_BYTES`] is skipped too.
+pub fn run_buckets(config: &ModelConfig, backends: &mut [Box<dyn Backend>], version: u64) {
+    if backends.iter().all(|b| b.batch_buckets().is_empty()) {
+        return;
+    }
+    let outputs: Vec<String> = config.output.iter().map(|o| o.name.clone()).collect();
+    let started = std::time::Instant::now();
+    let span = tracing::Span::current();
+    std::thread::scope(|scope| {
+        for backend in backends.iter_mut().filter(|b| !b.batch_buckets().is_empty()) {
+            let (outputs, span) = (&outputs, span.clone());
+            scope.spawn(move || {
+                let _enter = span.enter();
+                for bucket in backend.batch_buckets().to_vec() {
+                    let inputs = match bucket_inputs(config, bucket) {
+                        Ok(inputs) => inputs,
+                        Err(reason) => {
+                            tracing::info!(bucket, reason, "bucket warmup skipped");
+                            continue;
+                        }
+                    };
+                    if let Err(e) = backend.infer(inputs, outputs) {
+                        tracing::warn!(bucket, error = %e, "bucket warmup failed (zero inputs); its first batch plans it");
+                    }
+                }
+            });
+        }
+    });
+    tracing::info!(version, elapsed_ms = started.elapsed().as_millis() as u64, "batch buckets warmed up");
+}
+
+/// Zero inputs of `rows` rows for every input the config requires.
+fn bucket_inputs(config: &ModelConfig, rows: u32) -> Result<Vec<Tensor>, &'static str> {
+    let mut total = 0usize;
+    let mut inputs = Vec::with_capacity(config.input.len());
+    for input in config.input.iter().filter(|i| !i.optional) {
+        let datatype = DataType::from_config(input.data_type).ok_or("an input has no valid data_type")?;
+        let dims = input.reshape.as_ref().map_or(&input.dims, |r| &r.shape);
+        let shape: Vec<i64> =
+            std::iter::once(i64::from(rows)).chain(dims.iter().map(|&d| d.max(1))).collect();
+        let elements = tern_core::request::element_count(&shape).ok_or("an input's shape is too large")?;
+        let element_bytes = datatype.element_size().unwrap_or(4);
+        let bytes =
+            usize::try_from(elements).ok().and_then(|n| n.checked_mul(element_bytes)).ok_or("too large")?;
+        total = total.saturating_add(bytes);
+        if total > MAX_WARMUP_SAMPLE_BYTES {
+            return Err("its inputs would take over 512 MiB");
+        }
+        // BYTES: each element an empty string (a zero length).
+        inputs.push(Tensor {
+            name: input.name.clone(),
+            datatype,
+            shape,
+            data: bytes::Bytes::from(vec![0u8; bytes]),
+        });
+    }
+    Ok(inputs)
 }
 
 /// Bytes of one warmup sample's inputs, all together, at most.
@@ -102,4 +168,47 @@ fn warmup_sample(
         inputs.push(Tensor { name: name.clone(), datatype, shape, data: bytes::Bytes::from(data) });
     }
     Ok(inputs)
+}
+
+#[cfg(test)]
+mod tests {
+    use tern_proto::inference::{DataType as ConfigType, ModelInput};
+
+    use super::*;
+
+    fn input(name: &str, data_type: ConfigType, dims: &[i64], optional: bool) -> ModelInput {
+        ModelInput {
+            name: name.into(),
+            data_type: data_type as i32,
+            dims: dims.to_vec(),
+            optional,
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn bucket_inputs_are_zeros_of_the_bucket_size_for_required_inputs() {
+        let config = ModelConfig {
+            max_batch_size: 8,
+            input: vec![
+                input("x", ConfigType::TypeFp32, &[-1, 3], false),
+                input("s", ConfigType::TypeString, &[2], false),
+                input("extra", ConfigType::TypeFp32, &[1], true),
+            ],
+            ..Default::default()
+        };
+        let inputs = bucket_inputs(&config, 4).expect("inputs");
+        assert_eq!(inputs.len(), 2, "optional inputs are left out");
+        assert_eq!(inputs[0].shape, vec![4, 1, 3], "a variable dim runs as 1");
+        assert_eq!(inputs[0].data.len(), 4 * 3 * 4);
+        assert!(inputs[0].data.iter().all(|&b| b == 0));
+        assert_eq!(inputs[1].shape, vec![4, 2]);
+        // BYTES: empty strings (a zero length each).
+        assert_eq!(inputs[1].data.len(), 4 * 2 * 4);
+        let huge = ModelConfig {
+            input: vec![input("x", ConfigType::TypeFp32, &[1 << 20, 1 << 10], false)],
+            ..config
+        };
+        assert!(bucket_inputs(&huge, 8).is_err(), "over the warmup byte limit");
+    }
 }

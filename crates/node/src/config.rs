@@ -54,6 +54,15 @@ pub struct Config {
     #[arg(long, value_name = "DIR")]
     pub accelerator_cache_dir: Option<PathBuf>,
 
+    /// Directory for ONNX Runtime's optimized graphs: the first load of a model saves its graph
+    /// after optimization, later loads (restarts, reloads, more instances) open it without
+    /// optimizing again. Keyed by the model files' SHA-256, the ONNX Runtime version, the
+    /// optimization level and the CPU, so a changed model never reuses a stale graph. CPU
+    /// sessions of repository models only: never encrypted or uploaded models (see
+    /// docs/operations.md). Created if missing. Off by default.
+    #[arg(long, value_name = "DIR")]
+    pub model_cache_dir: Option<PathBuf>,
+
     /// Name reported by ServerMetadata. Some clients written for Triton check for "triton".
     #[arg(long, default_value = "tern")]
     pub server_name: String,
@@ -155,6 +164,10 @@ impl Config {
         self.client_shm.validate()?;
         if let Some(dir) = self.accelerator_cache_dir.as_ref().filter(|d| !d.is_dir()) {
             return Err(format!("--accelerator-cache-dir {}: not a directory", dir.display()));
+        }
+        if let Some(dir) = &self.model_cache_dir {
+            std::fs::create_dir_all(dir)
+                .map_err(|e| format!("--model-cache-dir {}: cannot create it: {e}", dir.display()))?;
         }
         if self.repository_poll_secs == 0 {
             return Err("--repository-poll-secs must be at least 1".into());

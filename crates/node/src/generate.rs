@@ -45,7 +45,10 @@ pub const MAX_TEMPERATURE: f32 = 100.0;
 
 /// Starts a tern-generate [`Engine`] for each generative model version.
 #[derive(Debug, Default, Clone)]
-pub struct EngineFactory;
+pub struct EngineFactory {
+    /// `--model-cache-dir`: the decoder's optimized graph, reused by later loads.
+    pub model_cache: Option<tern_backend_ort::ModelCache>,
+}
 
 /// A loaded engine, as the lifecycle holds it.
 pub struct NodeEngine {
@@ -61,6 +64,11 @@ impl GenerativeFactory for EngineFactory {
             max_queue: load.max_queue,
             intra_threads: load.intra_op_threads,
             cuda_device: load.gpu,
+            // An upload's files are a client's: they must not fill the node's disk.
+            model_cache: self
+                .model_cache
+                .clone()
+                .filter(|_| load.target.trusted_dir.is_some() && !load.target.encrypted),
         };
         let engine = Engine::load(&load.dir, options).map_err(|e| BackendError::Load(e.to_string()))?;
         let memory_bytes = tern_lifecycle::loader::dir_bytes(&load.dir).saturating_add(load.kv_cache_bytes);

@@ -116,6 +116,7 @@ pub async fn run_with(
         tracing::info!(bytes, "response cache 'local' enabled");
         Arc::new(tern_scheduler::ResponseCache::new(bytes))
     });
+    let model_cache = config.model_cache_dir.clone().map(tern_backend_ort::ModelCache::new);
     let models = Arc::new(ModelManager::new(
         metrics.clone(),
         config.model_repositories.clone(),
@@ -125,10 +126,11 @@ pub async fn run_with(
             backend: Arc::new(tern_embed::EmbeddingFactory::new(tern_backend_ort::OrtFactory {
                 allow_cpu_fallback: config.allow_cpu_fallback,
                 accelerator_cache_dir: config.accelerator_cache_dir.clone(),
+                model_cache: model_cache.clone(),
             })),
             model_repositories: config.model_repositories.clone(),
             model_key: config.model_key.load().map_err(anyhow::Error::msg)?,
-            generative: Some(Arc::new(generate::EngineFactory)),
+            generative: Some(Arc::new(generate::EngineFactory { model_cache })),
             response_cache,
             summary_quantiles: metrics.summary_quantiles(),
         },

@@ -167,6 +167,20 @@ fn cuda_accelerator_takes_documented_options() -> Result<(), OrtBackendError> {
 }
 
 #[test]
+fn conv_algo_search_defaults_to_heuristic_and_a_config_wins() -> Result<(), OrtBackendError> {
+    let search = |gpu: &GpuSettings| {
+        gpu.cuda_options(0)
+            .into_iter()
+            .filter(|(k, _)| k == "cudnn_conv_algo_search")
+            .map(|(_, v)| v)
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(search(&parse(&config(vec![], &[]))?), vec!["HEURISTIC"]);
+    assert_eq!(search(&parse(&config(vec![], &[("cudnn_conv_algo_search", "0")]))?), vec!["EXHAUSTIVE"]);
+    Ok(())
+}
+
+#[test]
 fn cuda_bad_values() {
     for (key, value, says) in [
         ("do_copy_in_default_stream", "maybe", "true, false"),

@@ -6,5 +6,6 @@
 mod common;
 
 mod accelerator_policy;
+mod buckets_and_cache;
 mod gpu_placement;
 mod ort_backend;
