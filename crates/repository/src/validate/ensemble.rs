@@ -356,13 +356,13 @@ fn check_consistent(
     Ok(())
 }
 
-/// Triton's checks of an ensemble against its composing models' completed configs (found by
-/// `step_config` for each step). Steps that are decoupled are refused: Tern's ensembles run
-/// one response per step.
-pub fn check_ensemble_steps<'a>(
-    config: &'a ModelConfig,
-    graph: &'a EnsembleGraph,
-    step_config: impl Fn(&EnsembleStep) -> &'a ModelConfig,
+/// Triton's checks of an ensemble against its composing models' completed configs
+/// (`step_configs[i]` is the config of the model step `i` runs). Steps that are decoupled are
+/// refused: Tern's ensembles run one response per step.
+pub fn check_ensemble_steps(
+    config: &ModelConfig,
+    graph: &EnsembleGraph,
+    step_configs: &[&ModelConfig],
 ) -> Result<(), RepositoryError> {
     let ensemble = config.name.as_str();
     let batching = config.max_batch_size > 0;
@@ -378,8 +378,10 @@ pub fn check_ensemble_steps<'a>(
         let dims = reshape.as_ref().map_or(dims.as_slice(), |r| r.shape.as_slice());
         tensors.insert(name, TensorNode { model: ensemble, data_type, dims, batching });
     }
-    for step in &graph.steps {
-        let model_config = step_config(step);
+    for (index, step) in graph.steps.iter().enumerate() {
+        let Some(&model_config) = step_configs.get(index) else {
+            return Err(invalid(format!("in ensemble {ensemble}, step {index} has no model config")));
+        };
         let model = step.model.as_str();
         if model_config.max_batch_size != 0 && model_config.max_batch_size < config.max_batch_size {
             return Err(invalid(format!(

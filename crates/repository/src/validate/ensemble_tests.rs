@@ -45,8 +45,9 @@ fn step_model(name: &str, max_batch_size: i32, data_type: &str, dims: &str) -> M
 
 fn against(e: &ModelConfig, pre: &ModelConfig, post: &ModelConfig) -> String {
     let graph = validate_ensemble(e).expect("the ensemble is valid on its own");
-    let found = |step: &EnsembleStep| if step.model == "pre" { pre } else { post };
-    match check_ensemble_steps(e, &graph, found) {
+    let found: Vec<&ModelConfig> =
+        graph.steps.iter().map(|step| if step.model == "pre" { pre } else { post }).collect();
+    match check_ensemble_steps(e, &graph, &found) {
         Ok(()) => "ok".to_owned(),
         Err(err) => err.to_string(),
     }
