@@ -17,7 +17,9 @@ One explicit-mode node for the module, over a copy of the example ensemble and i
 invalid ensembles written here.
 """
 import json
+import re
 import sys
+import urllib.request
 import threading
 from pathlib import Path
 
@@ -175,6 +177,24 @@ def test_concurrent_requests_are_batched_at_a_step_with_dynamic_batching(node):
     inference, execution, _ = stats(client, "ens_preprocess")
     assert inference - inference0 == 8
     assert execution - execution0 < 8, "ens_preprocess (20 ms queue delay) batched none of them"
+
+
+def metrics(srv) -> str:
+    addr = next(m.group(1) for line in srv.lines if (m := re.search(r'metrics(?:=|"\s*:\s*")([0-9.]+:\d+)', line)))
+    host, port = addr.rsplit(":", 1)
+    with urllib.request.urlopen(f"http://{'127.0.0.1' if host == '0.0.0.0' else host}:{port}/metrics") as r:
+        return r.read().decode()
+
+
+def test_metrics_carry_the_ensemble_and_each_step_under_their_names(node):
+    srv, client = node
+    grpc_infer(client, raw_batch(2))
+    text = metrics(srv)
+    for model in ["ensemble_pipeline", *STEPS]:
+        line = next((x for x in text.splitlines() if x.startswith(f'nv_inference_count{{model="{model}",')), None)
+        assert line is not None and float(line.split()[-1]) >= 2, (model, line)
+    executions = next(x for x in text.splitlines() if x.startswith('nv_inference_exec_count{model="ensemble_pipeline",'))
+    assert float(executions.split()[-1]) >= 1
 
 
 @pytest.mark.parametrize(

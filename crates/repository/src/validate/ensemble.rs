@@ -283,8 +283,7 @@ fn unconnected_source<'a>(
 ) -> Option<&'a str> {
     let mut seen: HashSet<&str> = HashSet::new();
     let mut last = start;
-    loop {
-        let Some(&index) = writer.get(last) else { break };
+    while let Some(&index) = writer.get(last) {
         let next = graph.steps[index]
             .inputs
             .iter()
