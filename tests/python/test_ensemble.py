@@ -261,3 +261,22 @@ def test_through_a_router_the_lazy_load_of_an_ensemble_loads_its_steps(model_rep
         np.testing.assert_array_equal(res.as_numpy("CLASS"), reference(raw)[1])
         assert {"ensemble_pipeline", *STEPS} <= cluster.nodes[0].ready_models()
         client.close()
+
+
+def test_a_step_reloaded_so_that_the_ensemble_no_longer_fits_unloads_it_with_the_reason(node):
+    _, client = node
+    client.load_model("ensemble_pipeline")
+    narrow = {
+        "name": "ens_postprocess", "backend": "onnxruntime", "max_batch_size": 4,
+        "input": [{"name": "INPUT0", "data_type": "TYPE_FP32", "dims": [16]}],
+        "output": [{"name": "PROBS", "data_type": "TYPE_FP32", "dims": [16]},
+                   {"name": "CLASS", "data_type": "TYPE_INT64", "dims": [1]}],
+    }
+    client.load_model("ens_postprocess", config=json.dumps(narrow))
+    assert not client.is_model_ready("ensemble_pipeline")
+    index = {m["name"]: m for m in client.get_model_repository_index(as_json=True)["models"]}
+    assert ("ensemble ensemble_pipeline allows maximum batch size 8, but it contains model ens_postprocess which "
+            "only allows maximum batch size to be 4") in index["ensemble_pipeline"]["reason"], index["ensemble_pipeline"]
+    client.load_model("ens_postprocess")
+    client.load_model("ensemble_pipeline")
+    assert client.is_model_ready("ensemble_pipeline")

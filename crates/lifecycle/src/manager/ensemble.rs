@@ -5,6 +5,7 @@ use futures::future::BoxFuture;
 use tern_proto::inference::ModelConfig;
 
 use super::ModelManager;
+use crate::table::{ModelEntry, VersionState};
 
 impl ModelManager {
     /// Loads the composing models `config` (ensemble `name`'s) needs that have no ready version,
@@ -60,6 +61,47 @@ impl ModelManager {
                 );
                 if let Err(e) = self.unload(&ensemble).await {
                     tracing::warn!(model = %ensemble, error = %e, "unloading the ensemble failed");
+                }
+            }
+        })
+    }
+
+    /// After `step` (re)loaded: the ensembles that run it are checked again against the
+    /// composing models now serving, as Triton checks an ensemble whose dependency changed
+    /// (model_repository_manager.cc, `CheckNode` then `ValidateEnsembleConfig`). One that no
+    /// longer fits is unloaded, with the reason in the repository index; the others keep
+    /// serving, now on the new version of `step` (the node finds it per request).
+    pub(super) fn revalidate_dependents<'a>(&'a self, step: &'a str) -> BoxFuture<'a, ()> {
+        Box::pin(async move {
+            let invalid: Vec<(String, String)> = {
+                let table = self.table.load();
+                table
+                    .iter()
+                    .filter_map(|(name, entry)| {
+                        let model = entry.ready().find(|m| crate::ensemble::runs(m, step))?;
+                        crate::ensemble::check_against_table(&model.config, &table)
+                            .err()
+                            .map(|e| (name.clone(), e))
+                    })
+                    .collect()
+            };
+            for (ensemble, reason) in invalid {
+                tracing::error!(model = %ensemble, %reason, "ensemble no longer fits its composing models; unloading it");
+                let versions: Vec<u64> = self
+                    .table
+                    .load()
+                    .get(&ensemble)
+                    .map(|e| e.versions.keys().copied().collect())
+                    .unwrap_or_default();
+                if self.unload(&ensemble).await.is_ok() {
+                    let versions = versions
+                        .into_iter()
+                        .map(|v| (v, VersionState::Unavailable(reason.clone())))
+                        .collect();
+                    self.store(
+                        &ensemble,
+                        Some(ModelEntry { versions, reason: Some(reason), fingerprint: 0 }),
+                    );
                 }
             }
         })

@@ -168,6 +168,9 @@ impl ModelManager {
         // must go first, or the wait would count them).
         let retired = ModelEntry { versions: retired(&old, &entry), ..ModelEntry::default() };
         drop(old);
+        if entry.ready().next().is_some() {
+            self.revalidate_dependents(name).await;
+        }
         self.drain(retired).await;
         Ok(entry)
     }
