@@ -211,3 +211,51 @@ pub(crate) fn dependency_order(
 pub(crate) fn runs(model: &LoadedModel, step: &str) -> bool {
     model.ensemble.as_ref().is_some_and(|g| g.steps.iter().any(|s| s.model == step))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A repository of ensembles: `name` -> the models its one step runs.
+    fn repository(ensembles: &[(&str, &str)]) -> tempfile::TempDir {
+        let dir = tempfile::tempdir().expect("temporary directory");
+        for (name, step) in ensembles {
+            let model = dir.path().join(name);
+            std::fs::create_dir_all(model.join("1")).expect("model directory");
+            let config = format!(
+                r#"name: "{name}" platform: "ensemble" max_batch_size: 1
+                input [ {{ name: "x" data_type: TYPE_FP32 dims: [ 1 ] }} ]
+                output [ {{ name: "y" data_type: TYPE_FP32 dims: [ 1 ] }} ]
+                ensemble_scheduling {{ step [ {{ model_name: "{step}" input_map {{ key: "x" value: "x" }}
+                output_map {{ key: "y" value: "y" }} }} ] }}"#
+            );
+            std::fs::write(model.join("config.pbtxt"), config).expect("config");
+        }
+        dir
+    }
+
+    fn order(repository: &tempfile::TempDir, name: &str) -> Result<Vec<String>, String> {
+        let repositories = vec![repository.path().to_path_buf()];
+        let Some(tern_repository::ScannedModel::Found(source)) =
+            tern_repository::scan_model(&repositories, name)
+        else {
+            panic!("{name} is in the repository");
+        };
+        dependency_order(&repositories, name, source.config.as_ref().expect("a config"))
+    }
+
+    #[test]
+    fn nested_ensembles_load_their_steps_first() {
+        let repository = repository(&[("outer", "inner"), ("inner", "plain")]);
+        assert_eq!(order(&repository, "outer"), Ok(vec!["plain".to_owned(), "inner".to_owned()]));
+    }
+
+    #[test]
+    fn ensembles_that_run_each_other_are_a_cycle() {
+        let repository = repository(&[("a", "b"), ("b", "c"), ("c", "a")]);
+        assert_eq!(
+            order(&repository, "a"),
+            Err("circular dependency between ensembles: a -> ... -> c -> a".to_owned())
+        );
+    }
+}
