@@ -280,7 +280,7 @@ impl ModelManager {
         for v in old.versions.keys() {
             self.metrics.model_unloaded(name, &v.to_string());
         }
-        drop(_guard);
+        // Still under this model's lock: locks are taken composing model first, ensemble after.
         self.unload_dependents(name).await;
         tracing::info!(model = %name, "unloaded; waiting for requests in flight");
         self.drain(old).await;
