@@ -20,6 +20,10 @@ Models:
   tiny_add              FP32 Add, [N,16], max_batch_size 64 + dynamic batching (as in the
                         Triton setup of tests/python/data/triton_responses.json).
   string_identity       BYTES Identity, no batching (max_batch_size 0, dims [-1]).
+  ensemble_pipeline     a Triton ensemble (examples/build_ensemble.py): RAW -> ens_preprocess
+                        ((x - mean) / std) -> tiny_add (normalized + RAW: a fan-out and a
+                        fan-in) -> ens_postprocess (softmax, argmax) -> PROBABILITIES, CLASS;
+                        its steps ens_preprocess and ens_postprocess are models of their own.
   tiny_llm              a generative language model in ONNX Runtime GenAI's folder layout
                         (examples/build_tiny_llm.py), NO config.pbtxt: auto-completed as a
                         decoupled model with Triton's generate-style I/O.
@@ -659,6 +663,10 @@ def main(argv: list[str]) -> int:
         log("WARNING: light_resnet50 not built, so resnet50_random is skipped too")
         skipped.append("resnet50_random")
 
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    import build_ensemble
+
+    build_ensemble.build(out, built)
     build_llm(out, built)
     build_embedding(out, built)
     sequence_models.build(out, install_model, built)

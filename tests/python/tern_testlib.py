@@ -52,7 +52,8 @@ ALL_MODELS = sorted(
     + [f"add_{t}" for t in ADD_TYPES]
     + ["tiny_add", "string_identity", "light_resnet50", "light_densenet121", "light_squeezenet",
        "light_inception_v1", "resnet50_random", "versioned_scale", "tiny_llm", "all-MiniLM-L6-v2",
-       "simple_sequence", "seq_accumulate", "seq_accumulate_idle", "seq_accumulate_oldest"]
+       "simple_sequence", "seq_accumulate", "seq_accumulate_idle", "seq_accumulate_oldest",
+       "ens_preprocess", "ens_postprocess", "ensemble_pipeline"]
 )
 
 # suffix -> (Triton datatype, config data_type, numpy dtype)

@@ -88,5 +88,6 @@ pub(crate) fn load_generative_version(
         latency: std::sync::OnceLock::new(),
         generation_metrics: std::sync::OnceLock::new(),
         generative: Some(engine),
+        ensemble: None,
     })
 }

@@ -12,11 +12,13 @@
 //! does it know gRPC servers; the node composes it with the scheduler and the service.
 //!
 //! Layout: [`manager`] ([`ModelManager`], the table and its operations; version switching in
-//! `manager/reload.rs`), [`table`] (rows and states), [`loader`] (one version), `generative` (one version of a generative model), [`warmup`],
+//! `manager/reload.rs`), [`table`] (rows and states), [`loader`] (one version), `generative` (one version of a generative model), `ensemble` (an ensemble's version,
+//! its composing models' dependencies; the manager's side in `manager/ensemble.rs`), [`warmup`],
 //! [`encrypted`], `flight` (concurrent loads of one model share one), `locks` (per-model
 //! locks), `files` (uploads and poll fingerprints).
 
 pub mod encrypted;
+mod ensemble;
 pub mod error;
 mod files;
 mod flight;
@@ -32,6 +34,8 @@ pub use error::LifecycleError;
 pub use loader::{LoadOptions, LoadedModel};
 pub use manager::{ControlMode, ModelManager};
 pub use table::{IndexRow, ModelEntry, VersionState};
+/// An ensemble's steps, as the node runs them.
+pub use tern_repository::{EnsembleGraph, EnsembleStep};
 
 #[cfg(test)]
 mod tests;

@@ -32,6 +32,9 @@ pub struct LoadedModel {
     /// The engine of a generative model (decoupled: served over ModelStreamInfer); `None` for
     /// a model the scheduler's instances run.
     pub generative: Option<Arc<dyn tern_backend::GenerativeModel>>,
+    /// An ensemble's steps (`platform: "ensemble"`): the node runs them through the composing
+    /// models' schedulers; `None` for every other model.
+    pub ensemble: Option<Arc<tern_repository::EnsembleGraph>>,
 }
 
 impl LoadedModel {
@@ -174,6 +177,7 @@ pub fn load_version(
         generation_metrics: std::sync::OnceLock::new(),
         memory_bytes,
         generative: None,
+        ensemble: None,
     })
 }
 

@@ -24,6 +24,7 @@ use crate::locks::ModelLocks;
 use crate::table::UNLOADED;
 pub use crate::table::{IndexRow, ModelEntry, VersionState};
 
+mod ensemble;
 mod reload;
 
 /// Triton's `--model-control-mode`.
@@ -142,6 +143,12 @@ impl ModelManager {
     /// recorded with its reason; it never fails the node.
     pub async fn load_startup(self: &Arc<Self>, only: Option<&[String]>) -> Result<(), String> {
         let scanned = self.scan_all().await?;
+        // Ensembles after the models they run (Triton loads by dependency:
+        // model_repository_manager.cc, `LoadModelByDependency`), one at a time: they open
+        // nothing, and a nested ensemble then finds its steps loaded.
+        let (ensembles, scanned): (Vec<_>, Vec<_>) = scanned.into_iter().partition(|item| {
+            item.as_result().is_ok_and(|s| s.config.as_ref().is_some_and(tern_repository::is_ensemble))
+        });
         let mut tasks = Vec::new();
         for item in scanned {
             if only.is_some_and(|names| !names.iter().any(|n| n == item.name())) {
@@ -155,6 +162,13 @@ impl ModelManager {
         }
         for task in tasks {
             task.await.map_err(|e| format!("model load task failed: {e}"))?;
+        }
+        for item in ensembles {
+            if only.is_some_and(|names| !names.iter().any(|n| n == item.name())) {
+                continue;
+            }
+            let name = item.name().to_string();
+            let _ = self.apply(&name, item, None).await;
         }
         if let Some(names) = only {
             for name in names {
@@ -266,6 +280,8 @@ impl ModelManager {
         for v in old.versions.keys() {
             self.metrics.model_unloaded(name, &v.to_string());
         }
+        // Still under this model's lock: locks are taken composing model first, ensemble after.
+        self.unload_dependents(name).await;
         tracing::info!(model = %name, "unloaded; waiting for requests in flight");
         self.drain(old).await;
         Ok(())

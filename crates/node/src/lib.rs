@@ -10,6 +10,7 @@
 
 pub mod cluster;
 pub mod config;
+mod ensemble;
 pub mod generate;
 pub mod request_limits;
 pub mod service;

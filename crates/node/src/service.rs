@@ -119,7 +119,16 @@ impl NodeService {
             timeout: request.timeout,
             sequence: request.sequence,
         };
-        let outputs = model.scheduler.infer(job).await?;
+        let outputs = if model.ensemble.is_some() {
+            let ensemble = crate::ensemble::Request {
+                models: &self.state.models,
+                priority: job.priority,
+                timeout: job.timeout,
+            };
+            crate::ensemble::run(ensemble, model, job.batch_size, job.inputs, &job.outputs).await?
+        } else {
+            model.scheduler.infer(job).await?
+        };
         let mut response = pb::ModelInferResponse {
             model_name: model.name.clone(),
             model_version: model.version_str.clone(),
@@ -159,7 +168,7 @@ impl NodeService {
 }
 
 /// With `reshape`, the model's output shape is mapped back to the config's `dims`.
-fn restore_config_shape(tensor: &mut Tensor, dims: &[i64], reshaped: bool, batching: bool) {
+pub(crate) fn restore_config_shape(tensor: &mut Tensor, dims: &[i64], reshaped: bool, batching: bool) {
     if !reshaped || dims.iter().any(|&d| d < 0) {
         return;
     }

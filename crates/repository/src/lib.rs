@@ -9,6 +9,8 @@
 //!   [`select_versions`]: where a version's model file is, and which versions the policy selects;
 //! - [`auto_complete`]: the config Triton with its ONNX Runtime backend would serve, from the
 //!   config and the model file's [`ModelSignature`](tern_core::ModelSignature) (`--strict-model-config` included);
+//! - [`validate_ensemble`] / [`check_ensemble_steps`]: an ensemble's config (no model file) on its
+//!   own and against its composing models' configs;
 //! - [`validate`]: the config on its own and against the model file, with [`check_bounds`]
 //!   on every number that sizes memory, threads or work;
 //! - [`load_labels`]: classification labels of outputs;
@@ -52,4 +54,7 @@ pub use scan::{
     model_names, scan, scan_model, select_versions, validate_model_name,
 };
 pub use tern_proto::inference::ModelConfig;
-pub use validate::{check_response_cache, sequence_tensor_names, validate};
+pub use validate::{
+    ENSEMBLE_PLATFORM, EnsembleGraph, EnsembleStep, MAX_ENSEMBLE_STEPS, check_ensemble_steps,
+    check_response_cache, is_ensemble, sequence_tensor_names, validate, validate_ensemble,
+};

@@ -144,6 +144,22 @@ impl ModelStats {
         self.last_inference_ms.store(now_ms, Relaxed);
     }
 
+    /// One ensemble request that succeeded, as Triton counts it (core
+    /// src/ensemble_scheduler/ensemble_scheduler.cc, `RequestTracker::DecrementCounter`:
+    /// `ReportStatisticsWithDuration`, then `UpdateInferBatchStatsWithDuration`): a success of
+    /// `total` with `max(1, batch_size)` inferences, one execution of that batch size, and no
+    /// queue time; `steps` stands for the compute durations, which Triton sums from the
+    /// composing models' requests: here the time the steps took (counted as compute_infer).
+    pub fn record_ensemble_request(&self, batch_size: u32, steps: Duration, total: Duration) {
+        let batch_size = batch_size.max(1);
+        self.success.add(total);
+        self.queue.add(Duration::ZERO);
+        self.compute_input.add(Duration::ZERO);
+        self.compute_infer.add(steps);
+        self.compute_output.add(Duration::ZERO);
+        self.record_execution(batch_size, Duration::ZERO, steps, Duration::ZERO);
+    }
+
     /// One execution of `batch_size` rows.
     pub(crate) fn record_execution(
         &self,

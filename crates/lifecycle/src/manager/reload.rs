@@ -76,14 +76,27 @@ impl ModelManager {
         item: ScannedModel,
         override_config: Option<ModelConfig>,
     ) -> Result<ModelEntry, RequestError> {
+        let ensemble = match &item {
+            ScannedModel::Found(source) => override_config
+                .as_ref()
+                .or(source.config.as_ref())
+                .filter(|c| tern_repository::is_ensemble(c))
+                .cloned(),
+            ScannedModel::Failed { .. } => None,
+        };
+        // An ensemble's composing models load first, outside its lock and load permit (their
+        // loads need permits of their own).
+        let dependencies = match &ensemble {
+            Some(config) => self.ensure_steps(name, config).await,
+            None => Ok(()),
+        };
         let _guard = self.model_locks.lock(name).await;
         let _permit = self.load_limit.acquire().await.map_err(|e| RequestError::Internal(e.to_string()))?;
         let started = Instant::now();
         let fp = self.fingerprint(name).await;
-        let source = match item.into_result() {
+        let source = match dependencies.and_then(|()| item.into_result().map_err(|e| e.to_string())) {
             Ok(source) => source,
-            Err(e) => {
-                let reason = e.to_string();
+            Err(reason) => {
                 tracing::error!(model = %name, %reason, "model failed to load");
                 let entry = self.merge_failure(name, reason, fp);
                 return Ok(entry);
@@ -93,11 +106,17 @@ impl ModelManager {
         let runtime = self.runtime.clone();
         // Memory estimate: the RSS growth over the load (approximate when loads overlap).
         let rss_before = tern_telemetry::process_resident_memory_bytes();
-        let loaded = tokio::task::spawn_blocking(move || {
-            crate::loader::load_versions(&source, override_config, &options, &runtime)
-        })
-        .await
-        .map_err(|e| RequestError::Internal(format!("model '{name}': loading panicked: {e}")))?;
+        let loaded = match ensemble {
+            // Opens nothing: checked against the composing models in the table now.
+            Some(config) => {
+                crate::ensemble::load_ensemble_versions(&source, config, &self.table.load(), &runtime)
+            }
+            None => tokio::task::spawn_blocking(move || {
+                crate::loader::load_versions(&source, override_config, &options, &runtime)
+            })
+            .await
+            .map_err(|e| RequestError::Internal(format!("model '{name}': loading panicked: {e}")))?,
+        };
         let old = self.table.load().get(name).cloned().unwrap_or_default();
         let mut entry = ModelEntry { versions: BTreeMap::new(), reason: None, fingerprint: fp };
         match loaded {
@@ -149,6 +168,9 @@ impl ModelManager {
         // must go first, or the wait would count them).
         let retired = ModelEntry { versions: retired(&old, &entry), ..ModelEntry::default() };
         drop(old);
+        if entry.ready().next().is_some() {
+            self.revalidate_dependents(name).await;
+        }
         self.drain(retired).await;
         Ok(entry)
     }

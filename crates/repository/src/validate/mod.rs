@@ -12,16 +12,22 @@ use tern_proto::inference::{DataType as ConfigType, ModelConfig};
 use crate::complete::check_backend_fields;
 use crate::error::{RepositoryError, TensorKind};
 
+mod ensemble;
 mod sequence;
 pub use sequence::sequence_tensor_names;
 mod tensor;
+pub use ensemble::{
+    ENSEMBLE_PLATFORM, EnsembleGraph, EnsembleStep, MAX_ENSEMBLE_STEPS, check_ensemble_steps, is_ensemble,
+    validate_ensemble,
+};
 use tensor::ConfigTensor;
 #[cfg(test)]
 use tensor::same_element_count;
 
 /// Checks `config` on its own and against `signature`:
-/// - `name` is set; platform/backend are ONNX Runtime's (or empty); no ensemble scheduling and
-///   sequence batching as Triton checks it (see [`sequence`]);
+/// - `name` is set; platform/backend are ONNX Runtime's (or empty); no ensemble scheduling
+///   (ensembles are checked by [`validate_ensemble`]) and sequence batching as Triton checks it
+///   (see [`sequence`]);
 ///   `max_batch_size >= 0`; `default_model_filename` is a plain file name; the numbers that size
 ///   memory or threads within [`crate::check_bounds`]'s limits;
 /// - dynamic batching preferred sizes are in `1..=max_batch_size`, priority levels consistent;
@@ -204,10 +210,15 @@ fn check_scheduling(config: &ModelConfig, signature: &ModelSignature) -> Result<
     let model = config.name.as_str();
     let batching = match &config.scheduling_choice {
         Some(SchedulingChoice::DynamicBatching(batching)) => batching,
+        // Triton's words (core src/model_config_utils.cc, `ValidateEnsembleSchedulingConfig`);
+        // a config with `platform: "ensemble"` is checked by `validate_ensemble` instead.
         Some(SchedulingChoice::EnsembleScheduling(_)) => {
             return Err(RepositoryError::invalid(
                 model,
-                "ensemble_scheduling is not supported; Tern serves ONNX models",
+                format!(
+                    "ensemble scheduling cannot be set for model '{model}' whose platform is not \
+                     {ENSEMBLE_PLATFORM}"
+                ),
             ));
         }
         Some(SchedulingChoice::SequenceBatching(sb)) => return sequence::check(config, sb, signature),

@@ -345,7 +345,7 @@ fn batching_settings() {
     let config = resnet_config("ensemble_scheduling { }");
     assert_eq!(
         message(&config, &resnet()),
-        "model 'm': ensemble_scheduling is not supported; Tern serves ONNX models"
+        "model 'm': ensemble scheduling cannot be set for model 'm' whose platform is not ensemble"
     );
 }
 
