@@ -51,7 +51,7 @@ ALL_MODELS = sorted(
     [f"identity_{t}" for t in IDENTITY_TYPES]
     + [f"add_{t}" for t in ADD_TYPES]
     + ["tiny_add", "string_identity", "light_resnet50", "light_densenet121", "light_squeezenet",
-       "light_inception_v1", "resnet50_random", "versioned_scale", "tiny_llm", "all-MiniLM-L6-v2"]
+       "light_inception_v1", "resnet50_random", "versioned_scale", "tiny_llm", "all-MiniLM-L6-v2", "simple"]
 )
 
 # suffix -> (Triton datatype, config data_type, numpy dtype)

@@ -246,7 +246,8 @@ impl SystemShm {
     /// become raw too, since raw contents then cover every input. The shared-memory parameters
     /// are removed, so a node behind a router does not resolve them again.
     pub fn resolve(&self, req: &mut pb::ModelInferRequest) -> Result<Option<ShmOutputs>, RequestError> {
-        let names_region = |p: &HashMap<String, InferParameter>| p.keys().any(|k| k.starts_with("shared_memory_"));
+        let names_region =
+            |p: &HashMap<String, InferParameter>| p.keys().any(|k| k.starts_with("shared_memory_"));
         if !req.inputs.iter().any(|i| names_region(&i.parameters))
             && !req.outputs.iter().any(|o| names_region(&o.parameters))
         {
@@ -497,8 +498,9 @@ fn map_region(name: &str, key: &str, object: &str, offset: u64, byte_size: u64) 
     if !meta.is_file() {
         return Err(invalid_region(key));
     }
-    let invalid_args =
-        || Status::invalid_argument(format!("failed to register shared memory region '{name}': invalid args"));
+    let invalid_args = || {
+        Status::invalid_argument(format!("failed to register shared memory region '{name}': invalid args"))
+    };
     match offset.checked_add(byte_size) {
         Some(end) if end <= meta.len() => {}
         _ => return Err(invalid_args()),

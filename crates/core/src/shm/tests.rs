@@ -66,9 +66,14 @@ fn registration_is_checked_as_triton_checks_it() {
     let object = Object::new("reg", &[0u8; 64]);
     let shm = SystemShm::new(true);
     let invalid = |m: &str| Some((tonic::Code::InvalidArgument, m.to_string()));
-    assert_eq!(answer(shm.register("r", "///", 0, 8)), invalid("cannot register shared memory region 'r' - invalid shm key '///'"));
-    assert!(answer(shm.register("r", "/triton_python_backend_shm_region_1", 0, 8))
-        .is_some_and(|(c, m)| c == tonic::Code::InvalidArgument && m.contains("reserved prefix")));
+    assert_eq!(
+        answer(shm.register("r", "///", 0, 8)),
+        invalid("cannot register shared memory region 'r' - invalid shm key '///'")
+    );
+    assert!(
+        answer(shm.register("r", "/triton_python_backend_shm_region_1", 0, 8))
+            .is_some_and(|(c, m)| c == tonic::Code::InvalidArgument && m.contains("reserved prefix"))
+    );
     for key in ["/../etc/passwd", "/a/b", "..", "/.", "/tern_no_such_object"] {
         assert_eq!(
             answer(shm.register("r", key, 0, 8)),
@@ -88,7 +93,9 @@ fn registration_is_checked_as_triton_checks_it() {
     let status = shm.status("r").expect("status");
     let r = &status.regions["r"];
     assert_eq!((r.name.as_str(), r.key.clone(), r.offset, r.byte_size), ("r", object.key(), 8, 56));
-    assert!(answer(shm.cuda_status("r")).is_some_and(|(_, m)| m.contains("registered as system shared memory")));
+    assert!(
+        answer(shm.cuda_status("r")).is_some_and(|(_, m)| m.contains("registered as system shared memory"))
+    );
     assert_eq!(
         answer(shm.cuda_register("c")),
         invalid("failed to register CUDA shared memory region: 'c', GPUs not supported")
@@ -103,7 +110,13 @@ fn request(inputs: Vec<InferInputTensor>, outputs: Vec<InferRequestedOutputTenso
 }
 
 fn input(name: &str, parameters: HashMap<String, InferParameter>) -> InferInputTensor {
-    InferInputTensor { name: name.into(), datatype: "INT32".into(), shape: vec![2], parameters, contents: None }
+    InferInputTensor {
+        name: name.into(),
+        datatype: "INT32".into(),
+        shape: vec![2],
+        parameters,
+        contents: None,
+    }
 }
 
 #[test]
@@ -113,12 +126,8 @@ fn inputs_are_views_and_outputs_are_written_even_after_unregister() {
     let shm = SystemShm::new(true);
     shm.register("in", &object.key(), 0, 16).expect("register in");
     shm.register("out", &object.key(), 16, 16).expect("register out");
-    let outputs =
-        vec![InferRequestedOutputTensor { name: "O".into(), parameters: in_region("out", 4, 8) }];
-    let mut req = request(
-        vec![input("A", HashMap::new()), input("B", in_region("in", 8, 8))],
-        outputs,
-    );
+    let outputs = vec![InferRequestedOutputTensor { name: "O".into(), parameters: in_region("out", 4, 8) }];
+    let mut req = request(vec![input("A", HashMap::new()), input("B", in_region("in", 8, 8))], outputs);
     req.raw_input_contents = vec![Bytes::from_static(&[9; 8])];
     let pending = shm.resolve(&mut req).expect("resolve").expect("uses shared memory");
     assert_eq!(req.raw_input_contents[0].as_ref(), &[9; 8]);
@@ -164,11 +173,18 @@ fn bad_references_name_model_tensor_and_region() {
         Some("Invalid offset for shared memory region: 'r' (input 'A' of model 'm')".into())
     );
     let orphan = HashMap::from([(OFFSET.to_string(), param_int(0))]);
-    assert!(resolve(vec![input("A", orphan)], vec![]).is_some_and(|m| m.contains("can not be specified without")));
+    assert!(
+        resolve(vec![input("A", orphan)], vec![]).is_some_and(|m| m.contains("can not be specified without"))
+    );
     let no_size = HashMap::from([(REGION.to_string(), param_str("r"))]);
-    assert!(resolve(vec![input("A", no_size)], vec![]).is_some_and(|m| m.contains("must be specified along")));
+    assert!(
+        resolve(vec![input("A", no_size)], vec![]).is_some_and(|m| m.contains("must be specified along"))
+    );
 
-    let mut req = request(vec![], vec![InferRequestedOutputTensor { name: "O".into(), parameters: in_region("r", 0, 4) }]);
+    let mut req = request(
+        vec![],
+        vec![InferRequestedOutputTensor { name: "O".into(), parameters: in_region("r", 0, 4) }],
+    );
     let pending = shm.resolve(&mut req).expect("resolve").expect("uses shared memory");
     let mut response = pb::ModelInferResponse {
         outputs: vec![pb::model_infer_response::InferOutputTensor { name: "O".into(), ..Default::default() }],
@@ -190,6 +206,8 @@ fn bounded_number_of_regions() {
     for i in 0..MAX_REGIONS {
         shm.register(&format!("r{i}"), &object.key(), 0, 8).expect("register");
     }
-    assert!(answer(shm.register("one-more", &object.key(), 0, 8))
-        .is_some_and(|(c, _)| c == tonic::Code::ResourceExhausted));
+    assert!(
+        answer(shm.register("one-more", &object.key(), 0, 8))
+            .is_some_and(|(c, _)| c == tonic::Code::ResourceExhausted)
+    );
 }
