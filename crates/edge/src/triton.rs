@@ -78,6 +78,19 @@ pub struct ClientShmArgs {
     pub shared: Option<std::sync::Arc<SystemShm>>,
 }
 
+/// SystemSharedMemoryRegister on `shm`, logged at verbose level 1 as Triton logs it.
+pub fn register_system_shm(
+    shm: &SystemShm,
+    r: &pb::SystemSharedMemoryRegisterRequest,
+) -> Result<(), tonic::Status> {
+    shm.register(&r.name, &r.key, r.offset, r.byte_size)?;
+    tracing::debug!(
+        region = %r.name, key = %r.key, offset = r.offset, byte_size = r.byte_size,
+        "registered system shared memory region"
+    );
+    Ok(())
+}
+
 impl ClientShmArgs {
     pub fn validate(&self) -> Result<(), String> {
         Ok(())
@@ -89,12 +102,144 @@ impl ClientShmArgs {
     }
 }
 
+// === trace and log settings ===
+
+/// TraceSetting as Triton answers it (server src/grpc/grpc_server.cc `RegisterTrace`): applies
+/// the request's changes to `model`'s or the global settings, answers the settings in force.
+/// `model_ready` says whether a named model is served (else INVALID_ARGUMENT, as Triton).
+pub fn trace_setting(
+    req: pb::TraceSettingRequest,
+    model_ready: impl FnOnce(&str) -> bool,
+) -> Result<tonic::Response<pb::TraceSettingResponse>, tonic::Status> {
+    use tern_telemetry::settings::{TraceUpdate, update_trace_settings};
+    use tonic::Status;
+    let model = req.model_name.as_str();
+    if !model.is_empty() && !model_ready(model) {
+        return Err(Status::invalid_argument(format!("Request for unknown model : {model}")));
+    }
+    let mut update = TraceUpdate::default();
+    let values = |key: &str| req.settings.get(key).map(|v| v.value.as_slice());
+    if values("trace_file").is_some() {
+        // Triton: UNSUPPORTED (gRPC UNIMPLEMENTED).
+        return Err(Status::unimplemented("trace file location can not be updated through network protocol"));
+    }
+    if let Some(levels) = values("trace_level") {
+        if levels.is_empty() {
+            update.level_on = Some(None);
+        } else if levels.iter().any(|l| l == "OFF") {
+            if levels.len() != 1 {
+                return Err(Status::invalid_argument("Expect only one trace level 'OFF' is specified"));
+            }
+            update.level_on = Some(Some(false));
+        } else if levels.iter().any(|l| l == "TIMESTAMPS" || l == "TENSORS") {
+            // Tern's spans carry timestamps; TENSORS adds no tensor data to them.
+            update.level_on = Some(Some(true));
+        }
+    }
+    let one = |key: &str| -> Result<Option<Option<i64>>, Status> {
+        match values(key) {
+            None => Ok(None),
+            Some([]) => Ok(Some(None)),
+            Some([v]) => v
+                .trim()
+                .parse::<i64>()
+                .map(|n| Some(Some(n)))
+                .map_err(|_| Status::invalid_argument(format!("Unable to parse '{key}', got: {v}"))),
+            Some(_) => Err(Status::invalid_argument(format!("expect only 1 value for '{key}'"))),
+        }
+    };
+    let out_of_range = |key: &str, min: i64, max: i64, got: i64| {
+        Status::invalid_argument(format!(
+            "Unable to parse '{key}', value is out of range [ {min}, {max} ], got: {got}"
+        ))
+    };
+    if let Some(rate) = one("trace_rate")? {
+        update.rate = Some(match rate {
+            None => None,
+            // Rate 0 would trace nothing while the level says otherwise: 1 is the least.
+            Some(r) => Some(u32::try_from(r).ok().filter(|r| *r > 0).ok_or_else(|| {
+                out_of_range("trace_rate", 1, i64::from(u32::MAX), r)
+            })?),
+        });
+    }
+    if let Some(count) = one("trace_count")? {
+        update.count = Some(match count {
+            None => None,
+            Some(c) if c < -1 => {
+                return Err(Status::invalid_argument(format!(
+                    "Unable to parse 'trace_count'. Expecting value >= -1, got: {c}"
+                )));
+            }
+            Some(c) => Some(i32::try_from(c).map_err(|_| out_of_range("trace_count", -1, i64::from(i32::MAX), c))?),
+        });
+    }
+    // log_frequency belongs to Triton's file mode; parsed as Triton parses it, then unused.
+    if let Some(Some(f)) = one("log_frequency")?
+        && u32::try_from(f).is_err()
+    {
+        return Err(out_of_range("log_frequency", 0, i64::from(u32::MAX), f));
+    }
+    let now = update_trace_settings(model, update).map_err(Status::resource_exhausted)?;
+    let value = |v: &str| pb::trace_setting_response::SettingValue { value: vec![v.to_string()] };
+    let settings = std::collections::HashMap::from([
+        ("trace_level".to_string(), value(if now.level_on { "TIMESTAMPS" } else { "OFF" })),
+        ("trace_rate".to_string(), value(&now.rate.to_string())),
+        ("trace_count".to_string(), value(&now.count.to_string())),
+        // OpenTelemetry mode: Triton leaves out trace_file and log_frequency.
+        ("trace_mode".to_string(), value("opentelemetry")),
+    ]);
+    Ok(tonic::Response::new(pb::TraceSettingResponse { settings }))
+}
+
+/// LogSettings as Triton answers it (server src/grpc/grpc_server.cc `RegisterLogging`).
+pub fn log_settings(req: pb::LogSettingsRequest) -> Result<tonic::Response<pb::LogSettingsResponse>, tonic::Status> {
+    use pb::log_settings_request::setting_value::ParameterChoice as P;
+    use tern_telemetry::settings::{LogUpdate, update_log_settings};
+    use tonic::Status;
+    if req.settings.contains_key("log_file") {
+        return Err(Status::unimplemented("log file location can not be updated through network protocol"));
+    }
+    let get = |key: &str| req.settings.get(key).map(|v| v.parameter_choice.clone());
+    let boolean = |key: &str| match get(key) {
+        None => Ok(None),
+        Some(Some(P::BoolParam(b))) => Ok(Some(b)),
+        Some(_) => Err(Status::invalid_argument(format!("expect boolean for '{key}'"))),
+    };
+    let update = LogUpdate {
+        info: boolean("log_info")?,
+        warning: boolean("log_warning")?,
+        error: boolean("log_error")?,
+        verbose_level: match get("log_verbose_level") {
+            None => None,
+            Some(Some(P::Uint32Param(n))) => Some(n),
+            Some(_) => return Err(Status::invalid_argument("expect int32 for 'log_verbose_level'")),
+        },
+        format: match get("log_format") {
+            None => None,
+            Some(Some(P::StringParam(s))) => Some(s),
+            Some(_) => return Err(Status::invalid_argument("expect string for 'log_format'")),
+        },
+    };
+    let now = update_log_settings(update).map_err(Status::invalid_argument)?;
+    use pb::log_settings_response::{SettingValue, setting_value::ParameterChoice as R};
+    let value = |choice| SettingValue { parameter_choice: Some(choice) };
+    let settings = std::collections::HashMap::from([
+        // Logs go to stderr: Tern writes no log file.
+        ("log_file".to_string(), value(R::StringParam(String::new()))),
+        ("log_info".to_string(), value(R::BoolParam(now.info))),
+        ("log_warning".to_string(), value(R::BoolParam(now.warning))),
+        ("log_error".to_string(), value(R::BoolParam(now.error))),
+        ("log_verbose_level".to_string(), value(R::Uint32Param(now.verbose_level))),
+        ("log_format".to_string(), value(R::StringParam(now.format.to_string()))),
+    ]);
+    Ok(tonic::Response::new(pb::LogSettingsResponse { settings }))
+}
+
 /// The GRPCInferenceService methods node and router answer alike, for use inside
 /// `#[tonic::async_trait] impl GrpcInferenceService for ...`: ServerLive (live while the process
 /// serves at all), ServerMetadata ([`server_metadata`] of the server name at `self.$field...`),
-/// the shared-memory RPCs (from the [`SystemShm`] at `self.$shm...`), and those Tern does not
-/// implement (trace and log settings), each answering
-/// [`unimplemented`] with `by` ("the Tern router"). Written in the form async_trait gives trait
+/// the shared-memory RPCs (from the [`SystemShm`] at `self.$shm...`) and LogSettings
+/// ([`log_settings`]); TraceSetting needs the server's models ([`trace_setting`]). Written in the form async_trait gives trait
 /// methods, since the attribute runs before this macro expands.
 #[macro_export]
 macro_rules! triton_common_rpcs {
@@ -120,8 +265,7 @@ macro_rules! triton_common_rpcs {
         );
         $crate::triton_common_rpcs!(@fn system_shared_memory_register
             SystemSharedMemoryRegisterRequest SystemSharedMemoryRegisterResponse, this, request => {
-            let r = request.get_ref();
-            this $(.$shm)+.register(&r.name, &r.key, r.offset, r.byte_size)
+            $crate::triton::register_system_shm(&this $(.$shm)+, request.get_ref())
                 .map(|()| $crate::triton::tonic::Response::new(::std::default::Default::default()))
         });
         $crate::triton_common_rpcs!(@fn system_shared_memory_unregister
@@ -139,17 +283,9 @@ macro_rules! triton_common_rpcs {
             this $(.$shm)+.cuda_unregister()
                 .map(|()| $crate::triton::tonic::Response::new(::std::default::Default::default()))
         );
-        $crate::triton_common_rpcs!(@each $by;
-            trace_setting TraceSetting TraceSettingRequest TraceSettingResponse;
-            log_settings LogSettings LogSettingsRequest LogSettingsResponse;
+        $crate::triton_common_rpcs!(@fn log_settings LogSettingsRequest LogSettingsResponse, _this, request =>
+            $crate::triton::log_settings(request.into_inner())
         );
-    };
-    (@each $by:expr; $($method:ident $rpc:ident $req:ident $resp:ident;)*) => {
-        $(
-            $crate::triton_common_rpcs!(@fn $method $req $resp, _this =>
-                $crate::triton::unimplemented(stringify!($rpc), $by)
-            );
-        )*
     };
     (@fn $method:ident $req:ident $resp:ident, $this:ident => $answer:expr) => {
         $crate::triton_common_rpcs!(@fn $method $req $resp, $this, _request => $answer);

@@ -417,5 +417,12 @@ impl GrpcInferenceService for NodeService {
         Ok(Response::new(pb::RepositoryModelUnloadResponse {}))
     }
 
+    async fn trace_setting(
+        &self,
+        req: Request<pb::TraceSettingRequest>,
+    ) -> Result<Response<pb::TraceSettingResponse>, Status> {
+        tern_edge::triton::trace_setting(req.into_inner(), |model| self.state.models.get(model, "").is_ok())
+    }
+
     tern_edge::triton_common_rpcs!("this Tern node yet", server_name: state.server_name, shm: state.shm);
 }

@@ -242,6 +242,16 @@ impl GrpcInferenceService for RouterService {
         Ok(Response::new(pb::RepositoryModelUnloadResponse {}))
     }
 
+    async fn trace_setting(
+        &self,
+        req: Request<pb::TraceSettingRequest>,
+    ) -> Result<Response<pb::TraceSettingResponse>, Status> {
+        // The settings are this process's (its spans); a model is known once a node serves it.
+        tern_edge::triton::trace_setting(req.into_inner(), |model| {
+            !self.state.cluster.view().candidates(model, "").is_empty()
+        })
+    }
+
     tern_edge::triton_common_rpcs!(UNIMPLEMENTED_BY, server_name: state.server_name, shm: state.shm);
 }
 
