@@ -132,7 +132,8 @@ def test_log_settings_round_trip_and_verbose_level_changes_the_log(client, front
             "log file location can not be updated through network protocol")
         assert error_text(lambda: c.update_log_settings({"log_format": "fancy"})) == (
             "invalid argument for log_format, got: fancy")
-        assert error_text(lambda: c.update_log_settings({"log_info": "yes"})) == "expect boolean for 'log_info'"
+        if protocol == "http":  # tritonclient's gRPC client cannot send a wrong type
+            assert error_text(lambda: c.update_log_settings({"log_info": "yes"})) == "expect boolean for 'log_info'"
     finally:
         assert log(protocol, c.update_log_settings({"log_verbose_level": 0, "log_warning": True})) == startup
         c.unregister_system_shared_memory()

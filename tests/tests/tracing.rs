@@ -45,8 +45,11 @@ async fn one_request_exports_its_span_tree_under_the_clients_trace() -> anyhow::
 
     // Triton's TraceSetting: level OFF, then a request whose client asks for tracing.
     let off = pb::TraceSettingRequest {
-        settings: [("trace_level".to_string(), pb::trace_setting_request::SettingValue { value: vec!["OFF".into()] })]
-            .into(),
+        settings: [(
+            "trace_level".to_string(),
+            pb::trace_setting_request::SettingValue { value: vec!["OFF".into()] },
+        )]
+        .into(),
         model_name: String::new(),
     };
     let now = c.trace_setting(off).await?.into_inner().settings;

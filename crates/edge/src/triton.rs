@@ -157,9 +157,12 @@ pub fn trace_setting(
         update.rate = Some(match rate {
             None => None,
             // Rate 0 would trace nothing while the level says otherwise: 1 is the least.
-            Some(r) => Some(u32::try_from(r).ok().filter(|r| *r > 0).ok_or_else(|| {
-                out_of_range("trace_rate", 1, i64::from(u32::MAX), r)
-            })?),
+            Some(r) => Some(
+                u32::try_from(r)
+                    .ok()
+                    .filter(|r| *r > 0)
+                    .ok_or_else(|| out_of_range("trace_rate", 1, i64::from(u32::MAX), r))?,
+            ),
         });
     }
     if let Some(count) = one("trace_count")? {
@@ -170,7 +173,9 @@ pub fn trace_setting(
                     "Unable to parse 'trace_count'. Expecting value >= -1, got: {c}"
                 )));
             }
-            Some(c) => Some(i32::try_from(c).map_err(|_| out_of_range("trace_count", -1, i64::from(i32::MAX), c))?),
+            Some(c) => {
+                Some(i32::try_from(c).map_err(|_| out_of_range("trace_count", -1, i64::from(i32::MAX), c))?)
+            }
         });
     }
     // log_frequency belongs to Triton's file mode; parsed as Triton parses it, then unused.
@@ -192,7 +197,9 @@ pub fn trace_setting(
 }
 
 /// LogSettings as Triton answers it (server src/grpc/grpc_server.cc `RegisterLogging`).
-pub fn log_settings(req: pb::LogSettingsRequest) -> Result<tonic::Response<pb::LogSettingsResponse>, tonic::Status> {
+pub fn log_settings(
+    req: pb::LogSettingsRequest,
+) -> Result<tonic::Response<pb::LogSettingsResponse>, tonic::Status> {
     use pb::log_settings_request::setting_value::ParameterChoice as P;
     use tern_telemetry::settings::{LogUpdate, update_log_settings};
     use tonic::Status;

@@ -97,7 +97,8 @@ pub fn update_trace_settings(model: &str, update: TraceUpdate) -> Result<TraceSn
         return Err(format!("trace settings are kept for at most {MAX_MODEL_SETTINGS} models"));
     }
     let startup = s.startup.clone();
-    let values = if model.is_empty() { &mut s.global } else { s.models.entry(model.to_string()).or_default() };
+    let values =
+        if model.is_empty() { &mut s.global } else { s.models.entry(model.to_string()).or_default() };
     let global = model.is_empty();
     fn apply<T: Clone>(field: &mut Option<T>, change: Option<Option<T>>, startup: &Option<T>, global: bool) {
         match change {
@@ -146,7 +147,8 @@ fn admit_trace(model: &str) -> bool {
         return false;
     }
     if now.count > 0 {
-        let values = if count_owner.is_empty() { &mut s.global } else { s.models.entry(count_owner).or_default() };
+        let values =
+            if count_owner.is_empty() { &mut s.global } else { s.models.entry(count_owner).or_default() };
         values.count = Some(now.count - 1);
     }
     true
@@ -228,7 +230,9 @@ struct LogControl {
 
 fn log_control() -> &'static Mutex<LogControl> {
     static CONTROL: OnceLock<Mutex<LogControl>> = OnceLock::new();
-    CONTROL.get_or_init(|| Mutex::new(LogControl { handle: None, verbose: 0, format: "default", from_env: false }))
+    CONTROL.get_or_init(|| {
+        Mutex::new(LogControl { handle: None, verbose: 0, format: "default", from_env: false })
+    })
 }
 
 /// The log filter of verbose level `verbose`, noisy dependencies at warn (ONNX Runtime forwards
@@ -245,7 +249,8 @@ pub(crate) fn verbose_filter(verbose: u32) -> EnvFilter {
 /// Called once by `init_tracing` with the reload handle of the log filter.
 pub(crate) fn init_log_control(handle: FilterHandle, verbose: u32, json: bool, from_env: bool) {
     let mut c = log_control().lock().unwrap_or_else(|p| p.into_inner());
-    *c = LogControl { handle: Some(handle), verbose, format: if json { "json" } else { "default" }, from_env };
+    *c =
+        LogControl { handle: Some(handle), verbose, format: if json { "json" } else { "default" }, from_env };
 }
 
 /// The log settings in force, as LogSettings answers.
@@ -297,7 +302,9 @@ pub fn update_log_settings(update: LogUpdate) -> Result<LogSnapshot, String> {
     {
         c.verbose = verbose;
         if let Some(handle) = c.handle.as_ref().filter(|_| !c.from_env) {
-            handle.reload(verbose_filter(verbose)).map_err(|e| format!("cannot change the log filter: {e}"))?;
+            handle
+                .reload(verbose_filter(verbose))
+                .map_err(|e| format!("cannot change the log filter: {e}"))?;
         }
     }
     let severities = SEVERITIES.load(Ordering::Relaxed);
@@ -338,17 +345,26 @@ mod tests {
 
     #[test]
     fn log_severities_and_format() {
-        let s = update_log_settings(LogUpdate { warning: Some(false), ..Default::default() }).expect("update");
+        let s =
+            update_log_settings(LogUpdate { warning: Some(false), ..Default::default() }).expect("update");
         assert!(s.info && !s.warning && s.error);
         assert!(!severity_enabled(&tracing::Level::WARN) && severity_enabled(&tracing::Level::DEBUG));
-        let s = update_log_settings(LogUpdate { warning: Some(true), verbose_level: Some(1), ..Default::default() })
-            .expect("update");
+        let s = update_log_settings(LogUpdate {
+            warning: Some(true),
+            verbose_level: Some(1),
+            ..Default::default()
+        })
+        .expect("update");
         assert_eq!((s.warning, s.verbose_level, s.format), (true, 1, "default"));
-        assert!(update_log_settings(LogUpdate { format: Some("default".into()), ..Default::default() }).is_ok());
+        assert!(
+            update_log_settings(LogUpdate { format: Some("default".into()), ..Default::default() }).is_ok()
+        );
         assert_eq!(
             update_log_settings(LogUpdate { format: Some("fancy".into()), ..Default::default() }),
             Err("invalid argument for log_format, got: fancy".into())
         );
-        assert!(update_log_settings(LogUpdate { format: Some("ISO8601".into()), ..Default::default() }).is_err());
+        assert!(
+            update_log_settings(LogUpdate { format: Some("ISO8601".into()), ..Default::default() }).is_err()
+        );
     }
 }

@@ -175,7 +175,8 @@ impl TracingConfig {
     /// The log filter: RUST_LOG when set, else the verbosity with noisy dependencies at warn
     /// (ONNX Runtime forwards hundreds of lines at info through the `ort` target).
     pub fn env_filter(&self) -> EnvFilter {
-        EnvFilter::try_from_default_env().unwrap_or_else(|_| crate::settings::verbose_filter(self.log_verbose))
+        EnvFilter::try_from_default_env()
+            .unwrap_or_else(|_| crate::settings::verbose_filter(self.log_verbose))
     }
 
     /// `--trace-config rate=N` (the last one), else 1: trace one request in N.
@@ -267,7 +268,8 @@ pub fn init_tracing(cfg: &TracingConfig) -> Result<TracingGuard, TelemetryError>
     // filter reloads when LogSettings changes the verbose level; severities are checked per
     // event (crate::settings).
     let (log_filter, handle) = tracing_subscriber::reload::Layer::new(cfg.env_filter());
-    let severities = tracing_subscriber::filter::filter_fn(|meta| crate::settings::severity_enabled(meta.level()));
+    let severities =
+        tracing_subscriber::filter::filter_fn(|meta| crate::settings::severity_enabled(meta.level()));
     crate::settings::init_log_control(
         handle,
         cfg.log_verbose,
