@@ -431,6 +431,21 @@ mod tests {
     }
 
     #[test]
+    fn shared_memory_tensors_take_no_raw_entry_and_one_source_only() {
+        let json = r#"{"inputs":[{"name":"A","shape":[2],"datatype":"INT32","parameters":{"shared_memory_region":"r","shared_memory_byte_size":8}},
+            {"name":"B","shape":[1],"datatype":"INT32","data":[7]}],"outputs":[{"name":"C","parameters":{"shared_memory_region":"o","shared_memory_byte_size":8}}]}"#;
+        let (b, n) = body(json, b"");
+        let (req, kinds) = parse_request("m", "", b, n, 1 << 20).expect("parses");
+        assert_eq!(req.raw_input_contents.len(), 1, "only B's data is raw");
+        assert!(req.inputs[0].parameters.contains_key("shared_memory_region"));
+        assert!(kinds.in_shared_memory.contains("C"));
+        let both = r#"{"inputs":[{"name":"A","shape":[1],"datatype":"INT32","data":[1],"parameters":{"shared_memory_region":"r","shared_memory_byte_size":4}}]}"#;
+        let (b, n) = body(both, b"");
+        let e = parse_request("m", "", b, n, 1 << 20).err().map(|e| e.message);
+        assert!(e.is_some_and(|m| m.contains("But set 'data' 'shared_memory_region'")));
+    }
+
+    #[test]
     fn response_mixes_json_and_binary_outputs() {
         let response = pb::ModelInferResponse {
             model_name: "m".into(),
@@ -456,7 +471,7 @@ mod tests {
             ],
             ..Default::default()
         };
-        let kinds = OutputKinds { default_binary: false, binary: [("B".to_string(), true)].into() };
+        let kinds = OutputKinds { binary: [("B".to_string(), true)].into(), ..Default::default() };
         let body = build_response(response, &kinds).expect("build");
         let head: Value = serde_json::from_slice(&body.header).expect("json");
         assert_eq!(head["id"], "req-1");

@@ -143,7 +143,7 @@ fn admit_trace(model: &str) -> bool {
     let seen = s.seen.entry(rate_owner).or_default();
     *seen += 1;
     // Triton traces the first request of every `rate` (src/tracer.cc `SampleTrace`).
-    if (*seen - 1) % u64::from(now.rate) != 0 {
+    if !(*seen - 1).is_multiple_of(u64::from(now.rate)) {
         return false;
     }
     if now.count > 0 {
