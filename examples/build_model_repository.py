@@ -17,6 +17,7 @@ Models:
                         light_resnet50's without labels.
   identity_<type>       Identity, INPUT0 -> OUTPUT0, [N,16], every type ORT's CPU Identity takes.
   add_<type>            OUTPUT0 = INPUT0 + INPUT1, OUTPUT1 = INPUT0 - INPUT1 (Triton's "simple").
+  simple                add_int32 named as Triton's client examples expect it.
   tiny_add              FP32 Add, [N,16], max_batch_size 64 + dynamic batching (as in the
                         Triton setup of tests/python/data/triton_responses.json).
   string_identity       BYTES Identity, no batching (max_batch_size 0, dims [-1]).
@@ -542,6 +543,17 @@ def build_small(out: Path, built: list, skipped: list) -> None:
 
     built.append((f"identity_* ({len(identity_types)})", ", ".join(identity_types), "config.pbtxt"))
     built.append((f"add_* ({len(add_types)})", ", ".join(add_types), "config.pbtxt"))
+
+    # simple: the model Triton's client examples use (simple_grpc_client.py,
+    # simple_grpc_shm_client.py, ...): INT32 INPUT0, INPUT1 [16] -> OUTPUT0 = sum, OUTPUT1 =
+    # difference, batches up to 8, no dynamic batching (as Triton's qa model).
+    data = add_sub_bytes(TensorProto.INT32, batched)
+    check_add_sub(data, "int32", [3, DIM])
+    cfg = small_config("simple", 'platform: "onnxruntime_onnx"', 8,
+                       [("INPUT0", "TYPE_INT32", [DIM]), ("INPUT1", "TYPE_INT32", [DIM])],
+                       [("OUTPUT0", "TYPE_INT32", [DIM]), ("OUTPUT1", "TYPE_INT32", [DIM])])
+    install_model(out, "simple", data, cfg)
+    built.append(("simple", "INT32 sum and difference (Triton's client examples)", "config.pbtxt"))
 
     # tiny_add: the reference Triton model.
     data = add_sub_bytes(TensorProto.FLOAT, batched, with_sub=False)

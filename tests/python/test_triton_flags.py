@@ -6,8 +6,8 @@ import subprocess
 import pytest
 import tritonclient.grpc as grpcclient
 
-from tern_clusterlib import router_binary, tiny_add_inputs
-from tern_testlib import ROOT, TernServer, copy_models, node_binary, node_env
+from tern_clusterlib import tiny_add_inputs
+from tern_testlib import TernServer, copy_models, node_binary, node_env
 
 TIMEOUT = 60
 
@@ -45,22 +45,6 @@ def test_misleading_flags_are_refused_before_serving(model_repo, flag, reason):
     done = subprocess.run(cmd, env=node_env(), capture_output=True, text=True, timeout=TIMEOUT)
     assert done.returncode != 0
     assert reason in done.stdout + done.stderr, done.stdout + done.stderr
-
-
-@pytest.mark.parametrize("kind", ["tern-node", "tern-router", "tern serve"])
-def test_allow_client_shm_true_is_refused_until_tern_serves_shared_memory(model_repo, kind):
-    # Triton's --allow-client-shm (default false); true would be accepted with every
-    # registration still refused, so it is refused at start.
-    ports = ["--grpc-port", "0", "--http-port", "0", "--metrics-port", "0"]
-    cmd = {
-        "tern-node": [str(node_binary()), "--model-repository", str(model_repo)],
-        "tern-router": [str(router_binary()), "--node", "127.0.0.1:1"],
-        "tern serve": [str(ROOT / "target" / "release" / "tern"), "serve", "--model-repository", str(model_repo)],
-    }[kind] + ports + ["--allow-client-shm=true"]
-    done = subprocess.run(cmd, env=node_env(), capture_output=True, text=True, timeout=TIMEOUT)
-    out = done.stdout + done.stderr
-    assert done.returncode != 0, out
-    assert "--allow-client-shm=true: Tern does not serve client shared memory yet" in out, out
 
 
 def test_exit_on_error_ends_the_node_when_a_model_fails_to_load(model_repo, tmp_path):

@@ -1,7 +1,7 @@
 //! A request's span tree, exported by a real node to an OTLP collector (a tonic TraceService
 //! server from the opentelemetry-proto definitions) on loopback: the request span continues
 //! the client's `traceparent`, `queue` is its child, the batch's `execute` span links to it,
-//! and `compute_infer` runs under `execute`.
+//! and `compute_infer` runs under `execute`. TraceSetting's `trace_level` OFF stops export.
 //!
 //! Its own test binary: tracing is set up once per process.
 
@@ -14,6 +14,8 @@ use tern_tests::{Collector, TempRepo, TestNode, hex};
 
 const CLIENT_TRACE: &str = "0af7651916cd43dd8448eb211c80319c";
 const CLIENT_SPAN: &str = "b7ad6b7169203331";
+/// The trace of a request sent after TraceSetting turned tracing off.
+const UNTRACED: &str = "1af7651916cd43dd8448eb211c80319c";
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_request_exports_its_span_tree_under_the_clients_trace() -> anyhow::Result<()> {
@@ -38,7 +40,24 @@ async fn one_request_exports_its_span_tree_under_the_clients_trace() -> anyhow::
         ..Default::default()
     });
     req.metadata_mut().insert("traceparent", format!("00-{CLIENT_TRACE}-{CLIENT_SPAN}-01").parse()?);
+    let again = tonic::Request::new(req.get_ref().clone());
     c.model_infer(req).await?;
+
+    // Triton's TraceSetting: level OFF, then a request whose client asks for tracing.
+    let off = pb::TraceSettingRequest {
+        settings: [(
+            "trace_level".to_string(),
+            pb::trace_setting_request::SettingValue { value: vec!["OFF".into()] },
+        )]
+        .into(),
+        model_name: String::new(),
+    };
+    let now = c.trace_setting(off).await?.into_inner().settings;
+    assert_eq!(now["trace_level"].value, ["OFF"]);
+    assert_eq!(now["trace_mode"].value, ["opentelemetry"]);
+    let mut again = again;
+    again.metadata_mut().insert("traceparent", format!("00-{UNTRACED}-{CLIENT_SPAN}-01").parse()?);
+    c.model_infer(again).await?;
     node.stop().await?;
     // Dropping the guard flushes the exporter (blocking: off the async workers).
     tokio::task::spawn_blocking(move || drop(guard)).await?;
@@ -55,6 +74,13 @@ async fn one_request_exports_its_span_tree_under_the_clients_trace() -> anyhow::
             spans.extend(rs.scope_spans.into_iter().flat_map(|ss| ss.spans));
         }
     }
+    // The flush above sent everything: no span of the untraced request arrived.
+    while let Ok(batch) = collector.exports.try_recv() {
+        for rs in batch.resource_spans {
+            spans.extend(rs.scope_spans.into_iter().flat_map(|ss| ss.spans));
+        }
+    }
+    assert!(spans.iter().all(|s| hex(&s.trace_id) != UNTRACED), "trace_level OFF exported a span");
     let find = |name: &str| spans.iter().find(|s| s.name == name).cloned().expect("span present");
     let (infer, queue, execute, compute) =
         (find("infer"), find("queue"), find("execute"), find("compute_infer"));

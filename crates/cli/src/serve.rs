@@ -70,6 +70,10 @@ async fn serve(
         .map_err(|e| anyhow::anyhow!("cannot bind the node's loopback port: {e}"))?;
     let node_addr = private.local_addr()?.to_string();
     let metrics = Arc::new(tern_telemetry::Metrics::new(&config.metrics)?);
+    // One registry of client shared-memory regions: the router resolves ModelInfer's, the
+    // node ModelStreamInfer's (relayed as bytes).
+    let shm = config.client_shm.registry();
+    config.client_shm.shared = Some(shm.clone());
     let exit_timeout = Duration::from_secs(config.exit_timeout_secs);
 
     // One machine, one node: models stay where the node's control mode puts them (no lazy
@@ -91,6 +95,7 @@ async fn serve(
         index_holders: false,
         node_tls: None,
         node_credential,
+        shm,
     };
     let router = tern_router::Router::start(
         settings,

@@ -9,6 +9,7 @@ mod failure;
 mod model_state;
 pub mod request;
 pub mod shape_limits;
+pub mod shm;
 pub mod signature;
 mod tensor;
 

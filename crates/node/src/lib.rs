@@ -180,6 +180,7 @@ pub async fn run_with(
         in_flight: Default::default(),
         limits: config.limits.limits(),
         pending: request_limits::PendingBytes::new(config.limits.max_pending_request_bytes),
+        shm: config.client_shm.registry(),
     });
     metrics.set_model_sampler(Arc::new(NodeSampler(state.clone())));
     let ready_state = state.clone();

@@ -26,6 +26,8 @@ pub struct NodeState {
     pub limits: crate::request_limits::Limits,
     /// Bytes of requests held now, against `--max-pending-request-bytes`.
     pub pending: crate::request_limits::PendingBytes,
+    /// Client shared-memory regions (`--allow-client-shm`); empty and closed when off.
+    pub shm: Arc<tern_edge::triton::SystemShm>,
 }
 
 /// Counts one request in [`NodeState::in_flight`] while alive (also when the request is
@@ -73,10 +75,21 @@ impl NodeService {
     }
 
     /// One inference, from request to response; shared by the unary and streaming RPCs.
+    /// Inputs in client shared memory are read from their regions, outputs asked there are
+    /// written into them (`tern_core::shm`).
     pub(crate) async fn infer(
         &self,
-        req: pb::ModelInferRequest,
+        mut req: pb::ModelInferRequest,
     ) -> Result<pb::ModelInferResponse, RequestError> {
+        let shm_outputs = self.state.shm.resolve(&mut req)?;
+        let mut response = self.infer_plain(req).await?;
+        if let Some(outputs) = shm_outputs {
+            outputs.write(&mut response)?;
+        }
+        Ok(response)
+    }
+
+    async fn infer_plain(&self, req: pb::ModelInferRequest) -> Result<pb::ModelInferResponse, RequestError> {
         let started = std::time::Instant::now();
         let _in_flight = InFlight::enter(&self.state.in_flight);
         let model = self.state.models.get(&req.model_name, &req.model_version)?;
@@ -414,5 +427,12 @@ impl GrpcInferenceService for NodeService {
         Ok(Response::new(pb::RepositoryModelUnloadResponse {}))
     }
 
-    tern_edge::triton_common_rpcs!("this Tern node yet", server_name: state.server_name);
+    async fn trace_setting(
+        &self,
+        req: Request<pb::TraceSettingRequest>,
+    ) -> Result<Response<pb::TraceSettingResponse>, Status> {
+        tern_edge::triton::trace_setting(req.into_inner(), |model| self.state.models.get(model, "").is_ok())
+    }
+
+    tern_edge::triton_common_rpcs!("this Tern node yet", server_name: state.server_name, shm: state.shm);
 }

@@ -44,11 +44,13 @@ struct OutputJson {
     parameters: Option<Map<String, Value>>,
 }
 
-/// How each output is returned: binary data or JSON `data`.
+/// How each output is returned: binary data, JSON `data`, or neither (written into a client
+/// shared-memory region).
 #[derive(Debug, Default)]
 pub struct OutputKinds {
     default_binary: bool,
     binary: HashMap<String, bool>,
+    in_shared_memory: std::collections::HashSet<String>,
 }
 
 impl OutputKinds {
@@ -107,6 +109,7 @@ pub fn parse_request(
         })?;
         let elements = element_count(model, name, &input.shape)?;
         let mut binary_size = None;
+        let mut in_shared_memory = false;
         let mut input_params = HashMap::new();
         for (key, value) in input.parameters.unwrap_or_default() {
             match key.as_str() {
@@ -118,16 +121,38 @@ pub fn parse_request(
                     })?;
                     binary_size = Some(size);
                 }
-                k if k.starts_with("shared_memory_") => {
-                    return Err(RestError::bad_request(format!(
-                        "input '{name}' of model '{model}': shared memory ('{k}') is not supported by Tern; send the data in the request"
-                    )));
-                }
                 _ => {
+                    // shared_memory_region / _offset / _byte_size go on as parameters: the
+                    // service resolves them (tern_core::shm), as for gRPC.
+                    in_shared_memory |= key == "shared_memory_region";
                     let p = infer_parameter(&format!("input '{name}' parameter '{key}'"), &value)?;
                     input_params.insert(key, p);
                 }
             }
+        }
+        if in_shared_memory {
+            // Triton's `ValidateInputContentType`: one of data, binary data or a region.
+            let set: Vec<&str> =
+                [(input.data.is_some(), " 'data'"), (binary_size.is_some(), " 'binary_data_size'")]
+                    .into_iter()
+                    .filter_map(|(given, what)| given.then_some(what))
+                    .collect();
+            if !set.is_empty() {
+                return Err(RestError::bad_request(format!(
+                    "Input must set only one of the following fields: 'data', 'binary_data_size' in 'parameters', \
+                     'shared_memory_region' in 'parameters'. But set{} 'shared_memory_region' (input '{name}' of model '{model}')",
+                    set.concat()
+                )));
+            }
+            // No raw entry: raw contents count the inputs sent in them, as over gRPC.
+            inputs.push(pb::model_infer_request::InferInputTensor {
+                name: input.name,
+                datatype: input.datatype,
+                shape: input.shape,
+                parameters: input_params,
+                contents: None,
+            });
+            continue;
         }
         let contents = match (binary_size, &input.data) {
             (Some(_), Some(_)) => {
@@ -193,17 +218,27 @@ pub fn parse_request(
                     })?;
                     kinds.binary.insert(output.name.clone(), b);
                 }
-                k if k.starts_with("shared_memory_") => {
-                    return Err(RestError::bad_request(format!(
-                        "output '{}' of model '{model}': shared memory ('{k}') is not supported by Tern",
-                        output.name
-                    )));
-                }
                 _ => {
                     let p = infer_parameter(&format!("output '{}' parameter '{key}'", output.name), &value)?;
                     output_params.insert(key, p);
                 }
             }
+        }
+        if output_params.contains_key("shared_memory_region") {
+            // Triton's `ValidateOutputParameter`.
+            let refuse = |other: &str| {
+                RestError::bad_request(format!(
+                    "Output can't set both 'shared_memory_region' and '{other}' (output '{}' of model '{model}')",
+                    output.name
+                ))
+            };
+            if output_params.contains_key("classification") {
+                return Err(refuse("classification"));
+            }
+            if kinds.binary.get(&output.name) == Some(&true) {
+                return Err(refuse("binary_data"));
+            }
+            kinds.in_shared_memory.insert(output.name.clone());
         }
         outputs.push(pb::model_infer_request::InferRequestedOutputTensor {
             name: output.name,
@@ -308,7 +343,9 @@ pub fn build_response(
         let mut o = Map::new();
         let mut params: Map<String, Value> =
             output.parameters.iter().map(|(k, v)| (k.clone(), parameter_json(v))).collect();
-        if kinds.is_binary(&output.name) {
+        if kinds.in_shared_memory.contains(&output.name) {
+            // Its data is in the client's region: name, datatype and shape only, as Triton.
+        } else if kinds.is_binary(&output.name) {
             params.insert("binary_data_size".into(), Value::from(raw.len()));
             if !raw.is_empty() {
                 binary.push(raw);
@@ -394,6 +431,21 @@ mod tests {
     }
 
     #[test]
+    fn shared_memory_tensors_take_no_raw_entry_and_one_source_only() {
+        let json = r#"{"inputs":[{"name":"A","shape":[2],"datatype":"INT32","parameters":{"shared_memory_region":"r","shared_memory_byte_size":8}},
+            {"name":"B","shape":[1],"datatype":"INT32","data":[7]}],"outputs":[{"name":"C","parameters":{"shared_memory_region":"o","shared_memory_byte_size":8}}]}"#;
+        let (b, n) = body(json, b"");
+        let (req, kinds) = parse_request("m", "", b, n, 1 << 20).expect("parses");
+        assert_eq!(req.raw_input_contents.len(), 1, "only B's data is raw");
+        assert!(req.inputs[0].parameters.contains_key("shared_memory_region"));
+        assert!(kinds.in_shared_memory.contains("C"));
+        let both = r#"{"inputs":[{"name":"A","shape":[1],"datatype":"INT32","data":[1],"parameters":{"shared_memory_region":"r","shared_memory_byte_size":4}}]}"#;
+        let (b, n) = body(both, b"");
+        let e = parse_request("m", "", b, n, 1 << 20).err().map(|e| e.message);
+        assert!(e.is_some_and(|m| m.contains("But set 'data' 'shared_memory_region'")));
+    }
+
+    #[test]
     fn response_mixes_json_and_binary_outputs() {
         let response = pb::ModelInferResponse {
             model_name: "m".into(),
@@ -419,7 +471,7 @@ mod tests {
             ],
             ..Default::default()
         };
-        let kinds = OutputKinds { default_binary: false, binary: [("B".to_string(), true)].into() };
+        let kinds = OutputKinds { binary: [("B".to_string(), true)].into(), ..Default::default() };
         let body = build_response(response, &kinds).expect("build");
         let head: Value = serde_json::from_slice(&body.header).expect("json");
         assert_eq!(head["id"], "req-1");

@@ -245,6 +245,7 @@ impl Config {
             index_holders: true,
             node_tls: None,
             node_credential: tern_edge::Credential::none(),
+            shm: self.client_shm.registry(),
         }
     }
 }
@@ -280,6 +281,8 @@ pub struct ClusterSettings {
     pub node_tls: Option<tonic::transport::ClientTlsConfig>,
     /// The token presented to nodes (`--node-token-file`).
     pub node_credential: tern_edge::Credential,
+    /// Client shared-memory regions (`--allow-client-shm`), served by the router itself.
+    pub shm: std::sync::Arc<tern_edge::triton::SystemShm>,
 }
 
 impl ClusterSettings {

@@ -22,6 +22,7 @@ pub mod raw;
 pub mod relay;
 pub mod retry;
 pub mod service;
+mod shm;
 pub mod store;
 
 use std::future::Future;
@@ -102,6 +103,7 @@ impl Router {
             cluster: cluster.clone(),
             placement: placement.clone(),
             forwarder: forwarder.clone(),
+            shm: settings.shm.clone(),
         });
         let mut tasks = vec![
             tokio::spawn(discovery::run(

@@ -35,6 +35,8 @@ pub struct RouterState {
     pub cluster: Arc<Cluster>,
     pub placement: Arc<Placement>,
     pub forwarder: Arc<Forwarder>,
+    /// Client shared-memory regions registered with this router ([`crate::shm`]).
+    pub shm: Arc<tern_edge::triton::SystemShm>,
 }
 
 impl RouterState {
@@ -138,8 +140,8 @@ impl GrpcInferenceService for RouterService {
         // Not reached: InferenceRoutes forwards ModelInfer as bytes. Kept correct regardless.
         let (metadata, extensions, message) = req.into_parts();
         let caller = extensions.get::<tern_edge::Principal>();
-        let reply =
-            self.state.forwarder.infer(metadata, Bytes::from(message.encode_to_vec()), caller).await?;
+        let body = Bytes::from(message.encode_to_vec());
+        let reply = crate::shm::infer(&self.state.forwarder, &self.state.shm, metadata, body, caller).await?;
         let (metadata, bytes, extensions) = reply.into_parts();
         let decoded = pb::ModelInferResponse::decode(bytes)
             .map_err(|e| Status::internal(format!("malformed ModelInferResponse from a node: {e}")))?;
@@ -248,14 +250,24 @@ impl GrpcInferenceService for RouterService {
         Ok(Response::new(pb::RepositoryModelUnloadResponse {}))
     }
 
-    tern_edge::triton_common_rpcs!(UNIMPLEMENTED_BY, server_name: state.server_name);
+    async fn trace_setting(
+        &self,
+        req: Request<pb::TraceSettingRequest>,
+    ) -> Result<Response<pb::TraceSettingResponse>, Status> {
+        // The settings are this process's (its spans); a model is known once a node serves it.
+        tern_edge::triton::trace_setting(req.into_inner(), |model| {
+            !self.state.cluster.view().candidates(model, "").is_empty()
+        })
+    }
+
+    tern_edge::triton_common_rpcs!(UNIMPLEMENTED_BY, server_name: state.server_name, shm: state.shm);
 }
 
 /// GRPCInferenceService as served: ModelInfer and ModelStreamInfer as raw bytes, every other
 /// method by tonic's generated server over [`RouterService`].
 #[derive(Clone)]
 pub struct InferenceRoutes {
-    forwarder: Arc<Forwarder>,
+    state: Arc<RouterState>,
     generated: pb::grpc_inference_service_server::GrpcInferenceServiceServer<RouterService>,
     /// `--grpc-max-message-size`: the largest message clients may send or be sent.
     max_message_size: usize,
@@ -270,7 +282,7 @@ impl InferenceRoutes {
         .accept_compressed(CompressionEncoding::Deflate)
         .max_decoding_message_size(max_message_size)
         .max_encoding_message_size(max_message_size);
-        InferenceRoutes { forwarder: state.forwarder.clone(), generated, max_message_size }
+        InferenceRoutes { state, generated, max_message_size }
     }
 }
 
@@ -305,11 +317,11 @@ where
         let limit = self.max_message_size;
         match req.uri().path() {
             INFER_PATH => {
-                let service = UnaryInfer(self.forwarder.clone());
+                let service = UnaryInfer(self.state.clone());
                 Box::pin(async move { Ok(raw_server(limit).unary(service, req).await) })
             }
             STREAM_INFER_PATH => {
-                let service = StreamInfer(self.forwarder.clone());
+                let service = StreamInfer(self.state.forwarder.clone());
                 Box::pin(async move { Ok(raw_server(limit).streaming(service, req).await) })
             }
             _ => {
@@ -320,17 +332,18 @@ where
     }
 }
 
-struct UnaryInfer(Arc<Forwarder>);
+struct UnaryInfer(Arc<RouterState>);
 
 impl tonic::server::UnaryService<Bytes> for UnaryInfer {
     type Response = RawMessage;
     type Future = BoxFuture<Result<Response<RawMessage>, Status>>;
 
     fn call(&mut self, request: Request<Bytes>) -> Self::Future {
-        let forwarder = self.0.clone();
+        let state = self.0.clone();
         Box::pin(async move {
             let (metadata, extensions, body) = request.into_parts();
-            let reply = forwarder.infer(metadata, body, extensions.get::<tern_edge::Principal>()).await?;
+            let caller = extensions.get::<tern_edge::Principal>();
+            let reply = crate::shm::infer(&state.forwarder, &state.shm, metadata, body, caller).await?;
             Ok(reply.map(RawMessage::from))
         })
     }

@@ -42,6 +42,7 @@ pub mod names;
 mod propagation;
 mod resource;
 mod server;
+pub mod settings;
 mod trace;
 
 pub use config::{DEFAULT_LATENCY_BUCKETS_US, DEFAULT_SUMMARY_QUANTILES, MetricsConfig, MetricsSettings};

@@ -158,10 +158,10 @@ impl TracingConfig {
                     settings.resource.push((k.trim().to_string(), v.trim().to_string()));
                 }
                 "rate" => {
-                    let n: u64 = value.parse().ok().filter(|n| *n > 0).ok_or_else(|| {
+                    // One request in N, counted (the trace settings' `trace_rate`).
+                    let _: u32 = value.parse().ok().filter(|n| *n > 0).ok_or_else(|| {
                         bad(format!("--trace-config {item:?}: rate must be a positive integer"))
                     })?;
-                    settings.sample_ratio.get_or_insert(1.0 / n as f64);
                 }
                 "level" => match value.to_ascii_uppercase().as_str() {
                     "OFF" => off = true,
@@ -211,14 +211,19 @@ impl TracingConfig {
     /// The log filter: RUST_LOG when set, else the verbosity with noisy dependencies at warn
     /// (ONNX Runtime forwards hundreds of lines at info through the `ort` target).
     pub fn env_filter(&self) -> EnvFilter {
-        let level = match self.log_verbose {
-            0 => "info",
-            1 => "debug",
-            _ => "trace",
-        };
-        EnvFilter::try_from_default_env().unwrap_or_else(|_| {
-            EnvFilter::new(format!("{level},ort=warn,h2=warn,tower=warn,hyper=warn,opentelemetry=warn"))
-        })
+        EnvFilter::try_from_default_env()
+            .unwrap_or_else(|_| crate::settings::verbose_filter(self.log_verbose))
+    }
+
+    /// `--trace-config rate=N` (the last one), else 1: trace one request in N.
+    pub fn trace_rate(&self) -> u32 {
+        self.trace_config
+            .iter()
+            .filter_map(|item| item.rsplit(',').next()?.split_once('='))
+            .filter(|(k, _)| k.trim() == "rate")
+            .filter_map(|(_, v)| v.trim().parse().ok())
+            .next_back()
+            .unwrap_or(1)
     }
 }
 
@@ -295,9 +300,21 @@ pub fn init_tracing(cfg: &TracingConfig) -> Result<TracingGuard, TelemetryError>
         }
         None => None,
     };
-    // Each layer filters for itself: the log filter must not decide what is exported.
+    // Each layer filters for itself: the log filter must not decide what is exported. The log
+    // filter reloads when LogSettings changes the verbose level; severities are checked per
+    // event (crate::settings).
+    let (log_filter, handle) = tracing_subscriber::reload::Layer::new(cfg.env_filter());
+    let severities =
+        tracing_subscriber::filter::filter_fn(|meta| crate::settings::severity_enabled(meta.level()));
+    crate::settings::init_log_control(
+        handle,
+        cfg.log_verbose,
+        cfg.log_format == LogFormat::Json,
+        std::env::var_os("RUST_LOG").is_some(),
+    );
+    crate::settings::init_trace_settings(guard.provider.is_some(), cfg.trace_rate());
     tracing_subscriber::registry()
-        .with(fmt.with_filter(cfg.env_filter()))
+        .with(fmt.with_filter(log_filter).with_filter(severities))
         .with(otel)
         .try_init()
         .map_err(|e| TelemetryError::Tracing(format!("cannot install the tracing subscriber: {e}")))?;
@@ -356,10 +373,15 @@ pub fn build_provider(
     let resource = resource
         .with_attributes(settings.resource.iter().map(|(k, v)| KeyValue::new(k.clone(), v.clone())))
         .build();
-    let mut provider = SdkTracerProvider::builder().with_batch_exporter(exporter).with_resource(resource);
-    if let Some(ratio) = settings.sample_ratio {
-        provider = provider.with_sampler(Sampler::ParentBased(Box::new(Sampler::TraceIdRatioBased(ratio))));
-    }
+    // The trace settings (TraceSetting) decide first; the configured ratio after them.
+    let inner = match settings.sample_ratio {
+        Some(ratio) => Sampler::TraceIdRatioBased(ratio),
+        None => sampler_from_env(),
+    };
+    let provider = SdkTracerProvider::builder()
+        .with_batch_exporter(exporter)
+        .with_resource(resource)
+        .with_sampler(crate::settings::SettingsSampler { inner });
     drop(_enter);
     Ok((provider.build(), runtime))
 }
@@ -381,6 +403,20 @@ impl opentelemetry_http::HttpClient for OnRuntime {
         let client = self.client.clone();
         self.runtime.spawn(async move { client.send_bytes(request).await }).await?
     }
+}
+
+/// OTEL_TRACES_SAMPLER(_ARG) as the SDK reads them (ratio samplers and always_off; the parent
+/// part is the trace settings' sampler's), else every trace.
+fn sampler_from_env() -> Sampler {
+    let name = std::env::var("OTEL_TRACES_SAMPLER").unwrap_or_default();
+    if name.ends_with("always_off") {
+        return Sampler::AlwaysOff;
+    }
+    if name.ends_with("traceidratio") {
+        let ratio = std::env::var("OTEL_TRACES_SAMPLER_ARG").ok().and_then(|v| v.trim().parse().ok());
+        return Sampler::TraceIdRatioBased(ratio.filter(|r| (0.0..=1.0).contains(r)).unwrap_or(1.0));
+    }
+    Sampler::AlwaysOn
 }
 
 #[cfg(test)]
@@ -433,7 +469,7 @@ mod tests {
             "Triton's url is OTLP/HTTP"
         );
         assert_eq!(s.protocol, OtlpProtocol::HttpProtobuf);
-        assert_eq!(s.sample_ratio, Some(0.01));
+        assert_eq!((s.sample_ratio, c.trace_rate()), (None, 100), "rate counts requests");
         assert_eq!(s.resource, vec![("deployment.environment".into(), "test".into())]);
         let c = parse(&["--trace-config", "opentelemetry,url=http://c:4318/custom/path"]);
         assert_eq!(

@@ -83,8 +83,9 @@ pub(super) async fn trace_setting<T: Service>(
         .settings
         .into_iter()
         .map(|(k, v)| {
+            // Triton's HandleTrace: trace_level is an array, the rest strings.
             let value = match v.value.as_slice() {
-                [one] => Value::String(one.clone()),
+                [one] if k != "trace_level" => Value::String(one.clone()),
                 many => Value::from(many.to_vec()),
             };
             (k, value)

@@ -194,7 +194,7 @@ async fn route<T: Service>(
         ] if matches!(region, [] | ["region", _]) => {
             let region = region.last().copied().unwrap_or_default();
             let cuda = *kind == "cudasharedmemory";
-            shared_memory_route(s, method, headers, cuda, region, action).await
+            shared_memory_route(s, method, headers, cuda, region, action, body).await
         }
         ["trace", "setting"] => trace_setting(s, method, headers, "", body).await,
         ["logging"] => log_settings(s, method, headers, body).await,
