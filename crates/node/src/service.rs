@@ -137,6 +137,7 @@ impl NodeService {
                 models: &self.state.models,
                 priority: job.priority,
                 timeout: job.timeout,
+                sequence: &job.sequence,
             };
             crate::ensemble::run(ensemble, model, job.batch_size, job.inputs, &job.outputs).await?
         } else {

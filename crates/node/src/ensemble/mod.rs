@@ -34,6 +34,9 @@ pub(crate) struct Request<'a> {
     pub models: &'a ModelManager,
     pub priority: u64,
     pub timeout: Option<Duration>,
+    /// The request's sequence parameters, passed to every step as Triton's ensemble scheduler
+    /// passes the correlation ID and flags on (a stateful step keeps its sequence).
+    pub sequence: &'a tern_core::SequenceParams,
 }
 
 /// Runs ensemble `ensemble` on `inputs` (validated against it) and returns the `wanted`
@@ -190,6 +193,7 @@ async fn run_step(
             outputs: wanted,
             priority: request.priority,
             timeout: request.timeout,
+            sequence: request.sequence.clone(),
         };
         let mut outputs = model.scheduler.infer(job).await.map_err(in_step)?;
         for tensor in &mut outputs {
