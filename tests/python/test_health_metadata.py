@@ -74,9 +74,13 @@ def test_server_metadata(client):
     assert exts, "no extensions advertised"
     assert set(exts) <= PLAUSIBLE_EXTENSIONS, set(exts) - PLAUSIBLE_EXTENSIONS
     assert len(exts) == len(set(exts)), exts
-    # Both are exercised by this suite, so they must be advertised.
-    assert "classification" in exts
-    assert "model_configuration" in exts
+    # Each is exercised by this suite (sequence: test_sequence.py; shared memory:
+    # test_shared_memory.py; trace and logging: test_trace_log_settings.py), so it must be
+    # advertised; CUDA shared memory is not served on a node without a GPU.
+    for ext in ["classification", "model_configuration", "sequence", "system_shared_memory",
+                "binary_tensor_data", "statistics", "trace", "logging"]:
+        assert ext in exts, (ext, exts)
+    assert "cuda_shared_memory" not in exts
 
 
 # === model metadata ===========================================================================

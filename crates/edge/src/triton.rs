@@ -10,8 +10,20 @@ pub use tonic;
 
 /// Extensions Tern really implements (ServerMetadata lists only these); the router serves
 /// those of its nodes, since it forwards to them.
-pub const EXTENSIONS: &[&str] =
-    &["classification", "model_configuration", "model_repository", "schedule_policy", "statistics"];
+/// (`system_shared_memory` is listed as Triton lists it, whether or not `--allow-client-shm`
+/// lets clients register regions.)
+pub const EXTENSIONS: &[&str] = &[
+    "classification",
+    "sequence",
+    "model_repository",
+    "schedule_policy",
+    "model_configuration",
+    "system_shared_memory",
+    "binary_tensor_data",
+    "statistics",
+    "trace",
+    "logging",
+];
 
 /// The response stream of ModelStreamInfer.
 pub type StreamInferStream =
