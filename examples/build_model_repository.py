@@ -18,6 +18,9 @@ Models:
   identity_<type>       Identity, INPUT0 -> OUTPUT0, [N,16], every type ORT's CPU Identity takes.
   add_<type>            OUTPUT0 = INPUT0 + INPUT1, OUTPUT1 = INPUT0 - INPUT1 (Triton's "simple").
   simple                add_int32 named as Triton's client examples expect it.
+  simple_int8,          the INT8 and decimal-string forms of simple and a BYTES identity,
+  simple_string,        for the same examples.
+  simple_identity
   tiny_add              FP32 Add, [N,16], max_batch_size 64 + dynamic batching (as in the
                         Triton setup of tests/python/data/triton_responses.json).
   string_identity       BYTES Identity, no batching (max_batch_size 0, dims [-1]).
@@ -474,6 +477,32 @@ def add_sub_bytes(elem: int, shape, with_sub: bool = True) -> bytes:
     return small_model(g)
 
 
+def string_add_sub_bytes(shape) -> bytes:
+    """Decimal strings in, decimal strings out: Cast to INT32, Add and Sub, Cast back."""
+    S, I = TensorProto.STRING, TensorProto.INT32
+    nodes = [
+        helper.make_node("Cast", ["INPUT0"], ["a"], to=I),
+        helper.make_node("Cast", ["INPUT1"], ["b"], to=I),
+        helper.make_node("Add", ["a", "b"], ["sum"]),
+        helper.make_node("Sub", ["a", "b"], ["diff"]),
+        helper.make_node("Cast", ["sum"], ["OUTPUT0"], to=S),
+        helper.make_node("Cast", ["diff"], ["OUTPUT1"], to=S),
+    ]
+    g = helper.make_graph(nodes, "string_add_sub", [vi("INPUT0", S, shape), vi("INPUT1", S, shape)],
+                          [vi("OUTPUT0", S, shape), vi("OUTPUT1", S, shape)])
+    return small_model(g)
+
+
+def check_string_add_sub(data: bytes, shape) -> None:
+    sess = session(data)
+    a = np.arange(np.prod(shape), dtype=np.int32).reshape(shape)
+    b = np.ones(shape, dtype=np.int32)
+    got = sess.run(None, {"INPUT0": a.astype(str).astype(object), "INPUT1": b.astype(str).astype(object)})
+    if [int(v) for v in got[0].ravel()] != list((a + b).ravel()) or \
+            [int(v) for v in got[1].ravel()] != list((a - b).ravel()):
+        raise RuntimeError("string add/sub mismatch")
+
+
 def ort_supports(model_bytes: bytes) -> bool:
     try:
         session(model_bytes)
@@ -554,6 +583,31 @@ def build_small(out: Path, built: list, skipped: list) -> None:
                        [("OUTPUT0", "TYPE_INT32", [DIM]), ("OUTPUT1", "TYPE_INT32", [DIM])])
     install_model(out, "simple", data, cfg)
     built.append(("simple", "INT32 sum and difference (Triton's client examples)", "config.pbtxt"))
+
+    # simple_int8 and simple_string: the INT8 and string forms of "simple" that Triton's client
+    # examples also call (simple_grpc_string_infer_client.py, simple_*_shm_string_client.py,
+    # grpc_explicit_byte_content_client.py, grpc_explicit_int8_content_client.py). The string
+    # model parses its decimal inputs, adds and subtracts as INT32, and writes decimals back.
+    data = add_sub_bytes(TensorProto.INT8, batched)
+    check_add_sub(data, "int8", [3, DIM])
+    cfg = small_config("simple_int8", 'platform: "onnxruntime_onnx"', 8,
+                       [("INPUT0", "TYPE_INT8", [DIM]), ("INPUT1", "TYPE_INT8", [DIM])],
+                       [("OUTPUT0", "TYPE_INT8", [DIM]), ("OUTPUT1", "TYPE_INT8", [DIM])])
+    install_model(out, "simple_int8", data, cfg)
+    data = string_add_sub_bytes(batched)
+    check_string_add_sub(data, [3, DIM])
+    cfg = small_config("simple_string", 'platform: "onnxruntime_onnx"', 8,
+                       [("INPUT0", "TYPE_STRING", [DIM]), ("INPUT1", "TYPE_STRING", [DIM])],
+                       [("OUTPUT0", "TYPE_STRING", [DIM]), ("OUTPUT1", "TYPE_STRING", [DIM])])
+    install_model(out, "simple_string", data, cfg)
+    # simple_identity: BYTES in, the same bytes out (simple_*_string_infer_client.py).
+    data = identity_bytes(TensorProto.STRING, batched)
+    check_identity(data, "string", [3, DIM])
+    cfg = small_config("simple_identity", 'platform: "onnxruntime_onnx"', 8,
+                       [("INPUT0", "TYPE_STRING", [DIM])], [("OUTPUT0", "TYPE_STRING", [DIM])])
+    install_model(out, "simple_identity", data, cfg)
+    built.append(("simple_int8, simple_string, simple_identity",
+                  "INT8 and decimal-string forms of simple, BYTES identity", "config.pbtxt"))
 
     # tiny_add: the reference Triton model.
     data = add_sub_bytes(TensorProto.FLOAT, batched, with_sub=False)

@@ -53,7 +53,8 @@ ALL_MODELS = sorted(
     + ["tiny_add", "string_identity", "light_resnet50", "light_densenet121", "light_squeezenet",
        "light_inception_v1", "resnet50_random", "versioned_scale", "tiny_llm", "all-MiniLM-L6-v2",
        "simple_sequence", "seq_accumulate", "seq_accumulate_idle", "seq_accumulate_oldest",
-       "ens_preprocess", "ens_postprocess", "ensemble_pipeline", "simple"]
+       "ens_preprocess", "ens_postprocess", "ensemble_pipeline", "simple", "simple_int8", "simple_string",
+       "simple_identity"]
 )
 
 # suffix -> (Triton datatype, config data_type, numpy dtype)

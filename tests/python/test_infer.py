@@ -385,3 +385,25 @@ def test_parallel_streams(url):
             ids.add(i)
             np.testing.assert_array_equal(result.as_numpy("OUTPUT0"), np.full((1, 16), 2 * (offset + i), np.float32))
         assert ids == set(range(10))
+
+
+def test_simple_model_family_of_tritons_client_examples(client):
+    """The models Triton's client examples call besides `simple` (simple_*_string_infer_client,
+    simple_*_shm_string_client, grpc_explicit_{byte,int8}_content_client): decimal strings
+    added and subtracted by `simple_string`, INT8 by `simple_int8`, bytes with embedded NULs and
+    non-UTF-8 blobs returned unchanged by `simple_identity`."""
+    a = np.arange(16, dtype=np.int32).reshape(1, 16)
+    b = np.ones((1, 16), dtype=np.int32)
+    strings = [make_input("INPUT0", a.astype(str).astype(np.object_), "BYTES"),
+               make_input("INPUT1", b.astype(str).astype(np.object_), "BYTES")]
+    r = client.infer("simple_string", strings)
+    assert [int(v) for v in r.as_numpy("OUTPUT0").ravel()] == list((a + b).ravel())
+    assert [int(v) for v in r.as_numpy("OUTPUT1").ravel()] == list((a - b).ravel())
+    a8, b8 = a.astype(np.int8), np.full((1, 16), -3, np.int8)
+    r = client.infer("simple_int8", [make_input("INPUT0", a8, "INT8"), make_input("INPUT1", b8, "INT8")])
+    assert r.as_numpy("OUTPUT0").tolist() == (a8 + b8).tolist()
+    assert r.as_numpy("OUTPUT1").tolist() == (a8 - b8).tolist()
+    for blob in [b"he\x00llo", b"\x00\x01\x02\x03", "é".encode() + b"\xff"]:
+        x = np.array([blob] * 16, dtype=np.object_).reshape(1, 16)
+        got = client.infer("simple_identity", [make_input("INPUT0", x, "BYTES")]).as_numpy("OUTPUT0")
+        assert got.ravel().tolist() == [blob] * 16
