@@ -81,9 +81,19 @@ def test_config_override_and_uploaded_files(explicit):
     client.unload_model("uploaded_scale")
     assert client.is_server_ready(), "unloading an uploaded model must not make the node not ready"
 
+    # A config or a file name the node cannot use fails the load in Triton's words, which
+    # Triton's simple_grpc_model_control.py checks ("failed to load"; INTERNAL and "failed to
+    # poll from model repository" for a file name longer than NAME_MAX), with the reason after.
     with pytest.raises(InferenceServerException) as e:
         client.load_model("versioned_scale", config="{ not json")
-    assert e.value.status() == "StatusCode.INVALID_ARGUMENT"
+    assert e.value.status() == "StatusCode.INTERNAL"
+    assert e.value.message().startswith(
+        "failed to load 'versioned_scale', failed to poll from model repository: 'config' parameter"), e.value
+    with pytest.raises(InferenceServerException) as e:
+        client.load_model("versioned_scale", config="{}", files={"file:" + "A" * 256: b"a"})
+    assert e.value.status() == "StatusCode.INTERNAL"
+    assert "failed to poll from model repository" in e.value.message(), e.value
+    assert client.is_server_live()
     with pytest.raises(InferenceServerException) as e:
         client.load_model("../outside")
     assert e.value.status() == "StatusCode.INVALID_ARGUMENT"

@@ -12,7 +12,10 @@ pub fn write_upload(
     name: &str,
     files: Vec<(String, Vec<u8>)>,
 ) -> Result<(tempfile::TempDir, ScannedModel), RequestError> {
-    let invalid = |m: String| RequestError::InvalidArgument(format!("model '{name}': {m}"));
+    // Triton fails the poll on files it cannot lay out (see `manager::poll_failure`).
+    let invalid = |m: String| {
+        RequestError::Internal(format!("{}: model '{name}': {m}", crate::manager::poll_failure(name)))
+    };
     let dir = tempfile::Builder::new()
         .prefix("tern-upload-")
         .tempdir()

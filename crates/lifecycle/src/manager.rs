@@ -196,8 +196,12 @@ impl ModelManager {
             .map_err(|e| RequestError::InvalidArgument(e.to_string()))?;
         self.refuse_while_draining()?;
         let override_config = match config_json {
+            // Triton fails the repository poll on a config it cannot read, and says so in these
+            // words (core src/model_repository_manager/model_repository_manager.cc,
+            // LoadUnloadModel; Triton's client example simple_grpc_model_control.py checks them);
+            // the reason follows.
             Some(json) => Some(tern_repository::config_override_from_json(json).map_err(|e| {
-                RequestError::InvalidArgument(format!("model '{name}': 'config' parameter: {e}"))
+                RequestError::Internal(format!("{}: 'config' parameter: {e}", poll_failure(name)))
             })?),
             None => None,
         };
@@ -430,4 +434,11 @@ impl ModelManager {
     pub fn clear(&self) {
         self.table.store(Arc::new(HashMap::new()));
     }
+}
+
+/// Triton's words for a load whose repository poll failed (an unknown model, an unreadable
+/// config override, bad uploaded file names): INTERNAL "failed to load '<name>', failed to poll
+/// from model repository".
+pub fn poll_failure(name: &str) -> String {
+    format!("failed to load '{name}', failed to poll from model repository")
 }

@@ -205,7 +205,11 @@ async fn explicit_mode_loads_unloads_overrides_and_uploads() -> anyhow::Result<(
         ))
         .await
         .expect_err("malformed JSON");
-    assert_eq!(e.code(), Code::InvalidArgument);
+    assert_eq!(e.code(), Code::Internal);
+    assert!(
+        e.message()
+            .starts_with("failed to load 'versioned_scale', failed to poll from model repository: 'config'")
+    );
     let e = c
         .repository_model_load(load_request(
             "up2",
@@ -216,7 +220,8 @@ async fn explicit_mode_loads_unloads_overrides_and_uploads() -> anyhow::Result<(
         ))
         .await
         .expect_err("path traversal");
-    assert_eq!(e.code(), Code::InvalidArgument, "{}", e.message());
+    assert_eq!(e.code(), Code::Internal, "{}", e.message());
+    assert!(e.message().contains("failed to poll from model repository") && e.message().contains("file:"));
     assert_eq!(scale(&mut c, "").await?, ("2".into(), times(2.0)), "still serving");
     node.stop().await
 }

@@ -548,7 +548,8 @@ impl Placement {
 fn is_unknown_model(status: &ClientError) -> bool {
     match status.code() {
         Code::NotFound | Code::InvalidArgument => true,
-        Code::Internal => status.message().ends_with("failed to poll from model repository"),
+        // Also a config or files the nodes cannot read, which Triton reports the same way.
+        Code::Internal => status.message().contains("failed to poll from model repository"),
         _ => false,
     }
 }
