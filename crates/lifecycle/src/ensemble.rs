@@ -12,7 +12,6 @@ use std::sync::Arc;
 
 use tern_proto::inference::ModelConfig;
 use tern_repository::{EnsembleGraph, EnsembleStep, ModelSource};
-use tern_scheduler::{Scheduler, SchedulerConfig};
 
 use crate::loader::LoadedModel;
 use crate::table::{ModelEntry, VersionState};
@@ -118,16 +117,8 @@ pub(crate) fn load_ensemble_versions(
     Ok(versions
         .into_iter()
         .map(|v| {
-            // No instance threads: the scheduler keeps the ensemble's statistics and the drain's
-            // bookkeeping the same as for other models.
-            let scheduler = Scheduler::start(
-                name.clone(),
-                &format!("{name}-{v}"),
-                SchedulerConfig::from_model_config(&config),
-                Vec::new(),
-                runtime,
-            )
-            .map_err(|e| format!("model '{name}': cannot start its scheduler: {e}"));
+            // The steps run the ensemble; its scheduler keeps the statistics and the drain.
+            let scheduler = crate::loader::bookkeeping_scheduler(&name, v, &config, runtime);
             let loaded = scheduler.map(|scheduler| LoadedModel {
                 name: name.clone(),
                 version: v,

@@ -9,7 +9,6 @@ use std::collections::HashMap;
 use tern_backend::GenerativeLoad;
 use tern_proto::inference::ModelConfig;
 use tern_repository::ModelSource;
-use tern_scheduler::{Scheduler, SchedulerConfig};
 
 use crate::loader::{LoadOptions, LoadedModel};
 
@@ -58,16 +57,8 @@ pub(crate) fn load_generative_version(
     };
     let engine = factory.load(&load).map_err(|e| format!("model '{name}' version {v}: {e}"))?;
     let io = crate::loader::model_io(&config, &HashMap::new())?;
-    // No instance threads: the engine runs the model. The scheduler keeps the version's
-    // statistics (ModelStatistics) and the drain's bookkeeping the same as for other models.
-    let scheduler = Scheduler::start(
-        name.clone(),
-        &format!("{name}-{v}"),
-        SchedulerConfig::from_model_config(&config),
-        Vec::new(),
-        runtime,
-    )
-    .map_err(|e| format!("model '{name}': cannot start its scheduler: {e}"))?;
+    // The engine runs the model; its scheduler keeps the statistics and the drain.
+    let scheduler = crate::loader::bookkeeping_scheduler(&name, v, &config, runtime)?;
     tracing::info!(
         version = v,
         max_batch = parameters.max_batch,

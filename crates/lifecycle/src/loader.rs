@@ -302,6 +302,25 @@ pub(crate) fn model_io(
     })
 }
 
+/// A scheduler with no instance threads, for a version something else runs (a generative
+/// model's engine, an ensemble's steps): it keeps the version's statistics (ModelStatistics)
+/// and the drain's bookkeeping the same as for other models.
+pub(crate) fn bookkeeping_scheduler(
+    name: &str,
+    v: u64,
+    config: &ModelConfig,
+    runtime: &tokio::runtime::Handle,
+) -> Result<Scheduler, String> {
+    Scheduler::start(
+        name.to_owned(),
+        &format!("{name}-{v}"),
+        SchedulerConfig::from_model_config(config),
+        Vec::new(),
+        runtime,
+    )
+    .map_err(|e| format!("model '{name}': cannot start its scheduler: {e}"))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
