@@ -172,6 +172,14 @@ impl VersionLoader for OrtVersionLoader {
         if padding > 0 && !self.buckets.is_empty() {
             tracing::info!(buckets = ?self.buckets, instances = padding, "batches padded to buckets");
         }
+        let bound = plans
+            .iter()
+            .filter(|p| p.settings.batch_buckets.applies_to(p.device))
+            .filter(|p| p.settings.io_binding.applies_to(p.device) || p.settings.uses_cuda_graphs())
+            .count();
+        if bound > 0 && !self.buckets.is_empty() {
+            tracing::info!(instances = bound, "bucketed batches run through an IO binding");
+        }
         if self.base.cuda_graphs {
             warn_unused_graphs(&plans, !self.buckets.is_empty());
         }
