@@ -12,7 +12,7 @@ use tern_backend::{Backend, BackendError};
 use tern_core::{ModelSignature, Tensor, TensorSpec};
 
 use crate::accelerators::Device;
-use crate::binding::{Bindings, GRAPH_ID_KEY};
+use crate::binding::{Bindings, GRAPH_ID_KEY, gpu_run_guard};
 use crate::convert::{PreparedInput, datatype_of, output_tensor, run_error};
 use crate::model_cache::{self, CacheEntry, CacheUse};
 use crate::settings::SessionSettings;
@@ -242,7 +242,10 @@ impl Backend for OrtBackend {
         let options = options.with_outputs(selector);
 
         let session_inner = self.session.inner();
+        // Shared with other GPU runs, never during a CUDA graph capture (see the `binding` module).
+        let guard = matches!(self.device, Device::Cuda { .. }).then(|| gpu_run_guard(false));
         let mut results = self.session.run_with_options(run_inputs, &options).map_err(run_error)?;
+        drop(guard);
         let lent: Vec<_> = prepared.iter().filter_map(PreparedInput::lent).collect();
         let mut produced = Vec::with_capacity(selected.len());
         for name in &selected {

@@ -17,11 +17,20 @@
 //!   first run and replays it after (ORT's CUDA provider docs, "Using CUDA Graphs"); the bound
 //!   device buffers never move. Runs outside the binding pass `gpu_graph_id = -1` (no capture).
 //!
+//! ORT captures in CUDA's global capture mode, and keeps a captured graph per thread (its CUDA
+//! provider's per-thread context, capture after two regular runs): while one thread captures, a
+//! CUDA allocation or synchronous copy on any other thread of the process would fail or break the
+//! capture. So each bucket's first [`CAPTURE_RUNS`] runs on a thread (the bucket warmup's thread,
+//! then the instance's serving thread) hold [`CUDA_CAPTURE`] exclusively, and every other GPU run
+//! of this crate, bound or not, holds it shared. Sessions outside this crate (tern-generate's
+//! CUDA decoder) do not take it: do not ask for CUDA graphs beside a generative model on a GPU.
+//!
 //! Only models whose inputs and outputs are fixed-size tensors with a variable batch dimension
 //! and every other dimension known take this path (their shapes at a bucket are known before
 //! the run); anything else, and any batch not at a bucket's size, runs as before.
 
-use std::sync::Arc;
+use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::thread::ThreadId;
 
 use bytes::Bytes;
 use ort::memory::{AllocationDevice, Allocator, AllocatorType, MemoryInfo, MemoryType};
@@ -36,14 +45,39 @@ use crate::convert::{PreparedInput, element_type_of, fill_fixed, fixed_bytes, ru
 /// Host output sets each bucket keeps for reuse.
 pub(crate) const POOLED_OUTPUT_SETS: usize = 4;
 
-/// ORT's run config key naming the CUDA graph a run captures or replays; -1: none
-/// (`kOrtRunOptionsConfigCudaGraphAnnotation`).
+/// ORT's run config key naming the CUDA graph a run captures or replays; -1: none, 0: reserved
+/// by ORT (`kOrtRunOptionsConfigCudaGraphAnnotation`, onnxruntime_run_options_config_keys.h).
 pub(crate) const GRAPH_ID_KEY: &str = "gpu_graph_id";
+
+/// Runs of a bucket on one thread that may capture its graph (ORT: two regular runs, then the
+/// capture), with one to spare.
+pub(crate) const CAPTURE_RUNS: u32 = 4;
+
+/// Held exclusively by a run that may capture a CUDA graph, shared by every other GPU run (see
+/// the module docs).
+pub(crate) static CUDA_CAPTURE: RwLock<()> = RwLock::new(());
+
+/// What a GPU run holds of [`CUDA_CAPTURE`] while it runs.
+pub(crate) enum GpuRunGuard {
+    Shared { _guard: RwLockReadGuard<'static, ()> },
+    Exclusive { _guard: RwLockWriteGuard<'static, ()> },
+}
+
+/// Takes [`CUDA_CAPTURE`] for one GPU run (a poisoned lock only means a run panicked).
+pub(crate) fn gpu_run_guard(may_capture: bool) -> GpuRunGuard {
+    if may_capture {
+        GpuRunGuard::Exclusive { _guard: CUDA_CAPTURE.write().unwrap_or_else(|e| e.into_inner()) }
+    } else {
+        GpuRunGuard::Shared { _guard: CUDA_CAPTURE.read().unwrap_or_else(|e| e.into_inner()) }
+    }
+}
 
 /// An instance's bindings, one per bucket, each built on the first run of its size.
 pub(crate) struct Bindings {
     buckets: Vec<u32>,
     slots: Vec<Option<BucketSlot>>,
+    /// Per bucket: the thread of its last run and its runs on that thread (CUDA graphs only).
+    runs_on_thread: Vec<(Option<ThreadId>, u32)>,
     inputs: Vec<TensorSpec>,
     outputs: Vec<TensorSpec>,
     memory: Memory,
@@ -133,6 +167,7 @@ impl Bindings {
         Ok(Bindings {
             buckets: buckets.to_vec(),
             slots: buckets.iter().map(|_| None).collect(),
+            runs_on_thread: buckets.iter().map(|_| (None, 0)).collect(),
             inputs: signature.inputs.clone(),
             outputs: signature.outputs.clone(),
             memory,
@@ -163,6 +198,10 @@ impl Bindings {
         inputs: &[PreparedInput],
         selected: &[String],
     ) -> Result<Vec<Tensor>, BackendError> {
+        let _guard = match self.memory {
+            Memory::Host => None,
+            Memory::Cuda { .. } => Some(gpu_run_guard(self.graphs && self.may_capture(slot))),
+        };
         if self.slots[slot].is_none() {
             let built = self.build_slot(session, slot).map_err(|e| {
                 BackendError::Execution(format!(
@@ -235,6 +274,12 @@ impl Bindings {
             .collect()
     }
 
+    /// Counts a run of bucket `slot` on this thread; whether ORT may capture its graph in it.
+    fn may_capture(&mut self, slot: usize) -> bool {
+        let me = std::thread::current().id();
+        self.runs_on_thread.get_mut(slot).is_none_or(|entry| count_run(entry, me))
+    }
+
     fn build_slot(&self, session: &Session, slot: usize) -> ort::Result<BucketSlot> {
         let rows = i64::from(self.buckets[slot]);
         let mut options = RunOptions::new()?;
@@ -242,7 +287,8 @@ impl Bindings {
             options.set(crate::backend::ARENA_SHRINKAGE_KEY, devices)?;
         }
         if self.graphs {
-            options.set(GRAPH_ID_KEY, slot.to_string())?;
+            // From 1: ORT reserves id 0 for its own use (onnxruntime_run_options_config_keys.h).
+            options.set(GRAPH_ID_KEY, (slot + 1).to_string())?;
         }
         let mut binding = session.create_binding()?;
         let alloc = |specs: &[TensorSpec], allocator: &Allocator| -> ort::Result<Vec<DynTensor>> {
@@ -261,6 +307,16 @@ impl Bindings {
         tracing::debug!(rows, graphs = self.graphs, "IO binding set up for a bucket");
         Ok(BucketSlot { binding, options, staged, device_inputs, device_outputs, pool: Vec::new() })
     }
+}
+
+/// Counts a run on thread `me` in `entry` (the last thread and its runs; another thread starts
+/// over, since ORT's capture state is per thread); whether it is one of the first [`CAPTURE_RUNS`].
+fn count_run(entry: &mut (Option<ThreadId>, u32), me: ThreadId) -> bool {
+    if entry.0 != Some(me) {
+        *entry = (Some(me), 0);
+    }
+    entry.1 = entry.1.saturating_add(1);
+    entry.1 <= CAPTURE_RUNS
 }
 
 fn new_tensor(spec: &TensorSpec, rows: i64, allocator: &Allocator) -> ort::Result<DynTensor> {
@@ -345,4 +401,22 @@ impl AsRef<[u8]> for HeldOutput {
 
 fn internal(e: impl std::fmt::Display) -> BackendError {
     BackendError::Execution(format!("internal error in the ONNX Runtime IO binding (this is a bug): {e}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_first_runs_of_a_bucket_on_each_thread_may_capture() {
+        let mut entry = (None, 0);
+        let here = std::thread::current().id();
+        let there = std::thread::spawn(|| std::thread::current().id()).join().expect("thread");
+        let first: Vec<bool> = (0..CAPTURE_RUNS + 2).map(|_| count_run(&mut entry, here)).collect();
+        assert_eq!(first.iter().filter(|&&c| c).count(), CAPTURE_RUNS as usize);
+        assert!(first[..CAPTURE_RUNS as usize].iter().all(|&c| c), "{first:?}");
+        // The serving thread after the warmup's: its own captures.
+        assert!(count_run(&mut entry, there));
+        assert_eq!(entry, (Some(there), 1));
+    }
 }
