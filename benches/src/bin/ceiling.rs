@@ -87,6 +87,7 @@ struct Args {
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     let info = tern_backend_ort::init_runtime(None)?;
+    anyhow::ensure!(!args.cuda_graphs || args.device == DeviceArg::Cuda, "--cuda-graphs needs --device cuda");
     let threads = args.threads.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
     let cpu_settings = SessionSettings { intra_op_threads: Some(threads), ..Default::default() };
     // A CPU session first: it gives the signature (for TensorRT's shape profile) and the
