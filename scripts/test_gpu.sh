@@ -7,12 +7,19 @@
 #      CUDA provider and on TensorRT (FP16) against a CPU session, same batch of 8 distinct
 #      rows, within a tolerance (2e-3 CUDA, 2e-2 TensorRT FP16);
 #   2. throughput in-process (benches `ceiling`): light_resnet50 on CPU, CUDA and TensorRT FP16
-#      at batch 1, 8, 32;
+#      at batch 1, 8, 16, 32; CUDA also through an IO binding, and with a CUDA graph per batch
+#      size (issue 25);
 #   3. through tern-node, when tern-node and perf_analyzer are there: KIND_GPU and KIND_CPU
 #      copies of light_resnet50 and resnet50_random (max_batch_size 32, dynamic batching,
 #      preferred 8/16/32) in one node; the placement it logs (and nvidia-smi's view); the served
 #      resnet50_random outputs against a CPU session (scripts/gpu/check_served.py, gRPC); and
-#      perf_analyzer throughput at concurrency 1/4/16 (batch-1 requests) for both light copies.
+#      perf_analyzer throughput at concurrency 1/4/16 (batch-1 requests) for the light copies:
+#      KIND_GPU as configured by default (buckets + IO binding), with `io_binding` off, with
+#      `optimization { cuda { graphs: true } }`, with buckets off, and KIND_CPU. The served
+#      resnet50_random copies (binding, no binding, graphs) are checked against a CPU session,
+#      and each light copy's rate at the highest concurrency is set against the best
+#      in-process CUDA rate of stage 2 at a batch the dynamic batcher can form there (issue 25's
+#      target: at least 90%).
 # Sessions are placed through tern_backend_ort::instance_plan, as a node places them. A
 # missing TensorRT is reported with its reason and then run as a node with
 # --allow-cpu-fallback would (CUDA without TensorRT); it fails the run only with
@@ -25,9 +32,10 @@
 # here if cargo is there, else CEILING_BIN / GPU_TEST_BIN: prebuilt binaries work, as on a
 # machine without Rust). Other knobs: STAGES (0,1,2,3: which of the parts below run), ORT_GPU_LIB,
 # MODEL_REPO, BATCHES (1,8,32), SECONDS_PER_BATCH (5), NODE_BIN, PERF_ANALYZER, NODE_CONCURRENCY
-# (1,4,16), PA_WINDOW_MS (3000), NODE_KINDS (GPU,GPU_NOBUCKETS,CPU: which light_resnet50 copies
-# perf_analyzer measures; GPU_NOBUCKETS is the KIND_GPU copy with `batch_buckets` off, the others
-# have Tern's defaults: buckets on GPU, off on CPU), PA_BATCH (1: rows per perf_analyzer request),
+# (1,4,16), PA_WINDOW_MS (3000), NODE_KINDS (GPU,GPU_NOBINDING,GPU_GRAPHS,GPU_NOBUCKETS,CPU: which
+# light_resnet50 copies perf_analyzer measures; GPU_NOBINDING is the KIND_GPU copy with `io_binding`
+# off, GPU_GRAPHS with CUDA graphs, GPU_NOBUCKETS with `batch_buckets` off, the others have Tern's
+# defaults: buckets and IO binding on GPU, off on CPU), PA_BATCH (1: rows per perf_analyzer request),
 # CUDNN_CONV_ALGO_SEARCH (unset: Tern's default, HEURISTIC; else 0/1/2 into the KIND_GPU configs'
 # parameters, 0 = EXHAUSTIVE, ORT's own default), RESULTS_DIR (benches/out/gpu), PYTHON.
 set -uo pipefail
@@ -35,7 +43,7 @@ cd "$(dirname "$0")/.."
 ROOT=$PWD
 
 ORT_GPU_LIB=${ORT_GPU_LIB:-$ROOT/.tern/onnxruntime-gpu/libonnxruntime.so.1.31.1}
-BATCHES=${BATCHES:-1,8,32}
+BATCHES=${BATCHES:-1,8,16,32}
 SECONDS_PER_BATCH=${SECONDS_PER_BATCH:-5}
 CEILING_BIN=${CEILING_BIN:-$ROOT/target/release/ceiling}
 NODE_BIN=${NODE_BIN:-$ROOT/target/release/tern-node}
@@ -45,7 +53,7 @@ MODEL_REPO=${MODEL_REPO:-$ROOT/examples/model_repository}
 STAGES=${STAGES:-0,1,2,3}
 NODE_CONCURRENCY=${NODE_CONCURRENCY:-1,4,16}
 PA_WINDOW_MS=${PA_WINDOW_MS:-3000}
-NODE_KINDS=${NODE_KINDS:-GPU,GPU_NOBUCKETS,CPU}
+NODE_KINDS=${NODE_KINDS:-GPU,GPU_NOBINDING,GPU_GRAPHS,GPU_NOBUCKETS,CPU}
 PA_BATCH=${PA_BATCH:-1}
 CUDNN_CONV_ALGO_SEARCH=${CUDNN_CONV_ALGO_SEARCH:-}
 want() { [[ ",$STAGES," == *",$1,"* ]]; }
@@ -164,9 +172,17 @@ if want 2; then
   } >"$TABLE"
   devices=(cpu cuda)
   [ "$TRT_OK" = 1 ] && devices+=(tensorrt)
+  # cuda+binding / cuda+graphs: the same CUDA session through an IO binding per batch size,
+  # without and with a CUDA graph each (issue 25).
+  devices+=(cuda+binding cuda+graphs)
   for dev in "${devices[@]}"; do
-    if ! ceiling --model "$LIGHT_MODEL" --device "$dev" --precision FP16 --trt-cache "$RESULTS_DIR/trt_cache" \
-          --batch "$BATCHES" --seconds "$SECONDS_PER_BATCH" --rows-only >>"$TABLE" 2>"$TMP/$dev.err"; then
+    extra=()
+    case $dev in
+      cuda+binding) extra=(--io-binding) ;;
+      cuda+graphs) extra=(--cuda-graphs) ;;
+    esac
+    if ! ceiling --model "$LIGHT_MODEL" --device "${dev%%+*}" --precision FP16 --trt-cache "$RESULTS_DIR/trt_cache" \
+          --batch "$BATCHES" --seconds "$SECONDS_PER_BATCH" --rows-only "${extra[@]}" >>"$TABLE" 2>"$TMP/$dev.err"; then
       tail -3 "$TMP/$dev.err"
       log "FAIL: $dev throughput run"
       failures=$((failures + 1))
@@ -212,12 +228,19 @@ CFG
       fi
     done
   done
-  # The same KIND_GPU model with batch buckets off (issue 25): batches run at whatever size the
-  # dynamic batcher forms, as before buckets existed.
-  cp -r "$repo/light_resnet50_gpu" "$repo/light_resnet50_gpu_nobuckets"
-  sed -i 's/^name: .*/name: "light_resnet50_gpu_nobuckets"/' "$repo/light_resnet50_gpu_nobuckets/config.pbtxt"
-  echo 'parameters { key: "batch_buckets" value: { string_value: "off" } }' \
-    >>"$repo/light_resnet50_gpu_nobuckets/config.pbtxt"
+  # Variants of the KIND_GPU models (issue 25): batch buckets off (batches run at whatever size
+  # the dynamic batcher forms, as before buckets existed), IO binding off (buckets, host buffers
+  # copied by ORT in Run), CUDA graphs on (one per bucket, on the bound device buffers).
+  variant() {  # source-model suffix config-line
+    cp -r "$repo/$1" "$repo/$1_$2"
+    sed -i "s/^name: .*/name: \"$1_$2\"/" "$repo/$1_$2/config.pbtxt"
+    echo "$3" >>"$repo/$1_$2/config.pbtxt"
+  }
+  for src in light_resnet50_gpu resnet50_random_gpu; do
+    variant "$src" nobuckets 'parameters { key: "batch_buckets" value: { string_value: "off" } }'
+    variant "$src" nobinding 'parameters { key: "io_binding" value: { string_value: "off" } }'
+    variant "$src" graphs 'optimization { cuda { graphs: true } }'
+  done
   gpu_mem() { nvidia-smi --query-gpu=memory.used --format=csv,noheader,nounits | head -1; }
   mem_before=$(gpu_mem)
   port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
@@ -243,7 +266,9 @@ CFG
     grep -E 'loaded' "$NODE_LOG" | grep 'resnet50_[a-z]*_gpu' | grep -q 'GPU' \
       || { log "FAIL: a KIND_GPU model's placement label does not name a GPU"; failures=$((failures + 1)); }
     "${PYTHON:-python3}" scripts/gpu/check_served.py --url "127.0.0.1:$port" --onnx "$RANDOM_MODEL" \
-      --model resnet50_random_gpu --model resnet50_random_cpu --batch 8 --atol 2e-3 | tee -a "$NODE_EVIDENCE" \
+      --model resnet50_random_gpu --model resnet50_random_cpu --model resnet50_random_gpu_nobinding \
+      --model resnet50_random_gpu_graphs --model resnet50_random_gpu_nobuckets --batch 8 --atol 2e-3 \
+      --concurrency 16 | tee -a "$NODE_EVIDENCE" \
       || { log "FAIL: served outputs vs CPU"; failures=$((failures + 1)); }
     NODE_TABLE=$TMP/node.md
     {
@@ -285,6 +310,18 @@ CFG
       done
     done
     cat "$NODE_TABLE"
+    # Issue 25's target: served at the highest concurrency >= 90% of the best in-process CUDA
+    # rate (stage 2, any mode) at a batch size the dynamic batcher can form there.
+    if [ -n "$TABLE" ]; then
+      formable=$((cmax * PA_BATCH))
+      best=$(awk -F'|' -v m="$formable" '$2 ~ /GPU/ && $2 !~ /TensorRT/ && $3+0 <= m && $5+0 > b { b = $5+0; l = $2 " batch " $3+0 } END { if (b) printf "%.1f %s", b, l }' "$TABLE")
+      if [ -n "$best" ]; then
+        RATIO=$TMP/ratio.md
+        echo "best in-process CUDA rate at batch <= $formable: ${best#* } = ${best%% *} inferences/s" >"$RATIO"
+        awk -F'|' -v c="$cmax" -v b="${best%% *}" '$4+0 == c && $5+0 > 0 { r = ($5+0) / b; printf "served %s at concurrency %d: %.1f infer/s = %.0f%% of it%s\n", $2, c, $5, 100 * r, (r >= 0.9 ? " (>= 90%: OK)" : " (< 90%)") }' "$NODE_TABLE" >>"$RATIO"
+        cat "$RATIO"
+      fi
+    fi
     [ "$on_gpu" = no ] && log "note: nvidia-smi does not list tern-node's pid (in a sandbox such as gVisor it may list no process at all): see the placement labels and GPU memory above"
   else
     tail -20 "$NODE_LOG"
@@ -306,6 +343,7 @@ fi
   [ -n "$TABLE" ] && { echo; cat "$TABLE"; }
   [ -n "$NODE_EVIDENCE" ] && { echo; cat "$NODE_EVIDENCE"; }
   [ -n "$NODE_TABLE" ] && { echo; cat "$NODE_TABLE"; }
+  [ -n "${RATIO:-}" ] && { echo; cat "$RATIO"; }
 } >"$RESULTS_DIR/summary.md"
 log "summary in $RESULTS_DIR/summary.md"
 [ "$failures" = 0 ] || die "$failures check(s) failed"

@@ -74,11 +74,20 @@ struct Args {
     /// Print only the table rows (to join the tables of several runs).
     #[arg(long)]
     rows_only: bool,
+    /// Run each measured batch size as a bucket through an IO binding with reused buffers, as a
+    /// node's GPU instances do (`io_binding`, issue 25).
+    #[arg(long)]
+    io_binding: bool,
+    /// `optimization { cuda { graphs: true } }`: one CUDA graph per batch size (implies
+    /// --io-binding; CUDA provider only).
+    #[arg(long)]
+    cuda_graphs: bool,
 }
 
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     let info = tern_backend_ort::init_runtime(None)?;
+    anyhow::ensure!(!args.cuda_graphs || args.device == DeviceArg::Cuda, "--cuda-graphs needs --device cuda");
     let threads = args.threads.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
     let cpu_settings = SessionSettings { intra_op_threads: Some(threads), ..Default::default() };
     // A CPU session first: it gives the signature (for TensorRT's shape profile) and the
@@ -88,10 +97,15 @@ fn main() -> anyhow::Result<()> {
     let input = sig.inputs.first().ok_or_else(|| anyhow::anyhow!("model has no inputs"))?.clone();
     anyhow::ensure!(input.datatype == DataType::Fp32, "first input must be FP32");
 
-    let (mut backend, label) = match args.device {
+    let (backend, label) = match args.device {
         DeviceArg::Cpu => (cpu, "CPU".to_string()),
         DeviceArg::Cuda | DeviceArg::Tensorrt => {
-            let plan = gpu_plan(&args, &input, threads)?;
+            let mut plan = gpu_plan(&args, &input, threads)?;
+            plan.settings.cuda_graphs = args.cuda_graphs;
+            anyhow::ensure!(
+                !args.cuda_graphs || plan.settings.uses_cuda_graphs(),
+                "--cuda-graphs needs the CUDA provider (not TensorRT)"
+            );
             let started = Instant::now();
             let mut device = OrtBackend::load(&args.model, &plan.settings)?;
             eprintln!(
@@ -110,6 +124,19 @@ fn main() -> anyhow::Result<()> {
     if args.seconds <= 0.0 {
         return Ok(());
     }
+    let mut buckets: Vec<u32> = args.batch.iter().filter_map(|&b| u32::try_from(b).ok()).collect();
+    buckets.sort_unstable();
+    buckets.dedup();
+    let mut backend = backend.with_batch_buckets(buckets).with_io_binding(args.io_binding);
+    anyhow::ensure!(
+        backend.io_binding() == (args.io_binding || args.cuda_graphs),
+        "the model cannot run through an IO binding (see the log)"
+    );
+    let label = match (args.cuda_graphs, backend.io_binding()) {
+        (true, _) => format!("{label} (io binding, CUDA graphs)"),
+        (false, true) => format!("{label} (io binding)"),
+        (false, false) => label,
+    };
     if !args.rows_only {
         println!(
             "model {} | onnxruntime {} | {label} | intra-op threads {threads} | {:.0} s per batch size",

@@ -12,12 +12,13 @@ use tern_backend::{Backend, BackendError};
 use tern_core::{ModelSignature, Tensor, TensorSpec};
 
 use crate::accelerators::Device;
+use crate::binding::{Bindings, GRAPH_ID_KEY, gpu_run_guard};
 use crate::convert::{PreparedInput, datatype_of, output_tensor, run_error};
 use crate::model_cache::{self, CacheEntry, CacheUse};
 use crate::settings::SessionSettings;
 use crate::{OrtBackendError, ffi, runtime};
 
-const ARENA_SHRINKAGE_KEY: &str = "memory.enable_memory_arena_shrinkage";
+pub(crate) const ARENA_SHRINKAGE_KEY: &str = "memory.enable_memory_arena_shrinkage";
 
 /// One loaded ONNX model: an ORT session and the signature read from it. `infer` takes
 /// `&mut self` because ORT's `Run` is not safe to call concurrently on one session: give each
@@ -28,6 +29,11 @@ pub struct OrtBackend {
     arena_shrinkage: Option<String>,
     /// Batch sizes batches are padded to ([`Backend::batch_buckets`]); empty: none.
     batch_buckets: Vec<u32>,
+    device: Device,
+    /// ORT's CUDA provider was created with CUDA graphs on ([`SessionSettings::uses_cuda_graphs`]).
+    graphs: bool,
+    /// Runs at a bucket's size go through these ([`OrtBackend::with_io_binding`]).
+    binding: Option<Bindings>,
 }
 
 impl std::fmt::Debug for OrtBackend {
@@ -92,6 +98,9 @@ impl OrtBackend {
             signature,
             arena_shrinkage: settings.arena_shrinkage.clone(),
             batch_buckets: Vec::new(),
+            device: settings.device,
+            graphs: settings.uses_cuda_graphs(),
+            binding: None,
         })
     }
 
@@ -99,6 +108,40 @@ impl OrtBackend {
     pub fn with_batch_buckets(mut self, buckets: Vec<u32>) -> OrtBackend {
         self.batch_buckets = buckets;
         self
+    }
+
+    /// Runs batches at a bucket's size through an IO binding with buffers reused between runs
+    /// (see the `binding` module) when `on`, or when the session captures CUDA graphs (which need
+    /// it). Call after [`OrtBackend::with_batch_buckets`]. A model that cannot be bound (strings,
+    /// dims other than the batch that vary, no buckets) runs as before, and the reason is logged.
+    pub fn with_io_binding(mut self, on: bool) -> OrtBackend {
+        if !on && !self.graphs {
+            self.binding = None;
+            return self;
+        }
+        let arena = self.arena_shrinkage.clone();
+        match Bindings::new(
+            &self.session,
+            &self.signature,
+            self.device,
+            self.graphs,
+            &self.batch_buckets,
+            arena,
+        ) {
+            Ok(b) => self.binding = Some(b),
+            Err(reason) if self.graphs => {
+                tracing::warn!(device = %self.device, reason, "CUDA graphs asked for (optimization.cuda.graphs) but not used: batches run without an IO binding");
+            }
+            Err(reason) => {
+                tracing::info!(device = %self.device, reason, "io_binding: batches run without an IO binding")
+            }
+        }
+        self
+    }
+
+    /// Whether batches at a bucket's size run through an IO binding.
+    pub fn io_binding(&self) -> bool {
+        self.binding.is_some()
     }
 
     /// The model's inputs and outputs, in the file's order; -1 for symbolic or unknown dims.
@@ -176,6 +219,12 @@ impl Backend for OrtBackend {
     fn infer(&mut self, inputs: Vec<Tensor>, outputs: &[String]) -> Result<Vec<Tensor>, BackendError> {
         let prepared = self.prepare_inputs(inputs)?;
         let selected: Vec<String> = self.selected_outputs(outputs)?.into_iter().map(str::to_string).collect();
+        if let Some(binding) = &mut self.binding
+            && let Some(slot) = binding.bucket_of(&prepared)
+        {
+            let produced = binding.run(&mut self.session, slot, &prepared, &selected)?;
+            return answer(outputs, produced);
+        }
 
         let run_inputs = prepared
             .iter()
@@ -185,11 +234,18 @@ impl Backend for OrtBackend {
         if let Some(devices) = &self.arena_shrinkage {
             options.set(ARENA_SHRINKAGE_KEY, devices).map_err(run_error)?;
         }
+        if self.graphs {
+            // Not at a bucket's buffers: no graph may be captured or replayed for this run.
+            options.set(GRAPH_ID_KEY, "-1").map_err(run_error)?;
+        }
         let selector = selected.iter().fold(OutputSelector::no_default(), |s, name| s.with(name.as_str()));
         let options = options.with_outputs(selector);
 
         let session_inner = self.session.inner();
+        // Shared with other GPU runs, never during a CUDA graph capture (see the `binding` module).
+        let guard = matches!(self.device, Device::Cuda { .. }).then(|| gpu_run_guard(false));
         let mut results = self.session.run_with_options(run_inputs, &options).map_err(run_error)?;
+        drop(guard);
         let lent: Vec<_> = prepared.iter().filter_map(PreparedInput::lent).collect();
         let mut produced = Vec::with_capacity(selected.len());
         for name in &selected {
@@ -198,21 +254,26 @@ impl Backend for OrtBackend {
                 .ok_or_else(|| BackendError::Execution(format!("ORT did not return output '{name}'")))?;
             produced.push(output_tensor(name, value, &lent, &session_inner)?);
         }
-        if outputs.is_empty() || outputs.len() == produced.len() {
-            return Ok(produced);
-        }
-        // Some output was named more than once: answer each mention (cheap `Bytes` clones).
-        outputs
-            .iter()
-            .map(|name| {
-                produced
-                    .iter()
-                    .find(|t| &t.name == name)
-                    .cloned()
-                    .ok_or_else(|| BackendError::Execution(format!("ORT did not return output '{name}'")))
-            })
-            .collect()
+        answer(outputs, produced)
     }
+}
+
+/// The outputs a request named, in its order, from those `produced` (each named output once).
+fn answer(outputs: &[String], produced: Vec<Tensor>) -> Result<Vec<Tensor>, BackendError> {
+    if outputs.is_empty() || outputs.len() == produced.len() {
+        return Ok(produced);
+    }
+    // Some output was named more than once: answer each mention (cheap `Bytes` clones).
+    outputs
+        .iter()
+        .map(|name| {
+            produced
+                .iter()
+                .find(|t| &t.name == name)
+                .cloned()
+                .ok_or_else(|| BackendError::Execution(format!("ORT did not return output '{name}'")))
+        })
+        .collect()
 }
 
 /// A session builder for `environment` with `settings` applied: session options, then the
@@ -243,11 +304,14 @@ pub(crate) fn configure(
                     }
                 })?;
         }
-        let provider = settings
-            .gpu
-            .cuda_options(device_id)
-            .into_iter()
-            .fold(ep::CUDA::default(), |p, (k, v)| p.with_arbitrary_config(k, v));
+        let mut cuda_options = settings.gpu.cuda_options(device_id);
+        if settings.uses_cuda_graphs() {
+            // Safe only because every bucket runs on fixed device buffers (crate::binding) and
+            // every other run passes gpu_graph_id = -1.
+            cuda_options.push(("enable_cuda_graph".to_string(), "1".to_string()));
+        }
+        let provider =
+            cuda_options.into_iter().fold(ep::CUDA::default(), |p, (k, v)| p.with_arbitrary_config(k, v));
         builder = builder.with_execution_providers([provider.build().error_on_failure()]).map_err(|e| {
             OrtBackendError::Provider {
                 provider: "CUDA",

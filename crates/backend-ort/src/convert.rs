@@ -23,7 +23,10 @@ use bytemuck::Pod;
 use bytes::Bytes;
 use half::{bf16, f16};
 use ort::session::{SessionInputValue, SharedSessionInner};
-use ort::value::{DynTensor, DynValue, PrimitiveTensorElementType, TensorElementType, TensorRef, ValueType};
+use ort::value::{
+    DynTensor, DynValue, PrimitiveTensorElementType, TensorElementType, TensorRef, TensorValueTypeMarker,
+    Value, ValueType,
+};
 use tern_backend::BackendError;
 use tern_core::{DataType, Tensor};
 
@@ -47,6 +50,26 @@ pub(crate) fn datatype_of(ty: TensorElementType) -> Option<DataType> {
         TensorElementType::Float64 => DataType::Fp64,
         TensorElementType::String => DataType::Bytes,
         _ => return None,
+    })
+}
+
+/// The ORT element type of a Tern datatype (the inverse of [`datatype_of`]).
+pub(crate) fn element_type_of(datatype: DataType) -> Option<TensorElementType> {
+    Some(match datatype {
+        DataType::Bool => TensorElementType::Bool,
+        DataType::Uint8 => TensorElementType::Uint8,
+        DataType::Uint16 => TensorElementType::Uint16,
+        DataType::Uint32 => TensorElementType::Uint32,
+        DataType::Uint64 => TensorElementType::Uint64,
+        DataType::Int8 => TensorElementType::Int8,
+        DataType::Int16 => TensorElementType::Int16,
+        DataType::Int32 => TensorElementType::Int32,
+        DataType::Int64 => TensorElementType::Int64,
+        DataType::Fp16 => TensorElementType::Float16,
+        DataType::Bf16 => TensorElementType::Bfloat16,
+        DataType::Fp32 => TensorElementType::Float32,
+        DataType::Fp64 => TensorElementType::Float64,
+        DataType::Bytes => return None,
     })
 }
 
@@ -85,6 +108,11 @@ impl PreparedInput {
             None => Payload::Strings(string_tensor(&name, &shape, count, &data)?),
         };
         Ok(PreparedInput { name, shape, payload })
+    }
+
+    /// The input's shape, as the request gave it.
+    pub(crate) fn shape(&self) -> &[i64] {
+        &self.shape
     }
 
     /// The buffer ORT reads in place, if any (outputs may alias it).
@@ -277,26 +305,70 @@ impl AsRef<[u8]> for OutputBuf {
     }
 }
 
-/// The raw little-endian bytes of a fixed-size CPU tensor.
-fn fixed_bytes(value: &DynValue, datatype: DataType) -> ort::Result<&[u8]> {
-    fn raw<T: PrimitiveTensorElementType + bytemuck::NoUninit>(value: &DynValue) -> ort::Result<&[u8]> {
+/// The raw little-endian bytes of a fixed-size tensor in host memory.
+pub(crate) fn fixed_bytes<V: TensorValueTypeMarker + ?Sized>(
+    value: &Value<V>,
+    datatype: DataType,
+) -> ort::Result<&[u8]> {
+    fn raw<T: PrimitiveTensorElementType + bytemuck::NoUninit, V: TensorValueTypeMarker + ?Sized>(
+        value: &Value<V>,
+    ) -> ort::Result<&[u8]> {
         value.try_extract_tensor::<T>().map(|(_, data)| bytemuck::cast_slice(data))
     }
     match datatype {
-        DataType::Bool => raw::<bool>(value),
-        DataType::Uint8 => raw::<u8>(value),
-        DataType::Uint16 => raw::<u16>(value),
-        DataType::Uint32 => raw::<u32>(value),
-        DataType::Uint64 => raw::<u64>(value),
-        DataType::Int8 => raw::<i8>(value),
-        DataType::Int16 => raw::<i16>(value),
-        DataType::Int32 => raw::<i32>(value),
-        DataType::Int64 => raw::<i64>(value),
-        DataType::Fp16 => raw::<f16>(value),
-        DataType::Bf16 => raw::<bf16>(value),
-        DataType::Fp32 => raw::<f32>(value),
-        DataType::Fp64 => raw::<f64>(value),
+        DataType::Bool => raw::<bool, V>(value),
+        DataType::Uint8 => raw::<u8, V>(value),
+        DataType::Uint16 => raw::<u16, V>(value),
+        DataType::Uint32 => raw::<u32, V>(value),
+        DataType::Uint64 => raw::<u64, V>(value),
+        DataType::Int8 => raw::<i8, V>(value),
+        DataType::Int16 => raw::<i16, V>(value),
+        DataType::Int32 => raw::<i32, V>(value),
+        DataType::Int64 => raw::<i64, V>(value),
+        DataType::Fp16 => raw::<f16, V>(value),
+        DataType::Bf16 => raw::<bf16, V>(value),
+        DataType::Fp32 => raw::<f32, V>(value),
+        DataType::Fp64 => raw::<f64, V>(value),
         DataType::Bytes => Err(ort::Error::new("BYTES output read as fixed-size")),
+    }
+}
+
+/// Copies `src` (the little-endian bytes of `datatype` elements, BOOL as 0/1) into `tensor`, a
+/// host tensor of exactly that many bytes.
+pub(crate) fn fill_fixed(tensor: &mut DynTensor, datatype: DataType, src: &[u8]) -> ort::Result<()> {
+    fn copy<T: PrimitiveTensorElementType + Pod>(tensor: &mut DynTensor, src: &[u8]) -> ort::Result<()> {
+        let (_, dst) = tensor.try_extract_tensor_mut::<T>()?;
+        let dst: &mut [u8] = bytemuck::cast_slice_mut(dst);
+        if dst.len() != src.len() {
+            return Err(ort::Error::new(format!("{} bytes for a tensor of {}", src.len(), dst.len())));
+        }
+        dst.copy_from_slice(src);
+        Ok(())
+    }
+    match datatype {
+        DataType::Bool => {
+            let (_, dst) = tensor.try_extract_tensor_mut::<bool>()?;
+            if dst.len() != src.len() {
+                return Err(ort::Error::new(format!("{} bytes for a tensor of {}", src.len(), dst.len())));
+            }
+            for (d, s) in dst.iter_mut().zip(src) {
+                *d = *s != 0;
+            }
+            Ok(())
+        }
+        DataType::Uint8 => copy::<u8>(tensor, src),
+        DataType::Uint16 => copy::<u16>(tensor, src),
+        DataType::Uint32 => copy::<u32>(tensor, src),
+        DataType::Uint64 => copy::<u64>(tensor, src),
+        DataType::Int8 => copy::<i8>(tensor, src),
+        DataType::Int16 => copy::<i16>(tensor, src),
+        DataType::Int32 => copy::<i32>(tensor, src),
+        DataType::Int64 => copy::<i64>(tensor, src),
+        DataType::Fp16 => copy::<f16>(tensor, src),
+        DataType::Bf16 => copy::<bf16>(tensor, src),
+        DataType::Fp32 => copy::<f32>(tensor, src),
+        DataType::Fp64 => copy::<f64>(tensor, src),
+        DataType::Bytes => Err(ort::Error::new("BYTES input staged as fixed-size")),
     }
 }
 

@@ -123,29 +123,18 @@ impl OrtVersionLoader {
 
     /// Opens one session, through the cache when it applies.
     fn open(&self, model: ModelBytes<'_>, settings: &SessionSettings) -> Result<OrtBackend, OrtBackendError> {
-        let (Some(cache), ModelBytes::File(path), Some(Some(digest))) = (&self.cache, model, &self.digest)
-        else {
-            return open(model, settings);
-        };
-        match cache.entry(digest, settings) {
-            Ok(entry) => {
-                let (backend, used) = OrtBackend::load_cached(path, settings, &entry)?;
-                tracing::debug!(model = %path.display(), ?used, "model cache");
-                if used == CacheUse::Uncached {
-                    tracing::debug!("the session was optimized online");
-                }
-                Ok(backend)
-            }
-            Err(reason) => {
-                tracing::debug!(model = %path.display(), reason, "not cached");
-                open(model, settings)
-            }
-        }
+        open_through(self.cache.as_ref(), &self.digest, model, settings)
     }
 
     /// Instance `index`'s buckets: the model's when its device pads.
     fn buckets_for(&self, plan: &InstancePlan) -> Vec<u32> {
         if plan.settings.batch_buckets.applies_to(plan.device) { self.buckets.clone() } else { Vec::new() }
+    }
+
+    /// `backend` as the plan's instance: its buckets, and its IO binding when the device wants one.
+    fn finish(&self, backend: OrtBackend, plan: &InstancePlan) -> Box<dyn Backend> {
+        let binding = plan.settings.io_binding.applies_to(plan.device);
+        Box::new(backend.with_batch_buckets(self.buckets_for(plan)).with_io_binding(binding))
     }
 }
 
@@ -183,6 +172,17 @@ impl VersionLoader for OrtVersionLoader {
         if padding > 0 && !self.buckets.is_empty() {
             tracing::info!(buckets = ?self.buckets, instances = padding, "batches padded to buckets");
         }
+        let bound = plans
+            .iter()
+            .filter(|p| p.settings.batch_buckets.applies_to(p.device))
+            .filter(|p| p.settings.io_binding.applies_to(p.device) || p.settings.uses_cuda_graphs())
+            .count();
+        if bound > 0 && !self.buckets.is_empty() {
+            tracing::info!(instances = bound, "bucketed batches run through an IO binding");
+        }
+        if self.base.cuda_graphs {
+            warn_unused_graphs(&plans, !self.buckets.is_empty());
+        }
         self.plans = plans;
         Ok(Placement { instance_groups, instances })
     }
@@ -196,7 +196,7 @@ impl VersionLoader for OrtVersionLoader {
             Some(b) => b,
             None => self.open(model, &plan.settings)?,
         };
-        Ok(Box::new(backend.with_batch_buckets(self.buckets_for(plan))))
+        Ok(self.finish(backend, plan))
     }
 
     fn instances(
@@ -216,7 +216,7 @@ impl VersionLoader for OrtVersionLoader {
         let to_open: Vec<usize> = (0..count).filter(|&i| opened[i].is_none()).collect();
         // One thread per session up to the cores (a GPU session's creation mostly waits on its device).
         let workers = to_open.len().min(self.cores.max(2));
-        let this = &*self;
+        let (cache, digest, plans) = (self.cache.as_ref(), &self.digest, &self.plans);
         let results: Vec<(usize, Result<OrtBackend, OrtBackendError>)> = std::thread::scope(|scope| {
             let chunks: Vec<Vec<usize>> =
                 (0..workers).map(|w| to_open.iter().copied().skip(w).step_by(workers).collect()).collect();
@@ -225,7 +225,7 @@ impl VersionLoader for OrtVersionLoader {
                 .map(|mine| {
                     scope.spawn(move || {
                         mine.into_iter()
-                            .map(|i| (i, this.open(model, &this.plans[i].settings)))
+                            .map(|i| (i, open_through(cache, digest, model, &plans[i].settings)))
                             .collect::<Vec<_>>()
                     })
                 })
@@ -256,9 +256,55 @@ impl VersionLoader for OrtVersionLoader {
             .enumerate()
             .map(|(i, b)| {
                 let b = b.ok_or_else(|| BackendError::Load(format!("instance {i} was not opened")))?;
-                Ok(Box::new(b.with_batch_buckets(self.buckets_for(&self.plans[i]))) as Box<dyn Backend>)
+                Ok(self.finish(b, &self.plans[i]))
             })
             .collect()
+    }
+}
+
+/// `optimization { cuda { graphs: true } }` where an instance cannot use it: said at load, not
+/// refused (Triton's ONNX Runtime backend ignores the field, so such configs exist; and a
+/// KIND_AUTO model lands on the CPU on a machine without a GPU).
+fn warn_unused_graphs(plans: &[InstancePlan], buckets: bool) {
+    for plan in plans {
+        let reason = match plan.device {
+            Device::Cpu => "CUDA graphs apply to GPU instances only",
+            Device::Cuda { .. } if plan.settings.gpu.tensorrt.is_some() => {
+                "the instance runs TensorRT, whose CUDA graphs Tern does not drive"
+            }
+            Device::Cuda { .. } if !buckets || !plan.settings.batch_buckets.applies_to(plan.device) => {
+                "CUDA graphs need fixed batch shapes (batch_buckets) and the model has none"
+            }
+            Device::Cuda { .. } => continue,
+        };
+        tracing::warn!(instance = %plan.label, reason, "optimization.cuda.graphs ignored for this instance");
+    }
+}
+
+/// [`OrtVersionLoader::open`] on the parts it reads (the loader holds sessions, which are not
+/// `Sync`, so its threads cannot share it).
+fn open_through(
+    cache: Option<&ModelCache>,
+    digest: &Option<Option<String>>,
+    model: ModelBytes<'_>,
+    settings: &SessionSettings,
+) -> Result<OrtBackend, OrtBackendError> {
+    let (Some(cache), ModelBytes::File(path), Some(Some(digest))) = (cache, model, digest) else {
+        return open(model, settings);
+    };
+    match cache.entry(digest, settings) {
+        Ok(entry) => {
+            let (backend, used) = OrtBackend::load_cached(path, settings, &entry)?;
+            tracing::debug!(model = %path.display(), ?used, "model cache");
+            if used == CacheUse::Uncached {
+                tracing::debug!("the session was optimized online");
+            }
+            Ok(backend)
+        }
+        Err(reason) => {
+            tracing::debug!(model = %path.display(), reason, "not cached");
+            open(model, settings)
+        }
     }
 }
 

@@ -30,16 +30,18 @@
 //!
 //! GPU sessions register TensorRT (when configured), then CUDA, then ORT's implicit CPU, each
 //! with `error_on_failure` so a missing provider library is a load error, never a silent CPU
-//! session. Inputs and outputs stay in host memory (ORT copies them to and from the device in
-//! `Run`): no IO binding yet. GPU instances run a few fixed batch shapes (batch buckets, each
-//! warmed up before READY), which is what pinned, reused buffers through an IO binding and a
-//! CUDA graph per bucket would build on (issue 25; not done, unmeasured without a GPU).
+//! session. GPU instances run a few fixed batch shapes (batch buckets, each warmed up before
+//! READY) through an IO binding per bucket (`binding`: inputs staged in pinned host memory,
+//! device buffers reused between runs, outputs copied once into pinned host memory that the
+//! response shares), optionally with one CUDA graph per bucket (`optimization { cuda { graphs:
+//! true } }`). On the CPU both are off by default (`io_binding` parameter).
 //!
 //! Not here: batching, queues, instance threads (`tern-backend`), config.pbtxt parsing and
 //! auto-complete (`tern-repository`), GPU metrics (NVML, in telemetry).
 
 pub mod accelerators;
 mod backend;
+mod binding;
 mod convert;
 pub mod factory;
 mod ffi;

@@ -14,6 +14,17 @@
 //! | `parameters` `memory.enable_memory_arena_shrinkage` | run config entry, passed through as is    |
 //! | `optimization { execution_accelerators }`, CUDA `parameters` | GPU providers: see [`crate::accelerators`] |
 //! | `parameters` `batch_buckets` (Tern's)               | `auto` (default: on for GPU instances, off for CPU), or on / off: pad each batch to the next bucket ([`tern_backend::batch::bucket_sizes`]) |
+//! | `parameters` `io_binding` (Tern's)                  | `auto` (default: on for GPU instances, off for CPU), or on / off: bucketed batches run through an IO binding with buffers reused between runs (the crate's `binding` module) |
+//! | `optimization { cuda { graphs: true } }`            | one CUDA graph per bucket on GPU instances (CUDA provider, not TensorRT); see below |
+//!
+//! `optimization.cuda.graphs` is Triton's field for its TensorRT backend; Triton's ONNX Runtime
+//! backend ignores it (`src/onnxruntime.cc` never reads `optimization.cuda`) and only passes
+//! `enable_cuda_graph` through to ORT without an IO binding. Tern honours the field where ORT can
+//! replay a graph correctly: a GPU instance on the CUDA provider, batches padded to buckets, and
+//! every bucket run on fixed device buffers (ORT's CUDA provider docs, "Using CUDA Graphs":
+//! addresses must not change between runs; one graph per `gpu_graph_id`). Elsewhere (a CPU
+//! instance, TensorRT, buckets off) it is ignored with a warning at load, as Triton would ignore
+//! it, rather than refused: the same config must load on a machine without a GPU.
 //!
 //! Differences from Triton, on purpose: Triton treats any other graph level as "all" and parses
 //! numbers with `std::stoi` (so "4x" is 4); here an unknown level, a negative or non-numeric
@@ -62,8 +73,9 @@ impl GraphOptimization {
     }
 }
 
-/// Tern's `batch_buckets` parameter: whether an instance pads its batches up to a few fixed
-/// sizes ([`tern_backend::Backend::batch_buckets`]).
+/// Tern's `batch_buckets` and `io_binding` parameters: whether an instance pads its batches up
+/// to a few fixed sizes ([`tern_backend::Backend::batch_buckets`]), and whether it runs them
+/// through an IO binding with reused buffers.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub enum BucketMode {
     /// On for GPU instances, where ORT's CUDA provider plans per input shape; off on CPU, where
@@ -117,6 +129,18 @@ pub struct SessionSettings {
     pub gpu: GpuSettings,
     /// `batch_buckets` (Tern's parameter).
     pub batch_buckets: BucketMode,
+    /// `io_binding` (Tern's parameter): same meaning of auto / on / off as `batch_buckets`.
+    pub io_binding: BucketMode,
+    /// `optimization { cuda { graphs: true } }`: used by GPU instances on the CUDA provider.
+    pub cuda_graphs: bool,
+}
+
+impl SessionSettings {
+    /// Whether ORT's CUDA provider captures graphs for this session: asked for, on a GPU, and
+    /// the CUDA provider not behind TensorRT (whose own graph option Tern does not drive).
+    pub fn uses_cuda_graphs(&self) -> bool {
+        self.cuda_graphs && matches!(self.device, Device::Cuda { .. }) && self.gpu.tensorrt.is_none()
+    }
 }
 
 const INTRA_OP_THREADS: &str = "intra_op_thread_count";
@@ -130,6 +154,8 @@ const INTRA_OP_SPINNING: &str = "session.intra_op.allow_spinning";
 const INTER_OP_SPINNING: &str = "session.inter_op.allow_spinning";
 /// Tern's own parameter (Triton has no such setting).
 pub const BATCH_BUCKETS: &str = "batch_buckets";
+/// Tern's own parameter (Triton has no such setting).
+pub const IO_BINDING: &str = "io_binding";
 
 /// [`session_settings_for`] with the strictest scope: no model directory, no cache directory,
 /// so every accelerator path and cache is refused.
@@ -180,16 +206,13 @@ pub fn session_settings_for(
         settings.inter_op_spinning = Some(parse_bool(INTER_OP_SPINNING, v)?);
     }
     if let Some(v) = param(BATCH_BUCKETS) {
-        settings.batch_buckets = match v.trim().to_ascii_lowercase().as_str() {
-            "auto" | "" => BucketMode::Auto,
-            _ => match crate::accelerators::parse_bool(v) {
-                Ok(true) => BucketMode::On,
-                Ok(false) => BucketMode::Off,
-                Err(_) => {
-                    return Err(invalid(BATCH_BUCKETS, v, "expected auto, true, false, on, off, 1 or 0"));
-                }
-            },
-        };
+        settings.batch_buckets = parse_mode(BATCH_BUCKETS, v)?;
+    }
+    if let Some(v) = param(IO_BINDING) {
+        settings.io_binding = parse_mode(IO_BINDING, v)?;
+    }
+    if let Some(cuda) = config.optimization.as_ref().and_then(|o| o.cuda.as_ref()) {
+        settings.cuda_graphs = cuda.graphs;
     }
     if let Some(v) = param(ARENA_SHRINKAGE) {
         // ORT validates the device list ("cpu:0;gpu:0") when the run starts.
@@ -207,6 +230,17 @@ pub fn session_settings_for(
         settings.arena_shrinkage = Some(v.to_string());
     }
     Ok(settings)
+}
+
+fn parse_mode(name: &str, value: &str) -> Result<BucketMode, OrtBackendError> {
+    match value.trim().to_ascii_lowercase().as_str() {
+        "auto" | "" => Ok(BucketMode::Auto),
+        _ => match crate::accelerators::parse_bool(value) {
+            Ok(true) => Ok(BucketMode::On),
+            Ok(false) => Ok(BucketMode::Off),
+            Err(_) => Err(invalid(name, value, "expected auto, true, false, on, off, 1 or 0")),
+        },
+    }
 }
 
 /// Threads one session's pool may have (each instance has its own): a config must not make
@@ -325,6 +359,28 @@ mod tests {
     }
 
     #[test]
+    fn io_binding_and_cuda_graphs_parse() {
+        let s = |params: &[(&str, &str)], graphs: bool| {
+            let mut c = config(params, None);
+            c.optimization = Some(ModelOptimizationPolicy {
+                cuda: Some(model_optimization_policy::Cuda { graphs, ..Default::default() }),
+                ..Default::default()
+            });
+            session_settings(&c).ok()
+        };
+        let defaults = s(&[], false);
+        assert_eq!(defaults.as_ref().map(|s| (s.io_binding, s.cuda_graphs)), Some((BucketMode::Auto, false)));
+        let on = s(&[("io_binding", "on")], true);
+        assert_eq!(on.as_ref().map(|s| (s.io_binding, s.cuda_graphs)), Some((BucketMode::On, true)));
+        let mut gpu = on.unwrap_or_default();
+        assert!(!gpu.uses_cuda_graphs(), "not on the CPU");
+        gpu.device = Device::Cuda { device_id: 0 };
+        assert!(gpu.uses_cuda_graphs());
+        gpu.gpu.tensorrt = Some(Default::default());
+        assert!(!gpu.uses_cuda_graphs(), "not behind TensorRT");
+    }
+
+    #[test]
     fn arena_shrinkage_needs_the_arena() {
         let params = [("enable_mem_arena", "0"), ("memory.enable_memory_arena_shrinkage", "cpu:0")];
         let err = session_settings(&config(&params, None)).err().map(|e| e.to_string());
@@ -344,6 +400,7 @@ mod tests {
             ("enable_mem_pattern", ""),
             ("session.intra_op.allow_spinning", "sometimes"),
             ("batch_buckets", "sometimes"),
+            ("io_binding", "maybe"),
         ] {
             let err = session_settings(&config(&[(key, value)], None)).err().map(|e| e.to_string());
             assert!(err.as_ref().is_some_and(|e| e.contains(key)), "{key}={value}: {err:?}");

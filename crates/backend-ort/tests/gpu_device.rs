@@ -372,3 +372,52 @@ fn every_example_datatype_runs_on_the_gpu() {
     let out = run(&mut strings, vec![input]);
     assert_eq!(out[0].data, Bytes::from(data));
 }
+
+/// `images()` with every value shifted: a second, different batch of 4.
+fn other_images() -> Tensor {
+    let t = images();
+    let data: Vec<u8> = f32s(&t).iter().flat_map(|v| (1.0 - v).to_le_bytes()).collect();
+    Tensor { data: Bytes::from(data), ..t }
+}
+
+#[test]
+fn io_binding_and_cuda_graphs_give_the_unbound_answers_on_the_gpu() {
+    // Issue 25: buckets through an IO binding (pinned staging, device buffers reused), with and
+    // without one CUDA graph per bucket, against the same GPU without a binding. Two different
+    // batches in turn: a graph replayed on stale buffers would answer the first for the second.
+    let c = config(vec![group(Kind::Gpu, 1, &[0])], &[], &[]);
+    if !gpu_applies("io_binding_and_cuda_graphs_give_the_unbound_answers_on_the_gpu", &c) {
+        return;
+    }
+    let plans = plans_for(&c);
+    let model = example("resnet50_random");
+    let buckets = vec![1, 2, 4, 8];
+    let mut plain =
+        load(&model, &plans[0].settings).with_batch_buckets(buckets.clone()).with_io_binding(false);
+    let mut bound =
+        load(&model, &plans[0].settings).with_batch_buckets(buckets.clone()).with_io_binding(true);
+    let graph_settings = SessionSettings { cuda_graphs: true, ..plans[0].settings.clone() };
+    assert!(graph_settings.uses_cuda_graphs());
+    let mut graphs = load(&model, &graph_settings).with_batch_buckets(buckets).with_io_binding(false);
+    assert!(
+        !plain.io_binding() && bound.io_binding() && graphs.io_binding(),
+        "graphs bind even when io_binding is off"
+    );
+    let expected: Vec<Vec<f32>> =
+        [images(), other_images()].map(|i| f32s(&run(&mut plain, vec![i])[0])).to_vec();
+    assert!(max_diff(&expected[0], &expected[1]) > 1e-3, "the two batches must answer differently");
+    for (name, backend) in [("io binding", &mut bound), ("io binding + CUDA graphs", &mut graphs)] {
+        let mut address = None;
+        for round in 0..3 {
+            for (i, input) in [images(), other_images()].into_iter().enumerate() {
+                let out = run(backend, vec![input]);
+                let d = max_diff(&f32s(&out[0]), &expected[i]);
+                eprintln!("{name}, round {round}, batch {i}: max |diff| vs unbound {d:.2e}");
+                assert!(d < 1e-5, "{name}: batch {i} differs from the unbound run by {d}");
+                // Dropped before the next run: the same pinned output buffer each time.
+                let here = out[0].data.as_ptr() as usize;
+                assert_eq!(*address.get_or_insert(here), here, "{name}: the output buffer moved");
+            }
+        }
+    }
+}

@@ -58,8 +58,8 @@ pub(crate) const NATIVE_CODE: &str = "loads native code (ONNX Runtime would dlop
 const DUMP_SUBGRAPHS: &str = "writes the model's TensorRT subgraphs, weights included, into the node's working \
      directory, outside the model directory and the accelerator cache directory";
 const CUDA_GRAPH: &str = "CUDA graphs replay on the device buffers they were captured with, which needs IO \
-     binding with fixed device buffers; Tern binds host buffers, so results would be stale (set it to 0 or \
-     remove it)";
+     binding with fixed device buffers per batch shape; ask for them with `optimization { cuda { graphs: true } }` \
+     (CUDA provider, batch buckets), which Tern binds that way, and set this to 0 or remove it";
 
 pub(crate) const PRECISION_MODES: &[&str] = &["FP32", "FP16", "BF16", "INT8"];
 pub(crate) const TACTIC_SOURCES: &[&str] =

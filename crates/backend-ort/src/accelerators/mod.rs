@@ -45,7 +45,8 @@
 //! Differences from Triton, on purpose: numbers and booleans are parsed strictly (no `stoi`
 //! prefixes); `enable_cuda_graph` / `trt_cuda_graph_enable` are refused, because ORT replays a
 //! captured graph on the device buffers of the capture, which only IO binding with fixed device
-//! buffers keeps valid and Tern binds host buffers (results would silently be stale); any
+//! buffers keeps valid: Tern turns CUDA graphs on itself for `optimization { cuda { graphs: true
+//! } }`, with such a binding per bucket (see `crate::settings`); any
 //! `cpu_execution_accelerator` is refused ("openvino" is not in Tern's ONNX Runtime).
 
 mod keys;

@@ -8,4 +8,5 @@ mod common;
 mod accelerator_policy;
 mod buckets_and_cache;
 mod gpu_placement;
+mod io_binding;
 mod ort_backend;
