@@ -26,6 +26,8 @@ pub struct GenerativeLoad {
     pub max_queue: usize,
     /// ONNX Runtime intra-op threads (0: the runtime's default).
     pub intra_op_threads: usize,
+    /// Whether idle intra-op threads spin (`None`: the runtime's default).
+    pub intra_op_spinning: Option<bool>,
     /// The GPU to run on (`KIND_GPU`); `None` for the CPU.
     pub gpu: Option<i32>,
 }

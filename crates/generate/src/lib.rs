@@ -59,6 +59,9 @@ pub struct EngineOptions {
     pub max_queue: usize,
     /// ONNX Runtime intra-op threads (0: ONNX Runtime's default).
     pub intra_threads: usize,
+    /// Whether ONNX Runtime's idle intra-op threads spin before sleeping (`None`: its default,
+    /// yes). Spinning threads take the cores the streaming front end needs between steps.
+    pub intra_spinning: Option<bool>,
     /// Run on the CUDA execution provider with the KV cache kept on the device: the step's
     /// inputs and outputs go through an IO binding, `present` stays in device memory and is fed
     /// back as the next `past`; only a batch rebuild (a sequence joins or leaves) copies the
@@ -76,6 +79,7 @@ impl Default for EngineOptions {
             kv_budget_bytes: 256 << 20,
             max_queue: 256,
             intra_threads: 0,
+            intra_spinning: None,
             cuda_device: None,
             model_cache: None,
         }
@@ -268,6 +272,7 @@ impl Engine {
             dir,
             &config,
             options.intra_threads,
+            options.intra_spinning,
             options.cuda_device,
             options.model_cache.as_ref(),
         )?;

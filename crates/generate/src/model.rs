@@ -52,6 +52,7 @@ impl Decoder {
         dir: &Path,
         config: &GenAiConfig,
         intra_threads: usize,
+        intra_spinning: Option<bool>,
         cuda_device: Option<i32>,
         cache: Option<&tern_backend_ort::ModelCache>,
     ) -> Result<Decoder, GenError> {
@@ -70,6 +71,7 @@ impl Decoder {
             Some(cache) => {
                 let settings = tern_backend_ort::SessionSettings {
                     intra_op_threads: (intra_threads > 0).then_some(intra_threads),
+                    intra_op_spinning: intra_spinning,
                     ..Default::default()
                 };
                 tern_backend_ort::model_cache::open_cached(cache, &path, &settings)
@@ -80,6 +82,9 @@ impl Decoder {
                 if intra_threads > 0 {
                     builder =
                         builder.with_intra_threads(intra_threads).map_err(|e| load_error(e.to_string()))?;
+                }
+                if let Some(spin) = intra_spinning {
+                    builder = builder.with_intra_op_spinning(spin).map_err(|e| load_error(e.to_string()))?;
                 }
                 if let Some(device) = cuda_device {
                     // `error_on_failure`: a CUDA request that cannot be met fails the load instead of

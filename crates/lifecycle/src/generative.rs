@@ -53,6 +53,7 @@ pub(crate) fn load_generative_version(
         kv_cache_bytes: parameters.kv_cache_bytes,
         max_queue: parameters.max_queue,
         intra_op_threads: parameters.intra_op_threads,
+        intra_op_spinning: parameters.intra_op_spinning,
         gpu: parameters.gpu,
     };
     let engine = factory.load(&load).map_err(|e| format!("model '{name}' version {v}: {e}"))?;

@@ -63,6 +63,7 @@ impl GenerativeFactory for EngineFactory {
             kv_budget_bytes: load.kv_cache_bytes,
             max_queue: load.max_queue,
             intra_threads: load.intra_op_threads,
+            intra_spinning: load.intra_op_spinning,
             cuda_device: load.gpu,
             // An upload's files are a client's: they must not fill the node's disk.
             model_cache: self

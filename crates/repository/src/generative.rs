@@ -34,6 +34,9 @@ pub const KV_CACHE_BYTES_KEY: &str = "kv_cache_bytes";
 pub const MAX_QUEUE_KEY: &str = "max_queue";
 /// `parameters` key: ONNX Runtime intra-op threads (as for ONNX models; 0: ORT's default).
 pub const INTRA_OP_THREADS_KEY: &str = "intra_op_thread_count";
+/// `parameters` key: whether ONNX Runtime's idle intra-op threads spin before they sleep (as for
+/// ONNX models; ONNX Runtime's default: yes).
+pub const INTRA_OP_SPINNING_KEY: &str = "session.intra_op.allow_spinning";
 
 /// Default of `max_batch`.
 pub const DEFAULT_GEN_MAX_BATCH: usize = 16;
@@ -438,6 +441,8 @@ pub struct GenerativeParameters {
     pub max_queue: usize,
     /// 0: ONNX Runtime's default.
     pub intra_op_threads: usize,
+    /// `None`: ONNX Runtime's default (spin).
+    pub intra_op_spinning: Option<bool>,
     /// `Some(gpu)` for a `KIND_GPU` instance group.
     pub gpu: Option<i32>,
 }
@@ -479,6 +484,21 @@ pub fn generative_parameters(config: &ModelConfig) -> Result<GenerativeParameter
         )?,
         max_queue: read(MAX_QUEUE_KEY, DEFAULT_GEN_MAX_QUEUE as u64, 0, MAX_GEN_QUEUE as u64)? as usize,
         intra_op_threads: read(INTRA_OP_THREADS_KEY, 0, 0, MAX_GEN_THREADS as u64)? as usize,
+        intra_op_spinning: config
+            .parameters
+            .get(INTRA_OP_SPINNING_KEY)
+            .map(|p| match p.string_value.trim().to_ascii_lowercase().as_str() {
+                "1" | "true" | "on" => Ok(true),
+                "0" | "false" | "off" => Ok(false),
+                _ => Err(RepositoryError::invalid(
+                    model,
+                    format!(
+                        "parameters '{INTRA_OP_SPINNING_KEY}': '{}' is not a boolean (true, false, 1 or 0)",
+                        p.string_value
+                    ),
+                )),
+            })
+            .transpose()?,
         gpu,
     })
 }

@@ -38,6 +38,7 @@ fn absent_config_is_completed_as_a_decoupled_generate_model() -> Result<(), Stri
             kv_cache_bytes: 256 << 20,
             max_queue: 256,
             intra_op_threads: 0,
+            intra_op_spinning: None,
             gpu: None
         }
     );
@@ -62,10 +63,11 @@ fn partial_config_keeps_what_it_gives_and_gets_the_rest() -> Result<(), String> 
     let p = generative_parameters(&complete(Some(
         "parameters { key: \"max_batch\" value { string_value: \"4\" } }\n\
              parameters { key: \"max_queue\" value { string_value: \"0\" } }\n\
+             parameters { key: \"session.intra_op.allow_spinning\" value { string_value: \"0\" } }\n\
              instance_group [ { kind: KIND_GPU gpus: [ 1 ] } ]",
     ))?)
     .map_err(|e| e.to_string())?;
-    assert_eq!((p.max_batch, p.max_queue, p.gpu), (4, 0, Some(1)));
+    assert_eq!((p.max_batch, p.max_queue, p.intra_op_spinning, p.gpu), (4, 0, Some(false), Some(1)));
     Ok(())
 }
 
@@ -113,6 +115,10 @@ fn contradicting_configs_are_refused_naming_model_and_field() {
         (
             "parameters { key: \"intra_op_thread_count\" value { string_value: \"-1\" } }",
             "'intra_op_thread_count': '-1' is not a whole number",
+        ),
+        (
+            "parameters { key: \"session.intra_op.allow_spinning\" value { string_value: \"maybe\" } }",
+            "model 'llm': parameters 'session.intra_op.allow_spinning': 'maybe' is not a boolean",
         ),
     ];
     for (text, expected) in cases {
