@@ -139,7 +139,12 @@ def _check_dyna(int_model: bytes, string_model: bytes) -> None:
     import onnxruntime as ort
 
     rows = lambda *v: np.array([[x] for x in v], np.int32)  # noqa: E731
-    controls = {"INPUT": rows(0, 7, 1, 9), "START": rows(1, 0, 0, 0), "END": rows(0, 0, 1, 1), "READY": rows(1, 1, 1, 0)}
+    controls = {
+        "INPUT": rows(0, 7, 1, 9),
+        "START": rows(1, 0, 0, 0),
+        "END": rows(0, 0, 1, 1),
+        "READY": rows(1, 1, 1, 0),
+    }
     sess = ort.InferenceSession(int_model, providers=["CPUExecutionProvider"])
     (out,) = sess.run(None, {**controls, "CORRID": np.array([[1000]] * 4, np.uint64)})
     assert out.ravel().tolist() == [1, 7, 1001, 0], out
@@ -320,9 +325,16 @@ def build(out: Path, install: Callable[[Path, str, bytes, str], None], built: li
         "simple_string_dyna_sequence",
         string_dyna,
         DYNA_CONFIG.format(
-            name="simple_string_dyna_sequence", runtime='backend: "onnxruntime"', corrid="TYPE_STRING", state=DYNA_STATE
+            name="simple_string_dyna_sequence",
+            runtime='backend: "onnxruntime"',
+            corrid="TYPE_STRING",
+            state=DYNA_STATE,
         ),
     )
     built.append(
-        ("simple_sequence, seq_accumulate*, *dyna_sequence", "stateful (sequence batcher: Direct, Oldest, implicit state)", "config.pbtxt")
+        (
+            "simple_sequence, seq_accumulate*, *dyna_sequence",
+            "stateful (sequence batcher: Direct, Oldest, implicit state)",
+            "config.pbtxt",
+        )
     )

@@ -15,7 +15,7 @@ model_warmup on a sequence model (server qa/L0_warmup).
 
 from __future__ import annotations
 
-import http.client
+import http.client as http_client
 import json
 import queue
 import shutil
@@ -449,7 +449,7 @@ def cancel_http(node, sid):
         "inputs": [{"name": "INPUT", "shape": [1, 1], "datatype": "INT32", "data": [9]}],
     })
     host, port = node.http_addr.rsplit(":", 1)
-    conn = http.client.HTTPConnection(host, int(port), timeout=10)
+    conn = http_client.HTTPConnection(host, int(port), timeout=10)
     conn.request("POST", "/v2/models/seq_accumulate/infer", body, {"Content-Type": "application/json"})
     time.sleep(0.3)
     conn.close()
@@ -468,10 +468,13 @@ def test_a_cancelled_request_cancels_its_sequence(node, grpc, cancel):
     try:
         client = cancel(node, 123)
         # The cancelled sequence's next request joins it in the backlog; 124 waits behind it.
-        grpc.async_infer("seq_accumulate", value_input(grpcclient, 1), lambda r, e: answers.put(("123", r, e)),
-                         sequence_id=123)
-        grpc.async_infer("seq_accumulate", value_input(grpcclient, 40), lambda r, e: answers.put(("124", r, e)),
-                         sequence_id=124, sequence_start=True)
+        def answer(key):
+            return lambda result, error: answers.put((key, result, error))
+
+        grpc.async_infer("seq_accumulate", value_input(grpcclient, 1), answer("123"), sequence_id=123)
+        grpc.async_infer(
+            "seq_accumulate", value_input(grpcclient, 40), answer("124"), sequence_id=124, sequence_start=True
+        )
         time.sleep(0.3)
         assert answers.empty(), "nothing runs while both slots are held"
         step(grpc, grpcclient, "seq_accumulate", 1, 121, end=True)

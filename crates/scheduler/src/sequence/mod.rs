@@ -26,8 +26,8 @@ use crate::instance::backend_error;
 use crate::{Answer, Answers, InferJob, ModelStats};
 use config::ControlKind;
 pub use config::SequenceConfig;
-pub use tensors::warmup_inputs;
 use slots::{Cancellable, Entry, Row, SlotTable};
+pub use tensors::warmup_inputs;
 
 /// A request waiting in a slot or backlog.
 pub(crate) struct Item {
