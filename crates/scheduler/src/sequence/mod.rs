@@ -143,7 +143,8 @@ impl Sequencer {
         };
         let (reply, reply_rx) = oneshot::channel();
         let id = sequence.id.clone();
-        let has_timeout = job.timeout.is_some_and(|t| !t.is_zero());
+        // Triton: a timeout of 0 is none.
+        let timeout = job.timeout.filter(|t| !t.is_zero());
         let entry = Entry {
             item: Item { span: tracing::Span::current(), inputs: job.inputs, outputs: job.outputs, reply },
             id: sequence.id,
@@ -151,8 +152,7 @@ impl Sequencer {
             end: sequence.end,
             enqueued,
             shape_key,
-            // Triton: a timeout of 0 is none.
-            timeout: job.timeout.filter(|t| !t.is_zero()),
+            timeout,
         };
         let placed = {
             let mut table = self.lock();
@@ -176,7 +176,7 @@ impl Sequencer {
                     self.work[instance].notify_one();
                 }
                 // The reaper learns of a new sequence's idle deadline and of a backlog deadline.
-                if sequence.start || (placed == slots::Placed::Backlog && has_timeout) {
+                if sequence.start || (placed == slots::Placed::Backlog && timeout.is_some()) {
                     self.reaper.notify_one();
                 }
             }
