@@ -244,7 +244,7 @@ impl<T: Cancellable> SlotTable<T> {
         let mut wake = Vec::new();
         let mut next: Option<Instant> = None;
         let idle = self.idle;
-        let expired: Vec<CorrelationId> = self
+        let idled: Vec<CorrelationId> = self
             .last_seen
             .iter()
             .filter_map(|(id, &seen)| {
@@ -257,7 +257,7 @@ impl<T: Cancellable> SlotTable<T> {
                 }
             })
             .collect();
-        for id in expired {
+        for id in idled {
             if let Some((instance, slot)) = self.active.remove(&id) {
                 tracing::debug!(correlation_id = %id, "sequence idle past max_sequence_idle_microseconds: slot released");
                 self.last_seen.remove(&id);
