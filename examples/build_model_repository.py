@@ -36,8 +36,9 @@ Models:
                         config.pbtxt with the embedding parameters (mean pooling, L2, 256
                         tokens): text -> embedding, token_count, dynamic batching, 1 instance.
   simple_sequence,      stateful models for the sequence batcher (examples/sequence_models.py):
-  seq_accumulate*       Triton's client-example "simple_sequence" and a running sum with
-                        implicit state (Direct, Oldest, a short idle timeout).
+  seq_accumulate*,      Triton's client-example "simple_sequence", a running sum with
+  simple_dyna_sequence, implicit state (Direct, Oldest, a short idle timeout), and the models
+  simple_string_dyna_sequence  the examples' -d/--dyna mode calls.
 
 Every model is checked with onnxruntime before it is written; a light model whose re-export
 fails the check is skipped with a warning. Files are only rewritten when their content

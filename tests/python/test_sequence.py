@@ -5,14 +5,20 @@ the module.
 Expected outcomes follow Triton's own: the client examples simple_grpc_sequence_sync_infer_client.py,
 simple_http_sequence_sync_infer_client.py and simple_grpc_sequence_stream_infer_client.py
 (triton-inference-server/client src/python/examples) against a model named `simple_sequence`
-(OUTPUT = INPUT + START), and the errors of Triton core's sequence batcher
+(OUTPUT = INPUT + START), and in their -d/--dyna mode against `simple_dyna_sequence` and
+`simple_string_dyna_sequence`; the errors of Triton core's sequence batcher
 (src/sequence_batch_scheduler/sequence_batch_scheduler.cc, sequence_utils.h) and
-infer_request.cc's correlation ID check.
+infer_request.cc's correlation ID check; a request's timeout in the backlog, cancellation
+(server qa/L0_request_cancellation/scheduler_test.py) and priority as Triton treats them; and
+model_warmup on a sequence model (server qa/L0_warmup).
 """
 
 from __future__ import annotations
 
+import http.client as http_client
+import json
 import queue
+import shutil
 import threading
 import time
 import uuid
@@ -25,7 +31,31 @@ from tritonclient.utils import InferenceServerException
 
 from tern_testlib import TernServer, copy_models
 
-MODELS = ["simple_sequence", "seq_accumulate", "seq_accumulate_idle", "seq_accumulate_oldest"]
+MODELS = [
+    "simple_sequence",
+    "seq_accumulate",
+    "seq_accumulate_idle",
+    "seq_accumulate_oldest",
+    "simple_dyna_sequence",
+    "simple_string_dyna_sequence",
+]
+
+# seq_accumulate's config with Triton-style warmup samples: one naming the control and state
+# tensors itself (as Triton requires of a sequence model's sample), one naming only INPUT.
+WARMUP = """
+model_warmup [
+  { name: "as in triton" batch_size: 2 count: 2
+    inputs { key: "INPUT" value: { data_type: TYPE_INT32 dims: [ 1 ] random_data: true } }
+    inputs { key: "START" value: { data_type: TYPE_INT32 dims: [ 1 ] zero_data: true } }
+    inputs { key: "READY" value: { data_type: TYPE_INT32 dims: [ 1 ] zero_data: true } }
+    inputs { key: "CORRID" value: { data_type: TYPE_UINT64 dims: [ 1 ] zero_data: true } }
+    inputs { key: "INPUT_STATE" value: { data_type: TYPE_INT32 dims: [ 1 ] zero_data: true } }
+  },
+  { name: "input only" batch_size: 1
+    inputs { key: "INPUT" value: { data_type: TYPE_INT32 dims: [ 1 ] zero_data: true } }
+  }
+]
+"""
 # The sequences of Triton's client examples: a START with 0 (100, 20), then these values.
 VALUES = [11, 7, 5, 3, 2, 0, 1]
 
@@ -33,6 +63,9 @@ VALUES = [11, 7, 5, 3, 2, 0, 1]
 @pytest.fixture(scope="module")
 def node(model_repo, tmp_path_factory):
     repo = copy_models(model_repo, tmp_path_factory.mktemp("sequence_repo"), MODELS)
+    shutil.copytree(model_repo / "seq_accumulate", repo / "seq_warmup")
+    config = (repo / "seq_warmup" / "config.pbtxt").read_text().replace('"seq_accumulate"', '"seq_warmup"')
+    (repo / "seq_warmup" / "config.pbtxt").write_text(config + WARMUP)
     srv = TernServer([repo], log_dir=tmp_path_factory.mktemp("sequence_logs"), label="sequence")
     srv.start()
     yield srv
@@ -59,7 +92,7 @@ def value_input(module, value: int):
     return [x]
 
 
-def step(client, module, model, value, sequence_id, start=False, end=False, outputs=("OUTPUT",)):
+def step(client, module, model, value, sequence_id, start=False, end=False, outputs=("OUTPUT",), **kw):
     r = client.infer(
         model,
         value_input(module, value),
@@ -67,15 +100,16 @@ def step(client, module, model, value, sequence_id, start=False, end=False, outp
         sequence_id=sequence_id,
         sequence_start=start,
         sequence_end=end,
+        **kw,
     )
     return r
 
 
-def send_sequence(client, module, model, values, sequence_id) -> list[int]:
+def send_sequence(client, module, model, values, sequence_id, **kw) -> list[int]:
     """What the examples' sync_send does: START on the first value, END on the last."""
     out = []
     for i, v in enumerate(values):
-        r = step(client, module, model, v, sequence_id, start=i == 0, end=i == len(values) - 1)
+        r = step(client, module, model, v, sequence_id, start=i == 0, end=i == len(values) - 1, **kw)
         out.append(int(r.as_numpy("OUTPUT")[0][0]))
     return out
 
@@ -132,6 +166,71 @@ def test_simple_sequence_stream_example(node):
     for sid, values in seqs.items():
         expected = [values[0] + 1] + values[1:]
         assert [got[f"{sid}_{i}"] for i in range(len(values))] == expected
+
+
+def dyna_expected(int_id: int, string_id: str):
+    """What the examples' -d/--dyna checks expect: simple_dyna_sequence answers each input, 1 more
+    on the START, plus the correlation ID on the END (the last value, 1); the string model sums
+    its inputs (the START's alone) and adds the ID read as a number on the END."""
+    ints = [1] + VALUES[:-1] + [VALUES[-1] + int_id]
+    sums = list(np.cumsum([20] + [-v for v in VALUES]))
+    sums[-1] += int(string_id)
+    return ints, [int(x) for x in sums]
+
+
+@pytest.mark.parametrize("module", [grpcclient, httpclient], ids=["grpc", "http"])
+def test_dyna_sequence_sync_examples(module, grpc, http):
+    """Mirrors simple_grpc_sequence_sync_infer_client.py -d and
+    simple_http_sequence_sync_infer_client.py -d."""
+    client = grpc if module is grpcclient else http
+    seq0 = send_sequence(client, module, "simple_dyna_sequence", [0] + VALUES, 1000)
+    seq1 = send_sequence(client, module, "simple_dyna_sequence", [100] + [-v for v in VALUES], 1001)
+    text = send_sequence(client, module, "simple_string_dyna_sequence", [20] + [-v for v in VALUES], "1002")
+    ints, sums = dyna_expected(1000, "1002")
+    assert seq0 == ints
+    assert seq1 == [101] + [-v for v in VALUES[:-1]] + [-VALUES[-1] + 1001]
+    assert text == sums
+
+
+def test_dyna_sequence_stream_example(node):
+    """Mirrors simple_grpc_sequence_stream_infer_client.py -d: three sequences sent whole, one
+    after the other, on one stream; answers matched by request id."""
+    results: queue.Queue = queue.Queue()
+    client = grpcclient.InferenceServerClient(node.url)
+    client.start_stream(callback=lambda result, error: results.put((result, error)))
+    seqs = [
+        ("simple_dyna_sequence", 1002, [0] + VALUES),
+        ("simple_dyna_sequence", 1003, [100] + [-v for v in VALUES]),
+        ("simple_string_dyna_sequence", "1004", [20] + [-v for v in VALUES]),
+    ]
+    for model, sid, values in seqs:
+        for i, v in enumerate(values):
+            client.async_stream_infer(
+                model,
+                value_input(grpcclient, v),
+                request_id=f"{sid}_{i}",
+                sequence_id=sid,
+                sequence_start=i == 0,
+                sequence_end=i == len(values) - 1,
+            )
+    got = {}
+    for _ in range(3 * (len(VALUES) + 1)):
+        result, error = results.get(timeout=30)
+        assert error is None, error
+        got[result.get_response().id] = int(result.as_numpy("OUTPUT")[0][0])
+    client.stop_stream()
+    client.close()
+    answers = [[got[f"{sid}_{i}"] for i in range(len(VALUES) + 1)] for _, sid, _ in seqs]
+    ints, sums = dyna_expected(1002, "1004")
+    assert answers[0] == ints
+    assert answers[1][-1] == -1 + 1003
+    assert answers[2] == sums
+
+
+def test_a_string_id_the_string_dyna_model_cannot_read_fails(grpc):
+    """Triton's dyna_sequence backend parses the ID with std::stoi and fails a request whose ID
+    is not a number; the ONNX model's string Cast fails alike (ONNX Runtime's stoll)."""
+    expect_error(lambda: step(grpc, grpcclient, "simple_string_dyna_sequence", 1, "abc", start=True, end=True))
 
 
 # === running sums with implicit state ========================================================
@@ -277,6 +376,132 @@ def test_an_idle_sequence_is_released(grpc):
     # Both slots are free again: two new sequences run at once.
     assert int(step(grpc, grpcclient, "seq_accumulate_idle", 7, 63, start=True).as_numpy("OUTPUT")[0][0]) == 7
     assert int(step(grpc, grpcclient, "seq_accumulate_idle", 8, 64, start=True).as_numpy("OUTPUT")[0][0]) == 8
+
+
+# === timeout, priority, cancellation ========================================================
+
+
+def hold_both_slots(grpc, first: int):
+    """seq_accumulate's two slots, held by sequences `first` and `first + 1`."""
+    step(grpc, grpcclient, "seq_accumulate", 1, first, start=True)
+    step(grpc, grpcclient, "seq_accumulate", 1, first + 1, start=True)
+
+
+def release_both_slots(grpc, first: int):
+    for sid in (first, first + 1):
+        step(grpc, grpcclient, "seq_accumulate", 1, sid, end=True)
+
+
+@pytest.mark.parametrize("module", [grpcclient, httpclient], ids=["grpc", "http"])
+def test_a_timeout_refuses_a_sequence_waiting_in_the_backlog(module, grpc, http):
+    """Triton's reaper refuses a backlog queue once the earliest timeout of its requests has
+    passed (UNAVAILABLE, "timeout of the corresponding sequence has been expired") and forgets
+    the sequence; a request waiting in a slot has no such deadline."""
+    client = grpc if module is grpcclient else http
+    hold_both_slots(grpc, 101)
+    try:
+        expect_error(
+            lambda: step(client, module, "seq_accumulate", 5, 103, start=True, timeout=200_000),
+            "timeout of the corresponding sequence has been expired",
+        )
+        expect_error(
+            lambda: step(client, module, "seq_accumulate", 5, 103),
+            "inference request for sequence 103 to model 'seq_accumulate' must specify the START flag",
+        )
+    finally:
+        release_both_slots(grpc, 101)
+    # With a slot free, the same timeout is no bound: the sequence runs.
+    assert send_sequence(client, module, "seq_accumulate", [5, 6], 103, timeout=200_000) == [5, 11]
+
+
+@pytest.mark.parametrize("module", [grpcclient, httpclient], ids=["grpc", "http"])
+def test_priority_is_accepted_and_ignored(module, grpc, http):
+    """A model without dynamic_batching has no priority levels: Triton turns every request's
+    priority into the default (core infer_request.cc SetPriority), and so does Tern."""
+    client = grpc if module is grpcclient else http
+    assert send_sequence(client, module, "seq_accumulate", [2, 3, 4], 111, priority=7) == [2, 5, 9]
+    assert send_sequence(client, module, "seq_accumulate_oldest", [1, 1], "p", priority=1) == [1, 2]
+
+
+def cancel_grpc(node, sid):
+    c = grpcclient.InferenceServerClient(node.url)
+    call = c.async_infer(
+        "seq_accumulate", value_input(grpcclient, 9), lambda result, error: None, sequence_id=sid, sequence_start=True
+    )
+    time.sleep(0.3)
+    call.cancel()
+    return c
+
+
+def cancel_stream(node, sid):
+    c = grpcclient.InferenceServerClient(node.url)
+    c.start_stream(callback=lambda result, error: None)
+    c.async_stream_infer("seq_accumulate", value_input(grpcclient, 9), sequence_id=sid, sequence_start=True)
+    time.sleep(0.3)
+    c.stop_stream(cancel_requests=True)
+    return c
+
+
+def cancel_http(node, sid):
+    """An HTTP client that closes its connection while its request waits."""
+    body = json.dumps({
+        "parameters": {"sequence_id": sid, "sequence_start": True},
+        "inputs": [{"name": "INPUT", "shape": [1, 1], "datatype": "INT32", "data": [9]}],
+    })
+    host, port = node.http_addr.rsplit(":", 1)
+    conn = http_client.HTTPConnection(host, int(port), timeout=10)
+    conn.request("POST", "/v2/models/seq_accumulate/infer", body, {"Content-Type": "application/json"})
+    time.sleep(0.3)
+    conn.close()
+    return None
+
+
+@pytest.mark.parametrize("cancel", [cancel_grpc, cancel_stream, cancel_http], ids=["grpc", "stream", "http"])
+def test_a_cancelled_request_cancels_its_sequence(node, grpc, cancel):
+    """As in Triton (server qa/L0_request_cancellation, sequence_batch_scheduler.cc
+    ReleaseSequenceSlot): a backlogged sequence one of whose requests was cancelled is cancelled
+    whole when a slot frees: its other requests get CANCELLED, the slot goes to the next
+    sequence, and the cancelled one must START again."""
+    hold_both_slots(grpc, 121)
+    answers: queue.Queue = queue.Queue()
+    client = None
+    try:
+        client = cancel(node, 123)
+        # The cancelled sequence's next request joins it in the backlog; 124 waits behind it.
+        def answer(key):
+            return lambda result, error: answers.put((key, result, error))
+
+        grpc.async_infer("seq_accumulate", value_input(grpcclient, 1), answer("123"), sequence_id=123)
+        grpc.async_infer(
+            "seq_accumulate", value_input(grpcclient, 40), answer("124"), sequence_id=124, sequence_start=True
+        )
+        time.sleep(0.3)
+        assert answers.empty(), "nothing runs while both slots are held"
+        step(grpc, grpcclient, "seq_accumulate", 1, 121, end=True)
+        got = {k: (r, e) for k, r, e in (answers.get(timeout=30), answers.get(timeout=30))}
+        result, error = got["123"]
+        assert result is None and error.status() == "StatusCode.CANCELLED", error
+        result, error = got["124"]
+        assert error is None and int(result.as_numpy("OUTPUT")[0][0]) == 40
+        expect_error(
+            lambda: step(grpc, grpcclient, "seq_accumulate", 1, 123),
+            "inference request for sequence 123 to model 'seq_accumulate' must specify the START flag",
+        )
+    finally:
+        for sid in (122, 124):
+            try:
+                step(grpc, grpcclient, "seq_accumulate", 1, sid, end=True)
+            except InferenceServerException:
+                pass
+        if client is not None:
+            client.close()
+
+
+def test_model_warmup_on_a_sequence_model(grpc):
+    """The samples run past the sequence batcher (Triton's warmup): the model loads, and its
+    first sequence starts from the initial state."""
+    assert grpc.is_model_ready("seq_warmup")
+    assert running_sum(grpc, "seq_warmup", 131, [4, 5])[0] == [4, 9]
 
 
 def test_statistics_count_sequence_requests(grpc):

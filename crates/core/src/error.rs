@@ -17,6 +17,10 @@ pub enum RequestError {
     Unimplemented(String),
     #[error("{0}")]
     Internal(String),
+    /// Triton's CANCELLED: the request was cancelled before it ran (a sequence batcher cancels
+    /// every pending request of a sequence one of whose requests was cancelled).
+    #[error("{0}")]
+    Cancelled(String),
 }
 
 impl RequestError {
@@ -29,6 +33,7 @@ impl RequestError {
             RequestError::ResourceExhausted(_) => "resource_exhausted",
             RequestError::Unimplemented(_) => "unimplemented",
             RequestError::Internal(_) => "internal",
+            RequestError::Cancelled(_) => "cancelled",
         }
     }
 }
@@ -42,6 +47,7 @@ impl From<RequestError> for tonic::Status {
             RequestError::ResourceExhausted(m) => tonic::Status::resource_exhausted(m),
             RequestError::Unimplemented(m) => tonic::Status::unimplemented(m),
             RequestError::Internal(m) => tonic::Status::internal(m),
+            RequestError::Cancelled(m) => tonic::Status::cancelled(m),
         }
     }
 }

@@ -3,6 +3,13 @@
 //! initialisation, kernel selection) is paid before traffic switches to it. Instances that pad
 //! batches to buckets ([`Backend::batch_buckets`]) first run one batch of each bucket
 //! ([`run_buckets`]), so no client pays the first plan of a shape.
+//!
+//! Like Triton's (core src/backend_model_instance.cc, `GenerateWarmupData` and `WarmUp`), a
+//! sample runs on the instance directly: a model with `sequence_batching` gets no sequence slot
+//! or state from it, and the control and state tensors the sample names reach the model as
+//! given. Those it leaves out are filled in as a sequence of one request
+//! ([`tern_scheduler::sequence::warmup_inputs`]), where Triton would pass the sample on without
+//! them and an ONNX model would fail its warmup.
 
 use tern_backend::Backend;
 use tern_core::{DataType, Tensor};
@@ -20,7 +27,8 @@ pub fn run(
 ) -> Result<(), String> {
     let outputs: Vec<String> = config.output.iter().map(|o| o.name.clone()).collect();
     for warmup in &config.model_warmup {
-        let inputs = warmup_sample(config, dir, warmup)?;
+        let mut inputs = warmup_sample(config, dir, warmup)?;
+        add_sequence_inputs(config, &mut inputs, warmup.batch_size.max(1));
         for backend in backends.iter_mut() {
             for _ in 0..warmup.count.max(1) {
                 backend.infer(inputs.clone(), &outputs).map_err(|e| {
@@ -55,7 +63,10 @@ pub fn run_buckets(config: &ModelConfig, backends: &mut [Box<dyn Backend>], vers
                 let _enter = span.enter();
                 for bucket in backend.batch_buckets().to_vec() {
                     let inputs = match bucket_inputs(config, bucket) {
-                        Ok(inputs) => inputs,
+                        Ok(mut inputs) => {
+                            add_sequence_inputs(config, &mut inputs, bucket);
+                            inputs
+                        }
                         Err(reason) => {
                             tracing::info!(bucket, reason, "bucket warmup skipped");
                             continue;
@@ -69,6 +80,18 @@ pub fn run_buckets(config: &ModelConfig, backends: &mut [Box<dyn Backend>], vers
         }
     });
     tracing::info!(version, elapsed_ms = started.elapsed().as_millis() as u64, "batch buckets warmed up");
+}
+
+/// For a model with `sequence_batching`: the control and state inputs `inputs` does not give,
+/// as `rows` rows of a sequence of one request.
+fn add_sequence_inputs(config: &ModelConfig, inputs: &mut Vec<Tensor>, rows: u32) {
+    let Some(sequence) = tern_scheduler::sequence::SequenceConfig::from_model_config(config) else { return };
+    let batching = config.max_batch_size > 0;
+    for tensor in tern_scheduler::sequence::warmup_inputs(&sequence, batching, rows as usize) {
+        if !inputs.iter().any(|t| t.name == tensor.name) {
+            inputs.push(tensor);
+        }
+    }
 }
 
 /// Zero inputs of `rows` rows for every input the config requires.
@@ -210,5 +233,37 @@ mod tests {
             ..config
         };
         assert!(bucket_inputs(&huge, 8).is_err(), "over the warmup byte limit");
+    }
+
+    #[test]
+    fn a_sequence_sample_keeps_its_own_controls_and_gets_the_others() {
+        let config: ModelConfig = tern_repository::parse_config(
+            r#"name: "s" max_batch_size: 4
+            input [ { name: "INPUT" data_type: TYPE_INT32 dims: [ 1 ] } ]
+            sequence_batching {
+              control_input [
+                { name: "START" control [ { kind: CONTROL_SEQUENCE_START int32_false_true: [ 0, 1 ] } ] },
+                { name: "READY" control [ { kind: CONTROL_SEQUENCE_READY int32_false_true: [ 0, 1 ] } ] }
+              ]
+              state [ { input_name: "S" output_name: "S_OUT" data_type: TYPE_FP32 dims: [ 2 ] } ]
+            }"#,
+        )
+        .expect("config");
+        let given = Tensor {
+            name: "START".into(),
+            datatype: DataType::Int32,
+            shape: vec![2, 1],
+            data: bytes::Bytes::from(vec![0u8; 8]),
+        };
+        let mut inputs = vec![given.clone()];
+        add_sequence_inputs(&config, &mut inputs, 2);
+        let names: Vec<&str> = inputs.iter().map(|t| t.name.as_str()).collect();
+        assert_eq!(names, ["START", "READY", "S"]);
+        assert_eq!(inputs[0], given, "the sample's own START, as given (Triton)");
+        assert_eq!((inputs[1].shape.clone(), inputs[1].data.to_vec()), (vec![2, 1], [1, 0, 0, 0].repeat(2)));
+        assert_eq!(inputs[2].shape, vec![2, 2]);
+        let mut plain = vec![];
+        add_sequence_inputs(&ModelConfig::default(), &mut plain, 2);
+        assert!(plain.is_empty());
     }
 }

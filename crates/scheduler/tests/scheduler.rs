@@ -460,3 +460,63 @@ async fn timeouts_and_delays_too_large_for_an_instant_do_not_panic() {
         .expect("a full batch runs");
     assert_eq!(values(&out), vec![4.0; 4]);
 }
+
+fn sequence_job(id: u64, start: bool, end: bool, value: f32) -> InferJob {
+    InferJob {
+        sequence: tern_core::SequenceParams { id: tern_core::CorrelationId::Uint(id), start, end },
+        ..job(1, value)
+    }
+}
+
+/// The sequence batcher's backlog as Triton's sequence_batch_scheduler.cc keeps it: a request's
+/// timeout bounds its sequence's wait there (the reaper refuses the queue), and a cancelled
+/// request cancels its whole sequence when a slot would go to it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backlogged_sequence_times_out_and_a_cancelled_one_is_cancelled_whole() {
+    use tern_scheduler::sequence::SequenceConfig;
+    use tern_scheduler::sequence::config::Strategy;
+    let mut cfg = config(1, &[], Duration::ZERO);
+    cfg.dynamic = false;
+    cfg.sequence = Some(SequenceConfig {
+        strategy: Strategy::Direct { max_queue_delay: Duration::ZERO, min_ready: 0 },
+        slots_per_instance: 1,
+        max_sequence_idle: Duration::from_secs(60),
+        controls: vec![],
+        states: vec![],
+    });
+    let r = rig(cfg, false);
+    let spawn = |job: InferJob| {
+        let s = r.scheduler.clone();
+        tokio::spawn(async move { s.infer(job).await })
+    };
+    // Sequence 1 holds the only slot.
+    r.scheduler.infer(sequence_job(1, true, false, 0.0)).await.expect("start 1");
+    let timed_out = r
+        .scheduler
+        .infer(InferJob { timeout: Some(Duration::from_millis(20)), ..sequence_job(2, true, false, 0.0) })
+        .await;
+    assert_eq!(
+        timed_out,
+        Err(RequestError::Unavailable("timeout of the corresponding sequence has been expired".into()))
+    );
+    // Sequence 3's START is cancelled in the backlog; its next request joins it there.
+    let cancelled = spawn(sequence_job(3, true, false, 0.0));
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    cancelled.abort();
+    let follower = spawn(sequence_job(3, false, false, 0.0));
+    let next = spawn(sequence_job(4, true, false, 5.0));
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    r.scheduler.infer(sequence_job(1, false, true, 0.0)).await.expect("end 1");
+    let follower = follower.await.expect("join");
+    assert!(matches!(&follower, Err(RequestError::Cancelled(m)) if m.contains("sequence 3")), "{follower:?}");
+    assert_eq!(values(&next.await.expect("join").expect("sequence 4 got the slot")), vec![6.0, 6.0]);
+    let restart = r.scheduler.infer(sequence_job(3, false, false, 0.0)).await;
+    assert!(
+        matches!(&restart, Err(RequestError::InvalidArgument(m)) if m.contains("START flag")),
+        "{restart:?}"
+    );
+    let s = r.scheduler.stats().snapshot();
+    let count = |reason| s.failures.iter().find(|(r, _)| *r == reason).map(|(_, n)| *n);
+    assert_eq!((count(FailureReason::Canceled), count(FailureReason::Rejected)), (Some(2), Some(1)));
+    assert_eq!(r.seen.lock().expect("lock").len(), 3, "1's START and END, 4's START: nothing of 2 or 3 ran");
+}

@@ -254,6 +254,7 @@ fn step_error(ensemble: &str, index: usize, step: &EnsembleStep, error: RequestE
         RequestError::ResourceExhausted(m) => RequestError::ResourceExhausted(prefix + &m),
         RequestError::Unimplemented(m) => RequestError::Unimplemented(prefix + &m),
         RequestError::Internal(m) => RequestError::Internal(prefix + &m),
+        RequestError::Cancelled(m) => RequestError::Cancelled(prefix + &m),
     }
 }
 

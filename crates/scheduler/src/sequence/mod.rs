@@ -26,7 +26,8 @@ use crate::instance::backend_error;
 use crate::{Answer, Answers, InferJob, ModelStats};
 use config::ControlKind;
 pub use config::SequenceConfig;
-use slots::{Entry, Row, SlotTable};
+use slots::{Cancellable, Entry, Row, SlotTable};
+pub use tensors::warmup_inputs;
 
 /// A request waiting in a slot or backlog.
 pub(crate) struct Item {
@@ -34,6 +35,14 @@ pub(crate) struct Item {
     inputs: Vec<Tensor>,
     outputs: Vec<String>,
     reply: oneshot::Sender<Result<Vec<Tensor>, RequestError>>,
+}
+
+impl Cancellable for Item {
+    /// The caller's future was dropped: its client cancelled the call, its deadline passed, or
+    /// its stream or HTTP connection closed (Triton's frontends cancel the request on each).
+    fn is_cancelled(&self) -> bool {
+        self.reply.is_closed()
+    }
 }
 
 struct Table {
@@ -92,6 +101,12 @@ impl Sequencer {
     /// Queues one request of a sequence and waits for its outputs. Triton's checks come first
     /// (core src/sequence_batch_scheduler/sequence_batch_scheduler.cc `Enqueue`,
     /// sequence_utils.h, infer_request.cc `ValidateCorrelationId`), in its words.
+    ///
+    /// The request's `priority` is accepted and has no effect, as in Triton: a model without
+    /// `dynamic_batching` has no priority levels, so `InferenceRequest::SetPriority` turns every
+    /// priority into the default (core src/model.cc, infer_request.cc), and the Oldest
+    /// strategy's own dynamic batcher is made with none (`DynamicBatchScheduler::Create`).
+    /// Its `timeout` bounds only a wait in the backlog ([`slots`]).
     pub(crate) async fn infer(&self, job: InferJob) -> Result<Vec<Tensor>, RequestError> {
         let enqueued = Instant::now();
         let model = &self.model;
@@ -128,6 +143,8 @@ impl Sequencer {
         };
         let (reply, reply_rx) = oneshot::channel();
         let id = sequence.id.clone();
+        // Triton: a timeout of 0 is none.
+        let timeout = job.timeout.filter(|t| !t.is_zero());
         let entry = Entry {
             item: Item { span: tracing::Span::current(), inputs: job.inputs, outputs: job.outputs, reply },
             id: sequence.id,
@@ -135,6 +152,7 @@ impl Sequencer {
             end: sequence.end,
             enqueued,
             shape_key,
+            timeout,
         };
         let placed = {
             let mut table = self.lock();
@@ -157,13 +175,14 @@ impl Sequencer {
                 if let slots::Placed::Slot(instance) = placed {
                     self.work[instance].notify_one();
                 }
-                if sequence.start {
+                // The reaper learns of a new sequence's idle deadline and of a backlog deadline.
+                if sequence.start || (placed == slots::Placed::Backlog && timeout.is_some()) {
                     self.reaper.notify_one();
                 }
             }
         }
-        // A caller that gives up leaves its request queued: it still runs, so that the
-        // sequence's state advances as its client sent it.
+        // A caller that gives up (this future dropped) leaves a closed reply behind: its request,
+        // once at the head of its slot, cancels the sequence ([`slots`]).
         reply_rx.await.unwrap_or_else(|_| {
             Err(RequestError::Unavailable(format!("model '{model}' stopped before running the request")))
         })
@@ -222,26 +241,42 @@ impl Sequencer {
         }
     }
 
+    /// Answers the requests of cancelled sequences: CANCELLED (Triton's `CancelRequests`, which
+    /// gives no message; this one says which sequence).
     fn answer_cancelled(&self, dropped: Vec<Entry<Item>>) {
         self.stats.pending.fetch_sub(dropped.len() as u64, Relaxed);
         for e in dropped {
             self.stats.record_failure(FailureReason::Canceled, e.enqueued.elapsed());
-            let _ = e.item.reply.send(Err(RequestError::Unavailable(format!(
-                "sequence {} for model '{}' was released before this request ran",
+            let _ = e.item.reply.send(Err(RequestError::Cancelled(format!(
+                "sequence {} to model '{}' was cancelled",
                 e.id, self.model
             ))));
         }
     }
 
-    /// Frees the slots of idle sequences (Triton's reaper thread) until the model closes.
+    /// Refuses the requests of backlog queues whose timeout passed, in the reaper's words
+    /// (UNAVAILABLE, counted as REJECTED).
+    fn answer_expired(&self, expired: Vec<Entry<Item>>) {
+        self.stats.pending.fetch_sub(expired.len() as u64, Relaxed);
+        for e in expired {
+            self.stats.record_failure(FailureReason::Rejected, e.enqueued.elapsed());
+            let _ = e.item.reply.send(Err(RequestError::Unavailable(
+                "timeout of the corresponding sequence has been expired".into(),
+            )));
+        }
+    }
+
+    /// Frees the slots of idle sequences and refuses expired backlog queues (Triton's reaper
+    /// thread) until the model closes.
     pub(crate) async fn reaper_task(self: Arc<Sequencer>) {
         loop {
             let notified = self.reaper.notified();
-            let (wake, next, closed) = {
+            let (reaped, closed) = {
                 let mut table = self.lock();
-                let (wake, next) = table.slots.reap(Instant::now());
-                (wake, next, table.closed)
+                (table.slots.reap(Instant::now()), table.closed)
             };
+            let slots::Reaped { wake, next, expired } = reaped;
+            self.answer_expired(expired);
             for instance in wake {
                 self.work[instance].notify_one();
             }

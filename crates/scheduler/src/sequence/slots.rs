@@ -10,7 +10,17 @@
 //! - an END request unbinds the ID when it is queued, and frees its slot when it is taken into a
 //!   batch; a freed slot goes to the oldest backlog queue, whole;
 //! - a sequence idle for `max_sequence_idle` loses its slot (the reaper queues a release behind
-//!   its requests).
+//!   its requests);
+//! - a request's `timeout` bounds only its wait in the backlog: a backlog queue expires at the
+//!   earliest deadline of its requests, and the whole queue is refused (the reaper's
+//!   "timeout of the corresponding sequence has been expired"); in a slot, a request waits as
+//!   long as its sequence needs (Triton gives the Oldest strategy's own dynamic batcher no
+//!   queue policy, so no timeout there either);
+//! - a cancelled request (its caller gone: a gRPC cancel or deadline, a closed stream or HTTP
+//!   connection) cancels its sequence: when it reaches the head of its slot, the slot is
+//!   released and every request still queued in it is cancelled; a backlog queue holding a
+//!   cancelled request is cancelled whole when a slot would go to it (Triton's
+//!   `ReleaseSequenceSlot`). Either way the ID is forgotten: the sequence must START again.
 //!
 //! Each instance has its own slots and forms its own batches ([`SlotTable::take`]).
 
@@ -20,6 +30,12 @@ use std::time::{Duration, Instant};
 use tern_core::{CorrelationId, Tensor};
 
 use super::config::Strategy;
+
+/// What the table asks of a queued request's payload.
+pub trait Cancellable {
+    /// Whether its caller has cancelled it (Triton's `InferenceRequest::IsCancelled`).
+    fn is_cancelled(&self) -> bool;
+}
 
 /// A queued request of a sequence.
 #[derive(Debug)]
@@ -31,6 +47,8 @@ pub struct Entry<T> {
     pub enqueued: Instant,
     /// Its inputs' shapes; only requests with equal shapes share a batch.
     pub shape_key: Vec<Vec<i64>>,
+    /// The request's `timeout` (never zero: zero is none), which bounds its wait in the backlog.
+    pub timeout: Option<Duration>,
 }
 
 #[derive(Debug)]
@@ -67,8 +85,37 @@ pub struct Take<T> {
     pub rows: Vec<Row<T>>,
     /// When to look again if nothing arrives.
     pub wake_at: Option<Instant>,
-    /// Requests left in a slot that was freed (answered as cancelled, as Triton does).
+    /// The requests of cancelled sequences, to be answered as cancelled (Triton's
+    /// `MarkRequestsCancelled`).
     pub dropped: Vec<Entry<T>>,
+}
+
+/// What the reaper found.
+#[derive(Debug)]
+pub struct Reaped<T> {
+    /// Instances to wake: an idle sequence's slot is to be released.
+    pub wake: Vec<usize>,
+    /// When to look again.
+    pub next: Option<Instant>,
+    /// The requests of backlog queues whose timeout passed, to be refused.
+    pub expired: Vec<Entry<T>>,
+}
+
+/// A sequence waiting for a slot.
+#[derive(Debug)]
+struct Backlog<T> {
+    queue: VecDeque<Entry<T>>,
+    /// The earliest deadline of its requests' timeouts (Triton's `expiration_timestamp_`).
+    expires: Option<Instant>,
+}
+
+impl<T> Backlog<T> {
+    fn push(&mut self, entry: Entry<T>, now: Instant) {
+        if let Some(deadline) = entry.timeout.and_then(|t| now.checked_add(t)) {
+            self.expires = Some(self.expires.map_or(deadline, |e| e.min(deadline)));
+        }
+        self.queue.push_back(entry);
+    }
 }
 
 /// Where a request went.
@@ -91,7 +138,7 @@ pub struct SlotTable<T> {
     /// Sequences that hold a slot and have not ended: (instance, slot).
     active: HashMap<CorrelationId, (usize, usize)>,
     /// Sequences waiting for a slot, oldest first, by key.
-    backlog: BTreeMap<u64, VecDeque<Entry<T>>>,
+    backlog: BTreeMap<u64, Backlog<T>>,
     /// Backlog queues still collecting their sequence's requests (no END yet).
     backlog_by_id: HashMap<CorrelationId, u64>,
     next_backlog: u64,
@@ -100,7 +147,7 @@ pub struct SlotTable<T> {
     queued: usize,
 }
 
-impl<T> SlotTable<T> {
+impl<T: Cancellable> SlotTable<T> {
     pub fn new(
         strategy: Strategy,
         slots_per_instance: usize,
@@ -161,8 +208,8 @@ impl<T> SlotTable<T> {
         let (instance, slot) = if let Some(at) = in_slot {
             at
         } else if let Some(key) = in_backlog {
-            if let Some(queue) = self.backlog.get_mut(&key) {
-                queue.push_back(entry);
+            if let Some(backlog) = self.backlog.get_mut(&key) {
+                backlog.push(entry, now);
             }
             if end {
                 self.backlog_by_id.remove(&id);
@@ -174,7 +221,9 @@ impl<T> SlotTable<T> {
         } else {
             let key = self.next_backlog;
             self.next_backlog += 1;
-            self.backlog.insert(key, VecDeque::from([entry]));
+            let mut backlog = Backlog { queue: VecDeque::new(), expires: None };
+            backlog.push(entry, now);
+            self.backlog.insert(key, backlog);
             if !end {
                 self.backlog_by_id.insert(id, key);
             }
@@ -189,13 +238,13 @@ impl<T> SlotTable<T> {
         Ok(Placed::Slot(instance))
     }
 
-    /// Releases the slots of sequences idle for `max_sequence_idle` (Triton's reaper thread):
-    /// returns the instances to wake, and when to look again.
-    pub fn reap(&mut self, now: Instant) -> (Vec<usize>, Option<Instant>) {
+    /// Releases the slots of sequences idle for `max_sequence_idle`, and takes out the backlog
+    /// queues whose timeout has passed (Triton's reaper thread).
+    pub fn reap(&mut self, now: Instant) -> Reaped<T> {
         let mut wake = Vec::new();
         let mut next: Option<Instant> = None;
         let idle = self.idle;
-        let expired: Vec<CorrelationId> = self
+        let idled: Vec<CorrelationId> = self
             .last_seen
             .iter()
             .filter_map(|(id, &seen)| {
@@ -208,7 +257,7 @@ impl<T> SlotTable<T> {
                 }
             })
             .collect();
-        for id in expired {
+        for id in idled {
             if let Some((instance, slot)) = self.active.remove(&id) {
                 tracing::debug!(correlation_id = %id, "sequence idle past max_sequence_idle_microseconds: slot released");
                 self.last_seen.remove(&id);
@@ -222,7 +271,31 @@ impl<T> SlotTable<T> {
                 self.last_seen.remove(&id);
             }
         }
-        (wake, next)
+        let mut expired = Vec::new();
+        let due: Vec<u64> = self
+            .backlog
+            .iter()
+            .filter_map(|(&key, b)| {
+                let at = b.expires?;
+                if at <= now {
+                    return Some(key);
+                }
+                next = Some(next.map_or(at, |n| n.min(at)));
+                None
+            })
+            .collect();
+        for key in due {
+            let Some(backlog) = self.backlog.remove(&key) else { continue };
+            // The ID may already be collecting a newer backlog queue: forget only this one.
+            if let Some(id) = backlog.queue.front().map(|e| e.id.clone())
+                && self.backlog_by_id.get(&id) == Some(&key)
+            {
+                self.backlog_by_id.remove(&id);
+            }
+            self.queued -= backlog.queue.len();
+            expired.extend(backlog.queue);
+        }
+        Reaped { wake, next, expired }
     }
 
     /// Stores a sequence's state after its request in `slot` ran (not after its END).
@@ -235,7 +308,8 @@ impl<T> SlotTable<T> {
     /// Takes every backlog request out (the model is unloading).
     pub fn drain_backlog(&mut self) -> Vec<Entry<T>> {
         self.backlog_by_id.clear();
-        let out: Vec<Entry<T>> = std::mem::take(&mut self.backlog).into_values().flatten().collect();
+        let out: Vec<Entry<T>> =
+            std::mem::take(&mut self.backlog).into_values().flat_map(|b| b.queue).collect();
         self.queued -= out.len();
         out
     }
@@ -244,9 +318,23 @@ impl<T> SlotTable<T> {
     pub fn take(&mut self, instance: usize, now: Instant) -> Take<T> {
         let mut take = Take { rows: Vec::new(), wake_at: None, dropped: Vec::new() };
         for slot in 0..self.instances[instance].len() {
-            if matches!(self.instances[instance][slot].queue.front(), Some(Queued::Release)) {
-                self.instances[instance][slot].queue.pop_front();
-                self.release(instance, slot, &mut take.dropped);
+            match self.instances[instance][slot].queue.front() {
+                Some(Queued::Release) => {
+                    self.instances[instance][slot].queue.pop_front();
+                    self.release(instance, slot, &mut take.dropped);
+                }
+                Some(Queued::Request(head)) if head.item.is_cancelled() => {
+                    // The sequence is cancelled: this request and every one behind it (Triton's
+                    // Direct batcher and Oldest's CompleteAndNext check the head alike).
+                    let id = head.id.clone();
+                    tracing::debug!(correlation_id = %id, "sequence cancelled: slot released");
+                    if self.active.get(&id) == Some(&(instance, slot)) {
+                        self.active.remove(&id);
+                        self.last_seen.remove(&id);
+                    }
+                    self.release(instance, slot, &mut take.dropped);
+                }
+                _ => {}
             }
         }
         // Ready slots: (oldest request, slot).
@@ -294,7 +382,7 @@ impl<T> SlotTable<T> {
                 same
             }
         };
-        take.rows = self.collect(instance, &chosen);
+        take.rows = self.collect(instance, &chosen, &mut take.dropped);
         take
     }
 
@@ -308,7 +396,7 @@ impl<T> SlotTable<T> {
     /// The rows for `chosen` slots: Direct fills every slot up to the highest chosen one (empty
     /// or differently shaped ones as null rows, so each sequence keeps its row); Oldest takes
     /// just the chosen, oldest first.
-    fn collect(&mut self, instance: usize, chosen: &[usize]) -> Vec<Row<T>> {
+    fn collect(&mut self, instance: usize, chosen: &[usize], dropped: &mut Vec<Entry<T>>) -> Vec<Row<T>> {
         let direct = matches!(self.strategy, Strategy::Direct { .. });
         let order: Vec<usize> = if direct {
             let highest = chosen.iter().copied().max().unwrap_or(0);
@@ -318,7 +406,6 @@ impl<T> SlotTable<T> {
         };
         let seed_shape = chosen.first().and_then(|&s| self.front_shape(instance, s)).cloned();
         let mut rows = Vec::with_capacity(order.len());
-        let mut dropped = Vec::new();
         for slot in order {
             let fits = self.front_shape(instance, slot).is_some_and(|s| Some(s) == seed_shape.as_ref());
             if !fits {
@@ -334,16 +421,17 @@ impl<T> SlotTable<T> {
             let states = s.states.clone();
             let end = entry.end;
             rows.push(Row::Request { entry, slot, states });
+            // Nothing is left behind an END (later requests of the ID went elsewhere); what the
+            // release drops are backlogged sequences that were cancelled.
             if end {
-                self.release(instance, slot, &mut dropped);
+                self.release(instance, slot, dropped);
             }
         }
-        // Nothing can be left behind an END: later requests of the ID went elsewhere.
-        debug_assert!(dropped.is_empty());
         rows
     }
 
-    /// Frees a slot, or hands it to the oldest backlog queue (Triton's `ReleaseSequenceSlot`).
+    /// Frees a slot, or hands it to the oldest backlog queue that is not cancelled (Triton's
+    /// `ReleaseSequenceSlot`). Requests still in the slot are cancelled.
     fn release(&mut self, instance: usize, slot: usize, dropped: &mut Vec<Entry<T>>) {
         let s = &mut self.instances[instance][slot];
         s.states = None;
@@ -353,20 +441,26 @@ impl<T> SlotTable<T> {
                 dropped.push(e);
             }
         }
-        let Some((key, queue)) = self.backlog.pop_first() else {
-            self.free.insert((slot, instance));
-            return;
-        };
-        let Some(last) = queue.back() else { return self.release(instance, slot, dropped) };
-        if !last.end {
+        while let Some((key, backlog)) = self.backlog.pop_first() {
+            let Some(last) = backlog.queue.back() else { continue };
             let id = last.id.clone();
-            if self.backlog_by_id.get(&id) == Some(&key) {
+            if !last.end && self.backlog_by_id.get(&id) == Some(&key) {
                 self.backlog_by_id.remove(&id);
             }
-            self.active.insert(id, (instance, slot));
+            if backlog.queue.iter().any(|e| e.item.is_cancelled()) {
+                tracing::debug!(correlation_id = %id, "backlogged sequence cancelled");
+                self.queued -= backlog.queue.len();
+                dropped.extend(backlog.queue);
+                continue;
+            }
+            if !last.end {
+                self.active.insert(id, (instance, slot));
+            }
+            let s = &mut self.instances[instance][slot];
+            s.queue.extend(backlog.queue.into_iter().map(Queued::Request));
+            return;
         }
-        let s = &mut self.instances[instance][slot];
-        s.queue.extend(queue.into_iter().map(Queued::Request));
+        self.free.insert((slot, instance));
     }
 }
 

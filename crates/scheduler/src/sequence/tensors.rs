@@ -81,6 +81,27 @@ pub(crate) fn initial_states(config: &SequenceConfig, batching: bool) -> Vec<Ten
         .collect()
 }
 
+/// The control and state inputs of `rows` rows of a sequence of one request (START, END and
+/// READY true, CORRID 1, the initial state), for a warmup sample that leaves them out. Triton
+/// runs warmup samples on the instance as they are, past the sequence batcher, so its samples
+/// for a sequence model name the control tensors themselves (server qa/L0_warmup); one that
+/// does not fails there on an ONNX model (a missing input). A CORRID of 1 rather than 0: a
+/// STRING CORRID then reads as a number to a model that parses it.
+pub fn warmup_inputs(config: &SequenceConfig, batching: bool, rows: usize) -> Vec<Tensor> {
+    let one = controls(config, batching, true, true, true, &CorrelationId::Uint(1));
+    let rows = if batching { rows.max(1) } else { 1 };
+    one.into_iter()
+        .chain(initial_states(config, batching))
+        .map(|mut t| {
+            if rows > 1 {
+                t.data = Bytes::from(t.data.repeat(rows));
+                t.shape[0] = rows as i64;
+            }
+            t
+        })
+        .collect()
+}
+
 /// Dummy inputs shaped as `like` (a real row of the same batch), zero data.
 pub(crate) fn null_inputs(like: &[Tensor]) -> Vec<Tensor> {
     like.iter()
@@ -148,6 +169,27 @@ mod tests {
         // A null row: not ready, CORRID 0, every flag false.
         let null = values(&controls(&c, false, false, false, false, &CorrelationId::Uint(42)));
         assert!(null.iter().all(|(_, shape, data)| shape == &vec![1] && data.iter().all(|&b| b == 0)));
+    }
+
+    #[test]
+    fn warmup_inputs_are_a_one_request_sequence_per_row() {
+        let mut c = config();
+        c.states.push(crate::sequence::config::StateSpec {
+            input_name: "STATE".into(),
+            output_name: "STATE_OUT".into(),
+            datatype: DataType::Int32,
+            dims: vec![2],
+        });
+        let got = values(&warmup_inputs(&c, true, 3));
+        let one = 1i32.to_le_bytes();
+        assert_eq!(got[0], ("START".into(), vec![3, 1], one.repeat(3)));
+        assert_eq!(got[1], ("END".into(), vec![3, 1], one.repeat(3)));
+        assert_eq!(got[3], ("CORRID".into(), vec![3, 1], 1u64.to_le_bytes().repeat(3)));
+        assert_eq!(got[4], ("STATE".into(), vec![3, 2], vec![0; 24]));
+        // Without batching: one row, no batch dimension.
+        let got = values(&warmup_inputs(&c, false, 3));
+        assert_eq!(got[0], ("START".into(), vec![1], one.to_vec()));
+        assert_eq!(got[4].1, vec![2]);
     }
 
     #[test]
