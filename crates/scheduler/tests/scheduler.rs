@@ -69,6 +69,7 @@ fn config(max: u32, preferred: &[u32], delay: Duration) -> SchedulerConfig {
         dynamic: true,
         preferred_batch_sizes: preferred.to_vec(),
         max_queue_delay: delay,
+        auto_delay_budget: None,
         preserve_ordering: false,
         priority_levels: 1,
         default_priority: 1,
