@@ -97,16 +97,25 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--window-ms", type=int, default=2000)
     ap.add_argument("--rounds", type=int, default=2)
+    ap.add_argument("--resnet-rounds", type=int, default=None, help="rounds for light_resnet50 (default: --rounds)")
+    ap.add_argument("--resnet-requests", type=int, default=16,
+                    help="light_resnet50 windows hold at least this many requests at c=16 (a quarter at c=1), "
+                         "so a slow machine still completes some in each window")
     ap.add_argument("--quiet-wait", type=float, default=bench.QUIET_WAIT,
                     help="seconds to wait before each point for other CPU work to stop")
+    ap.add_argument("--stability", type=int, default=25,
+                    help="perf_analyzer's --stability-percentage; on a machine others load, a large value "
+                         "(1000) takes every point after 3 windows, and the alternating rounds absorb drift")
     ap.add_argument("--write", action="store_true")
     a = ap.parse_args()
-    if not 1 <= a.rounds <= 10 or not 500 <= a.window_ms <= 30000 or not 0 <= a.quiet_wait <= 600:
-        sys.exit("--rounds must be 1..10, --window-ms 500..30000 and --quiet-wait 0..600")
+    if (not 1 <= a.rounds <= 10 or not 500 <= a.window_ms <= 30000 or not 0 <= a.quiet_wait <= 600
+            or not 1 <= a.stability <= 10000 or not 1 <= a.resnet_requests <= 1000
+            or not 1 <= (a.resnet_rounds or a.rounds) <= 10):
+        sys.exit("--rounds must be 1..10, --window-ms 500..30000, --quiet-wait 0..600 and --stability 1..10000")
     bench.QUIET_WAIT = a.quiet_wait
 
     plan = bench.Plan(quick=True)
-    plan.window_ms, plan.stability, plan.trials = a.window_ms, 25, 4
+    plan.window_ms, plan.stability, plan.trials = a.window_ms, a.stability, 4 if a.stability < 1000 else 3
     started = dt.datetime.now(dt.timezone.utc)
     load_start = os.getloadavg()
     out = bench.ROOT / "benches/out" / (started.strftime("%Y%m%dT%H%M%SZ") + ".autobatch")
@@ -121,14 +130,20 @@ def main():
     server = bench.Server("tern", repo, out, commands, label="autobatch")
     try:
         variants = list(VARIANTS)
-        for rnd in range(a.rounds):
-            for model in MODELS:
+        rounds = {"tiny_add": a.rounds, "light_resnet50": a.resnet_rounds or a.rounds}
+        for rnd in range(max(rounds.values())):
+            for model in (m for m in MODELS if rnd < rounds[m]):
                 for conc in CONCURRENCIES:
+                    client_args = ()
+                    if model == "light_resnet50":
+                        count = a.resnet_requests if conc > 1 else max(2, a.resnet_requests // 4)
+                        client_args = ("--measurement-mode", "count_windows", "--measurement-request-count", str(count))
                     # Each round starts one variant later, so none always follows the same one.
                     shift = rnd % len(variants)
                     for variant in variants[shift:] + variants[:shift]:
                         name = f"{model}_{variant}"
-                        r = bench.pa_point(plan, server, name, conc, out, commands, tag_suffix=f".r{rnd}")
+                        r = bench.pa_point(plan, server, name, conc, out, commands, client_args=client_args,
+                                           tag_suffix=f".r{rnd}")
                         r.update(base=model, variant=variant, round=rnd)
                         if variant == "auto" and "error" not in r:
                             r["delay_us"] = queue_delay_gauge(server, name)
@@ -159,7 +174,9 @@ def report(rows, mach, commands, out, a, started, finished, load_start, load_end
     lines = [bench.BEGIN.format(mode="autobatch"), "",
              "## Batching that tunes itself (`make bench-autobatch`)", "",
              f"Run {started:%Y-%m-%d %H:%M} UTC, {(finished - started).total_seconds() / 60:.1f} min, "
-             f"{a.rounds} round(s), {a.window_ms} ms windows; machine: {mach.get('cpu', '?')}, "
+             f"{a.rounds} round(s) of tiny_add, {a.resnet_rounds or a.rounds} of light_resnet50; {a.window_ms} ms "
+             f"windows (light_resnet50: windows of at least {a.resnet_requests} requests at c=16, "
+             f"{max(2, a.resnet_requests // 4)} at c=1); machine: {mach.get('cpu', '?')}, "
              f"{mach.get('cores', '?')} cores; load average {load_start[0]:.2f} at the start, "
              f"{load_end[0]:.2f} at the end (other work on the machine shares the cores). "
              "One tern-node serves every variant (a model per variant, same model.onnx, one CPU "
@@ -216,7 +233,8 @@ def report(rows, mach, commands, out, a, started, finished, load_start, load_end
                                            for r in failed]
     lines += ["", f"Raw outputs: {bench.rel(out)} (not committed). Commands:", "", "```",
               f".venv/bin/python benches/autobatch.py --window-ms {a.window_ms} --rounds {a.rounds} "
-              f"--quiet-wait {a.quiet_wait:g}" + (" --write" if a.write else "")] + commands + [
+              f"--resnet-rounds {a.resnet_rounds or a.rounds} --resnet-requests {a.resnet_requests} "
+              f"--quiet-wait {a.quiet_wait:g} --stability {a.stability}" + (" --write" if a.write else "")] + commands + [
         "# perf_analyzer: see the .try*.txt files next to each CSV", "```", "",
         bench.END.format(mode="autobatch"), ""]
     return "\n".join(lines)

@@ -33,7 +33,7 @@ pub(crate) fn instance_thread(
             queue.batch.executed(rows, now.saturating_duration_since(since));
         }
         let next = queue.batch.next(now, true);
-        if auto {
+        if auto && !next.run.is_empty() {
             let chosen = queue.batch.auto_delay().map_or(Duration::ZERO, |c| c.last_delay());
             shared.stats.set_queue_delay(chosen);
         }
