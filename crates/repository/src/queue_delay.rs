@@ -130,7 +130,10 @@ mod tests {
     #[test]
     fn fixed_unless_auto_and_the_budget_comes_from_the_parameter_the_triton_field_or_the_default() {
         let us = Duration::from_micros;
-        assert_eq!(budget("max_batch_size: 8 dynamic_batching { max_queue_delay_microseconds: 100 }"), Ok(None));
+        assert_eq!(
+            budget("max_batch_size: 8 dynamic_batching { max_queue_delay_microseconds: 100 }"),
+            Ok(None)
+        );
         assert_eq!(budget(&params(&[("queue_delay", " Fixed ")])), Ok(None));
         let auto = params(&[("queue_delay", "auto")]);
         assert_eq!(budget(&auto), Ok(Some(us(DEFAULT_QUEUE_DELAY_BUDGET_MICROSECONDS))));
@@ -154,7 +157,10 @@ mod tests {
     #[test]
     fn bad_values_name_the_model_and_the_parameter() {
         let cases = [
-            (params(&[("queue_delay", "sometimes")]), "parameters 'queue_delay': 'sometimes' is not one of 'auto', 'fixed'"),
+            (
+                params(&[("queue_delay", "sometimes")]),
+                "parameters 'queue_delay': 'sometimes' is not one of 'auto', 'fixed'",
+            ),
             (
                 params(&[("queue_delay_budget_microseconds", "100")]),
                 "parameters 'queue_delay_budget_microseconds' applies only with parameters 'queue_delay' set to 'auto'",
@@ -168,7 +174,10 @@ mod tests {
                 "parameters 'queue_delay_budget_microseconds': 0 is out of range (1 to 60000000)",
             ),
             (
-                params(&[("queue_delay", "auto"), ("queue_delay_budget_microseconds", "18446744073709551616")]),
+                params(&[
+                    ("queue_delay", "auto"),
+                    ("queue_delay_budget_microseconds", "18446744073709551616"),
+                ]),
                 "parameters 'queue_delay_budget_microseconds': '18446744073709551616' is not a whole number",
             ),
             (

@@ -75,7 +75,8 @@ impl DelayController {
         if let Some(last) = self.last_arrival {
             // Arrivals may be stamped out of order across threads: such a gap counts as 0.
             let gap = (at.saturating_duration_since(last).as_nanos() as f64).min(MAX_GAP_NS);
-            self.gap_ns = if self.gap_ns == 0.0 { gap.max(1.0) } else { ewma(self.gap_ns, gap, ARRIVAL_WEIGHT) };
+            self.gap_ns =
+                if self.gap_ns == 0.0 { gap.max(1.0) } else { ewma(self.gap_ns, gap, ARRIVAL_WEIGHT) };
         }
         self.rows_per_arrival = ewma(self.rows_per_arrival, rows, ARRIVAL_WEIGHT);
         self.last_arrival = Some(self.last_arrival.map_or(at, |last| last.max(at)));
@@ -145,17 +146,19 @@ impl DelayController {
     fn execution_ns(&self, rows: u32) -> Option<f64> {
         let r = f64::from(rows);
         let seen = || self.executions.iter().filter(|e| e.samples > 0);
-        let below = seen().filter(|e| e.rows <= r).last();
+        let below = seen().rfind(|e| e.rows <= r);
         let above = seen().find(|e| e.rows >= r);
         match (below, above) {
-            (Some(b), Some(a)) if a.rows > b.rows => Some(b.ns + (a.ns - b.ns) * (r - b.rows) / (a.rows - b.rows)),
+            (Some(b), Some(a)) if a.rows > b.rows => {
+                Some(b.ns + (a.ns - b.ns) * (r - b.rows) / (a.rows - b.rows))
+            }
             (Some(b), Some(_)) => Some(b.ns),
             (None, Some(a)) => Some(a.ns * r / a.rows),
             (Some(b), None) => {
                 if r > 2.0 * b.rows {
                     return None;
                 }
-                let smaller = seen().filter(|e| e.rows < b.rows).last();
+                let smaller = seen().rfind(|e| e.rows < b.rows);
                 let slope = match smaller {
                     Some(s) => ((b.ns - s.ns) / (b.rows - s.rows)).max(0.0),
                     // One size seen: no sign of a fixed cost per batch, so none is assumed.

@@ -464,7 +464,10 @@ async fn timeouts_and_delays_too_large_for_an_instant_do_not_panic() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn auto_queue_delay_batches_correctly_and_reports_the_delay_it_chose() {
-    let cfg = SchedulerConfig { auto_delay_budget: Some(Duration::from_millis(2)), ..config(8, &[], Duration::ZERO) };
+    let cfg = SchedulerConfig {
+        auto_delay_budget: Some(Duration::from_millis(2)),
+        ..config(8, &[], Duration::ZERO)
+    };
     let r = rig(cfg, false);
     assert_eq!(r.scheduler.stats().snapshot().queue_delay, None, "nothing chosen before the first batch");
     // A lone request runs without waiting for others (no estimate says any will come).
