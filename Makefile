@@ -120,6 +120,14 @@ bench-http: build examples
 	bash benches/peer/setup.sh
 	.venv/bin/python benches/http_vs_grpc.py --write
 
+## Batching that tunes itself (issue 25, benches/autobatch.py): tiny_add and light_resnet50 at
+## c=1 and 16 with batching off, fixed delays 0/100 µs/1 ms/5 ms and `queue_delay: auto`, one node,
+## alternating rounds; rewrites the "make bench autobatch" section of benches/RESULTS.md. About
+## 8 min on 2 cores. `make bench` (full) runs it too.
+.PHONY: bench-autobatch
+bench-autobatch: build examples
+	$(VENV_PY) benches/autobatch.py --write
+
 ## Generation (issue 20, benches/llm.py): generated tokens/s and time to first token p50/p99 at
 ## concurrency 1, 4, 16, 64 for tern-node with continuous batching, tern-node with batching off,
 ## the in-process ceiling and onnxruntime-genai, all on examples/build_tiny_llm.py's model; prints

@@ -5,7 +5,8 @@
 #   QUICK=1     micro-benchmarks at 1 s warm-up + 2 s each (~1.5 min), then tiny_add +
 #               light_resnet50 at c=1,4 with 2 s windows (+ Triton tiny_add): < 5 min
 #   NO_TRITON=1 skip the real-Triton peer (no download of nvidia-pytriton)
-# The full run ends with benches/router_overhead.py (router and `tern serve` vs direct).
+# The full run ends with benches/router_overhead.py (router and `tern serve` vs direct) and
+# benches/autobatch.py (queue_delay auto vs fixed delays).
 # Measure on a quiet machine: every number here shares the cores with whatever else runs.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -24,3 +25,5 @@ if [ "${NO_TRITON:-0}" = 1 ]; then args+=(--no-triton); else bash benches/peer/s
 # The full run also measures tern-router and `tern serve` against the node directly (about 5
 # minutes; its own section of RESULTS.md).
 if [ "${QUICK:-0}" != 1 ]; then .venv/bin/python benches/router_overhead.py --window-ms 5000 --rounds 2 --write; fi
+# And batching that tunes itself against fixed delays (benches/autobatch.py, about 8 minutes).
+if [ "${QUICK:-0}" != 1 ]; then .venv/bin/python benches/autobatch.py --write; fi

@@ -25,6 +25,7 @@ fn config(timeout: Option<Duration>) -> SchedulerConfig {
         dynamic: true,
         preferred_batch_sizes: vec![BATCH],
         max_queue_delay: Duration::ZERO,
+        auto_delay_budget: None,
         preserve_ordering: false,
         priority_levels: 1,
         default_priority: 1,

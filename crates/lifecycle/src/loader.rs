@@ -139,7 +139,10 @@ pub fn load_version(
     crate::warmup::run(&config, &source.dir, &mut backends, &name, v)?;
     let count = backends.len();
     let placement: Vec<&str> = placement.instances.iter().map(|p| p.label.as_str()).collect();
-    let scheduling = SchedulerConfig::from_model_config(&config);
+    let mut scheduling = SchedulerConfig::from_model_config(&config);
+    // Tern's `queue_delay: auto` (checked by validate above).
+    scheduling.auto_delay_budget =
+        tern_repository::auto_queue_delay_budget(&config).map_err(|e| e.to_string())?;
     let dynamic_batching = scheduling.dynamic;
     let scheduler = Scheduler::start(name.clone(), &format!("{name}-{v}"), scheduling, backends, runtime)
         .map_err(|e| format!("model '{name}': cannot start instance thread: {e}"))?;

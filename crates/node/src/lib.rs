@@ -331,6 +331,7 @@ impl tern_telemetry::ModelSampler for NodeSampler {
                     inference_count: s.inference_count,
                     execution_count: s.execution_count,
                     pending: s.pending,
+                    queue_delay_us: s.queue_delay.map(|d| d.as_secs_f64() * 1e6),
                     batch_executions: s
                         .batches
                         .iter()

@@ -81,6 +81,8 @@ pub fn check_bounds(model: &str, config: &ModelConfig) -> Result<(), RepositoryE
             check_queue_policy(model, &format!("dynamic_batching.priority_queue_policy[{level}]"), policy)?;
         }
     }
+    // Tern's `queue_delay` parameters bound their budget like max_queue_delay_microseconds.
+    crate::queue_delay::auto_queue_delay_budget(config)?;
     Ok(())
 }
 

@@ -13,6 +13,7 @@
 //!   own and against its composing models' configs;
 //! - [`validate`]: the config on its own and against the model file, with [`check_bounds`]
 //!   on every number that sizes memory, threads or work;
+//! - [`auto_queue_delay_budget`]: Tern's `queue_delay: auto` for the dynamic batcher;
 //! - [`load_labels`]: classification labels of outputs;
 //! - generative language models (ONNX Runtime GenAI folders): [`is_generative`],
 //!   [`auto_complete_generative`] and the engine settings [`generative_parameters`].
@@ -28,6 +29,7 @@ mod generative;
 mod labels;
 mod model_file;
 mod parse;
+mod queue_delay;
 mod scan;
 mod validate;
 
@@ -49,6 +51,9 @@ pub use generative::{
 pub use labels::load_labels;
 pub use model_file::{ENCRYPTED_SUFFIX, ModelFile, check_file_names, find_model_file};
 pub use parse::{config_override_from_json, parse_config};
+pub use queue_delay::{
+    DEFAULT_QUEUE_DELAY_BUDGET_MICROSECONDS, QUEUE_DELAY_BUDGET_KEY, QUEUE_DELAY_KEY, auto_queue_delay_budget,
+};
 pub use scan::{
     CONFIG_FILENAME, DEFAULT_MODEL_FILENAME, ModelSource, ScannedModel, highest_version, model_file_path,
     model_names, scan, scan_model, select_versions, validate_model_name,

@@ -23,14 +23,28 @@ pub(crate) fn instance_thread(
     answers: &Answers,
 ) {
     let mut queue = shared.lock();
+    // With `queue_delay: auto`: the batch just run (rows, taken at), to time it from taking it to
+    // being back here, free, with the lock held anyway (no extra lock, no extra clock read).
+    let auto = queue.batch.auto_delay().is_some();
+    let mut busy: Option<(u32, Instant)> = None;
     loop {
         let now = Instant::now();
+        if let Some((rows, since)) = busy.take() {
+            queue.batch.executed(rows, now.saturating_duration_since(since));
+        }
         let next = queue.batch.next(now, true);
+        if auto && !next.run.is_empty() {
+            let chosen = queue.batch.auto_delay().map_or(Duration::ZERO, |c| c.last_delay());
+            shared.stats.set_queue_delay(chosen);
+        }
         if !next.run.is_empty() || !next.dropped.is_empty() {
             drop(queue);
             shared.answer_dropped(next.dropped);
             if !next.run.is_empty() {
                 shared.stats.pending.fetch_sub(next.run.len() as u64, Relaxed);
+                if auto {
+                    busy = Some((next.run.iter().map(|p| p.batch_size.max(1)).sum(), now));
+                }
                 answers.deliver(execute(shared, backend.as_mut(), next.run, batching));
             }
             queue = shared.lock();

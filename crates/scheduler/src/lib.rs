@@ -5,6 +5,7 @@
 //! response cache, which answers a repeated request before it is queued.
 //!
 //! Layout: [`policy`] reads the config, [`state`] decides batches (plain, unit-tested),
+//! [`auto_delay`] chooses each batch's queue delay under Tern's `queue_delay: auto`,
 //! [`stats`] counts, [`cache`] keeps responses, [`Scheduler`] is the handle, and `instance`
 //! the threads that run the batches.
 //!
@@ -16,6 +17,7 @@
 //! queue itself. This crate knows nothing of gRPC
 //! servers or ONNX: it moves `Tensor`s to a `Backend`.
 
+pub mod auto_delay;
 pub mod cache;
 mod instance;
 pub mod policy;

@@ -85,6 +85,10 @@ pub struct SchedulerConfig {
     /// Batch sizes worth sending at once, ascending.
     pub preferred_batch_sizes: Vec<u32>,
     pub max_queue_delay: Duration,
+    /// Tern's `queue_delay: auto` (read by the repository crate, set by the loader): each batch's
+    /// delay is chosen from the observed traffic, up to this budget for its oldest request;
+    /// `max_queue_delay` is then unused. `None`: Triton's fixed `max_queue_delay`.
+    pub auto_delay_budget: Option<Duration>,
     /// Responses leave in the order the requests arrived (`preserve_ordering`).
     pub preserve_ordering: bool,
     /// Priority levels (1 is served first); 1 level when the config sets none.
@@ -132,6 +136,7 @@ impl SchedulerConfig {
                     dynamic: max_batch_size > 0,
                     preferred_batch_sizes: preferred,
                     max_queue_delay: Duration::from_micros(db.max_queue_delay_microseconds),
+                    auto_delay_budget: None,
                     preserve_ordering: db.preserve_ordering,
                     priority_levels: levels,
                     default_priority,
@@ -144,6 +149,7 @@ impl SchedulerConfig {
                 dynamic: false,
                 preferred_batch_sizes: Vec::new(),
                 max_queue_delay: Duration::ZERO,
+                auto_delay_budget: None,
                 preserve_ordering: false,
                 priority_levels: 1,
                 default_priority: 1,

@@ -13,6 +13,7 @@ use std::cmp::Reverse;
 use std::collections::{BTreeMap, BinaryHeap};
 use std::time::Instant;
 
+use crate::auto_delay::DelayController;
 use crate::policy::{OnTimeout, SchedulerConfig};
 use tern_core::FailureReason;
 
@@ -82,6 +83,10 @@ pub struct BatchState<T> {
     timed: usize,
     len: usize,
     next_key: u64,
+    /// With `queue_delay: auto`: the estimates that choose each batch's delay, and when the
+    /// batch now forming is to run (decided once, when a free instance first looks at it).
+    auto_delay: Option<DelayController>,
+    hold_until: Option<Instant>,
 }
 
 impl<T> BatchState<T> {
@@ -89,7 +94,29 @@ impl<T> BatchState<T> {
         let levels = (0..config.priority_levels)
             .map(|_| Level { queue: BTreeMap::new(), delayed: BTreeMap::new() })
             .collect();
-        BatchState { config, levels, deadlines: BinaryHeap::new(), timed: 0, len: 0, next_key: 0 }
+        let auto_delay = config.auto_delay_budget.filter(|_| config.dynamic).map(DelayController::new);
+        BatchState {
+            config,
+            levels,
+            deadlines: BinaryHeap::new(),
+            timed: 0,
+            len: 0,
+            next_key: 0,
+            auto_delay,
+            hold_until: None,
+        }
+    }
+
+    /// The automatic queue delay's estimates, with `queue_delay: auto`.
+    pub fn auto_delay(&self) -> Option<&DelayController> {
+        self.auto_delay.as_ref()
+    }
+
+    /// An instance was busy `took` with a batch of `rows` rows: feeds the automatic queue delay.
+    pub fn executed(&mut self, rows: u32, took: std::time::Duration) {
+        if let Some(c) = &mut self.auto_delay {
+            c.executed(rows, took);
+        }
     }
 
     pub fn config(&self) -> &SchedulerConfig {
@@ -119,6 +146,9 @@ impl<T> BatchState<T> {
             self.deadlines.push(Reverse((deadline, key, index)));
             self.timed += 1;
         }
+        if let Some(c) = &mut self.auto_delay {
+            c.arrival(p.enqueued, p.batch_size);
+        }
         self.levels[index].queue.insert(key, p);
         self.len += 1;
         Ok(Ticket { level: index, key })
@@ -136,6 +166,9 @@ impl<T> BatchState<T> {
             None => level.delayed.remove(&ticket.key)?,
         };
         self.len -= 1;
+        if self.len == 0 {
+            self.hold_until = None;
+        }
         self.compact();
         Some(p)
     }
@@ -148,6 +181,7 @@ impl<T> BatchState<T> {
         let (count, full) = self.gather();
         let mut next = Next { run: Vec::new(), wake_at: None, dropped };
         if count == 0 {
+            self.hold_until = None;
             return next;
         }
         if !can_run {
@@ -155,18 +189,33 @@ impl<T> BatchState<T> {
             next.wake_at = self.next_deadline();
             return next;
         }
-        let take = if !self.config.dynamic { Some(1) } else { self.decide(now, count, full) };
+        let take = if !self.config.dynamic { Ok(1) } else { self.decide(now, count, full) };
         match take {
-            Some(n) => next.run = self.pop(n),
-            None => {
-                let seed_wait = self
-                    .candidates()
-                    .next()
-                    .and_then(|p| p.enqueued.checked_add(self.config.max_queue_delay));
-                next.wake_at = [seed_wait, self.next_deadline()].into_iter().flatten().min();
+            Ok(n) => {
+                if let Some(c) = self.auto_delay.as_mut().filter(|_| self.hold_until.is_none()) {
+                    c.chose(std::time::Duration::ZERO);
+                }
+                next.run = self.pop(n);
+            }
+            Err(send_at) => {
+                if self.auto_delay.is_some() && self.hold_until.is_none() {
+                    // The delay chosen for this batch holds until it runs: re-deciding on every
+                    // look would restart the wait each time.
+                    self.hold_until = send_at;
+                    let oldest = self.oldest(count);
+                    if let (Some(c), Some(at), Some(oldest)) = (&mut self.auto_delay, send_at, oldest) {
+                        c.chose(at.saturating_duration_since(oldest));
+                    }
+                }
+                next.wake_at = [send_at, self.next_deadline()].into_iter().flatten().min();
             }
         }
         next
+    }
+
+    /// The earliest arrival among the first `count` candidates.
+    fn oldest(&self, count: usize) -> Option<Instant> {
+        self.candidates().take(count).map(|p| p.enqueued).min()
     }
 
     /// How many leading candidates may share one batch, and whether the batch is closed (max
@@ -190,10 +239,11 @@ impl<T> BatchState<T> {
         (count, batch_size >= max)
     }
 
-    /// Triton's dynamic batcher: how many of the `count` gathered requests to send now.
-    fn decide(&self, now: Instant, count: usize, closed: bool) -> Option<usize> {
-        if closed || self.config.max_queue_delay.is_zero() {
-            return Some(count);
+    /// Triton's dynamic batcher: how many of the `count` gathered requests to send now, or else
+    /// when to send them if nothing else arrives (`None`: never on its own).
+    fn decide(&self, now: Instant, count: usize, closed: bool) -> Result<usize, Option<Instant>> {
+        if closed || (self.auto_delay.is_none() && self.config.max_queue_delay.is_zero()) {
+            return Ok(count);
         }
         let preferred = &self.config.preferred_batch_sizes;
         // The batch size so far, and the longest prefix whose batch size is a preferred size.
@@ -208,14 +258,30 @@ impl<T> BatchState<T> {
             oldest = Some(oldest.map_or(p.enqueued, |o| o.min(p.enqueued)));
         }
         if preferred.contains(&total) {
-            return Some(count);
+            return Ok(count);
         }
         // Past the largest preferred size nothing larger is worth waiting for: send the longest
         // prefix that is a preferred size, if there is one.
-        if preferred.last().is_some_and(|&largest| total > largest) && preferred_prefix.is_some() {
-            return preferred_prefix;
+        if let Some(prefix) = preferred_prefix.filter(|_| preferred.last().is_some_and(|&l| total > l)) {
+            return Ok(prefix);
         }
-        (now.duration_since(oldest?) >= self.config.max_queue_delay).then_some(count)
+        let Some(oldest) = oldest else { return Ok(count) };
+        let send_at = match (&self.auto_delay, self.hold_until) {
+            (None, _) => {
+                // Triton's fixed delay, from the batch's first request (the wake-up as before).
+                if now.saturating_duration_since(oldest) >= self.config.max_queue_delay {
+                    return Ok(count);
+                }
+                let seed = self.candidates().next().map_or(oldest, |p| p.enqueued);
+                return Err(seed.checked_add(self.config.max_queue_delay));
+            }
+            (Some(_), Some(at)) => at,
+            (Some(c), None) => {
+                let waited = now.saturating_duration_since(oldest);
+                now + c.delay(waited, total, self.config.max_batch_size.max(1))
+            }
+        };
+        if now >= send_at { Ok(count) } else { Err(Some(send_at)) }
     }
 
     /// Whether a free instance would run a batch at `now`, without changing anything: lets a
@@ -223,7 +289,7 @@ impl<T> BatchState<T> {
     /// requests still count here; [`BatchState::next`] removes them.
     pub fn ready(&self, now: Instant) -> bool {
         let (count, full) = self.gather();
-        count > 0 && (!self.config.dynamic || self.decide(now, count, full).is_some())
+        count > 0 && (!self.config.dynamic || self.decide(now, count, full).is_ok())
     }
 
     /// Queue order: level 1 first; within a level, arrival order, then its delayed requests.
@@ -244,6 +310,7 @@ impl<T> BatchState<T> {
             }
         }
         self.len -= out.len();
+        self.hold_until = None;
         self.compact();
         out
     }

@@ -8,6 +8,7 @@ fn config(max: u32, preferred: &[u32], delay_us: u64) -> SchedulerConfig {
         dynamic: true,
         preferred_batch_sizes: preferred.to_vec(),
         max_queue_delay: Duration::from_micros(delay_us),
+        auto_delay_budget: None,
         preserve_ordering: false,
         priority_levels: 1,
         default_priority: 1,
@@ -256,4 +257,82 @@ fn a_delayed_request_stays_ahead_of_lower_priority_levels_and_can_be_cancelled()
     assert_eq!(ids(&s.next(t0, true).run), vec![2]);
     assert_eq!(ids(&s.next(t0, true).run), vec![0]);
     assert!(s.is_empty());
+}
+
+/// `queue_delay: auto` with a budget of `budget_us`.
+fn auto(max: u32, preferred: &[u32], budget_us: u64) -> SchedulerConfig {
+    SchedulerConfig { auto_delay_budget: Some(Duration::from_micros(budget_us)), ..config(max, preferred, 0) }
+}
+
+/// Runs one request at a time through `s` as a closed loop of one client would: each arrives
+/// `gap` after the last one ran, and each batch keeps the instance busy `busy`.
+fn lone_client(s: &mut BatchState<u32>, t: &mut Instant, rounds: u32, gap: Duration, busy: Duration) {
+    for i in 0..rounds {
+        *t += gap;
+        s.push(pending(i, 1, *t)).expect("room");
+        let n = s.next(*t, true);
+        assert_eq!(ids(&n.run), vec![i], "round {i}: a lone request runs at once");
+        *t += busy;
+        s.executed(1, busy);
+    }
+}
+
+#[test]
+fn auto_delay_never_holds_a_lone_request() {
+    let mut t = Instant::now();
+    let mut s = BatchState::new(auto(64, &[], 5_000));
+    lone_client(&mut s, &mut t, 200, Duration::from_micros(300), Duration::from_micros(30));
+    assert_eq!(s.auto_delay().map(|c| c.last_delay()), Some(Duration::ZERO));
+}
+
+#[test]
+fn auto_delay_waits_under_saturation_holds_its_decision_and_keeps_the_budget() {
+    let us = Duration::from_micros;
+    let t0 = Instant::now();
+    let mut s = BatchState::new(auto(64, &[], 2_000));
+    // Teach it: a row every 10 µs, and batches that cost 100 µs plus 1 µs a row.
+    for i in 0..100 {
+        s.push(pending(i, 1, t0 + us(10) * i)).expect("room");
+    }
+    let late = t0 + Duration::from_secs(1);
+    while !s.is_empty() {
+        assert!(!s.next(late, true).run.is_empty(), "past the budget everything runs");
+    }
+    for rows in [1u32, 4, 16, 64] {
+        for _ in 0..4 {
+            s.executed(rows, us(100 + u64::from(rows)));
+        }
+    }
+    // Arrivals continue at the same pace; 4 rows gathered when the instance is free.
+    let t = t0 + us(1000);
+    for i in 0..4 {
+        s.push(pending(100 + i, 1, t + us(10) * i)).expect("room");
+    }
+    let now = t + us(30);
+    let n = s.next(now, true);
+    assert!(n.run.is_empty(), "waiting for more rows pays");
+    let hold = n.wake_at.expect("a time to run");
+    assert!(hold > now && hold <= t + us(2_000), "within the budget of the oldest: {:?}", hold - t);
+    assert!(!s.ready(now + us(1)), "an arrival does not wake the instance before then");
+    // More rows arrive, not a full batch: the decision holds (it is not re-made, which would
+    // restart the wait), and the batch runs at the chosen time with everything gathered.
+    for i in 4..10 {
+        s.push(pending(100 + i, 1, t + us(10) * i)).expect("room");
+    }
+    let n = s.next(now + us(100), true);
+    assert!(n.run.is_empty());
+    assert_eq!(n.wake_at, Some(hold));
+    assert!(s.ready(hold));
+    assert_eq!(ids(&s.next(hold, true).run), (100..110).collect::<Vec<_>>());
+    assert_eq!(s.auto_delay().map(|c| c.last_delay()), Some(hold - t));
+    // A full batch never waits, a preferred size neither.
+    for i in 0..64 {
+        s.push(pending(200 + i, 1, hold)).expect("room");
+    }
+    assert_eq!(s.next(hold, true).run.len(), 64);
+    let mut p = BatchState::new(auto(64, &[4], 2_000));
+    for i in 0..4 {
+        p.push(pending(i, 1, t0)).expect("room");
+    }
+    assert_eq!(p.next(t0, true).run.len(), 4);
 }

@@ -84,6 +84,9 @@ pub struct StatsSnapshot {
     pub batches: Vec<BatchStat>,
     /// Requests waiting in the queue now.
     pub pending: u64,
+    /// With `queue_delay: auto`: the queue delay chosen for the last batch (from its oldest
+    /// request's arrival); `None` when the delay is fixed.
+    pub queue_delay: Option<Duration>,
 }
 
 /// The counters of one model version.
@@ -105,6 +108,9 @@ pub struct ModelStats {
     /// write lock, once), later executions only read-lock. Never sized by `max_batch_size`.
     batches: RwLock<BTreeMap<u32, Arc<BatchCounters>>>,
     pub(crate) pending: AtomicU64,
+    /// With `queue_delay: auto`: the delay chosen for the last batch, in ns, plus 1 (0: the delay
+    /// is fixed, none is chosen).
+    queue_delay: AtomicU64,
     /// Latency summaries, when `--metrics-config summary_latencies=true` (set once, at load).
     summaries: OnceLock<LatencySummaries>,
 }
@@ -125,6 +131,12 @@ impl ModelStats {
     /// The latency summaries now; empty when they are off.
     pub fn summaries(&self) -> Vec<SummarySnapshot> {
         self.summaries.get().map(LatencySummaries::snapshot).unwrap_or_default()
+    }
+
+    /// The queue delay `queue_delay: auto` chose for the last batch.
+    pub(crate) fn set_queue_delay(&self, delay: Duration) {
+        let ns = delay.as_nanos().min(u128::from(u64::MAX - 1)) as u64;
+        self.queue_delay.store(ns + 1, Relaxed);
     }
 
     /// A request that failed, with its duration so far.
@@ -258,6 +270,10 @@ impl ModelStats {
                 })
                 .collect(),
             pending: self.pending.load(Relaxed),
+            queue_delay: match self.queue_delay.load(Relaxed) {
+                0 => None,
+                n => Some(Duration::from_nanos(n - 1)),
+            },
         }
     }
 }

@@ -69,6 +69,7 @@ fn config(max: u32, preferred: &[u32], delay: Duration) -> SchedulerConfig {
         dynamic: true,
         preferred_batch_sizes: preferred.to_vec(),
         max_queue_delay: delay,
+        auto_delay_budget: None,
         preserve_ordering: false,
         priority_levels: 1,
         default_priority: 1,
@@ -519,4 +520,41 @@ async fn a_backlogged_sequence_times_out_and_a_cancelled_one_is_cancelled_whole(
     let count = |reason| s.failures.iter().find(|(r, _)| *r == reason).map(|(_, n)| *n);
     assert_eq!((count(FailureReason::Canceled), count(FailureReason::Rejected)), (Some(2), Some(1)));
     assert_eq!(r.seen.lock().expect("lock").len(), 3, "1's START and END, 4's START: nothing of 2 or 3 ran");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn auto_queue_delay_batches_correctly_and_reports_the_delay_it_chose() {
+    let cfg = SchedulerConfig {
+        auto_delay_budget: Some(Duration::from_millis(2)),
+        ..config(8, &[], Duration::ZERO)
+    };
+    let r = rig(cfg, false);
+    assert_eq!(r.scheduler.stats().snapshot().queue_delay, None, "nothing chosen before the first batch");
+    // A lone request runs without waiting for others (no estimate says any will come).
+    let out = r.scheduler.infer(job(1, 7.0)).await.expect("infer");
+    assert_eq!(values(&out), vec![8.0; 2]);
+    // Concurrent requests of varied sizes: each gets exactly its own rows back, whatever batches
+    // the controller forms; the chosen delay stays within the budget.
+    for round in 0..20 {
+        let tasks: Vec<_> = (0..12u32)
+            .map(|i| {
+                let s = r.scheduler.clone();
+                let rows = 1 + i % 3;
+                let value = (round * 100 + i) as f32;
+                tokio::spawn(async move { (rows, value, s.infer(job(rows, value)).await) })
+            })
+            .collect();
+        for t in tasks {
+            let (rows, value, out) = t.await.expect("join");
+            let out = out.expect("infer");
+            assert_eq!(values(&out), vec![value + 1.0; 2 * rows as usize], "{rows} rows of {value}");
+        }
+    }
+    let s = r.scheduler.stats().snapshot();
+    assert_eq!(s.inference_count, 1 + 20 * (4 * (1 + 2 + 3)));
+    assert_eq!(s.success.count, 1 + 20 * 12);
+    let seen = r.seen.lock().expect("lock").clone();
+    assert!(seen.iter().all(|&rows| (1..=8).contains(&rows)), "never past max_batch_size: {seen:?}");
+    let delay = s.queue_delay.expect("auto reports its delay");
+    assert!(delay <= Duration::from_millis(2), "{delay:?} within the budget");
 }

@@ -105,6 +105,7 @@ mod tests {
             execution_count: 341_688,
             pending: 7,
             batch_executions: vec![(1, 10), (3, 4), (64, 2)],
+            queue_delay_us: Some(250.0),
             cache: None,
             summaries: Vec::new(),
         }
@@ -232,6 +233,8 @@ mod tests {
             r#"tern_inference_batch_size_bucket{model="tiny_add",version="1",le="+Inf"} 16"#,
             r#"tern_inference_batch_size_sum{model="tiny_add",version="1"} 150"#,
             r#"tern_inference_batch_size_count{model="tiny_add",version="1"} 16"#,
+            "# TYPE tern_batch_queue_delay_us gauge",
+            r#"tern_batch_queue_delay_us{model="tiny_add",version="1"} 250"#,
             r#"tern_model_state{model="tiny_add",state="READY",version="1"} 1"#,
             r#"tern_model_state{model="tiny_add",state="LOADING",version="1"} 0"#,
             "nv_pinned_memory_pool_total_bytes 0",

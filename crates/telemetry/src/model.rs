@@ -42,6 +42,9 @@ pub struct ModelSample {
     /// Executions per batch size, `(batch_size, executions)`, as the statistics extension's
     /// `batch_stats`; rendered as the `tern_inference_batch_size` histogram. Empty: no histogram.
     pub batch_executions: Vec<(u64, u64)>,
+    /// With `queue_delay: auto`: the queue delay chosen for the last batch, in microseconds;
+    /// `None` (a fixed delay): no series.
+    pub queue_delay_us: Option<f64>,
     /// Response-cache counters of a model version whose config enables the cache; `None`: no
     /// cache series.
     pub cache: Option<CacheSample>,
@@ -189,6 +192,7 @@ const FAMILIES: &[Family] = &[
     names::INFERENCE_PENDING_REQUEST_COUNT,
     names::REQUEST_FAILURE_DURATION_US,
     names::BATCH_SIZE,
+    names::BATCH_QUEUE_DELAY_US,
     names::CACHE_NUM_HITS_PER_MODEL,
     names::CACHE_HIT_DURATION_PER_MODEL,
     names::CACHE_NUM_MISSES_PER_MODEL,
@@ -350,6 +354,15 @@ pub fn render_with(
         })
         .collect();
     out.push(family_of(&names::BATCH_SIZE, batches));
+
+    let delays = samples
+        .iter()
+        .filter_map(|s| {
+            let labels = labels(&[(LABEL_MODEL, &s.model), (LABEL_VERSION, &s.version)]);
+            Some(scalar(names::Kind::Gauge, labels, s.queue_delay_us?))
+        })
+        .collect();
+    out.push(family_of(&names::BATCH_QUEUE_DELAY_US, delays));
 
     let states = states
         .iter()

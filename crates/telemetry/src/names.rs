@@ -243,6 +243,13 @@ family!(
 );
 family!(BATCH_SIZE, "tern_inference_batch_size", Histogram, MV, "Batch size of model executions");
 family!(
+    BATCH_QUEUE_DELAY_US,
+    "tern_batch_queue_delay_us",
+    Gauge,
+    MV,
+    "Queue delay in microseconds the dynamic batcher chose for the last batch (models with queue_delay auto)"
+);
+family!(
     REQUEST_FAILURE_DURATION_US,
     "tern_inference_request_failure_duration_us",
     Counter,
@@ -381,6 +388,7 @@ pub const ALL: &[Family] = &[
     ENERGY_CONSUMPTION,
     REQUEST_LATENCY_US,
     BATCH_SIZE,
+    BATCH_QUEUE_DELAY_US,
     REQUEST_FAILURE_DURATION_US,
     CACHE_NUM_HITS_PER_MODEL,
     CACHE_HIT_DURATION_PER_MODEL,

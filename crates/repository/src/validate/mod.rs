@@ -208,6 +208,7 @@ pub fn check_response_cache(config: &ModelConfig) -> Result<(), RepositoryError>
 
 fn check_scheduling(config: &ModelConfig, signature: &ModelSignature) -> Result<(), RepositoryError> {
     let model = config.name.as_str();
+    crate::queue_delay::check_auto_needs_batching(config)?;
     let batching = match &config.scheduling_choice {
         Some(SchedulingChoice::DynamicBatching(batching)) => batching,
         // Triton's words (core src/model_config_utils.cc, `ValidateEnsembleSchedulingConfig`);
