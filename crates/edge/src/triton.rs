@@ -16,6 +16,7 @@ pub const EXTENSIONS: &[&str] = &[
     "classification",
     "sequence",
     "model_repository",
+    "model_repository(unload_dependents)",
     "schedule_policy",
     "model_configuration",
     "system_shared_memory",
@@ -24,6 +25,22 @@ pub const EXTENSIONS: &[&str] = &[
     "trace",
     "logging",
 ];
+
+/// RepositoryModelUnload's `unload_dependents` parameter, read as Triton's gRPC front end reads
+/// it (server src/grpc/grpc_server.cc, RepositoryModelUnload): a bool, else INVALID_ARGUMENT in
+/// its words; other parameters are ignored.
+pub fn unload_dependents(
+    parameters: &std::collections::HashMap<String, pb::ModelRepositoryParameter>,
+) -> Result<bool, tonic::Status> {
+    use pb::model_repository_parameter::ParameterChoice as P;
+    match parameters.get("unload_dependents").map(|p| &p.parameter_choice) {
+        None => Ok(false),
+        Some(Some(P::BoolParam(b))) => Ok(*b),
+        Some(_) => Err(tonic::Status::invalid_argument(
+            "invalid value type for 'unload_dependents' parameter, expected bool_param.",
+        )),
+    }
+}
 
 /// The response stream of ModelStreamInfer.
 pub type StreamInferStream =
