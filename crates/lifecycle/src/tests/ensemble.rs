@@ -119,7 +119,10 @@ async fn a_generative_step_is_refused_at_load() -> TestResult {
     let dir = h.repo.path().join("llm");
     std::fs::create_dir_all(dir.join("1"))?;
     std::fs::write(dir.join("1").join("genai_config.json"), "1")?;
-    std::fs::write(dir.join("config.pbtxt"), "parameters { key: \"max_batch\" value { string_value: \"4\" } }\n")?;
+    std::fs::write(
+        dir.join("config.pbtxt"),
+        "parameters { key: \"max_batch\" value { string_value: \"4\" } }\n",
+    )?;
     let ens = h.repo.path().join("chat");
     std::fs::create_dir_all(ens.join("1"))?;
     std::fs::write(
