@@ -296,6 +296,9 @@ def test_through_a_router_the_lazy_load_of_an_ensemble_loads_its_steps(model_rep
         res = grpc_infer(client, raw)
         np.testing.assert_array_equal(res.as_numpy("CLASS"), reference(raw)[1])
         assert {"ensemble_pipeline", *STEPS} <= cluster.nodes[0].ready_models()
+        # The router passes `unload_dependents` on: the steps, loaded only for the ensemble, go.
+        client.unload_model("ensemble_pipeline", unload_dependents=True)
+        assert not ({"ensemble_pipeline", *STEPS} & cluster.nodes[0].ready_models())
         client.close()
 
 

@@ -375,6 +375,27 @@ pub trait StreamOne: Send + Sync + 'static {
 mod tests {
     use super::*;
 
+    /// Triton's gRPC front end: a bool parameter, false without it, INVALID_ARGUMENT in its
+    /// words for any other type.
+    #[test]
+    fn unload_dependents_is_a_bool_parameter() {
+        use pb::model_repository_parameter::ParameterChoice as P;
+        let with = |choice: P| {
+            std::collections::HashMap::from([(
+                "unload_dependents".to_string(),
+                pb::ModelRepositoryParameter { parameter_choice: Some(choice) },
+            )])
+        };
+        assert_eq!(unload_dependents(&Default::default()).ok(), Some(false));
+        assert_eq!(unload_dependents(&with(P::BoolParam(true))).ok(), Some(true));
+        let refused = unload_dependents(&with(P::StringParam("true".into()))).expect_err("a string");
+        assert_eq!(refused.code(), tonic::Code::InvalidArgument);
+        assert_eq!(
+            refused.message(),
+            "invalid value type for 'unload_dependents' parameter, expected bool_param."
+        );
+    }
+
     #[test]
     fn metadata_and_unimplemented_answers() {
         let metadata = server_metadata("triton");
