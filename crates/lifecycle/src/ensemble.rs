@@ -127,6 +127,14 @@ pub(crate) fn load_ensemble_versions(
             let wants_cache = config.response_cache.as_ref().is_some_and(|c| c.enable);
             let scheduler = scheduler.map(|s| match response_cache {
                 Some(cache) if wants_cache => s.with_response_cache(cache.clone(), v),
+                None if wants_cache => {
+                    tracing::warn!(
+                        model = %name,
+                        "response_cache is enabled in the config but the node has no cache \
+                         (--cache-config local,size=N): responses are not cached"
+                    );
+                    s
+                }
                 _ => s,
             });
             let loaded = scheduler.map(|scheduler| LoadedModel {
