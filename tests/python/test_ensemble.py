@@ -13,14 +13,22 @@ count one execution per request, and each composing model keeps its own, so a st
 batching batches concurrent ensemble requests. Unloading a composing model unloads the
 ensembles that run it.
 
-One explicit-mode node for the module, over a copy of the example ensemble and its steps plus
-invalid ensembles written here.
+Also (issue 22): an unload with `unload_dependents` takes the ensemble's composing models that
+nothing else needs (model_repository_manager.cc, `DependencyGraph::RemoveNodes`); an ensemble
+with `response_cache { enable: true }` answers repeated requests from the cache without running
+its steps (src/ensemble_scheduler/ensemble_scheduler.cc, `CacheLookUp`,
+`CacheEnsembleTopLevelRequest`) until a step reloads; a request timeout or a client's deadline
+while a step is queued ends the ensemble request and takes the step out of its queue.
+
+One explicit-mode node for the module (with a response cache), over a copy of the example
+ensemble and its steps plus ensembles written here.
 """
 import json
 import re
 import sys
 import urllib.request
 import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -77,14 +85,42 @@ INVALID = {
 }
 
 
+# ens_preprocess with a 5 s queue delay unless 8 rows arrive, and request timeouts honoured:
+# a one-row request waits in its queue.
+SLOW_STEP = """name: "ens_slow_pre"
+backend: "onnxruntime"
+max_batch_size: 8
+input [ { name: "INPUT0" data_type: TYPE_FP32 dims: [ 16 ] } ]
+output [ { name: "OUTPUT0" data_type: TYPE_FP32 dims: [ 16 ] } ]
+dynamic_batching {
+  preferred_batch_size: [ 8 ]
+  max_queue_delay_microseconds: 5000000
+  default_queue_policy { allow_timeout_override: true }
+}
+"""
+
+MORE = {
+    "ens_slow": ensemble_config("ens_slow", [("ens_slow_pre", {"INPUT0": "RAW"}, {"OUTPUT0": "OUT"})]),
+}
+
+
 @pytest.fixture(scope="module")
 def node(model_repo, tmp_path_factory):
     repo = copy_models(model_repo, tmp_path_factory.mktemp("ensemble_repo"), STEPS + ["ensemble_pipeline"])
-    for name, config in INVALID.items():
+    for name, config in {**INVALID, **MORE}.items():
         (repo / name / "1").mkdir(parents=True)
         (repo / name / "config.pbtxt").write_text(config)
+    (repo / "ens_cached" / "1").mkdir(parents=True)
+    pipeline = (repo / "ensemble_pipeline" / "config.pbtxt").read_text()
+    (repo / "ens_cached" / "config.pbtxt").write_text(
+        pipeline.replace('name: "ensemble_pipeline"', 'name: "ens_cached"') + "response_cache { enable: true }\n"
+    )
+    (repo / "ens_slow_pre" / "1").mkdir(parents=True)
+    (repo / "ens_slow_pre" / "1" / "model.onnx").write_bytes((repo / "ens_preprocess" / "1" / "model.onnx").read_bytes())
+    (repo / "ens_slow_pre" / "config.pbtxt").write_text(SLOW_STEP)
     srv = TernServer(
-        [repo], ["--model-control-mode", "explicit"], log_dir=tmp_path_factory.mktemp("ensemble_logs"), label="ensemble"
+        [repo], ["--model-control-mode", "explicit", "--cache-config", "local,size=1048576"],
+        log_dir=tmp_path_factory.mktemp("ensemble_logs"), label="ensemble",
     ).start()
     client = grpcclient.InferenceServerClient(srv.url)
     # Nothing is loaded yet: loading the ensemble loads its steps.
@@ -260,6 +296,9 @@ def test_through_a_router_the_lazy_load_of_an_ensemble_loads_its_steps(model_rep
         res = grpc_infer(client, raw)
         np.testing.assert_array_equal(res.as_numpy("CLASS"), reference(raw)[1])
         assert {"ensemble_pipeline", *STEPS} <= cluster.nodes[0].ready_models()
+        # The router passes `unload_dependents` on: the steps, loaded only for the ensemble, go.
+        client.unload_model("ensemble_pipeline", unload_dependents=True)
+        assert not ({"ensemble_pipeline", *STEPS} & cluster.nodes[0].ready_models())
         client.close()
 
 
@@ -280,3 +319,123 @@ def test_a_step_reloaded_so_that_the_ensemble_no_longer_fits_unloads_it_with_the
     client.load_model("ens_postprocess")
     client.load_model("ensemble_pipeline")
     assert client.is_model_ready("ensemble_pipeline")
+
+
+def ready(client, *models):
+    return {m: client.is_model_ready(m) for m in models}
+
+
+def test_unload_dependents_takes_the_steps_nothing_else_needs(node):
+    srv, client = node
+    # Start over: a plain unload forgets that a model was loaded by name.
+    for model in ["ensemble_pipeline", "ens_variable", *STEPS]:
+        client.unload_model(model)
+    client.load_model("ensemble_pipeline")  # its steps load as composing models
+    client.load_model("ens_variable")  # runs ens_preprocess too
+    client.load_model("tiny_add")  # now loaded by name
+    http = httpclient.InferenceServerClient(srv.http_addr)
+    http.unload_model("ensemble_pipeline", unload_dependents=True)
+    assert ready(client, "ensemble_pipeline", "ens_postprocess", "tiny_add", "ens_preprocess", "ens_variable") == {
+        "ensemble_pipeline": False,
+        "ens_postprocess": False,  # loaded only for the ensemble
+        "tiny_add": True,  # loaded by name
+        "ens_preprocess": True,  # ens_variable still runs it
+        "ens_variable": True,
+    }
+    client.unload_model("ens_variable", unload_dependents=True)
+    assert ready(client, "ens_variable", "ens_preprocess") == {"ens_variable": False, "ens_preprocess": False}
+    http.close()
+    # Without the parameter the composing models stay, as in Triton.
+    client.load_model("ensemble_pipeline")
+    client.unload_model("ensemble_pipeline")
+    assert all(ready(client, *STEPS).values())
+    assert "model_repository(unload_dependents)" in client.get_server_metadata(as_json=True)["extensions"]
+    client.load_model("ensemble_pipeline")
+
+
+def test_a_cached_ensemble_answers_a_repeated_request_without_running_its_steps(node):
+    srv, client = node
+    client.load_model("ens_cached")
+    raw = raw_batch(2, seed=21)
+    want = reference(raw)[1]
+    first = grpc_infer(client, raw, model="ens_cached")
+    steps_before = {m: stats(client, m)[0] for m in STEPS}
+    _, executions_before, _ = stats(client, "ens_cached")
+    second = grpc_infer(client, raw, model="ens_cached")
+    http = httpclient.InferenceServerClient(srv.http_addr)
+    inp = httpclient.InferInput("RAW", list(raw.shape), "FP32")
+    inp.set_data_from_numpy(raw, binary_data=True)
+    third = http.infer("ens_cached", [inp])
+    http.close()
+    for res in (first, second, third):
+        np.testing.assert_array_equal(res.as_numpy("CLASS"), want)
+    assert {m: stats(client, m)[0] for m in STEPS} == steps_before, "a hit runs no step"
+    _, executions, s = stats(client, "ens_cached")
+    assert executions == executions_before, "a hit is no execution (Triton's UpdateSuccessCacheHit)"
+    cache = s["inference_stats"]
+    assert (int(cache["cache_hit"]["count"]), int(cache["cache_miss"]["count"])) == (2, 1), cache
+    assert int(cache["success"]["count"]) == 3
+
+    # A step's reload: the cached answers are forgotten, the steps run again.
+    client.load_model("ens_postprocess", config=json.dumps({"max_batch_size": 8, "backend": "onnxruntime"}))
+    assert client.is_model_ready("ens_cached")
+    res = grpc_infer(client, raw, model="ens_cached")
+    np.testing.assert_array_equal(res.as_numpy("CLASS"), want)
+    assert stats(client, "ens_postprocess")[0] >= 2, "the reloaded step ran"
+    cache = stats(client, "ens_cached")[2]["inference_stats"]
+    assert (int(cache["cache_hit"]["count"]), int(cache["cache_miss"]["count"])) == (2, 2), cache
+
+
+def fails(model_stats):
+    return int(model_stats["inference_stats"]["fail"].get("count", 0))
+
+
+def pending(srv, model):
+    line = next((x for x in metrics(srv).splitlines() if x.startswith(f'nv_inference_pending_request_count{{model="{model}",')), None)
+    return float(line.split()[-1]) if line else 0.0
+
+
+def wait_until(what, done, limit=4.0):
+    deadline = time.monotonic() + limit
+    while not done():
+        assert time.monotonic() < deadline, f"timed out waiting until {what}"
+        time.sleep(0.02)
+
+
+def test_a_request_timeout_at_a_queued_step_fails_the_ensemble_request(node):
+    _, client = node
+    client.load_model("ens_slow")
+    _, _, before = stats(client, "ens_slow")
+    inp = grpcclient.InferInput("RAW", [1, 16], "FP32")
+    inp.set_data_from_numpy(raw_batch(1))
+    with pytest.raises(InferenceServerException) as err:
+        client.infer("ens_slow", [inp], timeout=100_000)  # Triton's request timeout, microseconds
+    message = err.value.message()
+    assert message.startswith("in ensemble 'ens_slow', step 0 (model 'ens_slow_pre'): "), message
+    assert "Request timeout expired" in message, message
+    _, _, after = stats(client, "ens_slow")
+    assert fails(after) == fails(before) + 1
+
+
+def test_a_client_deadline_cancels_the_queued_step(node):
+    srv, client = node
+    client.load_model("ens_slow")
+    executions_before = stats(client, "ens_slow_pre")[1]
+    fails_before = fails(stats(client, "ens_slow")[2])
+    inp = grpcclient.InferInput("RAW", [1, 16], "FP32")
+    inp.set_data_from_numpy(raw_batch(1))
+    with pytest.raises(InferenceServerException) as err:
+        client.infer("ens_slow", [inp], client_timeout=0.3)
+    assert "Deadline" in str(err.value.status()) or "DEADLINE" in str(err.value.status()), err.value
+    # The step's request leaves its queue long before the 5 s delay would have run it, and the
+    # ensemble counts the request as failed.
+    wait_until("the step's queue is empty", lambda: pending(srv, "ens_slow_pre") == 0)
+    wait_until(
+        "the ensemble counted the cancelled request",
+        lambda: fails(stats(client, "ens_slow")[2]) == fails_before + 1,
+    )
+    assert stats(client, "ens_slow_pre")[1] == executions_before, "the cancelled step never ran"
+    # A full batch runs at once: the model serves on.
+    raw = raw_batch(8, seed=4)
+    res = grpc_infer(client, raw, model="ens_slow")
+    np.testing.assert_allclose(res.as_numpy("OUT"), (raw - MEAN) / STD, rtol=1e-6)

@@ -16,6 +16,7 @@ pub const EXTENSIONS: &[&str] = &[
     "classification",
     "sequence",
     "model_repository",
+    "model_repository(unload_dependents)",
     "schedule_policy",
     "model_configuration",
     "system_shared_memory",
@@ -24,6 +25,22 @@ pub const EXTENSIONS: &[&str] = &[
     "trace",
     "logging",
 ];
+
+/// RepositoryModelUnload's `unload_dependents` parameter, read as Triton's gRPC front end reads
+/// it (server src/grpc/grpc_server.cc, RepositoryModelUnload): a bool, else INVALID_ARGUMENT in
+/// its words; other parameters are ignored.
+pub fn unload_dependents(
+    parameters: &std::collections::HashMap<String, pb::ModelRepositoryParameter>,
+) -> Result<bool, tonic::Status> {
+    use pb::model_repository_parameter::ParameterChoice as P;
+    match parameters.get("unload_dependents").map(|p| &p.parameter_choice) {
+        None => Ok(false),
+        Some(Some(P::BoolParam(b))) => Ok(*b),
+        Some(_) => Err(tonic::Status::invalid_argument(
+            "invalid value type for 'unload_dependents' parameter, expected bool_param.",
+        )),
+    }
+}
 
 /// The response stream of ModelStreamInfer.
 pub type StreamInferStream =
@@ -357,6 +374,27 @@ pub trait StreamOne: Send + Sync + 'static {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Triton's gRPC front end: a bool parameter, false without it, INVALID_ARGUMENT in its
+    /// words for any other type.
+    #[test]
+    fn unload_dependents_is_a_bool_parameter() {
+        use pb::model_repository_parameter::ParameterChoice as P;
+        let with = |choice: P| {
+            std::collections::HashMap::from([(
+                "unload_dependents".to_string(),
+                pb::ModelRepositoryParameter { parameter_choice: Some(choice) },
+            )])
+        };
+        assert_eq!(unload_dependents(&Default::default()).ok(), Some(false));
+        assert_eq!(unload_dependents(&with(P::BoolParam(true))).ok(), Some(true));
+        let refused = unload_dependents(&with(P::StringParam("true".into()))).expect_err("a string");
+        assert_eq!(refused.code(), tonic::Code::InvalidArgument);
+        assert_eq!(
+            refused.message(),
+            "invalid value type for 'unload_dependents' parameter, expected bool_param."
+        );
+    }
 
     #[test]
     fn metadata_and_unimplemented_answers() {

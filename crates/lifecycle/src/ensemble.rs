@@ -77,8 +77,9 @@ pub(crate) fn check_against_table(
         let model = step_model(name, step, table).map_err(|e| format!("model '{name}': {e}"))?;
         if model.ensemble.is_none() && model.generative.is_some() {
             return Err(format!(
-                "model '{name}': in ensemble {name}, model {} is a generative model; ensembles run \
-                 models with one response per request",
+                "model '{name}': in ensemble {name}, model {} is a generative model (decoupled); \
+                 Tern's ensembles do not run decoupled models yet, only models that give one \
+                 response per request",
                 step.model
             ));
         }
@@ -96,6 +97,7 @@ pub(crate) fn load_ensemble_versions(
     mut config: ModelConfig,
     table: &HashMap<String, ModelEntry>,
     runtime: &tokio::runtime::Handle,
+    response_cache: Option<&Arc<tern_scheduler::ResponseCache>>,
 ) -> Result<VersionResults, String> {
     let name = source.name.clone();
     if config.name.is_empty() {
@@ -119,6 +121,22 @@ pub(crate) fn load_ensemble_versions(
         .map(|v| {
             // The steps run the ensemble; its scheduler keeps the statistics and the drain.
             let scheduler = crate::loader::bookkeeping_scheduler(&name, v, &config, runtime);
+            // Triton caches the ensemble's top-level responses when its config asks and the
+            // server has a cache (ensemble_scheduler.cc: `is_cache_enabled_`); the steps are
+            // then not run for a hit.
+            let wants_cache = config.response_cache.as_ref().is_some_and(|c| c.enable);
+            let scheduler = scheduler.map(|s| match response_cache {
+                Some(cache) if wants_cache => s.with_response_cache(cache.clone(), v),
+                None if wants_cache => {
+                    tracing::warn!(
+                        model = %name,
+                        "response_cache is enabled in the config but the node has no cache \
+                         (--cache-config local,size=N): responses are not cached"
+                    );
+                    s
+                }
+                _ => s,
+            });
             let loaded = scheduler.map(|scheduler| LoadedModel {
                 name: name.clone(),
                 version: v,

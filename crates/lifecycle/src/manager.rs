@@ -60,6 +60,11 @@ pub struct ModelManager {
     /// Full scans of the repositories (reading every model directory) since start: only at
     /// start and in poll mode; never for a request (checked by tests).
     full_scans: AtomicU64,
+    /// Models loaded by name (a load request, `--load-model`, or every model at start in the
+    /// other modes), as against composing models loaded only for an ensemble: Triton's
+    /// `explicitly_load_` (model_repository_manager.cc, `PollModels`), which decides what an
+    /// unload with `unload_dependents` takes down with the ensemble.
+    explicit: Mutex<std::collections::HashSet<String>>,
 }
 
 impl ModelManager {
@@ -83,6 +88,7 @@ impl ModelManager {
             drain_timeout,
             draining: AtomicBool::new(false),
             full_scans: AtomicU64::new(0),
+            explicit: Mutex::new(std::collections::HashSet::new()),
         }
     }
 
@@ -154,6 +160,7 @@ impl ModelManager {
             if only.is_some_and(|names| !names.iter().any(|n| n == item.name())) {
                 continue;
             }
+            self.mark_explicit(item.name());
             let this = self.clone();
             tasks.push(tokio::spawn(async move {
                 let name = item.name().to_string();
@@ -168,6 +175,7 @@ impl ModelManager {
                 continue;
             }
             let name = item.name().to_string();
+            self.mark_explicit(&name);
             let _ = self.apply(&name, item, None).await;
         }
         if let Some(names) = only {
@@ -195,6 +203,7 @@ impl ModelManager {
         tern_repository::validate_model_name(name)
             .map_err(|e| RequestError::InvalidArgument(e.to_string()))?;
         self.refuse_while_draining()?;
+        self.mark_explicit(name);
         let override_config = match config_json {
             // Triton fails the repository poll on a config it cannot read, and says so in these
             // words (core src/model_repository_manager/model_repository_manager.cc,
@@ -261,14 +270,63 @@ impl ModelManager {
     /// RepositoryModelUnload: the model stops taking requests at once; the call returns when
     /// its requests in flight are done (bounded by the drain timeout).
     pub async fn unload(&self, name: &str) -> Result<(), RequestError> {
+        self.unload_with(name, false).await
+    }
+
+    /// RepositoryModelUnload with its `unload_dependents` parameter: when `name` is an
+    /// ensemble, its composing models go with it, as in Triton
+    /// (`TRITONSERVER_ServerUnloadModelAndDependents`; model_repository_manager.cc,
+    /// `DependencyGraph::RemoveNodes` with cascading removal): each composing model that was
+    /// not loaded by name and that no other ensemble still runs is unloaded too, and so on down
+    /// nested ensembles. A composing model loaded by name, or still run by another ensemble,
+    /// stays.
+    pub fn unload_with<'a>(
+        &'a self,
+        name: &'a str,
+        dependents: bool,
+    ) -> futures::future::BoxFuture<'a, Result<(), RequestError>> {
+        Box::pin(async move {
+            let steps = self.unload_one(name).await?;
+            if dependents {
+                for step in steps {
+                    if self.explicitly_loaded(&step) || self.run_by_an_ensemble(&step) {
+                        continue;
+                    }
+                    tracing::info!(model = %step, ensemble = %name, "unloading a composing model of the unloaded ensemble");
+                    self.unload_with(&step, true).await?;
+                }
+            }
+            Ok(())
+        })
+    }
+
+    fn mark_explicit(&self, name: &str) {
+        self.explicit.lock().unwrap_or_else(std::sync::PoisonError::into_inner).insert(name.to_owned());
+    }
+
+    fn explicitly_loaded(&self, name: &str) -> bool {
+        self.explicit.lock().unwrap_or_else(std::sync::PoisonError::into_inner).contains(name)
+    }
+
+    /// Unloads `name`; answers the composing models it ran, when it was an ensemble.
+    async fn unload_one(&self, name: &str) -> Result<Vec<String>, RequestError> {
         tern_repository::validate_model_name(name)
             .map_err(|e| RequestError::InvalidArgument(e.to_string()))?;
         self.refuse_while_draining()?;
         let _guard = self.model_locks.lock(name).await;
+        self.explicit.lock().unwrap_or_else(std::sync::PoisonError::into_inner).remove(name);
         let Some(old) = self.table.load().get(name).cloned() else {
             // Triton answers success for a model it does not have.
-            return Ok(());
+            return Ok(Vec::new());
         };
+        let mut steps: Vec<String> = Vec::new();
+        for model in old.ready() {
+            for step in model.ensemble.iter().flat_map(|g| g.models()) {
+                if !steps.iter().any(|s| s == step) {
+                    steps.push(step.to_owned());
+                }
+            }
+        }
         if old.versions.is_empty() {
             // Failed before any version (unreadable config, no version directory): nothing
             // was ever served, so nothing is left to show; the index lists it by name again.
@@ -288,7 +346,7 @@ impl ModelManager {
         self.unload_dependents(name).await;
         tracing::info!(model = %name, "unloaded; waiting for requests in flight");
         self.drain(old).await;
-        Ok(())
+        Ok(steps)
     }
 
     /// Poll mode: one pass over the repositories. A model directory that changed is reloaded

@@ -79,6 +79,7 @@ pub fn node_status(state: &NodeState, identity: &ClusterIdentity, advertised: &s
             memory_bytes: 0,
             in_flight: 0,
             last_inference_ms: 0,
+            composing_models: Vec::new(),
         })
         .collect();
     let mut queue_depth = 0;
@@ -93,6 +94,9 @@ pub fn node_status(state: &NodeState, identity: &ClusterIdentity, advertised: &s
             row.memory_bytes = model.memory_bytes;
             row.in_flight = pending;
             row.last_inference_ms = stats.last_inference_ms;
+            if let Some(graph) = &model.ensemble {
+                row.composing_models = graph.models().into_iter().map(str::to_owned).collect();
+            }
         }
     }
     NodeStatus {

@@ -340,14 +340,17 @@ impl tern_telemetry::ModelSampler for NodeSampler {
                     // Triton creates the cache families for models whose config enables the
                     // cache, with or without a server cache (core src/model.cc creates the
                     // model's reporter with the config's flag; src/metric_model_reporter.cc).
-                    cache: m.config.response_cache.as_ref().is_some_and(|c| c.enable).then_some(
-                        tern_telemetry::CacheSample {
-                            hits: s.cache_hit.count,
-                            hit_ns: s.cache_hit.ns,
-                            misses: s.cache_miss.count,
-                            miss_ns: s.cache_miss.ns,
-                        },
-                    ),
+                    // Not for an ensemble: its reporter is made with the flag off
+                    // (src/ensemble_scheduler/ensemble_scheduler.cc, "Ensemble scheduler doesn't
+                    // currently support response cache at top level"); its statistics count.
+                    cache: (m.ensemble.is_none()
+                        && m.config.response_cache.as_ref().is_some_and(|c| c.enable))
+                    .then_some(tern_telemetry::CacheSample {
+                        hits: s.cache_hit.count,
+                        hit_ns: s.cache_hit.ns,
+                        misses: s.cache_miss.count,
+                        miss_ns: s.cache_miss.ns,
+                    }),
                     summaries: m.scheduler.stats().summaries().into_iter().map(summary_sample).collect(),
                 }
             })

@@ -424,7 +424,9 @@ impl GrpcInferenceService for NodeService {
     ) -> Result<Response<pb::RepositoryModelUnloadResponse>, Status> {
         authorize_model(principal(&req), &req.get_ref().model_name)?;
         self.explicit_mode_only()?;
-        self.state.models.unload(&req.into_inner().model_name).await?;
+        let req = req.into_inner();
+        let dependents = tern_edge::triton::unload_dependents(&req.parameters)?;
+        self.state.models.unload_with(&req.model_name, dependents).await?;
         Ok(Response::new(pb::RepositoryModelUnloadResponse {}))
     }
 

@@ -246,7 +246,9 @@ impl GrpcInferenceService for RouterService {
     ) -> Result<Response<pb::RepositoryModelUnloadResponse>, Status> {
         authorize_model(principal(&req), &req.get_ref().model_name)?;
         let req = req.into_inner();
-        self.state.placement.unload_explicit(&req.model_name).await?;
+        // Checked here, before the unload is recorded; the nodes then act on it.
+        let dependents = tern_edge::triton::unload_dependents(&req.parameters)?;
+        self.state.placement.unload_explicit(&req.model_name, dependents).await?;
         Ok(Response::new(pb::RepositoryModelUnloadResponse {}))
     }
 

@@ -39,6 +39,11 @@ impl Hash for CacheKey {
 }
 
 impl CacheKey {
+    /// The load generation the key was made for.
+    pub(crate) fn generation(&self) -> u64 {
+        self.generation
+    }
+
     /// Bytes an entry's key takes.
     fn byte_size(&self) -> u64 {
         (std::mem::size_of::<CacheKey>() + self.model.len()) as u64

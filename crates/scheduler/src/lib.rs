@@ -226,8 +226,23 @@ struct Caching {
     cache: Arc<ResponseCache>,
     model: Arc<str>,
     version: u64,
-    /// Unique to this load: a reload's scheduler never reads this one's entries.
-    generation: u64,
+    /// Unique to this load: a reload's scheduler never reads this one's entries. An
+    /// ensemble's changes when one of its steps reloads ([`Scheduler::invalidate_response_cache`]).
+    generation: std::sync::atomic::AtomicU64,
+}
+
+/// What [`Scheduler::cache_probe`] found.
+pub enum CacheProbe {
+    /// The cached outputs; the hit is already counted.
+    Hit(Vec<Tensor>),
+    /// Not cached: run the request, then hand its outputs to [`Scheduler::cache_offer`].
+    Miss(CacheMiss),
+}
+
+/// A lookup that found nothing, kept to insert the response under the same key.
+pub struct CacheMiss {
+    key: cache::CacheKey,
+    lookup: Duration,
 }
 
 /// Numbers the loads that use the response cache.
@@ -344,7 +359,7 @@ impl Scheduler {
             cache,
             model: self.shared.model.as_str().into(),
             version,
-            generation: NEXT_GENERATION.fetch_add(1, Relaxed),
+            generation: std::sync::atomic::AtomicU64::new(NEXT_GENERATION.fetch_add(1, Relaxed)),
         });
         self
     }
@@ -372,33 +387,65 @@ impl Scheduler {
     /// instances are skipped), otherwise queued and run, then offered to the cache. Dropping
     /// the future cancels it: a request still queued is then removed and never executed.
     pub async fn infer(&self, job: InferJob) -> Result<Vec<Tensor>, RequestError> {
-        let Some(caching) = &self.caching else { return self.enqueue(job).await };
         // Triton looks up where the scheduler enqueues (core src/dynamic_batch_scheduler.cc,
         // `Enqueue` -> `CacheLookUp`); only successful responses are inserted.
+        let miss = match self.cache_probe(&job.inputs, &job.outputs) {
+            None => return self.enqueue(job).await,
+            // A hit answers at once. Triton delegates a hit's response behind earlier ones under
+            // `preserve_ordering`; here each caller has its own reply, and a stream's responses
+            // already leave in request order (the node's stream.rs).
+            Some(CacheProbe::Hit(outputs)) => return Ok(outputs),
+            Some(CacheProbe::Miss(miss)) => miss,
+        };
+        let outputs = self.enqueue(job).await?;
+        self.cache_offer(miss, &outputs);
+        Ok(outputs)
+    }
+
+    /// Looks a request (`inputs`, the `outputs` it asks for) up in the response cache; `None`
+    /// when this load does not use the cache. A hit is counted (Triton's
+    /// `UpdateSuccessCacheHit`: a success with its queue and lookup time, no execution). Used
+    /// by [`Self::infer`], and by the node for an ensemble, whose scheduler runs nothing.
+    pub fn cache_probe(&self, inputs: &[Tensor], outputs: &[String]) -> Option<CacheProbe> {
+        let caching = self.caching.as_ref()?;
         let arrived = Instant::now();
-        let key = caching.cache.key(
-            caching.model.clone(),
-            caching.version,
-            caching.generation,
-            &job.inputs,
-            &job.outputs,
-        );
+        let generation = caching.generation.load(Relaxed);
+        let key = caching.cache.key(caching.model.clone(), caching.version, generation, inputs, outputs);
         let lookup_started = Instant::now();
         let found = caching.cache.lookup(&key);
         let lookup = lookup_started.elapsed();
-        // A hit answers at once. Triton delegates a hit's response behind earlier ones under
-        // `preserve_ordering`; here each caller has its own reply, and a stream's responses
-        // already leave in request order (the node's stream.rs).
-        if let Some(outputs) = found {
-            self.shared.stats.record_cache_hit(lookup_started - arrived, lookup, arrived.elapsed());
-            return Ok(outputs);
-        }
-        let outputs = self.enqueue(job).await?;
+        Some(match found {
+            Some(outputs) => {
+                self.shared.stats.record_cache_hit(lookup_started - arrived, lookup, arrived.elapsed());
+                CacheProbe::Hit(outputs)
+            }
+            None => CacheProbe::Miss(CacheMiss { key, lookup }),
+        })
+    }
+
+    /// Offers a successful response to the cache after a [`CacheProbe::Miss`], and counts the
+    /// miss as Triton does (core src/dynamic_batch_scheduler.cc, `DelegateResponse`; for an
+    /// ensemble, ensemble_scheduler.cc, `CacheEnsembleTopLevelRequest`). A response computed
+    /// before [`Self::invalidate_response_cache`] is not stored.
+    pub fn cache_offer(&self, miss: CacheMiss, outputs: &[Tensor]) {
+        let Some(caching) = &self.caching else { return };
         let insert_started = Instant::now();
-        if caching.cache.insert(key, &outputs) != cache::Inserted::AlreadyExists {
-            self.shared.stats.record_cache_miss(lookup + insert_started.elapsed());
+        if miss.key.generation() != caching.generation.load(Relaxed) {
+            return;
         }
-        Ok(outputs)
+        if caching.cache.insert(miss.key, outputs) != cache::Inserted::AlreadyExists {
+            self.shared.stats.record_cache_miss(miss.lookup + insert_started.elapsed());
+        }
+    }
+
+    /// Forgets this load's cached responses and answers from a fresh part of the cache from now
+    /// on: for an ensemble whose step reloaded, whose earlier answers may no longer be what it
+    /// computes.
+    pub fn invalidate_response_cache(&self) {
+        if let Some(c) = &self.caching {
+            let old = c.generation.swap(NEXT_GENERATION.fetch_add(1, Relaxed), Relaxed);
+            c.cache.purge(&c.model, old);
+        }
     }
 
     async fn enqueue(&self, job: InferJob) -> Result<Vec<Tensor>, RequestError> {
@@ -515,7 +562,7 @@ impl Drop for Waiting<'_> {
 impl Drop for Scheduler {
     fn drop(&mut self) {
         if let Some(c) = &self.caching {
-            c.cache.purge(&c.model, c.generation);
+            c.cache.purge(&c.model, c.generation.load(Relaxed));
         }
         if let Some(sequencer) = &self.sequencer {
             sequencer.close();

@@ -33,12 +33,21 @@ impl ModelManager {
                     continue;
                 }
                 tracing::info!(ensemble = %name, model = %step, "loading a composing model of the ensemble");
-                if let Err(e) = self.load(&step, None, Vec::new()).await {
+                // Not a load by name: Triton marks only the requested model `explicitly_load_`,
+                // so an unload of the ensemble with `unload_dependents` may take this one too.
+                let loaded = self.flights.join(&step, || self.load_from(&step, None, Vec::new())).await;
+                if let Err(e) = loaded {
                     tracing::warn!(ensemble = %name, model = %step, error = %e, "composing model failed to load");
                 }
             }
             Ok(())
         })
+    }
+
+    /// Whether a ready ensemble runs `step` in one of its steps (Triton: the node still has
+    /// downstreams, so a cascading unload keeps it).
+    pub(super) fn run_by_an_ensemble(&self, step: &str) -> bool {
+        self.table.load().values().any(|entry| entry.ready().any(|m| crate::ensemble::runs(m, step)))
     }
 
     /// Unloads the ensembles that run `step`, now unloaded. In Triton the ensemble's dependency
@@ -85,6 +94,7 @@ impl ModelManager {
                     })
                     .collect()
             };
+            self.invalidate_cached_responses(step, 0);
             for (ensemble, reason) in invalid {
                 tracing::error!(model = %ensemble, %reason, "ensemble no longer fits its composing models; unloading it");
                 let versions: Vec<u64> = self
@@ -105,5 +115,29 @@ impl ModelManager {
                 }
             }
         })
+    }
+
+    /// The ensembles that run `step` (and those that run them) forget their cached responses:
+    /// a reloaded step may answer differently, and a cached answer must be one the ensemble
+    /// would give now.
+    fn invalidate_cached_responses(&self, step: &str, depth: usize) {
+        if depth >= 8 {
+            return;
+        }
+        let dependents: Vec<(String, Vec<std::sync::Arc<crate::LoadedModel>>)> = self
+            .table
+            .load()
+            .iter()
+            .map(|(name, entry)| {
+                (name.clone(), entry.ready().filter(|m| crate::ensemble::runs(m, step)).cloned().collect())
+            })
+            .filter(|(_, models): &(String, Vec<_>)| !models.is_empty())
+            .collect();
+        for (name, models) in dependents {
+            for model in models {
+                model.scheduler.invalidate_response_cache();
+            }
+            self.invalidate_cached_responses(&name, depth + 1);
+        }
     }
 }

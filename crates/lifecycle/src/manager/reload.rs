@@ -108,9 +108,13 @@ impl ModelManager {
         let rss_before = tern_telemetry::process_resident_memory_bytes();
         let loaded = match ensemble {
             // Opens nothing: checked against the composing models in the table now.
-            Some(config) => {
-                crate::ensemble::load_ensemble_versions(&source, config, &self.table.load(), &runtime)
-            }
+            Some(config) => crate::ensemble::load_ensemble_versions(
+                &source,
+                config,
+                &self.table.load(),
+                &runtime,
+                self.options.response_cache.as_ref(),
+            ),
             None => tokio::task::spawn_blocking(move || {
                 crate::loader::load_versions(&source, override_config, &options, &runtime)
             })

@@ -16,7 +16,7 @@ use crate::{LoadOptions, ModelManager};
 pub(super) type TestResult = Result<(), Box<dyn std::error::Error>>;
 
 /// Two CPU instances of a model with input `x` and output `y`, both FP32 `[2]`.
-fn write_model(repo: &Path, name: &str, generation: u32) -> std::io::Result<()> {
+pub(super) fn write_model(repo: &Path, name: &str, generation: u32) -> std::io::Result<()> {
     let dir = repo.join(name);
     std::fs::create_dir_all(dir.join("1"))?;
     std::fs::write(
@@ -43,7 +43,7 @@ impl Harness {
         Harness::with_cache(None)
     }
 
-    fn with_cache(
+    pub(super) fn with_cache(
         response_cache: Option<Arc<tern_scheduler::ResponseCache>>,
     ) -> Result<Harness, Box<dyn std::error::Error>> {
         let repo = tempfile::tempdir()?;

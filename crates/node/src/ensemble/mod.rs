@@ -22,7 +22,7 @@ use futures::stream::{FuturesUnordered, StreamExt};
 use tern_core::{FailureReason, RequestError, Tensor, validate_request};
 use tern_lifecycle::{EnsembleGraph, EnsembleStep, LoadedModel, ModelManager};
 use tern_proto::inference::{self as pb, model_infer_request as req};
-use tern_scheduler::InferJob;
+use tern_scheduler::{CacheProbe, InferJob};
 
 /// Nested ensembles (an ensemble step that is an ensemble) go this deep at most; the lifecycle
 /// refuses cycles, this bounds the recursion whatever the table holds.
@@ -49,13 +49,46 @@ pub(crate) async fn run(
     wanted: &[String],
 ) -> Result<Vec<Tensor>, RequestError> {
     let started = Instant::now();
+    // With `response_cache { enable: true }` the top-level response is cached as Triton's
+    // ensemble scheduler does (core src/ensemble_scheduler/ensemble_scheduler.cc: `CacheLookUp`
+    // before any step runs, a hit counted on the ensemble alone; `CacheEnsembleTopLevelRequest`
+    // inserts a success and counts the miss).
+    let miss = match ensemble.scheduler.cache_probe(&inputs, wanted) {
+        Some(CacheProbe::Hit(outputs)) => return Ok(outputs),
+        Some(CacheProbe::Miss(miss)) => Some(miss),
+        None => None,
+    };
+    // Dropped before the end (the client cancelled, its deadline passed): the ensemble request
+    // failed as cancelled, as its steps did, instead of vanishing from its statistics.
+    let mut unfinished = Unfinished { stats: ensemble.scheduler.stats(), started, finished: false };
     let result = run_graph(request, ensemble, inputs, wanted, 0).await;
+    unfinished.finished = true;
     let stats = ensemble.scheduler.stats();
     match &result {
-        Ok((_, steps)) => stats.record_ensemble_request(batch_size, *steps, started.elapsed()),
+        Ok((outputs, steps)) => {
+            stats.record_ensemble_request(batch_size, *steps, started.elapsed());
+            if let Some(miss) = miss {
+                ensemble.scheduler.cache_offer(miss, outputs);
+            }
+        }
         Err(_) => stats.record_failure(FailureReason::Other, started.elapsed()),
     }
     result.map(|(outputs, _)| outputs)
+}
+
+/// Records a cancelled ensemble request when dropped unfinished.
+struct Unfinished<'a> {
+    stats: &'a tern_scheduler::ModelStats,
+    started: Instant,
+    finished: bool,
+}
+
+impl Drop for Unfinished<'_> {
+    fn drop(&mut self) {
+        if !self.finished {
+            self.stats.record_failure(FailureReason::Canceled, self.started.elapsed());
+        }
+    }
 }
 
 /// The steps that produce `wanted` (Triton prunes the others: "Prune ensemble first if not
@@ -174,10 +207,22 @@ async fn run_step(
     });
     let validated = validated.map_err(in_step)?;
     let outputs = if model.ensemble.is_some() {
+        // A nested ensemble is enqueued on its own scheduler in Triton, which looks its cache
+        // up as for a top-level request.
+        let miss = match model.scheduler.cache_probe(&validated.inputs, &wanted) {
+            Some(CacheProbe::Hit(outputs)) => return Ok(outputs),
+            Some(CacheProbe::Miss(miss)) => Some(miss),
+            None => None,
+        };
         let result = run_graph(request, &model, validated.inputs, &wanted, depth + 1).await;
         let stats = model.scheduler.stats();
         match &result {
-            Ok((_, steps)) => stats.record_ensemble_request(validated.batch_size, *steps, started.elapsed()),
+            Ok((outputs, steps)) => {
+                stats.record_ensemble_request(validated.batch_size, *steps, started.elapsed());
+                if let Some(miss) = miss {
+                    model.scheduler.cache_offer(miss, outputs);
+                }
+            }
             Err(_) => stats.record_failure(FailureReason::Other, started.elapsed()),
         }
         result.map(|(outputs, _)| outputs).map_err(in_step)?

@@ -98,12 +98,10 @@ pub fn validate_ensemble(config: &ModelConfig) -> Result<EnsembleGraph, Reposito
     if !config.model_warmup.is_empty() {
         return Err(invalid(format!("model_warmup can not be specified for ensemble '{name}'")));
     }
-    if config.response_cache.as_ref().is_some_and(|c| c.enable) {
-        return Err(invalid(format!(
-            "response_cache is not supported for ensemble '{name}' in Tern; enable it on its \
-             composing models instead"
-        )));
-    }
+    // Triton caches an ensemble's top-level responses (core src/ensemble_scheduler/
+    // ensemble_scheduler.cc, `CacheLookUp` in `Enqueue`, `CacheEnsembleTopLevelRequest` in
+    // `FinishEnsemble`), under the rules of any model's cache (`ValidateModelConfig`).
+    super::check_response_cache(config)?;
     if config.max_batch_size < 0 {
         return Err(invalid(format!("max_batch_size {} is invalid: it must be >= 0", config.max_batch_size)));
     }

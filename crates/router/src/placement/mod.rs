@@ -377,11 +377,24 @@ impl Placement {
         })
     }
 
-    async fn unload_on(&self, node: &Arc<Node>, model: &str) -> Result<(), ClientError> {
+    async fn unload_on(
+        &self,
+        node: &Arc<Node>,
+        model: &str,
+        unload_dependents: bool,
+    ) -> Result<(), ClientError> {
+        let mut parameters = HashMap::new();
+        if unload_dependents {
+            let value = pb::model_repository_parameter::ParameterChoice::BoolParam(true);
+            parameters.insert(
+                "unload_dependents".to_string(),
+                pb::ModelRepositoryParameter { parameter_choice: Some(value) },
+            );
+        }
         let request = pb::RepositoryModelUnloadRequest {
             repository_name: String::new(),
             model_name: model.to_string(),
-            parameters: HashMap::new(),
+            parameters,
         };
         let result = node.client().unload(request).await;
         let _ = refresh(&self.cluster, node).await;
@@ -530,7 +543,7 @@ impl Placement {
             );
             for model in evict {
                 tracing::info!(model, node = %node.addr, used = status.memory_used_bytes, budget = status.memory_budget_bytes, "evicting least recently used model");
-                match self.unload_on(&node, &model).await {
+                match self.unload_on(&node, &model, false).await {
                     Ok(()) => self.metrics.eviction(self.cluster.metric_label(&model)),
                     Err(e) => {
                         tracing::warn!(model, node = %node.addr, error = %e.message(), "eviction failed")

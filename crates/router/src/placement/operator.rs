@@ -226,8 +226,9 @@ impl Placement {
     }
 
     /// RepositoryModelUnload through the router: unpins the model, unloads it everywhere, and
-    /// stops lazy loading of it until it is loaded again.
-    pub async fn unload_explicit(&self, model: &str) -> Result<(), ClientError> {
+    /// stops lazy loading of it until it is loaded again. `unload_dependents` goes to the nodes
+    /// (an ensemble's composing models loaded for it go with it there).
+    pub async fn unload_explicit(&self, model: &str, unload_dependents: bool) -> Result<(), ClientError> {
         let was_pinned = self.pinned.read().unwrap_or_else(PoisonError::into_inner).contains(model);
         // A name no node knows has nothing to stop (and must not grow the set).
         let known = was_pinned || self.cluster.knows_model(model);
@@ -261,7 +262,9 @@ impl Placement {
                 "model '{model}': no node of the cluster is healthy"
             )));
         }
-        let results = futures::future::join_all(holders.iter().map(|n| self.unload_on(n, model))).await;
+        let results =
+            futures::future::join_all(holders.iter().map(|n| self.unload_on(n, model, unload_dependents)))
+                .await;
         let ok = results.iter().filter(|r| r.is_ok()).count();
         match results.into_iter().find_map(Result::err) {
             Some(e) if ok == 0 => Err(e),

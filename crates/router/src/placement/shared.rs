@@ -72,7 +72,37 @@ impl Placement {
                 *t = (*t).max(at);
             }
         }
+        // An ensemble's use is its steps' use: their requests come from the ensemble, so a
+        // step must not look idle (and be evicted, unloading the ensemble with it) while the
+        // ensemble is used. Nested ensembles pass it down, a bounded number of levels.
+        let mut steps: Vec<(String, String)> = Vec::new();
+        for node in &self.cluster.view().healthy {
+            let Some(status) = node.status() else { continue };
+            for m in &status.models {
+                steps.extend(m.composing_models.iter().map(|s| (m.name.clone(), s.clone())));
+            }
+        }
+        spread_to_steps(&mut out, &steps);
         out
+    }
+}
+
+/// Gives each step (ensemble, step) the recency of its ensemble when that is later.
+fn spread_to_steps(recency: &mut HashMap<String, u64>, steps: &[(String, String)]) {
+    const MAX_NESTING: usize = 8;
+    for _ in 0..MAX_NESTING {
+        let mut changed = false;
+        for (ensemble, step) in steps {
+            let Some(&used) = recency.get(ensemble) else { continue };
+            let t = recency.entry(step.clone()).or_insert(0);
+            if used > *t {
+                *t = used;
+                changed = true;
+            }
+        }
+        if !changed {
+            break;
+        }
     }
 }
 
@@ -87,6 +117,7 @@ mod tests {
     use super::*;
     use crate::metrics::RouterMetrics;
     use crate::nodes::{Cluster, Source};
+    use crate::placement::{Resident, evictions};
     use crate::store::Intent;
 
     fn placement(args: &[&str]) -> (Arc<Cluster>, Placement) {
@@ -134,6 +165,57 @@ mod tests {
         // The latest report wins: node b saw "shared" 1 ms ago.
         assert!(recency["shared"] > recency["old"]);
         assert!(!recency.contains_key("never"), "a model never used has no recency");
+    }
+
+    /// Steps of an ensemble get no requests of their own: the ensemble's use (seen by this
+    /// router, or reported by a node) is theirs, so under memory pressure an idle plain model
+    /// goes before a used ensemble's steps, whose eviction would unload the ensemble.
+    #[tokio::test]
+    async fn a_used_ensemble_keeps_its_steps_from_being_evicted_first() {
+        let (cluster, placement) = placement(&["tern-router"]);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let wall_now =
+            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).expect("clock").as_millis()
+                as u64;
+        let replica = |name: &str, ago_ms: Option<u64>, steps: &[&str]| ModelReplica {
+            name: name.into(),
+            version: "1".into(),
+            state: "READY".into(),
+            memory_bytes: if steps.is_empty() { 100 } else { 0 },
+            last_inference_ms: ago_ms.map_or(0, |ago| wall_now - ago),
+            composing_models: steps.iter().map(|s| s.to_string()).collect(),
+            ..Default::default()
+        };
+        let node = cluster.upsert("127.0.0.1:1", Source::Static).expect("node");
+        let models = vec![
+            replica("plain", Some(20), &[]),
+            // The steps last ran long ago (the ensemble's answers came from its cache since),
+            // or never; the outer ensemble runs the inner one.
+            replica("pre", Some(40), &[]),
+            replica("post", None, &[]),
+            replica("inner", Some(40), &["pre", "post"]),
+            replica("outer", None, &["inner"]),
+        ];
+        cluster.record_status(&node, NodeStatus { models, ..Default::default() });
+        // The outer ensemble's latest request went through this router.
+        placement.last_used.insert("outer".into(), cluster.now_ms());
+        let recency = placement.recency();
+        for step in ["inner", "pre", "post"] {
+            assert!(recency[step] >= recency["outer"], "{step} is as recent as the ensemble that runs it");
+            assert!(recency[step] > recency["plain"], "{step}");
+        }
+        let residents: Vec<Resident> = ["plain", "pre", "post"]
+            .iter()
+            .map(|m| Resident {
+                model: m.to_string(),
+                bytes: 100,
+                last_used_ms: recency.get(*m).copied().unwrap_or(0),
+                busy: false,
+                pinned: false,
+            })
+            .collect();
+        // 100 bytes over budget: one model goes, the idle plain one.
+        assert_eq!(evictions(200, 300, &residents, cluster.now_ms() + 60_000, 0), vec!["plain".to_string()]);
     }
 
     /// An operator's intent sets the replica count and the config of new replicas for every
