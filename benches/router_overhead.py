@@ -162,7 +162,8 @@ def main():
                     tput, p50, p99, cpu = measure([serve], f"127.0.0.1:{serve_port}", model, conc, args,
                                                   tmp / f"{model}-{conc}-serve-{name}-{rnd}.csv")
                     results.setdefault((name, model, conc, "tern serve"), []).append((tput, p50, p99, *cpu))
-                    print(f"{name} {model} c={conc} tern serve: {tput:.0f} infer/s p50 {p50:.0f} us; CPU us/req {cpu[0]:.1f}",
+                    print(f"{name} {model} c={conc} tern serve: {tput:.0f} infer/s p50 {p50:.0f} us p99 {p99:.0f} us; "
+                          f"CPU us/req {cpu[0]:.1f}",
                           flush=True)
                 stop(running)
                 running.clear()
@@ -212,8 +213,9 @@ def report(results, args, cases, variants):
                 vs = "" if side == "direct" else (
                     f"{100 * t / med(direct, 0):.1f}% throughput, p50 {p50 - med(direct, 1):+.0f} µs")
                 c = [f"{med(rows, i):.1f}" for i in range(3, len(rows[0]))]
-                router_cpu, node_cpu, serve_cpu = {"direct": ("", c[0], ""), "router": (c[0], c[1], ""),
-                                                   "tern serve": ("", "", c[0])}[side]
+                # CPU figures in the order measure() watched the processes.
+                router_cpu, node_cpu, serve_cpu = (
+                    ("", c[0], "") if side == "direct" else (c[0], c[1], "") if side == "router" else ("", "", c[0]))
                 L.append(f"| {name + ' | ' if many else ''}{model} | {conc} | {side} | {t:.0f} | {p50:.0f} | {p99:.0f} | {vs} "
                          f"| {router_cpu} | {node_cpu} | {serve_cpu} |")
     return L
