@@ -17,7 +17,7 @@ use opentelemetry_sdk::Resource;
 use opentelemetry_sdk::propagation::TraceContextPropagator;
 use opentelemetry_sdk::trace::{Sampler, SdkTracerProvider};
 use tracing_subscriber::Layer;
-use tracing_subscriber::filter::{EnvFilter, LevelFilter, Targets};
+use tracing_subscriber::filter::{EnvFilter, FilterExt, LevelFilter, Targets};
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 
@@ -303,9 +303,17 @@ pub fn init_tracing(cfg: &TracingConfig) -> Result<TracingGuard, TelemetryError>
     // Each layer filters for itself: the log filter must not decide what is exported. The log
     // filter reloads when LogSettings changes the verbose level; severities are checked per
     // event (crate::settings).
+    //
+    // One filter, the two joined with `and`, not one `with_filter` inside another: nested
+    // per-layer filters are counted apart, so a callsite the verbosity turns off (h2's trace
+    // spans and events, several per HTTP/2 frame) would stay "sometimes" enabled and be checked
+    // on every hit. Joined, the verbosity turns such callsites off once (with the `match`
+    // below: 18 % of tern-router's CPU at concurrency 1; benches/RESULTS.md, "Router overhead:
+    // where the CPU goes").
     let (log_filter, handle) = tracing_subscriber::reload::Layer::new(cfg.env_filter());
     let severities =
         tracing_subscriber::filter::filter_fn(|meta| crate::settings::severity_enabled(meta.level()));
+    let log_filter = log_filter.and(severities);
     crate::settings::init_log_control(
         handle,
         cfg.log_verbose,
@@ -313,11 +321,14 @@ pub fn init_tracing(cfg: &TracingConfig) -> Result<TracingGuard, TelemetryError>
         std::env::var_os("RUST_LOG").is_some(),
     );
     crate::settings::init_trace_settings(guard.provider.is_some(), cfg.trace_rate());
-    tracing_subscriber::registry()
-        .with(fmt.with_filter(log_filter).with_filter(severities))
-        .with(otel)
-        .try_init()
-        .map_err(|e| TelemetryError::Tracing(format!("cannot install the tracing subscriber: {e}")))?;
+    // No `.with(otel)` of a `None`: an absent layer counts as one that wants every span and
+    // event, which would undo the filter above.
+    let logs = tracing_subscriber::registry().with(fmt.with_filter(log_filter));
+    match otel {
+        Some(otel) => logs.with(otel).try_init(),
+        None => logs.try_init(),
+    }
+    .map_err(|e| TelemetryError::Tracing(format!("cannot install the tracing subscriber: {e}")))?;
     opentelemetry::global::set_text_map_propagator(TraceContextPropagator::new());
     if let Some(provider) = &guard.provider {
         opentelemetry::global::set_tracer_provider(provider.clone());

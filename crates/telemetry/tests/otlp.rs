@@ -59,6 +59,11 @@ async fn request_span_tree_reaches_an_otlp_collector_under_the_clients_trace() {
     };
     let guard = init_tracing(&cfg).expect("tracing");
     assert!(guard.exporting());
+    // What neither the logs nor the export want is off at its callsite, not made and checked on
+    // every hit (h2 has trace spans on every HTTP/2 frame; benches/RESULTS.md, "Router
+    // overhead: where the CPU goes").
+    assert!(tracing::trace_span!(target: "h2", "reclaim_frame").is_disabled(), "h2's trace spans are off");
+    assert!(!tracing::enabled!(target: "hyper", tracing::Level::DEBUG), "hyper's debug events are off");
 
     let mut md = MetadataMap::new();
     md.insert("traceparent", format!("00-{CLIENT_TRACE}-{CLIENT_SPAN}-01").parse().expect("ascii"));
