@@ -211,6 +211,22 @@ pub fn check_model_operations(config: &ModelConfig) -> Result<(), RepositoryErro
     Ok(())
 }
 
+/// A client's `config` override (RepositoryModelLoad) may not name custom-op libraries: they
+/// are native code loaded into the node, so they come only from a config.pbtxt in the
+/// operator's repository. Triton accepts them in an override; Tern refuses, as it refuses
+/// accelerator parameters that load native code (docs/security.md).
+pub fn check_override_loads_no_native_code(model: &str, config: &ModelConfig) -> Result<(), RepositoryError> {
+    match config.model_operations.as_ref() {
+        Some(ops) if !ops.op_library_filename.is_empty() => Err(RepositoryError::invalid(
+            model,
+            "model_operations.op_library_filename loads native code into the server: it is \
+             taken only from the model's config.pbtxt in the repository, not from a load \
+             request's config",
+        )),
+        _ => Ok(()),
+    }
+}
+
 /// Triton's checks of the dynamic batcher's settings; ensembles are refused.
 /// Triton refuses `response_cache { enable: true }` for a decoupled model and for one with the
 /// sequence batcher, with these words (core src/model_config_utils.cc, `ValidateModelConfig`:

@@ -542,3 +542,11 @@ fn model_operations_parse_and_are_checked() {
     let text = "name: \"m\"\nmodel_operations { op_library: \"x.so\" }";
     assert!(parse_config(text).is_err());
 }
+
+#[test]
+fn a_load_requests_config_may_not_name_op_libraries() {
+    let config = resnet_config(r#"model_operations { op_library_filename: [ "/tmp/x.so" ] }"#);
+    let err = check_override_loads_no_native_code("m", &config).map_err(|e| e.to_string());
+    assert!(err.as_ref().is_err_and(|e| e.contains("native code") && e.contains("'m'")), "{err:?}");
+    assert!(check_override_loads_no_native_code("m", &resnet_config("")).is_ok());
+}
