@@ -96,7 +96,9 @@ pub enum OrtBackendError {
     AcceleratorParameter { accelerator: String, key: String, value: String, reason: String },
     /// A `model_operations.op_library_filename` that is missing, refused, or that ONNX Runtime
     /// cannot load.
-    #[error("model '{model}': cannot load the custom operations library '{file}' (model_operations.op_library_filename): {reason}")]
+    #[error(
+        "model '{model}': cannot load the custom operations library '{file}' (model_operations.op_library_filename): {reason}"
+    )]
     OpLibrary { model: String, file: String, reason: String },
     /// The model file does not exist.
     #[error("model file not found: {}", path.display())]

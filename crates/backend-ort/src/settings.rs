@@ -401,7 +401,8 @@ mod tests {
     }
 
     #[test]
-    fn op_libraries_resolve_in_the_model_directory_and_must_exist() -> Result<(), Box<dyn std::error::Error>> {
+    fn op_libraries_resolve_in_the_model_directory_and_must_exist() -> Result<(), Box<dyn std::error::Error>>
+    {
         use tern_proto::inference::ModelOperations;
         let dir = tempfile::tempdir()?;
         std::fs::write(dir.path().join("libops.so"), b"not loaded here")?;

@@ -28,8 +28,7 @@ use std::ptr;
 
 use ort::AsPointer;
 use ort::operator::{
-    BoxedKernel, ComputeContext, KernelContext, Operator, OperatorDomain, OperatorInput,
-    OperatorOutput,
+    BoxedKernel, ComputeContext, KernelContext, Operator, OperatorDomain, OperatorInput, OperatorOutput,
 };
 use ort::sys;
 use ort::value::{TensorElementType, ValueRef};
@@ -57,9 +56,7 @@ pub fn decode_rgb(encoded: &[u8]) -> Result<(u32, u32, Vec<u8>), String> {
     if reader.format().is_none() {
         return Err("DecodeImage: unsupported image format (expected JPEG or PNG bytes)".into());
     }
-    let decoded = reader
-        .decode()
-        .map_err(|e| format!("DecodeImage: cannot decode the image: {e}"))?;
+    let decoded = reader.decode().map_err(|e| format!("DecodeImage: cannot decode the image: {e}"))?;
     let rgb = decoded.into_rgb8();
     let (width, height) = rgb.dimensions();
     Ok((height, width, rgb.into_raw()))
@@ -91,13 +88,7 @@ fn single_string_bytes(value: &ValueRef<'_>) -> ort::Result<Vec<u8>> {
         }
         let mut bytes = vec![0u8; len];
         let mut offset = 0usize;
-        status((api.GetStringTensorContent)(
-            raw,
-            bytes.as_mut_ptr().cast(),
-            len,
-            &mut offset,
-            1,
-        ))?;
+        status((api.GetStringTensorContent)(raw, bytes.as_mut_ptr().cast(), len, &mut offset, 1))?;
         Ok(bytes)
     }
 }
@@ -109,9 +100,7 @@ fn status(status: sys::OrtStatusPtr) -> ort::Result<()> {
     let api = ort::api();
     // SAFETY: a non-null status from ORT; read its message, then release it once.
     let message = unsafe {
-        let msg = std::ffi::CStr::from_ptr((api.GetErrorMessage)(status.0))
-            .to_string_lossy()
-            .into_owned();
+        let msg = std::ffi::CStr::from_ptr((api.GetErrorMessage)(status.0)).to_string_lossy().into_owned();
         (api.ReleaseStatus)(status.0);
         msg
     };
@@ -137,9 +126,7 @@ impl Operator for DecodeImage {
 
     fn create_kernel<'attr>(&self, _: &KernelContext<'attr>) -> ort::Result<Self::Kernel<'attr>> {
         Ok(Box::new(|ctx: &ComputeContext| {
-            let input = ctx
-                .input(0)?
-                .ok_or_else(|| ort::Error::new("DecodeImage: missing input 0"))?;
+            let input = ctx.input(0)?.ok_or_else(|| ort::Error::new("DecodeImage: missing input 0"))?;
             let encoded = single_string_bytes(&input)?;
             let (height, width, pixels) = decode_rgb(&encoded).map_err(ort::Error::new)?;
             let mut output = ctx
@@ -176,10 +163,7 @@ pub unsafe extern "C" fn RegisterCustomOps(
     if api.is_null() {
         // Without the API table there is no way to build an error status: ORT then reports the
         // model's DecodeImage nodes as having no kernel.
-        eprintln!(
-            "tern_imageops: this ONNX Runtime does not provide API version {}",
-            sys::ORT_API_VERSION
-        );
+        eprintln!("tern_imageops: this ONNX Runtime does not provide API version {}", sys::ORT_API_VERSION);
         return sys::OrtStatusPtr(ptr::null_mut());
     }
     // SAFETY: non-null, and valid for the life of the process.
@@ -199,12 +183,10 @@ mod tests {
     use super::*;
 
     fn png(width: u32, height: u32) -> Vec<u8> {
-        let img = image::RgbImage::from_fn(width, height, |x, y| {
-            image::Rgb([x as u8, y as u8, (x + y) as u8])
-        });
+        let img =
+            image::RgbImage::from_fn(width, height, |x, y| image::Rgb([x as u8, y as u8, (x + y) as u8]));
         let mut out = Cursor::new(Vec::new());
-        img.write_to(&mut out, image::ImageFormat::Png)
-            .expect("encode png");
+        img.write_to(&mut out, image::ImageFormat::Png).expect("encode png");
         out.into_inner()
     }
 
@@ -220,16 +202,8 @@ mod tests {
     #[test]
     fn refuses_empty_garbage_and_truncated_input() {
         assert!(decode_rgb(b"").unwrap_err().contains("no image bytes"));
-        assert!(
-            decode_rgb(b"not an image")
-                .unwrap_err()
-                .contains("unsupported image format")
-        );
+        assert!(decode_rgb(b"not an image").unwrap_err().contains("unsupported image format"));
         let bytes = png(16, 16);
-        assert!(
-            decode_rgb(&bytes[..bytes.len() / 2])
-                .unwrap_err()
-                .contains("cannot decode")
-        );
+        assert!(decode_rgb(&bytes[..bytes.len() / 2]).unwrap_err().contains("cannot decode"));
     }
 }

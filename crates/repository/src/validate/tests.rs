@@ -534,7 +534,8 @@ fn model_operations_parse_and_are_checked() {
     assert!(msg.contains("model_operations.op_library_filename") && msg.contains("'m'"), "{msg}");
 
     let names: Vec<String> = (0..=MAX_OP_LIBRARIES).map(|i| format!("\"lib{i}.so\"")).collect();
-    let many = resnet_config(&format!("model_operations {{ op_library_filename: [ {} ] }}", names.join(", ")));
+    let many =
+        resnet_config(&format!("model_operations {{ op_library_filename: [ {} ] }}", names.join(", ")));
     let msg = message(&many, &resnet());
     assert!(msg.contains(&format!("at most {MAX_OP_LIBRARIES}")), "{msg}");
 
