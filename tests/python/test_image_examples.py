@@ -14,6 +14,7 @@ One explicit-mode node for the module over a copy of the example models, plus a 
 library is missing.
 """
 import io
+import json
 import shutil
 import sys
 
@@ -164,3 +165,18 @@ def test_a_missing_op_library_fails_the_load_naming_model_and_file(node):
     msg = str(err.value)
     assert "missing_op_library" in msg and "libnot_there.so" in msg and "op_library_filename" in msg, msg
     assert not client.is_model_ready("missing_op_library")
+
+
+def test_a_load_requests_config_may_not_name_an_op_library(node):
+    _, client, _ = node
+    config = json.dumps({
+        "name": "custom_identity_int32", "platform": "onnxruntime_onnx", "max_batch_size": 8,
+        "input": [{"name": "INPUT0", "data_type": "TYPE_INT32", "dims": [-1]}],
+        "output": [{"name": "OUTPUT0", "data_type": "TYPE_INT32", "dims": [-1]}],
+        "model_operations": {"op_library_filename": [str(build_images.imageops_library())]},
+    })
+    with pytest.raises(InferenceServerException) as err:
+        client.load_model("custom_identity_int32", config=config)
+    assert "native code" in str(err.value) and "custom_identity_int32" in str(err.value), str(err.value)
+    # Refused before anything loaded: the model serves on.
+    assert client.is_model_ready("custom_identity_int32")
