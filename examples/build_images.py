@@ -19,10 +19,12 @@ accuracy of DenseNet or Inception):
                          (ensemble_image_client.py).
   custom_identity_int32  INPUT0 -> OUTPUT0, INT32 [-1] (memory_growth_test.py).
 
-The preprocessing model names the custom-op library by absolute path, as Triton's ONNX Runtime
-backend passes `op_library_filename` to ONNX Runtime unchanged: the builder writes the path of
-the library it finds (TERN_IMAGEOPS_LIB, else target/release/libtern_imageops.so, built by
-`make build`). Without the library those two models are skipped with a warning.
+The builder copies the custom-op library it finds (TERN_IMAGEOPS_LIB, else
+target/release/libtern_imageops.so, built by `make build`) into the preprocessing model's
+directory and names it there by a relative name, which Tern resolves in the model directory, so
+the repository can be moved or mounted into a container. (Triton hands the name to `dlopen` as
+written: for Triton, write an absolute path.) Without the library those two models are skipped
+with a warning.
 
 `python examples/build_images.py images DIR` writes a few test images (JPEG and PNG) there.
 """
@@ -333,7 +335,8 @@ def build(out: Path, built: list, skipped: list) -> None:
     probs = ort.InferenceSession(inception, providers=["CPUExecutionProvider"]).run(None, {"input:0": pre})[0]
     assert probs.shape == (2, 1001) and np.allclose(probs.sum(axis=1), 1.0, atol=1e-4)
 
-    install_model(out, "image_preprocess_onnx", preprocess, PREPROCESS_CONFIG.format(library=library))
+    install_model(out, "image_preprocess_onnx", preprocess, PREPROCESS_CONFIG.format(library=library.name),
+                  {library.name: library.read_bytes()})
     built.append(("image_preprocess_onnx", f"encoded image -> INCEPTION-scaled 299x299 ({library.name})",
                   "config.pbtxt"))
     mdir = out / "preprocess_inception_ensemble"

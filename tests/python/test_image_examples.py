@@ -45,8 +45,8 @@ def node(model_repo, tmp_path_factory):
     shutil.copytree(repo / "image_preprocess_onnx", broken)
     config = (broken / "config.pbtxt").read_text()
     config = config.replace('name: "image_preprocess_onnx"', 'name: "missing_op_library"')
-    library = str(build_images.imageops_library())
-    (broken / "config.pbtxt").write_text(config.replace(library, "libnot_there.so"))
+    (broken / "libtern_imageops.so").unlink()
+    (broken / "config.pbtxt").write_text(config.replace('"libtern_imageops.so"', '"libnot_there.so"'))
     srv = TernServer(
         [repo], ["--model-control-mode", "explicit", *sum((["--load-model", m] for m in MODELS), [])],
         log_dir=tmp_path_factory.mktemp("image_logs"), label="images",
