@@ -201,9 +201,10 @@ mod tests {
 
     #[test]
     fn refuses_empty_garbage_and_truncated_input() {
-        assert!(decode_rgb(b"").unwrap_err().contains("no image bytes"));
-        assert!(decode_rgb(b"not an image").unwrap_err().contains("unsupported image format"));
+        let reason = |bytes: &[u8]| decode_rgb(bytes).err().unwrap_or_default();
+        assert!(reason(b"").contains("no image bytes"));
+        assert!(reason(b"not an image").contains("unsupported image format"));
         let bytes = png(16, 16);
-        assert!(decode_rgb(&bytes[..bytes.len() / 2]).unwrap_err().contains("cannot decode"));
+        assert!(reason(&bytes[..bytes.len() / 2]).contains("cannot decode"));
     }
 }
