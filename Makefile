@@ -24,7 +24,7 @@ setup-test:
 	@bash scripts/setup.sh --test
 
 build: setup
-	cargo build $(CARGO_FLAGS) -p tern-node -p tern-router -p tern-cli
+	cargo build $(CARGO_FLAGS) -p tern-node -p tern-router -p tern-cli -p tern-imageops
 
 examples: setup
 	$(VENV_PY) examples/build_model_repository.py $(MODEL_REPO)

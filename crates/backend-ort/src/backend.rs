@@ -285,6 +285,14 @@ pub(crate) fn configure(
 ) -> Result<SessionBuilder, OrtBackendError> {
     let mut builder = session_options(environment, settings)
         .map_err(|e| OrtBackendError::ModelLoad { model: model.to_string(), message: e.to_string() })?;
+    for library in &settings.op_libraries {
+        // ORT dlopens the file and calls its RegisterCustomOps (Triton's model_operations).
+        builder = builder.with_operator_library(library).map_err(|e| OrtBackendError::OpLibrary {
+            model: model.to_string(),
+            file: library.display().to_string(),
+            reason: e.to_string(),
+        })?;
+    }
     if let Device::Cuda { device_id } = settings.device {
         let device = settings.device;
         // Registration order is priority order: TensorRT takes what it can, CUDA the rest, and

@@ -96,6 +96,12 @@ pub enum OrtBackendError {
     /// (`value` is shortened when long).
     #[error("execution accelerator '{accelerator}' parameter '{key}' = {value:?} refused: {reason}")]
     AcceleratorParameter { accelerator: String, key: String, value: String, reason: String },
+    /// A `model_operations.op_library_filename` that is missing, refused, or that ONNX Runtime
+    /// cannot load.
+    #[error(
+        "model '{model}': cannot load the custom operations library '{file}' (model_operations.op_library_filename): {reason}"
+    )]
+    OpLibrary { model: String, file: String, reason: String },
     /// The model file does not exist.
     #[error("model file not found: {}", path.display())]
     ModelNotFound { path: PathBuf },

@@ -83,6 +83,10 @@ impl ModelCache {
         if settings.device != Device::Cpu {
             return Err("GPU sessions are not cached (see docs/operations.md)");
         }
+        if !settings.op_libraries.is_empty() {
+            // The saved graph would hold nodes of a library the key does not cover.
+            return Err("the model loads custom operations (model_operations)");
+        }
         if settings.graph_optimization == GraphOptimization::Disable {
             return Err("graph optimization is off: there is nothing to save");
         }

@@ -31,6 +31,8 @@
 //! count, and a boolean other than true/false/on/off/1/0 are errors naming the parameter. Parameters
 //! this backend does not know are ignored, as in Triton (they may be meant for something else).
 
+use std::path::{Path, PathBuf};
+
 use tern_proto::inference::ModelConfig;
 
 use crate::OrtBackendError;
@@ -133,6 +135,9 @@ pub struct SessionSettings {
     pub io_binding: BucketMode,
     /// `optimization { cuda { graphs: true } }`: used by GPU instances on the CUDA provider.
     pub cuda_graphs: bool,
+    /// `model_operations { op_library_filename }`: custom-op libraries ORT opens before the
+    /// model (see [`op_libraries`]).
+    pub op_libraries: Vec<PathBuf>,
 }
 
 impl SessionSettings {
@@ -170,7 +175,11 @@ pub fn session_settings_for(
     scope: &AcceleratorScope,
 ) -> Result<SessionSettings, OrtBackendError> {
     let param = |name: &str| config.parameters.get(name).map(|p| p.string_value.as_str());
-    let mut settings = SessionSettings { gpu: gpu_settings(config, scope)?, ..SessionSettings::default() };
+    let mut settings = SessionSettings {
+        gpu: gpu_settings(config, scope)?,
+        op_libraries: op_libraries(config, scope)?,
+        ..SessionSettings::default()
+    };
 
     if let Some(graph) = config.optimization.as_ref().and_then(|o| o.graph.as_ref()) {
         settings.graph_optimization = GraphOptimization::from_triton_level(graph.level).ok_or_else(|| {
@@ -241,6 +250,47 @@ fn parse_mode(name: &str, value: &str) -> Result<BucketMode, OrtBackendError> {
             Err(_) => Err(invalid(name, value, "expected auto, true, false, on, off, 1 or 0")),
         },
     }
+}
+
+/// The config's `model_operations.op_library_filename`, resolved and checked before ORT sees
+/// them. Triton's ONNX Runtime backend hands each name to ORT's `RegisterCustomOpsLibrary` as
+/// written (onnxruntime_backend src/onnxruntime.cc), so `dlopen` resolves it; Tern resolves a
+/// relative name against the model's directory instead of the server's working directory, and
+/// checks that the file exists, so the load error names the file rather than a `dlopen` message.
+///
+/// These libraries are native code that runs inside the server, as in Triton: they are allowed
+/// only for a model in the operator's repository, never for one a client uploaded.
+fn op_libraries(config: &ModelConfig, scope: &AcceleratorScope) -> Result<Vec<PathBuf>, OrtBackendError> {
+    let Some(operations) = config.model_operations.as_ref() else { return Ok(Vec::new()) };
+    let names = &operations.op_library_filename;
+    if names.is_empty() {
+        return Ok(Vec::new());
+    }
+    let refuse = |name: &str, reason: String| OrtBackendError::OpLibrary {
+        model: config.name.clone(),
+        file: name.to_string(),
+        reason,
+    };
+    let Some(model_dir) = scope.model_dir.as_deref() else {
+        return Err(refuse(
+            &names[0],
+            "custom-op libraries are native code: they are not loaded for a model uploaded with \
+             its load request"
+                .to_string(),
+        ));
+    };
+    names
+        .iter()
+        .map(|name| {
+            let path = Path::new(name);
+            let path = if path.is_absolute() { path.to_path_buf() } else { model_dir.join(path) };
+            match std::fs::metadata(&path) {
+                Ok(meta) if meta.is_file() => Ok(path),
+                Ok(_) => Err(refuse(name, format!("{} is not a file", path.display()))),
+                Err(e) => Err(refuse(name, format!("cannot open {}: {e}", path.display()))),
+            }
+        })
+        .collect()
 }
 
 /// Threads one session's pool may have (each instance has its own): a config must not make
@@ -405,5 +455,46 @@ mod tests {
             let err = session_settings(&config(&[(key, value)], None)).err().map(|e| e.to_string());
             assert!(err.as_ref().is_some_and(|e| e.contains(key)), "{key}={value}: {err:?}");
         }
+    }
+
+    #[test]
+    fn op_libraries_resolve_in_the_model_directory_and_must_exist() -> Result<(), Box<dyn std::error::Error>>
+    {
+        use tern_proto::inference::ModelOperations;
+        let dir = tempfile::tempdir()?;
+        std::fs::write(dir.path().join("libops.so"), b"not loaded here")?;
+        let with = |names: &[&str]| ModelConfig {
+            name: "m".into(),
+            model_operations: Some(ModelOperations {
+                op_library_filename: names.iter().map(|n| n.to_string()).collect(),
+            }),
+            ..Default::default()
+        };
+        let scope = |dir: Option<&Path>| AcceleratorScope {
+            model: "m".into(),
+            model_dir: dir.map(Path::to_path_buf),
+            cache_dir: None,
+            encrypted: false,
+        };
+        let trusted = scope(Some(dir.path()));
+
+        // Relative: the model's directory, not the server's working directory.
+        let found = session_settings_for(&with(&["libops.so"]), &trusted)?.op_libraries;
+        assert_eq!(found, vec![dir.path().join("libops.so")]);
+        let absolute = dir.path().join("libops.so");
+        let found = session_settings_for(&with(&[absolute.to_str().ok_or("utf-8")?]), &trusted)?.op_libraries;
+        assert_eq!(found, vec![absolute]);
+
+        let missing = session_settings_for(&with(&["libmissing.so"]), &trusted).err().map(|e| e.to_string());
+        assert!(
+            missing.as_deref().is_some_and(|m| m.contains("model 'm'") && m.contains("libmissing.so")),
+            "{missing:?}"
+        );
+        let a_dir = session_settings_for(&with(&["."]), &trusted).err().map(|e| e.to_string());
+        assert!(a_dir.is_some_and(|m| m.contains("is not a file")));
+        // A client's upload may not bring native code.
+        let uploaded = session_settings_for(&with(&["libops.so"]), &scope(None)).err().map(|e| e.to_string());
+        assert!(uploaded.is_some_and(|m| m.contains("native code") && m.contains("libops.so")));
+        Ok(())
     }
 }

@@ -115,7 +115,11 @@ pub(crate) fn load_ensemble_versions(
             "model '{name}': an ensemble needs a version directory (an empty '1/' will do), as in Triton"
         ));
     }
-    let io = crate::loader::model_io(&config, &HashMap::new())?;
+    // Triton reads label files for every model, ensembles included (core src/model.cc, the
+    // label provider filled from each output's `label_filename`), so `class_count` on an
+    // ensemble's output answers with the ensemble's labels.
+    let labels = tern_repository::load_labels(&source.dir, &config).map_err(|e| e.to_string())?;
+    let io = crate::loader::model_io(&config, &labels)?;
     Ok(versions
         .into_iter()
         .map(|v| {

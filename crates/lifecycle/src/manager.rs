@@ -222,6 +222,8 @@ impl ModelManager {
                 .map_err(|e| RequestError::InvalidArgument(format!("'config' parameter: {e}")))?;
             tern_repository::check_bounds(name, config)
                 .map_err(|e| RequestError::InvalidArgument(format!("'config' parameter: {e}")))?;
+            tern_repository::check_override_loads_no_native_code(name, config)
+                .map_err(|e| RequestError::InvalidArgument(format!("'config' parameter: {e}")))?;
         }
         if override_config.is_none() && files.is_empty() {
             // The same load from the repositories, asked for while one runs, joins it.

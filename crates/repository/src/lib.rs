@@ -60,6 +60,7 @@ pub use scan::{
 };
 pub use tern_proto::inference::ModelConfig;
 pub use validate::{
-    ENSEMBLE_PLATFORM, EnsembleGraph, EnsembleStep, MAX_ENSEMBLE_STEPS, check_ensemble_steps,
-    check_response_cache, is_ensemble, sequence_tensor_names, validate, validate_ensemble,
+    ENSEMBLE_PLATFORM, EnsembleGraph, EnsembleStep, MAX_ENSEMBLE_STEPS, MAX_OP_LIBRARIES,
+    check_ensemble_steps, check_model_operations, check_override_loads_no_native_code, check_response_cache,
+    is_ensemble, sequence_tensor_names, validate, validate_ensemble,
 };

@@ -54,6 +54,7 @@ pub fn validate(config: &ModelConfig, signature: &ModelSignature) -> Result<(), 
     }
     crate::bounds::check_bounds(model, config)?;
     check_model_filename(model, &config.default_model_filename)?;
+    check_model_operations(config)?;
     check_scheduling(config, signature)?;
 
     let inputs: Vec<ConfigTensor<'_>> = config
@@ -173,6 +174,56 @@ pub(crate) fn check_model_filename(model: &str, filename: &str) -> Result<(), Re
                  directory, without path separators"
             ),
         ))
+    }
+}
+
+/// Most custom-op libraries one model may name in `model_operations.op_library_filename`.
+pub const MAX_OP_LIBRARIES: usize = 16;
+
+/// `model_operations.op_library_filename`: each a usable path (not empty, no NUL, at most
+/// [`MAX_OP_LIBRARIES`]). Whether the file exists and loads is the ONNX Runtime backend's check
+/// when the model loads (the libraries are native code: docs/security.md).
+pub fn check_model_operations(config: &ModelConfig) -> Result<(), RepositoryError> {
+    let Some(operations) = config.model_operations.as_ref() else { return Ok(()) };
+    let model = config.name.as_str();
+    let names = &operations.op_library_filename;
+    if names.len() > MAX_OP_LIBRARIES {
+        return Err(RepositoryError::invalid(
+            model,
+            format!(
+                "model_operations names {} op_library_filename entries; at most {MAX_OP_LIBRARIES} \
+                 are allowed",
+                names.len()
+            ),
+        ));
+    }
+    for name in names {
+        if name.trim().is_empty() || name.contains('\0') || name.len() > 4096 {
+            return Err(RepositoryError::invalid(
+                model,
+                format!(
+                    "model_operations.op_library_filename {name:?} is not a usable path (empty, \
+                     over 4096 bytes, or containing NUL)"
+                ),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// A client's `config` override (RepositoryModelLoad) may not name custom-op libraries: they
+/// are native code loaded into the node, so they come only from a config.pbtxt in the
+/// operator's repository. Triton accepts them in an override; Tern refuses, as it refuses
+/// accelerator parameters that load native code (docs/security.md).
+pub fn check_override_loads_no_native_code(model: &str, config: &ModelConfig) -> Result<(), RepositoryError> {
+    match config.model_operations.as_ref() {
+        Some(ops) if !ops.op_library_filename.is_empty() => Err(RepositoryError::invalid(
+            model,
+            "model_operations.op_library_filename loads native code into the server: it is \
+             taken only from the model's config.pbtxt in the repository, not from a load \
+             request's config",
+        )),
+        _ => Ok(()),
     }
 }
 

@@ -514,3 +514,40 @@ fn response_cache_is_refused_for_sequence_batching_and_decoupled_models() {
         resnet_config("response_cache { enable: false } model_transaction_policy { decoupled: true }");
     assert!(check_response_cache(&config).is_ok());
 }
+
+#[test]
+fn model_operations_parse_and_are_checked() {
+    // Triton's spelling, a list of one (and of two) library names.
+    let one = resnet_config(r#"model_operations { op_library_filename: [ "/opt/ops/libcustom.so" ] }"#);
+    assert_eq!(
+        one.model_operations.as_ref().map(|o| o.op_library_filename.clone()),
+        Some(vec!["/opt/ops/libcustom.so".to_string()])
+    );
+    assert_eq!(message(&one, &resnet()), "ok");
+    let two = resnet_config(
+        r#"model_operations { op_library_filename: "liba.so" op_library_filename: "libb.so" }"#,
+    );
+    assert_eq!(two.model_operations.map(|o| o.op_library_filename.len()), Some(2));
+
+    let empty = resnet_config(r#"model_operations { op_library_filename: [ "" ] }"#);
+    let msg = message(&empty, &resnet());
+    assert!(msg.contains("model_operations.op_library_filename") && msg.contains("'m'"), "{msg}");
+
+    let names: Vec<String> = (0..=MAX_OP_LIBRARIES).map(|i| format!("\"lib{i}.so\"")).collect();
+    let many =
+        resnet_config(&format!("model_operations {{ op_library_filename: [ {} ] }}", names.join(", ")));
+    let msg = message(&many, &resnet());
+    assert!(msg.contains(&format!("at most {MAX_OP_LIBRARIES}")), "{msg}");
+
+    // A field that is not Triton's is a parse error, as in Triton.
+    let text = "name: \"m\"\nmodel_operations { op_library: \"x.so\" }";
+    assert!(parse_config(text).is_err());
+}
+
+#[test]
+fn a_load_requests_config_may_not_name_op_libraries() {
+    let config = resnet_config(r#"model_operations { op_library_filename: [ "/tmp/x.so" ] }"#);
+    let err = check_override_loads_no_native_code("m", &config).map_err(|e| e.to_string());
+    assert!(err.as_ref().is_err_and(|e| e.contains("native code") && e.contains("'m'")), "{err:?}");
+    assert!(check_override_loads_no_native_code("m", &resnet_config("")).is_ok());
+}
