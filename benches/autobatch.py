@@ -21,7 +21,6 @@ import os
 import re
 import shutil
 import signal
-import statistics
 import sys
 from pathlib import Path
 
@@ -88,8 +87,8 @@ def queue_delay_gauge(server, model):
 
 
 def med(rows, key):
-    xs = [r[key] for r in rows if r.get(key) is not None]
-    return statistics.median(xs) if xs else None
+    """The median of `key` over the rows that measured it (bench.median), or None."""
+    return bench.median([r.get(key) for r in rows])
 
 
 def main():

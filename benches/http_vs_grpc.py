@@ -15,7 +15,6 @@ import argparse
 import datetime as dt
 import shutil
 import signal
-import statistics
 import sys
 import time
 from pathlib import Path
@@ -44,8 +43,8 @@ class Via:
 
 
 def med(rows, key):
-    xs = [r[key] for r in rows if r.get(key) is not None]
-    return statistics.median(xs) if xs else None
+    """The median of `key` over the rows that measured it (bench.median), or None."""
+    return bench.median([r.get(key) for r in rows])
 
 
 def main():

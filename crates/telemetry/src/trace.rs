@@ -308,7 +308,7 @@ pub fn init_tracing(cfg: &TracingConfig) -> Result<TracingGuard, TelemetryError>
     // per-layer filters are counted apart, so a callsite the verbosity turns off (h2's trace
     // spans and events, several per HTTP/2 frame) would stay "sometimes" enabled and be checked
     // on every hit. Joined, the verbosity turns such callsites off once (with the `match`
-    // below: 18 % of tern-router's CPU at concurrency 1; benches/RESULTS.md, "Router overhead:
+    // below: 21 % of tern-router's CPU at concurrency 1; benches/RESULTS.md, "Router overhead:
     // where the CPU goes").
     let (log_filter, handle) = tracing_subscriber::reload::Layer::new(cfg.env_filter());
     let severities =

@@ -3,14 +3,14 @@
 
 use std::path::{Path, PathBuf};
 
-use bytes::Bytes;
 use tern_backend::{Backend, BackendFactory, BatchJob, LoadTarget, ModelBytes};
 use tern_backend_ort::{CacheUse, ModelCache, OrtBackend, OrtFactory, SessionSettings};
-use tern_core::{DataType, Tensor};
+use tern_core::Tensor;
 use tern_proto::inference::model_instance_group::Kind;
 use tern_proto::inference::{ModelConfig, ModelInstanceGroup, ModelParameter};
 
 use crate::common::{model, runtime};
+use crate::rows;
 
 fn config(buckets: Option<&str>, count: i32) -> ModelConfig {
     ModelConfig {
@@ -36,16 +36,6 @@ fn open(
     loader.signature(bytes).expect("signature");
     let placement = loader.plan(config).expect("plan");
     loader.instances(placement.instances.len(), bytes).expect("instances")
-}
-
-fn rows(n: usize, seed: f32) -> Tensor {
-    let values: Vec<f32> = (0..n * 4).map(|i| ((i as f32 + seed) * 0.37).sin()).collect();
-    Tensor {
-        name: "INPUT0".into(),
-        datatype: DataType::Fp32,
-        shape: vec![n as i64, 4],
-        data: Bytes::from(values.iter().flat_map(|v| v.to_le_bytes()).collect::<Vec<u8>>()),
-    }
 }
 
 fn f32s(t: &Tensor) -> Vec<f32> {

@@ -13,6 +13,7 @@ use tern_proto::inference::model_optimization_policy::Cuda;
 use tern_proto::inference::{ModelConfig, ModelInstanceGroup, ModelOptimizationPolicy, ModelParameter};
 
 use crate::common::{model, runtime};
+use crate::rows;
 
 const BUCKETS: [u32; 4] = [1, 2, 4, 8];
 
@@ -21,16 +22,6 @@ fn mlp(binding: bool) -> OrtBackend {
     let settings = SessionSettings { intra_op_threads: Some(1), ..Default::default() };
     let backend = OrtBackend::load(&model("mlp"), &settings).expect("load mlp");
     backend.with_batch_buckets(BUCKETS.to_vec()).with_io_binding(binding)
-}
-
-fn rows(n: usize, seed: f32) -> Tensor {
-    let values: Vec<f32> = (0..n * 4).map(|i| ((i as f32 + seed) * 0.37).sin()).collect();
-    Tensor {
-        name: "INPUT0".into(),
-        datatype: DataType::Fp32,
-        shape: vec![n as i64, 4],
-        data: Bytes::from(values.iter().flat_map(|v| v.to_le_bytes()).collect::<Vec<u8>>()),
-    }
 }
 
 fn run(backend: &mut dyn Backend, input: Tensor) -> Tensor {
