@@ -345,14 +345,18 @@ def report(results: dict, args, ceiling_label: str, notes: list[str]) -> list[st
 
 
 def main() -> None:
+    global CONCURRENCY
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--seconds", type=float, default=4.0)
     ap.add_argument("--warmup", type=float, default=1.0)
     ap.add_argument("--max-tokens", type=int, default=64)
     ap.add_argument("--max-batch", type=int, default=max(CONCURRENCY))
     ap.add_argument("--only", default="abcd", help="which rows to run (letters)")
+    ap.add_argument("--concurrency", default=",".join(map(str, CONCURRENCY)),
+                    help="comma-separated concurrencies (default: 1,4,16,64)")
     ap.add_argument("--write", action="store_true")
     args = ap.parse_args()
+    CONCURRENCY = [int(c) for c in args.concurrency.split(",")]
     if not (MODEL_DIR / "genai_config.json").is_file():
         sys.exit(f"no {MODEL_DIR}: run `make examples` first")
     results: dict = {}
