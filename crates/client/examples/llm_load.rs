@@ -145,7 +145,8 @@ async fn main() {
                 // The request stream stays open until the final response, as tritonclient's.
                 let (tx, rx) = tokio::sync::mpsc::channel(1);
                 let _ = tx.try_send(request);
-                let mut responses = match client.stream(tokio_stream::wrappers::ReceiverStream::new(rx)).await {
+                let mut responses = match client.stream(tokio_stream::wrappers::ReceiverStream::new(rx)).await
+                {
                     Ok(r) => r,
                     Err(e) => {
                         tally.lock().unwrap_or_else(|p| p.into_inner()).errors.push(e.to_string());
