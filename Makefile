@@ -131,12 +131,15 @@ bench-autobatch: build examples
 ## Generation (issue 20, benches/llm.py): generated tokens/s and time to first token p50/p99 at
 ## concurrency 1, 4, 16, 64 for tern-node with continuous batching, tern-node with batching off,
 ## the in-process ceiling and onnxruntime-genai, all on examples/build_tiny_llm.py's model; prints
-## the table and rewrites the "Generation" section of benches/RESULTS.md. About 2 min on 2 cores
-## (SECONDS_PER_CELL=4 each); the Rust ceiling example builds first when crates/generate has it.
+## the table and rewrites the "Generation" section of benches/RESULTS.md. The served rows use
+## tern-client's native `llm_load` client; (a), (b) and the c=1 ceiling alternate over
+## LLM_ROUNDS rounds, each cell reporting its median round. About 5 min on 2 cores
+## (SECONDS_PER_CELL=4 each, 3 rounds); the Rust examples build first.
 SECONDS_PER_CELL ?= 4
+LLM_ROUNDS ?= 3
 .PHONY: bench-llm
 bench-llm: build examples
-	$(VENV_PY) benches/llm.py --seconds $(SECONDS_PER_CELL) --write
+	$(VENV_PY) benches/llm.py --seconds $(SECONDS_PER_CELL) --rounds $(LLM_ROUNDS) --write
 
 ## Embeddings (benches/embeddings.py): all-MiniLM-L6-v2 embeddings/s at concurrency 1 and 16,
 ## tern-node (tritonclient gRPC, one text per request) against an in-process onnxruntime loop on

@@ -318,9 +318,12 @@ def report(results: dict, args, ceiling_label: str, notes: list[str]) -> list[st
          f"{platform.platform()}; server, clients and loops share the machine. Model: examples/build_tiny_llm.py "
          f"(4 layers, hidden 256, 8/2 heads, vocab 2048, context 512); the 16 test prompts (2-90 tokens) round "
          f"robin; {args.max_tokens} tokens per request (ignore_eos); {args.warmup} s warm-up, {args.seconds} s "
-         "measured per cell. TTFT from sending a request to its first token.", "",
+         f"measured per cell. TTFT from sending a request to its first token. Client of (a) and (b): "
+         f"{args.client_label}, one stream per request. {args.rounds} round(s), (a), (b) and the c=1 ceiling "
+         "alternated; each of their cells is its median round.", "",
          f"Command: `.venv/bin/python benches/llm.py --seconds {args.seconds} --warmup {args.warmup} "
-         f"--max-tokens {args.max_tokens}{' --write' if args.write else ''}` (`make bench-llm`)", "",
+         f"--max-tokens {args.max_tokens} --rounds {args.rounds}{' --write' if args.write else ''}` (`make bench-llm`)",
+         "",
          "| | engine | setting | " + " | ".join(f"c={c} tok/s | c={c} TTFT p50/p99 ms" for c in CONCURRENCY) + " |",
          "|---|---|---|" + "---|---|" * len(CONCURRENCY)]
     for key, name, setting in rows:
@@ -344,6 +347,43 @@ def report(results: dict, args, ceiling_label: str, notes: list[str]) -> list[st
     return L
 
 
+def rust_client() -> Path | None:
+    """tern-client's `llm_load` example (a native streaming client), built on demand; None when
+    it does not build (the Python client is used then, and labelled so)."""
+    if not (ROOT / "crates" / "client" / "examples" / "llm_load.rs").exists():
+        return None
+    build = subprocess.run(["cargo", "build", "--release", "--locked", "-p", "tern-client", "--example", "llm_load"],
+                           cwd=ROOT, capture_output=True, text=True, timeout=1800)
+    if build.returncode != 0:
+        print(f"llm_load did not build; using the Python client:\n{build.stderr[-2000:]}", file=sys.stderr)
+        return None
+    return REL / "examples" / "llm_load"
+
+
+def rust_cell(binary: Path, prompts_file: Path, url: str, model: str, conc: int, args) -> Cell:
+    cmd = [str(binary), "--url", url, "--model", model, "--prompts", str(prompts_file), "--concurrency", str(conc),
+           "--seconds", str(args.seconds), "--warmup", str(args.warmup), "--max-tokens", str(args.max_tokens),
+           "--ignore-eos", "true"]
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=args.warmup + args.seconds + 120)
+    cell = Cell(seconds=args.seconds)
+    lines = [line for line in r.stdout.splitlines() if line.startswith("{")]
+    if r.returncode != 0 or not lines:
+        cell.errors.append(f"llm_load failed (exit {r.returncode}): {r.stderr[-500:]}")
+        return cell
+    out = json.loads(lines[-1])
+    cell.tokens = int(out["tokens"])
+    cell.requests = int(out["requests"])
+    cell.ttft_s = [t / 1e3 for t in out["ttft_ms"]]
+    if out["errors"]:
+        cell.errors += [str(out["first_error"])] * int(out["errors"])
+    return cell
+
+
+def median_cell(cells: list[Cell]) -> Cell:
+    """The round with the median throughput (its TTFT with it)."""
+    return sorted(cells, key=lambda c: c.tps)[(len(cells) - 1) // 2]
+
+
 def main() -> None:
     global CONCURRENCY
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -354,43 +394,63 @@ def main() -> None:
     ap.add_argument("--only", default="abcd", help="which rows to run (letters)")
     ap.add_argument("--concurrency", default=",".join(map(str, CONCURRENCY)),
                     help="comma-separated concurrencies (default: 1,4,16,64)")
+    ap.add_argument("--rounds", type=int, default=1,
+                    help="rounds of (a), (b) and the c=1 ceiling, alternated; each cell reports its median round")
+    ap.add_argument("--client", choices=["rust", "python"], default="rust",
+                    help="client of (a) and (b): tern-client's llm_load (default) or tritonclient's asyncio")
     ap.add_argument("--write", action="store_true")
     args = ap.parse_args()
     CONCURRENCY = [int(c) for c in args.concurrency.split(",")]
     if not (MODEL_DIR / "genai_config.json").is_file():
         sys.exit(f"no {MODEL_DIR}: run `make examples` first")
-    results: dict = {}
+    rounds: dict = {}
     notes: list[str] = []
     ref = Reference(MODEL_DIR, threads=0)
-
-    if "a" in args.only or "b" in args.only:
-        tmp = Path(tempfile.mkdtemp(prefix="tern-llm-bench-"))
-        port = free_port()
-        node = start_node(bench_repo(tmp, args.max_batch), port, tmp / "node.log")
-        try:
+    binary = rust_client() if args.client == "rust" and ("a" in args.only or "b" in args.only) else None
+    args.client_label = ("tern-client's llm_load (Rust, one tokio thread)" if binary
+                         else "tritonclient.grpc.aio (Python)")
+    ceiling_label = "in-process ceiling, Python onnxruntime loop"
+    rust = None
+    tmp = Path(tempfile.mkdtemp(prefix="tern-llm-bench-"))
+    prompts_file = tmp / "prompts.json"
+    prompts_file.write_text(json.dumps(PROMPTS))
+    node = None
+    try:
+        if "a" in args.only or "b" in args.only:
+            port = free_port()
+            node = start_node(bench_repo(tmp, args.max_batch), port, tmp / "node.log")
+        for r in range(max(1, args.rounds)):
             for key, model in (("a", "tiny_llm"), ("b", "tiny_llm_nobatch")):
-                if key not in args.only:
+                if key not in args.only or node is None:
                     continue
                 for c in CONCURRENCY:
-                    cell = asyncio.run(tern_cell(f"127.0.0.1:{port}", model, c, args))
-                    results[(key, c)] = cell
-                    print(f"({key}) {model} c={c}: {cell.tps:.0f} tok/s, TTFT p50 {cell.pct(50):.1f} ms "
+                    url = f"127.0.0.1:{port}"
+                    if binary:
+                        cell = rust_cell(binary, prompts_file, url, model, c, args)
+                    else:
+                        cell = asyncio.run(tern_cell(url, model, c, args))
+                    rounds.setdefault((key, c), []).append(cell)
+                    print(f"round {r + 1} ({key}) {model} c={c}: {cell.tps:.0f} tok/s, TTFT p50 {cell.pct(50):.1f} ms "
                           f"p99 {cell.pct(99):.1f} ms, {cell.requests} requests, {len(cell.errors)} errors", flush=True)
-        finally:
+            if "c" in args.only:
+                rust = rust_ceiling(ref, args)
+                if rust is not None:
+                    ceiling_label = ("in-process ceiling: c=1 crates/generate's `ceiling` (Rust loop on ort), "
+                                     "c>1 Python loop")
+                    rounds.setdefault(("c", 1), []).append(rust)
+                    print(f"round {r + 1} (c) rust ceiling c=1: {rust.tps:.0f} tok/s, TTFT p50 {rust.pct(50):.1f} ms",
+                          flush=True)
+    finally:
+        if node is not None:
             node.terminate()
             try:
                 node.wait(30)
             except subprocess.TimeoutExpired:
                 node.kill()
-            shutil.rmtree(tmp, ignore_errors=True)
+        shutil.rmtree(tmp, ignore_errors=True)
+    results = {k: median_cell(v) for k, v in rounds.items()}
 
-    ceiling_label = "in-process ceiling, Python onnxruntime loop"
     if "c" in args.only:
-        rust = rust_ceiling(ref, args)
-        if rust is not None:
-            ceiling_label = "in-process ceiling: c=1 crates/generate's `ceiling` (Rust loop on ort), c>1 Python loop"
-            results[("c", 1)] = rust
-            print(f"(c) rust ceiling c=1: {rust.tps:.0f} tok/s, TTFT p50 {rust.pct(50):.1f} ms", flush=True)
         for c in CONCURRENCY:
             if c == 1 and rust is not None:
                 continue

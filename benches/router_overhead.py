@@ -12,6 +12,11 @@ on a 2-core machine that the client shares, a steadier figure than throughput or
 `--variant` (repeatable) compares builds: each names a directory holding tern-node, tern-router
 and tern; the variants take turns within every round.
 
+`--isolate-router` runs tern-router on the machine's last CPU and everything else (tern-node,
+`tern serve`, perf_analyzer) on the others (taskset), as a router on its own machine would be:
+on a small machine this separates what the router costs the node's clients in latency and
+throughput from the CPU it takes away from a co-located node.
+
 Targets (issue 6): light_resnet50 at concurrency 8, router throughput >= 95% of direct;
 tiny_add at concurrency 1, the router adds <= 150 us to p50. --write replaces the section
 "Router overhead" of benches/RESULTS.md with the table.
@@ -42,9 +47,14 @@ CASES = [("tiny_add", 1), ("tiny_add", 16), ("light_resnet50", 8)]
 TICK = os.sysconf("SC_CLK_TCK")
 
 
+# taskset prefixes (empty unless --isolate-router).
+NODE_PIN: list[str] = []
+ROUTER_PIN: list[str] = []
+
+
 def perf(url, model, conc, window_ms, out_csv, stability=20):
     extra = ["--shape", "input:1,3,224,224"] if model == "light_resnet50" else []
-    cmd = [str(PA / "bin" / "perf_analyzer"), "-m", model, "-u", url, "-i", "grpc",
+    cmd = [*NODE_PIN, str(PA / "bin" / "perf_analyzer"), "-m", model, "-u", url, "-i", "grpc",
            "--concurrency-range", str(conc), "--measurement-interval", str(window_ms),
            "--stability-percentage", str(stability), "--max-trials", "5", "-f", str(out_csv), *extra]
     env = dict(ENV, LD_LIBRARY_PATH=str(PA / "lib"))
@@ -113,8 +123,16 @@ def main():
                     help="model:concurrency,... (default: %(default)s)")
     ap.add_argument("--variant", action="append", default=[],
                     help="NAME=DIR: a build to compare (DIR holds tern-node, tern-router, tern)")
+    ap.add_argument("--isolate-router", action="store_true",
+                    help="tern-router on the last CPU, node, tern serve and perf_analyzer on the others")
     ap.add_argument("--write", action="store_true")
     args = ap.parse_args()
+    if args.isolate_router:
+        cpus = sorted(os.sched_getaffinity(0))
+        if len(cpus) < 2:
+            sys.exit("--isolate-router needs at least 2 CPUs")
+        NODE_PIN[:] = ["taskset", "-c", ",".join(map(str, cpus[:-1]))]
+        ROUTER_PIN[:] = ["taskset", "-c", str(cpus[-1])]
     cases = [(m, int(c)) for m, c in (x.split(":") for x in args.cases.split(","))]
     variants = [tuple(v.split("=", 1)) for v in args.variant] or [("", str(REL))]
     tmp = Path(tempfile.mkdtemp(prefix="tern-router-bench-"))
@@ -131,11 +149,11 @@ def main():
             for name, bindir in variants:
                 bindir = Path(bindir)
                 node_port, router_port, serve_port = free_port(), free_port(), free_port()
-                node = start([str(bindir / "tern-node"), "--model-repository", str(repo), "--grpc-address", "127.0.0.1",
+                node = start([*NODE_PIN, str(bindir / "tern-node"), "--model-repository", str(repo), "--grpc-address", "127.0.0.1",
                              "--grpc-port", str(node_port), "--allow-http", "false"],
                              "tern-node ready", tmp / "node.log", NODE_SERVED)
                 running.append(node)
-                router = start([str(bindir / "tern-router"), "--grpc-address", "127.0.0.1", "--grpc-port", str(router_port),
+                router = start([*ROUTER_PIN, str(bindir / "tern-router"), "--grpc-address", "127.0.0.1", "--grpc-port", str(router_port),
                                "--allow-http", "false", "--node", f"127.0.0.1:{node_port}"],
                                "tern-router ready", tmp / "router.log", ROUTER_SERVED)
                 running.append(router)
@@ -155,7 +173,7 @@ def main():
                               f"CPU us/req {' + '.join(f'{x:.1f}' for x in cpu)}", flush=True)
                 stop(running)
                 running.clear()
-                serve = start([str(bindir / "tern"), "serve", "--model-repository", str(repo), "--grpc-address", "127.0.0.1",
+                serve = start([*NODE_PIN, str(bindir / "tern"), "serve", "--model-repository", str(repo), "--grpc-address", "127.0.0.1",
                               "--grpc-port", str(serve_port), "--allow-http", "false"], "tern ready", tmp / "serve.log", NODE_SERVED)
                 running.append(serve)
                 for model, conc in cases:
@@ -173,7 +191,13 @@ def main():
     lines = report(results, args, cases, variants)
     print("\n".join(lines))
     if args.write:
-        write_section('## Router overhead (`benches/router_overhead.py`)', lines)
+        write_section(section_title(args), lines)
+
+
+def section_title(args):
+    if args.isolate_router:
+        return "## Router overhead, the router on a CPU of its own (`benches/router_overhead.py --isolate-router`)"
+    return "## Router overhead (`benches/router_overhead.py`)"
 
 
 def med(rows, i):
@@ -189,11 +213,15 @@ def report(results, args, cases, variants):
         cmd += f" --stability {args.stability}"
     if args.cases != ",".join(f"{m}:{c}" for m, c in CASES):
         cmd += f" --cases {args.cases}"
-    cmd += "".join(f" --variant {n}={d}" for n, d in variants if n) + " --write"
-    L = ["## Router overhead (`benches/router_overhead.py`)", "",
+    cmd += "".join(f" --variant {n}={d}" for n, d in variants if n)
+    cmd += " --isolate-router" if args.isolate_router else ""
+    cmd += " --write"
+    where = (f"tern-router pinned to CPU {ROUTER_PIN[-1]}, tern-node, `tern serve` and perf_analyzer to CPUs "
+             f"{NODE_PIN[-1]} (taskset)" if args.isolate_router else "router, node and perf_analyzer share the machine")
+    L = [section_title(args), "",
          f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}; {os.cpu_count()} cores ({cpu}), {platform.platform()}; "
          f"load average at the end {' '.join(load)}; "
-         "router, node and perf_analyzer share the machine. One tern-node (none mode, the model's own config), "
+         f"{where}. One tern-node (none mode, the model's own config), "
          "one tern-router in front of it (`--node`), and `tern serve`; perf_analyzer over gRPC, "
          f"{args.window_ms} ms windows, median of {args.rounds} alternating rounds. CPU µs/req: the process's "
          "utime + stime over the perf_analyzer run divided by the requests it served in that time "

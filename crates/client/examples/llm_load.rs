@@ -201,7 +201,7 @@ async fn main() {
         "requests": t.requests,
         "ttft_p50_ms": percentile(&t.ttft_s, 50.0) * 1e3,
         "ttft_p99_ms": percentile(&t.ttft_s, 99.0) * 1e3,
-        "ttft_samples": t.ttft_s.len(),
+        "ttft_ms": t.ttft_s.iter().map(|s| s * 1e3).collect::<Vec<_>>(),
         "errors": t.errors.len(),
         "first_error": t.errors.first(),
     });
