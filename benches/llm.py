@@ -7,14 +7,20 @@ p50/p99 at concurrency 1, 4, 16 and 64, on examples/build_tiny_llm.py's model, f
   (c) the in-process ceiling: crates/generate's `ceiling` example (a plain Rust loop on the
       same ONNX Runtime) when it builds, else a plain Python onnxruntime loop (labelled so);
       batch 1 at concurrency 1, the other concurrencies as one static left-padded batch,
-  (d) PyPI onnxruntime-genai's `og.Generator`, one generator per concurrent client (threads).
+  (d) PyPI onnxruntime-genai's `og.Generator`, one generator per concurrent client (threads),
+  (e) tern-generate's engine in process with no server (crates/generate's `engine_load`): with
+      (c) and (a) it splits the gap to the ceiling into the engine's share and serving's.
 
 Same model, same prompts (tests/python/llm_reference.PROMPTS, round robin), every request
 `max_tokens` tokens with `ignore_eos` so each does the same work. Clients of (a) and (b) are
 tritonclient's asyncio gRPC streams, one per concurrent request, TTFT measured from sending the
 request to its first token's response. Each cell: `--warmup` s, then `--seconds` s measured.
+The served clients are tern-client's native `llm_load` example (`--client python`: tritonclient's
+asyncio client, which on a 2-core machine takes a quarter of a core from the server at c=1).
+`--rounds N` alternates (a), (b), (e) and the c=1 ceiling N times; each cell is its median round.
 
-    .venv/bin/python benches/llm.py [--seconds 4] [--warmup 1] [--max-tokens 64] [--write]
+    .venv/bin/python benches/llm.py [--seconds 4] [--warmup 1] [--max-tokens 64] [--rounds 3]
+        [--concurrency 1,4,16,64] [--only abcde] [--client rust|python] [--write]
 
 Needs target/release/tern-node (make build) and the example repository (make examples).
 Prints a markdown table; --write replaces the section "Generation" of benches/RESULTS.md.
@@ -311,6 +317,7 @@ def report(results: dict, args, ceiling_label: str, notes: list[str]) -> list[st
     cpu = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")), "?")
     rows = [("a", "tern-node, continuous batching", f"max_batch {args.max_batch}"),
             ("b", "tern-node, batching off", "max_batch 1"),
+            ("e", "tern-generate's engine in process, no server (`engine_load`)", f"max_batch {args.max_batch}"),
             ("c", ceiling_label, "c=1 batch 1; c>1 one static batch"),
             ("d", "onnxruntime-genai og.Generator", "a generator per client (threads)")]
     L = ["## Generation (`benches/llm.py`)", "",
@@ -337,8 +344,17 @@ def report(results: dict, args, ceiling_label: str, notes: list[str]) -> list[st
     a16, b16 = results.get(("a", 16)), results.get(("b", 16))
     if a1 and c1 and c1.tps:
         L.append(f"- c=1, (a) vs the ceiling (c): {100 * a1.tps / c1.tps:.0f}% (target >= 90%)")
+        e1 = results.get(("e", 1))
+        if e1 and e1.tps:
+            L.append(f"  - where it goes: the engine alone (e) is {100 * e1.tps / c1.tps:.0f}% of (c); "
+                     f"serving it (a) is {100 * a1.tps / e1.tps:.0f}% of (e)")
     if a16 and b16 and b16.tps:
         L.append(f"- c=16, (a) vs batching off (b): {a16.tps / b16.tps:.1f}x (target >= 4x)")
+        c16 = results.get(("c", 16))
+        if c16 and c1 and c1.tps and c16.tps:
+            L.append(f"  - what batching can give here: one static batch of 16 in process (c, c=16) is "
+                     f"{c16.tps / c1.tps:.1f}x the single-sequence loop (c, c=1); (a) at c=16 is "
+                     f"{100 * a16.tps / c16.tps:.0f}% of that static batch")
     if a16 and a16.ttft_s:
         L.append(f"- c=16, (a) TTFT p99 / p50: {a16.pct(99) / a16.pct(50):.1f}x (target < 5x)")
     errs = [f"({k}) c={c}: {len(v.errors)} errors, first: {v.errors[0][:200]}"
@@ -379,6 +395,37 @@ def rust_cell(binary: Path, prompts_file: Path, url: str, model: str, conc: int,
     return cell
 
 
+def engine_binary() -> Path | None:
+    """crates/generate's `engine_load` example (the engine in process, no server), built on demand."""
+    if not (ROOT / "crates" / "generate" / "examples" / "engine_load.rs").exists():
+        return None
+    build = subprocess.run(["cargo", "build", "--release", "--locked", "-p", "tern-generate", "--example", "engine_load"],
+                           cwd=ROOT, capture_output=True, text=True, timeout=1800)
+    if build.returncode != 0:
+        print(f"engine_load did not build; row (e) is left out:\n{build.stderr[-2000:]}", file=sys.stderr)
+        return None
+    return REL / "examples" / "engine_load"
+
+
+def engine_cell(binary: Path, prompts_file: Path, conc: int, args) -> Cell:
+    """The engine in process: `conc` clients, each `max(2, 32 // conc)` requests back to back."""
+    cmd = [str(binary), "--model", str(MODEL_DIR), "--prompts", str(prompts_file), "--concurrency", str(conc),
+           "--max-batch", str(args.max_batch), "--max-tokens", str(args.max_tokens),
+           "--requests", str(max(2, 32 // conc))]
+    r = subprocess.run(cmd, capture_output=True, text=True, env=ENV, timeout=600)
+    cell = Cell()
+    lines = [line for line in r.stdout.splitlines() if line.startswith("{")]
+    if r.returncode != 0 or not lines:
+        cell.errors.append(f"engine_load failed (exit {r.returncode}): {r.stderr[-500:]}")
+        return cell
+    out = json.loads(lines[-1])
+    cell.tokens = int(out["generated_tokens"])
+    cell.seconds = cell.tokens / float(out["tokens_per_s"]) if out["tokens_per_s"] else 0.0
+    cell.requests = int(out["requests"])
+    cell.ttft_s = [t / 1e3 for t in out["ttft_ms"]]
+    return cell
+
+
 def median_cell(cells: list[Cell]) -> Cell:
     """The round with the median throughput (its TTFT with it)."""
     return sorted(cells, key=lambda c: c.tps)[(len(cells) - 1) // 2]
@@ -391,7 +438,7 @@ def main() -> None:
     ap.add_argument("--warmup", type=float, default=1.0)
     ap.add_argument("--max-tokens", type=int, default=64)
     ap.add_argument("--max-batch", type=int, default=max(CONCURRENCY))
-    ap.add_argument("--only", default="abcd", help="which rows to run (letters)")
+    ap.add_argument("--only", default="abcde", help="which rows to run (letters)")
     ap.add_argument("--concurrency", default=",".join(map(str, CONCURRENCY)),
                     help="comma-separated concurrencies (default: 1,4,16,64)")
     ap.add_argument("--rounds", type=int, default=1,
@@ -432,6 +479,13 @@ def main() -> None:
                     rounds.setdefault((key, c), []).append(cell)
                     print(f"round {r + 1} ({key}) {model} c={c}: {cell.tps:.0f} tok/s, TTFT p50 {cell.pct(50):.1f} ms "
                           f"p99 {cell.pct(99):.1f} ms, {cell.requests} requests, {len(cell.errors)} errors", flush=True)
+            if "e" in args.only:
+                engine = engine_binary()
+                for c in CONCURRENCY if engine else []:
+                    cell = engine_cell(engine, prompts_file, c, args)
+                    rounds.setdefault(("e", c), []).append(cell)
+                    print(f"round {r + 1} (e) engine in process c={c}: {cell.tps:.0f} tok/s, "
+                          f"TTFT p50 {cell.pct(50):.1f} ms", flush=True)
             if "c" in args.only:
                 rust = rust_ceiling(ref, args)
                 if rust is not None:

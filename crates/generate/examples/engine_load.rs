@@ -7,8 +7,12 @@
 //! ORT_DYLIB_PATH=.tern/onnxruntime/libonnxruntime.so.1.31.1 \
 //!   cargo run --release --locked -p tern-generate --example engine_load -- \
 //!   --model examples/model_repository/tiny_llm/1 --concurrency 16 [--max-batch 16] \
-//!   [--prompt-tokens 32] [--max-tokens 128] [--requests 4] [--threads N]
+//!   [--prompt-tokens 32] [--max-tokens 128] [--requests 4] [--threads N] [--prompts FILE]
 //! ```
+//!
+//! `--prompts FILE` (a JSON list of strings) replaces the synthetic prompts of `--prompt-tokens`
+//! tokens: client `c`'s request `r` takes prompt `c + r * concurrency` (round robin), as
+//! `benches/llm.py`'s served clients do.
 
 use std::path::PathBuf;
 use std::time::Instant;
@@ -23,6 +27,7 @@ struct Args {
     max_tokens: u32,
     requests: usize,
     threads: usize,
+    prompts: Option<PathBuf>,
 }
 
 fn parse_args() -> Result<Args, String> {
@@ -34,6 +39,7 @@ fn parse_args() -> Result<Args, String> {
         max_tokens: 128,
         requests: 4,
         threads: 0,
+        prompts: None,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -47,6 +53,7 @@ fn parse_args() -> Result<Args, String> {
             "--max-tokens" => a.max_tokens = number()?.max(1) as u32,
             "--requests" => a.requests = number()?.clamp(1, 10_000),
             "--threads" => a.threads = number()?,
+            "--prompts" => a.prompts = Some(PathBuf::from(&value)),
             other => return Err(format!("unknown argument {other}")),
         }
     }
@@ -92,13 +99,36 @@ fn main() {
             std::process::exit(1);
         }
     };
+    let texts: Vec<String> = match &args.prompts {
+        None => Vec::new(),
+        Some(path) => match std::fs::read(path)
+            .map_err(|e| e.to_string())
+            .and_then(|b| serde_json::from_slice::<Vec<String>>(&b).map_err(|e| e.to_string()))
+        {
+            Ok(t) if !t.is_empty() => t,
+            Ok(_) => {
+                eprintln!("engine_load: --prompts {}: no prompts", path.display());
+                std::process::exit(2);
+            }
+            Err(e) => {
+                eprintln!("engine_load: --prompts {}: {e} (a JSON list of strings)", path.display());
+                std::process::exit(2);
+            }
+        },
+    };
+    let texts = std::sync::Arc::new(texts);
     let vocab = engine.info().vocab_size as u32;
-    let request = move |salt: u32| GenerateRequest {
-        prompt: Prompt::Tokens(
-            (0..args.prompt_tokens as u32)
-                .map(|i| 8 + (i * 37 + salt * 101 + i * i * 3) % (vocab - 8))
-                .collect(),
-        ),
+    let concurrency = args.concurrency;
+    let request = move |client: usize, r: usize| GenerateRequest {
+        prompt: if texts.is_empty() {
+            Prompt::Tokens(
+                (0..args.prompt_tokens as u32)
+                    .map(|i| 8 + (i * 37 + (client * 1000 + r) as u32 * 101 + i * i * 3) % (vocab - 8))
+                    .collect(),
+            )
+        } else {
+            Prompt::Text(texts[(client + r * concurrency) % texts.len()].clone())
+        },
         max_tokens: Some(args.max_tokens),
         sampling: SamplingParams::default(),
         stop: Vec::new(),
@@ -108,7 +138,7 @@ fn main() {
     };
     // Warm-up.
     runtime.block_on(async {
-        if let Ok(mut g) = engine.submit(request(0)) {
+        if let Ok(mut g) = engine.submit(request(0, 0)) {
             while g.events.recv().await.is_some() {}
         }
     });
@@ -117,12 +147,13 @@ fn main() {
         let mut clients = Vec::new();
         for c in 0..args.concurrency {
             let engine = engine.clone();
+            let request = request.clone();
             clients.push(tokio::spawn(async move {
                 let mut ttfts = Vec::new();
                 let mut tokens = 0usize;
                 for r in 0..args.requests {
                     let sent = Instant::now();
-                    let Ok(mut g) = engine.submit(request((c * 1000 + r) as u32)) else { continue };
+                    let Ok(mut g) = engine.submit(request(c, r)) else { continue };
                     let mut first = true;
                     while let Some(event) = g.events.recv().await {
                         if let GenEvent::Token { .. } = event {
@@ -159,6 +190,7 @@ fn main() {
         "tokens_per_s": tokens as f64 / elapsed,
         "ttft_p50_ms": percentile(&ttfts, 0.5),
         "ttft_p99_ms": percentile(&ttfts, 0.99),
+        "ttft_ms": ttfts,
     });
     println!("{json}");
 }
