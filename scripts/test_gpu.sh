@@ -20,6 +20,12 @@
 #      and each light copy's rate at the highest concurrency is set against the best
 #      in-process CUDA rate of stage 2 at a batch the dynamic batcher can form there (issue 25's
 #      target: at least 90%).
+#   4. generation (issue 20): tiny_llm as a KIND_GPU and a KIND_CPU model in one node; each
+#      copy's greedy token ids for the 16 test prompts, alone and as one continuous batch, must
+#      equal a plain onnxruntime CPU loop's (scripts/gpu/check_generation.py); then generated
+#      tokens/s and time to first token at LLM_CONCURRENCY (1,16,64) through the node
+#      (tern-client's llm_load) and in process (crates/generate's engine_load, --cuda 0 for the GPU
+#      copy), and the served GPU rate at concurrency 1 as a share of the in-process one.
 # Sessions are placed through tern_backend_ort::instance_plan, as a node places them. A
 # missing TensorRT is reported with its reason and then run as a node with
 # --allow-cpu-fallback would (CUDA without TensorRT); it fails the run only with
@@ -32,7 +38,7 @@
 # here if cargo is there, else CEILING_BIN / GPU_TEST_BIN: prebuilt binaries work, as on a
 # machine without Rust). Other knobs: STAGES (0,1,2,3: which of the parts below run), ORT_GPU_LIB,
 # MODEL_REPO, BATCHES (1,8,32), SECONDS_PER_BATCH (5), NODE_BIN, PERF_ANALYZER, NODE_CONCURRENCY
-# (1,4,16), PA_WINDOW_MS (3000), NODE_KINDS (GPU,GPU_NOBINDING,GPU_GRAPHS,GPU_NOBUCKETS,CPU: which
+# (1,4,16), LLM_CONCURRENCY (1,16,64), LLM_SECONDS (4), PA_WINDOW_MS (3000), NODE_KINDS (GPU,GPU_NOBINDING,GPU_GRAPHS,GPU_NOBUCKETS,CPU: which
 # light_resnet50 copies perf_analyzer measures; GPU_NOBINDING is the KIND_GPU copy with `io_binding`
 # off, GPU_GRAPHS with CUDA graphs, GPU_NOBUCKETS with `batch_buckets` off, the others have Tern's
 # defaults: buckets and IO binding on GPU, off on CPU), PA_BATCH (1: rows per perf_analyzer request),
@@ -50,8 +56,10 @@ NODE_BIN=${NODE_BIN:-$ROOT/target/release/tern-node}
 PERF_ANALYZER=${PERF_ANALYZER:-$ROOT/.tern/perf_analyzer/bin/perf_analyzer}
 RESULTS_DIR=${RESULTS_DIR:-$ROOT/benches/out/gpu}
 MODEL_REPO=${MODEL_REPO:-$ROOT/examples/model_repository}
-STAGES=${STAGES:-0,1,2,3}
+STAGES=${STAGES:-0,1,2,3,4}
 NODE_CONCURRENCY=${NODE_CONCURRENCY:-1,4,16}
+LLM_CONCURRENCY=${LLM_CONCURRENCY:-1,16,64}
+LLM_SECONDS=${LLM_SECONDS:-4}
 PA_WINDOW_MS=${PA_WINDOW_MS:-3000}
 NODE_KINDS=${NODE_KINDS:-GPU,GPU_NOBINDING,GPU_GRAPHS,GPU_NOBUCKETS,CPU}
 PA_BATCH=${PA_BATCH:-1}
@@ -333,6 +341,95 @@ else
   log "3. skipped: $NODE_BIN or $PERF_ANALYZER missing (make build; make setup)"
 fi
 
+# --- 4. generation on the GPU (issue 20) -------------------------------------------------------
+# tiny_llm twice in one node: KIND_GPU (the CUDA provider, KV cache kept on the device between
+# steps) and KIND_CPU. Correctness first (greedy ids equal the CPU reference loop's, alone and
+# batched), then tokens/s and TTFT through the node and in process.
+LLM_TABLE=""
+LLM_FOLDER=$MODEL_REPO/tiny_llm/1
+if ! want 4; then
+  log "4. skipped (STAGES=$STAGES)"
+elif [ ! -f "$LLM_FOLDER/genai_config.json" ]; then
+  log "FAIL: 4. no $LLM_FOLDER (make examples builds it)"
+  failures=$((failures + 1))
+else
+  log "4. generation: tiny_llm on KIND_GPU and KIND_CPU"
+  PY=${PYTHON:-}
+  [ -z "$PY" ] && { [ -x .venv/bin/python ] && PY=.venv/bin/python || PY=python3; }
+  LOAD_BIN=${LLM_LOAD_BIN:-$ROOT/target/release/examples/llm_load}
+  ENGINE_BIN=${ENGINE_LOAD_BIN:-$ROOT/target/release/examples/engine_load}
+  if { [ ! -x "$LOAD_BIN" ] || [ ! -x "$ENGINE_BIN" ]; } && command -v cargo >/dev/null; then
+    cargo build --release --locked -p tern-client --example llm_load >/dev/null 2>&1
+    cargo build --release --locked -p tern-generate --example engine_load >/dev/null 2>&1
+  fi
+  repo=$TMP/llm_repo
+  for kind in GPU CPU; do
+    name=tiny_llm_$(tr 'A-Z' 'a-z' <<<"$kind")
+    mkdir -p "$repo/$name"
+    ln -s "$LLM_FOLDER" "$repo/$name/1"
+    cat >"$repo/$name/config.pbtxt" <<CFG
+name: "$name"
+backend: "onnxruntime_genai"
+max_batch_size: 0
+model_transaction_policy { decoupled: true }
+instance_group [ { kind: KIND_$kind count: 1 } ]
+parameters { key: "max_batch" value { string_value: "64" } }
+CFG
+  done
+  port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+  LLM_LOG=$RESULTS_DIR/llm_node.log
+  "$NODE_BIN" --model-repository "$repo" --grpc-address 127.0.0.1 --grpc-port "$port" \
+    --metrics-port 0 --allow-http false >"$LLM_LOG" 2>&1 &
+  node_pid=$!
+  for _ in $(seq 1 1800); do grep -q "tern-node ready" "$LLM_LOG" && break; kill -0 "$node_pid" 2>/dev/null || break; sleep 0.1; done
+  if grep -q "tern-node ready" "$LLM_LOG"; then
+    grep -E 'loaded generative' "$LLM_LOG" | sed 's/\x1b\[[0-9;]*m//g' | sed 's/^/  /'
+    grep -E 'loaded generative' "$LLM_LOG" | grep 'tiny_llm_gpu' | grep -q 'gpu=Some' \
+      || { log "FAIL: tiny_llm_gpu did not load on a GPU"; failures=$((failures + 1)); }
+    "$PY" scripts/gpu/check_generation.py --url "127.0.0.1:$port" --folder "$LLM_FOLDER" \
+      --model tiny_llm_gpu --model tiny_llm_cpu | tee "$RESULTS_DIR/llm_check.txt" \
+      || { log "FAIL: generated ids vs the CPU reference"; failures=$((failures + 1)); }
+    if [ -x "$LOAD_BIN" ] && [ -x "$ENGINE_BIN" ]; then
+      "$PY" -c 'import json, sys; sys.path.insert(0, "tests/python"); from llm_reference import PROMPTS; print(json.dumps(PROMPTS))' \
+        >"$TMP/prompts.json"
+      LLM_TABLE=$TMP/llm.md
+      {
+        echo "| model | where | concurrency | tokens/s | TTFT p50 ms | TTFT p99 ms |"
+        echo "|---|---|---:|---:|---:|---:|"
+      } >"$LLM_TABLE"
+      field() { "$PY" -c "import json, sys; d = json.loads(sys.stdin.read().strip().splitlines()[-1]); print(f'{d[sys.argv[1]]:.1f}')" "$1"; }
+      for kind in gpu cpu; do
+        for c in ${LLM_CONCURRENCY//,/ }; do
+          out=$(timeout 300 "$LOAD_BIN" --url "127.0.0.1:$port" --model "tiny_llm_$kind" --prompts "$TMP/prompts.json" \
+                  --concurrency "$c" --seconds "$LLM_SECONDS" --warmup 1 --max-tokens 64 2>&1)
+          echo "| tiny_llm_$kind | served (llm_load) | $c | $(field tokens_per_s <<<"$out") | $(field ttft_p50_ms <<<"$out") | $(field ttft_p99_ms <<<"$out") |" >>"$LLM_TABLE"
+        done
+      done
+      kill "$node_pid" 2>/dev/null; wait "$node_pid" 2>/dev/null; node_pid=""
+      for kind in gpu cpu; do
+        dev=()
+        [ "$kind" = gpu ] && dev=(--cuda 0)
+        for c in ${LLM_CONCURRENCY//,/ }; do
+          out=$(timeout 600 "$ENGINE_BIN" --model "$LLM_FOLDER" --prompts "$TMP/prompts.json" --concurrency "$c" \
+                  --max-batch 64 --max-tokens 64 --requests $(( c >= 32 ? 2 : 32 / c )) "${dev[@]}" 2>&1)
+          echo "| tiny_llm_$kind | in process (engine_load${dev:+ --cuda 0}) | $c | $(field tokens_per_s <<<"$out") | $(field ttft_p50_ms <<<"$out") | $(field ttft_p99_ms <<<"$out") |" >>"$LLM_TABLE"
+        done
+      done
+      cat "$LLM_TABLE"
+      awk -F'|' '$2 ~ /tiny_llm_gpu/ && $4+0 == 1 { if ($3 ~ /served/) s = $5+0; else p = $5+0 }
+                 END { if (s && p) printf "served GPU at concurrency 1: %.0f%% of the engine in process (target >= 90%%)\n", 100 * s / p }' \
+        "$LLM_TABLE" | tee -a "$LLM_TABLE"
+    else
+      log "4. throughput skipped: $LOAD_BIN or $ENGINE_BIN missing (cargo build --release -p tern-client --example llm_load; -p tern-generate --example engine_load)"
+    fi
+  else
+    tail -20 "$LLM_LOG"
+    log "FAIL: tern-node with tiny_llm_gpu did not become ready"
+    failures=$((failures + 1))
+  fi
+  [ -n "$node_pid" ] && { kill "$node_pid" 2>/dev/null; wait "$node_pid" 2>/dev/null; node_pid=""; }
+fi
+
 # --- summary ----------------------------------------------------------------------------------
 {
   echo "GPU: $GPU_INFO"
@@ -344,6 +441,8 @@ fi
   [ -n "$NODE_EVIDENCE" ] && { echo; cat "$NODE_EVIDENCE"; }
   [ -n "$NODE_TABLE" ] && { echo; cat "$NODE_TABLE"; }
   [ -n "${RATIO:-}" ] && { echo; cat "$RATIO"; }
+  [ -f "$RESULTS_DIR/llm_check.txt" ] && { echo; cat "$RESULTS_DIR/llm_check.txt"; }
+  [ -n "$LLM_TABLE" ] && { echo; cat "$LLM_TABLE"; }
 } >"$RESULTS_DIR/summary.md"
 log "summary in $RESULTS_DIR/summary.md"
 [ "$failures" = 0 ] || die "$failures check(s) failed"

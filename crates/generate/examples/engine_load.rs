@@ -7,8 +7,12 @@
 //! ORT_DYLIB_PATH=.tern/onnxruntime/libonnxruntime.so.1.31.1 \
 //!   cargo run --release --locked -p tern-generate --example engine_load -- \
 //!   --model examples/model_repository/tiny_llm/1 --concurrency 16 [--max-batch 16] \
-//!   [--prompt-tokens 32] [--max-tokens 128] [--requests 4] [--threads N] [--prompts FILE]
+//!   [--prompt-tokens 32] [--max-tokens 128] [--requests 4] [--threads N] [--prompts FILE] [--cuda DEVICE]
 //! ```
+//!
+//! `--cuda DEVICE` runs the engine on ONNX Runtime's CUDA provider on that GPU, the KV cache kept
+//! on the device between steps, as a `KIND_GPU` model runs in tern-node (needs ONNX Runtime's
+//! GPU build in ORT_DYLIB_PATH).
 //!
 //! `--prompts FILE` (a JSON list of strings) replaces the synthetic prompts of `--prompt-tokens`
 //! tokens: client `c`'s request `r` takes prompt `c + r * concurrency` (round robin), as
@@ -28,6 +32,7 @@ struct Args {
     requests: usize,
     threads: usize,
     prompts: Option<PathBuf>,
+    cuda: Option<i32>,
 }
 
 fn parse_args() -> Result<Args, String> {
@@ -40,6 +45,7 @@ fn parse_args() -> Result<Args, String> {
         requests: 4,
         threads: 0,
         prompts: None,
+        cuda: None,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -54,6 +60,7 @@ fn parse_args() -> Result<Args, String> {
             "--requests" => a.requests = number()?.clamp(1, 10_000),
             "--threads" => a.threads = number()?,
             "--prompts" => a.prompts = Some(PathBuf::from(&value)),
+            "--cuda" => a.cuda = Some(number()?.min(1024) as i32),
             other => return Err(format!("unknown argument {other}")),
         }
     }
@@ -83,8 +90,12 @@ fn main() {
         eprintln!("engine_load: {e}");
         std::process::exit(1);
     }
-    let options =
-        EngineOptions { max_batch: args.max_batch, intra_threads: args.threads, ..EngineOptions::default() };
+    let options = EngineOptions {
+        max_batch: args.max_batch,
+        intra_threads: args.threads,
+        cuda_device: args.cuda,
+        ..EngineOptions::default()
+    };
     let engine = match Engine::load(&args.model, options) {
         Ok(e) => e,
         Err(e) => {
