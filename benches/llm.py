@@ -350,11 +350,11 @@ def report(results: dict, args, ceiling_label: str, notes: list[str]) -> list[st
                      f"serving it (a) is {100 * a1.tps / e1.tps:.0f}% of (e)")
     if a16 and b16 and b16.tps:
         L.append(f"- c=16, (a) vs batching off (b): {a16.tps / b16.tps:.1f}x (target >= 4x)")
-        c16 = results.get(("c", 16))
-        if c16 and c1 and c1.tps and c16.tps:
-            L.append(f"  - what batching can give here: one static batch of 16 in process (c, c=16) is "
-                     f"{c16.tps / c1.tps:.1f}x the single-sequence loop (c, c=1); (a) at c=16 is "
-                     f"{100 * a16.tps / c16.tps:.0f}% of that static batch")
+        e1, e16 = results.get(("e", 1)), results.get(("e", 16))
+        if e1 and e16 and e1.tps and e16.tps:
+            L.append(f"  - what batching can give on this machine: the engine in process with no server (e) makes "
+                     f"{e16.tps / e1.tps:.1f}x the tokens/s at c=16 that it makes at c=1; served (a) at c=16 is "
+                     f"{100 * a16.tps / e16.tps:.0f}% of (e) at c=16")
     if a16 and a16.ttft_s:
         L.append(f"- c=16, (a) TTFT p99 / p50: {a16.pct(99) / a16.pct(50):.1f}x (target < 5x)")
     errs = [f"({k}) c={c}: {len(v.errors)} errors, first: {v.errors[0][:200]}"
