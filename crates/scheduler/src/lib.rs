@@ -594,7 +594,12 @@ mod tests {
     use super::*;
 
     fn tensor(name: &str, shape: &[i64]) -> Tensor {
-        Tensor { name: name.into(), datatype: tern_core::DataType::Fp32, shape: shape.to_vec(), data: Default::default() }
+        Tensor {
+            name: name.into(),
+            datatype: tern_core::DataType::Fp32,
+            shape: shape.to_vec(),
+            data: Default::default(),
+        }
     }
 
     #[test]

@@ -70,7 +70,8 @@ pub fn inject_span_context(span: &tracing::Span, metadata: &mut MetadataMap) {
 /// entering it. Returns the trace id, if there is one (32 hex digits).
 pub fn set_parent_from_metadata(span: &tracing::Span, metadata: &MetadataMap) -> Option<String> {
     // Without a `traceparent` the propagator would answer the current context: skip parsing.
-    let remote = if metadata.contains_key(TRACEPARENT) { extract_context(metadata) } else { Context::current() };
+    let remote =
+        if metadata.contains_key(TRACEPARENT) { extract_context(metadata) } else { Context::current() };
     let remote_trace = remote.span().span_context().clone();
     // Without the OpenTelemetry layer (export off) the span has no context of its own: the trace
     // id, if any, is the remote one, and asking the span for its context would only cost.
