@@ -38,7 +38,7 @@ fn pending(id: u64, at: Instant, timeout: Option<Duration>) -> Pending<u64> {
     Pending {
         item: id,
         batch_size: 1,
-        shape_key: vec![vec![16]],
+        shape_key: vec![1, 16],
         level: 1,
         enqueued: at,
         deadline: timeout.map(|t| at + t),

@@ -27,6 +27,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .bytes(".inference.ModelInferRequest.raw_input_contents")
         .bytes(".inference.ModelInferResponse.raw_output_contents")
         .bytes(".inference.InferTensorContents.bytes_contents")
+        .codec_path("crate::codec::SmallBufferCodec")
         .file_descriptor_set_path(out.join("inference_descriptor.bin"))
         .compile_protos(&files, &[root])?;
     Ok(())

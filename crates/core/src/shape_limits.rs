@@ -43,26 +43,33 @@ pub fn check_request(req: &ModelInferRequest, limits: &RequestLimits) -> Result<
         if input.shape.iter().any(|&d| d < 0) {
             continue;
         }
-        let shape = format!("{:?}", input.shape).replace(' ', "");
+        // Formatted only for an error message: most requests pass.
+        let shape = || format!("{:?}", input.shape).replace(' ', "");
         let datatype = DataType::from_wire_name(&input.datatype);
         let too_many = || {
             RequestError::InvalidArgument(format!(
-                "input '{}' for model '{model}': shape {shape} has more than 2^64 elements",
-                input.name
+                "input '{}' for model '{model}': shape {} has more than 2^64 elements",
+                input.name,
+                shape()
             ))
         };
         let elements = crate::request::element_count(&input.shape).ok_or_else(too_many)?;
         let bytes = claimed_bytes(datatype, elements).ok_or_else(|| {
             RequestError::InvalidArgument(format!(
-                "input '{}' for model '{model}': shape {shape} of {} claims more than 2^64 bytes",
-                input.name, input.datatype
+                "input '{}' for model '{model}': shape {} of {} claims more than 2^64 bytes",
+                input.name,
+                shape(),
+                input.datatype
             ))
         })?;
         if bytes > limits.max_tensor_bytes {
             return Err(RequestError::InvalidArgument(format!(
-                "input '{}' for model '{model}': shape {shape} of {} claims {bytes} bytes, more than \
+                "input '{}' for model '{model}': shape {} of {} claims {bytes} bytes, more than \
                  the limit of {} bytes per tensor (--max-tensor-bytes)",
-                input.name, input.datatype, limits.max_tensor_bytes
+                input.name,
+                shape(),
+                input.datatype,
+                limits.max_tensor_bytes
             )));
         }
         total = total.saturating_add(bytes);

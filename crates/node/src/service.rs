@@ -111,23 +111,32 @@ impl NodeService {
     async fn infer_on(
         &self,
         model: &tern_lifecycle::LoadedModel,
-        req: pb::ModelInferRequest,
+        mut req: pb::ModelInferRequest,
         started: std::time::Instant,
     ) -> Result<pb::ModelInferResponse, RequestError> {
-        let request = tern_core::shape_limits::check_request(&req, &self.state.limits.request)
-            .and_then(|()| validate_request(&model.io, req))
-            .inspect_err(|_| {
-                model.scheduler.stats().record_failure(FailureReason::Other, started.elapsed());
-            })?;
+        let checked = tern_core::shape_limits::check_request(&req, &self.state.limits.request);
+        // The model was found under these strings: the response names it with them when they are
+        // the model's own (they always are for the name), instead of copying the model's.
+        let model_name = std::mem::take(&mut req.model_name);
+        let model_version = std::mem::take(&mut req.model_version);
+        let request = checked.and_then(|()| validate_request(&model.io, req)).inspect_err(|_| {
+            model.scheduler.stats().record_failure(FailureReason::Other, started.elapsed());
+        })?;
         // Held until the response is built: the inputs live that long (queued, then running).
         let bytes = request.inputs.iter().map(|t| t.data.len() as u64).sum();
         let _pending = self.state.pending.admit(&model.name, bytes).inspect_err(|_| {
             model.scheduler.stats().record_failure(FailureReason::Rejected, started.elapsed());
         })?;
+        // Classification asked per output, in order; `None` (no allocation) when none is.
+        let class_counts: Option<Vec<Option<usize>>> = request
+            .outputs
+            .iter()
+            .any(|o| o.class_count.is_some())
+            .then(|| request.outputs.iter().map(|o| o.class_count).collect());
         let job = InferJob {
             inputs: request.inputs,
             batch_size: request.batch_size,
-            outputs: request.outputs.iter().map(|o| o.name.clone()).collect(),
+            outputs: request.outputs.into_iter().map(|o| o.name).collect(),
             priority: request.priority,
             timeout: request.timeout,
             sequence: request.sequence,
@@ -144,8 +153,12 @@ impl NodeService {
             model.scheduler.infer(job).await?
         };
         let mut response = pb::ModelInferResponse {
-            model_name: model.name.clone(),
-            model_version: model.version_str.clone(),
+            model_name: if model_name == model.name { model_name } else { model.name.clone() },
+            model_version: if model_version == model.version_str {
+                model_version
+            } else {
+                model.version_str.clone()
+            },
             id: request.id,
             parameters: Default::default(),
             outputs: Vec::with_capacity(outputs.len()),
@@ -161,7 +174,7 @@ impl NodeService {
                     model.io.max_batch_size > 0,
                 );
             }
-            let class_count = request.outputs.get(i).and_then(|o| o.class_count);
+            let class_count = class_counts.as_ref().and_then(|c| c.get(i).copied().flatten());
             if let Some(k) = class_count {
                 let labels = spec.and_then(|s| s.labels.as_deref()).map(Vec::as_slice);
                 tensor = classify(&tensor, k, model.io.max_batch_size > 0, labels)

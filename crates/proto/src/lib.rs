@@ -13,6 +13,8 @@ pub mod cluster {
     tonic::include_proto!("tern.cluster.v1");
 }
 
+pub mod codec;
+
 /// Encoded `FileDescriptorSet` of every message above: gRPC server reflection serves it, and
 /// config.pbtxt is parsed against it.
 pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("inference_descriptor");

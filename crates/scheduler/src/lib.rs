@@ -96,6 +96,28 @@ impl Answers {
     }
 }
 
+/// What requests must share to share a batch: each input's non-batch dims, in name order, each
+/// list preceded by its length. One allocation; the inputs are sorted only when the request sent
+/// them out of name order.
+fn shape_key(inputs: &[Tensor], batching: bool) -> Vec<i64> {
+    fn dims(t: &Tensor, batching: bool) -> &[i64] {
+        if batching { t.shape.get(1..).unwrap_or(&[]) } else { &t.shape }
+    }
+    let mut key = Vec::with_capacity(inputs.iter().map(|t| dims(t, batching).len() + 1).sum());
+    let mut push = |t: &Tensor| {
+        key.push(dims(t, batching).len() as i64);
+        key.extend_from_slice(dims(t, batching));
+    };
+    if inputs.windows(2).all(|w| w[0].name <= w[1].name) {
+        inputs.iter().for_each(&mut push);
+    } else {
+        let mut named: Vec<&Tensor> = inputs.iter().collect();
+        named.sort_by(|a, b| a.name.cmp(&b.name));
+        named.into_iter().for_each(push);
+    }
+    key
+}
+
 fn send_all(answers: Vec<Answer>) {
     for (reply, result) in answers {
         // A caller that gave up has dropped its receiver; nothing is owed to it.
@@ -455,13 +477,7 @@ impl Scheduler {
         let enqueued = Instant::now();
         let level = self.config.level(job.priority);
         let timeout = self.config.policy(level).timeout(job.timeout);
-        let mut named: Vec<&Tensor> = job.inputs.iter().collect();
-        named.sort_by(|a, b| a.name.cmp(&b.name));
-        let batching = self.config.max_batch_size > 0;
-        let shape_key = named
-            .iter()
-            .map(|t| if batching { t.shape.get(1..).unwrap_or(&[]).to_vec() } else { t.shape.clone() })
-            .collect();
+        let shape_key = shape_key(&job.inputs, self.config.max_batch_size > 0);
         let (reply, reply_rx) = oneshot::channel();
         let mut pending = Pending {
             item: Item {
@@ -570,5 +586,31 @@ impl Drop for Scheduler {
         self.shared.lock().closed = true;
         self.shared.work.notify_all();
         self.shared.janitor.notify_one();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tensor(name: &str, shape: &[i64]) -> Tensor {
+        Tensor {
+            name: name.into(),
+            datatype: tern_core::DataType::Fp32,
+            shape: shape.to_vec(),
+            data: Default::default(),
+        }
+    }
+
+    #[test]
+    fn shape_key_follows_names_not_the_order_sent() {
+        let sorted = [tensor("a", &[4, 2, 3]), tensor("b", &[4, 5])];
+        let reversed = [tensor("b", &[4, 5]), tensor("a", &[4, 2, 3])];
+        assert_eq!(shape_key(&sorted, true), shape_key(&reversed, true));
+        assert_eq!(shape_key(&sorted, true), vec![2, 2, 3, 1, 5], "the batch dimension is left out");
+        assert_eq!(shape_key(&reversed, false), vec![3, 4, 2, 3, 2, 4, 5]);
+        // The same dims split differently between the inputs are another shape.
+        let other = [tensor("a", &[4, 2]), tensor("b", &[4, 3, 5])];
+        assert_ne!(shape_key(&sorted, true), shape_key(&other, true));
     }
 }

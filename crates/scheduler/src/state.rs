@@ -23,8 +23,9 @@ pub struct Pending<T> {
     pub item: T,
     /// The batch size it brings to a batch (its first dimension; 0 when the model does not batch).
     pub batch_size: u32,
-    /// Its inputs' non-batch dims; only requests with equal keys share a batch.
-    pub shape_key: Vec<Vec<i64>>,
+    /// Its inputs' non-batch dims (flattened, each input's preceded by their count); only
+    /// requests with equal keys share a batch.
+    pub shape_key: Vec<i64>,
     pub level: u32,
     pub enqueued: Instant,
     /// When its queue timeout passes.

@@ -18,7 +18,7 @@ fn config(max: u32, preferred: &[u32], delay_us: u64) -> SchedulerConfig {
 }
 
 fn pending(id: u32, batch_size: u32, at: Instant) -> Pending<u32> {
-    Pending { item: id, batch_size, shape_key: vec![vec![16]], level: 1, enqueued: at, deadline: None }
+    Pending { item: id, batch_size, shape_key: vec![1, 16], level: 1, enqueued: at, deadline: None }
 }
 
 fn timed(id: u32, at: Instant, after_ms: u64) -> Pending<u32> {
@@ -97,7 +97,7 @@ fn different_shapes_are_not_batched_together() {
     let t0 = Instant::now();
     let mut s = BatchState::new(config(8, &[], 1_000_000));
     s.push(pending(0, 1, t0)).expect("room");
-    s.push(Pending { shape_key: vec![vec![32]], ..pending(1, 1, t0) }).expect("room");
+    s.push(Pending { shape_key: vec![1, 32], ..pending(1, 1, t0) }).expect("room");
     s.push(pending(2, 1, t0)).expect("room");
     assert_eq!(ids(&s.next(t0, true).run), vec![0]);
 }

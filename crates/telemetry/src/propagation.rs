@@ -6,15 +6,18 @@
 
 use opentelemetry::Context;
 use opentelemetry::propagation::{Extractor, Injector, TextMapPropagator};
-use opentelemetry::trace::TraceContextExt;
+use opentelemetry::trace::{TraceContextExt, TraceId};
 use opentelemetry_sdk::propagation::TraceContextPropagator;
 use tonic::metadata::{KeyRef, MetadataKey, MetadataMap, MetadataValue};
-use tracing_opentelemetry::OpenTelemetrySpanExt;
+use tracing_opentelemetry::{OpenTelemetrySpanExt, SetParentError};
 
 /// Name of the span field that [`set_parent_from_metadata`] fills with the trace id, so every
 /// log line inside a request shows it. Declare it on request spans:
 /// `tracing::info_span!("infer", model = %name, trace_id = tracing::field::Empty)`.
 pub const TRACE_ID_FIELD: &str = "trace_id";
+
+/// The W3C header that carries the remote span context.
+const TRACEPARENT: &str = "traceparent";
 
 struct MetadataExtractor<'a>(&'a MetadataMap);
 
@@ -66,10 +69,15 @@ pub fn inject_span_context(span: &tracing::Span, metadata: &mut MetadataMap) {
 /// [`TRACE_ID_FIELD`] field (if declared). Call right after creating the request span, before
 /// entering it. Returns the trace id, if there is one (32 hex digits).
 pub fn set_parent_from_metadata(span: &tracing::Span, metadata: &MetadataMap) -> Option<String> {
-    let remote = extract_context(metadata);
+    // Without a `traceparent` the propagator would answer the current context: skip parsing.
+    let remote =
+        if metadata.contains_key(TRACEPARENT) { extract_context(metadata) } else { Context::current() };
     let remote_trace = remote.span().span_context().clone();
-    // Without the OpenTelemetry layer (export off) this does nothing: ignore its complaint.
-    let _ = span.set_parent(remote);
+    // Without the OpenTelemetry layer (export off) the span has no context of its own: the trace
+    // id, if any, is the remote one, and asking the span for its context would only cost.
+    if let Err(SetParentError::LayerNotFound | SetParentError::SpanDisabled) = span.set_parent(remote) {
+        return remote_trace.is_valid().then(|| record_trace_id(span, remote_trace.trace_id()));
+    }
     // With export on, the span's own context has the (inherited or new) trace id.
     let own = span.context().span().span_context().clone();
     let trace_id = if own.is_valid() {
@@ -79,9 +87,13 @@ pub fn set_parent_from_metadata(span: &tracing::Span, metadata: &MetadataMap) ->
     } else {
         None
     }?;
+    Some(record_trace_id(span, trace_id))
+}
+
+fn record_trace_id(span: &tracing::Span, trace_id: TraceId) -> String {
     let trace_id = trace_id.to_string();
     span.record(TRACE_ID_FIELD, trace_id.as_str());
-    Some(trace_id)
+    trace_id
 }
 
 #[cfg(test)]

@@ -234,12 +234,12 @@ pub fn validate_request(io: &ModelIo, req: ModelInferRequest) -> Result<Validate
 
         // Shape: [batch] + dims when batching.
         let shape = input.shape;
-        let expected: Vec<i64> = if batching {
-            std::iter::once(-1).chain(spec.dims.iter().copied()).collect()
-        } else {
-            spec.dims.clone()
-        };
         let shape_error = || {
+            let expected: Vec<i64> = if batching {
+                std::iter::once(-1).chain(spec.dims.iter().copied()).collect()
+            } else {
+                spec.dims.clone()
+            };
             let note = if batching {
                 " NOTE: Setting a non-zero max_batch_size in the model config requires a batch dimension to be prepended to each input shape. If you want to specify the full shape including the batch dim in your input dims config, try setting max_batch_size to zero. See the model configuration docs for more info on max_batch_size."
             } else {
@@ -253,7 +253,9 @@ pub fn validate_request(io: &ModelIo, req: ModelInferRequest) -> Result<Validate
                 shape_str(&shape)
             ))
         };
-        if shape.iter().any(|&d| d < 0) || !dims_match(&expected, &shape) {
+        // The batch dimension (any size when batching) is checked below.
+        let dims = if batching { shape.get(1..) } else { Some(&shape[..]) };
+        if shape.iter().any(|&d| d < 0) || !dims.is_some_and(|dims| dims_match(&spec.dims, dims)) {
             return Err(shape_error());
         }
         if batching {
