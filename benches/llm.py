@@ -187,16 +187,12 @@ async def tern_cell(url: str, model: str, conc: int, args) -> Cell:
 def rust_ceiling(ref: Reference, args) -> Cell | None:
     """crates/generate's `ceiling` example (a plain greedy loop on ort, one sequence, EOS
     ignored), once per test prompt's length: None when the branch lacks it or it fails."""
-    if not (ROOT / "crates" / "generate" / "examples" / "ceiling.rs").exists():
-        return None
-    build = subprocess.run(["cargo", "build", "--release", "--locked", "-p", "tern-generate", "--example", "ceiling"],
-                           cwd=ROOT, capture_output=True, text=True, timeout=1800)
-    if build.returncode != 0:
-        print(f"ceiling example did not build; using the Python loop:\n{build.stderr[-2000:]}", file=sys.stderr)
+    binary = built_example("generate", "tern-generate", "ceiling", "using the Python loop")
+    if binary is None:
         return None
     cell = Cell()
     for prompt in PROMPTS:
-        cmd = [str(REL / "examples" / "ceiling"), "--model", str(MODEL_DIR), "--prompt-tokens",
+        cmd = [str(binary), "--model", str(MODEL_DIR), "--prompt-tokens",
                str(len(ref.encode(prompt))), "--max-tokens", str(args.max_tokens), "--runs", "1"]
         r = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, env=ENV, timeout=600)
         lines = [line for line in r.stdout.splitlines() if line.strip().startswith("{")]
@@ -363,30 +359,43 @@ def report(results: dict, args, ceiling_label: str, notes: list[str]) -> list[st
     return L
 
 
-def rust_client() -> Path | None:
-    """tern-client's `llm_load` example (a native streaming client), built on demand; None when
-    it does not build (the Python client is used then, and labelled so)."""
-    if not (ROOT / "crates" / "client" / "examples" / "llm_load.rs").exists():
+def built_example(crate_dir: str, package: str, example: str, instead: str) -> Path | None:
+    """A Rust example of this repository (crates/CRATE_DIR/examples/EXAMPLE.rs), built on demand;
+    None when the branch lacks it or it does not build (`instead` says what is used then)."""
+    if not (ROOT / "crates" / crate_dir / "examples" / f"{example}.rs").exists():
         return None
-    build = subprocess.run(["cargo", "build", "--release", "--locked", "-p", "tern-client", "--example", "llm_load"],
+    build = subprocess.run(["cargo", "build", "--release", "--locked", "-p", package, "--example", example],
                            cwd=ROOT, capture_output=True, text=True, timeout=1800)
     if build.returncode != 0:
-        print(f"llm_load did not build; using the Python client:\n{build.stderr[-2000:]}", file=sys.stderr)
+        print(f"{example} did not build; {instead}:\n{build.stderr[-2000:]}", file=sys.stderr)
         return None
-    return REL / "examples" / "llm_load"
+    return REL / "examples" / example
+
+
+def rust_client() -> Path | None:
+    """tern-client's `llm_load` example (a native streaming client)."""
+    return built_example("client", "tern-client", "llm_load", "using the Python client")
+
+
+def run_json(cmd: list[str], cell: Cell, timeout: float) -> dict | None:
+    """Runs one of the Rust load examples and returns the JSON line it prints last; None (with
+    the failure in `cell.errors`) when it fails."""
+    r = subprocess.run(cmd, capture_output=True, text=True, env=ENV, timeout=timeout)
+    lines = [line for line in r.stdout.splitlines() if line.startswith("{")]
+    if r.returncode != 0 or not lines:
+        cell.errors.append(f"{Path(cmd[0]).name} failed (exit {r.returncode}): {r.stderr[-500:]}")
+        return None
+    return json.loads(lines[-1])
 
 
 def rust_cell(binary: Path, prompts_file: Path, url: str, model: str, conc: int, args) -> Cell:
     cmd = [str(binary), "--url", url, "--model", model, "--prompts", str(prompts_file), "--concurrency", str(conc),
            "--seconds", str(args.seconds), "--warmup", str(args.warmup), "--max-tokens", str(args.max_tokens),
            "--ignore-eos", "true"]
-    r = subprocess.run(cmd, capture_output=True, text=True, timeout=args.warmup + args.seconds + 120)
     cell = Cell(seconds=args.seconds)
-    lines = [line for line in r.stdout.splitlines() if line.startswith("{")]
-    if r.returncode != 0 or not lines:
-        cell.errors.append(f"llm_load failed (exit {r.returncode}): {r.stderr[-500:]}")
+    out = run_json(cmd, cell, timeout=args.warmup + args.seconds + 120)
+    if out is None:
         return cell
-    out = json.loads(lines[-1])
     cell.tokens = int(out["tokens"])
     cell.requests = int(out["requests"])
     cell.ttft_s = [t / 1e3 for t in out["ttft_ms"]]
@@ -396,15 +405,8 @@ def rust_cell(binary: Path, prompts_file: Path, url: str, model: str, conc: int,
 
 
 def engine_binary() -> Path | None:
-    """crates/generate's `engine_load` example (the engine in process, no server), built on demand."""
-    if not (ROOT / "crates" / "generate" / "examples" / "engine_load.rs").exists():
-        return None
-    build = subprocess.run(["cargo", "build", "--release", "--locked", "-p", "tern-generate", "--example", "engine_load"],
-                           cwd=ROOT, capture_output=True, text=True, timeout=1800)
-    if build.returncode != 0:
-        print(f"engine_load did not build; row (e) is left out:\n{build.stderr[-2000:]}", file=sys.stderr)
-        return None
-    return REL / "examples" / "engine_load"
+    """crates/generate's `engine_load` example (the engine in process, no server)."""
+    return built_example("generate", "tern-generate", "engine_load", "row (e) is left out")
 
 
 def engine_cell(binary: Path, prompts_file: Path, conc: int, args) -> Cell:
@@ -412,13 +414,10 @@ def engine_cell(binary: Path, prompts_file: Path, conc: int, args) -> Cell:
     cmd = [str(binary), "--model", str(MODEL_DIR), "--prompts", str(prompts_file), "--concurrency", str(conc),
            "--max-batch", str(args.max_batch), "--max-tokens", str(args.max_tokens),
            "--requests", str(max(2, 32 // conc))]
-    r = subprocess.run(cmd, capture_output=True, text=True, env=ENV, timeout=600)
     cell = Cell()
-    lines = [line for line in r.stdout.splitlines() if line.startswith("{")]
-    if r.returncode != 0 or not lines:
-        cell.errors.append(f"engine_load failed (exit {r.returncode}): {r.stderr[-500:]}")
+    out = run_json(cmd, cell, timeout=600)
+    if out is None:
         return cell
-    out = json.loads(lines[-1])
     cell.tokens = int(out["generated_tokens"])
     cell.seconds = cell.tokens / float(out["tokens_per_s"]) if out["tokens_per_s"] else 0.0
     cell.requests = int(out["requests"])
