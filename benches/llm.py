@@ -309,7 +309,7 @@ def fmt(cell: Cell | None) -> tuple[str, str, str]:
     return f"{cell.tps:.0f}", f"{cell.pct(50):.1f}", f"{cell.pct(99):.1f}"
 
 
-def report(results: dict, args, ceiling_label: str, notes: list[str]) -> list[str]:
+def report(results: dict, rounds: dict, args, ceiling_label: str, notes: list[str]) -> list[str]:
     cpu = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")), "?")
     rows = [("a", "tern-node, continuous batching", f"max_batch {args.max_batch}"),
             ("b", "tern-node, batching off", "max_batch 1"),
@@ -335,22 +335,33 @@ def report(results: dict, args, ceiling_label: str, notes: list[str]) -> list[st
             tps, p50, p99 = fmt(results.get((key, c)))
             cells += [tps, f"{p50} / {p99}" if p50 != "—" else "—"]
         L.append(f"| ({key}) | {name} | {setting} | " + " | ".join(cells) + " |")
-    L += ["", "Targets (reported, not asserted):", ""]
-    a1, c1 = results.get(("a", 1)), results.get(("c", 1))
-    a16, b16 = results.get(("a", 16)), results.get(("b", 16))
-    if a1 and c1 and c1.tps:
-        L.append(f"- c=1, (a) vs the ceiling (c): {100 * a1.tps / c1.tps:.0f}% (target >= 90%)")
-        e1 = results.get(("e", 1))
-        if e1 and e1.tps:
-            L.append(f"  - where it goes: the engine alone (e) is {100 * e1.tps / c1.tps:.0f}% of (c); "
-                     f"serving it (a) is {100 * a1.tps / e1.tps:.0f}% of (e)")
-    if a16 and b16 and b16.tps:
-        L.append(f"- c=16, (a) vs batching off (b): {a16.tps / b16.tps:.1f}x (target >= 4x)")
-        e1, e16 = results.get(("e", 1)), results.get(("e", 16))
-        if e1 and e16 and e1.tps and e16.tps:
+    L += ["", "Targets (reported, not asserted; each ratio is taken within a round, then the median of the "
+          "rounds, since the machine's speed drifts between rounds more than between rows):", ""]
+    a16 = results.get(("a", 16))
+
+    def ratio(num: tuple, den: tuple) -> tuple[float, str] | None:
+        """The median over rounds of num/den in the same round, and the per-round values."""
+        nums, dens = rounds.get(num, []), rounds.get(den, [])
+        per = [n.tps / d.tps for n, d in zip(nums, dens) if d.tps]
+        if not per:
+            return None
+        return statistics.median(per), ", ".join(f"{x:.2f}" for x in per)
+
+    r = ratio(("a", 1), ("c", 1))
+    if r:
+        L.append(f"- c=1, (a) vs the ceiling (c): {100 * r[0]:.0f}% (target >= 90%; rounds: {r[1]})")
+        e, s_ = ratio(("e", 1), ("c", 1)), ratio(("a", 1), ("e", 1))
+        if e and s_:
+            L.append(f"  - where it goes: the engine alone (e) is {100 * e[0]:.0f}% of (c) (rounds: {e[1]}); "
+                     f"serving it (a) is {100 * s_[0]:.0f}% of (e) (rounds: {s_[1]})")
+    r = ratio(("a", 16), ("b", 16))
+    if r:
+        L.append(f"- c=16, (a) vs batching off (b): {r[0]:.1f}x (target >= 4x; rounds: {r[1]})")
+        g, s_ = ratio(("e", 16), ("e", 1)), ratio(("a", 16), ("e", 16))
+        if g and s_:
             L.append(f"  - what batching can give on this machine: the engine in process with no server (e) makes "
-                     f"{e16.tps / e1.tps:.1f}x the tokens/s at c=16 that it makes at c=1; served (a) at c=16 is "
-                     f"{100 * a16.tps / e16.tps:.0f}% of (e) at c=16")
+                     f"{g[0]:.1f}x the tokens/s at c=16 that it makes at c=1 (rounds: {g[1]}); served (a) at c=16 "
+                     f"is {100 * s_[0]:.0f}% of (e) at c=16")
     if a16 and a16.ttft_s:
         L.append(f"- c=16, (a) TTFT p99 / p50: {a16.pct(99) / a16.pct(50):.1f}x (target < 5x)")
     errs = [f"({k}) c={c}: {len(v.errors)} errors, first: {v.errors[0][:200]}"
@@ -523,7 +534,7 @@ def main() -> None:
         except ImportError as e:
             notes.append(f"(d) onnxruntime-genai not installed: {e}")
 
-    lines = report(results, args, ceiling_label, notes)
+    lines = report(results, rounds, args, ceiling_label, notes)
     print("\n" + "\n".join(lines))
     if args.write:
         write_section('## Generation (`benches/llm.py`)', lines)
