@@ -184,10 +184,9 @@ async def tern_cell(url: str, model: str, conc: int, args) -> Cell:
 # === (c): the in-process ceiling ===============================================================
 
 
-def rust_ceiling(ref: Reference, args) -> Cell | None:
+def rust_ceiling(binary: Path | None, ref: Reference, args) -> Cell | None:
     """crates/generate's `ceiling` example (a plain greedy loop on ort, one sequence, EOS
     ignored), once per test prompt's length: None when the branch lacks it or it fails."""
-    binary = built_example("generate", "tern-generate", "ceiling", "using the Python loop")
     if binary is None:
         return None
     cell = Cell()
@@ -464,6 +463,10 @@ def main() -> None:
     notes: list[str] = []
     ref = Reference(MODEL_DIR, threads=0)
     binary = rust_client() if args.client == "rust" and ("a" in args.only or "b" in args.only) else None
+    # The Rust examples are built once, before the rounds.
+    engine = engine_binary() if "e" in args.only else None
+    ceiling = (built_example("generate", "tern-generate", "ceiling", "using the Python loop")
+               if "c" in args.only else None)
     args.client_label = ("tern-client's llm_load (Rust, one tokio thread)" if binary
                          else "tritonclient.grpc.aio (Python)")
     ceiling_label = "in-process ceiling, Python onnxruntime loop"
@@ -490,14 +493,13 @@ def main() -> None:
                     print(f"round {r + 1} ({key}) {model} c={c}: {cell.tps:.0f} tok/s, TTFT p50 {cell.pct(50):.1f} ms "
                           f"p99 {cell.pct(99):.1f} ms, {cell.requests} requests, {len(cell.errors)} errors", flush=True)
             if "e" in args.only:
-                engine = engine_binary()
                 for c in CONCURRENCY if engine else []:
                     cell = engine_cell(engine, prompts_file, c, args)
                     rounds.setdefault(("e", c), []).append(cell)
                     print(f"round {r + 1} (e) engine in process c={c}: {cell.tps:.0f} tok/s, "
                           f"TTFT p50 {cell.pct(50):.1f} ms", flush=True)
             if "c" in args.only:
-                rust = rust_ceiling(ref, args)
+                rust = rust_ceiling(ceiling, ref, args)
                 if rust is not None:
                     ceiling_label = ("in-process ceiling: c=1 crates/generate's `ceiling` (Rust loop on ort), "
                                      "c>1 Python loop")
