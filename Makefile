@@ -141,6 +141,13 @@ LLM_ROUNDS ?= 3
 bench-llm: build examples
 	$(VENV_PY) benches/llm.py --seconds $(SECONDS_PER_CELL) --rounds $(LLM_ROUNDS) --write
 
+## The same on examples/build_tiny_llm.py's benchmark shape (--shape small: 165 MB of weights, a
+## decode step bound by memory as a real model's is; built into benches/out on first use);
+## rewrites "Generation, the memory-bound model". About 8 minutes.
+.PHONY: bench-llm-small
+bench-llm-small: build examples
+	$(VENV_PY) benches/llm.py --model small --seconds 8 --rounds $(LLM_ROUNDS) --write
+
 ## Embeddings (benches/embeddings.py): all-MiniLM-L6-v2 embeddings/s at concurrency 1 and 16,
 ## tern-node (tritonclient gRPC, one text per request) against an in-process onnxruntime loop on
 ## the same model.onnx; rewrites the "Embeddings" section of benches/RESULTS.md. About 1 min.

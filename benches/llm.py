@@ -1,6 +1,9 @@
 #!/usr/bin/env python3
 """Generation benchmark (issue 20): generated tokens per second and time to first token (TTFT)
-p50/p99 at concurrency 1, 4, 16 and 64, on examples/build_tiny_llm.py's model, for
+p50/p99 at concurrency 1, 4, 16 and 64, on examples/build_tiny_llm.py's model (`--model tiny`,
+the example repository's tiny_llm, 16 MB of weights) or its benchmark shape (`--model small`,
+165 MB of weights, built into benches/out/small_llm/1: a decode step that streams its weights
+from memory, as a real language model's does on any machine), for
 
   (a) tern-node with continuous batching (`max_batch` = the highest concurrency),
   (b) tern-node with batching off (`max_batch: 1`, a second model over the same folder),
@@ -17,13 +20,16 @@ tritonclient's asyncio gRPC streams, one per concurrent request, TTFT measured f
 request to its first token's response. Each cell: `--warmup` s, then `--seconds` s measured.
 The served clients are tern-client's native `llm_load` example (`--client python`: tritonclient's
 asyncio client, which on a 2-core machine takes a quarter of a core from the server at c=1).
-`--rounds N` alternates (a), (b), (e) and the c=1 ceiling N times; each cell is its median round.
+`--rounds N` runs (a), (b), (e) and the c=1 ceiling N times, concurrency by concurrency so the
+rows a ratio compares run side by side, their order reversed every other round; each cell is its
+median round.
 
-    .venv/bin/python benches/llm.py [--seconds 4] [--warmup 1] [--max-tokens 64] [--rounds 3]
-        [--concurrency 1,4,16,64] [--only abcde] [--client rust|python] [--write]
+    .venv/bin/python benches/llm.py [--model tiny|small] [--seconds 4] [--warmup 1] [--max-tokens 64]
+        [--rounds 3] [--concurrency 1,4,16,64] [--only abcde] [--client rust|python] [--write]
 
 Needs target/release/tern-node (make build) and the example repository (make examples).
-Prints a markdown table; --write replaces the section "Generation" of benches/RESULTS.md.
+Prints a markdown table; --write replaces the section "Generation" (--model tiny) or
+"Generation, the memory-bound model" (--model small) of benches/RESULTS.md.
 Targets (reported, not asserted): (a) at c=1 >= 90% of (c); (a) at c=16 >= 4x (b) at c=16;
 (a) TTFT p99 at c=16 < 5x its p50.
 """
@@ -55,7 +61,16 @@ sys.path.insert(0, str(ROOT / "benches"))
 from benchlib import ENV, REL, free_port, start_server, write_section  # noqa: E402
 
 REPO = ROOT / "examples" / "model_repository"
-MODEL_DIR = REPO / "tiny_llm" / "1"
+# --model: (name in the bench's repository, folder, how the folder is made, what the report says)
+MODELS = {
+    "tiny": ("tiny_llm", REPO / "tiny_llm" / "1", None,
+             "examples/build_tiny_llm.py's tiny_llm (4 layers, hidden 256, 8/2 heads, vocab 2048, context 512; "
+             "16 MB of float32 weights)"),
+    "small": ("small_llm", ROOT / "benches" / "out" / "small_llm" / "1", "small",
+              "examples/build_tiny_llm.py --shape small (6 layers, hidden 768, 12/4 heads, MLP 2048, vocab 2048, "
+              "context 512; 41 M parameters, 165 MB of float32 weights, more than any CPU cache holds)"),
+}
+MODEL_NAME, MODEL_DIR, _, MODEL_LABEL = MODELS["tiny"]
 CONCURRENCY = [1, 4, 16, 64]
 
 
@@ -107,7 +122,7 @@ class Window:
 
 def bench_repo(tmp: Path, max_batch: int) -> Path:
     repo = tmp / "repo"
-    for name, batch in (("tiny_llm", max_batch), ("tiny_llm_nobatch", 1)):
+    for name, batch in ((MODEL_NAME, max_batch), (f"{MODEL_NAME}_nobatch", 1)):
         (repo / name).mkdir(parents=True)
         os.symlink(MODEL_DIR, repo / name / "1")
         (repo / name / "config.pbtxt").write_text(
@@ -305,6 +320,8 @@ def fmt(cell: Cell | None) -> tuple[str, str, str]:
         return "—", "—", "—"
     if cell.errors and not cell.tokens:
         return "error", "—", "—"
+    if not cell.ttft_s:  # no request got its first token inside the window (a long queue)
+        return f"{cell.tps:.0f}", "—", "—"
     return f"{cell.tps:.0f}", f"{cell.pct(50):.1f}", f"{cell.pct(99):.1f}"
 
 
@@ -315,16 +332,15 @@ def report(results: dict, rounds: dict, args, ceiling_label: str, notes: list[st
             ("e", "tern-generate's engine in process, no server (`engine_load`)", f"max_batch {args.max_batch}"),
             ("c", ceiling_label, "c=1 batch 1; c>1 one static batch"),
             ("d", "onnxruntime-genai og.Generator", "a generator per client (threads)")]
-    L = ["## Generation (`benches/llm.py`)", "",
+    L = [section_title(args), "",
          f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}; {os.cpu_count()} cores ({cpu}), "
-         f"{platform.platform()}; server, clients and loops share the machine. Model: examples/build_tiny_llm.py "
-         f"(4 layers, hidden 256, 8/2 heads, vocab 2048, context 512); the 16 test prompts (2-90 tokens) round "
+         f"{platform.platform()}; server, clients and loops share the machine. Model: {MODEL_LABEL}; the 16 test prompts (2-90 tokens) round "
          f"robin; {args.max_tokens} tokens per request (ignore_eos); {args.warmup} s warm-up, {args.seconds} s "
          f"measured per cell. TTFT from sending a request to its first token. Client of (a) and (b): "
          f"{args.client_label}, one stream per request. {args.rounds} round(s), (a), (b) and the c=1 ceiling "
-         "alternated; each of their cells is its median round.", "",
-         f"Command: `.venv/bin/python benches/llm.py --seconds {args.seconds} --warmup {args.warmup} "
-         f"--max-tokens {args.max_tokens} --rounds {args.rounds}{' --write' if args.write else ''}` (`make bench-llm`)",
+         "run concurrency by concurrency, side by side, their order reversed every other round; each of their cells is its median round.", "",
+         f"Command: `.venv/bin/python benches/llm.py{model_flag(args)} --seconds {args.seconds} --warmup {args.warmup} "
+         f"--max-tokens {args.max_tokens} --rounds {args.rounds}{' --write' if args.write else ''}` (`make bench-llm{'-small' if args.model == 'small' else ''}`)",
          "",
          "| | engine | setting | " + " | ".join(f"c={c} tok/s | c={c} TTFT p50/p99 ms" for c in CONCURRENCY) + " |",
          "|---|---|---|" + "---|---|" * len(CONCURRENCY)]
@@ -367,6 +383,32 @@ def report(results: dict, rounds: dict, args, ceiling_label: str, notes: list[st
             for (k, c), v in results.items() if v.errors]
     L += [f"- {n}" for n in notes + errs]
     return L
+
+
+def section_title(args) -> str:
+    if args.model == "small":
+        return "## Generation, the memory-bound model (`benches/llm.py --model small`)"
+    return "## Generation (`benches/llm.py`)"
+
+
+def model_flag(args) -> str:
+    return f" --model {args.model}" if args.model != "tiny" else ""
+
+
+def ensure_model(key: str) -> None:
+    """Selects --model's folder, building the benchmark shape when it is missing (the builder
+    rewrites nothing that is already there)."""
+    global MODEL_NAME, MODEL_DIR, MODEL_LABEL
+    MODEL_NAME, MODEL_DIR, shape, MODEL_LABEL = MODELS[key]
+    if shape is None:
+        if not (MODEL_DIR / "genai_config.json").is_file():
+            sys.exit(f"no {MODEL_DIR}: run `make examples` first")
+        return
+    cmd = [sys.executable, str(ROOT / "examples" / "build_tiny_llm.py"), "--shape", shape, str(MODEL_DIR)]
+    r = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=900)
+    if r.returncode != 0:
+        sys.exit(f"{' '.join(cmd)} failed:\n{r.stdout[-2000:]}{r.stderr[-2000:]}")
+    print(r.stdout.strip(), flush=True)
 
 
 def built_example(crate_dir: str, package: str, example: str, instead: str) -> Path | None:
@@ -443,6 +485,8 @@ def median_cell(cells: list[Cell]) -> Cell:
 def main() -> None:
     global CONCURRENCY
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model", choices=sorted(MODELS), default="tiny",
+                    help="tiny: the example repository's tiny_llm; small: the memory-bound benchmark shape")
     ap.add_argument("--seconds", type=float, default=4.0)
     ap.add_argument("--warmup", type=float, default=1.0)
     ap.add_argument("--max-tokens", type=int, default=64)
@@ -457,8 +501,7 @@ def main() -> None:
     ap.add_argument("--write", action="store_true")
     args = ap.parse_args()
     CONCURRENCY = [int(c) for c in args.concurrency.split(",")]
-    if not (MODEL_DIR / "genai_config.json").is_file():
-        sys.exit(f"no {MODEL_DIR}: run `make examples` first")
+    ensure_model(args.model)
     rounds: dict = {}
     notes: list[str] = []
     ref = Reference(MODEL_DIR, threads=0)
@@ -479,33 +522,40 @@ def main() -> None:
         if "a" in args.only or "b" in args.only:
             port = free_port()
             node = start_node(bench_repo(tmp, args.max_batch), port, tmp / "node.log")
+        url = f"127.0.0.1:{port}" if node is not None else ""
+        # Concurrency outermost, so the rows a ratio compares run next to each other (the
+        # machine drifts over minutes); the rows' order flips every round (ABBA).
         for r in range(max(1, args.rounds)):
-            for key, model in (("a", "tiny_llm"), ("b", "tiny_llm_nobatch")):
-                if key not in args.only or node is None:
-                    continue
-                for c in CONCURRENCY:
-                    url = f"127.0.0.1:{port}"
-                    if binary:
-                        cell = rust_cell(binary, prompts_file, url, model, c, args)
+            for c in CONCURRENCY:
+                order = ["a", "b", "e", "c"] if r % 2 == 0 else ["c", "e", "b", "a"]
+                for key in order:
+                    if key not in args.only:
+                        continue
+                    if key in "ab" and node is not None:
+                        model = MODEL_NAME if key == "a" else f"{MODEL_NAME}_nobatch"
+                        if binary:
+                            cell = rust_cell(binary, prompts_file, url, model, c, args)
+                        else:
+                            cell = asyncio.run(tern_cell(url, model, c, args))
+                        print(f"round {r + 1} ({key}) {model} c={c}: {cell.tps:.0f} tok/s, TTFT p50 "
+                              f"{cell.pct(50):.1f} ms p99 {cell.pct(99):.1f} ms, {cell.requests} requests, "
+                              f"{len(cell.errors)} errors", flush=True)
+                    elif key == "e" and engine:
+                        cell = engine_cell(engine, prompts_file, c, args)
+                        print(f"round {r + 1} (e) engine in process c={c}: {cell.tps:.0f} tok/s, "
+                              f"TTFT p50 {cell.pct(50):.1f} ms", flush=True)
+                    elif key == "c" and c == 1:
+                        rust = rust_ceiling(ceiling, ref, args)
+                        if rust is None:
+                            continue
+                        cell = rust
+                        ceiling_label = ("in-process ceiling: c=1 crates/generate's `ceiling` (Rust loop on ort), "
+                                         "c>1 Python loop")
+                        print(f"round {r + 1} (c) rust ceiling c=1: {rust.tps:.0f} tok/s, "
+                              f"TTFT p50 {rust.pct(50):.1f} ms", flush=True)
                     else:
-                        cell = asyncio.run(tern_cell(url, model, c, args))
+                        continue
                     rounds.setdefault((key, c), []).append(cell)
-                    print(f"round {r + 1} ({key}) {model} c={c}: {cell.tps:.0f} tok/s, TTFT p50 {cell.pct(50):.1f} ms "
-                          f"p99 {cell.pct(99):.1f} ms, {cell.requests} requests, {len(cell.errors)} errors", flush=True)
-            if "e" in args.only:
-                for c in CONCURRENCY if engine else []:
-                    cell = engine_cell(engine, prompts_file, c, args)
-                    rounds.setdefault(("e", c), []).append(cell)
-                    print(f"round {r + 1} (e) engine in process c={c}: {cell.tps:.0f} tok/s, "
-                          f"TTFT p50 {cell.pct(50):.1f} ms", flush=True)
-            if "c" in args.only:
-                rust = rust_ceiling(ceiling, ref, args)
-                if rust is not None:
-                    ceiling_label = ("in-process ceiling: c=1 crates/generate's `ceiling` (Rust loop on ort), "
-                                     "c>1 Python loop")
-                    rounds.setdefault(("c", 1), []).append(rust)
-                    print(f"round {r + 1} (c) rust ceiling c=1: {rust.tps:.0f} tok/s, TTFT p50 {rust.pct(50):.1f} ms",
-                          flush=True)
     finally:
         if node is not None:
             node.terminate()
@@ -539,7 +589,7 @@ def main() -> None:
     lines = report(results, rounds, args, ceiling_label, notes)
     print("\n" + "\n".join(lines))
     if args.write:
-        write_section('## Generation (`benches/llm.py`)', lines)
+        write_section(section_title(args), lines)
 
 
 if __name__ == "__main__":

@@ -2,10 +2,14 @@
 # tern-node's CPU per request on tiny_add under perf_analyzer, and optionally where it goes.
 #   benches/profile_tiny.sh [CONCURRENCY]          (default 16)
 #   NODE=path/to/tern-node REPO=dir PERF=1 TOP=40 benches/profile_tiny.sh 16
+#   ROUTER=1 PERF=1 benches/profile_tiny.sh 1      (the same for a tern-router in front of the node)
 # Prints throughput, p50, and the node's CPU time (utime + stime from /proc) divided by the
 # requests it served (nv_inference_request_success): a steadier figure than throughput on a
 # 2-core machine the client shares. PERF=1 also samples the node with `perf record` for 4 s
 # and prints its cost by category (kernel scheduling, HTTP/2, malloc, ...).
+# ROUTER=1 puts a tern-router (ROUTER_BIN, default target/release/tern-router) in front of the
+# node and sends perf_analyzer to it: the figures, switches and samples are then the router's
+# (requests it answered OK, tern_router_requests_total), with the node's CPU per request beside.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 C=${1:-16}
@@ -18,42 +22,68 @@ port=$(free_port); mport=$(free_port)
 "$NODE" --model-repository "$REPO" --grpc-address 127.0.0.1 --grpc-port "$port" \
   --metrics-address 127.0.0.1 --metrics-port "$mport" --allow-http false >"$tmp/node.log" 2>&1 &
 node=$!
-trap 'kill $node 2>/dev/null || true; wait $node 2>/dev/null || true; rm -rf "$tmp"' EXIT
+router=
+trap 'kill $node $router 2>/dev/null || true; wait $node $router 2>/dev/null || true; rm -rf "$tmp"' EXIT
 for _ in $(seq 1 300); do grep -q "tern-node ready" "$tmp/node.log" && break; sleep 0.1; done
 grep -q "tern-node ready" "$tmp/node.log" || { cat "$tmp/node.log"; exit 1; }
-cpu() { awk '{print $14 + $15}' "/proc/$node/stat"; }
+# The process measured and sampled ($pid, answering on $url, counting on $mport_of): the node,
+# or with ROUTER=1 the router in front of it.
+pid=$node; url=127.0.0.1:$port; what=node; mport_of=$mport
+served_rx='^nv_inference_request_success\{'
+if [ "${ROUTER:-0}" = 1 ]; then
+  rport=$(free_port); rmport=$(free_port)
+  "${ROUTER_BIN:-target/release/tern-router}" --grpc-address 127.0.0.1 --grpc-port "$rport" \
+    --metrics-address 127.0.0.1 --metrics-port "$rmport" --allow-http false --node "127.0.0.1:$port" \
+    >"$tmp/router.log" 2>&1 &
+  router=$!
+  for _ in $(seq 1 300); do grep -q "tern-router ready" "$tmp/router.log" && break; sleep 0.1; done
+  grep -q "tern-router ready" "$tmp/router.log" || { cat "$tmp/router.log"; exit 1; }
+  # Ready once the node is in its routing table.
+  for _ in $(seq 1 100); do
+    curl -s "127.0.0.1:$rmport/metrics" | grep -q '^tern_router_node_healthy{.*} 1' && break; sleep 0.1
+  done
+  pid=$router; url=127.0.0.1:$rport; what=router; mport_of=$rmport
+  served_rx='^tern_router_requests_total\{[^}]*code="OK"'
+fi
+cpu() { awk '{print $14 + $15}' "/proc/${1:-$pid}/stat"; }
 # Context switches by thread kind (tokio workers, instance threads, ...): "kind voluntary involuntary".
 switches() {
-  for t in /proc/$node/task/*; do
+  for t in /proc/$pid/task/*; do
     printf '%s %s\n' "$(sed 's/-[0-9]*$//' "$t/comm")" "$(awk '/^voluntary_ctxt/ {v=$2} /^nonvoluntary_ctxt/ {n=$2} END {print v, n}' "$t/status")"
   done | awk '{v[$1]+=$2; n[$1]+=$3} END {for (k in v) print k, v[k], n[k]}' | sort
 }
-t0=$(cpu)
+t0=$(cpu); n0=$(cpu "$node")
 switches >"$tmp/sw0"
 LD_LIBRARY_PATH=.tern/perf_analyzer/lib timeout 300 .tern/perf_analyzer/bin/perf_analyzer -m tiny_add \
-  -u "127.0.0.1:$port" -i grpc --concurrency-range "$C:$C" --measurement-interval 4000 \
+  -u "$url" -i grpc --concurrency-range "$C:$C" --measurement-interval 4000 \
   --stability-percentage 40 --max-trials 4 >"$tmp/pa.txt" 2>&1 &
 pa=$!
 if [ "${PERF:-0}" = 1 ]; then
   sleep 3
-  perf record -F 1999 ${PERF_CALLGRAPH:--g} -p "$node" -o "$tmp/perf.data" -- sleep 4 >/dev/null 2>&1 || true
+  perf record -F 1999 ${PERF_CALLGRAPH:--g} -p "$pid" -o "$tmp/perf.data" -- sleep 4 >/dev/null 2>&1 || true
 fi
 wait $pa || true
-t1=$(cpu)
+t1=$(cpu); n1=$(cpu "$node")
 switches >"$tmp/sw1"
 metrics=$(curl -s "127.0.0.1:$mport/metrics")
-served=$(awk '/^nv_inference_request_success\{/ {print $2}' <<<"$metrics")
+served=$(curl -s "127.0.0.1:$mport_of/metrics" | awk -v rx="$served_rx" '$0 ~ rx {s += $NF} END {print s + 0}')
 execs=$(awk '/^nv_inference_exec_count\{/ {print $2}' <<<"$metrics")
-python3 - "$tmp/pa.txt" "$t0" "$t1" "$served" "$C" "$execs" <<'PY'
+python3 - "$tmp/pa.txt" "$t0" "$t1" "$served" "$C" "$execs" "$what" "$n0" "$n1" <<'PY'
 import re, sys
 text = open(sys.argv[1]).read()
 tput = re.search(r"Throughput: ([\d.]+)", text)
 p50 = re.search(r"p50 latency: (\d+)", text)
 cpu_s = (float(sys.argv[3]) - float(sys.argv[2])) / 100
 served = float(sys.argv[4] or 0)
-print(f"tiny_add c={sys.argv[5]}: {float(tput.group(1)) if tput else 0:.0f} infer/s, p50 {p50.group(1) if p50 else '?'} us; "
-      f"node CPU {cpu_s:.2f} s for {served:.0f} requests = {cpu_s / max(served, 1) * 1e6:.1f} us per request; "
-      f"mean batch {served / max(float(sys.argv[6] or 0), 1):.1f}")
+what = sys.argv[7]
+line = (f"tiny_add c={sys.argv[5]}: {float(tput.group(1)) if tput else 0:.0f} infer/s, p50 {p50.group(1) if p50 else '?'} us; "
+        f"{what} CPU {cpu_s:.2f} s for {served:.0f} requests = {cpu_s / max(served, 1) * 1e6:.1f} us per request; ")
+if what == "router":
+    node_s = (float(sys.argv[9]) - float(sys.argv[8])) / 100
+    line += f"node behind it {node_s / max(served, 1) * 1e6:.1f} us per request"
+else:
+    line += f"mean batch {served / max(float(sys.argv[6] or 0), 1):.1f}"
+print(line)
 PY
 # Threads that ended during the run (none should) drop out of the join.
 join "$tmp/sw0" "$tmp/sw1" | awk -v n="${served:-0}" 'n > 0 {printf "  context switches per request, %s threads: %.3f voluntary, %.3f involuntary\n", $1, ($4-$2)/n, ($5-$3)/n}'

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Build a tiny decoder-only language model in ONNX Runtime GenAI's folder layout.
 
-    .venv/bin/python examples/build_tiny_llm.py OUT_DIR
+    .venv/bin/python examples/build_tiny_llm.py [--shape tiny|small] OUT_DIR
 
 OUT_DIR gets:
   genai_config.json      ORT GenAI's config (model.type "llama": the plain decoder with
@@ -13,6 +13,12 @@ OUT_DIR gets:
 
 Nothing is downloaded; the same script writes the same bytes every time (files are only
 rewritten when their content changes).
+
+--shape small (benchmarks only) keeps the tokenizer, the graph and the generation shaping but
+widens the model to hidden 768, 6 layers, 12 query heads sharing 4 key/value heads (head size 64),
+MLP 2048: about 41 M parameters, 165 MB of float32 weights that no CPU cache holds, so a decode
+step streams every weight from memory as a real language model's does, and a batch of 16 costs
+little more than a batch of one. The default shape, below, is small enough for tests.
 
 The model: vocabulary of the tokenizer (about 2,000 tokens), hidden 256, 4 layers, 8 query heads
 sharing 2 key/value heads (grouped-query attention), head size 32, SiLU-gated MLP, RMSNorm, rotary
@@ -66,6 +72,18 @@ RMS_EPS = 1e-5
 OPSET = 17
 IR_VERSION = 8
 SEED = 20
+
+# --shape small: the benchmark model (see the module docstring).
+SHAPES = {
+    "tiny": dict(HIDDEN=256, LAYERS=4, HEADS=8, KV_HEADS=2, HEAD_SIZE=32, INTERMEDIATE=768),
+    "small": dict(HIDDEN=768, LAYERS=6, HEADS=12, KV_HEADS=4, HEAD_SIZE=64, INTERMEDIATE=2048),
+}
+
+
+def use_shape(name: str) -> None:
+    """Rebinds the shape constants above (read at build time) to one of SHAPES."""
+    globals().update(SHAPES[name])
+
 
 LOGIT_SCALE = 16.0  # standard deviation of the logits: greedy margins wide, sampling still varied
 # EOS's logit gets EOS_SLOPE * (position - EOS_POSITION): never chosen early, certain late, so
@@ -569,11 +587,16 @@ def build(out: Path, check: bool = True) -> dict:
 
 
 def main(argv: list[str]) -> int:
+    shape = "tiny"
+    if len(argv) == 4 and argv[1] == "--shape" and argv[2] in SHAPES:
+        shape = argv[2]
+        argv = [argv[0], argv[3]]
     if len(argv) != 2 or argv[1] in ("-h", "--help"):
         print(__doc__)
         return 0 if len(argv) == 2 else 2
+    use_shape(shape)
     s = build(Path(argv[1]).resolve())
-    log(f"tiny_llm: vocab {s['vocab']}, {s['params'] / 1e6:.1f} M parameters, "
+    log(f"{shape} model: vocab {s['vocab']}, {s['params'] / 1e6:.1f} M parameters, "
         f"decode step {s.get('decode_step_ms', float('nan')):.2f} ms (batch 1, 1 thread), "
         f"built in {s['seconds']:.1f} s -> {argv[1]}")
     return 0

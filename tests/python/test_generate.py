@@ -417,6 +417,24 @@ def test_builder_is_deterministic(llm_folder, tmp_path):
         assert (out / f.name).read_bytes() == f.read_bytes(), f"{f.name} differs between two builds"
 
 
+def test_builder_small_shape_is_the_memory_bound_benchmark_model(llm_folder, tmp_path):
+    """`--shape small` (make bench-llm-small's model) passes the builder's own checks (cache vs
+    recompute, padded batch vs alone), keeps the tokenizer, and is as wide as its docstring says:
+    weights far larger than a CPU cache, so its decode step is bound by memory."""
+    out = tmp_path / "small"
+    proc = subprocess.run([sys.executable, str(ROOT / "examples" / "build_tiny_llm.py"), "--shape", "small", str(out)],
+                          capture_output=True, text=True, timeout=300, cwd=ROOT)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    dec = json.loads((out / "genai_config.json").read_text())["model"]["decoder"]
+    assert (dec["hidden_size"], dec["num_hidden_layers"], dec["num_attention_heads"],
+            dec["num_key_value_heads"], dec["head_size"]) == (768, 6, 12, 4, 64)
+    assert (out / "model.onnx").stat().st_size > 150e6
+    assert (out / "tokenizer.json").read_bytes() == (llm_folder / "tokenizer.json").read_bytes()
+    bad = subprocess.run([sys.executable, str(ROOT / "examples" / "build_tiny_llm.py"), "--shape", "huge",
+                          str(tmp_path / "x")], capture_output=True, text=True, timeout=60, cwd=ROOT)
+    assert bad.returncode == 2 and not (tmp_path / "x").exists()
+
+
 def test_prompt_tokens_begin_with_bos(ref):
     ids = ref.encode("Hello world")
     assert ids[0] == ref.tokenizer.token_to_id(ref.tokenizer_config["bos_token"])
