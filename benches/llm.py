@@ -495,7 +495,8 @@ def main() -> None:
     ap.add_argument("--concurrency", default=",".join(map(str, CONCURRENCY)),
                     help="comma-separated concurrencies (default: 1,4,16,64)")
     ap.add_argument("--rounds", type=int, default=1,
-                    help="rounds of (a), (b) and the c=1 ceiling, alternated; each cell reports its median round")
+                    help="rounds of (a), (b), (e) and the c=1 ceiling, each concurrency's rows side by side; "
+                         "each cell reports its median round")
     ap.add_argument("--client", choices=["rust", "python"], default="rust",
                     help="client of (a) and (b): tern-client's llm_load (default) or tritonclient's asyncio")
     ap.add_argument("--write", action="store_true")

@@ -18,7 +18,7 @@ rewritten when their content changes).
 widens the model to hidden 768, 6 layers, 12 query heads sharing 4 key/value heads (head size 64),
 MLP 2048: about 41 M parameters, 165 MB of float32 weights that no CPU cache holds, so a decode
 step streams every weight from memory as a real language model's does, and a batch of 16 costs
-little more than a batch of one. The default shape, below, is small enough for tests.
+about twice a batch of one, not sixteen times. The default shape, below, is small enough for tests.
 
 The model: vocabulary of the tokenizer (about 2,000 tokens), hidden 256, 4 layers, 8 query heads
 sharing 2 key/value heads (grouped-query attention), head size 32, SiLU-gated MLP, RMSNorm, rotary
