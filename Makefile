@@ -132,8 +132,8 @@ bench-autobatch: build examples
 ## concurrency 1, 4, 16, 64 for tern-node with continuous batching, tern-node with batching off,
 ## the in-process ceiling and onnxruntime-genai, all on examples/build_tiny_llm.py's model; prints
 ## the table and rewrites the "Generation" section of benches/RESULTS.md. The served rows use
-## tern-client's native `llm_load` client; (a), (b) and the c=1 ceiling alternate over
-## LLM_ROUNDS rounds, each cell reporting its median round. About 5 min on 2 cores
+## tern-client's native `llm_load` client; (a), (b), the engine alone and the c=1 ceiling run
+## side by side at each concurrency over LLM_ROUNDS rounds, each cell reporting its median round. About 5 min on 2 cores
 ## (SECONDS_PER_CELL=4 each, 3 rounds); the Rust examples build first.
 SECONDS_PER_CELL ?= 4
 LLM_ROUNDS ?= 3

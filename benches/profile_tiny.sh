@@ -39,9 +39,9 @@ if [ "${ROUTER:-0}" = 1 ]; then
   for _ in $(seq 1 300); do grep -q "tern-router ready" "$tmp/router.log" && break; sleep 0.1; done
   grep -q "tern-router ready" "$tmp/router.log" || { cat "$tmp/router.log"; exit 1; }
   # Ready once the node is in its routing table.
-  for _ in $(seq 1 100); do
-    curl -s "127.0.0.1:$rmport/metrics" | grep -q '^tern_router_node_healthy{.*} 1' && break; sleep 0.1
-  done
+  healthy() { curl -s "127.0.0.1:$rmport/metrics" | grep -q '^tern_router_node_healthy{.*} 1'; }
+  for _ in $(seq 1 100); do healthy && break; sleep 0.1; done
+  healthy || { echo "the router never saw the node healthy:"; cat "$tmp/router.log"; exit 1; }
   pid=$router; url=127.0.0.1:$rport; what=router; mport_of=$rmport
   served_rx='^tern_router_requests_total\{[^}]*code="OK"'
 fi
